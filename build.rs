@@ -1,0 +1,54 @@
+//! Compiles `protos/` with protox (no system `protoc`):
+//! * one `FileDescriptorSet` per example API (imports included) into `OUT_DIR/<package>.binpb`,
+//!   which a test compares with the committed copies in `descriptor-sets/`;
+//! * `OUT_DIR/base.binpb`: google.api and google.rpc, the types every catalog knows
+//!   (error details, `Any` payloads, HTTP annotations);
+//! * prost messages and tonic clients/servers for all of them, reached through `OUT_DIR/pb.rs`.
+
+use std::{env, error::Error, fs, path::PathBuf};
+
+use prost::Message;
+
+/// The example APIs: (descriptor set name, root proto file).
+const APIS: &[(&str, &str)] = &[
+    ("acme.orders.v1", "acme/orders/v1/orders.proto"),
+    ("acme.orders.v2", "acme/orders/v2/orders.proto"),
+    ("acme.users.v1", "acme/users/v1/users.proto"),
+    ("protogate.testing.v1", "protogate/testing/v1/testing.proto"),
+];
+
+/// Types the gateway itself relies on, whatever the loaded sets import.
+const BASE: &[&str] = &[
+    "google/api/annotations.proto",
+    "google/api/field_behavior.proto",
+    "google/api/httpbody.proto",
+    "google/rpc/code.proto",
+    "google/rpc/error_details.proto",
+    "google/rpc/status.proto",
+];
+
+fn compile(files: &[&str]) -> Result<prost_types::FileDescriptorSet, Box<dyn Error>> {
+    let mut compiler = protox::Compiler::new(["protos"])?;
+    compiler.include_imports(true).include_source_info(false);
+    compiler.open_files(files)?;
+    Ok(compiler.file_descriptor_set())
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    println!("cargo:rerun-if-changed=protos");
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+
+    for (name, root) in APIS {
+        let set = compile(&[root])?;
+        fs::write(out.join(format!("{name}.binpb")), set.encode_to_vec())?;
+    }
+    fs::write(out.join("base.binpb"), compile(BASE)?.encode_to_vec())?;
+
+    let all: Vec<&str> = BASE.iter().copied().chain(APIS.iter().map(|(_, root)| *root)).collect();
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .include_file("pb.rs")
+        .compile_fds(compile(&all)?)?;
+    Ok(())
+}
