@@ -7,8 +7,6 @@
 
 use std::{env, error::Error, fs, path::PathBuf};
 
-use prost::Message;
-
 /// The example APIs: (descriptor set name, root proto file).
 const APIS: &[(&str, &str)] = &[
     ("acme.orders.v1", "acme/orders/v1/orders.proto"),
@@ -27,11 +25,11 @@ const BASE: &[&str] = &[
     "google/rpc/status.proto",
 ];
 
-fn compile(files: &[&str]) -> Result<prost_types::FileDescriptorSet, Box<dyn Error>> {
+fn compile(files: &[&str]) -> Result<protox::Compiler, Box<dyn Error>> {
     let mut compiler = protox::Compiler::new(["protos"])?;
     compiler.include_imports(true).include_source_info(false);
     compiler.open_files(files)?;
-    Ok(compiler.file_descriptor_set())
+    Ok(compiler)
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
@@ -39,16 +37,25 @@ fn main() -> Result<(), Box<dyn Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
 
     for (name, root) in APIS {
-        let set = compile(&[root])?;
-        fs::write(out.join(format!("{name}.binpb")), set.encode_to_vec())?;
+        // Encoded by protox itself: prost_types would drop the custom options
+        // (google.api.http) that live in unknown fields.
+        let set = compile(&[root])?.encode_file_descriptor_set();
+        fs::write(out.join(format!("{name}.binpb")), set)?;
     }
-    fs::write(out.join("base.binpb"), compile(BASE)?.encode_to_vec())?;
+    fs::write(
+        out.join("base.binpb"),
+        compile(BASE)?.encode_file_descriptor_set(),
+    )?;
 
-    let all: Vec<&str> = BASE.iter().copied().chain(APIS.iter().map(|(_, root)| *root)).collect();
+    let all: Vec<&str> = BASE
+        .iter()
+        .copied()
+        .chain(APIS.iter().map(|(_, root)| *root))
+        .collect();
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
         .include_file("pb.rs")
-        .compile_fds(compile(&all)?)?;
+        .compile_fds(compile(&all)?.file_descriptor_set())?;
     Ok(())
 }

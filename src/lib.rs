@@ -1,7 +1,46 @@
-//! protogate: a REST-to-gRPC transcoding API gateway driven by protobuf descriptor sets.
+//! protogate: a REST-to-gRPC transcoding API gateway driven by protobuf
+//! descriptor sets. See DESIGN.md for the request flow and the module layout.
+//!
+//! The public surface is small: [`Config`], [`Server`] (build, then serve),
+//! [`check`] and the example services in [`demo`].
+
+pub mod config;
+pub mod demo;
+pub mod error;
+mod gateway;
+pub mod http_rule;
+pub mod observe;
+pub mod registry;
+pub mod router;
+pub mod server;
+pub mod transcode;
+pub mod upstream;
 
 /// Generated protobuf types: google.api, google.rpc and the example services.
-#[allow(missing_docs, missing_debug_implementations, unreachable_pub, clippy::all, clippy::pedantic)]
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    clippy::all,
+    clippy::pedantic
+)]
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/pb.rs"));
+}
+
+pub use config::Config;
+use registry::{BuildOptions, Catalog, CatalogBuilder, DescriptorSet, LoadError};
+pub use server::{Server, StartError};
+
+/// Validates descriptor sets without serving: the catalog they would build
+/// (upstreams are not required), or every problem found.
+pub fn check(sets: Vec<DescriptorSet>, expose_unannotated: bool) -> Result<Catalog, LoadError> {
+    let upstreams = upstream::Upstreams::default();
+    let options = BuildOptions {
+        expose_unannotated,
+        require_upstreams: false,
+    };
+    CatalogBuilder::new(options, &upstreams)
+        .add_sets(sets)
+        .build(0)
 }

@@ -1,0 +1,432 @@
+//! In-memory example gRPC backends: `acme.orders.v1`, `acme.orders.v2` and `acme.users.v1`.
+//!
+//! `protogate demo` runs them in-process and the integration tests use them as real
+//! upstreams, so they behave like a small AIP-style API: validation errors carry
+//! `google.rpc.BadRequest`, state conflicts `google.rpc.PreconditionFailure`, lists page
+//! with opaque tokens. Both order API versions read and write one store, so a change made
+//! through one version is visible through the other.
+
+mod orders_v1;
+mod orders_v2;
+mod store;
+mod users;
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{
+    service::Routes,
+    transport::{Error, Server},
+    Code, Status,
+};
+
+use crate::pb::{
+    acme::{
+        orders::{
+            v1::order_service_server::OrderServiceServer as OrdersV1Server,
+            v2::order_service_server::OrderServiceServer as OrdersV2Server,
+        },
+        users::v1::user_service_server::UserServiceServer,
+    },
+    google::rpc::{
+        bad_request::FieldViolation, precondition_failure, BadRequest, PreconditionFailure,
+    },
+};
+use crate::{
+    registry::{DescriptorSet, RouteTable},
+    Config,
+};
+
+/// All example services over one seeded in-memory store.
+#[must_use]
+pub fn example_routes() -> Routes {
+    let store = Arc::new(store::Store::seeded());
+    let orders_v1 = orders_v1::OrdersV1::new(Arc::clone(&store));
+    let orders_v2 = orders_v2::OrdersV2::new(Arc::clone(&store));
+    Routes::new(OrdersV1Server::new(orders_v1))
+        .add_service(OrdersV2Server::new(orders_v2))
+        .add_service(UserServiceServer::new(users::Users::new(store)))
+}
+
+/// Serves the example services on `listener` until `shutdown` resolves.
+///
+/// # Errors
+///
+/// When the server fails (see [`Server::serve_with_incoming_shutdown`]).
+pub async fn serve_examples(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    Server::builder()
+        .add_routes(example_routes())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// The example services' descriptor sets, as committed in `descriptor-sets/`
+/// (a test keeps them in step with `protos/`).
+pub fn descriptor_sets() -> Vec<DescriptorSet> {
+    const SETS: [(&str, &[u8]); 3] = [
+        (
+            "acme.orders.v1",
+            include_bytes!("../../descriptor-sets/acme.orders.v1.binpb"),
+        ),
+        (
+            "acme.orders.v2",
+            include_bytes!("../../descriptor-sets/acme.orders.v2.binpb"),
+        ),
+        (
+            "acme.users.v1",
+            include_bytes!("../../descriptor-sets/acme.users.v1.binpb"),
+        ),
+    ];
+    SETS.iter()
+        .map(|(name, bytes)| DescriptorSet {
+            name: (*name).to_owned(),
+            bytes: Bytes::from_static(bytes),
+        })
+        .collect()
+}
+
+/// `protogate demo`: the example services on an ephemeral loopback port and
+/// the gateway in front of them on `listen`, until `shutdown` resolves.
+pub async fn run(
+    listen: SocketAddr,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DemoError> {
+    let backend = TcpListener::bind("127.0.0.1:0").await?;
+    let backend_url = format!("http://{}", backend.local_addr()?);
+    let (stop_backend, backend_stopped) = tokio::sync::oneshot::channel::<()>();
+    let backend_task = tokio::spawn(serve_examples(backend, async {
+        let _ = backend_stopped.await;
+    }));
+
+    let mut config = Config {
+        listen,
+        ..Config::default()
+    };
+    for package in ["acme.orders.v1", "acme.orders.v2", "acme.users.v1"] {
+        config.override_upstream(&format!("{package}={backend_url}"))?;
+    }
+    let server = crate::Server::new(&config, descriptor_sets())?;
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    println!("protogate demo: example services on {backend_url}, gateway on http://{addr}\n");
+    println!("{}", RouteTable(&server.registry().load()));
+    println!("try: curl -s http://{addr}/v1/orders/o-1");
+    server.serve(listener, shutdown).await?;
+    let _ = stop_backend.send(());
+    backend_task
+        .await
+        .map_err(|err| DemoError::Io(std::io::Error::other(err)))??;
+    Ok(())
+}
+
+/// Why the demo stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Start(#[from] crate::StartError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("example services failed: {0}")]
+    Backend(#[from] Error),
+}
+
+/// `NOT_FOUND` for the `kind` resource `id`.
+fn not_found(kind: &str, id: &str) -> Status {
+    Status::not_found(format!("{kind} \"{id}\" not found"))
+}
+
+/// `INVALID_ARGUMENT` naming `field` when the required `value` is empty.
+fn require(value: &str, field: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        Err(invalid_argument([violation(field, "required")]))
+    } else {
+        Ok(())
+    }
+}
+
+/// One entry of a `google.rpc.BadRequest`.
+fn violation(field: impl Into<String>, description: impl Into<String>) -> FieldViolation {
+    FieldViolation {
+        field: field.into(),
+        description: description.into(),
+    }
+}
+
+/// `INVALID_ARGUMENT` with a `google.rpc.BadRequest` detail, so clients learn which fields to fix.
+fn invalid_argument(violations: impl IntoIterator<Item = FieldViolation>) -> Status {
+    let field_violations: Vec<FieldViolation> = violations.into_iter().collect();
+    let message = field_violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ");
+    with_detail(
+        Code::InvalidArgument,
+        format!("invalid request: {message}"),
+        "google.rpc.BadRequest",
+        &BadRequest { field_violations },
+    )
+}
+
+/// `FAILED_PRECONDITION` with a `google.rpc.PreconditionFailure` detail of type `STATE`:
+/// the request is well formed but the resource is in the wrong state for it.
+fn failed_precondition(subject: impl Into<String>, description: impl Into<String>) -> Status {
+    let violation = precondition_failure::Violation {
+        r#type: "STATE".to_owned(),
+        subject: subject.into(),
+        description: description.into(),
+    };
+    let message = format!("{}: {}", violation.subject, violation.description);
+    with_detail(
+        Code::FailedPrecondition,
+        message,
+        "google.rpc.PreconditionFailure",
+        &PreconditionFailure {
+            violations: vec![violation],
+        },
+    )
+}
+
+/// A status whose details are a `google.rpc.Status` holding `detail` (the gRPC richer
+/// error model, which the gateway turns into JSON error details).
+fn with_detail(code: Code, message: String, type_name: &str, detail: &impl Message) -> Status {
+    let status = crate::pb::google::rpc::Status {
+        code: code as i32,
+        message: message.clone(),
+        details: vec![prost_types::Any {
+            type_url: format!("type.googleapis.com/{type_name}"),
+            value: detail.encode_to_vec(),
+        }],
+    };
+    Status::with_details(code, message, Bytes::from(status.encode_to_vec()))
+}
+
+/// A request for one page of an ordered result (AIP-158).
+#[derive(Debug, Clone, Copy)]
+struct PageRequest {
+    offset: usize,
+    size: usize,
+}
+
+/// One page of an ordered result.
+#[derive(Debug)]
+struct Page<T> {
+    items: Vec<T>,
+    /// Empty on the last page.
+    next_page_token: String,
+    /// How many items match in total, over all pages.
+    total_size: usize,
+}
+
+impl PageRequest {
+    const DEFAULT_SIZE: usize = 10;
+    const MAX_SIZE: usize = 100;
+
+    /// Validates `page_size` (0 means the default, larger than the maximum is capped) and
+    /// `page_token` (empty for the first page, else a token from a previous response).
+    fn parse(page_size: i32, page_token: &str) -> Result<Self, Status> {
+        let size = match usize::try_from(page_size) {
+            Ok(0) => Self::DEFAULT_SIZE,
+            Ok(size) => size.min(Self::MAX_SIZE),
+            Err(_) => {
+                return Err(invalid_argument([violation(
+                    "page_size",
+                    "must not be negative",
+                )]))
+            }
+        };
+        let offset = if page_token.is_empty() {
+            0
+        } else {
+            page_token.parse().map_err(|_| {
+                invalid_argument([violation(
+                    "page_token",
+                    "not a token returned by a previous list call",
+                )])
+            })?
+        };
+        Ok(Self { offset, size })
+    }
+
+    /// Cuts this page out of all matching items.
+    fn apply<T>(self, all: Vec<T>) -> Page<T> {
+        let total_size = all.len();
+        let end = self.offset.saturating_add(self.size);
+        let items = all.into_iter().skip(self.offset).take(self.size).collect();
+        let next_page_token = if end < total_size {
+            end.to_string()
+        } else {
+            String::new()
+        };
+        Page {
+            items,
+            next_page_token,
+            total_size,
+        }
+    }
+}
+
+/// Decoders for the error details the services attach, shared by the unit tests.
+#[cfg(test)]
+mod testing {
+    use prost::Message;
+    use tonic::{Code, Status};
+
+    use crate::pb::google::rpc::{
+        precondition_failure::Violation, BadRequest, PreconditionFailure,
+    };
+
+    /// The single detail of `status`, checking its type URL.
+    fn detail<M: Message + Default>(status: &Status, type_name: &str) -> M {
+        let rich = crate::pb::google::rpc::Status::decode(status.details())
+            .expect("google.rpc.Status details");
+        assert_eq!(rich.code, status.code() as i32);
+        assert_eq!(rich.message, status.message());
+        let [any] = rich.details.as_slice() else {
+            panic!("expected one detail, got {:?}", rich.details)
+        };
+        assert_eq!(any.type_url, format!("type.googleapis.com/{type_name}"));
+        M::decode(any.value.as_slice()).expect("detail payload")
+    }
+
+    /// Asserts `INVALID_ARGUMENT` and returns the fields its `BadRequest` names.
+    pub(super) fn bad_fields(status: &Status) -> Vec<String> {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        let bad: BadRequest = detail(status, "google.rpc.BadRequest");
+        bad.field_violations.into_iter().map(|v| v.field).collect()
+    }
+
+    /// Asserts `FAILED_PRECONDITION` and returns its violations.
+    pub(super) fn precondition_violations(status: &Status) -> Vec<Violation> {
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        let failure: PreconditionFailure = detail(status, "google.rpc.PreconditionFailure");
+        failure.violations
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::pb::acme::{
+        orders::{
+            v1::{order_service_client::OrderServiceClient as V1Client, GetOrderRequest as V1Get},
+            v2::{order_service_client::OrderServiceClient as V2Client, GetOrderRequest as V2Get},
+        },
+        users::v1::{user_service_client::UserServiceClient, GetUserRequest},
+    };
+
+    #[test]
+    fn page_size_defaults_caps_and_rejects_negative() {
+        assert_eq!(PageRequest::parse(0, "").unwrap().size, 10);
+        assert_eq!(PageRequest::parse(7, "").unwrap().size, 7);
+        assert_eq!(PageRequest::parse(1000, "").unwrap().size, 100);
+        assert_eq!(
+            testing::bad_fields(&PageRequest::parse(-1, "").unwrap_err()),
+            ["page_size"]
+        );
+    }
+
+    #[test]
+    fn page_tokens_chain_and_bad_tokens_are_rejected() {
+        let first = PageRequest::parse(2, "")
+            .unwrap()
+            .apply(vec![1, 2, 3, 4, 5]);
+        assert_eq!((first.items, first.total_size), (vec![1, 2], 5));
+        let second = PageRequest::parse(2, &first.next_page_token)
+            .unwrap()
+            .apply(vec![1, 2, 3, 4, 5]);
+        assert_eq!(second.items, [3, 4]);
+        let last = PageRequest::parse(2, &second.next_page_token)
+            .unwrap()
+            .apply(vec![1, 2, 3, 4, 5]);
+        assert_eq!(last.items, [5]);
+        assert!(last.next_page_token.is_empty());
+        for token in ["abc", "-1"] {
+            assert_eq!(
+                testing::bad_fields(&PageRequest::parse(2, token).unwrap_err()),
+                ["page_token"]
+            );
+        }
+    }
+
+    #[test]
+    fn error_helpers_encode_rich_details() {
+        let status = invalid_argument([violation("id", "required"), violation("name", "too long")]);
+        assert_eq!(
+            status.message(),
+            "invalid request: id: required; name: too long"
+        );
+        assert_eq!(testing::bad_fields(&status), ["id", "name"]);
+
+        let status = failed_precondition("orders/o-3", "already shipped");
+        let violations = testing::precondition_violations(&status);
+        assert_eq!(violations.len(), 1);
+        assert_eq!(
+            (
+                violations[0].r#type.as_str(),
+                violations[0].subject.as_str()
+            ),
+            ("STATE", "orders/o-3")
+        );
+    }
+
+    #[tokio::test]
+    async fn serves_all_services_over_one_store_until_shutdown() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(serve_examples(listener, async {
+            stopped.await.ok();
+        }));
+
+        let mut v1 = V1Client::connect(url.clone()).await.unwrap();
+        let v1 = v1
+            .get_order(V1Get {
+                id: "o-2".into(),
+                customer_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut v2 = V2Client::connect(url.clone()).await.unwrap();
+        let v2 = v2
+            .get_order(V2Get { id: "o-2".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((v1.id.as_str(), v2.id.as_str()), ("o-2", "o-2"));
+        assert_eq!(
+            v2.total
+                .map(|m| m.units * 100 + i64::from(m.nanos) / 10_000_000),
+            Some(v1.total_cents)
+        );
+
+        let mut users = UserServiceClient::connect(url).await.unwrap();
+        let missing = users
+            .get_user(GetUserRequest {
+                name: "tenants/acme/users/zed".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(missing.code(), Code::NotFound);
+
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}

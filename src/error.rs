@@ -1,0 +1,311 @@
+//! The one request-path error.
+//!
+//! Every failure on the data plane becomes an [`Error`]; each variant knows its
+//! gRPC code ([`Error::code`]), the HTTP status follows from the code through
+//! one table ([`http_status`]), and the body is always a `google.rpc.Status` in
+//! proto3 JSON carrying the request id in a `google.rpc.RequestInfo` detail.
+//! A 5xx answer never carries the cause (addresses, upstream messages): that
+//! stays in the [`Error`] stored in the response extensions for the log.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    body::Body,
+    response::{IntoResponse, Response},
+};
+use base64::Engine as _;
+use http::{header, HeaderValue, Method, StatusCode};
+use prost::Message as _;
+use prost_reflect::{DescriptorPool, DynamicMessage};
+use serde_json::{json, Map, Value as Json};
+use tonic::Code;
+
+use crate::pb::google::rpc;
+
+const BAD_REQUEST_TYPE: &str = "type.googleapis.com/google.rpc.BadRequest";
+const REQUEST_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RequestInfo";
+
+/// The request-path error. Messages are lower-case and describe this layer only.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no route for {method} {path}")]
+    RouteNotFound { method: Method, path: Box<str> },
+    #[error("method {method} is not allowed for this path")]
+    MethodNotAllowed { method: Method, allow: HeaderValue },
+    #[error("invalid JSON body: {0}")]
+    InvalidJson(Box<str>),
+    /// A field or parameter that does not parse or cannot be set; becomes a
+    /// `google.rpc.BadRequest` field violation.
+    #[error("invalid `{field}`: {reason}")]
+    InvalidField { field: Box<str>, reason: Box<str> },
+    #[error("cannot read the request body: {0}")]
+    BodyRead(Box<str>),
+    #[error("unsupported content type `{0}`, expected application/json")]
+    UnsupportedMediaType(Box<str>),
+    #[error("request body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("upstream `{upstream}` is unavailable")]
+    UpstreamUnavailable { upstream: Arc<str>, cause: Box<str> },
+    #[error("upstream `{upstream}` did not answer within {timeout:?}")]
+    DeadlineExceeded {
+        upstream: Arc<str>,
+        timeout: Duration,
+    },
+    /// The upstream answered with a non-OK status: code, message and details pass through.
+    #[error("upstream error: {}", .0.message())]
+    Upstream(tonic::Status),
+    #[error("{0}")]
+    Unimplemented(Box<str>),
+    #[error("internal error: {0}")]
+    Internal(Box<str>),
+}
+
+/// Whose fault a failure was, for logs and metrics (pingora's `ErrorSource`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Client,
+    Gateway,
+    Upstream,
+}
+
+// === impl Error ===
+
+impl Error {
+    pub(crate) fn invalid_field(field: impl Into<Box<str>>, reason: impl Into<Box<str>>) -> Self {
+        Self::InvalidField {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The single table from failure to gRPC code.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::RouteNotFound { .. } => Code::NotFound,
+            Self::MethodNotAllowed { .. } | Self::Unimplemented(_) => Code::Unimplemented,
+            Self::InvalidJson(_)
+            | Self::InvalidField { .. }
+            | Self::BodyRead(_)
+            | Self::UnsupportedMediaType(_) => Code::InvalidArgument,
+            Self::PayloadTooLarge { .. } => Code::ResourceExhausted,
+            Self::UpstreamUnavailable { .. } => Code::Unavailable,
+            Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            Self::Upstream(status) => status.code(),
+            Self::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// The HTTP status: the canonical mapping of [`Error::code`], except where
+    /// HTTP has a more precise status for a gateway-made error.
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => http_status(self.code()),
+        }
+    }
+
+    pub fn fault(&self) -> Fault {
+        match self {
+            Self::RouteNotFound { .. }
+            | Self::MethodNotAllowed { .. }
+            | Self::InvalidJson(_)
+            | Self::InvalidField { .. }
+            | Self::BodyRead(_)
+            | Self::UnsupportedMediaType(_)
+            | Self::PayloadTooLarge { .. } => Fault::Client,
+            Self::UpstreamUnavailable { .. }
+            | Self::DeadlineExceeded { .. }
+            | Self::Upstream(_) => Fault::Upstream,
+            Self::Unimplemented(_) | Self::Internal(_) => Fault::Gateway,
+        }
+    }
+
+    /// Renders the `google.rpc.Status` response. `pool` resolves the `Any`
+    /// details an upstream sent; the error itself rides in the extensions.
+    pub fn into_response(self, request_id: &str, pool: Option<&DescriptorPool>) -> Response {
+        let status = self.http_status();
+        let code = self.code();
+        let mut details = Vec::new();
+        let message = if status.is_server_error() && !matches!(self, Self::Unimplemented(_)) {
+            // Never leak the cause of a 5xx; it is logged with the request id.
+            generic_message(code).to_owned()
+        } else {
+            match &self {
+                Self::Upstream(upstream) => {
+                    details = upstream_details(upstream.details(), pool);
+                    upstream.message().to_owned()
+                }
+                Self::InvalidField { field, reason } => {
+                    details.push(json!({
+                        "@type": BAD_REQUEST_TYPE,
+                        "fieldViolations": [{ "field": field, "description": reason }],
+                    }));
+                    self.to_string()
+                }
+                _ => self.to_string(),
+            }
+        };
+        let mut response = status_response(status, code, message, details, request_id);
+        if let Self::MethodNotAllowed { allow, .. } = &self {
+            response.headers_mut().insert(header::ALLOW, allow.clone());
+        }
+        response.extensions_mut().insert(Arc::new(self));
+        response
+    }
+}
+
+/// The request id set by the id layer (`x-request-id`), for error bodies.
+pub fn request_id(headers: &http::HeaderMap) -> &str {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+/// The canonical gRPC → HTTP status mapping (google.rpc.Code's documentation).
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            StatusCode::BAD_REQUEST
+        }
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+    }
+}
+
+/// The reverse mapping, for responses made by layers that only know a status.
+pub fn grpc_code(status: StatusCode) -> Code {
+    match status.as_u16() {
+        200..=299 => Code::Ok,
+        400 | 411 | 414 | 431 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::NotFound,
+        405 | 501 => Code::Unimplemented,
+        408 | 504 => Code::DeadlineExceeded,
+        409 => Code::Aborted,
+        413 | 429 => Code::ResourceExhausted,
+        415 => Code::InvalidArgument,
+        499 => Code::Cancelled,
+        503 => Code::Unavailable,
+        _ => Code::Unknown,
+    }
+}
+
+fn generic_message(code: Code) -> &'static str {
+    match code {
+        Code::Unavailable => "upstream unavailable",
+        Code::DeadlineExceeded => "deadline exceeded",
+        Code::Unimplemented => "not implemented",
+        _ => "internal error",
+    }
+}
+
+/// A `google.rpc.Status` JSON response for `status`; the request id is always
+/// the last detail, so a complaint can be traced.
+pub(crate) fn status_response(
+    status: StatusCode,
+    code: Code,
+    message: String,
+    mut details: Vec<Json>,
+    request_id: &str,
+) -> Response {
+    details.push(json!({ "@type": REQUEST_INFO_TYPE, "requestId": request_id }));
+    let body = json!({ "code": code as i32, "message": message, "details": details });
+    let mut response = (status, Body::from(body.to_string())).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Decodes `grpc-status-details-bin` (a `google.rpc.Status`) into JSON details.
+/// Types the pool does not know are passed as `{"@type", "value": base64}`.
+fn upstream_details(bytes: &[u8], pool: Option<&DescriptorPool>) -> Vec<Json> {
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    let Ok(status) = rpc::Status::decode(bytes) else {
+        tracing::debug!("undecodable grpc-status-details-bin");
+        return Vec::new();
+    };
+    status
+        .details
+        .iter()
+        .map(|any| any_to_json(any, pool))
+        .collect()
+}
+
+fn any_to_json(any: &prost_types::Any, pool: Option<&DescriptorPool>) -> Json {
+    let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
+    let decoded = pool
+        .and_then(|pool| pool.get_message_by_name(type_name))
+        .and_then(|desc| DynamicMessage::decode(desc, any.value.as_slice()).ok())
+        .and_then(|msg| serde_json::to_value(&msg).ok());
+    let mut object = match decoded {
+        Some(Json::Object(object)) => object,
+        // Well-known types with a non-object JSON form go under "value", as in Any's JSON.
+        Some(other) => Map::from_iter([("value".to_owned(), other)]),
+        None => Map::from_iter([(
+            "value".to_owned(),
+            Json::String(base64::engine::general_purpose::STANDARD.encode(&any.value)),
+        )]),
+    };
+    object.insert("@type".to_owned(), Json::String(any.type_url.clone()));
+    Json::Object(object)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_mapping_covers_every_code() {
+        let table = [
+            (Code::Ok, 200),
+            (Code::Cancelled, 499),
+            (Code::Unknown, 500),
+            (Code::InvalidArgument, 400),
+            (Code::DeadlineExceeded, 504),
+            (Code::NotFound, 404),
+            (Code::AlreadyExists, 409),
+            (Code::PermissionDenied, 403),
+            (Code::ResourceExhausted, 429),
+            (Code::FailedPrecondition, 400),
+            (Code::Aborted, 409),
+            (Code::OutOfRange, 400),
+            (Code::Unimplemented, 501),
+            (Code::Internal, 500),
+            (Code::Unavailable, 503),
+            (Code::DataLoss, 500),
+            (Code::Unauthenticated, 401),
+        ];
+        for (code, status) in table {
+            assert_eq!(http_status(code).as_u16(), status, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_detail_types_pass_as_base64() {
+        let any = prost_types::Any {
+            type_url: "type.googleapis.com/x.Unknown".into(),
+            value: vec![1, 2],
+        };
+        assert_eq!(
+            any_to_json(&any, None),
+            json!({"@type": "type.googleapis.com/x.Unknown", "value": "AQI="})
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! The `protogate` command line: parse, load the config, call into the library.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use protogate::{registry::DescriptorSet, Config, Server};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "protogate",
+    version,
+    about = "REST-to-gRPC transcoding API gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the REST routes of the configured descriptor sets.
+    Serve(ServeArgs),
+    /// Run the example services in-process behind the gateway.
+    Demo {
+        /// Address of the public listener.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Validate descriptor sets and print the routes they would serve.
+    Check {
+        /// Binary FileDescriptorSet files (with imports included).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Also expose methods without a google.api.http annotation.
+        #[arg(long)]
+        expose_unannotated: bool,
+    },
+}
+
+/// Flags override the config file, so a gateway can run from flags alone.
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// YAML config file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address of the public listener (default 127.0.0.1:8080).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// A descriptor set file to load; repeatable.
+    #[arg(long = "descriptor-set", value_name = "FILE")]
+    descriptor_sets: Vec<PathBuf>,
+    /// Directory whose *.binpb, *.pb and *.desc files are loaded.
+    #[arg(long, value_name = "DIR")]
+    descriptors: Option<PathBuf>,
+    /// Where a package or service is served, as PATTERN=URL; repeatable.
+    #[arg(long = "upstream", value_name = "PATTERN=URL")]
+    upstreams: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    protogate::observe::init_tracing();
+    let result = match cli.command {
+        Command::Check {
+            files,
+            expose_unannotated,
+        } => check(&files, expose_unannotated),
+        command => tokio::runtime::Runtime::new()
+            .context("cannot start the tokio runtime")
+            .and_then(|runtime| runtime.block_on(run(command))),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve(args) => {
+            let config = serve_config(args)?;
+            let server = Server::new(&config, Vec::new())?;
+            let listener = TcpListener::bind(server.listen_addr())
+                .await
+                .with_context(|| format!("cannot listen on {}", server.listen_addr()))?;
+            tracing::info!(addr = %listener.local_addr()?, routes = server.registry().load().routes().len(), "serving");
+            server.serve(listener, shutdown_signal()).await?;
+        }
+        Command::Demo { listen } => protogate::demo::run(listen, shutdown_signal()).await?,
+        Command::Check { .. } => unreachable!("check runs without a runtime"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = args.descriptors {
+        config.descriptors.dir = Some(dir);
+    }
+    config.descriptors.files.extend(args.descriptor_sets);
+    for spec in &args.upstreams {
+        config.override_upstream(spec)?;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn check(files: &[PathBuf], expose_unannotated: bool) -> anyhow::Result<ExitCode> {
+    let sets = files
+        .iter()
+        .map(|path| {
+            DescriptorSet::from_file(path)
+                .with_context(|| format!("cannot read {}", path.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    match protogate::check(sets, expose_unannotated) {
+        Ok(catalog) => {
+            print!("{}", protogate::registry::RouteTable(&catalog));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => {
+            eprintln!("{err}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    tracing::info!("shutting down");
+}

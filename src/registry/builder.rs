@@ -1,0 +1,326 @@
+//! Descriptor sets + options → a validated [`Catalog`], or a [`LoadError`]
+//! that lists every problem found (not just the first), each naming the set,
+//! the method and the route at fault.
+
+use std::{fmt, path::Path, sync::LazyLock};
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use prost::Message as _;
+use prost_reflect::{DescriptorPool, MethodDescriptor};
+use sha2::{Digest as _, Sha256};
+
+use super::catalog::{CallKind, Catalog, LoadedSet, MethodPlan, Route};
+use crate::{
+    http_rule::{self, ResolvedBinding},
+    router::{RouteId, RouterBuilder},
+    upstream::Upstreams,
+};
+
+/// google.api and google.rpc: known to every catalog, whatever the sets import,
+/// so that error details and `Any` payloads always resolve.
+static BASE_POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
+    DescriptorPool::decode(&include_bytes!(concat!(env!("OUT_DIR"), "/base.binpb"))[..])
+        .expect("the base descriptor set is compiled by build.rs and always decodes")
+});
+
+/// A named, serialized `FileDescriptorSet`, as read from a file or uploaded.
+#[derive(Debug, Clone)]
+pub struct DescriptorSet {
+    pub name: String,
+    pub bytes: Bytes,
+}
+
+/// Options that change what a build accepts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BuildOptions {
+    /// Expose methods without `google.api.http` at `POST /{package.Service}/{Method}`.
+    pub expose_unannotated: bool,
+    /// Refuse services without an upstream (off only for `protogate check`).
+    pub require_upstreams: bool,
+}
+
+/// Builds one catalog; pure and synchronous.
+#[derive(Debug)]
+pub struct CatalogBuilder<'a> {
+    options: BuildOptions,
+    upstreams: &'a Upstreams,
+    sets: Vec<DescriptorSet>,
+}
+
+/// Why a catalog was refused: every problem found.
+#[derive(Debug, thiserror::Error)]
+pub struct LoadError {
+    problems: Box<[LoadProblem]>,
+}
+
+/// One problem, naming where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadProblem {
+    pub set: Option<String>,
+    pub method: Option<String>,
+    pub reason: String,
+}
+
+// === impl DescriptorSet ===
+
+impl DescriptorSet {
+    /// Reads a set file; its name is the file name without extension.
+    pub fn from_file(path: &Path) -> std::io::Result<Self> {
+        let bytes = std::fs::read(path)?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(Self {
+            name,
+            bytes: Bytes::from(bytes),
+        })
+    }
+
+    /// Reads every `*.binpb`, `*.pb` and `*.desc` file of `dir`, in name order.
+    pub fn read_dir(dir: &Path) -> std::io::Result<Vec<Self>> {
+        let mut paths: Vec<_> = std::fs::read_dir(dir)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| {
+                path.is_file()
+                    && path
+                        .extension()
+                        .and_then(|e| e.to_str())
+                        .is_some_and(|e| matches!(e, "binpb" | "pb" | "desc"))
+            })
+            .collect();
+        paths.sort();
+        paths.iter().map(|path| Self::from_file(path)).collect()
+    }
+}
+
+// === impl CatalogBuilder ===
+
+impl<'a> CatalogBuilder<'a> {
+    pub fn new(options: BuildOptions, upstreams: &'a Upstreams) -> Self {
+        Self {
+            options,
+            upstreams,
+            sets: Vec::new(),
+        }
+    }
+
+    #[must_use]
+    pub fn add_sets(mut self, sets: impl IntoIterator<Item = DescriptorSet>) -> Self {
+        self.sets.extend(sets);
+        self
+    }
+
+    /// Validates everything and freezes the result.
+    pub fn build(self, generation: u64) -> Result<Catalog, LoadError> {
+        let mut problems = Vec::new();
+        let mut pool = BASE_POOL.clone();
+        let mut loaded = Vec::with_capacity(self.sets.len());
+        let mut services = Vec::new();
+        for set in &self.sets {
+            let problem = |reason: String| LoadProblem {
+                set: Some(set.name.clone()),
+                method: None,
+                reason,
+            };
+            let files = match prost_types::FileDescriptorSet::decode(set.bytes.as_ref()) {
+                Ok(files) => files,
+                Err(err) => {
+                    problems.push(problem(format!("not a FileDescriptorSet: {err}")));
+                    continue;
+                }
+            };
+            let file_names: Vec<String> = files.file.iter().map(|f| f.name().to_owned()).collect();
+            let new_files: Vec<String> = file_names
+                .into_iter()
+                .filter(|name| pool.get_file_by_name(name).is_none())
+                .collect();
+            // Decode again through prost-reflect: prost_types drops the unknown
+            // fields that hold custom options such as google.api.http.
+            if let Err(err) = pool.decode_file_descriptor_set(set.bytes.as_ref()) {
+                problems.push(problem(format!("invalid descriptors: {err}")));
+                continue;
+            }
+            let set_services: Vec<_> = new_files
+                .iter()
+                .filter_map(|name| pool.get_file_by_name(name))
+                .flat_map(|file| file.services().collect::<Vec<_>>())
+                .collect();
+            loaded.push(LoadedSet {
+                name: set.name.clone(),
+                digest: hex::encode(Sha256::digest(&set.bytes)),
+                size: set.bytes.len(),
+                services: set_services
+                    .iter()
+                    .map(|s| s.full_name().to_owned())
+                    .collect(),
+            });
+            services.extend(
+                set_services
+                    .into_iter()
+                    .map(|service| (set.name.clone(), service)),
+            );
+        }
+
+        let mut methods = Vec::new();
+        let mut routes: Vec<Route> = Vec::new();
+        let mut router = RouterBuilder::default();
+        for (set, service) in &services {
+            let upstream = self.upstreams.resolve(service.full_name());
+            if upstream.is_none() && self.options.require_upstreams {
+                problems.push(LoadProblem {
+                    set: Some(set.clone()),
+                    method: None,
+                    reason: format!("service `{}` has no upstream", service.full_name()),
+                });
+            }
+            for method in service.methods() {
+                let problem = |reason: String| LoadProblem {
+                    set: Some(set.clone()),
+                    method: Some(method.full_name().to_owned()),
+                    reason,
+                };
+                let bindings = match self.method_bindings(&method) {
+                    Ok(bindings) => bindings,
+                    Err(reasons) => {
+                        problems.extend(reasons.into_iter().map(problem));
+                        continue;
+                    }
+                };
+                if bindings.is_empty() {
+                    continue;
+                }
+                let grpc_path = format!("/{}/{}", service.full_name(), method.name());
+                let Ok(grpc_path) = PathAndQuery::try_from(grpc_path) else {
+                    problems.push(problem(
+                        "the method name does not form a valid gRPC path".into(),
+                    ));
+                    continue;
+                };
+                let method_index = methods.len();
+                for ResolvedBinding {
+                    binding,
+                    template,
+                    plan,
+                } in bindings
+                {
+                    let label: Box<str> = format!("{} {}", binding.method, binding.path).into();
+                    let id = RouteId::try_from(routes.len()).unwrap_or(RouteId::MAX);
+                    if let Err(existing) = router.insert(binding.method.clone(), &template, id) {
+                        let other = &routes[existing as usize];
+                        problems.push(problem(format!(
+                            "route `{label}` conflicts with `{}` of {}",
+                            other.label,
+                            methods_name(&methods, other.method, &method),
+                        )));
+                        continue;
+                    }
+                    routes.push(Route {
+                        method: method_index,
+                        http_method: binding.method,
+                        template,
+                        label,
+                        binding: plan,
+                    });
+                }
+                methods.push(MethodPlan {
+                    kind: call_kind(&method),
+                    grpc_path,
+                    upstream: upstream.clone(),
+                    descriptor: method,
+                });
+            }
+        }
+
+        if !problems.is_empty() {
+            return Err(LoadError {
+                problems: problems.into_boxed_slice(),
+            });
+        }
+        Ok(Catalog {
+            generation,
+            pool,
+            sets: loaded.into_boxed_slice(),
+            methods: methods.into_boxed_slice(),
+            routes: routes.into_boxed_slice(),
+            router: router.build(),
+        })
+    }
+
+    /// The method's resolved bindings; every problem with them, if any.
+    fn method_bindings(
+        &self,
+        method: &MethodDescriptor,
+    ) -> Result<Vec<ResolvedBinding>, Vec<String>> {
+        let bindings = match http_rule::http_rule(method).map_err(|err| vec![err])? {
+            Some(rule) => http_rule::bindings(&rule).map_err(|err| vec![err])?,
+            None if self.options.expose_unannotated => vec![http_rule::default_binding(method)],
+            None => return Ok(Vec::new()),
+        };
+        let mut resolved = Vec::with_capacity(bindings.len());
+        let mut errors = Vec::new();
+        for binding in bindings {
+            match http_rule::resolve(binding, method) {
+                Ok(binding) => resolved.push(binding),
+                Err(err) => errors.push(err),
+            }
+        }
+        if errors.is_empty() {
+            Ok(resolved)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// The full name of the method at `index`, which may be the one being added.
+fn methods_name(methods: &[MethodPlan], index: usize, current: &MethodDescriptor) -> String {
+    methods
+        .get(index)
+        .map_or_else(|| current.full_name(), |m| m.descriptor.full_name())
+        .to_owned()
+}
+
+fn call_kind(method: &MethodDescriptor) -> CallKind {
+    match (method.is_client_streaming(), method.is_server_streaming()) {
+        (false, false) => CallKind::Unary,
+        (false, true) => CallKind::ServerStreaming,
+        (true, false) => CallKind::ClientStreaming,
+        (true, true) => CallKind::Streaming,
+    }
+}
+
+// === impl LoadError ===
+
+impl LoadError {
+    pub fn problems(&self) -> &[LoadProblem] {
+        &self.problems
+    }
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} problem(s) in the descriptor sets:",
+            self.problems.len()
+        )?;
+        for problem in &self.problems {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for LoadProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(set) = &self.set {
+            write!(f, "set `{set}`: ")?;
+        }
+        if let Some(method) = &self.method {
+            write!(f, "{method}: ")?;
+        }
+        f.write_str(&self.reason)
+    }
+}

@@ -1,0 +1,145 @@
+//! The immutable snapshot of everything descriptor-derived: pool, loaded
+//! sets, method plans, routes and the router. Built only by
+//! [`CatalogBuilder`](super::CatalogBuilder), never mutated, shared by `Arc`.
+
+use std::{fmt, sync::Arc};
+
+use http::{uri::PathAndQuery, Method};
+use prost_reflect::{DescriptorPool, MethodDescriptor};
+
+use crate::{
+    http_rule::{template::PathTemplate, BindingPlan},
+    router::{Capture, Lookup, RouteId, Router},
+    upstream::Upstream,
+};
+
+/// Everything a request needs from the loaded descriptors.
+#[derive(Debug)]
+pub struct Catalog {
+    pub(super) generation: u64,
+    pub(super) pool: DescriptorPool,
+    pub(super) sets: Box<[LoadedSet]>,
+    pub(super) methods: Box<[MethodPlan]>,
+    pub(super) routes: Box<[Route]>,
+    pub(super) router: Router,
+}
+
+/// A descriptor set as loaded: what an operator lists and compares.
+#[derive(Debug, Clone)]
+pub struct LoadedSet {
+    pub name: String,
+    /// Hex SHA-256 of the set's bytes.
+    pub digest: String,
+    pub size: usize,
+    /// Fully-qualified names of the services the set brought.
+    pub services: Vec<String>,
+}
+
+/// How a method exchanges messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    Unary,
+    ServerStreaming,
+    ClientStreaming,
+    Streaming,
+}
+
+/// One gRPC method as the gateway calls it.
+#[derive(Debug)]
+pub struct MethodPlan {
+    pub descriptor: MethodDescriptor,
+    /// `/package.Service/Method`, built once.
+    pub grpc_path: PathAndQuery,
+    /// `None` only in catalogs built for `protogate check`.
+    pub upstream: Option<Arc<Upstream>>,
+    pub kind: CallKind,
+}
+
+/// One REST binding of a method.
+#[derive(Debug)]
+pub struct Route {
+    pub method: usize,
+    pub http_method: Method,
+    pub template: PathTemplate,
+    /// `GET /v1/orders/{id}`: the bounded label for logs and metrics.
+    pub label: Box<str>,
+    pub binding: BindingPlan,
+}
+
+/// The matched route, stored in the request extensions by the route layer;
+/// it pins the request to one catalog generation.
+#[derive(Debug, Clone)]
+pub struct RouteMatch {
+    pub catalog: Arc<Catalog>,
+    pub route: RouteId,
+    pub captures: Vec<Capture>,
+}
+
+// === impl Catalog ===
+
+impl Catalog {
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn pool(&self) -> &DescriptorPool {
+        &self.pool
+    }
+
+    pub fn sets(&self) -> &[LoadedSet] {
+        &self.sets
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    pub fn lookup(&self, method: &Method, path: &str) -> Lookup {
+        self.router.lookup(method, path)
+    }
+
+    /// The route for an id the router returned.
+    pub fn route(&self, id: RouteId) -> &Route {
+        &self.routes[id as usize]
+    }
+
+    pub fn method(&self, route: &Route) -> &MethodPlan {
+        &self.methods[route.method]
+    }
+}
+
+// === impl RouteMatch ===
+
+impl RouteMatch {
+    pub fn route(&self) -> &Route {
+        self.catalog.route(self.route)
+    }
+}
+
+/// The route listing printed by `protogate check`: one line per route.
+#[derive(Debug)]
+pub struct RouteTable<'a>(pub &'a Catalog);
+
+impl fmt::Display for RouteTable<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let width = self
+            .0
+            .routes
+            .iter()
+            .map(|r| r.label.len())
+            .max()
+            .unwrap_or(0);
+        for route in self.0.routes.iter() {
+            let method = self.0.method(route);
+            write!(f, "{:width$}  -> {}", route.label, method.grpc_path)?;
+            if method.kind != CallKind::Unary {
+                write!(f, "  ({:?})", method.kind)?;
+            }
+            if let Some(upstream) = &method.upstream {
+                write!(f, "  @ {}", upstream.url)?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,236 @@
+//! Assembles the data plane (layers + gateway service), binds it and serves
+//! it until shutdown. The layer order is written once, here, outermost first.
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use axum::{
+    extract::{Request, State},
+    middleware::{self, Next},
+    response::Response,
+    Router,
+};
+use http::{HeaderValue, StatusCode};
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    timeout::TimeoutLayer,
+    trace::TraceLayer,
+};
+
+use crate::{
+    config::{Config, ConfigError},
+    error::{self, Error},
+    gateway::{self, Gateway},
+    registry::{BuildOptions, CatalogBuilder, DescriptorSet, LoadError, Registry, RouteMatch},
+    router::Lookup,
+    transcode::TranscodeOptions,
+    upstream::{UpstreamError, Upstreams},
+};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("cannot read descriptor sets from {path}: {source}")]
+    Descriptors {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+/// A gateway ready to serve: its catalog is built and its channels exist.
+#[derive(Debug)]
+pub struct Server {
+    registry: Arc<Registry>,
+    router: Router,
+    listen: SocketAddr,
+}
+
+impl Server {
+    /// Loads the configured descriptor sets plus `extra`, builds and validates
+    /// the catalog and the data plane. Must run inside a tokio runtime.
+    pub fn new(config: &Config, extra: Vec<DescriptorSet>) -> Result<Self, StartError> {
+        config.validate()?;
+        let upstreams =
+            Upstreams::new(&config.upstreams, config.limits.max_response_message_bytes)?;
+        let mut sets = Vec::new();
+        if let Some(dir) = &config.descriptors.dir {
+            sets.extend(DescriptorSet::read_dir(dir).map_err(|source| {
+                StartError::Descriptors {
+                    path: dir.clone(),
+                    source,
+                }
+            })?);
+        }
+        for path in &config.descriptors.files {
+            sets.push(DescriptorSet::from_file(path).map_err(|source| {
+                StartError::Descriptors {
+                    path: path.clone(),
+                    source,
+                }
+            })?);
+        }
+        sets.extend(extra);
+        let options = BuildOptions {
+            expose_unannotated: config.descriptors.expose_unannotated,
+            require_upstreams: true,
+        };
+        let catalog = CatalogBuilder::new(options, &upstreams)
+            .add_sets(sets)
+            .build(1)?;
+        let registry = Arc::new(Registry::new(catalog));
+        let gateway = Arc::new(Gateway {
+            options: TranscodeOptions::new(&config.json, &config.query),
+            max_request_body: config.limits.max_request_body_bytes,
+        });
+        let router = data_plane(registry.clone(), gateway, config.limits.request_timeout);
+        Ok(Self {
+            registry,
+            router,
+            listen: config.listen,
+        })
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The configured listen address.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// The data-plane service, for serving or for `oneshot` tests.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then drains in-flight requests.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, service)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+/// The data-plane stack, outermost first.
+fn data_plane(registry: Arc<Registry>, gateway: Arc<Gateway>, request_timeout: Duration) -> Router {
+    Router::new()
+        .fallback(gateway::handle)
+        .with_state(gateway)
+        .layer(
+            ServiceBuilder::new()
+                // 1. Ids first: every later layer, log line and error body carries them.
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(middleware::from_fn(correlation_id))
+                // 2. One span per request.
+                .layer(TraceLayer::new_for_http())
+                // 5. Responses made below by layers that only know a status get a google.rpc.Status body.
+                .layer(middleware::from_fn(status_body))
+                // 6. A panic is a 500 (rewritten by 5), never a dropped connection.
+                .layer(CatchPanicLayer::new())
+                // 9. Overall ceiling; per-upstream deadlines travel as grpc-timeout.
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    request_timeout,
+                ))
+                // 10. Match once; the gateway (and later policies) read RouteMatch.
+                .layer(middleware::from_fn_with_state(registry, route)),
+        )
+}
+
+/// Keeps the client's `x-correlation-id` or uses the request id, on the
+/// request (for the upstream) and on the response.
+async fn correlation_id(mut request: Request, next: Next) -> Response {
+    let id = match request.headers().get("x-correlation-id") {
+        Some(id) => id.clone(),
+        None => request
+            .headers()
+            .get("x-request-id")
+            .cloned()
+            .unwrap_or(HeaderValue::from_static("")),
+    };
+    request.headers_mut().insert("x-correlation-id", id.clone());
+    let mut response = next.run(request).await;
+    response.headers_mut().insert("x-correlation-id", id);
+    response
+}
+
+/// Gives a `google.rpc.Status` body to error responses that have none of ours
+/// (timeouts, panics, anything a tower layer answered with a bare status).
+async fn status_body(request: Request, next: Next) -> Response {
+    let request_id = error::request_id(request.headers()).to_owned();
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || response.extensions().get::<Arc<Error>>().is_some()
+    {
+        return response;
+    }
+    let code = error::grpc_code(status);
+    let message = status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_ascii_lowercase();
+    let (parts, _) = response.into_parts();
+    let mut rebuilt = error::status_response(status, code, message, Vec::new(), &request_id);
+    for (name, value) in &parts.headers {
+        if name != http::header::CONTENT_TYPE && name != http::header::CONTENT_LENGTH {
+            rebuilt.headers_mut().insert(name, value.clone());
+        }
+    }
+    rebuilt
+}
+
+/// Matches the route once against the current catalog and pins the request to it.
+async fn route(
+    State(registry): State<Arc<Registry>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let catalog = registry.load();
+    match catalog.lookup(request.method(), request.uri().path()) {
+        Lookup::Found { route, captures } => {
+            request.extensions_mut().insert(RouteMatch {
+                catalog,
+                route,
+                captures,
+            });
+            next.run(request).await
+        }
+        Lookup::MethodNotAllowed { allow } => {
+            let allow = allow
+                .iter()
+                .map(http::Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            let err = Error::MethodNotAllowed {
+                method: request.method().clone(),
+                allow: HeaderValue::from_str(&allow).unwrap_or(HeaderValue::from_static("")),
+            };
+            err.into_response(error::request_id(request.headers()), None)
+        }
+        Lookup::NotFound => {
+            let err = Error::RouteNotFound {
+                method: request.method().clone(),
+                path: request.uri().path().into(),
+            };
+            err.into_response(error::request_id(request.headers()), None)
+        }
+    }
+}

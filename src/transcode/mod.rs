@@ -1,0 +1,43 @@
+//! JSON, path variables and query parameters ⇄ protobuf messages, following
+//! the proto3 JSON mapping and the `google.api.http` binding rules.
+
+mod query;
+mod request;
+mod response;
+pub mod scalar;
+
+use prost_reflect::{DeserializeOptions, SerializeOptions};
+pub use request::request_message;
+pub use response::response_json;
+
+use crate::config::{JsonConfig, QueryConfig};
+
+/// The print/parse options, resolved once from the config.
+#[derive(Debug, Clone)]
+pub struct TranscodeOptions {
+    deserialize: DeserializeOptions,
+    serialize: SerializeOptions,
+    ignored_query: Box<[Box<str>]>,
+    ignore_unknown_query: bool,
+}
+
+impl TranscodeOptions {
+    pub fn new(json: &JsonConfig, query: &QueryConfig) -> Self {
+        Self {
+            deserialize: DeserializeOptions::new().deny_unknown_fields(!json.ignore_unknown_fields),
+            serialize: SerializeOptions::new()
+                .stringify_64_bit_integers(true)
+                .use_enum_numbers(json.enums_as_numbers)
+                .use_proto_field_name(json.use_proto_field_names)
+                .skip_default_fields(!json.emit_unpopulated),
+            ignored_query: query.ignored.iter().map(|p| p.as_str().into()).collect(),
+            ignore_unknown_query: query.ignore_unknown,
+        }
+    }
+}
+
+impl Default for TranscodeOptions {
+    fn default() -> Self {
+        Self::new(&JsonConfig::default(), &QueryConfig::default())
+    }
+}

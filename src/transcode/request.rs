@@ -1,0 +1,120 @@
+//! JSON body + path captures + query string → the request message.
+//! Order: body first, then query (only fields outside the body and the path),
+//! then path variables, so the URL — what policies looked at — always wins.
+
+use prost_reflect::{
+    DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage as _, Value,
+};
+
+use super::{query, scalar, TranscodeOptions};
+use crate::{
+    error::Error,
+    http_rule::{BindingPlan, BodyPlan},
+    router::Capture,
+};
+
+/// Builds the request message for one call.
+pub fn request_message(
+    input: &MessageDescriptor,
+    plan: &BindingPlan,
+    captures: &[Capture],
+    query: Option<&str>,
+    body: &[u8],
+    options: &TranscodeOptions,
+) -> Result<DynamicMessage, Error> {
+    let mut message = match &plan.body {
+        BodyPlan::Whole => parse_json(input, body, options)?,
+        BodyPlan::None => DynamicMessage::new(input.clone()),
+        BodyPlan::Field(field) => {
+            let mut message = DynamicMessage::new(input.clone());
+            if !is_blank(body) {
+                set_body_field(&mut message, field, body, options)?;
+            }
+            message
+        }
+    };
+    if let Some(query) = query.filter(|q| !q.is_empty()) {
+        query::apply(&mut message, plan, query, options)?;
+    }
+    for capture in captures {
+        let Some(path) = plan.vars.get(capture.var) else {
+            return Err(Error::Internal("capture without a variable".into()));
+        };
+        let value = scalar::parse(path.leaf(), &capture.value)
+            .map_err(|reason| Error::invalid_field(path.to_string(), reason))?;
+        let (leaf, parents) = path
+            .fields()
+            .split_last()
+            .ok_or_else(|| Error::Internal("empty path".into()))?;
+        parent_mut(&mut message, parents)?.set_field(leaf, value);
+    }
+    Ok(message)
+}
+
+/// The message holding the last field of a path, creating parents on the way.
+pub(super) fn parent_mut<'m>(
+    message: &'m mut DynamicMessage,
+    parents: &[FieldDescriptor],
+) -> Result<&'m mut DynamicMessage, Error> {
+    parents.iter().try_fold(message, |current, field| {
+        current
+            .get_field_mut(field)
+            .as_message_mut()
+            .ok_or_else(|| {
+                Error::Internal(format!("`{}` is not a message field", field.name()).into())
+            })
+    })
+}
+
+fn is_blank(body: &[u8]) -> bool {
+    body.iter().all(u8::is_ascii_whitespace)
+}
+
+/// Parses a JSON document into a message; a blank body is the empty message.
+fn parse_json(
+    desc: &MessageDescriptor,
+    body: &[u8],
+    options: &TranscodeOptions,
+) -> Result<DynamicMessage, Error> {
+    if is_blank(body) {
+        return Ok(DynamicMessage::new(desc.clone()));
+    }
+    let json_error = |err: serde_json::Error| Error::InvalidJson(err.to_string().into());
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let message = DynamicMessage::deserialize_with_options(
+        desc.clone(),
+        &mut deserializer,
+        &options.deserialize,
+    )
+    .map_err(json_error)?;
+    deserializer.end().map_err(json_error)?;
+    Ok(message)
+}
+
+/// `body: "field"`: a singular message field parses directly; any other field
+/// (repeated, map, scalar) parses through its parent keyed by its JSON name.
+fn set_body_field(
+    message: &mut DynamicMessage,
+    field: &FieldDescriptor,
+    body: &[u8],
+    options: &TranscodeOptions,
+) -> Result<(), Error> {
+    let value = match field.kind() {
+        Kind::Message(desc) if !field.is_list() && !field.is_map() => {
+            Value::Message(parse_json(&desc, body, options)?)
+        }
+        _ => {
+            let mut wrapped = Vec::with_capacity(body.len() + field.json_name().len() + 5);
+            wrapped.extend_from_slice(b"{\"");
+            wrapped.extend_from_slice(field.json_name().as_bytes());
+            wrapped.extend_from_slice(b"\":");
+            wrapped.extend_from_slice(body);
+            wrapped.push(b'}');
+            parse_json(&message.descriptor(), &wrapped, options)?
+                .get_field(field)
+                .into_owned()
+        }
+    };
+    message.set_field(field, value);
+    Ok(())
+}

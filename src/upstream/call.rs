@@ -1,0 +1,69 @@
+//! One unary call: request metadata, deadline, and the mapping of failures
+//! to the request-path [`Error`].
+
+use std::time::Instant;
+
+use http::uri::PathAndQuery;
+use prost_reflect::{DynamicMessage, MessageDescriptor};
+use tonic::{metadata::MetadataMap, Code, TimeoutExpired};
+
+use super::{codec::DynamicCodec, Upstream};
+use crate::error::Error;
+
+/// Calls `path` on `upstream` with `message` and waits for the reply, at
+/// most the upstream's timeout (which is also sent as `grpc-timeout`).
+pub async fn unary(
+    upstream: &Upstream,
+    path: PathAndQuery,
+    output: MessageDescriptor,
+    message: DynamicMessage,
+    metadata: MetadataMap,
+) -> Result<DynamicMessage, Error> {
+    let mut grpc = tonic::client::Grpc::new(upstream.channel.clone())
+        .max_decoding_message_size(upstream.max_response_bytes);
+    let mut request = tonic::Request::from_parts(metadata, Default::default(), message);
+    request.set_timeout(upstream.timeout);
+    let started = Instant::now();
+    let call = async {
+        grpc.ready()
+            .await
+            .map_err(|err| unavailable(upstream, &err))?;
+        grpc.unary(request, path, DynamicCodec::new(output))
+            .await
+            .map_err(|status| classify(upstream, status, started.elapsed() >= upstream.timeout))
+    };
+    match tokio::time::timeout(upstream.timeout, call).await {
+        Ok(reply) => reply.map(tonic::Response::into_inner),
+        Err(_) => Err(deadline_exceeded(upstream)),
+    }
+}
+
+/// Tells the deadline and transport failures from the upstream's own answers.
+fn classify(upstream: &Upstream, status: tonic::Status, expired: bool) -> Error {
+    let source = std::error::Error::source(&status);
+    let cancelled = matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded);
+    if source.is_some_and(|s| s.is::<TimeoutExpired>()) || (expired && cancelled) {
+        // Our grpc-timeout ran out: the channel or the server (tonic servers
+        // answer CANCELLED "Timeout expired") enforced it.
+        deadline_exceeded(upstream)
+    } else if status.code() == Code::Unavailable && source.is_some() {
+        // A transport failure (connect refused, reset) carries its cause as source.
+        unavailable(upstream, &status)
+    } else {
+        Error::Upstream(status)
+    }
+}
+
+fn deadline_exceeded(upstream: &Upstream) -> Error {
+    Error::DeadlineExceeded {
+        upstream: upstream.name.clone(),
+        timeout: upstream.timeout,
+    }
+}
+
+fn unavailable(upstream: &Upstream, cause: &dyn std::fmt::Display) -> Error {
+    Error::UpstreamUnavailable {
+        upstream: upstream.name.clone(),
+        cause: cause.to_string().into(),
+    }
+}

@@ -1,0 +1,143 @@
+//! Upstreams: one lazily connected tonic [`Channel`] per configured
+//! `pattern → URL`, resolved for a service by longest match. Channels live
+//! outside the catalog so that a reload never reconnects them.
+
+mod call;
+mod codec;
+
+use std::{sync::Arc, time::Duration};
+
+pub use call::unary;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::config::UpstreamConfig;
+
+/// A gRPC server that serves some packages or services.
+#[derive(Debug)]
+pub struct Upstream {
+    /// The configured pattern, used as the upstream's name in logs and errors.
+    pub name: Arc<str>,
+    pub url: String,
+    /// Deadline for each call, sent as `grpc-timeout`.
+    pub timeout: Duration,
+    /// Largest reply message accepted.
+    pub max_response_bytes: usize,
+    channel: Channel,
+}
+
+/// Every configured upstream, longest pattern first.
+#[derive(Debug, Default)]
+pub struct Upstreams {
+    by_length: Vec<Arc<Upstream>>,
+}
+
+/// An upstream that cannot be set up (bad URL, unreadable CA file).
+#[derive(Debug, thiserror::Error)]
+#[error("upstream `{pattern}`: {reason}")]
+pub struct UpstreamError {
+    pattern: String,
+    reason: String,
+}
+
+// === impl Upstreams ===
+
+impl Upstreams {
+    /// Creates a channel per upstream; nothing connects until the first call.
+    /// Must run inside a tokio runtime.
+    pub fn new(
+        configs: &[UpstreamConfig],
+        max_response_bytes: usize,
+    ) -> Result<Self, UpstreamError> {
+        let mut by_length = configs
+            .iter()
+            .map(|config| Upstream::new(config, max_response_bytes).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        by_length.sort_by_key(|u| std::cmp::Reverse(specificity(&u.name)));
+        Ok(Self { by_length })
+    }
+
+    /// The upstream whose pattern is the longest match for `service`
+    /// (a fully-qualified service name): the name itself, a package prefix, or `*`.
+    pub fn resolve(&self, service: &str) -> Option<Arc<Upstream>> {
+        self.by_length
+            .iter()
+            .find(|u| matches(&u.name, service))
+            .cloned()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.by_length.iter()
+    }
+}
+
+/// Longer dotted names are more specific; `*` is the least specific.
+fn specificity(pattern: &str) -> usize {
+    if pattern == "*" {
+        0
+    } else {
+        pattern.len() + 1
+    }
+}
+
+fn matches(pattern: &str, service: &str) -> bool {
+    pattern == "*"
+        || service
+            .strip_prefix(pattern)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+}
+
+// === impl Upstream ===
+
+impl Upstream {
+    fn new(config: &UpstreamConfig, max_response_bytes: usize) -> Result<Self, UpstreamError> {
+        let error = |reason: String| UpstreamError {
+            pattern: config.pattern.clone(),
+            reason,
+        };
+        let mut endpoint = Endpoint::from_shared(config.url.clone())
+            .map_err(|err| error(format!("invalid url `{}`: {err}", config.url)))?
+            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
+            .tcp_nodelay(true);
+        if config.url.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new();
+            tls = match &config.ca_file {
+                Some(path) => {
+                    let pem = std::fs::read(path).map_err(|err| {
+                        error(format!("cannot read CA file {}: {err}", path.display()))
+                    })?;
+                    tls.ca_certificate(Certificate::from_pem(pem))
+                }
+                None => tls.with_native_roots(),
+            };
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|err| error(format!("TLS setup failed: {err}")))?;
+        }
+        Ok(Self {
+            name: Arc::from(config.pattern.as_str()),
+            url: config.url.clone(),
+            timeout: config.timeout,
+            max_response_bytes,
+            channel: endpoint.connect_lazy(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_pattern_wins() {
+        assert!(matches("acme", "acme.orders.v1.OrderService"));
+        assert!(matches("acme.orders.v1", "acme.orders.v1.OrderService"));
+        assert!(!matches("acme.ord", "acme.orders.v1.OrderService"));
+        assert!(matches("*", "x.Y"));
+        let mut names = ["*", "acme", "acme.orders.v1.OrderService", "acme.orders.v1"];
+        names.sort_by_key(|n| std::cmp::Reverse(specificity(n)));
+        assert_eq!(
+            names,
+            ["acme.orders.v1.OrderService", "acme.orders.v1", "acme", "*"]
+        );
+    }
+}

@@ -1,0 +1,267 @@
+//! Test harness: real tonic backends and a real gateway on loopback, talked to
+//! over HTTP with reqwest.
+#![allow(dead_code, unreachable_pub)]
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use bytes::Bytes;
+use prost::Message as _;
+use protogate::{
+    config::UpstreamConfig,
+    pb::{
+        google::rpc::{bad_request::FieldViolation, BadRequest, ErrorInfo, Status as RpcStatus},
+        protogate::testing::v1::{
+            test_service_server::{TestService, TestServiceServer},
+            EchoMessage, FailRequest, SleepRequest,
+        },
+    },
+    registry::DescriptorSet,
+    Config, Server,
+};
+use serde_json::Value as Json;
+use tokio::{net::TcpListener, sync::oneshot};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Code, Request, Response, Status};
+
+/// The protogate.testing.v1 descriptor set, compiled by build.rs.
+pub fn testing_set() -> DescriptorSet {
+    DescriptorSet {
+        name: "protogate.testing.v1".into(),
+        bytes: Bytes::from_static(include_bytes!(concat!(
+            env!("OUT_DIR"),
+            "/protogate.testing.v1.binpb"
+        ))),
+    }
+}
+
+/// The committed example sets in descriptor-sets/.
+pub fn example_sets() -> Vec<DescriptorSet> {
+    DescriptorSet::read_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("descriptor-sets")).unwrap()
+}
+
+/// The test service: echoes, fails on request, sleeps.
+#[derive(Debug, Default)]
+pub struct Testing;
+
+#[tonic::async_trait]
+impl TestService for Testing {
+    async fn echo(&self, request: Request<EchoMessage>) -> Result<Response<EchoMessage>, Status> {
+        Ok(Response::new(request.into_inner()))
+    }
+
+    async fn fail(&self, request: Request<FailRequest>) -> Result<Response<()>, Status> {
+        let request = request.into_inner();
+        let code = Code::from_i32(request.code);
+        if !request.with_details {
+            return Err(Status::new(code, request.message));
+        }
+        let bad_request = BadRequest {
+            field_violations: vec![FieldViolation {
+                field: "code".into(),
+                description: "as asked".into(),
+            }],
+        };
+        let info = ErrorInfo {
+            reason: "TEST_FAILURE".into(),
+            domain: "protogate.test".into(),
+            ..Default::default()
+        };
+        let status = RpcStatus {
+            code: request.code,
+            message: request.message.clone(),
+            details: vec![
+                prost_types::Any {
+                    type_url: "type.googleapis.com/google.rpc.BadRequest".into(),
+                    value: bad_request.encode_to_vec(),
+                },
+                prost_types::Any {
+                    type_url: "type.googleapis.com/google.rpc.ErrorInfo".into(),
+                    value: info.encode_to_vec(),
+                },
+                prost_types::Any {
+                    type_url: "type.googleapis.com/unknown.Type".into(),
+                    value: vec![1, 2, 3],
+                },
+            ],
+        };
+        Err(Status::with_details(
+            code,
+            request.message,
+            Bytes::from(status.encode_to_vec()),
+        ))
+    }
+
+    async fn sleep(&self, request: Request<SleepRequest>) -> Result<Response<()>, Status> {
+        let millis = u64::try_from(request.into_inner().millis).unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+        Ok(Response::new(()))
+    }
+
+    async fn hidden(&self, request: Request<EchoMessage>) -> Result<Response<EchoMessage>, Status> {
+        Ok(Response::new(request.into_inner()))
+    }
+}
+
+/// A tonic server on 127.0.0.1:0 serving the example services and the test service.
+pub struct Backend {
+    pub addr: SocketAddr,
+    _shutdown: oneshot::Sender<()>,
+}
+
+impl Backend {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let routes = protogate::demo::example_routes().add_service(TestServiceServer::new(Testing));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = rx.await;
+                }),
+        );
+        Self {
+            addr,
+            _shutdown: tx,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+pub fn upstream(pattern: &str, url: &str) -> UpstreamConfig {
+    UpstreamConfig {
+        pattern: pattern.into(),
+        url: url.into(),
+        timeout: Duration::from_secs(5),
+        ca_file: None,
+    }
+}
+
+/// The gateway on 127.0.0.1:0 in front of a backend.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    _shutdown: oneshot::Sender<()>,
+    _backend: Option<Backend>,
+}
+
+impl Gateway {
+    /// A gateway over the example and testing sets, all served by one backend.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Like [`Gateway::start`], with the config adjusted first.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let backend = Backend::start().await;
+        let mut config = Config {
+            upstreams: vec![
+                upstream("acme", &backend.url()),
+                upstream("protogate.testing", &backend.url()),
+            ],
+            ..Config::default()
+        };
+        adjust(&mut config);
+        let mut sets = example_sets();
+        sets.push(testing_set());
+        let mut gateway = Self::serve(&config, sets).await;
+        gateway._backend = Some(backend);
+        gateway
+    }
+
+    /// A gateway over exactly `sets` with `config`.
+    pub async fn serve(config: &Config, sets: Vec<DescriptorSet>) -> Self {
+        let server =
+            Server::new(config, sets).unwrap_or_else(|err| panic!("gateway does not start: {err}"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(server.serve(listener, async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            client: reqwest::Client::new(),
+            _shutdown: tx,
+            _backend: None,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Json) {
+        self.send(self.client.get(self.url(path))).await
+    }
+
+    pub async fn send_json(&self, method: reqwest::Method, path: &str, body: Json) -> (u16, Json) {
+        self.send(self.client.request(method, self.url(path)).json(&body))
+            .await
+    }
+
+    pub async fn post(&self, path: &str, body: Json) -> (u16, Json) {
+        self.send_json(reqwest::Method::POST, path, body).await
+    }
+
+    /// Sends and returns the status and the JSON body (`null` when empty).
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Json) {
+        let response = request.send().await.expect("request reaches the gateway");
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.unwrap();
+        let json = if bytes.is_empty() {
+            Json::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|err| {
+                panic!(
+                    "body is not JSON ({err}): {}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
+        };
+        (status, json)
+    }
+}
+
+/// Asserts a google.rpc.Status body: code, a message containing `message`,
+/// and a RequestInfo detail with a non-empty request id as the last detail.
+pub fn assert_status(body: &Json, code: Code, message: &str) {
+    assert_eq!(body["code"], code as i32, "code in {body}");
+    let text = body["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message in {body}"));
+    assert!(text.contains(message), "message `{text}` lacks `{message}`");
+    let details = body["details"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no details in {body}"));
+    let info = details.last().unwrap();
+    assert_eq!(
+        info["@type"], "type.googleapis.com/google.rpc.RequestInfo",
+        "{body}"
+    );
+    assert!(
+        !info["requestId"].as_str().unwrap_or_default().is_empty(),
+        "{body}"
+    );
+}
+
+/// The field violations of the BadRequest detail, as (field, description).
+pub fn violations(body: &Json) -> Vec<(String, String)> {
+    body["details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["@type"] == "type.googleapis.com/google.rpc.BadRequest")
+        .flat_map(|d| d["fieldViolations"].as_array().cloned().unwrap_or_default())
+        .map(|v| {
+            (
+                v["field"].as_str().unwrap_or_default().to_owned(),
+                v["description"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,243 @@
+//! Every bad input and every upstream failure: the exact status, a
+//! google.rpc.Status body, and the gateway still serving afterwards.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{assert_status, upstream, violations, Gateway};
+use serde_json::json;
+use tonic::Code;
+
+/// The canonical mapping, checked end to end: the backend fails with each code.
+#[tokio::test]
+async fn every_grpc_code_maps_to_its_http_status_and_body() {
+    let gw = Gateway::start().await;
+    let table = [
+        (Code::Cancelled, 499),
+        (Code::Unknown, 500),
+        (Code::InvalidArgument, 400),
+        (Code::DeadlineExceeded, 504),
+        (Code::NotFound, 404),
+        (Code::AlreadyExists, 409),
+        (Code::PermissionDenied, 403),
+        (Code::ResourceExhausted, 429),
+        (Code::FailedPrecondition, 400),
+        (Code::Aborted, 409),
+        (Code::OutOfRange, 400),
+        (Code::Unimplemented, 501),
+        (Code::Internal, 500),
+        (Code::Unavailable, 503),
+        (Code::DataLoss, 500),
+        (Code::Unauthenticated, 401),
+    ];
+    for (code, http) in table {
+        let message = format!("secret detail of {code:?}");
+        let (status, body) = gw
+            .post("/v1/fail", json!({"code": code as i32, "message": message}))
+            .await;
+        assert_eq!(status, http, "{code:?}: {body}");
+        if http >= 500 {
+            assert_status(&body, code, "");
+            assert!(
+                !body.to_string().contains("secret detail"),
+                "a 5xx leaks the upstream message: {body}"
+            );
+        } else {
+            assert_status(&body, code, &message);
+        }
+    }
+}
+
+#[tokio::test]
+async fn upstream_details_are_decoded_with_their_type() {
+    let gw = Gateway::start().await;
+    let (status, body) = gw
+        .post(
+            "/v1/fail",
+            json!({"code": 3, "message": "naïve 100% ✓ message", "withDetails": true}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_status(&body, Code::InvalidArgument, "naïve 100% ✓ message");
+    let details = body["details"].as_array().unwrap();
+    assert_eq!(details.len(), 4, "{body}");
+    assert_eq!(
+        details[0],
+        json!({"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": [{"field": "code", "description": "as asked"}]})
+    );
+    assert_eq!(
+        details[1],
+        json!({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "TEST_FAILURE", "domain": "protogate.test"})
+    );
+    assert_eq!(
+        details[2],
+        json!({"@type": "type.googleapis.com/unknown.Type", "value": "AQID"})
+    );
+}
+
+#[tokio::test]
+async fn request_id_is_kept_or_minted_and_returned() {
+    let gw = Gateway::start().await;
+    let response = gw
+        .client
+        .get(gw.url("/v1/nothing"))
+        .header("x-request-id", "req-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "req-123");
+    assert_eq!(response.headers()["x-correlation-id"], "req-123");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["details"][0]["requestId"], "req-123");
+
+    let response = gw
+        .client
+        .get(gw.url("/v1/orders/o-1"))
+        .header("x-correlation-id", "flow-9")
+        .send()
+        .await
+        .unwrap();
+    let minted = response.headers()["x-request-id"].to_str().unwrap();
+    assert_eq!(minted.len(), 36, "a UUID: {minted}");
+    assert_eq!(response.headers()["x-correlation-id"], "flow-9");
+}
+
+#[tokio::test]
+async fn malformed_json_is_400_and_the_next_request_succeeds() {
+    let gw = Gateway::start().await;
+    let cases: [(&str, &str); 5] = [
+        ("{", "invalid JSON body: EOF while parsing"),
+        ("{\"int32Value\": \"abc\"}", "invalid JSON body"),
+        ("{\"int32Value\": 1.5}", "invalid JSON body"),
+        ("{\"color\": \"PURPLE\"}", "invalid JSON body"),
+        ("{} trailing", "invalid JSON body: trailing characters"),
+    ];
+    for (text, message) in cases {
+        let request = gw
+            .client
+            .post(gw.url("/v1/echo"))
+            .header("content-type", "application/json")
+            .body(text);
+        let (status, body) = gw.send(request).await;
+        assert_eq!(status, 400, "{text}: {body}");
+        assert_status(&body, Code::InvalidArgument, message);
+        assert_eq!(
+            gw.post("/v1/echo", json!({"int32Value": 1})).await,
+            (200, json!({"int32Value": 1}))
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_json_field_is_named() {
+    let gw = Gateway::start().await;
+    let (status, body) = gw.post("/v1/echo", json!({"nested": {"nmae": "x"}})).await;
+    assert_eq!(status, 400);
+    assert_status(
+        &body,
+        Code::InvalidArgument,
+        "unrecognized field name 'nmae'",
+    );
+}
+
+#[tokio::test]
+async fn wrong_content_type_is_415() {
+    let gw = Gateway::start().await;
+    let request = gw
+        .client
+        .post(gw.url("/v1/echo"))
+        .header("content-type", "text/plain")
+        .body("{}");
+    let (status, body) = gw.send(request).await;
+    assert_eq!(status, 415);
+    assert_status(
+        &body,
+        Code::InvalidArgument,
+        "unsupported content type `text/plain`",
+    );
+    let request = gw
+        .client
+        .post(gw.url("/v1/echo"))
+        .header(
+            "content-type",
+            "application/merge-patch+json; charset=utf-8",
+        )
+        .body("{}");
+    assert_eq!(gw.send(request).await, (200, json!({})));
+}
+
+#[tokio::test]
+async fn oversized_body_is_413() {
+    let gw = Gateway::start_with(|config| config.limits.max_request_body_bytes = 64).await;
+    let (status, body) = gw
+        .post("/v1/echo", json!({"stringValue": "x".repeat(100)}))
+        .await;
+    assert_eq!(status, 413);
+    assert_status(
+        &body,
+        Code::ResourceExhausted,
+        "exceeds the limit of 64 bytes",
+    );
+    assert_eq!(
+        gw.post("/v1/echo", json!({"stringValue": "ok"})).await,
+        (200, json!({"stringValue": "ok"}))
+    );
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_503_without_leaking_its_address() {
+    // Bind then drop: a loopback port that refuses connections.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = format!("http://127.0.0.1:{port}");
+    let gw =
+        Gateway::start_with(|config| config.upstreams.push(upstream("acme.users", &dead))).await;
+    let (status, body) = gw.get("/v1/tenants/acme/users/alice").await;
+    assert_eq!(status, 503, "{body}");
+    assert_status(&body, Code::Unavailable, "upstream unavailable");
+    assert!(!body.to_string().contains("127.0.0.1"), "{body}");
+    assert_eq!(
+        gw.get("/v1/orders/o-1").await.0,
+        200,
+        "other upstreams still serve"
+    );
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504() {
+    let gw = Gateway::start_with(|config| {
+        for upstream in &mut config.upstreams {
+            upstream.timeout = Duration::from_millis(200);
+        }
+    })
+    .await;
+    let (status, body) = gw.get("/v1/sleep/3000").await;
+    assert_eq!(status, 504, "{body}");
+    assert_status(&body, Code::DeadlineExceeded, "deadline exceeded");
+    assert_eq!(gw.get("/v1/sleep/1").await, (200, json!({})));
+}
+
+#[tokio::test]
+async fn overall_request_ceiling_is_504_with_a_status_body() {
+    let gw =
+        Gateway::start_with(|config| config.limits.request_timeout = Duration::from_millis(200))
+            .await;
+    let (status, body) = gw.get("/v1/sleep/3000").await;
+    assert_eq!(status, 504, "{body}");
+    assert_status(&body, Code::DeadlineExceeded, "gateway timeout");
+}
+
+#[tokio::test]
+async fn bad_path_value_is_a_bad_request_field_violation() {
+    let gw = Gateway::start().await;
+    let (status, body) = gw.get("/v1/sleep/soon").await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        violations(&body),
+        [("millis".into(), "`soon` is not a 64-bit integer".into())]
+    );
+}
