@@ -81,7 +81,7 @@ pub struct QueryConfig {
 }
 
 /// Request limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest request body accepted; larger → 413. Default 4 MiB.
@@ -281,6 +281,14 @@ mod tests {
         assert_eq!(config.query.ignored, ["access_token", "_"]);
         assert!(config.descriptors.expose_unannotated);
         assert_eq!(config.limits.request_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/protogate.yaml");
+        let config = Config::from_file(&path).unwrap();
+        assert_eq!(config.upstreams.len(), 2);
+        assert_eq!(config.limits, LimitsConfig::default());
     }
 
     #[test]

@@ -147,7 +147,7 @@ impl Error {
                 _ => self.to_string(),
             }
         };
-        let mut response = status_response(status, code, message, details, request_id);
+        let mut response = status_response(status, code, &message, details, request_id);
         if let Self::MethodNotAllowed { allow, .. } = &self {
             response.headers_mut().insert(header::ALLOW, allow.clone());
         }
@@ -217,7 +217,7 @@ fn generic_message(code: Code) -> &'static str {
 pub(crate) fn status_response(
     status: StatusCode,
     code: Code,
-    message: String,
+    message: &str,
     mut details: Vec<Json>,
     request_id: &str,
 ) -> Response {

@@ -188,7 +188,7 @@ async fn status_body(request: Request, next: Next) -> Response {
         .unwrap_or("error")
         .to_ascii_lowercase();
     let (parts, _) = response.into_parts();
-    let mut rebuilt = error::status_response(status, code, message, Vec::new(), &request_id);
+    let mut rebuilt = error::status_response(status, code, &message, Vec::new(), &request_id);
     for (name, value) in &parts.headers {
         if name != http::header::CONTENT_TYPE && name != http::header::CONTENT_LENGTH {
             rebuilt.headers_mut().insert(name, value.clone());

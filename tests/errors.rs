@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use common::{assert_status, upstream, violations, Gateway};
 use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Code;
 
 /// The canonical mapping, checked end to end: the backend fails with each code.
@@ -240,4 +242,75 @@ async fn bad_path_value_is_a_bad_request_field_violation() {
         violations(&body),
         [("millis".into(), "`soon` is not a 64-bit integer".into())]
     );
+}
+
+#[tokio::test]
+async fn upstream_that_comes_back_is_reconnected() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gw = Gateway::start_with(|config| {
+        config
+            .upstreams
+            .push(upstream("acme.users", &format!("http://{addr}")))
+    })
+    .await;
+    assert_eq!(gw.get("/v1/tenants/acme/users/alice").await.0, 503);
+
+    let listener = TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(protogate::demo::serve_examples(
+        listener,
+        std::future::pending(),
+    ));
+    let mut last = 0;
+    for _ in 0..100 {
+        last = gw.get("/v1/tenants/acme/users/alice").await.0;
+        if last == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        last, 200,
+        "the channel reconnects once the upstream is back"
+    );
+}
+
+#[tokio::test]
+async fn https_upstream_is_verified_against_the_configured_ca() {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_pem = certified.cert.pem();
+    let identity =
+        tonic::transport::Identity::from_pem(&cert_pem, certified.signing_key.serialize_pem());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tonic::transport::Server::builder()
+        .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+        .unwrap()
+        .add_routes(protogate::demo::example_routes())
+        .serve_with_incoming(TcpListenerStream::new(listener));
+    tokio::spawn(server);
+
+    let ca_file = std::env::temp_dir().join(format!("protogate-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca_file, &cert_pem).unwrap();
+    let url = format!("https://localhost:{port}");
+    let trusted = ca_file.clone();
+    let gw = Gateway::start_with(move |config| {
+        let mut users = upstream("acme.users", &url);
+        users.ca_file = Some(trusted);
+        config.upstreams.push(users);
+        // The same server without its CA: the system roots do not trust it.
+        config.upstreams.push(upstream("acme.orders.v2", &url));
+    })
+    .await;
+    let (status, body) = gw.get("/v1/tenants/acme/users/alice").await;
+    std::fs::remove_file(&ca_file).ok();
+    assert_eq!(
+        (status, body["name"].clone()),
+        (200, json!("tenants/acme/users/alice")),
+        "{body}"
+    );
+    let (status, body) = gw.get("/v2/orders/o-1").await;
+    assert_eq!(status, 503, "an untrusted certificate is refused: {body}");
 }

@@ -568,3 +568,24 @@ async fn users_with_nested_resource_names() {
     let (status, _) = gw.get("/v1/tenants/globex/users/dave").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn upstream_receives_the_ids_and_its_deadline_as_metadata() {
+    let gw = Gateway::start().await;
+    let request = gw
+        .client
+        .get(gw.url("/v1/headers"))
+        .header("x-request-id", "r-1")
+        .header("x-correlation-id", "c-1");
+    let (status, body) = gw.send(request).await;
+    assert_eq!(status, 200, "{body}");
+    let metadata = &body["metadata"];
+    assert_eq!(metadata["x-request-id"], "r-1");
+    assert_eq!(metadata["x-correlation-id"], "c-1");
+    // 5s configured by the harness, sent in grpc-timeout's units.
+    let timeout = metadata["grpc-timeout"].as_str().unwrap();
+    assert!(
+        timeout == "5000000u" || timeout == "5000m" || timeout == "5S",
+        "{timeout}"
+    );
+}

@@ -12,7 +12,7 @@ use protogate::{
         google::rpc::{bad_request::FieldViolation, BadRequest, ErrorInfo, Status as RpcStatus},
         protogate::testing::v1::{
             test_service_server::{TestService, TestServiceServer},
-            EchoMessage, FailRequest, SleepRequest,
+            EchoMessage, FailRequest, Headers, SleepRequest,
         },
     },
     registry::DescriptorSet,
@@ -95,6 +95,22 @@ impl TestService for Testing {
         let millis = u64::try_from(request.into_inner().millis).unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(millis)).await;
         Ok(Response::new(()))
+    }
+
+    async fn echo_headers(&self, request: Request<()>) -> Result<Response<Headers>, Status> {
+        let metadata = request
+            .metadata()
+            .clone()
+            .into_headers()
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.to_string(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        Ok(Response::new(Headers { metadata }))
     }
 
     async fn hidden(&self, request: Request<EchoMessage>) -> Result<Response<EchoMessage>, Status> {
