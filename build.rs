@@ -23,6 +23,7 @@ const BASE: &[&str] = &[
     "google/rpc/code.proto",
     "google/rpc/error_details.proto",
     "google/rpc/status.proto",
+    "protogate/options.proto",
 ];
 
 fn compile(files: &[&str]) -> Result<protox::Compiler, Box<dyn Error>> {

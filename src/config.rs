@@ -24,6 +24,7 @@ pub struct Config {
     pub json: JsonConfig,
     pub query: QueryConfig,
     pub limits: LimitsConfig,
+    pub filters: FiltersConfig,
 }
 
 /// Which descriptor sets to load at start.
@@ -93,6 +94,38 @@ pub struct LimitsConfig {
     pub request_timeout: Duration,
 }
 
+/// Response and request filtering beyond what the protos mark.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FiltersConfig {
+    /// What a request that sets an internal field gets: `reject` (400, default)
+    /// or `clear` (the field is dropped silently).
+    pub internal_input: InternalInput,
+    /// Field-mask paths omitted from the responses of matching methods; they
+    /// add up with the fields the protos mark internal.
+    pub responses: Vec<ResponseFilterConfig>,
+}
+
+/// See [`FiltersConfig::internal_input`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InternalInput {
+    #[default]
+    Reject,
+    Clear,
+}
+
+/// Paths to omit from the responses of the methods a glob matches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseFilterConfig {
+    /// A glob over method, service or package names: `acme.orders.v1.OrderService.GetOrder`,
+    /// `acme.orders.v1.OrderService`, `acme.orders.*`.
+    pub methods: String,
+    /// Paths relative to the method's reply, e.g. `internal_note`, `items.cost_cents`.
+    pub omit: Vec<String>,
+}
+
 /// A configuration that cannot be used, naming the key (and line) at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -122,6 +155,7 @@ impl Default for Config {
             json: JsonConfig::default(),
             query: QueryConfig::default(),
             limits: LimitsConfig::default(),
+            filters: FiltersConfig::default(),
         }
     }
 }
@@ -203,6 +237,14 @@ impl Config {
                 return Err(ConfigError::Invalid {
                     key: format!("upstreams[{i}].pattern"),
                     reason: format!("`{}` is configured twice", upstream.pattern),
+                });
+            }
+        }
+        for (i, filter) in self.filters.responses.iter().enumerate() {
+            if let Err(err) = globset::Glob::new(&filter.methods) {
+                return Err(ConfigError::Invalid {
+                    key: format!("filters.responses[{i}].methods"),
+                    reason: err.to_string(),
                 });
             }
         }

@@ -16,11 +16,11 @@ use axum::{
 use base64::Engine as _;
 use http::{header, HeaderValue, Method, StatusCode};
 use prost::Message as _;
-use prost_reflect::{DescriptorPool, DynamicMessage};
+use prost_reflect::DynamicMessage;
 use serde_json::{json, Map, Value as Json};
 use tonic::Code;
 
-use crate::pb::google::rpc;
+use crate::{pb::google::rpc, registry::Catalog};
 
 const BAD_REQUEST_TYPE: &str = "type.googleapis.com/google.rpc.BadRequest";
 const REQUEST_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RequestInfo";
@@ -122,9 +122,9 @@ impl Error {
         }
     }
 
-    /// Renders the `google.rpc.Status` response. `pool` resolves the `Any`
+    /// Renders the `google.rpc.Status` response. `catalog` resolves the `Any`
     /// details an upstream sent; the error itself rides in the extensions.
-    pub fn into_response(self, request_id: &str, pool: Option<&DescriptorPool>) -> Response {
+    pub fn into_response(self, request_id: &str, catalog: Option<&Catalog>) -> Response {
         let status = self.http_status();
         let code = self.code();
         let mut details = Vec::new();
@@ -134,7 +134,7 @@ impl Error {
         } else {
             match &self {
                 Self::Upstream(upstream) => {
-                    details = upstream_details(upstream.details(), pool);
+                    details = upstream_details(upstream.details(), catalog);
                     upstream.message().to_owned()
                 }
                 Self::InvalidField { field, reason } => {
@@ -232,8 +232,8 @@ pub(crate) fn status_response(
 }
 
 /// Decodes `grpc-status-details-bin` (a `google.rpc.Status`) into JSON details.
-/// Types the pool does not know are passed as `{"@type", "value": base64}`.
-fn upstream_details(bytes: &[u8], pool: Option<&DescriptorPool>) -> Vec<Json> {
+/// Internal fields are removed; types the pool does not know are passed as `{"@type", "value": base64}`.
+fn upstream_details(bytes: &[u8], catalog: Option<&Catalog>) -> Vec<Json> {
     if bytes.is_empty() {
         return Vec::new();
     }
@@ -244,16 +244,18 @@ fn upstream_details(bytes: &[u8], pool: Option<&DescriptorPool>) -> Vec<Json> {
     status
         .details
         .iter()
-        .map(|any| any_to_json(any, pool))
+        .map(|any| any_to_json(any, catalog))
         .collect()
 }
 
-fn any_to_json(any: &prost_types::Any, pool: Option<&DescriptorPool>) -> Json {
+fn any_to_json(any: &prost_types::Any, catalog: Option<&Catalog>) -> Json {
     let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
-    let decoded = pool
-        .and_then(|pool| pool.get_message_by_name(type_name))
-        .and_then(|desc| DynamicMessage::decode(desc, any.value.as_slice()).ok())
-        .and_then(|msg| serde_json::to_value(&msg).ok());
+    let decoded = catalog.and_then(|catalog| {
+        let desc = catalog.pool().get_message_by_name(type_name)?;
+        let mut message = DynamicMessage::decode(desc, any.value.as_slice()).ok()?;
+        catalog.field_rules().redact(&mut message);
+        serde_json::to_value(&message).ok()
+    });
     let mut object = match decoded {
         Some(Json::Object(object)) => object,
         // Well-known types with a non-object JSON form go under "value", as in Any's JSON.

@@ -2,6 +2,8 @@
 //! call → JSON reply. Errors become `google.rpc.Status` responses here, where
 //! the catalog's pool can resolve the details an upstream sent.
 
+use std::borrow::Cow;
+
 use axum::{
     body::{Body, Bytes},
     extract::{Request, State},
@@ -15,7 +17,7 @@ use crate::{
     error::{self, Error},
     http_rule::BodyPlan,
     registry::{CallKind, RouteMatch},
-    transcode::{self, TranscodeOptions},
+    transcode::{self, ReplyFilter, RequestParts, TranscodeOptions},
     upstream,
 };
 
@@ -47,7 +49,7 @@ pub async fn handle(
                 .as_ref()
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
-            err.into_response(id, Some(catalog.pool()))
+            err.into_response(id, Some(&catalog))
         }
     }
 }
@@ -77,15 +79,29 @@ impl Gateway {
                 body
             }
         };
+        let catalog = &matched.catalog;
+        let fields = partial_response_fields(&parts, route.binding.fields_param);
+        let filter = ReplyFilter::new(
+            catalog.field_rules(),
+            &method.rules,
+            method.omit.as_ref(),
+            &method.descriptor.output(),
+            &route.binding,
+            fields.as_deref(),
+        )?;
+        let request_parts = RequestParts {
+            captures: &matched.captures,
+            query: parts.uri.query(),
+            body: &body,
+        };
         let message = transcode::request_message(
             &method.descriptor.input(),
             &route.binding,
-            &matched.captures,
-            parts.uri.query(),
-            &body,
+            (catalog.field_rules(), &method.rules),
+            request_parts,
             &self.options,
         )?;
-        let reply = upstream::unary(
+        let mut reply = upstream::unary(
             upstream,
             method.grpc_path.clone(),
             method.descriptor.output(),
@@ -93,7 +109,7 @@ impl Gateway {
             outgoing_metadata(&parts.headers),
         )
         .await?;
-        let json = transcode::response_json(&reply, &route.binding, &self.options)?;
+        let json = filter.encode(&mut reply, &route.binding, &self.options)?;
         Ok((
             [(
                 header::CONTENT_TYPE,
@@ -103,6 +119,23 @@ impl Gateway {
         )
             .into_response())
     }
+}
+
+/// The client's partial-response selection: the `fields` query parameter
+/// (when the route reserves it), else the `x-fields` header.
+fn partial_response_fields(parts: &http::request::Parts, from_query: bool) -> Option<Cow<'_, str>> {
+    let query = parts.uri.query().filter(|_| from_query).and_then(|query| {
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(key, _)| key == transcode::FIELDS_PARAM)
+            .map(|(_, value)| value)
+    });
+    query.or_else(|| {
+        parts
+            .headers
+            .get("x-fields")
+            .and_then(|v| v.to_str().ok())
+            .map(Cow::Borrowed)
+    })
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, Error> {

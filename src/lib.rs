@@ -38,7 +38,7 @@ pub fn check(sets: Vec<DescriptorSet>, expose_unannotated: bool) -> Result<Catal
     let upstreams = upstream::Upstreams::default();
     let options = BuildOptions {
         expose_unannotated,
-        require_upstreams: false,
+        ..BuildOptions::default()
     };
     CatalogBuilder::new(options, &upstreams)
         .add_sets(sets)

@@ -78,16 +78,12 @@ impl Server {
             })?);
         }
         sets.extend(extra);
-        let options = BuildOptions {
-            expose_unannotated: config.descriptors.expose_unannotated,
-            require_upstreams: true,
-        };
-        let catalog = CatalogBuilder::new(options, &upstreams)
+        let catalog = CatalogBuilder::new(BuildOptions::from_config(config), &upstreams)
             .add_sets(sets)
             .build(1)?;
         let registry = Arc::new(Registry::new(catalog));
         let gateway = Arc::new(Gateway {
-            options: TranscodeOptions::new(&config.json, &config.query),
+            options: TranscodeOptions::new(config),
             max_request_body: config.limits.max_request_body_bytes,
         });
         let router = data_plane(registry.clone(), gateway, config.limits.request_timeout);

@@ -63,7 +63,7 @@ async fn upstream_details_are_decoded_with_their_type() {
     assert_eq!(status, 400);
     assert_status(&body, Code::InvalidArgument, "naïve 100% ✓ message");
     let details = body["details"].as_array().unwrap();
-    assert_eq!(details.len(), 4, "{body}");
+    assert_eq!(details.len(), 5, "{body}");
     assert_eq!(
         details[0],
         json!({"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": [{"field": "code", "description": "as asked"}]})
@@ -72,8 +72,13 @@ async fn upstream_details_are_decoded_with_their_type() {
         details[1],
         json!({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "TEST_FAILURE", "domain": "protogate.test"})
     );
+    // Internal fields are removed from details too.
     assert_eq!(
         details[2],
+        json!({"@type": "type.googleapis.com/protogate.testing.v1.Nested", "name": "detail"})
+    );
+    assert_eq!(
+        details[3],
         json!({"@type": "type.googleapis.com/unknown.Type", "value": "AQID"})
     );
 }

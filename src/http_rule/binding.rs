@@ -32,6 +32,12 @@ pub struct BindingPlan {
     pub body: BodyPlan,
     /// The reply field sent instead of the whole reply.
     pub response_body: Option<FieldDescriptor>,
+    /// A `google.protobuf.FieldMask update_mask` to fill from the body's keys
+    /// when the client sends none (body bound to a message field).
+    pub update_mask: Option<FieldDescriptor>,
+    /// Whether the `fields` query parameter asks for a partial response
+    /// (it does unless the request has a field named `fields`).
+    pub fields_param: bool,
 }
 
 // === impl FieldPath ===
@@ -140,10 +146,18 @@ impl BindingPlan {
                 })?)
             }
         };
+        let update_mask = match &body {
+            BodyPlan::Field(field) if matches!(field.kind(), Kind::Message(_)) && !field.is_list() && !field.is_map() => input
+                .get_field_by_name("update_mask")
+                .filter(|mask| matches!(mask.kind(), Kind::Message(m) if m.full_name() == "google.protobuf.FieldMask")),
+            _ => None,
+        };
         Ok(Self {
             vars: vars.into_boxed_slice(),
             body,
             response_body,
+            update_mask,
+            fields_param: input.get_field_by_name("fields").is_none(),
         })
     }
 }

@@ -2,9 +2,10 @@
 //! that lists every problem found (not just the first), each naming the set,
 //! the method and the route at fault.
 
-use std::{fmt, path::Path, sync::LazyLock};
+use std::{collections::HashMap, fmt, path::Path, sync::LazyLock};
 
 use bytes::Bytes;
+use globset::{Glob, GlobMatcher};
 use http::uri::PathAndQuery;
 use prost::Message as _;
 use prost_reflect::{DescriptorPool, MethodDescriptor};
@@ -12,8 +13,10 @@ use sha2::{Digest as _, Sha256};
 
 use super::catalog::{CallKind, Catalog, LoadedSet, MethodPlan, Route};
 use crate::{
+    config::Config,
     http_rule::{self, ResolvedBinding},
     router::{RouteId, RouterBuilder},
+    transcode::{FieldRules, MaskTree},
     upstream::Upstreams,
 };
 
@@ -32,12 +35,79 @@ pub struct DescriptorSet {
 }
 
 /// Options that change what a build accepts.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
     /// Expose methods without `google.api.http` at `POST /{package.Service}/{Method}`.
     pub expose_unannotated: bool,
     /// Refuse services without an upstream (off only for `protogate check`).
     pub require_upstreams: bool,
+    /// Response paths to omit, per method glob (`filters.responses`).
+    pub omit: Vec<OmitRule>,
+}
+
+/// Configured response paths to omit from the methods a glob matches.
+#[derive(Debug, Clone)]
+pub struct OmitRule {
+    methods: GlobMatcher,
+    paths: Vec<String>,
+}
+
+impl BuildOptions {
+    /// The options a serving gateway builds with.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            expose_unannotated: config.descriptors.expose_unannotated,
+            require_upstreams: true,
+            omit: config
+                .filters
+                .responses
+                .iter()
+                .filter_map(|filter| {
+                    let glob = Glob::new(&filter.methods).ok()?;
+                    Some(OmitRule {
+                        methods: glob.compile_matcher(),
+                        paths: filter.omit.clone(),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// The omitted paths configured for `method` as (rule, path index, path):
+    /// a rule's glob may name the method, its service or its package.
+    fn omitted_paths<'s>(
+        &'s self,
+        method: &MethodDescriptor,
+    ) -> impl Iterator<Item = (usize, usize, &'s str)> + 's {
+        let service = method.parent_service();
+        let names = [
+            method.full_name().to_owned(),
+            service.full_name().to_owned(),
+            service.package_name().to_owned(),
+        ];
+        self.omit
+            .iter()
+            .enumerate()
+            .filter(move |(_, rule)| {
+                names
+                    .iter()
+                    .any(|name| rule.methods.is_match(name.as_str()))
+            })
+            .flat_map(|(r, rule)| {
+                rule.paths
+                    .iter()
+                    .enumerate()
+                    .map(move |(p, path)| (r, p, path.as_str()))
+            })
+    }
+}
+
+/// Where each configured omit path resolved: a path must exist in the reply
+/// of at least one method its rule selects, or it is a typo.
+#[derive(Debug, Default)]
+struct OmitUsage {
+    /// (rule, path) → the first reply type tried, and whether any had the path.
+    seen: HashMap<(usize, usize), (String, bool)>,
 }
 
 /// Builds one catalog; pure and synchronous.
@@ -163,6 +233,8 @@ impl<'a> CatalogBuilder<'a> {
             );
         }
 
+        let field_rules = FieldRules::new(&pool);
+        let mut omit_usage = OmitUsage::default();
         let mut methods = Vec::new();
         let mut routes: Vec<Route> = Vec::new();
         let mut router = RouterBuilder::default();
@@ -224,15 +296,19 @@ impl<'a> CatalogBuilder<'a> {
                         binding: plan,
                     });
                 }
+                let omit = self.omit_tree(&method, &mut omit_usage);
                 methods.push(MethodPlan {
                     kind: call_kind(&method),
                     grpc_path,
                     upstream: upstream.clone(),
+                    rules: field_rules.for_method(&method),
+                    omit,
                     descriptor: method,
                 });
             }
         }
 
+        problems.extend(self.unused_omit_paths(&omit_usage));
         if !problems.is_empty() {
             return Err(LoadError {
                 problems: problems.into_boxed_slice(),
@@ -245,7 +321,44 @@ impl<'a> CatalogBuilder<'a> {
             methods: methods.into_boxed_slice(),
             routes: routes.into_boxed_slice(),
             router: router.build(),
+            field_rules,
         })
+    }
+
+    /// The configured paths to omit from the method's replies: those that
+    /// exist in its output type.
+    fn omit_tree(&self, method: &MethodDescriptor, usage: &mut OmitUsage) -> Option<MaskTree> {
+        let output = method.output();
+        let mut paths = Vec::new();
+        for (rule, index, path) in self.options.omitted_paths(method) {
+            let resolves = MaskTree::parse(&output, [path], |_, _| false).is_ok();
+            let entry = usage
+                .seen
+                .entry((rule, index))
+                .or_insert_with(|| (output.full_name().to_owned(), false));
+            entry.1 |= resolves;
+            if resolves {
+                paths.push(path);
+            }
+        }
+        MaskTree::parse(&output, paths, |_, _| false)
+            .ok()
+            .filter(|tree| !tree.is_empty())
+    }
+
+    /// A problem for every omit path that no selected method's reply has.
+    fn unused_omit_paths(&self, usage: &OmitUsage) -> impl Iterator<Item = LoadProblem> + '_ {
+        let mut unresolved: Vec<_> = usage.seen.iter().filter(|(_, (_, found))| !found).collect();
+        unresolved.sort_by_key(|(key, _)| **key);
+        unresolved.into_iter().map(|((rule, index), (example, _))| LoadProblem {
+            set: None,
+            method: None,
+            reason: format!(
+                "filters.responses[{rule}]: unknown field path `{}` in the replies of the methods `{}` selects (e.g. {example})",
+                self.options.omit[*rule].paths[*index],
+                self.options.omit[*rule].methods.glob(),
+            ),
+        }).collect::<Vec<_>>().into_iter()
     }
 
     /// The method's resolved bindings; every problem with them, if any.

@@ -10,6 +10,8 @@ use prost_reflect::{DescriptorPool, MethodDescriptor};
 use crate::{
     http_rule::{template::PathTemplate, BindingPlan},
     router::{Capture, Lookup, RouteId, Router},
+    transcode::FieldRules,
+    transcode::{MaskTree, MethodRules},
     upstream::Upstream,
 };
 
@@ -22,6 +24,7 @@ pub struct Catalog {
     pub(super) methods: Box<[MethodPlan]>,
     pub(super) routes: Box<[Route]>,
     pub(super) router: Router,
+    pub(super) field_rules: FieldRules,
 }
 
 /// A descriptor set as loaded: what an operator lists and compares.
@@ -53,6 +56,10 @@ pub struct MethodPlan {
     /// `None` only in catalogs built for `protogate check`.
     pub upstream: Option<Arc<Upstream>>,
     pub kind: CallKind,
+    /// Where the method's request and reply types enter the field rules.
+    pub rules: MethodRules,
+    /// Configured paths omitted from replies (`filters.responses`).
+    pub omit: Option<MaskTree>,
 }
 
 /// One REST binding of a method.
@@ -84,6 +91,11 @@ impl Catalog {
 
     pub fn pool(&self) -> &DescriptorPool {
         &self.pool
+    }
+
+    /// Internal, output-only and required fields of every type in the pool.
+    pub fn field_rules(&self) -> &FieldRules {
+        &self.field_rules
     }
 
     pub fn sets(&self) -> &[LoadedSet] {

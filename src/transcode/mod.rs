@@ -1,16 +1,24 @@
 //! JSON, path variables and query parameters ⇄ protobuf messages, following
 //! the proto3 JSON mapping and the `google.api.http` binding rules.
 
+mod field_mask;
+mod field_rules;
 mod query;
 mod request;
 mod response;
 pub mod scalar;
+mod update_mask;
 
+pub use field_mask::{client_fields, MaskTree};
+pub use field_rules::{FieldRules, MethodRules};
 use prost_reflect::{DeserializeOptions, SerializeOptions};
-pub use request::request_message;
-pub use response::response_json;
+pub use request::{request_message, RequestParts};
+pub use response::ReplyFilter;
 
-use crate::config::{JsonConfig, QueryConfig};
+use crate::config::{Config, InternalInput};
+
+/// The query parameter (and, as `x-fields`, the header) that asks for a partial response.
+pub const FIELDS_PARAM: &str = "fields";
 
 /// The print/parse options, resolved once from the config.
 #[derive(Debug, Clone)]
@@ -19,10 +27,14 @@ pub struct TranscodeOptions {
     serialize: SerializeOptions,
     ignored_query: Box<[Box<str>]>,
     ignore_unknown_query: bool,
+    clear_internal_input: bool,
+    emit_unpopulated: bool,
+    use_proto_field_names: bool,
 }
 
 impl TranscodeOptions {
-    pub fn new(json: &JsonConfig, query: &QueryConfig) -> Self {
+    pub fn new(config: &Config) -> Self {
+        let (json, query) = (&config.json, &config.query);
         Self {
             deserialize: DeserializeOptions::new().deny_unknown_fields(!json.ignore_unknown_fields),
             serialize: SerializeOptions::new()
@@ -32,12 +44,15 @@ impl TranscodeOptions {
                 .skip_default_fields(!json.emit_unpopulated),
             ignored_query: query.ignored.iter().map(|p| p.as_str().into()).collect(),
             ignore_unknown_query: query.ignore_unknown,
+            clear_internal_input: config.filters.internal_input == InternalInput::Clear,
+            emit_unpopulated: json.emit_unpopulated,
+            use_proto_field_names: json.use_proto_field_names,
         }
     }
 }
 
 impl Default for TranscodeOptions {
     fn default() -> Self {
-        Self::new(&JsonConfig::default(), &QueryConfig::default())
+        Self::new(&Config::default())
     }
 }

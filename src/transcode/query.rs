@@ -21,10 +21,12 @@ pub(super) fn apply(
 ) -> Result<(), Error> {
     let input = message.descriptor();
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        if options
-            .ignored_query
-            .iter()
-            .any(|ignored| **ignored == *key)
+        let partial_response = plan.fields_param && key == super::FIELDS_PARAM;
+        if partial_response
+            || options
+                .ignored_query
+                .iter()
+                .any(|ignored| **ignored == *key)
         {
             continue;
         }

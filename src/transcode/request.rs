@@ -6,22 +6,33 @@ use prost_reflect::{
     DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage as _, Value,
 };
 
-use super::{query, scalar, TranscodeOptions};
+use super::{query, scalar, update_mask, FieldRules, MethodRules, TranscodeOptions};
 use crate::{
     error::Error,
     http_rule::{BindingPlan, BodyPlan},
     router::Capture,
 };
 
-/// Builds the request message for one call.
+/// What a request brings besides its route.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestParts<'a> {
+    pub captures: &'a [Capture],
+    pub query: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// Builds the request message for one call. The field rules apply to what
+/// the client sent in the body and query (internal fields refused,
+/// output-only fields cleared) before the path is bound, and `REQUIRED`
+/// fields are checked last.
 pub fn request_message(
     input: &MessageDescriptor,
     plan: &BindingPlan,
-    captures: &[Capture],
-    query: Option<&str>,
-    body: &[u8],
+    (field_rules, method_rules): (&FieldRules, &MethodRules),
+    parts: RequestParts<'_>,
     options: &TranscodeOptions,
 ) -> Result<DynamicMessage, Error> {
+    let body = parts.body;
     let mut message = match &plan.body {
         BodyPlan::Whole => parse_json(input, body, options)?,
         BodyPlan::None => DynamicMessage::new(input.clone()),
@@ -33,10 +44,18 @@ pub fn request_message(
             message
         }
     };
-    if let Some(query) = query.filter(|q| !q.is_empty()) {
+    if let Some(query) = parts.query.filter(|q| !q.is_empty()) {
         query::apply(&mut message, plan, query, options)?;
     }
-    for capture in captures {
+    field_rules.sanitize_request(&mut message, method_rules, options.clear_internal_input)?;
+    if let (Some(mask), BodyPlan::Field(body_field)) = (&plan.update_mask, &plan.body) {
+        if !message.has_field(mask) && !is_blank(body) {
+            if let Kind::Message(body_type) = body_field.kind() {
+                update_mask::fill(&mut message, mask, &body_type, body, field_rules)?;
+            }
+        }
+    }
+    for capture in parts.captures {
         let Some(path) = plan.vars.get(capture.var) else {
             return Err(Error::Internal("capture without a variable".into()));
         };
@@ -48,6 +67,7 @@ pub fn request_message(
             .ok_or_else(|| Error::Internal("empty path".into()))?;
         parent_mut(&mut message, parents)?.set_field(leaf, value);
     }
+    field_rules.check_required(&mut message, method_rules)?;
     Ok(message)
 }
 

@@ -11,8 +11,9 @@ use protogate::{
     pb::{
         google::rpc::{bad_request::FieldViolation, BadRequest, ErrorInfo, Status as RpcStatus},
         protogate::testing::v1::{
+            echo_message::Choice,
             test_service_server::{TestService, TestServiceServer},
-            EchoMessage, FailRequest, Headers, SleepRequest,
+            EchoMessage, FailRequest, Headers, Nested, SleepRequest, UpdateResourceRequest,
         },
     },
     registry::DescriptorSet,
@@ -49,6 +50,23 @@ impl TestService for Testing {
         Ok(Response::new(request.into_inner()))
     }
 
+    async fn leak(&self, request: Request<EchoMessage>) -> Result<Response<EchoMessage>, Status> {
+        let mut message = request.into_inner();
+        message.internal_value = "top secret".into();
+        if message.choice.is_none() {
+            message.choice = Some(Choice::ChoiceSecret("oneof secret".into()));
+        }
+        if let Some(Choice::ChoiceNested(nested)) = &mut message.choice {
+            leak_into(nested);
+        }
+        if let Some(nested) = &mut message.nested {
+            leak_into(nested);
+        }
+        message.repeated_nested.iter_mut().for_each(leak_into);
+        message.nested_by_id.values_mut().for_each(leak_into);
+        Ok(Response::new(message))
+    }
+
     async fn fail(&self, request: Request<FailRequest>) -> Result<Response<()>, Status> {
         let request = request.into_inner();
         let code = Code::from_i32(request.code);
@@ -77,6 +95,15 @@ impl TestService for Testing {
                 prost_types::Any {
                     type_url: "type.googleapis.com/google.rpc.ErrorInfo".into(),
                     value: info.encode_to_vec(),
+                },
+                prost_types::Any {
+                    type_url: "type.googleapis.com/protogate.testing.v1.Nested".into(),
+                    value: Nested {
+                        name: "detail".into(),
+                        secret: "detail secret".into(),
+                        ..Default::default()
+                    }
+                    .encode_to_vec(),
                 },
                 prost_types::Any {
                     type_url: "type.googleapis.com/unknown.Type".into(),
@@ -113,8 +140,23 @@ impl TestService for Testing {
         Ok(Response::new(Headers { metadata }))
     }
 
+    async fn update_resource(
+        &self,
+        request: Request<UpdateResourceRequest>,
+    ) -> Result<Response<UpdateResourceRequest>, Status> {
+        Ok(Response::new(request.into_inner()))
+    }
+
     async fn hidden(&self, request: Request<EchoMessage>) -> Result<Response<EchoMessage>, Status> {
         Ok(Response::new(request.into_inner()))
+    }
+}
+
+/// Sets `secret` on a nested message and all its descendants.
+fn leak_into(nested: &mut Nested) {
+    nested.secret = format!("secret of {}", nested.name);
+    if let Some(child) = &mut nested.child {
+        leak_into(child);
     }
 }
 
