@@ -1,0 +1,245 @@
+//! Micro-benchmarks of the request path: route lookup against 10, 1,000 and
+//! 10,000 routes; JSON → request message; reply → JSON for one order and for
+//! a list of 100 (with and without internal-field filtering); catalog build
+//! for 10 and 1,000 services. `cargo bench --bench hot_path`.
+
+use std::{fmt::Write as _, hint::black_box, path::Path};
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use http::Method;
+use prost::Message as _;
+use prost_reflect::DynamicMessage;
+use protogate::{
+    http_rule::template::PathTemplate,
+    pb::acme::orders::v1::{LineItem, ListOrdersResponse, Order},
+    registry::{Catalog, DescriptorSet},
+    router::{Lookup, RouterBuilder},
+    transcode::{request_message, MethodRules, ReplyFilter, RequestParts, TranscodeOptions},
+};
+
+/// Realistic templates: collection, nested resource names, custom verbs.
+fn template(i: usize) -> String {
+    match i % 4 {
+        0 => format!("/v1/svc{i}/items/{{id}}"),
+        1 => format!("/v1/{{name=projects/*/svc{i}/*}}"),
+        2 => format!("/v1/svc{i}/items/{{id}}:cancel"),
+        _ => format!("/v1/svc{i}/items/{{item.id}}/parts/{{part}}"),
+    }
+}
+
+fn path(i: usize) -> String {
+    match i % 4 {
+        0 => format!("/v1/svc{i}/items/abc-123"),
+        1 => format!("/v1/projects/p1/svc{i}/xyz"),
+        2 => format!("/v1/svc{i}/items/abc-123:cancel"),
+        _ => format!("/v1/svc{i}/items/i-9/parts/p%2F1"),
+    }
+}
+
+fn router_lookup(c: &mut Criterion) {
+    let mut group = c.benchmark_group("router_lookup");
+    for size in [10, 1_000, 10_000] {
+        let mut builder = RouterBuilder::default();
+        for i in 0..size {
+            let template = PathTemplate::parse(&template(i)).unwrap();
+            builder
+                .insert(Method::GET, &template, u32::try_from(i).unwrap())
+                .unwrap();
+        }
+        let router = builder.build();
+        let paths: Vec<String> = (0..16).map(|k| path(k * size / 16)).collect();
+        group.bench_with_input(BenchmarkId::from_parameter(size), &paths, |b, paths| {
+            b.iter(|| {
+                for path in paths {
+                    let found = router.lookup(&Method::GET, black_box(path));
+                    debug_assert!(matches!(found, Lookup::Found { .. }));
+                    black_box(found);
+                }
+            });
+        });
+    }
+    group.finish();
+}
+
+fn example_catalog() -> Catalog {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("descriptor-sets");
+    protogate::check(DescriptorSet::read_dir(&dir).unwrap(), false).unwrap()
+}
+
+fn order(i: usize) -> Order {
+    Order {
+        id: format!("o-{i}"),
+        customer_id: "c-1".into(),
+        status: 2,
+        items: vec![
+            LineItem {
+                sku: "sku-book".into(),
+                quantity: 1,
+                unit_price_cents: 1999,
+            },
+            LineItem {
+                sku: "sku-pen".into(),
+                quantity: 2,
+                unit_price_cents: 150,
+            },
+        ],
+        total_cents: 2299,
+        currency: "EUR".into(),
+        create_time: Some(prost_types::Timestamp {
+            seconds: 1_717_236_000,
+            nanos: 0,
+        }),
+        update_time: Some(prost_types::Timestamp {
+            seconds: 1_717_236_000,
+            nanos: 0,
+        }),
+        labels: [("channel".to_owned(), "web".to_owned())].into(),
+        internal_note: "paid by card".into(),
+        cost_cents: 1500,
+    }
+}
+
+fn transcode(c: &mut Criterion) {
+    let catalog = example_catalog();
+    let options = TranscodeOptions::default();
+    let route = |label: &str| {
+        catalog
+            .routes()
+            .iter()
+            .find(|r| &*r.label == label)
+            .unwrap()
+    };
+
+    let create = route("POST /v1/orders");
+    let create_method = catalog.method(create);
+    let body = br#"{"customerId":"c-1","currency":"EUR","items":[{"sku":"sku-book","quantity":1,"unitPriceCents":"1999"},{"sku":"sku-pen","quantity":2,"unitPriceCents":"150"}]}"#;
+    c.bench_function("json_to_request/create_order", |b| {
+        b.iter(|| {
+            let parts = RequestParts {
+                captures: &[],
+                query: Some("orderId=o-9"),
+                body: black_box(body),
+            };
+            request_message(
+                &create_method.descriptor.input(),
+                &create.binding,
+                (catalog.field_rules(), &create_method.rules),
+                parts,
+                &options,
+            )
+            .unwrap()
+        });
+    });
+
+    let get = route("GET /v1/orders/{id}");
+    let get_method = catalog.method(get);
+    let one = DynamicMessage::decode(
+        get_method.descriptor.output(),
+        order(1).encode_to_vec().as_slice(),
+    )
+    .unwrap();
+    c.bench_function("reply_to_json/order", |b| {
+        b.iter(|| {
+            let filter = ReplyFilter::new(
+                catalog.field_rules(),
+                &get_method.rules,
+                None,
+                &get_method.descriptor.output(),
+                &get.binding,
+                None,
+            )
+            .unwrap();
+            filter
+                .encode(&mut one.clone(), &get.binding, &options)
+                .unwrap()
+        });
+    });
+
+    let list = route("GET /v1/orders");
+    let list_method = catalog.method(list);
+    let hundred = ListOrdersResponse {
+        orders: (0..100).map(order).collect(),
+        next_page_token: String::new(),
+        total_size: 100,
+    };
+    let hundred = DynamicMessage::decode(
+        list_method.descriptor.output(),
+        hundred.encode_to_vec().as_slice(),
+    )
+    .unwrap();
+    let unfiltered = MethodRules::default();
+    for (name, rules) in [
+        ("filtered", &list_method.rules),
+        ("unfiltered", &unfiltered),
+    ] {
+        c.bench_function(&format!("reply_to_json/list_100_{name}"), |b| {
+            b.iter(|| {
+                let filter = ReplyFilter::new(
+                    catalog.field_rules(),
+                    rules,
+                    None,
+                    &list_method.descriptor.output(),
+                    &list.binding,
+                    None,
+                )
+                .unwrap();
+                filter
+                    .encode(&mut hundred.clone(), &list.binding, &options)
+                    .unwrap()
+            });
+        });
+    }
+}
+
+/// A descriptor set of `services` services with 10 annotated methods each.
+fn generated_set(services: usize) -> DescriptorSet {
+    let mut source = String::from(
+        "syntax = \"proto3\";\npackage bench.v1;\nimport \"google/api/annotations.proto\";\n\
+         message Req { string id = 1; string name = 2; int32 page_size = 3; }\nmessage Res { string id = 1; }\n",
+    );
+    for s in 0..services {
+        let _ = writeln!(source, "service S{s} {{");
+        for m in 0..10 {
+            let (verb, path) = match m % 3 {
+                0 => ("get", format!("/v1/s{s}/m{m}/{{id}}")),
+                1 => ("post", format!("/v1/{{name=projects/*/s{s}/m{m}/*}}:run")),
+                _ => ("delete", format!("/v1/s{s}/m{m}/{{id}}/x")),
+            };
+            let _ = writeln!(source, "  rpc M{m}(Req) returns (Res) {{ option (google.api.http) = {{ {verb}: \"{path}\" }}; }}");
+        }
+        source.push_str("}\n");
+    }
+    let dir =
+        std::env::temp_dir().join(format!("protogate-bench-{}-{services}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("bench.proto"), source).unwrap();
+    let mut compiler = protox::Compiler::new([
+        dir.clone(),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("protos"),
+    ])
+    .unwrap();
+    compiler.include_imports(true);
+    compiler.open_file("bench.proto").unwrap();
+    let bytes = compiler.encode_file_descriptor_set();
+    std::fs::remove_dir_all(&dir).ok();
+    DescriptorSet {
+        name: format!("bench-{services}"),
+        bytes: Bytes::from(bytes),
+    }
+}
+
+fn catalog_build(c: &mut Criterion) {
+    let mut group = c.benchmark_group("catalog_build");
+    group.sample_size(10);
+    for services in [10, 1_000] {
+        let set = generated_set(services);
+        group.bench_with_input(BenchmarkId::from_parameter(services), &set, |b, set| {
+            b.iter(|| protogate::check(vec![set.clone()], false).unwrap());
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, router_lookup, transcode, catalog_build);
+criterion_main!(benches);
