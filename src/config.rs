@@ -12,6 +12,11 @@ use std::{
 
 use serde::Deserialize;
 
+pub use crate::policy::config::{
+    AuthConfig, CorsConfig, HeadersConfig, PolicyRule, ProviderConfig, QuotaConfig, QuotasConfig,
+    RateLimitConfig,
+};
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -24,6 +29,18 @@ pub struct Config {
     pub json: JsonConfig,
     pub query: QueryConfig,
     pub limits: LimitsConfig,
+    /// JWT authentication; off when absent.
+    pub auth: Option<AuthConfig>,
+    /// Per-method policy overrides, applied in order over the proto options.
+    pub policies: Vec<PolicyRule>,
+    /// Rate limiting; off when absent.
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Ids, request start, static, forwarded and returned headers.
+    pub headers: HeadersConfig,
+    /// CORS; off when absent.
+    pub cors: Option<CorsConfig>,
+    /// Peers whose `X-Forwarded-For` names the client (CIDRs). Default: none.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Which descriptor sets to load at start.
@@ -122,6 +139,12 @@ impl Default for Config {
             json: JsonConfig::default(),
             query: QueryConfig::default(),
             limits: LimitsConfig::default(),
+            auth: None,
+            policies: Vec::new(),
+            rate_limit: None,
+            headers: HeadersConfig::default(),
+            cors: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -218,7 +241,7 @@ impl Config {
                 reason: "must be greater than 0".into(),
             });
         }
-        Ok(())
+        crate::policy::config::validate(self)
     }
 }
 

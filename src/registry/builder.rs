@@ -13,6 +13,7 @@ use sha2::{Digest as _, Sha256};
 use super::catalog::{CallKind, Catalog, LoadedSet, MethodPlan, Route};
 use crate::{
     http_rule::{self, ResolvedBinding},
+    policy::PolicyRules,
     router::{RouteId, RouterBuilder},
     upstream::Upstreams,
 };
@@ -45,6 +46,7 @@ pub struct BuildOptions {
 pub struct CatalogBuilder<'a> {
     options: BuildOptions,
     upstreams: &'a Upstreams,
+    policies: Option<&'a PolicyRules>,
     sets: Vec<DescriptorSet>,
 }
 
@@ -102,8 +104,16 @@ impl<'a> CatalogBuilder<'a> {
         Self {
             options,
             upstreams,
+            policies: None,
             sets: Vec::new(),
         }
+    }
+
+    /// Resolves each method's policy with the config's rules over its proto option.
+    #[must_use]
+    pub fn policies(mut self, rules: &'a PolicyRules) -> Self {
+        self.policies = Some(rules);
+        self
     }
 
     #[must_use]
@@ -166,6 +176,9 @@ impl<'a> CatalogBuilder<'a> {
         let mut methods = Vec::new();
         let mut routes: Vec<Route> = Vec::new();
         let mut router = RouterBuilder::default();
+        let no_rules = PolicyRules::default();
+        let rules = self.policies.unwrap_or(&no_rules);
+        let mut rules_used = vec![false; rules.len()];
         for (set, service) in &services {
             let upstream = self.upstreams.resolve(service.full_name());
             if upstream.is_none() && self.options.require_upstreams {
@@ -198,6 +211,13 @@ impl<'a> CatalogBuilder<'a> {
                     ));
                     continue;
                 };
+                let policy = match rules.resolve(&method, &mut rules_used) {
+                    Ok(policy) => policy,
+                    Err(reason) => {
+                        problems.push(problem(reason));
+                        continue;
+                    }
+                };
                 let method_index = methods.len();
                 for ResolvedBinding {
                     binding,
@@ -228,9 +248,20 @@ impl<'a> CatalogBuilder<'a> {
                     kind: call_kind(&method),
                     grpc_path,
                     upstream: upstream.clone(),
+                    policy,
                     descriptor: method,
                 });
             }
+        }
+        for (i, _) in rules_used.iter().enumerate().filter(|(_, used)| !**used) {
+            problems.push(LoadProblem {
+                set: None,
+                method: None,
+                reason: format!(
+                    "policies[{i}]: `{}` matches no served method",
+                    rules.pattern(i)
+                ),
+            });
         }
 
         if !problems.is_empty() {

@@ -9,6 +9,7 @@ use prost_reflect::{DescriptorPool, MethodDescriptor};
 
 use crate::{
     http_rule::{template::PathTemplate, BindingPlan},
+    policy::RoutePolicy,
     router::{Capture, Lookup, RouteId, Router},
     upstream::Upstream,
 };
@@ -53,6 +54,8 @@ pub struct MethodPlan {
     /// `None` only in catalogs built for `protogate check`.
     pub upstream: Option<Arc<Upstream>>,
     pub kind: CallKind,
+    /// Who may call it and how often: the same for every binding.
+    pub policy: RoutePolicy,
 }
 
 /// One REST binding of a method.

@@ -98,24 +98,37 @@ impl TestService for Testing {
     }
 
     async fn echo_headers(&self, request: Request<()>) -> Result<Response<Headers>, Status> {
-        let metadata = request
-            .metadata()
-            .clone()
-            .into_headers()
-            .iter()
-            .map(|(name, value)| {
-                (
-                    name.to_string(),
-                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
-        Ok(Response::new(Headers { metadata }))
+        Ok(Response::new(received_headers(&request)))
+    }
+
+    async fn public_headers(&self, request: Request<()>) -> Result<Response<Headers>, Status> {
+        Ok(Response::new(received_headers(&request)))
+    }
+
+    async fn admin_headers(&self, request: Request<()>) -> Result<Response<Headers>, Status> {
+        Ok(Response::new(received_headers(&request)))
     }
 
     async fn hidden(&self, request: Request<EchoMessage>) -> Result<Response<EchoMessage>, Status> {
         Ok(Response::new(request.into_inner()))
     }
+}
+
+/// The request metadata a backend received, as a `Headers` reply.
+fn received_headers<T>(request: &Request<T>) -> Headers {
+    let metadata = request
+        .metadata()
+        .clone()
+        .into_headers()
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    Headers { metadata }
 }
 
 /// A tonic server on 127.0.0.1:0 serving the example services and the test service.
