@@ -2,6 +2,8 @@
 //! over HTTP with reqwest.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod tokens;
+
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use bytes::Bytes;
@@ -98,7 +100,15 @@ impl TestService for Testing {
     }
 
     async fn echo_headers(&self, request: Request<()>) -> Result<Response<Headers>, Status> {
-        Ok(Response::new(received_headers(&request)))
+        let mut response = Response::new(received_headers(&request));
+        // Response metadata for the gateway's response allow-list.
+        response
+            .metadata_mut()
+            .insert("x-backend-version", "7".parse().unwrap());
+        response
+            .metadata_mut()
+            .insert("x-internal-secret", "s3cr3t".parse().unwrap());
+        Ok(response)
     }
 
     async fn public_headers(&self, request: Request<()>) -> Result<Response<Headers>, Status> {
