@@ -523,7 +523,10 @@ mod tests {
     use super::*;
 
     fn claims(json: Json) -> Map<String, Json> {
-        json.as_object().unwrap().clone()
+        match json {
+            Json::Object(map) => map,
+            other => panic!("not an object: {other}"),
+        }
     }
 
     #[test]

@@ -92,14 +92,12 @@ impl KeySet {
     /// The key for `kid`; a token without `kid` needs a set with exactly one key.
     fn find(&self, kid: Option<&str>) -> Option<Arc<DecodingKey>> {
         match kid {
-            Some(kid) => self
-                .by_kid
-                .get(kid)
-                .or_else(|| match (self.by_kid.is_empty(), self.unnamed.as_slice()) {
-                    (true, [only]) => Some(only),
-                    _ => None,
-                })
-                .cloned(),
+            Some(kid) => match (self.by_kid.get(kid), self.unnamed.as_slice()) {
+                (Some(key), _) => Some(key.clone()),
+                // A set of one key without kid serves every token.
+                (None, [only]) if self.by_kid.is_empty() => Some(only.clone()),
+                (None, _) => None,
+            },
             None => match (self.by_kid.len(), self.unnamed.as_slice()) {
                 (0, [only]) => Some(only.clone()),
                 (1, []) => self.by_kid.values().next().cloned(),

@@ -112,11 +112,14 @@ pub fn claims(sub: &str, roles: &[&str]) -> Json {
 
 /// `claims` with `changes` merged over (a `null` removes the claim).
 pub fn with(mut claims: Json, changes: Json) -> Json {
-    for (key, value) in changes.as_object().unwrap() {
+    let Json::Object(changes) = changes else {
+        panic!("changes must be an object: {changes}")
+    };
+    for (key, value) in changes {
         if value.is_null() {
-            claims.as_object_mut().unwrap().remove(key);
+            claims.as_object_mut().unwrap().remove(&key);
         } else {
-            claims[key] = value.clone();
+            claims[key] = value;
         }
     }
     claims
