@@ -312,6 +312,8 @@ mod tests {
         let config = Config::from_file(&path).unwrap();
         assert_eq!(config.upstreams.len(), 2);
         assert_eq!(config.limits, LimitsConfig::default());
+        assert_eq!(config.auth.map(|a| a.providers.len()), Some(1));
+        assert_eq!(config.policies.len(), 3);
     }
 
     #[test]
