@@ -610,3 +610,37 @@ async fn a_failed_fetch_keeps_the_last_good_keys() {
     let (status, body) = get(&gw, "/v1/headers", Some(&token)).await;
     assert_eq!(status, 200, "the old key still verifies: {body}");
 }
+
+#[tokio::test]
+async fn keys_are_refreshed_on_the_interval() {
+    let old = EcKey::generate("old");
+    let jwks = JwksServer::start(tokens::jwks(&[&old])).await;
+    let mut auth = two_providers(&jwks.url, "1h");
+    auth.providers[0].jwks_refresh = std::time::Duration::from_millis(50);
+    let gw = gateway_with(auth, |_| {}).await;
+    assert_eq!(
+        get(&gw, "/v1/headers", Some(&old.sign(&claims("a", &[]))))
+            .await
+            .0,
+        200
+    );
+
+    let rotated = EcKey::generate("new");
+    jwks.document.store(Arc::new(tokens::jwks(&[&rotated])));
+    // Fetches run one after another: once two more have started, one that
+    // began after the rotation has completed. Polled with a deadline.
+    let target = jwks.fetches() + 2;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while jwks.fetches() < target {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no refresh within 30s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (status, body) = get(&gw, "/v1/headers", Some(&rotated.sign(&claims("b", &[])))).await;
+    assert_eq!(
+        status, 200,
+        "refreshed without an on-demand refetch: {body}"
+    );
+}

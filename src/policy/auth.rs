@@ -41,10 +41,8 @@ const CLAIM_VALUE_ESCAPES: &AsciiSet = &CONTROLS.add(b'%');
 #[derive(Debug)]
 pub struct Authenticator {
     providers: Box<[Provider]>,
-    leeway: u64,
     /// Required claims jsonwebtoken does not check (those outside [`SPEC_CLAIMS`]).
     required_custom: Box<[ClaimPath]>,
-    required_spec: Box<[&'static str]>,
     claim_headers: Box<[(ClaimPath, HeaderName)]>,
     roles_claim: ClaimPath,
     scopes_claim: ClaimPath,
@@ -53,8 +51,9 @@ pub struct Authenticator {
 #[derive(Debug)]
 struct Provider {
     issuer: Box<str>,
-    audiences: Box<[String]>,
-    algorithms: Box<[Algorithm]>,
+    /// One validation per accepted algorithm (jsonwebtoken wants the algorithm
+    /// list to match the key's family), built at start.
+    validations: Box<[(Algorithm, Validation)]>,
     keys: Keys,
 }
 
@@ -178,21 +177,25 @@ impl Authenticator {
         } else {
             None
         };
+        let (spec, custom): (Vec<&String>, Vec<&String>) = config
+            .required_claims
+            .iter()
+            .partition(|c| SPEC_CLAIMS.contains(&c.as_str()));
+        let checks = Checks {
+            leeway: config.leeway.as_secs(),
+            required_spec: spec,
+        };
         let providers = config
             .providers
             .iter()
             .enumerate()
             .map(|(i, provider)| {
-                Provider::new(provider, client.as_ref()).map_err(|reason| SetupError {
+                Provider::new(provider, client.as_ref(), &checks).map_err(|reason| SetupError {
                     key: format!("auth.providers[{i}]"),
                     reason,
                 })
             })
             .collect::<Result<_, _>>()?;
-        let (spec, custom): (Vec<&String>, Vec<&String>) = config
-            .required_claims
-            .iter()
-            .partition(|c| SPEC_CLAIMS.contains(&c.as_str()));
         let mut claim_headers = Vec::with_capacity(config.claim_headers.len());
         for (claim, header) in &config.claim_headers {
             let name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| SetupError {
@@ -203,13 +206,7 @@ impl Authenticator {
         }
         Ok(Self {
             providers,
-            leeway: config.leeway.as_secs(),
             required_custom: custom.iter().map(|c| ClaimPath::new(c)).collect(),
-            required_spec: SPEC_CLAIMS
-                .iter()
-                .copied()
-                .filter(|c| spec.iter().any(|s| s == c))
-                .collect(),
             claim_headers: claim_headers.into_boxed_slice(),
             roles_claim: ClaimPath::new(&config.roles_claim),
             scopes_claim: ClaimPath::new(&config.scopes_claim),
@@ -228,11 +225,15 @@ impl Authenticator {
             .iter()
             .find(|p| Some(&*p.issuer) == unverified.issuer.as_deref())
             .ok_or(AuthError::UnknownIssuer)?;
-        if !provider.algorithms.contains(&unverified.algorithm) {
+        let Some((_, validation)) = provider
+            .validations
+            .iter()
+            .find(|(alg, _)| *alg == unverified.algorithm)
+        else {
             return Err(AuthError::Algorithm(
                 format!("{:?}", unverified.algorithm).into(),
             ));
-        }
+        };
         let key = provider
             .keys
             .find(unverified.kid.as_deref())
@@ -243,44 +244,8 @@ impl Authenticator {
                 format!("{:?}", unverified.algorithm).into(),
             ));
         }
-        let claims = self.verify(provider, token, unverified.algorithm, &key)?;
+        let claims = verify(token, unverified.algorithm, &key, validation)?;
         self.identity(&claims).map(Some)
-    }
-
-    fn verify(
-        &self,
-        provider: &Provider,
-        token: &str,
-        algorithm: Algorithm,
-        key: &DecodingKey,
-    ) -> Result<Map<String, Json>, AuthError> {
-        let mut validation = Validation::new(algorithm);
-        validation.leeway = self.leeway;
-        validation.validate_nbf = true;
-        validation.set_issuer(&[&*provider.issuer]);
-        if provider.audiences.is_empty() {
-            validation.validate_aud = false;
-        } else {
-            validation.set_audience(&provider.audiences);
-        }
-        validation.set_required_spec_claims(&self.required_spec);
-        let data =
-            jsonwebtoken::decode::<Map<String, Json>>(token, key, &validation).map_err(|err| {
-                match err.into_kind() {
-                    ErrorKind::InvalidSignature => AuthError::Signature,
-                    ErrorKind::ExpiredSignature => AuthError::Expired,
-                    ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                    ErrorKind::InvalidAudience => AuthError::Audience,
-                    ErrorKind::InvalidIssuer => AuthError::UnknownIssuer,
-                    ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim(claim.into()),
-                    ErrorKind::InvalidClaimFormat(claim) => AuthError::InvalidClaim(claim.into()),
-                    ErrorKind::InvalidAlgorithm => {
-                        AuthError::AlgorithmMismatch(format!("{algorithm:?}").into())
-                    }
-                    _ => AuthError::Malformed,
-                }
-            })?;
-        Ok(data.claims)
     }
 
     fn identity(&self, claims: &Map<String, Json>) -> Result<Identity, AuthError> {
@@ -310,10 +275,45 @@ impl Authenticator {
     }
 }
 
+/// Checks the signature and the claims jsonwebtoken knows.
+fn verify(
+    token: &str,
+    algorithm: Algorithm,
+    key: &DecodingKey,
+    validation: &Validation,
+) -> Result<Map<String, Json>, AuthError> {
+    let data = jsonwebtoken::decode::<Map<String, Json>>(token, key, validation).map_err(
+        |err| match err.into_kind() {
+            ErrorKind::InvalidSignature => AuthError::Signature,
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            ErrorKind::InvalidAudience => AuthError::Audience,
+            ErrorKind::InvalidIssuer => AuthError::UnknownIssuer,
+            ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim(claim.into()),
+            ErrorKind::InvalidClaimFormat(claim) => AuthError::InvalidClaim(claim.into()),
+            ErrorKind::InvalidAlgorithm => {
+                AuthError::AlgorithmMismatch(format!("{algorithm:?}").into())
+            }
+            _ => AuthError::Malformed,
+        },
+    )?;
+    Ok(data.claims)
+}
+
+/// The claim checks shared by every provider.
+struct Checks<'a> {
+    leeway: u64,
+    required_spec: Vec<&'a String>,
+}
+
 // === impl Provider ===
 
 impl Provider {
-    fn new(config: &ProviderConfig, client: Option<&reqwest::Client>) -> Result<Self, String> {
+    fn new(
+        config: &ProviderConfig,
+        client: Option<&reqwest::Client>,
+        checks: &Checks<'_>,
+    ) -> Result<Self, String> {
         let (keys, family) = if let Some(url) = &config.jwks_url {
             let client = client.ok_or("no HTTP client for jwks_url")?.clone();
             let cache = JwksCache::start(
@@ -359,10 +359,25 @@ impl Provider {
                 return Err(format!("algorithm {alg:?} does not fit the {family:?} key"));
             }
         }
+        let validations = algorithms
+            .into_iter()
+            .map(|algorithm| {
+                let mut validation = Validation::new(algorithm);
+                validation.leeway = checks.leeway;
+                validation.validate_nbf = true;
+                validation.set_issuer(&[&config.issuer]);
+                if config.audiences.is_empty() {
+                    validation.validate_aud = false;
+                } else {
+                    validation.set_audience(&config.audiences);
+                }
+                validation.set_required_spec_claims(&checks.required_spec);
+                (algorithm, validation)
+            })
+            .collect();
         Ok(Self {
             issuer: config.issuer.as_str().into(),
-            audiences: config.audiences.clone().into_boxed_slice(),
-            algorithms: algorithms.into_boxed_slice(),
+            validations,
             keys,
         })
     }
