@@ -1,8 +1,8 @@
 //! Compiles `protos/` with protox (no system `protoc`):
 //! * one `FileDescriptorSet` per example API (imports included) into `OUT_DIR/<package>.binpb`,
 //!   which a test compares with the committed copies in `descriptor-sets/`;
-//! * `OUT_DIR/base.binpb`: google.api and google.rpc, the types every catalog knows
-//!   (error details, `Any` payloads, HTTP annotations);
+//! * `OUT_DIR/base.binpb`: google.api, google.rpc and protogate's own options, the
+//!   types every catalog knows (error details, `Any` payloads, HTTP annotations, policies);
 //! * prost messages and tonic clients/servers for all of them, reached through `OUT_DIR/pb.rs`.
 
 use std::{env, error::Error, fs, path::PathBuf};

@@ -12,6 +12,11 @@ use std::{
 
 use serde::Deserialize;
 
+pub use crate::policy::config::{
+    AuthConfig, CorsConfig, HeadersConfig, PolicyRule, ProviderConfig, QuotaConfig, QuotasConfig,
+    RateLimitConfig,
+};
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -25,6 +30,18 @@ pub struct Config {
     pub query: QueryConfig,
     pub limits: LimitsConfig,
     pub filters: FiltersConfig,
+    /// JWT authentication; off when absent.
+    pub auth: Option<AuthConfig>,
+    /// Per-method policy overrides, applied in order over the proto options.
+    pub policies: Vec<PolicyRule>,
+    /// Rate limiting; off when absent.
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Ids, request start, static, forwarded and returned headers.
+    pub headers: HeadersConfig,
+    /// CORS; off when absent.
+    pub cors: Option<CorsConfig>,
+    /// Peers whose `X-Forwarded-For` names the client (CIDRs). Default: none.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Which descriptor sets to load at start.
@@ -156,6 +173,12 @@ impl Default for Config {
             query: QueryConfig::default(),
             limits: LimitsConfig::default(),
             filters: FiltersConfig::default(),
+            auth: None,
+            policies: Vec::new(),
+            rate_limit: None,
+            headers: HeadersConfig::default(),
+            cors: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -260,7 +283,7 @@ impl Config {
                 reason: "must be greater than 0".into(),
             });
         }
-        Ok(())
+        crate::policy::config::validate(self)
     }
 }
 
@@ -331,6 +354,8 @@ mod tests {
         let config = Config::from_file(&path).unwrap();
         assert_eq!(config.upstreams.len(), 2);
         assert_eq!(config.limits, LimitsConfig::default());
+        assert_eq!(config.auth.map(|a| a.providers.len()), Some(1));
+        assert_eq!(config.policies.len(), 3);
     }
 
     #[test]

@@ -20,10 +20,15 @@ use prost_reflect::DynamicMessage;
 use serde_json::{json, Map, Value as Json};
 use tonic::Code;
 
-use crate::{pb::google::rpc, registry::Catalog};
+use crate::{
+    pb::google::rpc,
+    policy::{AuthError, Decision},
+    registry::Catalog,
+};
 
 const BAD_REQUEST_TYPE: &str = "type.googleapis.com/google.rpc.BadRequest";
 const REQUEST_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RequestInfo";
+const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
 
 /// The request-path error. Messages are lower-case and describe this layer only.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +63,14 @@ pub enum Error {
     Unimplemented(Box<str>),
     #[error("internal error: {0}")]
     Internal(Box<str>),
+    /// No valid token where one is needed; answered with `WWW-Authenticate`.
+    #[error("{0}")]
+    Unauthenticated(AuthError),
+    #[error("permission denied: {0}")]
+    PermissionDenied(Box<str>),
+    /// Over a quota; answered with `Retry-After`, `RateLimit-*` and a `google.rpc.RetryInfo`.
+    #[error("rate limit exceeded: {} requests per {}s", .0.limit, crate::policy::ceil_secs(.0.window))]
+    RateLimited(Decision),
 }
 
 /// Whose fault a failure was, for logs and metrics (pingora's `ErrorSource`).
@@ -92,6 +105,9 @@ impl Error {
             Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             Self::Upstream(status) => status.code(),
             Self::Internal(_) => Code::Internal,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::RateLimited(_) => Code::ResourceExhausted,
         }
     }
 
@@ -114,7 +130,10 @@ impl Error {
             | Self::InvalidField { .. }
             | Self::BodyRead(_)
             | Self::UnsupportedMediaType(_)
-            | Self::PayloadTooLarge { .. } => Fault::Client,
+            | Self::PayloadTooLarge { .. }
+            | Self::Unauthenticated(_)
+            | Self::PermissionDenied(_)
+            | Self::RateLimited(_) => Fault::Client,
             Self::UpstreamUnavailable { .. }
             | Self::DeadlineExceeded { .. }
             | Self::Upstream(_) => Fault::Upstream,
@@ -144,12 +163,35 @@ impl Error {
                     }));
                     self.to_string()
                 }
+                Self::RateLimited(decision) => {
+                    details.push(json!({
+                        "@type": RETRY_INFO_TYPE,
+                        "retryDelay": proto_json_duration(decision.retry_after),
+                    }));
+                    self.to_string()
+                }
                 _ => self.to_string(),
             }
         };
         let mut response = status_response(status, code, &message, details, request_id);
         if let Self::MethodNotAllowed { allow, .. } = &self {
             response.headers_mut().insert(header::ALLOW, allow.clone());
+        }
+        match &self {
+            Self::Unauthenticated(err) => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    crate::policy::www_authenticate(err),
+                );
+            }
+            Self::RateLimited(decision) => {
+                let retry_after = crate::policy::ceil_secs(decision.retry_after).max(1);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                decision.write_headers(response.headers_mut());
+            }
+            _ => {}
         }
         response.extensions_mut().insert(Arc::new(self));
         response
@@ -200,6 +242,14 @@ pub fn grpc_code(status: StatusCode) -> Code {
         499 => Code::Cancelled,
         503 => Code::Unavailable,
         _ => Code::Unknown,
+    }
+}
+
+/// A `google.protobuf.Duration` in proto3 JSON: `"20s"`, `"0.250s"`.
+fn proto_json_duration(duration: Duration) -> String {
+    match duration.subsec_millis() {
+        0 => format!("{}s", duration.as_secs()),
+        millis => format!("{}.{millis:03}s", duration.as_secs()),
     }
 }
 

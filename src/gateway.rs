@@ -11,18 +11,15 @@ use axum::{
 };
 use http::{header, HeaderMap, HeaderValue};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
-use tonic::metadata::MetadataMap;
 
 use crate::{
     error::{self, Error},
     http_rule::BodyPlan,
+    policy::{UpstreamHeaders, UpstreamMetadata},
     registry::{CallKind, RouteMatch},
     transcode::{self, ReplyFilter, RequestParts, TranscodeOptions},
     upstream,
 };
-
-/// Headers that travel to the upstream as gRPC metadata.
-const FORWARDED: [&str; 2] = ["x-request-id", "x-correlation-id"];
 
 /// What the gateway service needs besides the matched route.
 #[derive(Debug)]
@@ -68,7 +65,13 @@ impl Gateway {
                 format!("{} has no upstream", method.grpc_path).into(),
             ));
         };
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        // Decided once by the header policy layer (ids, identity, allow-listed headers).
+        let metadata = parts
+            .extensions
+            .remove::<UpstreamMetadata>()
+            .unwrap_or_default()
+            .0;
         let body = match route.binding.body {
             BodyPlan::None => Bytes::new(),
             _ => {
@@ -101,23 +104,28 @@ impl Gateway {
             request_parts,
             &self.options,
         )?;
-        let mut reply = upstream::unary(
+        let reply = upstream::unary(
             upstream,
             method.grpc_path.clone(),
             method.descriptor.output(),
             message,
-            outgoing_metadata(&parts.headers),
+            metadata,
         )
         .await?;
+        let (reply_metadata, mut reply, _) = reply.into_parts();
         let json = filter.encode(&mut reply, &route.binding, &self.options)?;
-        Ok((
+        let mut response = (
             [(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             )],
             json,
         )
-            .into_response())
+            .into_response();
+        response
+            .extensions_mut()
+            .insert(UpstreamHeaders(reply_metadata.into_headers()));
+        Ok(response)
     }
 }
 
@@ -163,14 +171,4 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), Error> {
     } else {
         Err(Error::UnsupportedMediaType(text.into()))
     }
-}
-
-fn outgoing_metadata(headers: &HeaderMap) -> MetadataMap {
-    let mut forwarded = HeaderMap::with_capacity(FORWARDED.len());
-    for name in FORWARDED {
-        if let Some(value) = headers.get(name) {
-            forwarded.insert(name, value.clone());
-        }
-    }
-    MetadataMap::from_headers(forwarded)
 }

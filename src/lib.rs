@@ -10,6 +10,7 @@ pub mod error;
 mod gateway;
 pub mod http_rule;
 pub mod observe;
+pub mod policy;
 pub mod registry;
 pub mod router;
 pub mod server;

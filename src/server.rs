@@ -23,6 +23,7 @@ use crate::{
     config::{Config, ConfigError},
     error::{self, Error},
     gateway::{self, Gateway},
+    policy::{self, LocalLimiter, Policies, SetupError},
     registry::{BuildOptions, CatalogBuilder, DescriptorSet, LoadError, Registry, RouteMatch},
     router::Lookup,
     transcode::TranscodeOptions,
@@ -43,6 +44,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Load(#[from] LoadError),
+    #[error(transparent)]
+    Policy(#[from] SetupError),
 }
 
 /// A gateway ready to serve: its catalog is built and its channels exist.
@@ -78,15 +81,30 @@ impl Server {
             })?);
         }
         sets.extend(extra);
+        let policies = Policies::new(config)?;
         let catalog = CatalogBuilder::new(BuildOptions::from_config(config), &upstreams)
+            .policies(&policies.rules)
             .add_sets(sets)
             .build(1)?;
+        if policies.auth.is_none()
+            && catalog
+                .routes()
+                .iter()
+                .any(|r| catalog.method(r).policy.requires_roles_or_scopes())
+        {
+            tracing::warn!("some methods require roles or scopes, but `auth` is not configured: nothing is enforced");
+        }
         let registry = Arc::new(Registry::new(catalog));
         let gateway = Arc::new(Gateway {
             options: TranscodeOptions::new(config),
             max_request_body: config.limits.max_request_body_bytes,
         });
-        let router = data_plane(registry.clone(), gateway, config.limits.request_timeout);
+        let router = data_plane(
+            registry.clone(),
+            gateway,
+            config.limits.request_timeout,
+            &policies,
+        );
         Ok(Self {
             registry,
             router,
@@ -124,18 +142,30 @@ impl Server {
 }
 
 /// The data-plane stack, outermost first.
-fn data_plane(registry: Arc<Registry>, gateway: Arc<Gateway>, request_timeout: Duration) -> Router {
+fn data_plane(
+    registry: Arc<Registry>,
+    gateway: Arc<Gateway>,
+    request_timeout: Duration,
+    policies: &Policies,
+) -> Router {
     Router::new()
         .fallback(gateway::handle)
         .with_state(gateway)
         .layer(
             ServiceBuilder::new()
                 // 1. Ids first: every later layer, log line and error body carries them.
+                //    Malformed ids and any copy of the identity headers are dropped before.
+                .layer(middleware::from_fn_with_state(
+                    policies.headers.clone(),
+                    policy::sanitize,
+                ))
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::x_request_id())
                 .layer(middleware::from_fn(correlation_id))
                 // 2. One span per request.
                 .layer(TraceLayer::new_for_http())
+                // 3. CORS before routing: preflights never reach the router or an upstream.
+                .option_layer(policies.cors.clone())
                 // 5. Responses made below by layers that only know a status get a google.rpc.Status body.
                 .layer(middleware::from_fn(status_body))
                 // 6. A panic is a 500 (rewritten by 5), never a dropped connection.
@@ -146,7 +176,23 @@ fn data_plane(registry: Arc<Registry>, gateway: Arc<Gateway>, request_timeout: D
                     request_timeout,
                 ))
                 // 10. Match once; the gateway (and later policies) read RouteMatch.
-                .layer(middleware::from_fn_with_state(registry, route)),
+                .layer(middleware::from_fn_with_state(registry, route))
+                // 11. Who calls, and may they call this method? (its policy, from RouteMatch)
+                .option_layer(
+                    policies
+                        .auth
+                        .clone()
+                        .map(|auth| middleware::from_fn_with_state(auth, policy::authenticate)),
+                )
+                // 12. After auth: the consumer's subject is the key, the client IP otherwise.
+                .option_layer(policies.rate_limit.clone().map(|limits| {
+                    middleware::from_fn_with_state(limits, policy::rate_limit::<Arc<LocalLimiter>>)
+                }))
+                // 13. The upstream metadata, decided once; allow-listed upstream headers back.
+                .layer(middleware::from_fn_with_state(
+                    policies.headers.clone(),
+                    policy::header_policy,
+                )),
         )
 }
 

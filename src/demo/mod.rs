@@ -1,4 +1,5 @@
 //! In-memory example gRPC backends: `acme.orders.v1`, `acme.orders.v2` and `acme.users.v1`.
+//! `protogate demo` puts them behind the gateway with JWT auth on (see [`auth`]).
 //!
 //! `protogate demo` runs them in-process and the integration tests use them as real
 //! upstreams, so they behave like a small AIP-style API: validation errors carry
@@ -6,6 +7,7 @@
 //! with opaque tokens. Both order API versions read and write one store, so a change made
 //! through one version is visible through the other.
 
+mod auth;
 mod orders_v1;
 mod orders_v2;
 mod store;
@@ -104,25 +106,44 @@ pub async fn run(
         let _ = backend_stopped.await;
     }));
 
-    let mut config = Config {
-        listen,
-        ..Config::default()
-    };
-    for package in ["acme.orders.v1", "acme.orders.v2", "acme.users.v1"] {
-        config.override_upstream(&format!("{package}={backend_url}"))?;
-    }
+    let (config, tokens) = demo_config(listen, &backend_url)?;
     let server = crate::Server::new(&config, descriptor_sets())?;
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     println!("protogate demo: example services on {backend_url}, gateway on http://{addr}\n");
     println!("{}", RouteTable(&server.registry().load()));
-    println!("try: curl -s http://{addr}/v1/orders/o-1");
+    println!("GET /v1/orders is public, DELETE /v1/orders/{{id}} needs the admin role, the rest a token (valid 24h):\n");
+    println!("export PROTOGATE_DEMO_TOKEN={}", tokens.user_token);
+    println!("export PROTOGATE_DEMO_ADMIN_TOKEN={}\n", tokens.admin_token);
+    println!(
+        "try: curl -s -H \"Authorization: Bearer $PROTOGATE_DEMO_TOKEN\" http://{addr}/v1/orders/o-1"
+    );
     server.serve(listener, shutdown).await?;
     let _ = stop_backend.send(());
     backend_task
         .await
         .map_err(|err| DemoError::Io(std::io::Error::other(err)))??;
     Ok(())
+}
+
+/// The demo's gateway config (upstreams, auth, policies, rate limits) and its tokens.
+fn demo_config(
+    listen: SocketAddr,
+    backend_url: &str,
+) -> Result<(Config, auth::DemoAuth), DemoError> {
+    let mut demo = auth::generate().map_err(DemoError::Keys)?;
+    let mut config = Config {
+        listen,
+        auth: Some(demo.auth.clone()),
+        policies: std::mem::take(&mut demo.policies),
+        rate_limit: Some(demo.rate_limit.clone()),
+        ..Config::default()
+    };
+    for package in ["acme.orders.v1", "acme.orders.v2", "acme.users.v1"] {
+        config.override_upstream(&format!("{package}={backend_url}"))?;
+    }
+    config.validate()?;
+    Ok((config, demo))
 }
 
 /// Why the demo stopped.
@@ -136,6 +157,8 @@ pub enum DemoError {
     Config(#[from] crate::config::ConfigError),
     #[error("example services failed: {0}")]
     Backend(#[from] Error),
+    #[error("cannot set up the demo's keys: {0}")]
+    Keys(String),
 }
 
 /// `NOT_FOUND` for the `kind` resource `id`.
@@ -380,6 +403,51 @@ mod tests {
             ),
             ("STATE", "orders/o-3")
         );
+    }
+
+    /// The README's tour: one public route, a token for the rest, admin for deletes.
+    #[tokio::test]
+    async fn demo_gateway_enforces_the_tour_policies() {
+        use tower::ServiceExt as _;
+
+        let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", backend.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(serve_examples(backend, async {
+            stopped.await.ok();
+        }));
+        let (config, tokens) = demo_config(SocketAddr::from(([127, 0, 0, 1], 0)), &url).unwrap();
+        let router = crate::Server::new(&config, descriptor_sets())
+            .unwrap()
+            .router();
+        let status = |method: &str, path: &str, token: Option<&str>| {
+            let mut request = http::Request::builder().method(method).uri(path);
+            if let Some(token) = token {
+                request = request.header("authorization", format!("Bearer {token}"));
+            }
+            let request = request.body(axum::body::Body::empty()).unwrap();
+            let router = router.clone();
+            async move { router.oneshot(request).await.unwrap().status().as_u16() }
+        };
+        assert_eq!(status("GET", "/v1/orders", None).await, 200);
+        assert_eq!(status("GET", "/v1/orders/o-1", None).await, 401);
+        assert_eq!(
+            status("GET", "/v1/orders/o-1", Some(&tokens.user_token)).await,
+            200
+        );
+        assert_eq!(
+            status("GET", "/v2/orders/o-1", Some(&tokens.user_token)).await,
+            200
+        );
+        assert_eq!(
+            status("DELETE", "/v1/orders/o-4", Some(&tokens.user_token)).await,
+            403
+        );
+        assert_eq!(
+            status("DELETE", "/v1/orders/o-4", Some(&tokens.admin_token)).await,
+            200
+        );
+        stop.send(()).unwrap();
     }
 
     #[tokio::test]

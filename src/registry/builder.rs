@@ -15,6 +15,7 @@ use super::catalog::{CallKind, Catalog, LoadedSet, MethodPlan, Route};
 use crate::{
     config::Config,
     http_rule::{self, ResolvedBinding},
+    policy::PolicyRules,
     router::{RouteId, RouterBuilder},
     transcode::{FieldRules, MaskTree},
     upstream::Upstreams,
@@ -115,6 +116,7 @@ struct OmitUsage {
 pub struct CatalogBuilder<'a> {
     options: BuildOptions,
     upstreams: &'a Upstreams,
+    policies: Option<&'a PolicyRules>,
     sets: Vec<DescriptorSet>,
 }
 
@@ -172,8 +174,16 @@ impl<'a> CatalogBuilder<'a> {
         Self {
             options,
             upstreams,
+            policies: None,
             sets: Vec::new(),
         }
+    }
+
+    /// Resolves each method's policy with the config's rules over its proto option.
+    #[must_use]
+    pub fn policies(mut self, rules: &'a PolicyRules) -> Self {
+        self.policies = Some(rules);
+        self
     }
 
     #[must_use]
@@ -238,6 +248,9 @@ impl<'a> CatalogBuilder<'a> {
         let mut methods = Vec::new();
         let mut routes: Vec<Route> = Vec::new();
         let mut router = RouterBuilder::default();
+        let no_rules = PolicyRules::default();
+        let rules = self.policies.unwrap_or(&no_rules);
+        let mut rules_used = vec![false; rules.len()];
         for (set, service) in &services {
             let upstream = self.upstreams.resolve(service.full_name());
             if upstream.is_none() && self.options.require_upstreams {
@@ -269,6 +282,13 @@ impl<'a> CatalogBuilder<'a> {
                         "the method name does not form a valid gRPC path".into(),
                     ));
                     continue;
+                };
+                let policy = match rules.resolve(&method, &mut rules_used) {
+                    Ok(policy) => policy,
+                    Err(reason) => {
+                        problems.push(problem(reason));
+                        continue;
+                    }
                 };
                 let method_index = methods.len();
                 for ResolvedBinding {
@@ -303,9 +323,20 @@ impl<'a> CatalogBuilder<'a> {
                     upstream: upstream.clone(),
                     rules: field_rules.for_method(&method),
                     omit,
+                    policy,
                     descriptor: method,
                 });
             }
+        }
+        for (i, _) in rules_used.iter().enumerate().filter(|(_, used)| !**used) {
+            problems.push(LoadProblem {
+                set: None,
+                method: None,
+                reason: format!(
+                    "policies[{i}]: `{}` matches no served method",
+                    rules.pattern(i)
+                ),
+            });
         }
 
         problems.extend(self.unused_omit_paths(&omit_usage));

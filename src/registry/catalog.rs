@@ -9,6 +9,7 @@ use prost_reflect::{DescriptorPool, MethodDescriptor};
 
 use crate::{
     http_rule::{template::PathTemplate, BindingPlan},
+    policy::RoutePolicy,
     router::{Capture, Lookup, RouteId, Router},
     transcode::FieldRules,
     transcode::{MaskTree, MethodRules},
@@ -60,6 +61,8 @@ pub struct MethodPlan {
     pub rules: MethodRules,
     /// Configured paths omitted from replies (`filters.responses`).
     pub omit: Option<MaskTree>,
+    /// Who may call it and how often: the same for every binding.
+    pub policy: RoutePolicy,
 }
 
 /// One REST binding of a method.

@@ -10,15 +10,16 @@ use tonic::{metadata::MetadataMap, Code, TimeoutExpired};
 use super::{codec::DynamicCodec, Upstream};
 use crate::error::Error;
 
-/// Calls `path` on `upstream` with `message` and waits for the reply, at
-/// most the upstream's timeout (which is also sent as `grpc-timeout`).
+/// Calls `path` on `upstream` with `message` and waits for the reply (with
+/// the upstream's response metadata), at most the upstream's timeout (which
+/// is also sent as `grpc-timeout`).
 pub async fn unary(
     upstream: &Upstream,
     path: PathAndQuery,
     output: MessageDescriptor,
     message: DynamicMessage,
     metadata: MetadataMap,
-) -> Result<DynamicMessage, Error> {
+) -> Result<tonic::Response<DynamicMessage>, Error> {
     let mut grpc = tonic::client::Grpc::new(upstream.channel.clone())
         .max_decoding_message_size(upstream.max_response_bytes);
     let mut request = tonic::Request::from_parts(metadata, Default::default(), message);
@@ -33,7 +34,7 @@ pub async fn unary(
             .map_err(|status| classify(upstream, status, started.elapsed() >= upstream.timeout))
     };
     match tokio::time::timeout(upstream.timeout, call).await {
-        Ok(reply) => reply.map(tonic::Response::into_inner),
+        Ok(reply) => reply,
         Err(_) => Err(deadline_exceeded(upstream)),
     }
 }

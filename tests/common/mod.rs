@@ -2,6 +2,8 @@
 //! over HTTP with reqwest.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod tokens;
+
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use bytes::Bytes;
@@ -125,19 +127,23 @@ impl TestService for Testing {
     }
 
     async fn echo_headers(&self, request: Request<()>) -> Result<Response<Headers>, Status> {
-        let metadata = request
-            .metadata()
-            .clone()
-            .into_headers()
-            .iter()
-            .map(|(name, value)| {
-                (
-                    name.to_string(),
-                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
-        Ok(Response::new(Headers { metadata }))
+        let mut response = Response::new(received_headers(&request));
+        // Response metadata for the gateway's response allow-list.
+        response
+            .metadata_mut()
+            .insert("x-backend-version", "7".parse().unwrap());
+        response
+            .metadata_mut()
+            .insert("x-internal-secret", "s3cr3t".parse().unwrap());
+        Ok(response)
+    }
+
+    async fn public_headers(&self, request: Request<()>) -> Result<Response<Headers>, Status> {
+        Ok(Response::new(received_headers(&request)))
+    }
+
+    async fn admin_headers(&self, request: Request<()>) -> Result<Response<Headers>, Status> {
+        Ok(Response::new(received_headers(&request)))
     }
 
     async fn update_resource(
@@ -158,6 +164,23 @@ fn leak_into(nested: &mut Nested) {
     if let Some(child) = &mut nested.child {
         leak_into(child);
     }
+}
+
+/// The request metadata a backend received, as a `Headers` reply.
+fn received_headers<T>(request: &Request<T>) -> Headers {
+    let metadata = request
+        .metadata()
+        .clone()
+        .into_headers()
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    Headers { metadata }
 }
 
 /// A tonic server on 127.0.0.1:0 serving the example services and the test service.

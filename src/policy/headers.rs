@@ -1,0 +1,322 @@
+//! Header hygiene and injection.
+//!
+//! [`sanitize`] (outermost, every request, every route): drops a client's
+//! `x-request-id`/`x-correlation-id` unless well-formed (the id layer then
+//! mints one), removes any copy of the identity headers (`x-user-id`, ...) so
+//! identity cannot be spoofed, and notes when the request arrived.
+//!
+//! [`header_policy`] (layer 13, matched routes): computes the upstream
+//! metadata once -- ids, request start, `traceparent`/`tracestate`, static
+//! headers, allow-listed client headers, the verified identity's claims --
+//! and on the way back returns the allow-listed upstream response metadata
+//! as HTTP headers. Hop-by-hop and `grpc-*` headers never cross.
+
+use std::{
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    extract::{Request, State},
+    middleware::Next,
+    response::Response,
+};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use tonic::metadata::MetadataMap;
+
+use super::{
+    config::{AuthConfig, HeadersConfig, DEFAULT_CLAIM_HEADERS},
+    Identity,
+};
+
+/// Sent by the gateway itself; a client's copies are replaced, never forwarded.
+const IDS: [&str; 2] = ["x-request-id", "x-correlation-id"];
+
+/// W3C trace context: always passed through.
+const TRACE_CONTEXT: [&str; 2] = ["traceparent", "tracestate"];
+
+/// Connection-level headers (RFC 9110 §7.6.1) and the ones gRPC owns.
+const NEVER_FORWARDED: [&str; 12] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "content-type",
+];
+
+/// Longest id kept from a client.
+const MAX_ID_LEN: usize = 128;
+
+/// The header decisions, compiled at start.
+#[derive(Debug)]
+pub struct HeaderPolicy {
+    identity: Box<[HeaderName]>,
+    request_start: Option<HeaderName>,
+    static_headers: Box<[(HeaderName, HeaderValue)]>,
+    forward: NameSet,
+    response: NameSet,
+}
+
+/// The metadata of the upstream call, computed once by [`header_policy`].
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamMetadata(pub MetadataMap);
+
+/// The upstream's response metadata, left in the response extensions by the
+/// gateway for [`header_policy`] to filter.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamHeaders(pub HeaderMap);
+
+/// When the gateway received the request.
+#[derive(Debug, Clone, Copy)]
+struct RequestStart(SystemTime);
+
+/// Header names, exact or by glob.
+#[derive(Debug)]
+struct NameSet {
+    exact: Box<[HeaderName]>,
+    globs: GlobSet,
+}
+
+/// Outermost layer: see the module docs.
+pub async fn sanitize(
+    State(policy): State<Arc<HeaderPolicy>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers_mut();
+    for id in IDS {
+        let malformed = headers.get_all(id).iter().count() > 1
+            || headers.get(id).is_some_and(|v| !well_formed_id(v));
+        if malformed {
+            headers.remove(id);
+        }
+    }
+    for name in policy.identity.iter() {
+        headers.remove(name);
+    }
+    request
+        .extensions_mut()
+        .insert(RequestStart(SystemTime::now()));
+    next.run(request).await
+}
+
+/// Layer 13: see the module docs.
+pub async fn header_policy(
+    State(policy): State<Arc<HeaderPolicy>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let metadata = policy.upstream_metadata(&request);
+    request.extensions_mut().insert(UpstreamMetadata(metadata));
+    let mut response = next.run(request).await;
+    if let Some(UpstreamHeaders(upstream)) = response.extensions_mut().remove::<UpstreamHeaders>() {
+        for (name, value) in &upstream {
+            if policy.response.contains(name) && !never_crosses(name) {
+                response.headers_mut().append(name, value.clone());
+            }
+        }
+    }
+    response
+}
+
+/// 1–128 characters of letters, digits and `-_.:/+=`: safe to log and echo.
+fn well_formed_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_ID_LEN
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(b))
+}
+
+fn never_crosses(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    name.starts_with("grpc-") || NEVER_FORWARDED.contains(&name)
+}
+
+// === impl HeaderPolicy ===
+
+impl HeaderPolicy {
+    /// Compiles names and globs (validated by `Config::validate`; invalid ones are skipped).
+    pub fn new(config: &HeadersConfig, auth: Option<&AuthConfig>) -> Self {
+        let mut identity: Vec<HeaderName> = DEFAULT_CLAIM_HEADERS
+            .iter()
+            .map(|(_, header)| HeaderName::from_static(header))
+            .collect();
+        if let Some(auth) = auth {
+            identity.extend(
+                auth.claim_headers
+                    .values()
+                    .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+            );
+        }
+        identity.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        identity.dedup();
+        let static_headers = config
+            .static_headers
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((
+                    HeaderName::from_bytes(name.as_bytes()).ok()?,
+                    HeaderValue::from_str(value).ok()?,
+                ))
+            })
+            .collect();
+        Self {
+            identity: identity.into_boxed_slice(),
+            request_start: HeaderName::from_bytes(config.request_start.as_bytes()).ok(),
+            static_headers,
+            forward: NameSet::new(&config.forward),
+            response: NameSet::new(&config.response),
+        }
+    }
+
+    fn upstream_metadata(&self, request: &Request) -> MetadataMap {
+        let incoming = request.headers();
+        let mut out = HeaderMap::new();
+        for (name, value) in incoming {
+            if self.forward.contains(name)
+                && !never_crosses(name)
+                && !self.identity.contains(name)
+                && !IDS.contains(&name.as_str())
+            {
+                out.append(name, value.clone());
+            }
+        }
+        for name in IDS.into_iter().chain(TRACE_CONTEXT) {
+            if let Some(value) = incoming.get(name) {
+                out.insert(name, value.clone());
+            }
+        }
+        for (name, value) in self.static_headers.iter() {
+            out.insert(name, value.clone());
+        }
+        if let (Some(name), Some(RequestStart(at))) = (
+            &self.request_start,
+            request.extensions().get::<RequestStart>(),
+        ) {
+            let millis = at
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis();
+            if let Ok(value) = HeaderValue::from_str(&format!("t={millis}")) {
+                out.insert(name, value);
+            }
+        }
+        if let Some(identity) = request.extensions().get::<Arc<Identity>>() {
+            for (name, value) in identity.metadata.iter() {
+                out.insert(name, value.clone());
+            }
+        }
+        MetadataMap::from_headers(out)
+    }
+}
+
+// === impl NameSet ===
+
+impl NameSet {
+    fn new(patterns: &[String]) -> Self {
+        let mut exact = Vec::new();
+        let mut globs = GlobSetBuilder::new();
+        for pattern in patterns {
+            let pattern = pattern.to_ascii_lowercase();
+            match HeaderName::from_bytes(pattern.as_bytes()) {
+                Ok(name) if !pattern.contains(['*', '?', '[', '{']) => exact.push(name),
+                _ => {
+                    if let Ok(glob) = Glob::new(&pattern) {
+                        globs.add(glob);
+                    }
+                }
+            }
+        }
+        Self {
+            exact: exact.into_boxed_slice(),
+            globs: globs.build().unwrap_or_else(|_| GlobSet::empty()),
+        }
+    }
+
+    fn contains(&self, name: &HeaderName) -> bool {
+        self.exact.contains(name) || (!self.globs.is_empty() && self.globs.is_match(name.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(yaml: &str) -> HeaderPolicy {
+        let config: HeadersConfig = serde_yaml::from_str(yaml).unwrap();
+        HeaderPolicy::new(&config, None)
+    }
+
+    fn request(headers: &[(&str, &str)]) -> Request {
+        let mut builder = http::Request::builder();
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(axum::body::Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn ids_must_be_short_and_plain() {
+        for good in [
+            "r-1",
+            "0af7651916cd43dd8448eb211c80319c",
+            "a:b/c+d=",
+            &"x".repeat(128),
+        ] {
+            assert!(
+                well_formed_id(&HeaderValue::from_str(good).unwrap()),
+                "{good}"
+            );
+        }
+        for bad in ["", "has space", "quote\"", "<script>", &"x".repeat(129)] {
+            assert!(
+                !well_formed_id(&HeaderValue::from_str(bad).unwrap()),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_allow_listed_headers_are_forwarded() {
+        let policy = policy("forward: [Accept-Language, 'x-tenant-*', 'grpc-*', te, 'x-user-*']\n");
+        let metadata = policy
+            .upstream_metadata(&request(&[
+                ("accept-language", "fr"),
+                ("x-tenant-region", "eu"),
+                ("x-other", "no"),
+                ("grpc-timeout", "1S"),
+                ("te", "trailers"),
+                ("x-user-id", "spoofed"),
+                (
+                    "traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                ),
+            ]))
+            .into_headers();
+        let mut names: Vec<&str> = metadata.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["accept-language", "traceparent", "x-tenant-region"]);
+    }
+
+    #[test]
+    fn static_headers_and_request_start_are_added() {
+        let policy = policy("static: { x-gateway: protogate }\nrequest_start: x-started\n");
+        let mut request = request(&[]);
+        request.extensions_mut().insert(RequestStart(
+            UNIX_EPOCH + std::time::Duration::from_millis(1_234),
+        ));
+        let metadata = policy.upstream_metadata(&request).into_headers();
+        assert_eq!(metadata["x-gateway"], "protogate");
+        assert_eq!(metadata["x-started"], "t=1234");
+    }
+}

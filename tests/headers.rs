@@ -1,0 +1,238 @@
+//! Header injection and CORS over real HTTP: ids minted, kept and echoed
+//! (errors included), the request start, static and allow-listed headers as
+//! upstream metadata, allow-listed upstream metadata back as headers, trace
+//! context, and CORS preflights answered without an upstream.
+
+mod common;
+
+use common::{assert_status, upstream, Gateway};
+use protogate::config::CorsConfig;
+use serde_json::Value as Json;
+use tonic::Code;
+
+/// Sends a request to `/v1/headers`: the response headers and the metadata the backend received.
+async fn call_headers(request: reqwest::RequestBuilder) -> (reqwest::header::HeaderMap, Json) {
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    let body: Json = response.json().await.unwrap();
+    (headers, body["metadata"].clone())
+}
+
+#[tokio::test]
+async fn well_formed_ids_are_kept_and_malformed_ones_replaced() {
+    let gw = Gateway::start().await;
+    let (headers, metadata) = call_headers(
+        gw.client
+            .get(gw.url("/v1/headers"))
+            .header("x-request-id", "req-42")
+            .header("x-correlation-id", "flow:7"),
+    )
+    .await;
+    assert_eq!(headers["x-request-id"], "req-42");
+    assert_eq!(metadata["x-request-id"], "req-42");
+    assert_eq!(headers["x-correlation-id"], "flow:7");
+    assert_eq!(metadata["x-correlation-id"], "flow:7");
+
+    let (headers, metadata) = call_headers(
+        gw.client
+            .get(gw.url("/v1/headers"))
+            .header("x-request-id", "<script>alert(1)</script>")
+            .header("x-correlation-id", "x".repeat(200)),
+    )
+    .await;
+    let minted = headers["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(minted).is_ok(), "{minted}");
+    assert_eq!(metadata["x-request-id"], minted);
+    assert_eq!(
+        headers["x-correlation-id"], minted,
+        "a malformed correlation id falls back to the request id"
+    );
+}
+
+#[tokio::test]
+async fn ids_are_minted_and_echoed_on_errors_too() {
+    let gw = Gateway::start().await;
+    let response = gw.client.get(gw.url("/v1/nowhere")).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+    let body: Json = response.json().await.unwrap();
+    assert_status(&body, Code::NotFound, "no route");
+    assert_eq!(body["details"][0]["requestId"], id);
+}
+
+#[tokio::test]
+async fn request_start_static_headers_and_trace_context_reach_the_upstream() {
+    let gw = Gateway::start_with(|config| {
+        config.headers.static_headers = [("x-gateway".to_owned(), "protogate".to_owned())].into();
+    })
+    .await;
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let (_, metadata) = call_headers(
+        gw.client
+            .get(gw.url("/v1/headers"))
+            .header("traceparent", traceparent)
+            .header("tracestate", "vendor=1")
+            .header("accept-language", "fr"),
+    )
+    .await;
+    assert_eq!(metadata["traceparent"], traceparent);
+    assert_eq!(metadata["tracestate"], "vendor=1");
+    assert_eq!(metadata["x-gateway"], "protogate");
+    let start = metadata["x-request-start"].as_str().unwrap();
+    let millis: u128 = start.strip_prefix("t=").unwrap().parse().unwrap();
+    assert!(millis > 1_600_000_000_000, "{start}");
+    assert!(
+        metadata.get("accept-language").is_none(),
+        "not allow-listed: {metadata}"
+    );
+}
+
+#[tokio::test]
+async fn only_allow_listed_client_headers_are_forwarded() {
+    let gw = Gateway::start_with(|config| {
+        config.headers.forward = vec![
+            "Accept-Language".into(),
+            "x-tenant-*".into(),
+            "grpc-*".into(),
+            "x-request-start".into(),
+        ];
+        config.headers.request_start = String::new();
+    })
+    .await;
+    let (_, metadata) = call_headers(
+        gw.client
+            .get(gw.url("/v1/headers"))
+            .header("accept-language", "fr")
+            .header("x-tenant-region", "eu")
+            .header("x-other", "no")
+            .header("grpc-foo", "no")
+            .header("x-request-start", "t=1"),
+    )
+    .await;
+    assert_eq!(metadata["accept-language"], "fr");
+    assert_eq!(metadata["x-tenant-region"], "eu");
+    assert_eq!(
+        metadata["x-request-start"], "t=1",
+        "forwarded when listed and not ours"
+    );
+    assert!(metadata.get("x-other").is_none(), "{metadata}");
+    assert!(
+        metadata.get("grpc-foo").is_none(),
+        "grpc-* never: {metadata}"
+    );
+}
+
+#[tokio::test]
+async fn allow_listed_upstream_metadata_comes_back_as_headers() {
+    let gw = Gateway::start_with(|config| {
+        config.headers.response = vec!["x-backend-*".into(), "grpc-*".into()];
+    })
+    .await;
+    let response = gw.client.get(gw.url("/v1/headers")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-backend-version"], "7");
+    assert!(response.headers().get("x-internal-secret").is_none());
+    assert!(response.headers().get("grpc-status").is_none());
+}
+
+fn cors(yaml: &str) -> Option<CorsConfig> {
+    Some(serde_yaml::from_str(yaml).unwrap())
+}
+
+/// The upstream is down, so only an answer from the gateway itself can be 200.
+#[tokio::test]
+async fn cors_preflight_is_answered_without_an_upstream() {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let config = protogate::Config {
+        upstreams: vec![
+            upstream("acme", &dead),
+            upstream("protogate.testing", &dead),
+        ],
+        cors: cors("{ allowed_origins: ['https://app.example'], max_age: 5m }"),
+        ..protogate::Config::default()
+    };
+    config.validate().unwrap();
+    let gw = Gateway::serve(&config, common::example_sets()).await;
+
+    let response = gw
+        .client
+        .request(reqwest::Method::OPTIONS, gw.url("/v1/orders/o-1"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "DELETE")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers();
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let methods = headers["access-control-allow-methods"].to_str().unwrap();
+    assert!(methods.contains("DELETE"), "{methods}");
+    let allowed = headers["access-control-allow-headers"].to_str().unwrap();
+    assert!(allowed.contains("authorization"), "{allowed}");
+    assert_eq!(headers["access-control-max-age"], "300");
+
+    // A real request goes to the (dead) upstream and carries the CORS headers on its error.
+    let response = gw
+        .client
+        .get(gw.url("/v1/orders/o-1"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let exposed = response.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
+    assert!(exposed.contains("x-request-id"), "{exposed}");
+}
+
+#[tokio::test]
+async fn cors_refuses_unlisted_origins() {
+    let gw = Gateway::start_with(|config| {
+        config.cors = cors("{ allowed_origins: ['https://app.example'] }");
+    })
+    .await;
+    let response = gw
+        .client
+        .request(reqwest::Method::OPTIONS, gw.url("/v1/orders/o-1"))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert!(response
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+    let response = gw
+        .client
+        .get(gw.url("/v1/orders/o-1"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "CORS is the browser's call; the request is served"
+    );
+    assert!(response
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+}
