@@ -2,6 +2,8 @@
 //! call → JSON reply. Errors become `google.rpc.Status` responses here, where
 //! the catalog's pool can resolve the details an upstream sent.
 
+use std::{sync::Arc, time::Instant};
+
 use axum::{
     body::{Body, Bytes},
     extract::{Request, State},
@@ -14,6 +16,7 @@ use tonic::metadata::MetadataMap;
 use crate::{
     error::{self, Error},
     http_rule::BodyPlan,
+    observe::{trace_context, RequestContext},
     registry::{CallKind, RouteMatch},
     transcode::{self, TranscodeOptions},
     upstream,
@@ -85,14 +88,21 @@ impl Gateway {
             &body,
             &self.options,
         )?;
+        let mut metadata = outgoing_metadata(&parts.headers);
+        trace_context::forward(&parts.headers, &mut metadata);
+        let started = Instant::now();
         let reply = upstream::unary(
             upstream,
             method.grpc_path.clone(),
             method.descriptor.output(),
             message,
-            outgoing_metadata(&parts.headers),
+            metadata,
         )
-        .await?;
+        .await;
+        if let Some(context) = parts.extensions.get::<Arc<RequestContext>>() {
+            context.set_upstream_latency(started.elapsed());
+        }
+        let reply = reply?;
         let json = transcode::response_json(&reply, &route.binding, &self.options)?;
         Ok((
             [(

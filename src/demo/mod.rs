@@ -46,9 +46,12 @@ pub fn example_routes() -> Routes {
     let store = Arc::new(store::Store::seeded());
     let orders_v1 = orders_v1::OrdersV1::new(Arc::clone(&store));
     let orders_v2 = orders_v2::OrdersV2::new(Arc::clone(&store));
+    // grpc.health.v1 reports the server as a whole (service "") as SERVING.
+    let (_, health) = tonic_health::server::health_reporter();
     Routes::new(OrdersV1Server::new(orders_v1))
         .add_service(OrdersV2Server::new(orders_v2))
         .add_service(UserServiceServer::new(users::Users::new(store)))
+        .add_service(health)
 }
 
 /// Serves the example services on `listener` until `shutdown` resolves.
@@ -92,9 +95,11 @@ pub fn descriptor_sets() -> Vec<DescriptorSet> {
 }
 
 /// `protogate demo`: the example services on an ephemeral loopback port and
-/// the gateway in front of them on `listen`, until `shutdown` resolves.
+/// the gateway in front of them on `listen` (admin on `admin_listen`), until
+/// `shutdown` resolves.
 pub async fn run(
     listen: SocketAddr,
+    admin_listen: SocketAddr,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DemoError> {
     let backend = TcpListener::bind("127.0.0.1:0").await?;
@@ -108,16 +113,24 @@ pub async fn run(
         listen,
         ..Config::default()
     };
+    config.admin.listen = admin_listen;
     for package in ["acme.orders.v1", "acme.orders.v2", "acme.users.v1"] {
         config.override_upstream(&format!("{package}={backend_url}"))?;
     }
     let server = crate::Server::new(&config, descriptor_sets())?;
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
+    let admin = TcpListener::bind(admin_listen).await?;
+    let admin_addr = admin.local_addr()?;
     println!("protogate demo: example services on {backend_url}, gateway on http://{addr}\n");
     println!("{}", RouteTable(&server.registry().load()));
     println!("try: curl -s http://{addr}/v1/orders/o-1");
-    server.serve(listener, shutdown).await?;
+    println!("metrics: curl -s http://{admin_addr}/metrics   (also /healthz, /readyz)");
+    println!("access log: one JSON line per request on stdout; diagnostics on stderr (RUST_LOG)\n");
+    server
+        .with_admin_listener(admin)
+        .serve(listener, shutdown)
+        .await?;
     let _ = stop_backend.send(());
     backend_task
         .await
