@@ -427,6 +427,41 @@ mod tests {
         let config = Config::from_file(&path).unwrap();
         assert_eq!(config.upstreams.len(), 2);
         assert_eq!(config.limits, LimitsConfig::default());
+        assert_eq!(
+            config.metrics.duration_buckets,
+            MetricsConfig::default().duration_buckets
+        );
+        assert_eq!(config.admin.listen, AdminConfig::default().listen);
+    }
+
+    #[test]
+    fn observability_keys_parse_and_are_checked() {
+        let config = Config::from_yaml(
+            "admin: { listen: 0.0.0.0:9000 }\n\
+             access_log: { format: text, file: /tmp/a.log, sample_2xx: 0.1 }\n\
+             health: { interval: 1s, grace_period: 0s }\n",
+        )
+        .unwrap();
+        assert_eq!(config.admin.listen.port(), 9000);
+        assert_eq!(config.access_log.format, AccessLogFormat::Text);
+        assert_eq!(config.health.interval, Duration::from_secs(1));
+        for (yaml, key) in [
+            (
+                "metrics: { duration_buckets: [1, 0.5] }",
+                "metrics.duration_buckets",
+            ),
+            (
+                "metrics: { duration_buckets: [] }",
+                "metrics.duration_buckets",
+            ),
+            ("access_log: { sample_2xx: 2 }", "access_log.sample_2xx"),
+            ("health: { interval: 0s }", "health"),
+        ] {
+            let err = Config::from_yaml(yaml).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("{key}: ")), "{yaml}: {err}");
+        }
+        let err = Config::from_yaml("access_log: { format: xml }").unwrap_err();
+        assert!(err.to_string().contains("access_log.format"), "{err}");
     }
 
     #[test]

@@ -130,3 +130,45 @@ async fn probe(upstream: &Upstream, timeout: Duration) -> bool {
         Err(_) => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health(grace_period: Duration) -> UpstreamHealth {
+        let config = crate::config::UpstreamConfig {
+            pattern: "acme".into(),
+            url: "http://127.0.0.1:1".into(),
+            timeout: Duration::from_secs(1),
+            ca_file: None,
+        };
+        let upstreams = Upstreams::new(&[config], 1024).unwrap();
+        UpstreamHealth::new(
+            &upstreams,
+            &HealthConfig {
+                grace_period,
+                ..HealthConfig::default()
+            },
+        )
+    }
+
+    fn state(health: &UpstreamHealth) -> (HealthState, bool) {
+        let (_, state, ready) = health.states().next().unwrap();
+        (state, ready)
+    }
+
+    #[tokio::test]
+    async fn unhealthy_upstreams_stay_ready_within_their_grace_period() {
+        let patient = health(Duration::from_secs(3600));
+        assert_eq!(state(&patient), (HealthState::Unknown, true));
+        patient.record(&patient.entries[0], false);
+        assert_eq!(state(&patient), (HealthState::Unhealthy, true));
+
+        let strict = health(Duration::ZERO);
+        assert_eq!(state(&strict), (HealthState::Unknown, false));
+        strict.record(&strict.entries[0], true);
+        assert_eq!(state(&strict), (HealthState::Healthy, true));
+        strict.record(&strict.entries[0], false);
+        assert_eq!(state(&strict), (HealthState::Unhealthy, false));
+    }
+}
