@@ -42,6 +42,10 @@ pub struct Config {
     pub cors: Option<CorsConfig>,
     /// Peers whose `X-Forwarded-For` names the client (CIDRs). Default: none.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub admin: AdminConfig,
+    pub metrics: MetricsConfig,
+    pub access_log: AccessLogConfig,
+    pub health: HealthConfig,
 }
 
 /// Which descriptor sets to load at start.
@@ -143,6 +147,67 @@ pub struct ResponseFilterConfig {
     pub omit: Vec<String>,
 }
 
+/// The admin listener: `/metrics`, `/healthz`, `/readyz`; never the data plane's layers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin listener. Default `127.0.0.1:9901`.
+    pub listen: SocketAddr,
+}
+
+/// Prometheus metrics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Record request metrics (the data-plane metrics layer). Default `true`.
+    pub enabled: bool,
+    /// Also serve `GET /metrics` on the public listener. Default `false`.
+    pub on_public_listener: bool,
+    /// Upper bounds, in seconds, of the request and upstream latency
+    /// histogram buckets. Default: 1 ms to 10 s.
+    pub duration_buckets: Vec<f64>,
+}
+
+/// The access log: one structured line per finished request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogConfig {
+    /// Default `true`.
+    pub enabled: bool,
+    /// `json` (default) or `text`.
+    pub format: AccessLogFormat,
+    /// Append to this file instead of writing to stdout. Default: stdout.
+    pub file: Option<PathBuf>,
+    /// Fraction of 2xx responses logged, from 0 to 1; every other status is
+    /// always logged. Default `1`.
+    pub sample_2xx: f64,
+}
+
+/// How access log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+/// Upstream health probes (`grpc.health.v1.Health/Check`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Time between probes of each upstream. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Longest wait for a probe's answer. Default 2s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long after start, or after its last healthy probe, an upstream
+    /// still counts as ready in `/readyz`. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+}
+
 /// A configuration that cannot be used, naming the key (and line) at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -179,6 +244,51 @@ impl Default for Config {
             headers: HeadersConfig::default(),
             cors: None,
             trusted_proxies: Vec::new(),
+            admin: AdminConfig::default(),
+            metrics: MetricsConfig::default(),
+            access_log: AccessLogConfig::default(),
+            health: HealthConfig::default(),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            on_public_listener: false,
+            duration_buckets: vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ],
+        }
+    }
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            format: AccessLogFormat::Json,
+            file: None,
+            sample_2xx: 1.0,
+        }
+    }
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+            grace_period: Duration::from_secs(30),
         }
     }
 }
@@ -283,7 +393,35 @@ impl Config {
                 reason: "must be greater than 0".into(),
             });
         }
-        crate::policy::config::validate(self)
+        crate::policy::config::validate(self)?;
+        self.validate_observability()
+    }
+
+    fn validate_observability(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: &str| ConfigError::Invalid {
+            key: key.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let buckets = &self.metrics.duration_buckets;
+        if buckets.is_empty()
+            || buckets.iter().any(|b| !b.is_finite() || *b <= 0.0)
+            || buckets.windows(2).any(|w| w[0] >= w[1])
+        {
+            return Err(invalid(
+                "metrics.duration_buckets",
+                "must be positive seconds in increasing order",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.access_log.sample_2xx) {
+            return Err(invalid("access_log.sample_2xx", "must be between 0 and 1"));
+        }
+        if self.health.interval.is_zero() || self.health.timeout.is_zero() {
+            return Err(invalid(
+                "health",
+                "interval and timeout must be greater than 0",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -356,6 +494,41 @@ mod tests {
         assert_eq!(config.limits, LimitsConfig::default());
         assert_eq!(config.auth.map(|a| a.providers.len()), Some(1));
         assert_eq!(config.policies.len(), 3);
+        assert_eq!(
+            config.metrics.duration_buckets,
+            MetricsConfig::default().duration_buckets
+        );
+        assert_eq!(config.admin.listen, AdminConfig::default().listen);
+    }
+
+    #[test]
+    fn observability_keys_parse_and_are_checked() {
+        let config = Config::from_yaml(
+            "admin: { listen: 0.0.0.0:9000 }\n\
+             access_log: { format: text, file: /tmp/a.log, sample_2xx: 0.1 }\n\
+             health: { interval: 1s, grace_period: 0s }\n",
+        )
+        .unwrap();
+        assert_eq!(config.admin.listen.port(), 9000);
+        assert_eq!(config.access_log.format, AccessLogFormat::Text);
+        assert_eq!(config.health.interval, Duration::from_secs(1));
+        for (yaml, key) in [
+            (
+                "metrics: { duration_buckets: [1, 0.5] }",
+                "metrics.duration_buckets",
+            ),
+            (
+                "metrics: { duration_buckets: [] }",
+                "metrics.duration_buckets",
+            ),
+            ("access_log: { sample_2xx: 2 }", "access_log.sample_2xx"),
+            ("health: { interval: 0s }", "health"),
+        ] {
+            let err = Config::from_yaml(yaml).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("{key}: ")), "{yaml}: {err}");
+        }
+        let err = Config::from_yaml("access_log: { format: xml }").unwrap_err();
+        assert!(err.to_string().contains("access_log.format"), "{err}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! call → JSON reply. Errors become `google.rpc.Status` responses here, where
 //! the catalog's pool can resolve the details an upstream sent.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, sync::Arc, time::Instant};
 
 use axum::{
     body::{Body, Bytes},
@@ -15,6 +15,7 @@ use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use crate::{
     error::{self, Error},
     http_rule::BodyPlan,
+    observe::RequestContext,
     policy::{UpstreamHeaders, UpstreamMetadata},
     registry::{CallKind, RouteMatch},
     transcode::{self, ReplyFilter, RequestParts, TranscodeOptions},
@@ -104,6 +105,7 @@ impl Gateway {
             request_parts,
             &self.options,
         )?;
+        let started = Instant::now();
         let reply = upstream::unary(
             upstream,
             method.grpc_path.clone(),
@@ -111,8 +113,11 @@ impl Gateway {
             message,
             metadata,
         )
-        .await?;
-        let (reply_metadata, mut reply, _) = reply.into_parts();
+        .await;
+        if let Some(context) = parts.extensions.get::<Arc<RequestContext>>() {
+            context.set_upstream_latency(started.elapsed());
+        }
+        let (reply_metadata, mut reply, _) = reply?.into_parts();
         let json = filter.encode(&mut reply, &route.binding, &self.options)?;
         let mut response = (
             [(

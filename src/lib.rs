@@ -4,6 +4,7 @@
 //! The public surface is small: [`Config`], [`Server`] (build, then serve),
 //! [`check`] and the example services in [`demo`].
 
+pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -27,6 +27,9 @@ enum Command {
         /// Address of the public listener.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Address of the admin listener (/metrics, /healthz, /readyz).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
+        admin_listen: SocketAddr,
     },
     /// Validate descriptor sets and print the routes they would serve.
     Check {
@@ -48,6 +51,9 @@ struct ServeArgs {
     /// Address of the public listener (default 127.0.0.1:8080).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Address of the admin listener: /metrics, /healthz, /readyz (default 127.0.0.1:9901).
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
     /// A descriptor set file to load; repeatable.
     #[arg(long = "descriptor-set", value_name = "FILE")]
     descriptor_sets: Vec<PathBuf>,
@@ -88,10 +94,19 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let listener = TcpListener::bind(server.listen_addr())
                 .await
                 .with_context(|| format!("cannot listen on {}", server.listen_addr()))?;
-            tracing::info!(addr = %listener.local_addr()?, routes = server.registry().load().routes().len(), "serving");
-            server.serve(listener, shutdown_signal()).await?;
+            let admin = TcpListener::bind(server.admin_addr())
+                .await
+                .with_context(|| format!("cannot listen on {}", server.admin_addr()))?;
+            tracing::info!(addr = %listener.local_addr()?, admin = %admin.local_addr()?, routes = server.registry().load().routes().len(), "serving");
+            server
+                .with_admin_listener(admin)
+                .serve(listener, shutdown_signal())
+                .await?;
         }
-        Command::Demo { listen } => protogate::demo::run(listen, shutdown_signal()).await?,
+        Command::Demo {
+            listen,
+            admin_listen,
+        } => protogate::demo::run(listen, admin_listen, shutdown_signal()).await?,
         Command::Check { .. } => unreachable!("check runs without a runtime"),
     }
     Ok(ExitCode::SUCCESS)
@@ -104,6 +119,9 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
     };
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if let Some(admin_listen) = args.admin_listen {
+        config.admin.listen = admin_listen;
     }
     if let Some(dir) = args.descriptors {
         config.descriptors.dir = Some(dir);

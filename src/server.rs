@@ -7,10 +7,11 @@ use axum::{
     extract::{Request, State},
     middleware::{self, Next},
     response::Response,
+    routing::get,
     Router,
 };
 use http::{HeaderValue, StatusCode};
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
 use tower::ServiceBuilder;
 use tower_http::{
     catch_panic::CatchPanicLayer,
@@ -20,14 +21,21 @@ use tower_http::{
 };
 
 use crate::{
-    config::{Config, ConfigError},
+    admin::{self, AdminState},
+    config::{Config, ConfigError, HealthConfig},
     error::{self, Error},
     gateway::{self, Gateway},
+    observe::{
+        self,
+        access_log::{self, AccessLog, AccessLogError},
+        metrics::{self, Metrics},
+        trace_context, RequestContext,
+    },
     policy::{self, LocalLimiter, Policies, SetupError},
     registry::{BuildOptions, CatalogBuilder, DescriptorSet, LoadError, Registry, RouteMatch},
     router::Lookup,
     transcode::TranscodeOptions,
-    upstream::{UpstreamError, Upstreams},
+    upstream::{UpstreamError, UpstreamHealth, Upstreams},
 };
 
 /// Why the gateway could not start.
@@ -46,6 +54,8 @@ pub enum StartError {
     Load(#[from] LoadError),
     #[error(transparent)]
     Policy(#[from] SetupError),
+    #[error(transparent)]
+    AccessLog(#[from] AccessLogError),
 }
 
 /// A gateway ready to serve: its catalog is built and its channels exist.
@@ -54,6 +64,11 @@ pub struct Server {
     registry: Arc<Registry>,
     router: Router,
     listen: SocketAddr,
+    metrics: Metrics,
+    health: Arc<UpstreamHealth>,
+    health_config: HealthConfig,
+    admin_listen: SocketAddr,
+    admin_listener: Option<TcpListener>,
 }
 
 impl Server {
@@ -99,16 +114,39 @@ impl Server {
             options: TranscodeOptions::new(config),
             max_request_body: config.limits.max_request_body_bytes,
         });
-        let router = data_plane(
+        let metrics = Metrics::new(&config.metrics)?;
+        let observers = Observers {
+            access_log: if config.access_log.enabled {
+                Some(Arc::new(AccessLog::new(&config.access_log)?))
+            } else {
+                None
+            },
+            metrics: config.metrics.enabled.then(|| metrics.clone()),
+        };
+        let mut router = data_plane(
             registry.clone(),
             gateway,
             config.limits.request_timeout,
             &policies,
+            observers,
         );
+        if config.metrics.on_public_listener {
+            // Added after the layers, so the data plane's stack does not apply.
+            router = router.route(
+                "/metrics",
+                get(metrics::scrape).with_state((metrics.clone(), registry.clone())),
+            );
+        }
+        let health = Arc::new(UpstreamHealth::new(&upstreams, &config.health));
         Ok(Self {
             registry,
             router,
             listen: config.listen,
+            metrics,
+            health,
+            health_config: config.health.clone(),
+            admin_listen: config.admin.listen,
+            admin_listener: None,
         })
     }
 
@@ -121,24 +159,82 @@ impl Server {
         self.listen
     }
 
+    /// The configured admin listen address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listen
+    }
+
+    /// Also serve the admin endpoints (see [`admin`]) on `listener`.
+    #[must_use]
+    pub fn with_admin_listener(mut self, listener: TcpListener) -> Self {
+        self.admin_listener = Some(listener);
+        self
+    }
+
+    /// The admin endpoints, for serving or for `oneshot` tests.
+    pub fn admin_router(&self) -> Router {
+        admin::router(AdminState {
+            registry: self.registry.clone(),
+            metrics: self.metrics.clone(),
+            health: self.health.clone(),
+        })
+    }
+
     /// The data-plane service, for serving or for `oneshot` tests.
     pub fn router(&self) -> Router {
         self.router.clone()
     }
 
-    /// Serves on `listener` until `shutdown` resolves, then drains in-flight requests.
+    /// Serves on `listener` (and the admin listener, if given) until
+    /// `shutdown` resolves, then drains in-flight requests. Upstream health
+    /// probes run meanwhile.
     pub async fn serve(
-        self,
+        mut self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        // Dropping the set at return stops the probes and the upkeep.
+        let mut background = self.health.spawn_probes(&self.health_config, &self.metrics);
+        let upkept = self.metrics.clone();
+        background.spawn(async move {
+            let mut ticks = tokio::time::interval(metrics::UPKEEP_INTERVAL);
+            loop {
+                ticks.tick().await;
+                upkept.run_upkeep();
+            }
+        });
+        let (stop, stopped) = watch::channel(false);
+        let admin = self.admin_listener.take().map(|listener| {
+            let router = self.admin_router();
+            let mut stopped = stopped;
+            tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    })
+                    .await
+            })
+        });
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await
+        let served = axum::serve(listener, service)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                let _ = stop.send(true);
+            })
+            .await;
+        if let Some(admin) = admin {
+            admin.await.map_err(std::io::Error::other)??;
+        }
+        served
     }
+}
+
+/// The observing layers that are switched on.
+struct Observers {
+    access_log: Option<Arc<AccessLog>>,
+    metrics: Option<Metrics>,
 }
 
 /// The data-plane stack, outermost first.
@@ -147,6 +243,7 @@ fn data_plane(
     gateway: Arc<Gateway>,
     request_timeout: Duration,
     policies: &Policies,
+    observers: Observers,
 ) -> Router {
     Router::new()
         .fallback(gateway::handle)
@@ -162,9 +259,22 @@ fn data_plane(
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::x_request_id())
                 .layer(middleware::from_fn(correlation_id))
-                // 2. One span per request.
-                .layer(TraceLayer::new_for_http())
-                // 3. CORS before routing: preflights never reach the router or an upstream.
+                .layer(middleware::from_fn(trace_context::propagate))
+                // 2. One span per request, carrying the ids; the route is recorded at 10.
+                .layer(TraceLayer::new_for_http().make_span_with(observe::request_span))
+                // 3. Outside everything that can fail, so every final response is logged.
+                .option_layer(
+                    observers
+                        .access_log
+                        .map(|log| middleware::from_fn_with_state(log, access_log::layer)),
+                )
+                // 4. Counted where 3 logs: 404/405/413/timeouts/5xx included.
+                .option_layer(
+                    observers
+                        .metrics
+                        .map(|m| middleware::from_fn_with_state(m, metrics::layer)),
+                )
+                // CORS before routing: preflights never reach the router or an upstream.
                 .option_layer(policies.cors.clone())
                 // 5. Responses made below by layers that only know a status get a google.rpc.Status body.
                 .layer(middleware::from_fn(status_body))
@@ -248,6 +358,9 @@ async fn route(
     let catalog = registry.load();
     match catalog.lookup(request.method(), request.uri().path()) {
         Lookup::Found { route, captures } => {
+            if let Some(context) = RequestContext::of(&request) {
+                context.set_route(&catalog, route);
+            }
             request.extensions_mut().insert(RouteMatch {
                 catalog,
                 route,

@@ -80,7 +80,14 @@ async fn request_start_static_headers_and_trace_context_reach_the_upstream() {
             .header("accept-language", "fr"),
     )
     .await;
-    assert_eq!(metadata["traceparent"], traceparent);
+    // Same trace; the gateway takes part in it as a new parent span.
+    let forwarded = metadata["traceparent"].as_str().unwrap();
+    assert_eq!(forwarded.len(), traceparent.len(), "{forwarded}");
+    assert!(
+        forwarded.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+        "{forwarded}"
+    );
+    assert_ne!(forwarded, traceparent);
     assert_eq!(metadata["tracestate"], "vendor=1");
     assert_eq!(metadata["x-gateway"], "protogate");
     let start = metadata["x-request-start"].as_str().unwrap();

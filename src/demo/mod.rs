@@ -48,9 +48,12 @@ pub fn example_routes() -> Routes {
     let store = Arc::new(store::Store::seeded());
     let orders_v1 = orders_v1::OrdersV1::new(Arc::clone(&store));
     let orders_v2 = orders_v2::OrdersV2::new(Arc::clone(&store));
+    // grpc.health.v1 reports the server as a whole (service "") as SERVING.
+    let (_, health) = tonic_health::server::health_reporter();
     Routes::new(OrdersV1Server::new(orders_v1))
         .add_service(OrdersV2Server::new(orders_v2))
         .add_service(UserServiceServer::new(users::Users::new(store)))
+        .add_service(health)
 }
 
 /// Serves the example services on `listener` until `shutdown` resolves.
@@ -94,9 +97,11 @@ pub fn descriptor_sets() -> Vec<DescriptorSet> {
 }
 
 /// `protogate demo`: the example services on an ephemeral loopback port and
-/// the gateway in front of them on `listen`, until `shutdown` resolves.
+/// the gateway in front of them on `listen` (admin on `admin_listen`), until
+/// `shutdown` resolves.
 pub async fn run(
     listen: SocketAddr,
+    admin_listen: SocketAddr,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DemoError> {
     let backend = TcpListener::bind("127.0.0.1:0").await?;
@@ -106,10 +111,13 @@ pub async fn run(
         let _ = backend_stopped.await;
     }));
 
-    let (config, tokens) = demo_config(listen, &backend_url)?;
+    let (mut config, tokens) = demo_config(listen, &backend_url)?;
+    config.admin.listen = admin_listen;
     let server = crate::Server::new(&config, descriptor_sets())?;
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
+    let admin = TcpListener::bind(admin_listen).await?;
+    let admin_addr = admin.local_addr()?;
     println!("protogate demo: example services on {backend_url}, gateway on http://{addr}\n");
     println!("{}", RouteTable(&server.registry().load()));
     println!("GET /v1/orders is public, DELETE /v1/orders/{{id}} needs the admin role, the rest a token (valid 24h):\n");
@@ -118,7 +126,12 @@ pub async fn run(
     println!(
         "try: curl -s -H \"Authorization: Bearer $PROTOGATE_DEMO_TOKEN\" http://{addr}/v1/orders/o-1"
     );
-    server.serve(listener, shutdown).await?;
+    println!("metrics: curl -s http://{admin_addr}/metrics   (also /healthz, /readyz)");
+    println!("access log: one JSON line per request on stdout; diagnostics on stderr (RUST_LOG)\n");
+    server
+        .with_admin_listener(admin)
+        .serve(listener, shutdown)
+        .await?;
     let _ = stop_backend.send(());
     backend_task
         .await

@@ -1,6 +1,34 @@
-//! Logging set-up: `tracing` to stderr, filtered by `RUST_LOG` (default `info`).
+//! Observability: logging set-up, the per-request [`RequestContext`] that
+//! outer layers read after inner ones filled it, and the request span.
+//!
+//! * [`metrics`] -- Prometheus metrics, labelled by route template, never raw path
+//! * [`access_log`] -- one structured line per finished request
+//! * [`trace_context`] -- W3C `traceparent`/`tracestate`, kept or minted, forwarded
 
+pub mod access_log;
+mod body;
+pub mod metrics;
+pub mod trace_context;
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, OnceLock,
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{body::Body, extract::Request, response::Response};
+use http::StatusCode;
+use tonic::Code;
+use tracing::Span;
 use tracing_subscriber::EnvFilter;
+
+use crate::{
+    error::{self, Error, Fault},
+    registry::Catalog,
+    router::RouteId,
+};
 
 /// Installs the global subscriber once; later calls are no-ops.
 pub fn init_tracing() {
@@ -9,4 +37,200 @@ pub fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// What the layers of one request learn about it, shared by `Arc` in the
+/// request extensions: created by the outermost observing layer, the route
+/// filled by the route layer, the upstream latency by the gateway, the
+/// consumer by authentication. Read when the response body ends.
+#[derive(Debug)]
+pub struct RequestContext {
+    started: Instant,
+    bytes_in: Arc<AtomicU64>,
+    route: OnceLock<(Arc<Catalog>, RouteId)>,
+    upstream_latency: OnceLock<Duration>,
+    consumer: OnceLock<Arc<str>>,
+}
+
+/// The bounded labels of a request: route template, upstream and RPC.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteLabels<'a> {
+    /// `GET /v1/orders/{id}`, or `unmatched`.
+    pub route: &'a str,
+    /// The upstream's configured pattern, or `none`.
+    pub upstream: &'a str,
+    /// `/package.Service/Method`, or `none`.
+    pub rpc: &'a str,
+}
+
+/// How a request ended, from the response and the [`Error`] it carries.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Outcome {
+    pub(crate) status: StatusCode,
+    pub(crate) code: Code,
+    /// `None` for a success.
+    pub(crate) fault: Option<Fault>,
+}
+
+// === impl RequestContext ===
+
+impl RequestContext {
+    /// The request's context, created (with its start time and a counter
+    /// of body bytes read) if no outer layer did.
+    pub(crate) fn attach(request: &mut Request) -> Arc<Self> {
+        if let Some(context) = request.extensions().get::<Arc<Self>>() {
+            return context.clone();
+        }
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        let counter = bytes_in.clone();
+        let body = std::mem::take(request.body_mut());
+        *request.body_mut() = Body::new(body::Observed::new(body, move |read| {
+            counter.store(read, Ordering::Relaxed);
+        }));
+        let context = Arc::new(Self {
+            started: Instant::now(),
+            bytes_in,
+            route: OnceLock::new(),
+            upstream_latency: OnceLock::new(),
+            consumer: OnceLock::new(),
+        });
+        request.extensions_mut().insert(context.clone());
+        context
+    }
+
+    pub fn of(request: &Request) -> Option<&Arc<Self>> {
+        request.extensions().get::<Arc<Self>>()
+    }
+
+    /// Records the matched route (route layer), also on the request span.
+    pub(crate) fn set_route(&self, catalog: &Arc<Catalog>, route: RouteId) {
+        Span::current().record("route", &*catalog.route(route).label);
+        let _ = self.route.set((catalog.clone(), route));
+    }
+
+    /// Records how long the upstream call took (gateway).
+    pub(crate) fn set_upstream_latency(&self, latency: Duration) {
+        let _ = self.upstream_latency.set(latency);
+    }
+
+    /// Records who called: the verified token subject (authentication).
+    pub fn set_consumer(&self, subject: Arc<str>) {
+        let _ = self.consumer.set(subject);
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn upstream_latency(&self) -> Option<Duration> {
+        self.upstream_latency.get().copied()
+    }
+
+    /// Request body bytes read so far.
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+
+    /// The token subject, or `anonymous`.
+    pub fn consumer(&self) -> &str {
+        self.consumer.get().map_or("anonymous", |c| c)
+    }
+
+    pub fn labels(&self) -> RouteLabels<'_> {
+        match self.route.get() {
+            Some((catalog, id)) => {
+                let route = catalog.route(*id);
+                let method = catalog.method(route);
+                RouteLabels {
+                    route: &route.label,
+                    upstream: method.upstream.as_ref().map_or("none", |u| &u.name),
+                    rpc: method.grpc_path.as_str(),
+                }
+            }
+            None => RouteLabels {
+                route: "unmatched",
+                upstream: "none",
+                rpc: "none",
+            },
+        }
+    }
+}
+
+// === impl Outcome ===
+
+impl Outcome {
+    pub(crate) fn of(response: &Response) -> Self {
+        let status = response.status();
+        match response.extensions().get::<Arc<Error>>() {
+            Some(err) => Self {
+                status,
+                code: err.code(),
+                fault: Some(err.fault()),
+            },
+            // Answered by a layer that only knows a status (timeout, panic).
+            None => Self {
+                status,
+                code: error::grpc_code(status),
+                fault: if status.is_server_error() {
+                    Some(Fault::Gateway)
+                } else if status.is_client_error() {
+                    Some(Fault::Client)
+                } else {
+                    None
+                },
+            },
+        }
+    }
+}
+
+/// The request span (layer 2): method, path (never the query), ids; the
+/// route is recorded once matched.
+pub fn request_span(request: &http::Request<Body>) -> Span {
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    };
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = request.uri().path(),
+        request_id = header("x-request-id"),
+        trace_id = %trace_context::trace_id(request),
+        route = tracing::field::Empty,
+    )
+}
+
+/// The canonical name of a gRPC code, as in `google.rpc.Code`.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The fault as a label value.
+pub fn fault_name(fault: Fault) -> &'static str {
+    match fault {
+        Fault::Client => "client",
+        Fault::Gateway => "gateway",
+        Fault::Upstream => "upstream",
+    }
 }

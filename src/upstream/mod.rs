@@ -4,10 +4,12 @@
 
 mod call;
 mod codec;
+mod health;
 
 use std::{sync::Arc, time::Duration};
 
 pub use call::unary;
+pub use health::{HealthState, UpstreamHealth};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::config::UpstreamConfig;

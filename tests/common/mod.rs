@@ -191,7 +191,11 @@ pub struct Backend {
 
 impl Backend {
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap())
+    }
+
+    /// Serves on `listener` until dropped.
+    pub fn start_on(listener: TcpListener) -> Self {
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let routes = protogate::demo::example_routes().add_service(TestServiceServer::new(Testing));
@@ -225,6 +229,8 @@ pub fn upstream(pattern: &str, url: &str) -> UpstreamConfig {
 /// The gateway on 127.0.0.1:0 in front of a backend.
 pub struct Gateway {
     pub addr: SocketAddr,
+    /// The admin listener, also on 127.0.0.1:0.
+    pub admin_addr: SocketAddr,
     pub client: reqwest::Client,
     _shutdown: oneshot::Sender<()>,
     _backend: Option<Backend>,
@@ -246,6 +252,8 @@ impl Gateway {
             ],
             ..Config::default()
         };
+        // Tests that read the access log point it at a file.
+        config.access_log.enabled = false;
         adjust(&mut config);
         let mut sets = example_sets();
         sets.push(testing_set());
@@ -260,12 +268,15 @@ impl Gateway {
             Server::new(config, sets).unwrap_or_else(|err| panic!("gateway does not start: {err}"));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_addr = admin.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(server.serve(listener, async {
+        tokio::spawn(server.with_admin_listener(admin).serve(listener, async {
             let _ = rx.await;
         }));
         Self {
             addr,
+            admin_addr,
             client: reqwest::Client::new(),
             _shutdown: tx,
             _backend: None,

@@ -1,0 +1,233 @@
+//! Prometheus metrics, owned by one [`Server`](crate::Server): its own
+//! recorder and exposition handle, so that gateways sharing a process (the
+//! tests run many) never mix their counts. Labels are bounded: the route
+//! template or `unmatched`, the upstream pattern, the RPC path.
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `protogate_http_requests_total` | counter | route, method, status, grpc_code, upstream |
+//! | `protogate_http_request_duration_seconds` | histogram | route, method |
+//! | `protogate_http_request_size_bytes` | histogram | route |
+//! | `protogate_http_response_size_bytes` | histogram | route |
+//! | `protogate_upstream_duration_seconds` | histogram | upstream, rpc |
+//! | `protogate_upstream_healthy` | gauge | upstream |
+//! | `protogate_catalog_generation`, `protogate_routes` | gauge | |
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use axum::{
+    body::Body,
+    extract::{Request, State},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use http::{header, HeaderValue, Method};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Recorder, Unit,
+};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+use super::{body::Observed, code_name, Outcome, RequestContext};
+use crate::{
+    config::{ConfigError, MetricsConfig},
+    registry::Registry,
+};
+
+const REQUESTS: &str = "protogate_http_requests_total";
+const REQUEST_DURATION: &str = "protogate_http_request_duration_seconds";
+const REQUEST_SIZE: &str = "protogate_http_request_size_bytes";
+const RESPONSE_SIZE: &str = "protogate_http_response_size_bytes";
+const UPSTREAM_DURATION: &str = "protogate_upstream_duration_seconds";
+const UPSTREAM_HEALTHY: &str = "protogate_upstream_healthy";
+const CATALOG_GENERATION: &str = "protogate_catalog_generation";
+const ROUTES: &str = "protogate_routes";
+
+/// Body size buckets: 64 B to 16 MiB, by fours.
+const SIZE_BUCKETS: [f64; 10] = [
+    64.0,
+    256.0,
+    1_024.0,
+    4_096.0,
+    16_384.0,
+    65_536.0,
+    262_144.0,
+    1_048_576.0,
+    4_194_304.0,
+    16_777_216.0,
+];
+
+/// A server's metrics: cheap to clone, shared by its layers, probes and
+/// admin listener.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    pub fn new(config: &MetricsConfig) -> Result<Self, ConfigError> {
+        let mut builder = PrometheusBuilder::new();
+        for (name, buckets) in [
+            (REQUEST_DURATION, &config.duration_buckets[..]),
+            (UPSTREAM_DURATION, &config.duration_buckets[..]),
+            (REQUEST_SIZE, &SIZE_BUCKETS[..]),
+            (RESPONSE_SIZE, &SIZE_BUCKETS[..]),
+        ] {
+            builder = builder
+                .set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)
+                .map_err(|err| ConfigError::Invalid {
+                    key: "metrics.duration_buckets".into(),
+                    reason: err.to_string(),
+                })?;
+        }
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        let metrics = Self {
+            inner: Arc::new(Inner { recorder, handle }),
+        };
+        metrics.record(describe);
+        Ok(metrics)
+    }
+
+    /// Runs `f` with this server's recorder as the one the `metrics` macros use.
+    fn record<T>(&self, f: impl FnOnce() -> T) -> T {
+        metrics::with_local_recorder(&self.inner.recorder as &dyn Recorder, f)
+    }
+
+    /// The exposition text, with the catalog gauges read now.
+    pub fn render(&self, registry: &Registry) -> String {
+        let catalog = registry.load();
+        self.record(|| {
+            gauge!(CATALOG_GENERATION).set(catalog.generation() as f64);
+            gauge!(ROUTES).set(catalog.routes().len() as f64);
+        });
+        self.inner.handle.render()
+    }
+
+    /// Drains histogram samples into their buckets; run periodically so
+    /// that memory stays bounded between scrapes.
+    pub fn run_upkeep(&self) {
+        self.inner.handle.run_upkeep();
+    }
+
+    pub fn set_upstream_healthy(&self, upstream: &Arc<str>, healthy: bool) {
+        self.record(|| {
+            gauge!(UPSTREAM_HEALTHY, "upstream" => upstream.clone())
+                .set(f64::from(u8::from(healthy)));
+        });
+    }
+
+    fn request_finished(
+        &self,
+        context: &RequestContext,
+        method: &'static str,
+        outcome: Outcome,
+        bytes_out: u64,
+    ) {
+        let labels = context.labels();
+        let route = labels.route.to_owned();
+        self.record(|| {
+            histogram!(REQUEST_DURATION, "route" => route.clone(), "method" => method)
+                .record(context.elapsed().as_secs_f64());
+            histogram!(REQUEST_SIZE, "route" => route.clone()).record(context.bytes_in() as f64);
+            histogram!(RESPONSE_SIZE, "route" => route.clone()).record(bytes_out as f64);
+            if let Some(latency) = context.upstream_latency() {
+                histogram!(
+                    UPSTREAM_DURATION,
+                    "upstream" => labels.upstream.to_owned(),
+                    "rpc" => labels.rpc.to_owned(),
+                )
+                .record(latency.as_secs_f64());
+            }
+            // Last, so a scrape that sees the count sees the histograms too.
+            counter!(
+                REQUESTS,
+                "route" => route,
+                "method" => method,
+                "status" => outcome.status.as_str().to_owned(),
+                "grpc_code" => code_name(outcome.code),
+                "upstream" => labels.upstream.to_owned(),
+            )
+            .increment(1);
+        });
+    }
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn describe() {
+    describe_counter!(
+        REQUESTS,
+        "HTTP requests finished, by route template and outcome"
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "whole requests as the client sees them, until the last response byte"
+    );
+    describe_histogram!(REQUEST_SIZE, Unit::Bytes, "request body bytes read");
+    describe_histogram!(RESPONSE_SIZE, Unit::Bytes, "response body bytes sent");
+    describe_histogram!(UPSTREAM_DURATION, Unit::Seconds, "upstream gRPC calls");
+    describe_gauge!(
+        UPSTREAM_HEALTHY,
+        "1 when the last grpc.health.v1 probe (or connection) succeeded"
+    );
+    describe_gauge!(CATALOG_GENERATION, "generation of the catalog being served");
+    describe_gauge!(ROUTES, "REST routes in the catalog being served");
+}
+
+/// The HTTP method as a bounded label: the standard ones, else `other`
+/// (a client can send any token as a method).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Middleware (layer 4): counts and times every request, from the outcome
+/// the response carries, when its body has been sent.
+pub async fn layer(State(metrics): State<Metrics>, mut request: Request, next: Next) -> Response {
+    let context = RequestContext::attach(&mut request);
+    let method = method_label(request.method());
+    let response = next.run(request).await;
+    let outcome = Outcome::of(&response);
+    let (parts, body) = response.into_parts();
+    let body = Body::new(Observed::new(body, move |bytes_out| {
+        metrics.request_finished(&context, method, outcome, bytes_out);
+    }));
+    Response::from_parts(parts, body)
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+pub async fn scrape(State((metrics, registry)): State<(Metrics, Arc<Registry>)>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        metrics.render(&registry),
+    )
+        .into_response()
+}
+
+/// How often histogram samples are drained between scrapes.
+pub(crate) const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
