@@ -1,20 +1,24 @@
 //! The innermost service: the matched route → request message → upstream
 //! call → JSON reply. Errors become `google.rpc.Status` responses here, where
-//! the catalog's pool can resolve the details an upstream sent.
+//! the catalog's pool can resolve the details an upstream sent. Streaming
+//! methods are served by [`crate::streaming`].
 
 use axum::{
     body::{Body, Bytes},
     extract::{Request, State},
     response::{IntoResponse, Response},
 };
-use http::{header, HeaderMap, HeaderValue};
+use http::{header, request::Parts, HeaderMap, HeaderValue};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use prost_reflect::DynamicMessage;
 use tonic::metadata::MetadataMap;
 
 use crate::{
     error::{self, Error},
+    http_rule::BindingPlan,
     http_rule::BodyPlan,
     registry::{CallKind, RouteMatch},
+    streaming,
     transcode::{self, TranscodeOptions},
     upstream,
 };
@@ -40,7 +44,12 @@ pub async fn handle(
     };
     let catalog = matched.catalog.clone();
     let request_id = request.headers().get("x-request-id").cloned();
-    match gateway.call(matched, request).await {
+    let kind = catalog.method(matched.route()).kind;
+    let result = match kind {
+        CallKind::Unary => gateway.call(matched, request).await,
+        _ => streaming::call(&gateway, matched, request).await,
+    };
+    match result {
         Ok(response) => response,
         Err(err) => {
             let id = request_id
@@ -56,35 +65,13 @@ impl Gateway {
     async fn call(&self, matched: RouteMatch, request: Request) -> Result<Response, Error> {
         let route = matched.route();
         let method = matched.catalog.method(route);
-        if method.kind != CallKind::Unary {
-            return Err(Error::Unimplemented(
-                "streaming methods are not served yet".into(),
-            ));
-        }
         let Some(upstream) = &method.upstream else {
             return Err(Error::Internal(
                 format!("{} has no upstream", method.grpc_path).into(),
             ));
         };
         let (parts, body) = request.into_parts();
-        let body = match route.binding.body {
-            BodyPlan::None => Bytes::new(),
-            _ => {
-                let body = read_body(body, self.max_request_body).await?;
-                if !body.is_empty() {
-                    check_json_content_type(&parts.headers)?;
-                }
-                body
-            }
-        };
-        let message = transcode::request_message(
-            &method.descriptor.input(),
-            &route.binding,
-            &matched.captures,
-            parts.uri.query(),
-            &body,
-            &self.options,
-        )?;
+        let message = self.request_message(&matched, &parts, body).await?;
         let reply = upstream::unary(
             upstream,
             method.grpc_path.clone(),
@@ -93,7 +80,65 @@ impl Gateway {
             outgoing_metadata(&parts.headers),
         )
         .await?;
-        let json = transcode::response_json(&reply, &route.binding, &self.options)?;
+        self.reply_response(&reply, &route.binding)
+    }
+
+    /// The one request message of a unary or server-streaming call: the whole
+    /// body (within the limit) as JSON, or raw for an `HttpBody`.
+    pub(crate) async fn request_message(
+        &self,
+        matched: &RouteMatch,
+        parts: &Parts,
+        body: Body,
+    ) -> Result<DynamicMessage, Error> {
+        let route = matched.route();
+        let input = matched.catalog.method(route).descriptor.input();
+        let body = match route.binding.body {
+            BodyPlan::None => Bytes::new(),
+            _ => read_body(body, self.max_request_body).await?,
+        };
+        if route.binding.raw_request {
+            let content_type = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            return transcode::raw_request_message(
+                &input,
+                &route.binding,
+                &matched.captures,
+                parts.uri.query(),
+                content_type,
+                body,
+                &self.options,
+            );
+        }
+        if !body.is_empty() {
+            check_json_content_type(&parts.headers)?;
+        }
+        transcode::request_message(
+            &input,
+            &route.binding,
+            &matched.captures,
+            parts.uri.query(),
+            &body,
+            &self.options,
+        )
+    }
+
+    /// The response for a single reply: JSON, or raw for an `HttpBody`.
+    pub(crate) fn reply_response(
+        &self,
+        reply: &DynamicMessage,
+        binding: &BindingPlan,
+    ) -> Result<Response, Error> {
+        if binding.raw_response {
+            let (content_type, data) = transcode::raw_reply(reply, binding);
+            let content_type = HeaderValue::from_str(&content_type)
+                .map_err(|_| Error::Internal("upstream sent an invalid content type".into()))?;
+            return Ok(([(header::CONTENT_TYPE, content_type)], data).into_response());
+        }
+        let json = transcode::response_json(reply, binding, &self.options)?;
         Ok((
             [(
                 header::CONTENT_TYPE,
@@ -115,7 +160,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, Error> {
 
 /// JSON bodies only: `application/json` or `application/*+json`; a body
 /// without a content type is taken as JSON.
-fn check_json_content_type(headers: &HeaderMap) -> Result<(), Error> {
+pub(crate) fn check_json_content_type(headers: &HeaderMap) -> Result<(), Error> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return Ok(());
     };
@@ -132,7 +177,7 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), Error> {
     }
 }
 
-fn outgoing_metadata(headers: &HeaderMap) -> MetadataMap {
+pub(crate) fn outgoing_metadata(headers: &HeaderMap) -> MetadataMap {
     let mut forwarded = HeaderMap::with_capacity(FORWARDED.len());
     for name in FORWARDED {
         if let Some(value) = headers.get(name) {

@@ -13,6 +13,7 @@ pub mod observe;
 pub mod registry;
 pub mod router;
 pub mod server;
+mod streaming;
 pub mod transcode;
 pub mod upstream;
 

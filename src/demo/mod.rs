@@ -6,6 +6,7 @@
 //! with opaque tokens. Both order API versions read and write one store, so a change made
 //! through one version is visible through the other.
 
+mod order_streams;
 mod orders_v1;
 mod orders_v2;
 mod store;

@@ -8,6 +8,9 @@ use prost_reflect::{Cardinality, FieldDescriptor, Kind, MessageDescriptor, Metho
 
 use super::template::PathTemplate;
 
+/// Bodies of this type pass through raw: bytes and `Content-Type`, no JSON.
+const HTTP_BODY: &str = "google.api.HttpBody";
+
 /// A resolved dotted field path (`order.id`): every step is a singular message
 /// field except the last.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +35,10 @@ pub struct BindingPlan {
     pub body: BodyPlan,
     /// The reply field sent instead of the whole reply.
     pub response_body: Option<FieldDescriptor>,
+    /// The body binding targets a `google.api.HttpBody`: the HTTP body is its raw `data`.
+    pub raw_request: bool,
+    /// The reply (or its `response_body`) is a `google.api.HttpBody`, written raw.
+    pub raw_response: bool,
 }
 
 // === impl FieldPath ===
@@ -140,10 +147,25 @@ impl BindingPlan {
                 })?)
             }
         };
+        let raw_request = match &body {
+            BodyPlan::None => false,
+            BodyPlan::Whole => input.full_name() == HTTP_BODY,
+            BodyPlan::Field(field) => is_http_body(field),
+        };
+        let raw_response = match &response_body {
+            None => method.output().full_name() == HTTP_BODY,
+            Some(field) => is_http_body(field),
+        };
         Ok(Self {
             vars: vars.into_boxed_slice(),
             body,
             response_body,
+            raw_request,
+            raw_response,
         })
     }
+}
+
+fn is_http_body(field: &FieldDescriptor) -> bool {
+    !field.is_list() && matches!(field.kind(), Kind::Message(m) if m.full_name() == HTTP_BODY)
 }

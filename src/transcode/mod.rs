@@ -1,14 +1,21 @@
 //! JSON, path variables and query parameters ⇄ protobuf messages, following
-//! the proto3 JSON mapping and the `google.api.http` binding rules.
+//! the proto3 JSON mapping and the `google.api.http` binding rules; the
+//! framing of streamed replies and the splitting of streamed requests.
 
+mod http_body;
 mod query;
 mod request;
 mod response;
 pub mod scalar;
+mod split;
+mod stream;
 
+pub use http_body::{raw_reply, raw_request_message};
 use prost_reflect::{DeserializeOptions, SerializeOptions};
 pub use request::request_message;
 pub use response::response_json;
+pub use split::JsonSplitter;
+pub use stream::{Framer, StreamFormat};
 
 use crate::config::{JsonConfig, QueryConfig};
 

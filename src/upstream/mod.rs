@@ -4,10 +4,13 @@
 
 mod call;
 mod codec;
+mod stream;
 
 use std::{sync::Arc, time::Duration};
 
 pub use call::unary;
+pub use codec::Outgoing;
+pub use stream::{bidi_streaming, client_streaming, server_streaming, ReplyStream};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::config::UpstreamConfig;
