@@ -15,7 +15,9 @@ use protogate::{
     pb::acme::orders::v1::{LineItem, ListOrdersResponse, Order},
     registry::{Catalog, DescriptorSet},
     router::{Lookup, RouterBuilder},
-    transcode::{request_message, MethodRules, ReplyFilter, RequestParts, TranscodeOptions},
+    transcode::{
+        request_message, MethodRules, ReplyFilter, ReplyShape, RequestParts, TranscodeOptions,
+    },
 };
 
 /// Realistic templates: collection, nested resource names, custom verbs.
@@ -139,19 +141,16 @@ fn transcode(c: &mut Criterion) {
         order(1).encode_to_vec().as_slice(),
     )
     .unwrap();
+    let shape = ReplyShape {
+        rules: catalog.field_rules(),
+        method: &get_method.rules,
+        omit: None,
+        plan: &get.binding,
+    };
     c.bench_function("reply_to_json/order", |b| {
         b.iter(|| {
-            let filter = ReplyFilter::new(
-                catalog.field_rules(),
-                &get_method.rules,
-                None,
-                &get_method.descriptor.output(),
-                &get.binding,
-                None,
-            )
-            .unwrap();
-            filter
-                .encode(&mut one.clone(), &get.binding, &options)
+            ReplyFilter::default()
+                .encode(&mut one.clone(), shape, &options)
                 .unwrap()
         });
     });
@@ -173,19 +172,16 @@ fn transcode(c: &mut Criterion) {
         ("filtered", &list_method.rules),
         ("unfiltered", &unfiltered),
     ] {
+        let shape = ReplyShape {
+            rules: catalog.field_rules(),
+            method: rules,
+            omit: None,
+            plan: &list.binding,
+        };
         c.bench_function(&format!("reply_to_json/list_100_{name}"), |b| {
             b.iter(|| {
-                let filter = ReplyFilter::new(
-                    catalog.field_rules(),
-                    rules,
-                    None,
-                    &list_method.descriptor.output(),
-                    &list.binding,
-                    None,
-                )
-                .unwrap();
-                filter
-                    .encode(&mut hundred.clone(), &list.binding, &options)
+                ReplyFilter::default()
+                    .encode(&mut hundred.clone(), shape, &options)
                     .unwrap()
             });
         });

@@ -106,9 +106,9 @@ pub struct QueryConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// Largest request body accepted; larger → 413. Default 4 MiB.
+    /// Largest request body accepted (per message for request streams); larger → 413. Default 4 MiB.
     pub max_request_body_bytes: usize,
-    /// Largest upstream reply message accepted. Default 16 MiB.
+    /// Largest upstream reply message accepted; larger → 502. Default 16 MiB.
     pub max_response_message_bytes: usize,
     /// Ceiling on a whole request, whatever the upstream timeout. Default 60s.
     #[serde(with = "humantime_serde")]

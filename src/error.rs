@@ -51,6 +51,9 @@ pub enum Error {
     PayloadTooLarge { limit: usize },
     #[error("upstream `{upstream}` is unavailable")]
     UpstreamUnavailable { upstream: Arc<str>, cause: Box<str> },
+    /// An upstream reply message over `limits.max_response_message_bytes`.
+    #[error("upstream reply message exceeds the limit of {limit} bytes")]
+    ResponseTooLarge { limit: usize },
     #[error("upstream `{upstream}` did not answer within {timeout:?}")]
     DeadlineExceeded {
         upstream: Arc<str>,
@@ -100,7 +103,7 @@ impl Error {
             | Self::InvalidField { .. }
             | Self::BodyRead(_)
             | Self::UnsupportedMediaType(_) => Code::InvalidArgument,
-            Self::PayloadTooLarge { .. } => Code::ResourceExhausted,
+            Self::PayloadTooLarge { .. } | Self::ResponseTooLarge { .. } => Code::ResourceExhausted,
             Self::UpstreamUnavailable { .. } => Code::Unavailable,
             Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             Self::Upstream(status) => status.code(),
@@ -118,6 +121,7 @@ impl Error {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::ResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
             _ => http_status(self.code()),
         }
     }
@@ -136,6 +140,7 @@ impl Error {
             | Self::RateLimited(_) => Fault::Client,
             Self::UpstreamUnavailable { .. }
             | Self::DeadlineExceeded { .. }
+            | Self::ResponseTooLarge { .. }
             | Self::Upstream(_) => Fault::Upstream,
             Self::Unimplemented(_) | Self::Internal(_) => Fault::Gateway,
         }
@@ -145,9 +150,39 @@ impl Error {
     /// details an upstream sent; the error itself rides in the extensions.
     pub fn into_response(self, request_id: &str, catalog: Option<&Catalog>) -> Response {
         let status = self.http_status();
+        let body = self.status_json(request_id, catalog);
+        let mut response = json_response(status, &body);
+        match &self {
+            Self::MethodNotAllowed { allow, .. } => {
+                response.headers_mut().insert(header::ALLOW, allow.clone());
+            }
+            Self::Unauthenticated(err) => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    crate::policy::www_authenticate(err),
+                );
+            }
+            Self::RateLimited(decision) => {
+                let retry_after = crate::policy::ceil_secs(decision.retry_after).max(1);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                decision.write_headers(response.headers_mut());
+            }
+            _ => {}
+        }
+        response.extensions_mut().insert(Arc::new(self));
+        response
+    }
+
+    /// The `google.rpc.Status` JSON body alone: what [`Error::into_response`]
+    /// sends, and what a stream ends with once its HTTP status is sent.
+    pub fn status_json(&self, request_id: &str, catalog: Option<&Catalog>) -> Json {
+        let status = self.http_status();
         let code = self.code();
         let mut details = Vec::new();
-        let message = if status.is_server_error() && !matches!(self, Self::Unimplemented(_)) {
+        let shows_cause = matches!(self, Self::Unimplemented(_) | Self::ResponseTooLarge { .. });
+        let message = if status.is_server_error() && !shows_cause {
             // Never leak the cause of a 5xx; it is logged with the request id.
             generic_message(code).to_owned()
         } else {
@@ -173,28 +208,7 @@ impl Error {
                 _ => self.to_string(),
             }
         };
-        let mut response = status_response(status, code, &message, details, request_id);
-        if let Self::MethodNotAllowed { allow, .. } = &self {
-            response.headers_mut().insert(header::ALLOW, allow.clone());
-        }
-        match &self {
-            Self::Unauthenticated(err) => {
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    crate::policy::www_authenticate(err),
-                );
-            }
-            Self::RateLimited(decision) => {
-                let retry_after = crate::policy::ceil_secs(decision.retry_after).max(1);
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-                decision.write_headers(response.headers_mut());
-            }
-            _ => {}
-        }
-        response.extensions_mut().insert(Arc::new(self));
-        response
+        status_json(code, &message, details, request_id)
     }
 }
 
@@ -268,11 +282,18 @@ pub(crate) fn status_response(
     status: StatusCode,
     code: Code,
     message: &str,
-    mut details: Vec<Json>,
+    details: Vec<Json>,
     request_id: &str,
 ) -> Response {
+    json_response(status, &status_json(code, message, details, request_id))
+}
+
+fn status_json(code: Code, message: &str, mut details: Vec<Json>, request_id: &str) -> Json {
     details.push(json!({ "@type": REQUEST_INFO_TYPE, "requestId": request_id }));
-    let body = json!({ "code": code as i32, "message": message, "details": details });
+    json!({ "code": code as i32, "message": message, "details": details })
+}
+
+fn json_response(status: StatusCode, body: &Json) -> Response {
     let mut response = (status, Body::from(body.to_string())).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

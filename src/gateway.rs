@@ -1,6 +1,7 @@
 //! The innermost service: the matched route → request message → upstream
 //! call → JSON reply. Errors become `google.rpc.Status` responses here, where
-//! the catalog's pool can resolve the details an upstream sent.
+//! the catalog's pool can resolve the details an upstream sent. Streaming
+//! methods are served by [`crate::streaming`].
 
 use std::{borrow::Cow, sync::Arc, time::Instant};
 
@@ -9,8 +10,10 @@ use axum::{
     extract::{Request, State},
     response::{IntoResponse, Response},
 };
-use http::{header, HeaderMap, HeaderValue};
+use http::{header, request::Parts, HeaderMap, HeaderValue};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use prost_reflect::DynamicMessage;
+use tonic::metadata::MetadataMap;
 
 use crate::{
     error::{self, Error},
@@ -18,6 +21,7 @@ use crate::{
     observe::RequestContext,
     policy::{UpstreamHeaders, UpstreamMetadata},
     registry::{CallKind, RouteMatch},
+    streaming,
     transcode::{self, ReplyFilter, RequestParts, TranscodeOptions},
     upstream,
 };
@@ -30,17 +34,18 @@ pub struct Gateway {
 }
 
 /// axum handler behind the route layer.
-pub async fn handle(
-    State(gateway): State<std::sync::Arc<Gateway>>,
-    mut request: Request,
-) -> Response {
+pub async fn handle(State(gateway): State<Arc<Gateway>>, mut request: Request) -> Response {
     let Some(matched) = request.extensions_mut().remove::<RouteMatch>() else {
         let err = Error::Internal("the route layer did not run".into());
         return err.into_response(error::request_id(request.headers()), None);
     };
     let catalog = matched.catalog.clone();
     let request_id = request.headers().get("x-request-id").cloned();
-    match gateway.call(matched, request).await {
+    let result = match matched.method().kind {
+        CallKind::Unary => gateway.call(matched, request).await,
+        _ => streaming::call(&gateway, matched, request).await,
+    };
+    match result {
         Ok(response) => response,
         Err(err) => {
             let id = request_id
@@ -54,57 +59,16 @@ pub async fn handle(
 
 impl Gateway {
     async fn call(&self, matched: RouteMatch, request: Request) -> Result<Response, Error> {
-        let route = matched.route();
-        let method = matched.catalog.method(route);
-        if method.kind != CallKind::Unary {
-            return Err(Error::Unimplemented(
-                "streaming methods are not served yet".into(),
-            ));
-        }
+        let method = matched.method();
         let Some(upstream) = &method.upstream else {
             return Err(Error::Internal(
                 format!("{} has no upstream", method.grpc_path).into(),
             ));
         };
         let (mut parts, body) = request.into_parts();
-        // Decided once by the header policy layer (ids, identity, allow-listed headers).
-        let metadata = parts
-            .extensions
-            .remove::<UpstreamMetadata>()
-            .unwrap_or_default()
-            .0;
-        let body = match route.binding.body {
-            BodyPlan::None => Bytes::new(),
-            _ => {
-                let body = read_body(body, self.max_request_body).await?;
-                if !body.is_empty() {
-                    check_json_content_type(&parts.headers)?;
-                }
-                body
-            }
-        };
-        let catalog = &matched.catalog;
-        let fields = partial_response_fields(&parts, route.binding.fields_param);
-        let filter = ReplyFilter::new(
-            catalog.field_rules(),
-            &method.rules,
-            method.omit.as_ref(),
-            &method.descriptor.output(),
-            &route.binding,
-            fields.as_deref(),
-        )?;
-        let request_parts = RequestParts {
-            captures: &matched.captures,
-            query: parts.uri.query(),
-            body: &body,
-        };
-        let message = transcode::request_message(
-            &method.descriptor.input(),
-            &route.binding,
-            (catalog.field_rules(), &method.rules),
-            request_parts,
-            &self.options,
-        )?;
+        let metadata = upstream_metadata(&mut parts);
+        let filter = reply_filter(&matched, &parts)?;
+        let message = self.request_message(&matched, &parts, body).await?;
         let started = Instant::now();
         let reply = upstream::unary(
             upstream,
@@ -118,37 +82,134 @@ impl Gateway {
             context.set_upstream_latency(started.elapsed());
         }
         let (reply_metadata, mut reply, _) = reply?.into_parts();
-        let json = filter.encode(&mut reply, &route.binding, &self.options)?;
-        let mut response = (
+        let mut response = self.reply_response(&mut reply, &matched, &filter)?;
+        response
+            .extensions_mut()
+            .insert(UpstreamHeaders(reply_metadata.into_headers()));
+        Ok(response)
+    }
+
+    /// The one request message of a unary or server-streaming call: the whole
+    /// body (within the limit) as JSON, or raw for an `HttpBody`.
+    pub(crate) async fn request_message(
+        &self,
+        matched: &RouteMatch,
+        parts: &Parts,
+        body: Body,
+    ) -> Result<DynamicMessage, Error> {
+        let binding = &matched.route().binding;
+        let body = match binding.body {
+            BodyPlan::None => Bytes::new(),
+            _ => read_body(body, self.max_request_body).await?,
+        };
+        if binding.raw_request {
+            let content_type = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            return transcode::raw_request_message(
+                &matched.method().descriptor.input(),
+                binding,
+                matched.request_rules(),
+                RequestParts {
+                    captures: &matched.captures,
+                    query: parts.uri.query(),
+                    body: b"",
+                },
+                (content_type, body),
+                &self.options,
+            );
+        }
+        if !body.is_empty() {
+            check_json_content_type(&parts.headers)?;
+        }
+        self.json_message(matched, parts.uri.query(), &body)
+    }
+
+    /// A request message from a JSON document (one element of a request
+    /// stream, or a whole body) plus the route's path and query bindings.
+    pub(crate) fn json_message(
+        &self,
+        matched: &RouteMatch,
+        query: Option<&str>,
+        body: &[u8],
+    ) -> Result<DynamicMessage, Error> {
+        let parts = RequestParts {
+            captures: &matched.captures,
+            query,
+            body,
+        };
+        transcode::request_message(
+            &matched.method().descriptor.input(),
+            &matched.route().binding,
+            matched.request_rules(),
+            parts,
+            &self.options,
+        )
+    }
+
+    /// The response for a single reply: filtered JSON, or raw for an `HttpBody`.
+    pub(crate) fn reply_response(
+        &self,
+        reply: &mut DynamicMessage,
+        matched: &RouteMatch,
+        filter: &ReplyFilter,
+    ) -> Result<Response, Error> {
+        let binding = &matched.route().binding;
+        if binding.raw_response {
+            let (content_type, data) = transcode::raw_reply(reply, binding);
+            let content_type = HeaderValue::from_str(&content_type)
+                .map_err(|_| Error::Internal("upstream sent an invalid content type".into()))?;
+            return Ok(([(header::CONTENT_TYPE, content_type)], data).into_response());
+        }
+        let json = filter.encode(reply, matched.reply_shape(), &self.options)?;
+        Ok((
             [(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             )],
             json,
         )
-            .into_response();
-        response
-            .extensions_mut()
-            .insert(UpstreamHeaders(reply_metadata.into_headers()));
-        Ok(response)
+            .into_response())
     }
 }
 
-/// The client's partial-response selection: the `fields` query parameter
-/// (when the route reserves it), else the `x-fields` header.
-fn partial_response_fields(parts: &http::request::Parts, from_query: bool) -> Option<Cow<'_, str>> {
-    let query = parts.uri.query().filter(|_| from_query).and_then(|query| {
-        form_urlencoded::parse(query.as_bytes())
-            .find(|(key, _)| key == transcode::FIELDS_PARAM)
-            .map(|(_, value)| value)
-    });
-    query.or_else(|| {
+/// The metadata decided once by the header policy layer (ids, identity,
+/// trace context, allow-listed headers).
+pub(crate) fn upstream_metadata(parts: &mut Parts) -> MetadataMap {
+    parts
+        .extensions
+        .remove::<UpstreamMetadata>()
+        .unwrap_or_default()
+        .0
+}
+
+/// The client's partial-response selection, resolved against the route's
+/// replies: the `fields` query parameter (when the route reserves it), else
+/// the `x-fields` header.
+pub(crate) fn reply_filter(matched: &RouteMatch, parts: &Parts) -> Result<ReplyFilter, Error> {
+    let from_query = parts
+        .uri
+        .query()
+        .filter(|_| matched.route().binding.fields_param)
+        .and_then(|query| {
+            form_urlencoded::parse(query.as_bytes())
+                .find(|(key, _)| key == transcode::FIELDS_PARAM)
+                .map(|(_, value)| value)
+        });
+    let fields = from_query.or_else(|| {
         parts
             .headers
             .get("x-fields")
             .and_then(|v| v.to_str().ok())
             .map(Cow::Borrowed)
-    })
+    });
+    ReplyFilter::new(
+        matched.reply_shape(),
+        &matched.method().descriptor.output(),
+        fields.as_deref(),
+    )
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, Error> {
@@ -161,7 +222,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, Error> {
 
 /// JSON bodies only: `application/json` or `application/*+json`; a body
 /// without a content type is taken as JSON.
-fn check_json_content_type(headers: &HeaderMap) -> Result<(), Error> {
+pub(crate) fn check_json_content_type(headers: &HeaderMap) -> Result<(), Error> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return Ok(());
     };

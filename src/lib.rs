@@ -15,6 +15,7 @@ pub mod policy;
 pub mod registry;
 pub mod router;
 pub mod server;
+mod streaming;
 pub mod transcode;
 pub mod upstream;
 

@@ -239,7 +239,7 @@ fn check_prints_the_routes() {
         stdout.contains("-> /acme.orders.v1.OrderService/CancelOrder"),
         "{stdout}"
     );
-    assert_eq!(stdout.lines().count(), 7, "{stdout}");
+    assert_eq!(stdout.lines().count(), 12, "{stdout}");
 }
 
 #[test]

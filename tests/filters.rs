@@ -388,3 +388,70 @@ async fn update_mask_is_filled_from_the_body_keys() {
         "{order}"
     );
 }
+
+#[tokio::test]
+async fn streamed_messages_are_filtered_one_by_one() {
+    let gw = Gateway::start().await;
+    let request = gw
+        .client
+        .post(gw.url("/v1/orders:lookup?fields=id,status,internalNote"))
+        .header("content-type", "application/x-ndjson")
+        .body("{\"id\":\"o-1\"}\n{\"id\":\"o-2\"}\n");
+    let (status, body) = gw.send(request).await;
+    assert_eq!(
+        status, 400,
+        "an internal path is unknown on streams too: {body}"
+    );
+    assert_status(
+        &body,
+        Code::InvalidArgument,
+        "unknown field path `internalNote`",
+    );
+
+    let response = gw
+        .client
+        .post(gw.url("/v1/orders:lookup"))
+        .header("content-type", "application/x-ndjson")
+        .header("x-fields", "id,costCents")
+        .body("{\"id\":\"o-1\"}\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+
+    let response = gw
+        .client
+        .post(gw.url("/v1/orders:lookup?fields=id,status"))
+        .header("content-type", "application/x-ndjson")
+        .body("{\"id\":\"o-1\"}\n{\"id\":\"o-2\"}\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let lines: Vec<Json> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            json!({"result": {"id": "o-1", "status": "PENDING"}}),
+            json!({"result": {"id": "o-2", "status": "PAID"}})
+        ]
+    );
+
+    let response = gw
+        .client
+        .post(gw.url("/v1/orders:lookup"))
+        .header("content-type", "application/x-ndjson")
+        .body("{\"id\":\"o-3\"}\n")
+        .send()
+        .await
+        .unwrap();
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains("\"o-3\"") && !text.contains("internalNote") && !text.contains("costCents"),
+        "{text}"
+    );
+}

@@ -3,17 +3,22 @@
 use std::{mem, sync::Arc};
 
 use prost_types::FieldMask;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::{
-    failed_precondition, invalid_argument, not_found, require,
+    failed_precondition, invalid_argument, not_found,
+    order_streams::{self, Replies},
+    require,
     store::{item_violations, Store},
     violation, PageRequest,
 };
 use crate::pb::acme::orders::v1::{
     order_service_server::OrderService, CancelOrderRequest, CreateOrderRequest, DeleteOrderRequest,
-    GetOrderRequest, ListOrdersRequest, ListOrdersResponse, Order, OrderStatus, UpdateOrderRequest,
+    ExportOrdersRequest, GetOrderRequest, ImportOrdersCsvRequest, ImportOrdersResponse,
+    ListOrdersRequest, ListOrdersResponse, Order, OrderEvent, OrderStatus, UpdateOrderRequest,
+    WatchOrdersRequest,
 };
+use crate::pb::google::api::HttpBody;
 
 /// The v1 order API over the shared store.
 #[derive(Debug)]
@@ -224,6 +229,54 @@ impl OrderService for OrdersV1 {
             )),
         })?;
         Ok(Response::new(order))
+    }
+
+    type WatchOrdersStream = Replies<OrderEvent>;
+
+    async fn watch_orders(
+        &self,
+        request: Request<WatchOrdersRequest>,
+    ) -> Result<Response<Self::WatchOrdersStream>, Status> {
+        let customer_id = request.into_inner().customer_id;
+        order_streams::watch(&self.store, customer_id).map(Response::new)
+    }
+
+    async fn import_orders(
+        &self,
+        request: Request<Streaming<CreateOrderRequest>>,
+    ) -> Result<Response<ImportOrdersResponse>, Status> {
+        order_streams::import(&self.store, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type LookupOrdersStream = Replies<Order>;
+
+    async fn lookup_orders(
+        &self,
+        request: Request<Streaming<GetOrderRequest>>,
+    ) -> Result<Response<Self::LookupOrdersStream>, Status> {
+        Ok(Response::new(order_streams::lookup(
+            Arc::clone(&self.store),
+            request.into_inner(),
+        )))
+    }
+
+    type ExportOrdersStream = Replies<HttpBody>;
+
+    async fn export_orders(
+        &self,
+        request: Request<ExportOrdersRequest>,
+    ) -> Result<Response<Self::ExportOrdersStream>, Status> {
+        let customer_id = request.into_inner().customer_id;
+        order_streams::export(&self.store, &customer_id).map(Response::new)
+    }
+
+    async fn import_orders_csv(
+        &self,
+        request: Request<ImportOrdersCsvRequest>,
+    ) -> Result<Response<ImportOrdersResponse>, Status> {
+        order_streams::import_csv(&self.store, request.into_inner().csv).map(Response::new)
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Orders are kept once, as `acme.orders.v1.Order` messages: v1 serves them as they are and
 //! v2 only reshapes them, so both API versions always agree. Locks are std `RwLock`s held
-//! for plain map operations only, never across an `.await`.
+//! for plain map operations only, never across an `.await`. Every change is broadcast as an
+//! `OrderEvent` for `WatchOrders`, sent under the lock so that watchers see changes in order.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -11,12 +12,13 @@ use std::{
 };
 
 use prost_types::Timestamp;
+use tokio::sync::broadcast;
 use tonic::Status;
 
 use super::{not_found, violation};
 use crate::pb::{
     acme::{
-        orders::v1::{LineItem, Order, OrderStatus},
+        orders::v1::{order_event::Kind as EventKind, LineItem, Order, OrderEvent, OrderStatus},
         users::v1::User,
     },
     google::rpc::bad_request::FieldViolation,
@@ -25,12 +27,16 @@ use crate::pb::{
 /// Currency of orders that do not name one.
 const DEFAULT_CURRENCY: &str = "EUR";
 
+/// Changes a watcher may fall behind by before its watch is ended.
+const CHANGE_BACKLOG: usize = 256;
+
 /// Orders and users of the example services.
 #[derive(Debug)]
 pub(super) struct Store {
     orders: RwLock<Orders>,
     /// Keyed by resource name, so one tenant's users are adjacent and sorted.
     users: RwLock<BTreeMap<String, User>>,
+    changes: broadcast::Sender<OrderEvent>,
 }
 
 #[derive(Debug)]
@@ -143,7 +149,34 @@ impl Store {
                 by_id: orders.into_iter().map(|o| (o.id.clone(), o)).collect(),
             }),
             users: RwLock::new(users.into_iter().map(|u| (u.name.clone(), u)).collect()),
+            changes: broadcast::channel(CHANGE_BACKLOG).0,
         }
+    }
+
+    /// The orders of `customer_id` (all when empty) as they are now, and every change from
+    /// then on, with no gap or overlap between the two.
+    pub(super) fn watch(
+        &self,
+        customer_id: &str,
+    ) -> Result<(Vec<Order>, broadcast::Receiver<OrderEvent>), Status> {
+        let orders = self.orders.read().map_err(poisoned)?;
+        let changes = self.changes.subscribe();
+        let mut existing: Vec<Order> = orders
+            .by_id
+            .values()
+            .filter(|o| customer_id.is_empty() || o.customer_id == customer_id)
+            .cloned()
+            .collect();
+        existing.sort_by(|a, b| id_order(&a.id).cmp(&id_order(&b.id)));
+        Ok((existing, changes))
+    }
+
+    fn announce(&self, kind: EventKind, order: &Order) {
+        // No watcher is not an error.
+        let _ = self.changes.send(OrderEvent {
+            kind: kind as i32,
+            order: Some(order.clone()),
+        });
     }
 
     /// One order; `NOT_FOUND` when missing.
@@ -172,25 +205,42 @@ impl Store {
 
     /// Stores a new, already validated order under `order_id` (server-assigned when empty);
     /// `ALREADY_EXISTS` when taken. New orders are PENDING unless they say otherwise.
-    pub(super) fn create_order(&self, mut order: Order, order_id: &str) -> Result<Order, Status> {
+    pub(super) fn create_order(&self, order: Order, order_id: &str) -> Result<Order, Status> {
+        self.create_orders(vec![(order, order_id.to_owned())])?
+            .pop()
+            .ok_or_else(|| Status::internal("no order was created"))
+    }
+
+    /// Stores new, already validated orders under their ids (server-assigned when empty), all
+    /// or none: `ALREADY_EXISTS` when a chosen id is taken or chosen twice.
+    pub(super) fn create_orders(&self, new: Vec<(Order, String)>) -> Result<Vec<Order>, Status> {
         let mut orders = self.orders.write().map_err(poisoned)?;
-        order.id = if order_id.is_empty() {
-            orders.fresh_id()
-        } else if orders.by_id.contains_key(order_id) {
-            return Err(Status::already_exists(format!(
-                "order \"{order_id}\" already exists"
-            )));
-        } else {
-            order_id.to_owned()
-        };
-        if order.status == OrderStatus::Unspecified as i32 {
-            order.status = OrderStatus::Pending as i32;
+        for (i, (_, id)) in new.iter().enumerate() {
+            let repeated = new[..i].iter().any(|(_, earlier)| earlier == id);
+            if !id.is_empty() && (orders.by_id.contains_key(id) || repeated) {
+                return Err(Status::already_exists(format!(
+                    "order \"{id}\" already exists"
+                )));
+            }
         }
         let now = Timestamp::from(SystemTime::now());
-        order.create_time = Some(now);
-        settle(&mut order, now);
-        orders.by_id.insert(order.id.clone(), order.clone());
-        Ok(order)
+        let mut created = Vec::with_capacity(new.len());
+        for (mut order, order_id) in new {
+            order.id = if order_id.is_empty() {
+                orders.fresh_id()
+            } else {
+                order_id
+            };
+            if order.status == OrderStatus::Unspecified as i32 {
+                order.status = OrderStatus::Pending as i32;
+            }
+            order.create_time = Some(now);
+            settle(&mut order, now);
+            orders.by_id.insert(order.id.clone(), order.clone());
+            self.announce(EventKind::Created, &order);
+            created.push(order);
+        }
+        Ok(created)
     }
 
     /// Applies `change` to order `id` atomically: nothing is stored when it fails.
@@ -209,17 +259,19 @@ impl Store {
         change(&mut order)?;
         settle(&mut order, Timestamp::from(SystemTime::now()));
         stored.clone_from(&order);
+        self.announce(EventKind::Updated, &order);
         Ok(order)
     }
 
     /// Removes order `id`; `NOT_FOUND` when missing.
     pub(super) fn delete_order(&self, id: &str) -> Result<(), Status> {
         let mut orders = self.orders.write().map_err(poisoned)?;
-        orders
+        let order = orders
             .by_id
             .remove(id)
-            .map(drop)
-            .ok_or_else(|| not_found("order", id))
+            .ok_or_else(|| not_found("order", id))?;
+        self.announce(EventKind::Deleted, &order);
+        Ok(())
     }
 
     /// The user named `name` (`tenants/{t}/users/{u}`); `NOT_FOUND` when missing.

@@ -8,6 +8,9 @@ use prost_reflect::{Cardinality, FieldDescriptor, Kind, MessageDescriptor, Metho
 
 use super::template::PathTemplate;
 
+/// Bodies of this type pass through raw: bytes and `Content-Type`, no JSON.
+const HTTP_BODY: &str = "google.api.HttpBody";
+
 /// A resolved dotted field path (`order.id`): every step is a singular message
 /// field except the last.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +41,10 @@ pub struct BindingPlan {
     /// Whether the `fields` query parameter asks for a partial response
     /// (it does unless the request has a field named `fields`).
     pub fields_param: bool,
+    /// The body binding targets a `google.api.HttpBody`: the HTTP body is its raw `data`.
+    pub raw_request: bool,
+    /// The reply (or its `response_body`) is a `google.api.HttpBody`, written raw.
+    pub raw_response: bool,
 }
 
 // === impl FieldPath ===
@@ -147,10 +154,23 @@ impl BindingPlan {
             }
         };
         let update_mask = match &body {
-            BodyPlan::Field(field) if matches!(field.kind(), Kind::Message(_)) && !field.is_list() && !field.is_map() => input
-                .get_field_by_name("update_mask")
-                .filter(|mask| matches!(mask.kind(), Kind::Message(m) if m.full_name() == "google.protobuf.FieldMask")),
+            BodyPlan::Field(field)
+                if matches!(field.kind(), Kind::Message(_)) && !field.is_list() && !field.is_map() =>
+            {
+                input.get_field_by_name("update_mask").filter(|mask| {
+                    matches!(mask.kind(), Kind::Message(m) if m.full_name() == "google.protobuf.FieldMask")
+                })
+            }
             _ => None,
+        };
+        let raw_request = match &body {
+            BodyPlan::None => false,
+            BodyPlan::Whole => input.full_name() == HTTP_BODY,
+            BodyPlan::Field(field) => is_http_body(field),
+        };
+        let raw_response = match &response_body {
+            None => method.output().full_name() == HTTP_BODY,
+            Some(field) => is_http_body(field),
         };
         Ok(Self {
             vars: vars.into_boxed_slice(),
@@ -158,6 +178,12 @@ impl BindingPlan {
             response_body,
             update_mask,
             fields_param: input.get_field_by_name("fields").is_none(),
+            raw_request,
+            raw_response,
         })
     }
+}
+
+fn is_http_body(field: &FieldDescriptor) -> bool {
+    !field.is_list() && matches!(field.kind(), Kind::Message(m) if m.full_name() == HTTP_BODY)
 }

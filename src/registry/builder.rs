@@ -8,7 +8,7 @@ use bytes::Bytes;
 use globset::{Glob, GlobMatcher};
 use http::uri::PathAndQuery;
 use prost::Message as _;
-use prost_reflect::{DescriptorPool, MethodDescriptor};
+use prost_reflect::{DescriptorPool, MethodDescriptor, ServiceDescriptor};
 use sha2::{Digest as _, Sha256};
 
 use super::catalog::{CallKind, Catalog, LoadedSet, MethodPlan, Route};
@@ -222,26 +222,33 @@ impl<'a> CatalogBuilder<'a> {
                 problems.push(problem(format!("invalid descriptors: {err}")));
                 continue;
             }
-            let set_services: Vec<_> = new_files
+            // Names only: descriptors taken now would pin this intermediate
+            // pool, and compare unequal to those of the final one.
+            let set_services: Vec<String> = new_files
                 .iter()
                 .filter_map(|name| pool.get_file_by_name(name))
-                .flat_map(|file| file.services().collect::<Vec<_>>())
+                .flat_map(|file| {
+                    file.services()
+                        .map(|s| s.full_name().to_owned())
+                        .collect::<Vec<_>>()
+                })
                 .collect();
+            services.extend(
+                set_services
+                    .iter()
+                    .map(|service| (set.name.clone(), service.clone())),
+            );
             loaded.push(LoadedSet {
                 name: set.name.clone(),
                 digest: hex::encode(Sha256::digest(&set.bytes)),
                 size: set.bytes.len(),
-                services: set_services
-                    .iter()
-                    .map(|s| s.full_name().to_owned())
-                    .collect(),
+                services: set_services,
             });
-            services.extend(
-                set_services
-                    .into_iter()
-                    .map(|service| (set.name.clone(), service)),
-            );
         }
+        let services: Vec<(String, ServiceDescriptor)> = services
+            .into_iter()
+            .filter_map(|(set, name)| Some((set, pool.get_service_by_name(&name)?)))
+            .collect();
 
         let field_rules = FieldRules::new(&pool);
         let mut omit_usage = OmitUsage::default();

@@ -12,7 +12,7 @@ use crate::{
     policy::RoutePolicy,
     router::{Capture, Lookup, RouteId, Router},
     transcode::FieldRules,
-    transcode::{MaskTree, MethodRules},
+    transcode::{MaskTree, MethodRules, ReplyShape},
     upstream::Upstream,
 };
 
@@ -128,6 +128,26 @@ impl Catalog {
 impl RouteMatch {
     pub fn route(&self) -> &Route {
         self.catalog.route(self.route)
+    }
+
+    pub fn method(&self) -> &MethodPlan {
+        self.catalog.method(self.route())
+    }
+
+    /// What this route's replies are filtered by.
+    pub fn reply_shape(&self) -> ReplyShape<'_> {
+        let method = self.method();
+        ReplyShape {
+            rules: self.catalog.field_rules(),
+            method: &method.rules,
+            omit: method.omit.as_ref(),
+            plan: &self.route().binding,
+        }
+    }
+
+    /// The request-side field rules of this route's method.
+    pub fn request_rules(&self) -> (&FieldRules, &MethodRules) {
+        (self.catalog.field_rules(), &self.method().rules)
     }
 }
 

@@ -1,19 +1,26 @@
 //! JSON, path variables and query parameters ⇄ protobuf messages, following
-//! the proto3 JSON mapping and the `google.api.http` binding rules.
+//! the proto3 JSON mapping and the `google.api.http` binding rules; the
+//! framing of streamed replies and the splitting of streamed requests.
 
 mod field_mask;
 mod field_rules;
+mod http_body;
 mod query;
 mod request;
 mod response;
 pub mod scalar;
+mod split;
+mod stream;
 mod update_mask;
 
 pub use field_mask::{client_fields, MaskTree};
 pub use field_rules::{FieldRules, MethodRules};
+pub use http_body::{raw_reply, raw_request_message};
 use prost_reflect::{DeserializeOptions, SerializeOptions};
 pub use request::{request_message, RequestParts};
-pub use response::ReplyFilter;
+pub use response::{ReplyFilter, ReplyShape};
+pub use split::JsonSplitter;
+pub use stream::{Framer, StreamFormat};
 
 use crate::config::{Config, InternalInput};
 

@@ -2,7 +2,8 @@
 //! binding names one.
 
 use prost_reflect::{
-    DynamicMessage, FieldDescriptor, ReflectMessage as _, SerializeOptions, Value,
+    DynamicMessage, FieldDescriptor, MessageDescriptor, ReflectMessage as _, SerializeOptions,
+    Value,
 };
 
 use super::{
@@ -12,64 +13,59 @@ use super::{
 };
 use crate::{error::Error, http_rule::BindingPlan};
 
-/// How the replies of one request are filtered before they are encoded:
-/// internal fields (proto marks), configured omissions, then the client's
-/// `fields` selection. Built once per request, applied to every reply.
-#[derive(Debug)]
-pub struct ReplyFilter<'a> {
-    rules: &'a FieldRules,
-    method: &'a MethodRules,
-    omit: Option<&'a MaskTree>,
-    keep: Option<MaskTree>,
-    response_body: Option<&'a prost_reflect::FieldDescriptor>,
+/// What a route's replies are filtered by, resolved per method when the
+/// catalog was built: internal fields (proto marks) and configured omissions.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplyShape<'a> {
+    pub rules: &'a FieldRules,
+    pub method: &'a MethodRules,
+    pub omit: Option<&'a MaskTree>,
+    pub plan: &'a BindingPlan,
 }
 
-impl<'a> ReplyFilter<'a> {
-    /// `fields` is the client's partial-response selection, relative to what it
-    /// receives (the `response_body` field when the binding has one).
+/// The client's `fields` selection for one request, applied after the
+/// route's [`ReplyShape`] to every reply (one, or each message of a stream).
+#[derive(Debug, Default)]
+pub struct ReplyFilter {
+    keep: Option<MaskTree>,
+}
+
+impl ReplyFilter {
+    /// `fields` is relative to what the client receives (the `response_body`
+    /// field when the binding has one); internal, omitted and unknown paths are
+    /// all refused alike.
     pub fn new(
-        rules: &'a FieldRules,
-        method: &'a MethodRules,
-        omit: Option<&'a MaskTree>,
-        output: &prost_reflect::MessageDescriptor,
-        plan: &'a BindingPlan,
+        shape: ReplyShape<'_>,
+        output: &MessageDescriptor,
         fields: Option<&str>,
     ) -> Result<Self, Error> {
-        let response_body = plan.response_body.as_ref();
-        let keep = match fields.filter(|f| !f.trim().is_empty()) {
-            None => None,
-            Some(fields) => {
-                let invalid = |reason: String| Error::invalid_field(super::FIELDS_PARAM, reason);
-                let (visible, omitted) = match response_body {
-                    None => (output.clone(), omit),
-                    Some(field) => (
-                        child_type(field).ok_or_else(|| {
-                            invalid("this response has no fields to select".into())
-                        })?,
-                        omit.and_then(|omit| omit.child(field)),
-                    ),
-                };
-                Some(client_fields(&visible, fields, rules, omitted).map_err(invalid)?)
-            }
+        let Some(fields) = fields.filter(|f| !f.trim().is_empty()) else {
+            return Ok(Self::default());
         };
-        Ok(Self {
-            rules,
-            method,
-            omit,
-            keep,
-            response_body,
-        })
+        let invalid = |reason: String| Error::invalid_field(super::FIELDS_PARAM, reason);
+        let (visible, omitted) = match &shape.plan.response_body {
+            None => (output.clone(), shape.omit),
+            Some(field) => (
+                child_type(field)
+                    .ok_or_else(|| invalid("this response has no fields to select".into()))?,
+                shape.omit.and_then(|omit| omit.child(field)),
+            ),
+        };
+        let keep = client_fields(&visible, fields, shape.rules, omitted).map_err(invalid)?;
+        Ok(Self { keep: Some(keep) })
     }
 
     /// Filters the reply and encodes it (or its `response_body` field).
     pub fn encode(
         &self,
         reply: &mut DynamicMessage,
-        plan: &BindingPlan,
+        shape: ReplyShape<'_>,
         options: &TranscodeOptions,
     ) -> Result<Vec<u8>, Error> {
-        self.apply(reply);
-        if !options.emit_unpopulated || !self.filters() {
+        self.apply(reply, shape);
+        let plan = shape.plan;
+        let filters = shape.method.reply.is_some() || shape.omit.is_some() || self.keep.is_some();
+        if !options.emit_unpopulated || !filters {
             return response_json(reply, plan, options);
         }
         // Cleared fields would print as defaults: drop their keys as well.
@@ -81,14 +77,15 @@ impl<'a> ReplyFilter<'a> {
         } else {
             FieldDescriptor::json_name
         };
-        let (omit, visible) = match self.response_body {
-            None => (self.omit, None),
-            Some(field) => (self.omit.and_then(|omit| omit.child(field)), Some(field)),
+        let visible = plan.response_body.as_ref();
+        let omit = match visible {
+            None => shape.omit,
+            Some(field) => shape.omit.and_then(|omit| omit.child(field)),
         };
         let prune = |json: &mut serde_json::Value| {
             match visible.and_then(child_type) {
-                None => self.rules.prune_reply_json(json, self.method, &key),
-                Some(message) => self.rules.prune_json(json, &message, &key),
+                None => shape.rules.prune_reply_json(json, shape.method, &key),
+                Some(message) => shape.rules.prune_json(json, &message, &key),
             }
             if let Some(omit) = omit {
                 omit.omit_json(json, &key);
@@ -104,17 +101,13 @@ impl<'a> ReplyFilter<'a> {
         serde_json::to_vec(&json).map_err(|err| Error::Internal(err.to_string().into()))
     }
 
-    fn filters(&self) -> bool {
-        self.method.reply.is_some() || self.omit.is_some() || self.keep.is_some()
-    }
-
-    fn apply(&self, reply: &mut DynamicMessage) {
-        self.rules.redact_reply(reply, self.method);
-        if let Some(omit) = self.omit {
+    fn apply(&self, reply: &mut DynamicMessage, shape: ReplyShape<'_>) {
+        shape.rules.redact_reply(reply, shape.method);
+        if let Some(omit) = shape.omit {
             omit.omit(reply);
         }
         if let Some(keep) = &self.keep {
-            match self.response_body {
+            match &shape.plan.response_body {
                 None => keep.keep(reply),
                 Some(field) if reply.has_field(field) => {
                     for_each_message(reply.get_field_mut(field), |inner| keep.keep(inner));

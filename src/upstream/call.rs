@@ -39,11 +39,15 @@ pub async fn unary(
     }
 }
 
-/// Tells the deadline and transport failures from the upstream's own answers.
-fn classify(upstream: &Upstream, status: tonic::Status, expired: bool) -> Error {
+/// Tells the deadline, size and transport failures from the upstream's own answers.
+pub(super) fn classify(upstream: &Upstream, status: tonic::Status, expired: bool) -> Error {
     let source = std::error::Error::source(&status);
     let cancelled = matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded);
-    if source.is_some_and(|s| s.is::<TimeoutExpired>()) || (expired && cancelled) {
+    if is_over_reply_limit(upstream, &status) {
+        Error::ResponseTooLarge {
+            limit: upstream.max_response_bytes,
+        }
+    } else if source.is_some_and(|s| s.is::<TimeoutExpired>()) || (expired && cancelled) {
         // Our grpc-timeout ran out: the channel or the server (tonic servers
         // answer CANCELLED "Timeout expired") enforced it.
         deadline_exceeded(upstream)
@@ -55,14 +59,28 @@ fn classify(upstream: &Upstream, status: tonic::Status, expired: bool) -> Error 
     }
 }
 
-fn deadline_exceeded(upstream: &Upstream) -> Error {
+/// tonic's own decoder refusing a reply over `max_decoding_message_size`: it
+/// has no error type, so it is known by its code and the limit it names (an
+/// upstream refusing our request would name its own limit).
+fn is_over_reply_limit(upstream: &Upstream, status: &tonic::Status) -> bool {
+    status.code() == Code::OutOfRange
+        && status
+            .message()
+            .starts_with("Error, decoded message length too large")
+        && status.message().ends_with(&format!(
+            "the limit is: {} bytes",
+            upstream.max_response_bytes
+        ))
+}
+
+pub(super) fn deadline_exceeded(upstream: &Upstream) -> Error {
     Error::DeadlineExceeded {
         upstream: upstream.name.clone(),
         timeout: upstream.timeout,
     }
 }
 
-fn unavailable(upstream: &Upstream, cause: &dyn std::fmt::Display) -> Error {
+pub(super) fn unavailable(upstream: &Upstream, cause: &dyn std::fmt::Display) -> Error {
     Error::UpstreamUnavailable {
         upstream: upstream.name.clone(),
         cause: cause.to_string().into(),

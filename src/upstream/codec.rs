@@ -22,6 +22,23 @@ pub struct DynamicDecoder {
     output: MessageDescriptor,
 }
 
+/// An element of a request stream.
+#[derive(Debug)]
+pub enum Outgoing {
+    Message(DynamicMessage),
+    /// Fail the call: its HTTP/2 stream is reset with an error, which an
+    /// upstream cannot take for the clean end of a stream (tonic servers read
+    /// a plain cancellation as one, and would act on a partial stream).
+    Abort,
+}
+
+/// [`DynamicCodec`] for request streams of [`Outgoing`] elements.
+#[derive(Debug, Clone)]
+pub struct StreamCodec(DynamicCodec);
+
+#[derive(Debug)]
+pub struct StreamEncoder;
+
 // === impl DynamicCodec ===
 
 impl DynamicCodec {
@@ -43,6 +60,41 @@ impl Codec for DynamicCodec {
     fn decoder(&mut self) -> Self::Decoder {
         DynamicDecoder {
             output: self.output.clone(),
+        }
+    }
+}
+
+// === impl StreamCodec ===
+
+impl StreamCodec {
+    pub fn new(output: MessageDescriptor) -> Self {
+        Self(DynamicCodec::new(output))
+    }
+}
+
+impl Codec for StreamCodec {
+    type Encode = Outgoing;
+    type Decode = DynamicMessage;
+    type Encoder = StreamEncoder;
+    type Decoder = DynamicDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        StreamEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        self.0.decoder()
+    }
+}
+
+impl Encoder for StreamEncoder {
+    type Item = Outgoing;
+    type Error = Status;
+
+    fn encode(&mut self, item: Outgoing, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        match item {
+            Outgoing::Message(message) => DynamicEncoder.encode(message, dst),
+            Outgoing::Abort => Err(Status::aborted("the gateway abandoned the request stream")),
         }
     }
 }

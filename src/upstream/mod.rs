@@ -5,11 +5,14 @@
 mod call;
 mod codec;
 mod health;
+mod stream;
 
 use std::{sync::Arc, time::Duration};
 
 pub use call::unary;
+pub use codec::Outgoing;
 pub use health::{HealthState, UpstreamHealth};
+pub use stream::{bidi_streaming, client_streaming, server_streaming, ReplyStream};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::config::UpstreamConfig;
