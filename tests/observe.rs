@@ -696,3 +696,72 @@ async fn a_trace_is_minted_when_traceparent_is_absent_or_invalid() {
     assert_eq!(response.status(), 404);
     assert_eq!(response.headers()["traceparent"].len(), 55);
 }
+
+#[tokio::test]
+async fn refusals_are_counted_and_the_consumer_is_logged() {
+    let log = LogFile::new("refusals");
+    let file = log.0.clone();
+    let key = common::tokens::EcKey::generate("k1");
+    let pem = key.public_pem();
+    let gw = Gateway::start_with(move |config| {
+        config.access_log.enabled = true;
+        config.access_log.file = Some(file);
+        config.auth = Some(
+            serde_yaml::from_str(&format!(
+                "providers: [{{ issuer: '{}', algorithms: [ES256], public_key_pem: {:?} }}]",
+                common::tokens::ISSUER,
+                pem
+            ))
+            .unwrap(),
+        );
+        config.rate_limit =
+            Some(serde_yaml::from_str("per_user: { requests: 1, per: 1h }").unwrap());
+    })
+    .await;
+    let token = key.sign(&common::tokens::claims("alice", &[]));
+    let authorized = || gw.client.get(gw.url("/v1/orders/o-1")).bearer_auth(&token);
+    assert_eq!(gw.send(authorized()).await.0, 200);
+    assert_eq!(gw.send(authorized()).await.0, 429);
+    assert_eq!(gw.get("/v1/orders/o-1").await.0, 401);
+    let bad = gw
+        .client
+        .get(gw.url("/v1/orders/o-1"))
+        .bearer_auth("not.a.jwt");
+    assert_eq!(gw.send(bad).await.0, 401);
+
+    let samples = scrape_after(&gw, 4.0).await;
+    assert_eq!(
+        total(
+            &samples,
+            "protogate_rate_limited_total",
+            &[("route", ORDER_ROUTE), ("key_kind", "user")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        total(
+            &samples,
+            "protogate_auth_failures_total",
+            &[("reason", "missing")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        total(
+            &samples,
+            "protogate_auth_failures_total",
+            &[("reason", "malformed")]
+        ),
+        1.0
+    );
+    assert_eq!(total(&samples, "protogate_auth_failures_total", &[]), 2.0);
+
+    let lines = log.lines(4).await;
+    assert_eq!(lines[0]["consumer"], "alice");
+    assert_eq!(lines[1]["consumer"], "alice");
+    assert_eq!(lines[2]["consumer"], "anonymous");
+    assert!(
+        !std::fs::read_to_string(&log.0).unwrap().contains(&token),
+        "the token is never logged"
+    );
+}

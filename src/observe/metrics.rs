@@ -12,6 +12,8 @@
 //! | `protogate_upstream_duration_seconds` | histogram | upstream, rpc |
 //! | `protogate_upstream_healthy` | gauge | upstream |
 //! | `protogate_catalog_generation`, `protogate_routes` | gauge | |
+//! | `protogate_rate_limited_total` | counter | route, key_kind (`user` or `ip`) |
+//! | `protogate_auth_failures_total` | counter | reason |
 
 use std::{fmt, sync::Arc, time::Duration};
 
@@ -29,7 +31,7 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
-use super::{body::Observed, code_name, Outcome, RequestContext};
+use super::{body::Observed, code_name, Outcome, Refusal, RequestContext};
 use crate::{
     config::{ConfigError, MetricsConfig},
     registry::Registry,
@@ -43,6 +45,8 @@ const UPSTREAM_DURATION: &str = "protogate_upstream_duration_seconds";
 const UPSTREAM_HEALTHY: &str = "protogate_upstream_healthy";
 const CATALOG_GENERATION: &str = "protogate_catalog_generation";
 const ROUTES: &str = "protogate_routes";
+const RATE_LIMITED: &str = "protogate_rate_limited_total";
+const AUTH_FAILURES: &str = "protogate_auth_failures_total";
 
 /// Body size buckets: 64 B to 16 MiB, by fours.
 const SIZE_BUCKETS: [f64; 10] = [
@@ -147,6 +151,21 @@ impl Metrics {
                 )
                 .record(latency.as_secs_f64());
             }
+            match outcome.refusal {
+                Some(Refusal::RateLimited) => {
+                    let key_kind = if context.consumer() == "anonymous" {
+                        "ip"
+                    } else {
+                        "user"
+                    };
+                    counter!(RATE_LIMITED, "route" => route.clone(), "key_kind" => key_kind)
+                        .increment(1);
+                }
+                Some(Refusal::Auth(reason)) => {
+                    counter!(AUTH_FAILURES, "reason" => reason).increment(1)
+                }
+                None => {}
+            }
             // Last, so a scrape that sees the count sees the histograms too.
             counter!(
                 REQUESTS,
@@ -171,6 +190,11 @@ fn describe() {
     describe_counter!(
         REQUESTS,
         "HTTP requests finished, by route template and outcome"
+    );
+    describe_counter!(RATE_LIMITED, "Requests refused by the rate limiter");
+    describe_counter!(
+        AUTH_FAILURES,
+        "Requests refused by authentication or authorization"
     );
     describe_histogram!(
         REQUEST_DURATION,

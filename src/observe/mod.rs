@@ -70,6 +70,16 @@ pub(crate) struct Outcome {
     pub(crate) code: Code,
     /// `None` for a success.
     pub(crate) fault: Option<Fault>,
+    /// A policy refused the request.
+    pub(crate) refusal: Option<Refusal>,
+}
+
+/// Which policy refused a request, for the refusal counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    RateLimited,
+    /// Authentication or authorization, with a bounded reason label.
+    Auth(&'static str),
 }
 
 // === impl RequestContext ===
@@ -166,6 +176,12 @@ impl Outcome {
                 status,
                 code: err.code(),
                 fault: Some(err.fault()),
+                refusal: match err.as_ref() {
+                    Error::RateLimited(_) => Some(Refusal::RateLimited),
+                    Error::Unauthenticated(reason) => Some(Refusal::Auth(reason.reason())),
+                    Error::PermissionDenied(_) => Some(Refusal::Auth("permission_denied")),
+                    _ => None,
+                },
             },
             // Answered by a layer that only knows a status (timeout, panic).
             None => Self {
@@ -178,6 +194,7 @@ impl Outcome {
                 } else {
                     None
                 },
+                refusal: None,
             },
         }
     }

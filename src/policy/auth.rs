@@ -28,6 +28,7 @@ use super::{
 };
 use crate::{
     error::{self, Error},
+    observe::RequestContext,
     registry::RouteMatch,
 };
 
@@ -105,6 +106,28 @@ pub enum AuthError {
     InvalidClaim(Box<str>),
 }
 
+impl AuthError {
+    /// A bounded label for `protogate_auth_failures_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::NotBearer => "not_bearer",
+            Self::Malformed => "malformed",
+            Self::Unsigned => "unsigned",
+            Self::Algorithm(_) => "algorithm",
+            Self::AlgorithmMismatch(_) => "algorithm_mismatch",
+            Self::UnknownIssuer => "unknown_issuer",
+            Self::UnknownKey => "unknown_key",
+            Self::Signature => "signature",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::Audience => "audience",
+            Self::MissingClaim(_) => "missing_claim",
+            Self::InvalidClaim(_) => "invalid_claim",
+        }
+    }
+}
+
 /// Layer 11: authenticates the caller and applies the matched method's policy.
 pub async fn authenticate(
     State(auth): State<Arc<Authenticator>>,
@@ -123,6 +146,9 @@ pub async fn authenticate(
     match verdict {
         Ok(identity) => {
             if let Some(identity) = identity {
+                if let Some(context) = request.extensions().get::<Arc<RequestContext>>() {
+                    context.set_consumer(identity.subject.clone());
+                }
                 request.extensions_mut().insert(Arc::new(identity));
             }
             next.run(request).await
