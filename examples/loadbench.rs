@@ -1,0 +1,452 @@
+//! Load benchmark: the example backend and the gateway as separate processes
+//! on loopback, driven over keep-alive HTTP/1.1 at a fixed concurrency, and
+//! the same calls made directly over gRPC, so the gateway's added latency and
+//! CPU show as ratios measured in one run.
+//!
+//! ```sh
+//! cargo run --release --example loadbench                       # 20,000 requests per workload, 32 connections
+//! cargo run --release --example loadbench -- --requests 50000 --concurrency 64
+//! cargo run --release --example loadbench -- --gateway http://127.0.0.1:8080   # any gateway with the same routes
+//! ```
+//!
+//! CPU per request comes from `/proc/<pid>/stat` (user + system time) before
+//! and after each workload; peak RSS from `/proc/<pid>/status` (`VmHWM`).
+//! The output is a markdown table.
+
+use std::{
+    error::Error,
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt as _, Full};
+use hyper::{client::conn::http1, Request};
+use hyper_util::rt::TokioIo;
+use protogate::{
+    demo,
+    pb::acme::orders::v1::{
+        order_service_client::OrderServiceClient, CreateOrderRequest, GetOrderRequest, LineItem,
+        ListOrdersRequest, Order,
+    },
+    Config, Server,
+};
+use tokio::net::{TcpListener, TcpStream};
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+/// One driver task: its latencies and its error count.
+type Worker = tokio::task::JoinHandle<Result<(Vec<Duration>, usize), BoxError>>;
+
+#[derive(Debug, Parser)]
+#[command(about = "Load benchmark of protogate against direct gRPC")]
+struct Args {
+    /// Requests per workload.
+    #[arg(long, default_value_t = 20_000)]
+    requests: usize,
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Measure this gateway (same routes as the demo) instead of starting one.
+    #[arg(long)]
+    gateway: Option<String>,
+    #[command(subcommand)]
+    role: Option<Role>,
+}
+
+/// The processes this binary re-executes itself as.
+#[derive(Debug, Subcommand)]
+enum Role {
+    #[command(hide = true)]
+    Backend { listen: SocketAddr },
+    #[command(hide = true)]
+    Gateway {
+        listen: SocketAddr,
+        upstream: String,
+    },
+}
+
+/// One HTTP workload and its direct gRPC twin.
+#[derive(Debug, Clone, Copy)]
+enum Workload {
+    Get,
+    Post,
+    List(i32),
+}
+
+impl Workload {
+    fn name(self) -> String {
+        match self {
+            Self::Get => "GET /v1/orders/{id}".into(),
+            Self::Post => "POST /v1/orders (JSON body)".into(),
+            Self::List(n) => format!("GET /v1/orders?pageSize={n}"),
+        }
+    }
+
+    fn request(self) -> Request<Full<Bytes>> {
+        let builder = Request::builder().header("host", "bench");
+        let request = match self {
+            Self::Get => builder.uri("/v1/orders/o-1").body(Full::default()),
+            Self::Post => builder
+                .method("POST")
+                .uri("/v1/orders")
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from_static(
+                    br#"{"customerId":"c-9","currency":"EUR","items":[{"sku":"sku-book","quantity":1,"unitPriceCents":"1999"},{"sku":"sku-pen","quantity":2,"unitPriceCents":"150"}]}"#,
+                ))),
+            Self::List(n) => builder.uri(format!("/v1/orders?pageSize={n}")).body(Full::default()),
+        };
+        request.unwrap_or_default()
+    }
+}
+
+fn main() -> Result<(), BoxError> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    match args.role {
+        Some(Role::Backend { listen }) => runtime.block_on(async {
+            let listener = TcpListener::bind(listen).await?;
+            demo::serve_examples(listener, std::future::pending()).await?;
+            Ok(())
+        }),
+        Some(Role::Gateway { listen, upstream }) => {
+            runtime.block_on(serve_gateway(listen, upstream))
+        }
+        None => runtime.block_on(bench(&args)),
+    }
+}
+
+async fn serve_gateway(listen: SocketAddr, upstream: String) -> Result<(), BoxError> {
+    let mut config = Config {
+        listen,
+        ..Config::default()
+    };
+    config.access_log.enabled = false;
+    config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    for package in ["acme.orders.v1", "acme.orders.v2", "acme.users.v1"] {
+        config.override_upstream(&format!("{package}={upstream}"))?;
+    }
+    let server = Server::new(&config, demo::descriptor_sets())?;
+    let listener = TcpListener::bind(listen).await?;
+    server.serve(listener, std::future::pending()).await?;
+    Ok(())
+}
+
+/// A child process killed on drop.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Process {
+    fn spawn(args: &[String]) -> Result<Self, BoxError> {
+        let child = Command::new(std::env::current_exe()?)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        Ok(Self(child))
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+fn free_port() -> Result<SocketAddr, BoxError> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// User + system CPU time of a process.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 11 and 12 after the name.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+async fn wait_for(addr: SocketAddr) -> Result<(), BoxError> {
+    for _ in 0..200 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Err(format!("{addr} never accepted a connection").into())
+}
+
+/// What one run of one workload measured.
+struct Run {
+    seconds: f64,
+    latencies: Vec<Duration>,
+    errors: usize,
+}
+
+impl Run {
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return 0.0;
+        }
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let index =
+            ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len()) - 1;
+        self.latencies[index].as_secs_f64() * 1e6
+    }
+
+    #[allow(clippy::cast_precision_loss)]
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.seconds
+    }
+}
+
+/// `requests` HTTP/1.1 requests over `concurrency` keep-alive connections.
+async fn drive_http(
+    addr: SocketAddr,
+    workload: Workload,
+    requests: usize,
+    concurrency: usize,
+) -> Result<Run, BoxError> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let count = requests / concurrency + usize::from(worker < requests % concurrency);
+        tasks.push(tokio::spawn(async move {
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            let mut latencies = Vec::with_capacity(count);
+            let mut errors = 0;
+            for _ in 0..count {
+                let begin = Instant::now();
+                let response = sender.send_request(workload.request()).await?;
+                let ok = response.status().is_success();
+                response.into_body().collect().await?;
+                latencies.push(begin.elapsed());
+                errors += usize::from(!ok);
+            }
+            Ok::<_, BoxError>((latencies, errors))
+        }));
+    }
+    collect(started, tasks).await
+}
+
+/// The same calls made directly over gRPC, one channel per worker.
+async fn drive_grpc(
+    url: String,
+    workload: Workload,
+    requests: usize,
+    concurrency: usize,
+) -> Result<Run, BoxError> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let count = requests / concurrency + usize::from(worker < requests % concurrency);
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = OrderServiceClient::connect(url).await?;
+            let mut latencies = Vec::with_capacity(count);
+            for _ in 0..count {
+                let begin = Instant::now();
+                match workload {
+                    Workload::Get => {
+                        client
+                            .get_order(GetOrderRequest {
+                                id: "o-1".into(),
+                                customer_id: String::new(),
+                            })
+                            .await?;
+                    }
+                    Workload::Post => {
+                        let order = Order {
+                            customer_id: "c-9".into(),
+                            currency: "EUR".into(),
+                            items: vec![
+                                LineItem {
+                                    sku: "sku-book".into(),
+                                    quantity: 1,
+                                    unit_price_cents: 1999,
+                                },
+                                LineItem {
+                                    sku: "sku-pen".into(),
+                                    quantity: 2,
+                                    unit_price_cents: 150,
+                                },
+                            ],
+                            ..Order::default()
+                        };
+                        client
+                            .create_order(CreateOrderRequest {
+                                order: Some(order),
+                                order_id: String::new(),
+                            })
+                            .await?;
+                    }
+                    Workload::List(n) => {
+                        client
+                            .list_orders(ListOrdersRequest {
+                                page_size: n,
+                                ..ListOrdersRequest::default()
+                            })
+                            .await?;
+                    }
+                }
+                latencies.push(begin.elapsed());
+            }
+            Ok::<_, BoxError>((latencies, 0))
+        }));
+    }
+    collect(started, tasks).await
+}
+
+async fn collect(
+    started: Instant,
+    tasks: Vec<Worker>,
+) -> Result<Run, BoxError> {
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (mut worker, worker_errors) = task.await??;
+        latencies.append(&mut worker);
+        errors += worker_errors;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    Ok(Run {
+        seconds,
+        latencies,
+        errors,
+    })
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn per_request_us(cpu: Duration, requests: usize) -> f64 {
+    cpu.as_secs_f64() * 1e6 / requests as f64
+}
+
+async fn bench(args: &Args) -> Result<(), BoxError> {
+    let backend_addr = free_port()?;
+    let backend = Process::spawn(&["backend".into(), backend_addr.to_string()])?;
+    wait_for(backend_addr).await?;
+    let backend_url = format!("http://{backend_addr}");
+
+    let (gateway, gateway_addr) = match &args.gateway {
+        Some(url) => {
+            let addr = url
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .parse()?;
+            (None, addr)
+        }
+        None => {
+            let addr = free_port()?;
+            let process =
+                Process::spawn(&["gateway".into(), addr.to_string(), backend_url.clone()])?;
+            wait_for(addr).await?;
+            (Some(process), addr)
+        }
+    };
+    let gateway_pid = gateway.as_ref().map(Process::pid);
+
+    println!(
+        "{} requests per workload, {} connections; gateway {} → backend {backend_addr}\n",
+        args.requests, args.concurrency, gateway_addr
+    );
+    println!("| workload | path | req/s | p50 µs | p99 µs | p99.9 µs | gateway CPU µs/req | backend CPU µs/req | gateway/backend CPU | errors |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    // 100 orders for the list workloads to page; POST runs last, since every
+    // request adds an order and the example backend's list sorts them all.
+    drive_http(gateway_addr, Workload::Post, 100, 4).await?;
+    for workload in [
+        Workload::Get,
+        Workload::List(10),
+        Workload::List(100),
+        Workload::Post,
+    ] {
+        // Warm-up: connections, caches, lazily connected channels.
+        drive_http(
+            gateway_addr,
+            workload,
+            args.concurrency * 20,
+            args.concurrency,
+        )
+        .await?;
+        drive_grpc(
+            backend_url.clone(),
+            workload,
+            args.concurrency * 20,
+            args.concurrency,
+        )
+        .await?;
+
+        let (backend_before, gateway_before) = (cpu_time(backend.pid()), gateway_pid.map(cpu_time));
+        let http = drive_http(gateway_addr, workload, args.requests, args.concurrency).await?;
+        let (backend_mid, gateway_after) = (cpu_time(backend.pid()), gateway_pid.map(cpu_time));
+        let grpc = drive_grpc(
+            backend_url.clone(),
+            workload,
+            args.requests,
+            args.concurrency,
+        )
+        .await?;
+        let backend_after = cpu_time(backend.pid());
+
+        let backend_http =
+            per_request_us(backend_mid.saturating_sub(backend_before), args.requests);
+        let backend_grpc = per_request_us(backend_after.saturating_sub(backend_mid), args.requests);
+        let gateway_cpu = gateway_before
+            .zip(gateway_after)
+            .map(|(before, after)| per_request_us(after.saturating_sub(before), args.requests));
+        let ratio =
+            gateway_cpu.map_or_else(|| "–".to_owned(), |g| format!("{:.2}×", g / backend_http));
+        let gateway_cpu = gateway_cpu.map_or_else(|| "–".to_owned(), |g| format!("{g:.1}"));
+        let name = workload.name();
+        println!(
+            "| {name} | gateway | {:.0} | {:.0} | {:.0} | {:.0} | {gateway_cpu} | {backend_http:.1} | {ratio} | {} |",
+            http.rate(), http.percentile(0.5), http.percentile(0.99), http.percentile(0.999), http.errors
+        );
+        println!(
+            "| {name} | direct gRPC | {:.0} | {:.0} | {:.0} | {:.0} | – | {backend_grpc:.1} | – | {} |",
+            grpc.rate(), grpc.percentile(0.5), grpc.percentile(0.99), grpc.percentile(0.999), grpc.errors
+        );
+    }
+    if let Some(pid) = gateway_pid {
+        println!(
+            "\ngateway peak RSS: {:.1} MiB; backend peak RSS: {:.1} MiB",
+            peak_rss_mib(pid),
+            peak_rss_mib(backend.pid())
+        );
+    }
+    Ok(())
+}
