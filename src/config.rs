@@ -147,12 +147,32 @@ pub struct ResponseFilterConfig {
     pub omit: Vec<String>,
 }
 
-/// The admin listener: `/metrics`, `/healthz`, `/readyz`; never the data plane's layers.
+/// The admin listener: `/metrics`, `/healthz`, `/readyz` and the admin API
+/// (`/admin/v1/...`); never the data plane's layers.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Address of the admin listener. Default `127.0.0.1:9901`.
     pub listen: SocketAddr,
+    /// File holding the admin API's bearer token (the environment variable
+    /// `PROTOGATE_ADMIN_TOKEN` wins). Without a token the admin API is open,
+    /// which is refused unless `listen` is a loopback address. Default: none.
+    pub token_file: Option<PathBuf>,
+    /// Largest descriptor set or `.proto` archive accepted. Default 16 MiB.
+    pub max_upload_bytes: usize,
+    /// The token itself: from the environment, never from the file.
+    #[serde(skip)]
+    pub token: Option<AdminToken>,
+}
+
+/// A bearer token that never shows in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(pub String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
 }
 
 /// Prometheus metrics.
@@ -256,6 +276,9 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            token_file: None,
+            max_upload_bytes: 16 << 20,
+            token: None,
         }
     }
 }
@@ -425,7 +448,7 @@ impl Config {
     }
 }
 
-fn validate_upstream(upstream: &UpstreamConfig) -> Result<(), String> {
+pub(crate) fn validate_upstream(upstream: &UpstreamConfig) -> Result<(), String> {
     let pattern = &upstream.pattern;
     let is_ident = |part: &str| {
         part.chars()

@@ -4,8 +4,11 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use protogate::{registry::DescriptorSet, Config, Server};
+use protogate::{config::AdminToken, registry::DescriptorSet, Config, Server};
 use tokio::net::TcpListener;
+
+/// The admin API's bearer token, for `serve` and the `admin` commands.
+const ADMIN_TOKEN_ENV: &str = "PROTOGATE_ADMIN_TOKEN";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -127,6 +130,9 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
         config.descriptors.dir = Some(dir);
     }
     config.descriptors.files.extend(args.descriptor_sets);
+    if let Ok(token) = std::env::var(ADMIN_TOKEN_ENV) {
+        config.admin.token = Some(AdminToken(token));
+    }
     for spec in &args.upstreams {
         config.override_upstream(spec)?;
     }

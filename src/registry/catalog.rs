@@ -2,8 +2,9 @@
 //! sets, method plans, routes and the router. Built only by
 //! [`CatalogBuilder`](super::CatalogBuilder), never mutated, shared by `Arc`.
 
-use std::{fmt, sync::Arc};
+use std::{fmt, sync::Arc, time::SystemTime};
 
+use bytes::Bytes;
 use http::{uri::PathAndQuery, Method};
 use prost_reflect::{DescriptorPool, MethodDescriptor};
 
@@ -37,6 +38,14 @@ pub struct LoadedSet {
     pub size: usize,
     /// Fully-qualified names of the services the set brought.
     pub services: Vec<String>,
+    /// The set itself, as the admin API hands it back.
+    pub bytes: Bytes,
+    /// When these bytes were first loaded (kept across reloads).
+    pub loaded_at: SystemTime,
+    /// The upstream uploaded with the set, for the packages it brings.
+    pub upstream: Option<String>,
+    /// Whether the admin API manages it (it lives in the descriptor directory).
+    pub managed: bool,
 }
 
 /// How a method exchanges messages.
