@@ -49,11 +49,14 @@ pub struct Config {
 }
 
 /// Which descriptor sets to load at start.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DescriptorsConfig {
-    /// Every `*.binpb`, `*.pb` and `*.desc` file in this directory. Default: none.
+    /// Every `*.binpb`, `*.pb` and `*.desc` file in this directory; admin
+    /// uploads are persisted here. Default: none.
     pub dir: Option<PathBuf>,
+    /// Reload when a file in `dir` changes (SIGHUP always reloads). Default `true`.
+    pub watch: bool,
     /// Individual descriptor set files. Default: none.
     pub files: Vec<PathBuf>,
     /// Expose methods without a `google.api.http` annotation at
@@ -268,6 +271,17 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             access_log: AccessLogConfig::default(),
             health: HealthConfig::default(),
+        }
+    }
+}
+
+impl Default for DescriptorsConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            watch: true,
+            files: Vec::new(),
+            expose_unannotated: false,
         }
     }
 }

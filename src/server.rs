@@ -32,7 +32,7 @@ use crate::{
         trace_context, RequestContext,
     },
     policy::{self, LocalLimiter, Policies, SetupError},
-    registry::{BuildContext, DescriptorSet, LoadError, Registry, RouteMatch},
+    registry::{self, BuildContext, DescriptorSet, LoadError, Registry, RouteMatch},
     router::Lookup,
     transcode::TranscodeOptions,
     upstream::{UpstreamError, UpstreamHealth, Upstreams},
@@ -77,6 +77,7 @@ pub struct Server {
     admin_listen: SocketAddr,
     admin_listener: Option<TcpListener>,
     admin_api: admin::ApiSettings,
+    watch_descriptors: bool,
 }
 
 impl Server {
@@ -162,6 +163,7 @@ impl Server {
             admin_listen: config.admin.listen,
             admin_listener: None,
             admin_api,
+            watch_descriptors: config.descriptors.watch,
         })
     }
 
@@ -219,6 +221,11 @@ impl Server {
                 upkept.run_upkeep();
             }
         });
+        // Reloads through the same path as an upload: directory changes and SIGHUP.
+        if self.watch_descriptors {
+            background.spawn(registry::watch_dir(self.registry.clone()));
+        }
+        background.spawn(registry::reload_on_sighup(self.registry.clone()));
         let (stop, stopped) = watch::channel(false);
         let admin = self.admin_listener.take().map(|listener| {
             let router = self.admin_router();

@@ -42,12 +42,17 @@ impl Setup {
             )
             .unwrap();
         }
-        Self::start_in(dir, Backend::start().await).await
+        Self::start_in(dir, Backend::start().await, |_| {}).await
     }
 
-    /// A gateway over an existing directory (a restart).
-    async fn start_in(dir: Arc<tempfile::TempDir>, backend: Backend) -> Self {
-        let config = config(dir.path(), &backend);
+    /// A gateway over an existing directory (a restart), with the config adjusted.
+    async fn start_in(
+        dir: Arc<tempfile::TempDir>,
+        backend: Backend,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
+        let mut config = config(dir.path(), &backend);
+        adjust(&mut config);
         let fixed: Vec<DescriptorSet> = common::example_sets()
             .into_iter()
             .filter(|set| !dir.path().join(format!("{}.binpb", set.name)).exists())
@@ -636,7 +641,7 @@ async fn a_restart_serves_what_was_uploaded_and_ignores_torn_writes() {
     )
     .unwrap();
 
-    let setup = Setup::start_in(dir, backend).await;
+    let setup = Setup::start_in(dir, backend, |_| {}).await;
     let (status, body) = setup
         .gw
         .post("/v1/echo", json!({"stringValue": "again"}))
@@ -662,6 +667,80 @@ async fn a_restart_serves_what_was_uploaded_and_ignores_torn_writes() {
     assert_eq!(names_digests(&sets_before), names_digests(&sets_after));
     let (status, _) = setup.gw.get("/v9/extra/1").await;
     assert_eq!(status, 404);
+}
+
+// === reload triggers ===
+
+/// Drops the testing set and its upstream into the directory as an operator
+/// would: sidecar first, each file written aside and renamed into place.
+fn drop_testing_set(dir: &Path, upstream: &str) {
+    let place = |name: &str, bytes: &[u8]| {
+        let temp = dir.join(format!(".{name}.partial"));
+        std::fs::write(&temp, bytes).unwrap();
+        std::fs::rename(&temp, dir.join(name)).unwrap();
+    };
+    place(
+        "protogate.testing.v1.upstream.json",
+        json!({ "upstream": upstream }).to_string().as_bytes(),
+    );
+    place("protogate.testing.v1.binpb", &testing_bytes());
+}
+
+/// Polls `path` until it answers `status` (the reload is asynchronous).
+async fn until_status(gw: &Gateway, path: &str, status: u16, mut between: impl FnMut()) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        between();
+        if gw.get(path).await.0 == status {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} never answered {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_file_change_in_the_directory_reloads() {
+    let setup = Setup::start(&[]).await;
+    let generation = setup.generation().await;
+    drop_testing_set(setup.dir.path(), &setup.backend.url());
+    until_status(&setup.gw, "/v1/echo", 200, || {}).await;
+    assert!(setup.generation().await > generation);
+    let (_, list) = setup.admin_get("/admin/v1/descriptor-sets").await;
+    assert!(list["descriptorSets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["name"] == "protogate.testing.v1" && s["upstream"] == setup.backend.url()));
+
+    std::fs::remove_file(setup.dir.path().join("protogate.testing.v1.binpb")).unwrap();
+    until_status(&setup.gw, "/v1/echo", 404, || {}).await;
+    setup.assert_old_routes_serve().await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_reloads_the_directory() {
+    // Installed first, so a SIGHUP never takes the default action (exit).
+    let _hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).unwrap();
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let setup = Setup::start_in(dir, Backend::start().await, |config| {
+        config.descriptors.watch = false;
+    })
+    .await;
+    drop_testing_set(setup.dir.path(), &setup.backend.url());
+    let pid = std::process::id().to_string();
+    until_status(&setup.gw, "/v1/echo", 200, || {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    })
+    .await;
 }
 
 // === zero dropped requests ===

@@ -9,6 +9,7 @@
 
 mod builder;
 mod catalog;
+mod reload;
 mod store;
 
 use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
@@ -18,6 +19,7 @@ pub use builder::{BuildOptions, CatalogBuilder, DescriptorSet, LoadError, LoadPr
 use bytes::Bytes;
 pub use catalog::{CallKind, Catalog, LoadedSet, MethodPlan, Route, RouteMatch, RouteTable};
 use prost::Message as _;
+pub use reload::{reload_on_sighup, watch_dir};
 pub use store::{check_name, Store, StoredSet, UpstreamSetting};
 use tokio::sync::{watch, Mutex};
 
