@@ -12,6 +12,7 @@ use std::{
 
 use serde::Deserialize;
 
+pub use crate::deprecation::DeprecationConfig;
 pub use crate::policy::config::{
     AuthConfig, CorsConfig, HeadersConfig, PolicyRule, ProviderConfig, QuotaConfig, QuotasConfig,
     RateLimitConfig,
@@ -46,6 +47,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub access_log: AccessLogConfig,
     pub health: HealthConfig,
+    /// Methods answered with `Deprecation`, `Sunset` and `Link` headers, on
+    /// top of those the protos mark `deprecated`; the first match wins.
+    pub deprecations: Vec<DeprecationConfig>,
 }
 
 /// Which descriptor sets to load at start.
@@ -271,6 +275,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             access_log: AccessLogConfig::default(),
             health: HealthConfig::default(),
+            deprecations: Vec::new(),
         }
     }
 }
@@ -429,6 +434,12 @@ impl Config {
                 key: "limits.request_timeout".into(),
                 reason: "must be greater than 0".into(),
             });
+        }
+        for (i, rule) in self.deprecations.iter().enumerate() {
+            crate::deprecation::validate(rule).map_err(|reason| ConfigError::Invalid {
+                key: format!("deprecations[{i}]"),
+                reason,
+            })?;
         }
         crate::policy::config::validate(self)?;
         self.validate_observability()

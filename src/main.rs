@@ -109,7 +109,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Demo {
             listen,
             admin_listen,
-        } => protogate::demo::run(listen, admin_listen, shutdown_signal()).await?,
+        } => {
+            let token = std::env::var(ADMIN_TOKEN_ENV).ok().map(AdminToken);
+            protogate::demo::run(listen, admin_listen, token, shutdown_signal()).await?;
+        }
         Command::Check { .. } => unreachable!("check runs without a runtime"),
     }
     Ok(ExitCode::SUCCESS)

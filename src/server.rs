@@ -384,12 +384,17 @@ async fn route(
             if let Some(context) = RequestContext::of(&request) {
                 context.set_route(&catalog, route);
             }
+            let deprecation = catalog.method(catalog.route(route)).deprecation.clone();
             request.extensions_mut().insert(RouteMatch {
                 catalog,
                 route,
                 captures,
             });
-            next.run(request).await
+            let mut response = next.run(request).await;
+            if let Some(deprecation) = deprecation {
+                deprecation.write(response.headers_mut());
+            }
+            response
         }
         Lookup::MethodNotAllowed { allow } => {
             let allow = allow

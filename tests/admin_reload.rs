@@ -17,7 +17,11 @@ use std::{
 
 use bytes::Bytes;
 use common::{upstream, Backend, Gateway};
-use protogate::{config::AdminToken, registry::DescriptorSet, Config};
+use protogate::{
+    config::{AdminToken, DeprecationConfig},
+    registry::DescriptorSet,
+    Config,
+};
 use serde_json::{json, Value as Json};
 use tonic::Code;
 
@@ -741,6 +745,109 @@ async fn sighup_reloads_the_directory() {
         assert!(status.success());
     })
     .await;
+}
+
+// === API versions ===
+
+#[tokio::test]
+async fn deprecated_packages_services_and_methods_answer_with_deprecation_headers() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let setup = Setup::start_in(dir, Backend::start().await, |config| {
+        config.deprecations.push(DeprecationConfig {
+            methods: "acme.orders.v1.*".into(),
+            since: Some("2026-01-01".into()),
+            sunset: Some("2027-06-30T00:00:00Z".into()),
+            link: Some("https://example.com/orders/v2".into()),
+        });
+    })
+    .await;
+    let response = setup
+        .gw
+        .client
+        .get(setup.gw.url("/v1/orders/o-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["deprecation"], "@1767225600");
+    assert_eq!(
+        response.headers()["sunset"],
+        "Wed, 30 Jun 2027 00:00:00 GMT"
+    );
+    assert_eq!(
+        response.headers()["link"],
+        r#"<https://example.com/orders/v2>; rel="successor-version""#
+    );
+    let response = setup
+        .gw
+        .client
+        .get(setup.gw.url("/v2/orders/o-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("deprecation").is_none());
+
+    // The proto's own `deprecated` option, on the file, the service or one method.
+    let url = setup.backend.url();
+    let proto = |name: &str, file: &str, service: &str, method: &str| {
+        compile(
+            name,
+            &format!(
+                r#"syntax = "proto3";
+package t.{name};
+import "google/api/annotations.proto";
+{file}
+message Req {{ string id = 1; }}
+service S {{
+  {service}
+  rpc Old(Req) returns (Req) {{ option (google.api.http) = {{ get: "/v9/{name}/old" }}; {method} }}
+  rpc New(Req) returns (Req) {{ option (google.api.http) = {{ get: "/v9/{name}/new" }}; }}
+}}"#
+            ),
+        )
+    };
+    let cases = [
+        (
+            "file",
+            proto("file", "option deprecated = true;", "", ""),
+            true,
+        ),
+        (
+            "service",
+            proto("service", "", "option deprecated = true;", ""),
+            true,
+        ),
+        (
+            "method",
+            proto("method", "", "", "option deprecated = true;"),
+            false,
+        ),
+    ];
+    for (name, bytes, whole_service) in cases {
+        assert_eq!(
+            setup.put_set(name, bytes, Some(&url)).await.0,
+            201,
+            "{name}"
+        );
+        for (method, deprecated) in [("old", true), ("new", whole_service)] {
+            let response = setup
+                .gw
+                .client
+                .get(setup.gw.url(&format!("/v9/{name}/{method}")))
+                .send()
+                .await
+                .unwrap();
+            // The backend does not implement it; the headers come with any answer.
+            assert_eq!(response.status(), 501, "{name} {method}");
+            let header = response.headers().get("deprecation");
+            assert_eq!(
+                header.map(|h| h.to_str().unwrap()),
+                deprecated.then_some("@0"),
+                "{name} {method}"
+            );
+        }
+    }
 }
 
 // === zero dropped requests ===

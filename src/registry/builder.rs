@@ -14,6 +14,7 @@ use sha2::{Digest as _, Sha256};
 use super::catalog::{CallKind, Catalog, LoadedSet, MethodPlan, Route};
 use crate::{
     config::Config,
+    deprecation::DeprecationRules,
     http_rule::{self, ResolvedBinding},
     policy::PolicyRules,
     router::{RouteId, RouterBuilder},
@@ -44,6 +45,8 @@ pub struct BuildOptions {
     pub require_upstreams: bool,
     /// Response paths to omit, per method glob (`filters.responses`).
     pub omit: Vec<OmitRule>,
+    /// Configured deprecations (`deprecations`), over the proto's `deprecated`.
+    pub deprecations: DeprecationRules,
 }
 
 /// Configured response paths to omit from the methods a glob matches.
@@ -71,6 +74,7 @@ impl BuildOptions {
                     })
                 })
                 .collect(),
+            deprecations: DeprecationRules::new(&config.deprecations),
         }
     }
 
@@ -357,6 +361,7 @@ impl<'a> CatalogBuilder<'a> {
                     rules: field_rules.for_method(&method),
                     omit,
                     policy,
+                    deprecation: self.options.deprecations.resolve(&method),
                     descriptor: method,
                 });
             }

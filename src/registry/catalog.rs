@@ -9,6 +9,7 @@ use http::{uri::PathAndQuery, Method};
 use prost_reflect::{DescriptorPool, MethodDescriptor};
 
 use crate::{
+    deprecation::Deprecation,
     http_rule::{template::PathTemplate, BindingPlan},
     policy::RoutePolicy,
     router::{Capture, Lookup, RouteId, Router},
@@ -72,6 +73,8 @@ pub struct MethodPlan {
     pub omit: Option<MaskTree>,
     /// Who may call it and how often: the same for every binding.
     pub policy: RoutePolicy,
+    /// The headers it answers with when deprecated.
+    pub deprecation: Option<Deprecation>,
 }
 
 /// One REST binding of a method.
