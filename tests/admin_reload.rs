@@ -747,6 +747,159 @@ async fn sighup_reloads_the_directory() {
     .await;
 }
 
+// === .proto uploads ===
+
+/// Archive members: (path, contents).
+type Files<'a> = &'a [(&'a str, &'a [u8])];
+
+fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, bytes) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        // Written raw: the builder itself refuses the `..` paths under test.
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_cksum();
+        builder.append(&header, *bytes).unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+fn zip_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (name, bytes) in files {
+        writer.start_file(*name, options).unwrap();
+        writer.write_all(bytes).unwrap();
+    }
+    writer.finish().unwrap().into_inner()
+}
+
+fn multipart_of(files: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "protogate-test-boundary";
+    let mut body = Vec::new();
+    for (name, bytes) in files {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\
+                 Content-Type: text/plain\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+#[tokio::test]
+async fn proto_sources_are_compiled_and_served_or_refused_with_positions() {
+    let setup = Setup::start(&[]).await;
+    let url = setup.backend.url();
+    let testing_proto =
+        std::fs::read(Path::new(MANIFEST).join("protos/protogate/testing/v1/testing.proto"))
+            .unwrap();
+    let files: &[(&str, &[u8])] = &[
+        ("protogate/testing/v1/testing.proto", &testing_proto),
+        ("README.md", b"ignored"),
+    ];
+    let (multipart_type, multipart) = multipart_of(files);
+    let uploads = [
+        ("application/x-tar".to_owned(), tar_of(files)),
+        ("application/zip".to_owned(), zip_of(files)),
+        (multipart_type, multipart),
+    ];
+    for (content_type, body) in uploads {
+        let (status, body) = setup
+            .admin_send(
+                setup
+                    .gw
+                    .client
+                    .put(setup.admin(&format!("/admin/v1/descriptor-sets/testing?upstream={url}")))
+                    .header("content-type", &content_type)
+                    .body(body),
+            )
+            .await;
+        assert_eq!(status, 201, "{content_type}: {body}");
+        let (status, echoed) = setup
+            .gw
+            .post("/v1/echo", json!({"stringValue": "compiled"}))
+            .await;
+        assert_eq!(status, 200, "{content_type}: {echoed}");
+        assert_eq!(echoed["stringValue"], "compiled");
+        assert_eq!(setup.delete_set("testing").await.0, 200);
+    }
+
+    let generation = setup.generation().await;
+    let refusals: [(Files<'_>, &str); 4] = [
+        (
+            &[(
+                "bad.proto",
+                b"syntax = \"proto3\";\nmessage M {\n  strin x = 1;\n}\n",
+            )],
+            "set `bad`: bad.proto:3:3: name 'strin' is not defined",
+        ),
+        (
+            &[(
+                "bad.proto",
+                b"syntax = \"proto3\";\nimport \"nowhere/x.proto\";\n",
+            )],
+            "set `bad`: bad.proto:2:1: import 'nowhere/x.proto' not found",
+        ),
+        (
+            &[(
+                "bad.proto",
+                b"syntax = \"proto3\";\nmessage M { int32 x = 1 }\n",
+            )],
+            "set `bad`: bad.proto:2:25:",
+        ),
+        (
+            &[("../escape.proto", b"")],
+            "set `bad`: ../escape.proto: is not a relative path",
+        ),
+    ];
+    for (files, message) in refusals {
+        let (status, body) = setup
+            .admin_send(
+                setup
+                    .gw
+                    .client
+                    .put(setup.admin(&format!("/admin/v1/descriptor-sets/bad?upstream={url}")))
+                    .header("content-type", "application/x-tar")
+                    .body(tar_of(files)),
+            )
+            .await;
+        assert_eq!(status, 400, "{message}: {body}");
+        common::assert_status(&body, Code::InvalidArgument, message);
+        assert!(
+            violations(&body).iter().any(|v| v.starts_with(message)),
+            "{body}"
+        );
+    }
+    let (status, body) = setup
+        .admin_send(
+            setup
+                .gw
+                .client
+                .put(setup.admin("/admin/v1/descriptor-sets/bad"))
+                .header("content-type", "text/plain")
+                .body("x"),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    common::assert_status(
+        &body,
+        Code::InvalidArgument,
+        "`text/plain` is not application/x-protobuf",
+    );
+    assert_eq!(setup.generation().await, generation);
+    setup.assert_old_routes_serve().await;
+}
+
 // === API versions ===
 
 #[tokio::test]

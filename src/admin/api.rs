@@ -30,7 +30,10 @@ use super::ApiSettings;
 use crate::{
     config::{self, AdminToken, UpstreamConfig},
     error::{self, Error},
-    registry::{check_name, ApplyError, Catalog, Change, Registry, UpstreamSetting},
+    registry::{
+        check_name, ApplyError, Catalog, Change, CompileError, LoadError, ProtoSources, Registry,
+        UpstreamSetting,
+    },
 };
 
 /// Largest JSON body of an upstream change.
@@ -133,7 +136,7 @@ async fn put_set(
 ) -> Reply {
     check_name(&name).map_err(|reason| invalid("name", reason))?;
     let upstream = upstream_param(query.as_deref())?;
-    let bytes = read_body(request.into_body(), api.settings.max_upload_bytes).await?;
+    let bytes = read_upload(&name, request, api.settings.max_upload_bytes).await?;
     let existed = api.registry.load().sets().iter().any(|s| s.name == name);
     let applied = api
         .registry
@@ -168,7 +171,7 @@ async fn validate_set(
     let name = query_param(query.as_deref(), "name").unwrap_or_else(|| "candidate".to_owned());
     check_name(&name).map_err(|reason| invalid("name", reason))?;
     let upstream = upstream_param(query.as_deref())?;
-    let bytes = read_body(request.into_body(), api.settings.max_upload_bytes).await?;
+    let bytes = read_upload(&name, request, api.settings.max_upload_bytes).await?;
     let current = api.registry.load();
     let change = Change::PutSet {
         name,
@@ -361,6 +364,75 @@ fn upstream_param(query: Option<&str>) -> Result<Option<String>, ApiError> {
     };
     config::validate_upstream(&upstream).map_err(|reason| invalid("upstream", reason))?;
     Ok(Some(url))
+}
+
+/// The uploaded set as a serialized `FileDescriptorSet`: the body itself,
+/// or `.proto` sources (tar, zip or multipart) compiled into one.
+async fn read_upload(name: &str, request: Request, limit: usize) -> Result<Bytes, ApiError> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let body = read_body(request.into_body(), limit).await?;
+    let sources = match essence.as_str() {
+        "" | "application/x-protobuf" | "application/octet-stream" => return Ok(body),
+        "application/x-tar" | "application/tar" => ProtoSources::from_tar(&body, limit),
+        "application/zip" | "application/x-zip-compressed" => ProtoSources::from_zip(&body, limit),
+        "multipart/form-data" => multipart_sources(&content_type, body, limit).await,
+        other => {
+            return Err(invalid(
+                "content-type",
+                format!("`{other}` is not application/x-protobuf, application/x-tar, application/zip or multipart/form-data"),
+            ))
+        }
+    };
+    let compiled = tokio::task::spawn_blocking(move || sources?.compile())
+        .await
+        .map_err(|_| ApiError(Error::Internal("the compiler stopped".into())))?;
+    compiled.map_err(|err| ApiError(Error::Rejected(LoadError::single(name, err.to_string()))))
+}
+
+/// Every part with a `.proto` file name; other parts are ignored.
+async fn multipart_sources(
+    content_type: &str,
+    body: Bytes,
+    limit: usize,
+) -> Result<ProtoSources, CompileError> {
+    let boundary = multer::parse_boundary(content_type).map_err(|err| multipart_error(&err))?;
+    let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) });
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    let mut sources = ProtoSources::new(limit);
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|err| multipart_error(&err))?
+    {
+        let Some(file_name) = field.file_name().map(str::to_owned) else {
+            continue;
+        };
+        if file_name.ends_with(".proto") {
+            let source = field.bytes().await.map_err(|err| multipart_error(&err))?;
+            sources.insert(&file_name, source.to_vec())?;
+        }
+    }
+    Ok(sources)
+}
+
+fn multipart_error(err: &multer::Error) -> CompileError {
+    CompileError {
+        file: None,
+        line: None,
+        column: None,
+        message: format!("not a readable multipart body: {err}"),
+    }
 }
 
 /// The whole body, or 413 past `limit`.

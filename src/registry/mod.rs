@@ -9,6 +9,7 @@
 
 mod builder;
 mod catalog;
+mod compile;
 mod reload;
 mod store;
 
@@ -18,6 +19,7 @@ use arc_swap::ArcSwap;
 pub use builder::{BuildOptions, CatalogBuilder, DescriptorSet, LoadError, LoadProblem};
 use bytes::Bytes;
 pub use catalog::{CallKind, Catalog, LoadedSet, MethodPlan, Route, RouteMatch, RouteTable};
+pub use compile::{CompileError, ProtoSources};
 use prost::Message as _;
 pub use reload::{reload_on_sighup, watch_dir};
 pub use store::{check_name, Store, StoredSet, UpstreamSetting};
