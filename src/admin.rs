@@ -11,6 +11,7 @@
 //! scrapes read nothing secret and must work without credentials.
 
 mod api;
+mod client;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -23,6 +24,7 @@ use axum::{
 use http::{header, HeaderValue, StatusCode};
 use serde_json::{json, Map, Value};
 
+pub use self::client::{AdminClient, ClientError};
 use crate::{
     config::{AdminConfig, AdminToken},
     observe::metrics::{self, Metrics},

@@ -900,6 +900,100 @@ async fn proto_sources_are_compiled_and_served_or_refused_with_positions() {
     setup.assert_old_routes_serve().await;
 }
 
+// === CLI ===
+
+/// Runs `protogate admin --admin-addr ADDR args...` off the runtime.
+async fn cli(setup: &Setup, token: &str, args: &[&str]) -> (bool, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_protogate"));
+    command
+        .args(["admin", "--admin-addr", &setup.gw.admin_addr.to_string()])
+        .args(args)
+        .env("PROTOGATE_ADMIN_TOKEN", token);
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_uploads_lists_routes_and_deletes() {
+    let setup = Setup::start(&[]).await;
+    let url = setup.backend.url();
+    let files = tempfile::tempdir().unwrap();
+    let set = files.path().join("testing.binpb");
+    std::fs::write(&set, testing_bytes()).unwrap();
+    let set = set.to_str().unwrap();
+
+    let (ok, stdout, stderr) = cli(
+        &setup,
+        TOKEN,
+        &["upload", set, "--name", "testing", "--upstream", &url],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("loaded `testing` (sha256:"), "{stdout}");
+    let (status, _) = setup.gw.post("/v1/echo", json!({})).await;
+    assert_eq!(status, 200);
+    let (ok, stdout, _) = cli(
+        &setup,
+        TOKEN,
+        &["upload", set, "--name", "testing", "--upstream", &url],
+    )
+    .await;
+    assert!(ok && stdout.starts_with("unchanged `testing`"), "{stdout}");
+
+    let (ok, stdout, _) = cli(&setup, TOKEN, &["list"]).await;
+    assert!(ok);
+    assert!(
+        stdout.lines().any(|l| l.starts_with("testing  sha256:")),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("acme.orders.v1 ") && l.ends_with("(config)")),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = cli(&setup, TOKEN, &["routes"]).await;
+    assert!(ok);
+    assert!(
+        stdout.contains(&format!(
+            "POST /v1/echo  -> protogate.testing.v1.TestService.Echo  @ {url}"
+        )),
+        "{stdout}"
+    );
+
+    // A .proto file is compiled; a refusal prints the gateway's message and exits non-zero.
+    let proto = files.path().join("bad.proto");
+    std::fs::write(&proto, "syntax = \"proto3\";\nmessage M { strin x = 1; }\n").unwrap();
+    let (ok, _, stderr) = cli(
+        &setup,
+        TOKEN,
+        &["upload", proto.to_str().unwrap(), "--name", "bad"],
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("400 refused: set `bad`: bad.proto:2:13: name 'strin' is not defined"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = cli(&setup, "wrong", &["list"]).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("401 missing or invalid admin token"),
+        "{stderr}"
+    );
+
+    let (ok, stdout, _) = cli(&setup, TOKEN, &["delete", "testing"]).await;
+    assert!(ok && stdout.starts_with("deleted `testing`"), "{stdout}");
+    let (status, _) = setup.gw.post("/v1/echo", json!({})).await;
+    assert_eq!(status, 404);
+}
+
 // === API versions ===
 
 #[tokio::test]
