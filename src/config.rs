@@ -547,6 +547,8 @@ mod tests {
             MetricsConfig::default().duration_buckets
         );
         assert_eq!(config.admin.listen, AdminConfig::default().listen);
+        assert_eq!(config.deprecations.len(), 1);
+        assert!(config.descriptors.watch);
     }
 
     #[test]
