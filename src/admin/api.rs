@@ -9,7 +9,11 @@
 //! malformed or invalid (with every problem as a `google.rpc.BadRequest`
 //! violation); 404 for unknown names; 413 over `admin.max_upload_bytes`.
 
-use std::{collections::HashSet, sync::Arc, time::SystemTime};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::SystemTime,
+};
 
 use axum::{
     body::Body,
@@ -32,7 +36,7 @@ use crate::{
     error::{self, Error},
     registry::{
         check_name, ApplyError, Catalog, Change, CompileError, LoadError, ProtoSources, Registry,
-        UpstreamSetting,
+        UpstreamSetting, DEFAULT_UPSTREAM_TIMEOUT,
     },
 };
 
@@ -286,9 +290,7 @@ async fn put_upstream(
     let upstream = UpstreamConfig {
         pattern: pattern.clone(),
         url: setting.url.clone(),
-        timeout: setting
-            .timeout
-            .unwrap_or(std::time::Duration::from_secs(30)),
+        timeout: setting.timeout.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
         ca_file: None,
     };
     config::validate_upstream(&upstream).map_err(|reason| invalid("upstream", reason))?;
@@ -359,7 +361,7 @@ fn upstream_param(query: Option<&str>) -> Result<Option<String>, ApiError> {
     let upstream = UpstreamConfig {
         pattern: "*".to_owned(),
         url: url.clone(),
-        timeout: std::time::Duration::from_secs(1),
+        timeout: DEFAULT_UPSTREAM_TIMEOUT,
         ca_file: None,
     };
     config::validate_upstream(&upstream).map_err(|reason| invalid("upstream", reason))?;
@@ -491,33 +493,35 @@ fn route_json(catalog: &Catalog, route: &crate::registry::Route) -> Value {
 
 /// Routes in `after` that are new, changed (other method or upstream), or gone.
 fn route_diff(before: &Catalog, after: &Catalog) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
-    let key = |catalog: &Catalog, route: &crate::registry::Route| {
-        let method = catalog.method(route);
-        (
-            method.descriptor.full_name().to_owned(),
-            method.upstream.as_ref().map(|u| u.url.clone()),
-        )
-    };
-    let find = |catalog: &Catalog, label: &str| {
+    // Route label → (method, upstream URL): what a client of the route sees change.
+    let index = |catalog: &Catalog| -> HashMap<Box<str>, (String, Option<String>)> {
         catalog
             .routes()
             .iter()
-            .find(|r| &*r.label == label)
-            .map(|r| key(catalog, r))
+            .map(|route| {
+                let method = catalog.method(route);
+                let upstream = method.upstream.as_ref().map(|u| u.url.clone());
+                let name = method.descriptor.full_name().to_owned();
+                (route.label.clone(), (name, upstream))
+            })
+            .collect()
     };
+    let (old, new) = (index(before), index(after));
     let mut added = Vec::new();
     let mut changed = Vec::new();
     for route in after.routes() {
-        match find(before, &route.label) {
+        match old.get(&route.label) {
             None => added.push(route_json(after, route)),
-            Some(old) if old != key(after, route) => changed.push(route_json(after, route)),
+            Some(was) if Some(was) != new.get(&route.label) => {
+                changed.push(route_json(after, route));
+            }
             Some(_) => {}
         }
     }
     let removed = before
         .routes()
         .iter()
-        .filter(|route| find(after, &route.label).is_none())
+        .filter(|route| !new.contains_key(&route.label))
         .map(|route| route_json(before, route))
         .collect();
     (added, changed, removed)

@@ -32,7 +32,7 @@ use crate::{
 };
 
 /// Per-call deadline of upstreams given without one through the admin API.
-const DEFAULT_UPSTREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub const DEFAULT_UPSTREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Owns the current catalog and the sources it was built from.
 #[derive(Debug)]

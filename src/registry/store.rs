@@ -58,10 +58,11 @@ struct SetSidecar {
 }
 
 /// Refuses names that could leave the directory or hide a file:
-/// 1 to 128 of `A-Z a-z 0-9 . _ -`, not starting with a dot.
+/// 1 to 128 of `A-Z a-z 0-9 . _ -`, not starting with a dot, no `..`.
 pub fn check_name(name: &str) -> Result<(), String> {
     let valid = (1..=128).contains(&name.len())
         && !name.starts_with('.')
+        && !name.contains("..")
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
@@ -69,7 +70,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "`{name}` is not a valid name: use 1 to 128 letters, digits, `.`, `_` or `-`, not starting with `.`"
+            "`{name}` is not a valid name: use 1 to 128 letters, digits, `.`, `_` or `-`, not starting with `.`, without `..`"
         ))
     }
 }
@@ -205,6 +206,7 @@ mod tests {
             "a\\b",
             ".hidden",
             "..",
+            "a..b",
             "a b",
             &"x".repeat(129),
         ] {
