@@ -5,8 +5,15 @@
 //! * `GET /healthz` -- 200 while the process serves
 //! * `GET /readyz` -- 200 when the catalog is loaded and every upstream is
 //!   healthy or within its grace period, else 503; the body lists each upstream
+//! * `/admin/v1/...` -- the admin API ([`api`]): descriptor sets, upstreams, routes
+//!
+//! Only the admin API requires the bearer token: probes and Prometheus
+//! scrapes read nothing secret and must work without credentials.
 
-use std::sync::Arc;
+mod api;
+mod client;
+
+use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
     extract::State,
@@ -17,9 +24,12 @@ use axum::{
 use http::{header, HeaderValue, StatusCode};
 use serde_json::{json, Map, Value};
 
+pub use self::client::{AdminClient, ClientError};
 use crate::{
+    config::{AdminConfig, AdminToken},
     observe::metrics::{self, Metrics},
     registry::Registry,
+    server::StartError,
     upstream::{HealthState, UpstreamHealth},
 };
 
@@ -29,11 +39,52 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
     pub metrics: Metrics,
     pub health: Arc<UpstreamHealth>,
+    pub api: ApiSettings,
+}
+
+/// How the admin API is protected and what it accepts, resolved at start.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// `None`: the admin API is open (only allowed on a loopback address).
+    pub token: Option<Arc<AdminToken>>,
+    pub max_upload_bytes: usize,
+}
+
+impl ApiSettings {
+    /// Reads the token (`admin.token`, else `admin.token_file`); refuses an
+    /// open admin API on a non-loopback address.
+    pub fn new(config: &AdminConfig) -> Result<Self, StartError> {
+        let token = match (&config.token, &config.token_file) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(path)) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| StartError::AdminToken {
+                        path: path.clone(),
+                        source,
+                    })?;
+                Some(AdminToken(text.trim().to_owned()))
+            }
+            (None, None) => None,
+        }
+        .filter(|token| !token.0.is_empty());
+        if token.is_none() && !is_loopback(config.listen) {
+            return Err(StartError::AdminUnprotected(config.listen));
+        }
+        Ok(Self {
+            token: token.map(Arc::new),
+            max_upload_bytes: config.max_upload_bytes,
+        })
+    }
+}
+
+fn is_loopback(addr: SocketAddr) -> bool {
+    addr.ip().is_loopback()
 }
 
 /// The admin router; add endpoints here.
 pub fn router(state: AdminState) -> Router {
     Router::new()
+        .merge(api::router(state.registry.clone(), state.api.clone()))
         .route(
             "/metrics",
             get(metrics::scrape).with_state((state.metrics.clone(), state.registry.clone())),

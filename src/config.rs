@@ -12,6 +12,7 @@ use std::{
 
 use serde::Deserialize;
 
+pub use crate::deprecation::DeprecationConfig;
 pub use crate::policy::config::{
     AuthConfig, CorsConfig, HeadersConfig, PolicyRule, ProviderConfig, QuotaConfig, QuotasConfig,
     RateLimitConfig,
@@ -46,14 +47,20 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub access_log: AccessLogConfig,
     pub health: HealthConfig,
+    /// Methods answered with `Deprecation`, `Sunset` and `Link` headers, on
+    /// top of those the protos mark `deprecated`; the first match wins.
+    pub deprecations: Vec<DeprecationConfig>,
 }
 
 /// Which descriptor sets to load at start.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DescriptorsConfig {
-    /// Every `*.binpb`, `*.pb` and `*.desc` file in this directory. Default: none.
+    /// Every `*.binpb`, `*.pb` and `*.desc` file in this directory; admin
+    /// uploads are persisted here. Default: none.
     pub dir: Option<PathBuf>,
+    /// Reload when a file in `dir` changes (SIGHUP always reloads). Default `true`.
+    pub watch: bool,
     /// Individual descriptor set files. Default: none.
     pub files: Vec<PathBuf>,
     /// Expose methods without a `google.api.http` annotation at
@@ -147,12 +154,32 @@ pub struct ResponseFilterConfig {
     pub omit: Vec<String>,
 }
 
-/// The admin listener: `/metrics`, `/healthz`, `/readyz`; never the data plane's layers.
+/// The admin listener: `/metrics`, `/healthz`, `/readyz` and the admin API
+/// (`/admin/v1/...`); never the data plane's layers.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Address of the admin listener. Default `127.0.0.1:9901`.
     pub listen: SocketAddr,
+    /// File holding the admin API's bearer token (the environment variable
+    /// `PROTOGATE_ADMIN_TOKEN` wins). Without a token the admin API is open,
+    /// which is refused unless `listen` is a loopback address. Default: none.
+    pub token_file: Option<PathBuf>,
+    /// Largest descriptor set or `.proto` archive accepted. Default 16 MiB.
+    pub max_upload_bytes: usize,
+    /// The token itself: from the environment, never from the file.
+    #[serde(skip)]
+    pub token: Option<AdminToken>,
+}
+
+/// A bearer token that never shows in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(pub String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
 }
 
 /// Prometheus metrics.
@@ -248,6 +275,18 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             access_log: AccessLogConfig::default(),
             health: HealthConfig::default(),
+            deprecations: Vec::new(),
+        }
+    }
+}
+
+impl Default for DescriptorsConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            watch: true,
+            files: Vec::new(),
+            expose_unannotated: false,
         }
     }
 }
@@ -256,6 +295,9 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            token_file: None,
+            max_upload_bytes: 16 << 20,
+            token: None,
         }
     }
 }
@@ -393,6 +435,12 @@ impl Config {
                 reason: "must be greater than 0".into(),
             });
         }
+        for (i, rule) in self.deprecations.iter().enumerate() {
+            crate::deprecation::validate(rule).map_err(|reason| ConfigError::Invalid {
+                key: format!("deprecations[{i}]"),
+                reason,
+            })?;
+        }
         crate::policy::config::validate(self)?;
         self.validate_observability()
     }
@@ -425,7 +473,7 @@ impl Config {
     }
 }
 
-fn validate_upstream(upstream: &UpstreamConfig) -> Result<(), String> {
+pub(crate) fn validate_upstream(upstream: &UpstreamConfig) -> Result<(), String> {
     let pattern = &upstream.pattern;
     let is_ident = |part: &str| {
         part.chars()
@@ -499,6 +547,8 @@ mod tests {
             MetricsConfig::default().duration_buckets
         );
         assert_eq!(config.admin.listen, AdminConfig::default().listen);
+        assert_eq!(config.deprecations.len(), 1);
+        assert!(config.descriptors.watch);
     }
 
     #[test]

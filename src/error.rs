@@ -23,7 +23,7 @@ use tonic::Code;
 use crate::{
     pb::google::rpc,
     policy::{AuthError, Decision},
-    registry::Catalog,
+    registry::{Catalog, LoadError},
 };
 
 const BAD_REQUEST_TYPE: &str = "type.googleapis.com/google.rpc.BadRequest";
@@ -74,6 +74,18 @@ pub enum Error {
     /// Over a quota; answered with `Retry-After`, `RateLimit-*` and a `google.rpc.RetryInfo`.
     #[error("rate limit exceeded: {} requests per {}s", .0.limit, crate::policy::ceil_secs(.0.window))]
     RateLimited(Decision),
+    /// A descriptor change the registry refused: 409 when a route collides
+    /// with another set's, else 400; every problem is a field violation.
+    #[error("refused: {}", .0.problems().iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Rejected(LoadError),
+    /// An admin resource (descriptor set, upstream) that does not exist.
+    #[error("{0}")]
+    NotFound(Box<str>),
+    #[error("{0}")]
+    FailedPrecondition(Box<str>),
+    /// The admin API's bearer token is missing or wrong.
+    #[error("missing or invalid admin token")]
+    AdminUnauthenticated,
 }
 
 /// Whose fault a failure was, for logs and metrics (pingora's `ErrorSource`).
@@ -111,6 +123,11 @@ impl Error {
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::RateLimited(_) => Code::ResourceExhausted,
+            Self::Rejected(err) if err.is_route_conflict() => Code::AlreadyExists,
+            Self::Rejected(_) => Code::InvalidArgument,
+            Self::NotFound(_) => Code::NotFound,
+            Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::AdminUnauthenticated => Code::Unauthenticated,
         }
     }
 
@@ -137,7 +154,11 @@ impl Error {
             | Self::PayloadTooLarge { .. }
             | Self::Unauthenticated(_)
             | Self::PermissionDenied(_)
-            | Self::RateLimited(_) => Fault::Client,
+            | Self::RateLimited(_)
+            | Self::Rejected(_)
+            | Self::NotFound(_)
+            | Self::FailedPrecondition(_)
+            | Self::AdminUnauthenticated => Fault::Client,
             Self::UpstreamUnavailable { .. }
             | Self::DeadlineExceeded { .. }
             | Self::ResponseTooLarge { .. }
@@ -169,6 +190,12 @@ impl Error {
                     .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
                 decision.write_headers(response.headers_mut());
             }
+            Self::AdminUnauthenticated => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer realm="protogate-admin""#),
+                );
+            }
             _ => {}
         }
         response.extensions_mut().insert(Arc::new(self));
@@ -195,6 +222,25 @@ impl Error {
                     details.push(json!({
                         "@type": BAD_REQUEST_TYPE,
                         "fieldViolations": [{ "field": field, "description": reason }],
+                    }));
+                    self.to_string()
+                }
+                Self::Rejected(err) => {
+                    let violations: Vec<Json> = err
+                        .problems()
+                        .iter()
+                        .map(|problem| {
+                            let field = problem
+                                .method
+                                .as_deref()
+                                .or(problem.set.as_deref())
+                                .unwrap_or_default();
+                            json!({ "field": field, "description": problem.to_string() })
+                        })
+                        .collect();
+                    details.push(json!({
+                        "@type": BAD_REQUEST_TYPE,
+                        "fieldViolations": violations,
                     }));
                     self.to_string()
                 }

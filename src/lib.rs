@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod deprecation;
 pub mod error;
 mod gateway;
 pub mod http_rule;

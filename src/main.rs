@@ -4,8 +4,11 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use protogate::{registry::DescriptorSet, Config, Server};
+use protogate::{admin::AdminClient, config::AdminToken, registry::DescriptorSet, Config, Server};
 use tokio::net::TcpListener;
+
+/// The admin API's bearer token, for `serve` and the `admin` commands.
+const ADMIN_TOKEN_ENV: &str = "PROTOGATE_ADMIN_TOKEN";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,6 +34,14 @@ enum Command {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
         admin_listen: SocketAddr,
     },
+    /// Talk to a running gateway's admin API (token from PROTOGATE_ADMIN_TOKEN).
+    Admin {
+        /// Address of the gateway's admin listener.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
+        admin_addr: SocketAddr,
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Validate descriptor sets and print the routes they would serve.
     Check {
         /// Binary FileDescriptorSet files (with imports included).
@@ -40,6 +51,27 @@ enum Command {
         #[arg(long)]
         expose_unannotated: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Register or replace a set: a descriptor set (.binpb/.pb/.desc), a .proto
+    /// file, or a .tar/.zip of .proto files.
+    Upload {
+        file: PathBuf,
+        /// The set's name (letters, digits, `.`, `_`, `-`).
+        #[arg(long)]
+        name: String,
+        /// Serve the packages the set brings from this gRPC server.
+        #[arg(long, value_name = "URL")]
+        upstream: Option<String>,
+    },
+    /// List the loaded descriptor sets.
+    List,
+    /// Print every route with its method and upstream.
+    Routes,
+    /// Remove a set and its routes.
+    Delete { name: String },
 }
 
 /// Flags override the config file, so a gateway can run from flags alone.
@@ -106,10 +138,80 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Demo {
             listen,
             admin_listen,
-        } => protogate::demo::run(listen, admin_listen, shutdown_signal()).await?,
+        } => {
+            let token = std::env::var(ADMIN_TOKEN_ENV).ok().map(AdminToken);
+            protogate::demo::run(listen, admin_listen, token, shutdown_signal()).await?;
+        }
+        Command::Admin {
+            admin_addr,
+            command,
+        } => return admin(admin_addr, command).await,
         Command::Check { .. } => unreachable!("check runs without a runtime"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn admin(addr: SocketAddr, command: AdminCommand) -> anyhow::Result<ExitCode> {
+    let client = AdminClient::new(addr, std::env::var(ADMIN_TOKEN_ENV).ok());
+    let result = match command {
+        AdminCommand::Upload {
+            file,
+            name,
+            upstream,
+        } => client
+            .upload(&file, &name, upstream.as_deref())
+            .await
+            .map(|set| {
+                let verb = if set["changed"] == true {
+                    "loaded"
+                } else {
+                    "unchanged"
+                };
+                println!(
+                    "{verb} `{}` ({}, {} routes), generation {}",
+                    set["name"].as_str().unwrap_or_default(),
+                    set["digest"].as_str().unwrap_or_default(),
+                    set["routeCount"],
+                    set["generation"]
+                );
+            }),
+        AdminCommand::List => client.list().await.map(|list| {
+            for set in list["descriptorSets"].as_array().into_iter().flatten() {
+                println!(
+                    "{}  {}  {} routes  loaded {}{}",
+                    set["name"].as_str().unwrap_or_default(),
+                    set["digest"].as_str().unwrap_or_default(),
+                    set["routeCount"],
+                    set["loadedAt"].as_str().unwrap_or_default(),
+                    if set["managed"] == true {
+                        ""
+                    } else {
+                        "  (config)"
+                    },
+                );
+            }
+        }),
+        AdminCommand::Routes => client.routes().await.map(|routes| {
+            for route in routes["routes"].as_array().into_iter().flatten() {
+                println!(
+                    "{}  -> {}  @ {}",
+                    route["route"].as_str().unwrap_or_default(),
+                    route["rpc"].as_str().unwrap_or_default(),
+                    route["upstream"]["url"].as_str().unwrap_or("-"),
+                );
+            }
+        }),
+        AdminCommand::Delete { name } => client.delete(&name).await.map(|deleted| {
+            println!("deleted `{name}`, generation {}", deleted["generation"]);
+        }),
+    };
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(err) => {
+            eprintln!("error: {err}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
@@ -127,6 +229,9 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
         config.descriptors.dir = Some(dir);
     }
     config.descriptors.files.extend(args.descriptor_sets);
+    if let Ok(token) = std::env::var(ADMIN_TOKEN_ENV) {
+        config.admin.token = Some(AdminToken(token));
+    }
     for spec in &args.upstreams {
         config.override_upstream(spec)?;
     }

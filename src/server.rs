@@ -32,7 +32,7 @@ use crate::{
         trace_context, RequestContext,
     },
     policy::{self, LocalLimiter, Policies, SetupError},
-    registry::{BuildOptions, CatalogBuilder, DescriptorSet, LoadError, Registry, RouteMatch},
+    registry::{self, BuildContext, DescriptorSet, LoadError, Registry, RouteMatch},
     router::Lookup,
     transcode::TranscodeOptions,
     upstream::{UpstreamError, UpstreamHealth, Upstreams},
@@ -56,6 +56,13 @@ pub enum StartError {
     Policy(#[from] SetupError),
     #[error(transparent)]
     AccessLog(#[from] AccessLogError),
+    #[error("cannot read the admin token from {path}: {source}")]
+    AdminToken {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the admin listener {0} is not a loopback address: set PROTOGATE_ADMIN_TOKEN or admin.token_file")]
+    AdminUnprotected(SocketAddr),
 }
 
 /// A gateway ready to serve: its catalog is built and its channels exist.
@@ -69,6 +76,8 @@ pub struct Server {
     health_config: HealthConfig,
     admin_listen: SocketAddr,
     admin_listener: Option<TcpListener>,
+    admin_api: admin::ApiSettings,
+    watch_descriptors: bool,
 }
 
 impl Server {
@@ -78,15 +87,8 @@ impl Server {
         config.validate()?;
         let upstreams =
             Upstreams::new(&config.upstreams, config.limits.max_response_message_bytes)?;
+        let admin_api = admin::ApiSettings::new(&config.admin)?;
         let mut sets = Vec::new();
-        if let Some(dir) = &config.descriptors.dir {
-            sets.extend(DescriptorSet::read_dir(dir).map_err(|source| {
-                StartError::Descriptors {
-                    path: dir.clone(),
-                    source,
-                }
-            })?);
-        }
         for path in &config.descriptors.files {
             sets.push(DescriptorSet::from_file(path).map_err(|source| {
                 StartError::Descriptors {
@@ -97,10 +99,25 @@ impl Server {
         }
         sets.extend(extra);
         let policies = Policies::new(config)?;
-        let catalog = CatalogBuilder::new(BuildOptions::from_config(config), &upstreams)
-            .policies(&policies.rules)
-            .add_sets(sets)
-            .build(1)?;
+        let context = BuildContext::new(config, policies.rules.clone(), sets);
+        let (stored, stored_upstreams) = match &context.store {
+            Some(store) => store
+                .read_sets()
+                .and_then(|sets| Ok((sets, store.read_upstreams()?)))
+                .map_err(|source| StartError::Descriptors {
+                    path: store.dir().to_owned(),
+                    source,
+                })?,
+            None => Default::default(),
+        };
+        let health = Arc::new(UpstreamHealth::new(&upstreams, &config.health));
+        let registry = Arc::new(Registry::start(
+            context,
+            upstreams,
+            stored,
+            stored_upstreams,
+        )?);
+        let catalog = registry.load();
         if policies.auth.is_none()
             && catalog
                 .routes()
@@ -109,7 +126,6 @@ impl Server {
         {
             tracing::warn!("some methods require roles or scopes, but `auth` is not configured: nothing is enforced");
         }
-        let registry = Arc::new(Registry::new(catalog));
         let gateway = Arc::new(Gateway {
             options: TranscodeOptions::new(config),
             max_request_body: config.limits.max_request_body_bytes,
@@ -137,7 +153,6 @@ impl Server {
                 get(metrics::scrape).with_state((metrics.clone(), registry.clone())),
             );
         }
-        let health = Arc::new(UpstreamHealth::new(&upstreams, &config.health));
         Ok(Self {
             registry,
             router,
@@ -147,6 +162,8 @@ impl Server {
             health_config: config.health.clone(),
             admin_listen: config.admin.listen,
             admin_listener: None,
+            admin_api,
+            watch_descriptors: config.descriptors.watch,
         })
     }
 
@@ -177,6 +194,7 @@ impl Server {
             registry: self.registry.clone(),
             metrics: self.metrics.clone(),
             health: self.health.clone(),
+            api: self.admin_api.clone(),
         })
     }
 
@@ -203,6 +221,11 @@ impl Server {
                 upkept.run_upkeep();
             }
         });
+        // Reloads through the same path as an upload: directory changes and SIGHUP.
+        if self.watch_descriptors {
+            background.spawn(registry::watch_dir(self.registry.clone()));
+        }
+        background.spawn(registry::reload_on_sighup(self.registry.clone()));
         let (stop, stopped) = watch::channel(false);
         let admin = self.admin_listener.take().map(|listener| {
             let router = self.admin_router();
@@ -361,12 +384,17 @@ async fn route(
             if let Some(context) = RequestContext::of(&request) {
                 context.set_route(&catalog, route);
             }
+            let deprecation = catalog.method(catalog.route(route)).deprecation.clone();
             request.extensions_mut().insert(RouteMatch {
                 catalog,
                 route,
                 captures,
             });
-            next.run(request).await
+            let mut response = next.run(request).await;
+            if let Some(deprecation) = deprecation {
+                deprecation.write(response.headers_mut());
+            }
+            response
         }
         Lookup::MethodNotAllowed { allow } => {
             let allow = allow

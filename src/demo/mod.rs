@@ -39,6 +39,7 @@ use crate::pb::{
     },
 };
 use crate::{
+    config::{AdminToken, DeprecationConfig},
     registry::{DescriptorSet, RouteTable},
     Config,
 };
@@ -47,14 +48,31 @@ use crate::{
 #[must_use]
 pub fn example_routes() -> Routes {
     let store = Arc::new(store::Store::seeded());
-    let orders_v1 = orders_v1::OrdersV1::new(Arc::clone(&store));
     let orders_v2 = orders_v2::OrdersV2::new(Arc::clone(&store));
-    // grpc.health.v1 reports the server as a whole (service "") as SERVING.
-    let (_, health) = tonic_health::server::health_reporter();
+    v1_and_users(store).add_service(OrdersV2Server::new(orders_v2))
+}
+
+/// The example services split by API version over one store, as two
+/// backends would run them: (orders v1 and users, orders v2).
+#[must_use]
+pub fn example_routes_by_version() -> (Routes, Routes) {
+    let store = Arc::new(store::Store::seeded());
+    let orders_v2 = orders_v2::OrdersV2::new(Arc::clone(&store));
+    let v2 = Routes::new(OrdersV2Server::new(orders_v2)).add_service(health_service());
+    (v1_and_users(store), v2)
+}
+
+fn v1_and_users(store: Arc<store::Store>) -> Routes {
+    let orders_v1 = orders_v1::OrdersV1::new(Arc::clone(&store));
     Routes::new(OrdersV1Server::new(orders_v1))
-        .add_service(OrdersV2Server::new(orders_v2))
         .add_service(UserServiceServer::new(users::Users::new(store)))
-        .add_service(health)
+        .add_service(health_service())
+}
+
+/// grpc.health.v1, reporting the server as a whole (service "") as SERVING.
+fn health_service(
+) -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health> {
+    tonic_health::server::health_reporter().1
 }
 
 /// Serves the example services on `listener` until `shutdown` resolves.
@@ -66,8 +84,16 @@ pub async fn serve_examples(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    serve_routes(listener, example_routes(), shutdown).await
+}
+
+async fn serve_routes(
+    listener: TcpListener,
+    routes: Routes,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
     Server::builder()
-        .add_routes(example_routes())
+        .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }
@@ -97,29 +123,40 @@ pub fn descriptor_sets() -> Vec<DescriptorSet> {
         .collect()
 }
 
-/// `protogate demo`: the example services on an ephemeral loopback port and
-/// the gateway in front of them on `listen` (admin on `admin_listen`), until
-/// `shutdown` resolves.
+/// `protogate demo`: the example services on two ephemeral loopback ports
+/// (orders v1 and users on one, orders v2 on the other, v1 deprecated) and
+/// the gateway in front of them on `listen` (admin on `admin_listen`, its
+/// API protected by `admin_token` if given), until `shutdown` resolves.
 pub async fn run(
     listen: SocketAddr,
     admin_listen: SocketAddr,
+    admin_token: Option<AdminToken>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DemoError> {
-    let backend = TcpListener::bind("127.0.0.1:0").await?;
-    let backend_url = format!("http://{}", backend.local_addr()?);
-    let (stop_backend, backend_stopped) = tokio::sync::oneshot::channel::<()>();
-    let backend_task = tokio::spawn(serve_examples(backend, async {
-        let _ = backend_stopped.await;
-    }));
+    let (v1_routes, v2_routes) = example_routes_by_version();
+    let v1_backend = TcpListener::bind("127.0.0.1:0").await?;
+    let v2_backend = TcpListener::bind("127.0.0.1:0").await?;
+    let backend_url = format!("http://{}", v1_backend.local_addr()?);
+    let v2_url = format!("http://{}", v2_backend.local_addr()?);
+    let (stop_backend, backend_stopped) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut stopped = backend_stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    };
+    let backend_task = tokio::spawn(serve_routes(v1_backend, v1_routes, stopped()));
+    let v2_task = tokio::spawn(serve_routes(v2_backend, v2_routes, stopped()));
 
-    let (mut config, tokens) = demo_config(listen, &backend_url)?;
+    let (mut config, tokens) = demo_config(listen, &backend_url, &v2_url)?;
     config.admin.listen = admin_listen;
+    config.admin.token = admin_token;
     let server = crate::Server::new(&config, descriptor_sets())?;
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let admin = TcpListener::bind(admin_listen).await?;
     let admin_addr = admin.local_addr()?;
-    println!("protogate demo: example services on {backend_url}, gateway on http://{addr}\n");
+    println!("protogate demo: orders v1 and users on {backend_url}, orders v2 on {v2_url}, gateway on http://{addr}\n");
     println!("{}", RouteTable(&server.registry().load()));
     println!("GET /v1/orders is public, DELETE /v1/orders/{{id}} needs the admin role, the rest a token (valid 24h):\n");
     println!("export PROTOGATE_DEMO_TOKEN={}", tokens.user_token);
@@ -133,10 +170,11 @@ pub async fn run(
         .with_admin_listener(admin)
         .serve(listener, shutdown)
         .await?;
-    let _ = stop_backend.send(());
-    backend_task
-        .await
-        .map_err(|err| DemoError::Io(std::io::Error::other(err)))??;
+    let _ = stop_backend.send(true);
+    for task in [backend_task, v2_task] {
+        task.await
+            .map_err(|err| DemoError::Io(std::io::Error::other(err)))??;
+    }
     Ok(())
 }
 
@@ -144,6 +182,7 @@ pub async fn run(
 fn demo_config(
     listen: SocketAddr,
     backend_url: &str,
+    v2_url: &str,
 ) -> Result<(Config, auth::DemoAuth), DemoError> {
     let mut demo = auth::generate().map_err(DemoError::Keys)?;
     let mut config = Config {
@@ -153,9 +192,19 @@ fn demo_config(
         rate_limit: Some(demo.rate_limit.clone()),
         ..Config::default()
     };
-    for package in ["acme.orders.v1", "acme.orders.v2", "acme.users.v1"] {
+    for package in ["acme.orders.v1", "acme.users.v1"] {
         config.override_upstream(&format!("{package}={backend_url}"))?;
     }
+    config.override_upstream(&format!("acme.orders.v2={v2_url}"))?;
+    config.deprecations.push(DeprecationConfig {
+        methods: "acme.orders.v1".to_owned(),
+        since: Some("2026-01-01".to_owned()),
+        sunset: Some("2027-06-30".to_owned()),
+        link: Some(
+            "https://github.com/acme/protogate/blob/main/protos/acme/orders/v2/orders.proto"
+                .to_owned(),
+        ),
+    });
     config.validate()?;
     Ok((config, demo))
 }
@@ -424,25 +473,58 @@ mod tests {
     async fn demo_gateway_enforces_the_tour_policies() {
         use tower::ServiceExt as _;
 
-        let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", backend.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(serve_examples(backend, async {
-            stopped.await.ok();
-        }));
-        let (config, tokens) = demo_config(SocketAddr::from(([127, 0, 0, 1], 0)), &url).unwrap();
-        let router = crate::Server::new(&config, descriptor_sets())
-            .unwrap()
-            .router();
-        let status = |method: &str, path: &str, token: Option<&str>| {
+        let (v1_routes, v2_routes) = example_routes_by_version();
+        let mut urls = Vec::new();
+        let mut stops = Vec::new();
+        for routes in [v1_routes, v2_routes] {
+            let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            urls.push(format!("http://{}", backend.local_addr().unwrap()));
+            let (stop, stopped) = oneshot::channel::<()>();
+            stops.push(stop);
+            tokio::spawn(serve_routes(backend, routes, async {
+                stopped.await.ok();
+            }));
+        }
+        let (config, tokens) =
+            demo_config(SocketAddr::from(([127, 0, 0, 1], 0)), &urls[0], &urls[1]).unwrap();
+        let server = crate::Server::new(&config, descriptor_sets()).unwrap();
+        let router = server.router();
+        let send = |method: &str, path: &str, token: Option<&str>| {
             let mut request = http::Request::builder().method(method).uri(path);
             if let Some(token) = token {
                 request = request.header("authorization", format!("Bearer {token}"));
             }
             let request = request.body(axum::body::Body::empty()).unwrap();
             let router = router.clone();
-            async move { router.oneshot(request).await.unwrap().status().as_u16() }
+            async move { router.oneshot(request).await.unwrap() }
         };
+        let status = |method: &str, path: &str, token: Option<&str>| {
+            let response = send(method, path, token);
+            async move { response.await.status().as_u16() }
+        };
+
+        // v1 and v2 on their own upstreams; v1 deprecated in favour of v2.
+        let catalog = server.registry().load();
+        let upstream_of = |prefix: &str| {
+            let route = catalog
+                .routes()
+                .iter()
+                .find(|r| r.label.starts_with(prefix))
+                .unwrap();
+            catalog.method(route).upstream.as_ref().unwrap().url.clone()
+        };
+        assert_eq!(upstream_of("GET /v1/orders/"), urls[0]);
+        assert_eq!(upstream_of("GET /v2/orders/"), urls[1]);
+        let v1 = send("GET", "/v1/orders/o-1", Some(&tokens.user_token)).await;
+        assert_eq!(v1.headers()["deprecation"], "@1767225600");
+        assert_eq!(v1.headers()["sunset"], "Wed, 30 Jun 2027 00:00:00 GMT");
+        assert!(v1.headers()["link"]
+            .to_str()
+            .unwrap()
+            .ends_with(r#"v2/orders.proto>; rel="successor-version""#));
+        let v2 = send("GET", "/v2/orders/o-1", Some(&tokens.user_token)).await;
+        assert!(v2.headers().get("deprecation").is_none());
+
         assert_eq!(status("GET", "/v1/orders", None).await, 200);
         assert_eq!(status("GET", "/v1/orders/o-1", None).await, 401);
         assert_eq!(
@@ -461,7 +543,14 @@ mod tests {
             status("DELETE", "/v1/orders/o-4", Some(&tokens.admin_token)).await,
             200
         );
-        stop.send(()).unwrap();
+        // One store behind both versions: o-4 is gone through v2 too.
+        assert_eq!(
+            status("GET", "/v2/orders/o-4", Some(&tokens.user_token)).await,
+            404
+        );
+        for stop in stops {
+            stop.send(()).unwrap();
+        }
     }
 
     #[tokio::test]

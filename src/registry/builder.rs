@@ -14,6 +14,7 @@ use sha2::{Digest as _, Sha256};
 use super::catalog::{CallKind, Catalog, LoadedSet, MethodPlan, Route};
 use crate::{
     config::Config,
+    deprecation::DeprecationRules,
     http_rule::{self, ResolvedBinding},
     policy::PolicyRules,
     router::{RouteId, RouterBuilder},
@@ -44,6 +45,8 @@ pub struct BuildOptions {
     pub require_upstreams: bool,
     /// Response paths to omit, per method glob (`filters.responses`).
     pub omit: Vec<OmitRule>,
+    /// Configured deprecations (`deprecations`), over the proto's `deprecated`.
+    pub deprecations: DeprecationRules,
 }
 
 /// Configured response paths to omit from the methods a glob matches.
@@ -71,6 +74,7 @@ impl BuildOptions {
                     })
                 })
                 .collect(),
+            deprecations: DeprecationRules::new(&config.deprecations),
         }
     }
 
@@ -132,6 +136,9 @@ pub struct LoadProblem {
     pub set: Option<String>,
     pub method: Option<String>,
     pub reason: String,
+    /// A route of this set collides with one another set serves: the admin
+    /// API answers 409 for it, 400 for every other problem.
+    pub conflicts_with_set: Option<String>,
 }
 
 // === impl DescriptorSet ===
@@ -155,7 +162,12 @@ impl DescriptorSet {
         let mut paths: Vec<_> = std::fs::read_dir(dir)?
             .filter_map(|entry| entry.ok().map(|e| e.path()))
             .filter(|path| {
-                path.is_file()
+                // Dot-files are temp files of unfinished writes (see `Store`).
+                let hidden = path
+                    .file_name()
+                    .is_some_and(|name| name.to_string_lossy().starts_with('.'));
+                !hidden
+                    && path.is_file()
                     && path
                         .extension()
                         .and_then(|e| e.to_str())
@@ -203,6 +215,7 @@ impl<'a> CatalogBuilder<'a> {
                 set: Some(set.name.clone()),
                 method: None,
                 reason,
+                conflicts_with_set: None,
             };
             let files = match prost_types::FileDescriptorSet::decode(set.bytes.as_ref()) {
                 Ok(files) => files,
@@ -243,6 +256,10 @@ impl<'a> CatalogBuilder<'a> {
                 digest: hex::encode(Sha256::digest(&set.bytes)),
                 size: set.bytes.len(),
                 services: set_services,
+                bytes: set.bytes.clone(),
+                loaded_at: std::time::SystemTime::now(),
+                upstream: None,
+                managed: false,
             });
         }
         let services: Vec<(String, ServiceDescriptor)> = services
@@ -254,6 +271,8 @@ impl<'a> CatalogBuilder<'a> {
         let mut omit_usage = OmitUsage::default();
         let mut methods = Vec::new();
         let mut routes: Vec<Route> = Vec::new();
+        // The set each route came from, to tell a clash between sets.
+        let mut route_sets: Vec<String> = Vec::new();
         let mut router = RouterBuilder::default();
         let no_rules = PolicyRules::default();
         let rules = self.policies.unwrap_or(&no_rules);
@@ -265,6 +284,7 @@ impl<'a> CatalogBuilder<'a> {
                     set: Some(set.clone()),
                     method: None,
                     reason: format!("service `{}` has no upstream", service.full_name()),
+                    conflicts_with_set: None,
                 });
             }
             for method in service.methods() {
@@ -272,6 +292,7 @@ impl<'a> CatalogBuilder<'a> {
                     set: Some(set.clone()),
                     method: Some(method.full_name().to_owned()),
                     reason,
+                    conflicts_with_set: None,
                 };
                 let bindings = match self.method_bindings(&method) {
                     Ok(bindings) => bindings,
@@ -308,13 +329,22 @@ impl<'a> CatalogBuilder<'a> {
                     let id = RouteId::try_from(routes.len()).unwrap_or(RouteId::MAX);
                     if let Err(existing) = router.insert(binding.method.clone(), &template, id) {
                         let other = &routes[existing as usize];
-                        problems.push(problem(format!(
-                            "route `{label}` conflicts with `{}` of {}",
+                        let other_set = &route_sets[existing as usize];
+                        let other_set = (other_set != set).then(|| other_set.clone());
+                        let mut conflict = problem(format!(
+                            "route `{label}` conflicts with `{}` of {}{}",
                             other.label,
                             methods_name(&methods, other.method, &method),
-                        )));
+                            other_set
+                                .as_ref()
+                                .map(|s| format!(" in set `{s}`"))
+                                .unwrap_or_default(),
+                        ));
+                        conflict.conflicts_with_set = other_set;
+                        problems.push(conflict);
                         continue;
                     }
+                    route_sets.push(set.clone());
                     routes.push(Route {
                         method: method_index,
                         http_method: binding.method,
@@ -331,6 +361,7 @@ impl<'a> CatalogBuilder<'a> {
                     rules: field_rules.for_method(&method),
                     omit,
                     policy,
+                    deprecation: self.options.deprecations.resolve(&method),
                     descriptor: method,
                 });
             }
@@ -343,6 +374,7 @@ impl<'a> CatalogBuilder<'a> {
                     "policies[{i}]: `{}` matches no served method",
                     rules.pattern(i)
                 ),
+                conflicts_with_set: None,
             });
         }
 
@@ -396,6 +428,7 @@ impl<'a> CatalogBuilder<'a> {
                 self.options.omit[*rule].paths[*index],
                 self.options.omit[*rule].methods.glob(),
             ),
+            conflicts_with_set: None,
         }).collect::<Vec<_>>().into_iter()
     }
 
@@ -447,6 +480,35 @@ fn call_kind(method: &MethodDescriptor) -> CallKind {
 impl LoadError {
     pub fn problems(&self) -> &[LoadProblem] {
         &self.problems
+    }
+
+    /// A single problem outside any method (e.g. a set that cannot be read).
+    pub fn single(set: &str, reason: String) -> Self {
+        Self {
+            problems: Box::new([LoadProblem {
+                set: Some(set.to_owned()),
+                method: None,
+                reason,
+                conflicts_with_set: None,
+            }]),
+        }
+    }
+
+    /// A single problem that belongs to no set (e.g. an upstream setting).
+    pub fn general(reason: String) -> Self {
+        Self {
+            problems: Box::new([LoadProblem {
+                set: None,
+                method: None,
+                reason,
+                conflicts_with_set: None,
+            }]),
+        }
+    }
+
+    /// Whether a route collides with one served by another set.
+    pub fn is_route_conflict(&self) -> bool {
+        self.problems.iter().any(|p| p.conflicts_with_set.is_some())
     }
 }
 

@@ -2,12 +2,14 @@
 //! sets, method plans, routes and the router. Built only by
 //! [`CatalogBuilder`](super::CatalogBuilder), never mutated, shared by `Arc`.
 
-use std::{fmt, sync::Arc};
+use std::{fmt, sync::Arc, time::SystemTime};
 
+use bytes::Bytes;
 use http::{uri::PathAndQuery, Method};
 use prost_reflect::{DescriptorPool, MethodDescriptor};
 
 use crate::{
+    deprecation::Deprecation,
     http_rule::{template::PathTemplate, BindingPlan},
     policy::RoutePolicy,
     router::{Capture, Lookup, RouteId, Router},
@@ -37,6 +39,14 @@ pub struct LoadedSet {
     pub size: usize,
     /// Fully-qualified names of the services the set brought.
     pub services: Vec<String>,
+    /// The set itself, as the admin API hands it back.
+    pub bytes: Bytes,
+    /// When these bytes were first loaded (kept across reloads).
+    pub loaded_at: SystemTime,
+    /// The upstream uploaded with the set, for the packages it brings.
+    pub upstream: Option<String>,
+    /// Whether the admin API manages it (it lives in the descriptor directory).
+    pub managed: bool,
 }
 
 /// How a method exchanges messages.
@@ -63,6 +73,8 @@ pub struct MethodPlan {
     pub omit: Option<MaskTree>,
     /// Who may call it and how often: the same for every binding.
     pub policy: RoutePolicy,
+    /// The headers it answers with when deprecated.
+    pub deprecation: Option<Deprecation>,
 }
 
 /// One REST binding of a method.

@@ -1,33 +1,161 @@
 //! Descriptor sets → [`Catalog`], and the one place a catalog is swapped.
 //!
-//! Start-up (and, later, admin uploads and reloads) build a candidate catalog
-//! with [`CatalogBuilder`], which validates everything; only a valid catalog
-//! is swapped in, and a request keeps the `Arc<Catalog>` it started with.
+//! Start-up, admin uploads and deletes, upstream changes, the descriptor
+//! directory watcher and SIGHUP all go through [`Registry::apply`]: the
+//! change is laid over the current sources, a candidate catalog is built off
+//! the runtime with the same [`BuildContext`] as at start, and only a valid
+//! one is persisted and swapped in. Requests in flight keep the
+//! `Arc<Catalog>` they started with.
 
 mod builder;
 mod catalog;
+mod compile;
+mod reload;
+mod store;
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
 use arc_swap::ArcSwap;
 pub use builder::{BuildOptions, CatalogBuilder, DescriptorSet, LoadError, LoadProblem};
+use bytes::Bytes;
 pub use catalog::{CallKind, Catalog, LoadedSet, MethodPlan, Route, RouteMatch, RouteTable};
-use tokio::sync::watch;
+pub use compile::{CompileError, ProtoSources};
+use prost::Message as _;
+pub use reload::{reload_on_sighup, watch_dir};
+pub use store::{check_name, Store, StoredSet, UpstreamSetting};
+use tokio::sync::{watch, Mutex};
 
-/// Owns the current catalog.
+use crate::{
+    config::{self, Config, UpstreamConfig},
+    policy::PolicyRules,
+    upstream::Upstreams,
+};
+
+/// Per-call deadline of upstreams given without one through the admin API.
+pub const DEFAULT_UPSTREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Owns the current catalog and the sources it was built from.
 #[derive(Debug)]
 pub struct Registry {
     current: ArcSwap<Catalog>,
     changed: watch::Sender<u64>,
+    context: Arc<BuildContext>,
+    /// Serializes changes; held across a build, never on the request path.
+    sources: Mutex<Sources>,
 }
 
+/// What every build uses besides the managed sets, fixed at start so that a
+/// rebuild accepts and serves exactly what start-up did.
+#[derive(Debug)]
+pub struct BuildContext {
+    pub options: BuildOptions,
+    /// The config's policy rules: without them a rebuild would drop auth.
+    pub policies: PolicyRules,
+    /// The configured upstreams; admin-managed and per-set ones are laid over them.
+    pub upstreams: Vec<UpstreamConfig>,
+    pub max_response_bytes: usize,
+    /// Sets from the config's `files` and the embedding program: served, not managed.
+    pub fixed: Vec<DescriptorSet>,
+    /// The descriptor directory; without one, admin changes last until restart.
+    pub store: Option<Store>,
+    pub started_at: SystemTime,
+}
+
+/// One change to what is served.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Re-read the descriptor directory (file watch, SIGHUP).
+    Reload,
+    /// Add or replace a managed set; `upstream` serves the packages it brings.
+    PutSet {
+        name: String,
+        bytes: Bytes,
+        upstream: Option<String>,
+    },
+    DeleteSet(String),
+    PutUpstream {
+        pattern: String,
+        setting: UpstreamSetting,
+    },
+    DeleteUpstream(String),
+}
+
+/// The result of a change.
+#[derive(Debug)]
+pub struct Applied {
+    /// The catalog now served (or, for a dry run, the one that would be).
+    pub catalog: Arc<Catalog>,
+    /// False when the change left the sources as they were: nothing was swapped.
+    pub changed: bool,
+}
+
+/// Why a change was refused; the current catalog keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("{0}")]
+    InvalidName(String),
+    #[error("descriptor set `{0}` is not loaded")]
+    UnknownSet(String),
+    #[error("descriptor set `{0}` comes from the configuration and cannot be changed through the admin API")]
+    FixedSet(String),
+    #[error("upstream `{0}` is not managed through the admin API")]
+    UnknownUpstream(String),
+    #[error("cannot read or write the descriptor directory: {0}")]
+    Store(#[from] std::io::Error),
+    #[error("the catalog build was interrupted")]
+    Interrupted,
+}
+
+/// The managed sources: the part of what is served that changes at run time.
+#[derive(Debug, Clone, Default)]
+struct Sources {
+    sets: BTreeMap<String, ManagedSet>,
+    upstreams: BTreeMap<String, UpstreamSetting>,
+    live: Arc<Upstreams>,
+}
+
+#[derive(Debug, Clone)]
+struct ManagedSet {
+    bytes: Bytes,
+    upstream: Option<String>,
+    /// Packages with services, which `upstream` serves; decoded once.
+    packages: Vec<String>,
+    loaded_at: SystemTime,
+}
+
+// === impl Registry ===
+
 impl Registry {
-    pub fn new(catalog: Catalog) -> Self {
+    /// Builds the first catalog (generation 1) from the fixed sets and what
+    /// was read from the store. Must run inside a tokio runtime.
+    pub fn start(
+        context: BuildContext,
+        upstreams: Upstreams,
+        stored: Vec<StoredSet>,
+        stored_upstreams: BTreeMap<String, UpstreamSetting>,
+    ) -> Result<Self, LoadError> {
+        let context = Arc::new(context);
+        let mut sources = Sources {
+            sets: BTreeMap::new(),
+            upstreams: stored_upstreams,
+            live: Arc::new(upstreams),
+        };
+        for stored in stored {
+            let set = ManagedSet::new(stored.set.bytes, stored.upstream, context.started_at);
+            sources.sets.insert(stored.set.name, set);
+        }
+        let live = context.upstreams_for(&sources)?;
+        sources.live = Arc::new(live);
+        let catalog = context.build(&sources, 1)?;
         let (changed, _) = watch::channel(catalog.generation());
-        Self {
+        Ok(Self {
             current: ArcSwap::from_pointee(catalog),
             changed,
-        }
+            context,
+            sources: Mutex::new(sources),
+        })
     }
 
     /// The current catalog; keep the `Arc` for the whole request.
@@ -35,16 +163,269 @@ impl Registry {
         self.current.load_full()
     }
 
-    /// Swaps in a validated catalog; requests in flight keep the old one.
-    pub fn replace(&self, catalog: Catalog) -> Arc<Catalog> {
-        let catalog = Arc::new(catalog);
-        self.current.store(catalog.clone());
-        self.changed.send_replace(catalog.generation());
-        catalog
-    }
-
     /// Notifies on every swap with the new generation.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// The upstreams the current catalog calls.
+    pub async fn upstreams(&self) -> Arc<Upstreams> {
+        self.sources.lock().await.live.clone()
+    }
+
+    /// The descriptor directory, if any.
+    pub fn store(&self) -> Option<&Store> {
+        self.context.store.as_ref()
+    }
+
+    /// Builds, validates, persists and swaps in `change`.
+    pub async fn apply(&self, change: Change) -> Result<Applied, ApplyError> {
+        self.run(change, true).await
+    }
+
+    /// Builds and validates `change` without persisting or swapping it.
+    pub async fn dry_run(&self, change: Change) -> Result<Applied, ApplyError> {
+        self.run(change, false).await
+    }
+
+    async fn run(&self, change: Change, commit: bool) -> Result<Applied, ApplyError> {
+        let mut sources = self.sources.lock().await;
+        let current = self.load();
+        let candidate = self.candidate(&sources, &change).await?;
+        if candidate.same_as(&sources) {
+            return Ok(Applied {
+                catalog: current,
+                changed: false,
+            });
+        }
+        let mut candidate = candidate;
+        candidate.live = Arc::new(self.context.upstreams_for(&candidate)?);
+        let context = self.context.clone();
+        let generation = current.generation() + 1;
+        let (candidate, catalog) = tokio::task::spawn_blocking(move || {
+            let catalog = context.build(&candidate, generation);
+            (candidate, catalog)
+        })
+        .await
+        .map_err(|_| ApplyError::Interrupted)?;
+        let catalog = catalog?;
+        if !commit {
+            return Ok(Applied {
+                catalog: Arc::new(catalog),
+                changed: true,
+            });
+        }
+        if let Some(store) = self.context.store.clone() {
+            let persisted = candidate.clone();
+            tokio::task::spawn_blocking(move || persist(&store, &change, &persisted))
+                .await
+                .map_err(|_| ApplyError::Interrupted)??;
+        }
+        *sources = candidate;
+        let catalog = Arc::new(catalog);
+        self.current.store(catalog.clone());
+        self.changed.send_replace(catalog.generation());
+        Ok(Applied {
+            catalog,
+            changed: true,
+        })
+    }
+
+    /// The sources with `change` laid over them.
+    async fn candidate(&self, sources: &Sources, change: &Change) -> Result<Sources, ApplyError> {
+        let mut candidate = sources.clone();
+        match change {
+            Change::Reload => {
+                let Some(store) = self.context.store.clone() else {
+                    return Ok(candidate);
+                };
+                let (stored, upstreams) = tokio::task::spawn_blocking(move || {
+                    Ok::<_, std::io::Error>((store.read_sets()?, store.read_upstreams()?))
+                })
+                .await
+                .map_err(|_| ApplyError::Interrupted)??;
+                candidate.sets.clear();
+                for stored in stored {
+                    let set = match sources.sets.get(&stored.set.name) {
+                        Some(old) if old.bytes == stored.set.bytes => old.loaded_at,
+                        _ => SystemTime::now(),
+                    };
+                    let set = ManagedSet::new(stored.set.bytes, stored.upstream, set);
+                    candidate.sets.insert(stored.set.name, set);
+                }
+                candidate.upstreams = upstreams;
+            }
+            Change::PutSet {
+                name,
+                bytes,
+                upstream,
+            } => {
+                check_name(name).map_err(ApplyError::InvalidName)?;
+                if self.context.fixed.iter().any(|set| set.name == *name) {
+                    return Err(ApplyError::FixedSet(name.clone()));
+                }
+                let loaded_at = match sources.sets.get(name) {
+                    Some(old) if old.bytes == *bytes => old.loaded_at,
+                    _ => SystemTime::now(),
+                };
+                let set = ManagedSet::new(bytes.clone(), upstream.clone(), loaded_at);
+                candidate.sets.insert(name.clone(), set);
+            }
+            Change::DeleteSet(name) => {
+                if candidate.sets.remove(name).is_none() {
+                    if self.context.fixed.iter().any(|set| set.name == *name) {
+                        return Err(ApplyError::FixedSet(name.clone()));
+                    }
+                    return Err(ApplyError::UnknownSet(name.clone()));
+                }
+            }
+            Change::PutUpstream { pattern, setting } => {
+                candidate.upstreams.insert(pattern.clone(), setting.clone());
+            }
+            Change::DeleteUpstream(pattern) => {
+                if candidate.upstreams.remove(pattern).is_none() {
+                    return Err(ApplyError::UnknownUpstream(pattern.clone()));
+                }
+            }
+        }
+        Ok(candidate)
+    }
+}
+
+/// Writes what `change` changed into the store.
+fn persist(store: &Store, change: &Change, sources: &Sources) -> std::io::Result<()> {
+    match change {
+        Change::Reload => Ok(()),
+        Change::PutSet {
+            name,
+            bytes,
+            upstream,
+        } => store.write_set(name, bytes, upstream.as_deref()),
+        Change::DeleteSet(name) => store.remove_set(name),
+        Change::PutUpstream { .. } | Change::DeleteUpstream(_) => {
+            store.write_upstreams(&sources.upstreams)
+        }
+    }
+}
+
+// === impl BuildContext ===
+
+impl BuildContext {
+    /// The context a serving gateway builds with.
+    pub fn new(config: &Config, policies: PolicyRules, fixed: Vec<DescriptorSet>) -> Self {
+        Self {
+            options: BuildOptions::from_config(config),
+            policies,
+            upstreams: config.upstreams.clone(),
+            max_response_bytes: config.limits.max_response_message_bytes,
+            fixed,
+            store: config.descriptors.dir.clone().map(Store::new),
+            started_at: SystemTime::now(),
+        }
+    }
+
+    /// The configured upstreams, then the admin-managed ones, then those
+    /// uploaded with sets (later ones replace a pattern), keeping the
+    /// channels of unchanged upstreams.
+    fn upstreams_for(&self, sources: &Sources) -> Result<Upstreams, LoadError> {
+        let mut by_pattern: BTreeMap<String, UpstreamConfig> = self
+            .upstreams
+            .iter()
+            .map(|u| (u.pattern.clone(), u.clone()))
+            .collect();
+        for (pattern, setting) in &sources.upstreams {
+            let upstream = UpstreamConfig {
+                pattern: pattern.clone(),
+                url: setting.url.clone(),
+                timeout: setting.timeout.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
+                ca_file: None,
+            };
+            config::validate_upstream(&upstream)
+                .map_err(|reason| LoadError::general(format!("upstream `{pattern}`: {reason}")))?;
+            by_pattern.insert(pattern.clone(), upstream);
+        }
+        for (name, set) in &sources.sets {
+            let Some(url) = &set.upstream else { continue };
+            for package in &set.packages {
+                let upstream = UpstreamConfig {
+                    pattern: package.clone(),
+                    url: url.clone(),
+                    timeout: DEFAULT_UPSTREAM_TIMEOUT,
+                    ca_file: None,
+                };
+                config::validate_upstream(&upstream)
+                    .map_err(|reason| LoadError::single(name, format!("upstream: {reason}")))?;
+                by_pattern.insert(package.clone(), upstream);
+            }
+        }
+        let configs: Vec<UpstreamConfig> = by_pattern.into_values().collect();
+        sources
+            .live
+            .reconfigure(&configs, self.max_response_bytes)
+            .map_err(|err| LoadError::general(err.to_string()))
+    }
+
+    /// The fixed sets and the managed ones → a validated catalog. Pure and
+    /// synchronous: the one build every trigger goes through.
+    fn build(&self, sources: &Sources, generation: u64) -> Result<Catalog, LoadError> {
+        let managed = sources.sets.iter().map(|(name, set)| DescriptorSet {
+            name: name.clone(),
+            bytes: set.bytes.clone(),
+        });
+        let mut catalog = CatalogBuilder::new(self.options.clone(), &sources.live)
+            .policies(&self.policies)
+            .add_sets(self.fixed.iter().cloned().chain(managed))
+            .build(generation)?;
+        for loaded in catalog.sets.iter_mut() {
+            match sources.sets.get(&loaded.name) {
+                Some(set) => {
+                    loaded.loaded_at = set.loaded_at;
+                    loaded.upstream.clone_from(&set.upstream);
+                    loaded.managed = true;
+                }
+                None => loaded.loaded_at = self.started_at,
+            }
+        }
+        Ok(catalog)
+    }
+}
+
+// === impl Sources ===
+
+impl Sources {
+    /// Same sets and upstream settings: nothing to rebuild.
+    fn same_as(&self, other: &Self) -> bool {
+        self.upstreams == other.upstreams
+            && self.sets.len() == other.sets.len()
+            && self
+                .sets
+                .iter()
+                .zip(&other.sets)
+                .all(|((a, x), (b, y))| a == b && x.bytes == y.bytes && x.upstream == y.upstream)
+    }
+}
+
+impl ManagedSet {
+    fn new(bytes: Bytes, upstream: Option<String>, loaded_at: SystemTime) -> Self {
+        // An undecodable set has no packages; the build reports it.
+        let packages = prost_types::FileDescriptorSet::decode(bytes.as_ref())
+            .map(|files| {
+                let mut packages: Vec<String> = files
+                    .file
+                    .iter()
+                    .filter(|file| !file.service.is_empty())
+                    .map(|file| file.package().to_owned())
+                    .collect();
+                packages.sort();
+                packages.dedup();
+                packages
+            })
+            .unwrap_or_default();
+        Self {
+            bytes,
+            upstream,
+            packages,
+            loaded_at,
+        }
     }
 }

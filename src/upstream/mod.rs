@@ -7,7 +7,7 @@ mod codec;
 mod health;
 mod stream;
 
-use std::{sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 pub use call::unary;
 pub use codec::Outgoing;
@@ -27,6 +27,7 @@ pub struct Upstream {
     pub timeout: Duration,
     /// Largest reply message accepted.
     pub max_response_bytes: usize,
+    ca_file: Option<PathBuf>,
     channel: Channel,
 }
 
@@ -72,6 +73,34 @@ impl Upstreams {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Upstream>> {
         self.by_length.iter()
+    }
+
+    /// The upstreams for `configs`, keeping the channel of every upstream whose
+    /// settings did not change, so that a reload never reconnects it.
+    /// Must run inside a tokio runtime.
+    pub fn reconfigure(
+        &self,
+        configs: &[UpstreamConfig],
+        max_response_bytes: usize,
+    ) -> Result<Self, UpstreamError> {
+        let mut by_length = configs
+            .iter()
+            .map(|config| {
+                let kept = self.by_length.iter().find(|u| {
+                    *u.name == *config.pattern
+                        && u.url == config.url
+                        && u.timeout == config.timeout
+                        && u.ca_file == config.ca_file
+                        && u.max_response_bytes == max_response_bytes
+                });
+                match kept {
+                    Some(upstream) => Ok(upstream.clone()),
+                    None => Upstream::new(config, max_response_bytes).map(Arc::new),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        by_length.sort_by_key(|u| std::cmp::Reverse(specificity(&u.name)));
+        Ok(Self { by_length })
     }
 }
 
@@ -123,6 +152,7 @@ impl Upstream {
             url: config.url.clone(),
             timeout: config.timeout,
             max_response_bytes,
+            ca_file: config.ca_file.clone(),
             channel: endpoint.connect_lazy(),
         })
     }

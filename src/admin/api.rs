@@ -1,0 +1,557 @@
+//! The admin API (`/admin/v1/...`): register, replace, validate and delete
+//! descriptor sets, manage upstreams, list routes. Every change goes through
+//! [`Registry::apply`]; errors are `google.rpc.Status` bodies like the data
+//! plane's. Protected by a bearer token (compared in constant time) when one
+//! is configured.
+//!
+//! Statuses: 201 for a new set, 200 for a replaced or unchanged one; 409 when
+//! a route collides with one another set serves; 400 for anything else
+//! malformed or invalid (with every problem as a `google.rpc.BadRequest`
+//! violation); 404 for unknown names; 413 over `admin.max_upload_bytes`.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::SystemTime,
+};
+
+use axum::{
+    body::Body,
+    extract::{Path, RawQuery, Request, State},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post, put},
+    Router,
+};
+use bytes::Bytes;
+use http::{header, HeaderValue, StatusCode};
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+use super::ApiSettings;
+use crate::{
+    config::{self, AdminToken, UpstreamConfig},
+    error::{self, Error},
+    registry::{
+        check_name, ApplyError, Catalog, Change, CompileError, LoadError, ProtoSources, Registry,
+        UpstreamSetting, DEFAULT_UPSTREAM_TIMEOUT,
+    },
+};
+
+/// Largest JSON body of an upstream change.
+const MAX_JSON_BYTES: usize = 64 << 10;
+
+#[derive(Debug, Clone)]
+struct Api {
+    registry: Arc<Registry>,
+    settings: ApiSettings,
+}
+
+/// An [`Error`] as a handler result; [`with_request_id`] adds the request id.
+#[derive(Debug)]
+struct ApiError(Error);
+
+type Reply = Result<Response, ApiError>;
+
+/// The admin API routes, with their own request ids and token check.
+pub(super) fn router(registry: Arc<Registry>, settings: ApiSettings) -> Router {
+    let token = settings.token.clone();
+    let api = Api { registry, settings };
+    Router::new()
+        .route("/admin/v1/descriptor-sets", get(list_sets))
+        .route("/admin/v1/descriptor-sets:validate", post(validate_set))
+        .route(
+            "/admin/v1/descriptor-sets/{name}",
+            put(put_set).get(get_set).delete(delete_set),
+        )
+        .route("/admin/v1/routes", get(list_routes))
+        .route("/admin/v1/upstreams", get(list_upstreams))
+        .route(
+            "/admin/v1/upstreams/{pattern}",
+            put(put_upstream).delete(delete_upstream),
+        )
+        .fallback(not_found)
+        .with_state(api)
+        .layer(middleware::from_fn_with_state(token, require_token))
+        .layer(middleware::from_fn(with_request_id))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+// === middleware ===
+
+/// Renders handler errors with the request id in their `RequestInfo` detail.
+async fn with_request_id(request: Request, next: Next) -> Response {
+    let request_id = error::request_id(request.headers()).to_owned();
+    let response = next.run(request).await;
+    let Some(err) = response.extensions().get::<Arc<Error>>().cloned() else {
+        return response;
+    };
+    let (mut parts, _) = response.into_parts();
+    let body = err.status_json(&request_id, None).to_string();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body))
+}
+
+/// Compares SHA-256 digests in constant time, so neither the token nor its
+/// length leaks through timing.
+async fn require_token(
+    State(token): State<Option<Arc<AdminToken>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(token) = token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        let matches: bool = Sha256::digest(given.as_bytes())
+            .ct_eq(&Sha256::digest(token.0.as_bytes()))
+            .into();
+        if !matches {
+            return ApiError(Error::AdminUnauthenticated).into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError(Error::NotFound(
+        format!(
+            "no admin endpoint {} {}",
+            request.method(),
+            request.uri().path()
+        )
+        .into(),
+    ))
+}
+
+// === descriptor sets ===
+
+async fn put_set(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    request: Request,
+) -> Reply {
+    check_name(&name).map_err(|reason| invalid("name", reason))?;
+    let upstream = upstream_param(query.as_deref())?;
+    let bytes = read_upload(&name, request, api.settings.max_upload_bytes).await?;
+    let existed = api.registry.load().sets().iter().any(|s| s.name == name);
+    let applied = api
+        .registry
+        .apply(Change::PutSet {
+            name: name.clone(),
+            bytes,
+            upstream,
+        })
+        .await?;
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let catalog = &applied.catalog;
+    let mut body = catalog
+        .sets()
+        .iter()
+        .find(|s| s.name == name)
+        .map_or(Value::Null, |set| set_json(catalog, set));
+    body["changed"] = Value::from(applied.changed);
+    body["generation"] = Value::from(catalog.generation());
+    Ok(json_response(status, &body))
+}
+
+/// A dry run: the routes the set would add, change or remove, and every problem.
+async fn validate_set(
+    State(api): State<Api>,
+    RawQuery(query): RawQuery,
+    request: Request,
+) -> Reply {
+    let name = query_param(query.as_deref(), "name").unwrap_or_else(|| "candidate".to_owned());
+    check_name(&name).map_err(|reason| invalid("name", reason))?;
+    let upstream = upstream_param(query.as_deref())?;
+    let bytes = read_upload(&name, request, api.settings.max_upload_bytes).await?;
+    let current = api.registry.load();
+    let change = Change::PutSet {
+        name,
+        bytes,
+        upstream,
+    };
+    let body = match api.registry.dry_run(change).await {
+        Ok(applied) => {
+            let (added, changed, removed) = route_diff(&current, &applied.catalog);
+            json!({
+                "valid": true,
+                "added": added,
+                "changed": changed,
+                "removed": removed,
+                "problems": [],
+            })
+        }
+        Err(ApplyError::Load(err)) => {
+            let problems: Vec<Value> = err
+                .problems()
+                .iter()
+                .map(|p| {
+                    json!({
+                        "set": p.set,
+                        "method": p.method,
+                        "message": p.to_string(),
+                        "conflictsWithSet": p.conflicts_with_set,
+                    })
+                })
+                .collect();
+            json!({ "valid": false, "added": [], "changed": [], "removed": [], "problems": problems })
+        }
+        Err(err) => return Err(err.into()),
+    };
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+async fn list_sets(State(api): State<Api>) -> Response {
+    let catalog = api.registry.load();
+    let sets: Vec<Value> = catalog
+        .sets()
+        .iter()
+        .map(|set| set_json(&catalog, set))
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({ "generation": catalog.generation(), "descriptorSets": sets }),
+    )
+}
+
+/// The set's bytes back, as uploaded.
+async fn get_set(State(api): State<Api>, Path(name): Path<String>) -> Reply {
+    let catalog = api.registry.load();
+    let set = catalog
+        .sets()
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| unknown_set(&name))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-protobuf"),
+        )],
+        set.bytes.clone(),
+    )
+        .into_response())
+}
+
+async fn delete_set(State(api): State<Api>, Path(name): Path<String>) -> Reply {
+    let applied = api.registry.apply(Change::DeleteSet(name.clone())).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "deleted": name, "generation": applied.catalog.generation() }),
+    ))
+}
+
+// === routes and upstreams ===
+
+async fn list_routes(State(api): State<Api>) -> Response {
+    let catalog = api.registry.load();
+    let routes: Vec<Value> = catalog
+        .routes()
+        .iter()
+        .map(|route| route_json(&catalog, route))
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({ "generation": catalog.generation(), "routes": routes }),
+    )
+}
+
+async fn list_upstreams(State(api): State<Api>) -> Response {
+    let upstreams: Vec<Value> = api
+        .registry
+        .upstreams()
+        .await
+        .iter()
+        .map(|u| json!({ "pattern": &*u.name, "url": u.url, "timeout": humantime::format_duration(u.timeout).to_string() }))
+        .collect();
+    json_response(StatusCode::OK, &json!({ "upstreams": upstreams }))
+}
+
+/// Body: `{"url": "http://host:port", "timeout": "5s"}` (timeout optional).
+async fn put_upstream(
+    State(api): State<Api>,
+    Path(pattern): Path<String>,
+    request: Request,
+) -> Reply {
+    let bytes = read_body(request.into_body(), MAX_JSON_BYTES).await?;
+    let setting: UpstreamSetting = serde_json::from_slice(&bytes)
+        .map_err(|err| ApiError(Error::InvalidJson(err.to_string().into())))?;
+    let upstream = UpstreamConfig {
+        pattern: pattern.clone(),
+        url: setting.url.clone(),
+        timeout: setting.timeout.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
+        ca_file: None,
+    };
+    config::validate_upstream(&upstream).map_err(|reason| invalid("upstream", reason))?;
+    let applied = api
+        .registry
+        .apply(Change::PutUpstream {
+            pattern: pattern.clone(),
+            setting,
+        })
+        .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "pattern": pattern,
+            "url": upstream.url,
+            "changed": applied.changed,
+            "generation": applied.catalog.generation(),
+        }),
+    ))
+}
+
+async fn delete_upstream(State(api): State<Api>, Path(pattern): Path<String>) -> Reply {
+    let applied = api
+        .registry
+        .apply(Change::DeleteUpstream(pattern.clone()))
+        .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "deleted": pattern, "generation": applied.catalog.generation() }),
+    ))
+}
+
+// === helpers ===
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn invalid(field: &str, reason: String) -> ApiError {
+    ApiError(Error::invalid_field(field, reason))
+}
+
+fn unknown_set(name: &str) -> ApiError {
+    ApiError(Error::NotFound(
+        format!("descriptor set `{name}` is not loaded").into(),
+    ))
+}
+
+fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// `?upstream=URL`, checked like a configured upstream URL.
+fn upstream_param(query: Option<&str>) -> Result<Option<String>, ApiError> {
+    let Some(url) = query_param(query, "upstream") else {
+        return Ok(None);
+    };
+    let upstream = UpstreamConfig {
+        pattern: "*".to_owned(),
+        url: url.clone(),
+        timeout: DEFAULT_UPSTREAM_TIMEOUT,
+        ca_file: None,
+    };
+    config::validate_upstream(&upstream).map_err(|reason| invalid("upstream", reason))?;
+    Ok(Some(url))
+}
+
+/// The uploaded set as a serialized `FileDescriptorSet`: the body itself,
+/// or `.proto` sources (tar, zip or multipart) compiled into one.
+async fn read_upload(name: &str, request: Request, limit: usize) -> Result<Bytes, ApiError> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let body = read_body(request.into_body(), limit).await?;
+    let sources = match essence.as_str() {
+        "" | "application/x-protobuf" | "application/octet-stream" => return Ok(body),
+        "application/x-tar" | "application/tar" => ProtoSources::from_tar(&body, limit),
+        "application/zip" | "application/x-zip-compressed" => ProtoSources::from_zip(&body, limit),
+        "multipart/form-data" => multipart_sources(&content_type, body, limit).await,
+        other => {
+            return Err(invalid(
+                "content-type",
+                format!("`{other}` is not application/x-protobuf, application/x-tar, application/zip or multipart/form-data"),
+            ))
+        }
+    };
+    let compiled = tokio::task::spawn_blocking(move || sources?.compile())
+        .await
+        .map_err(|_| ApiError(Error::Internal("the compiler stopped".into())))?;
+    compiled.map_err(|err| ApiError(Error::Rejected(LoadError::single(name, err.to_string()))))
+}
+
+/// Every part with a `.proto` file name; other parts are ignored.
+async fn multipart_sources(
+    content_type: &str,
+    body: Bytes,
+    limit: usize,
+) -> Result<ProtoSources, CompileError> {
+    let boundary = multer::parse_boundary(content_type).map_err(|err| multipart_error(&err))?;
+    let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) });
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    let mut sources = ProtoSources::new(limit);
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|err| multipart_error(&err))?
+    {
+        let Some(file_name) = field.file_name().map(str::to_owned) else {
+            continue;
+        };
+        if file_name.ends_with(".proto") {
+            let source = field.bytes().await.map_err(|err| multipart_error(&err))?;
+            sources.insert(&file_name, source.to_vec())?;
+        }
+    }
+    Ok(sources)
+}
+
+fn multipart_error(err: &multer::Error) -> CompileError {
+    CompileError {
+        file: None,
+        line: None,
+        column: None,
+        message: format!("not a readable multipart body: {err}"),
+    }
+}
+
+/// The whole body, or 413 past `limit`.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|err| {
+        let too_large = std::error::Error::source(&err)
+            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+        ApiError(if too_large {
+            Error::PayloadTooLarge { limit }
+        } else {
+            Error::BodyRead(err.to_string().into())
+        })
+    })
+}
+
+fn set_json(catalog: &Catalog, set: &crate::registry::LoadedSet) -> Value {
+    let services: HashSet<&str> = set.services.iter().map(String::as_str).collect();
+    let routes = catalog
+        .routes()
+        .iter()
+        .filter(|route| {
+            let method = catalog.method(route);
+            services.contains(method.descriptor.parent_service().full_name())
+        })
+        .count();
+    json!({
+        "name": set.name,
+        "digest": format!("sha256:{}", set.digest),
+        "size": set.size,
+        "services": set.services,
+        "routeCount": routes,
+        "loadedAt": rfc3339(set.loaded_at),
+        "upstream": set.upstream,
+        "managed": set.managed,
+    })
+}
+
+fn route_json(catalog: &Catalog, route: &crate::registry::Route) -> Value {
+    let method = catalog.method(route);
+    let policy = &method.policy;
+    json!({
+        "route": &*route.label,
+        "httpMethod": route.http_method.as_str(),
+        "path": route.template.to_string(),
+        "rpc": method.descriptor.full_name(),
+        "kind": format!("{:?}", method.kind),
+        "upstream": method.upstream.as_ref().map(|u| json!({ "pattern": &*u.name, "url": u.url })),
+        "policy": {
+            "allowAnonymous": policy.allow_anonymous,
+            "roles": policy.roles.iter().map(|r| &**r).collect::<Vec<_>>(),
+            "scopes": policy.scopes.iter().map(|s| &**s).collect::<Vec<_>>(),
+            "rateLimited": policy.rate_limit.per_user.is_some() || policy.rate_limit.per_ip.is_some(),
+        },
+    })
+}
+
+/// Routes in `after` that are new, changed (other method or upstream), or gone.
+fn route_diff(before: &Catalog, after: &Catalog) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
+    // Route label → (method, upstream URL): what a client of the route sees change.
+    let index = |catalog: &Catalog| -> HashMap<Box<str>, (String, Option<String>)> {
+        catalog
+            .routes()
+            .iter()
+            .map(|route| {
+                let method = catalog.method(route);
+                let upstream = method.upstream.as_ref().map(|u| u.url.clone());
+                let name = method.descriptor.full_name().to_owned();
+                (route.label.clone(), (name, upstream))
+            })
+            .collect()
+    };
+    let (old, new) = (index(before), index(after));
+    let mut added = Vec::new();
+    let mut changed = Vec::new();
+    for route in after.routes() {
+        match old.get(&route.label) {
+            None => added.push(route_json(after, route)),
+            Some(was) if Some(was) != new.get(&route.label) => {
+                changed.push(route_json(after, route));
+            }
+            Some(_) => {}
+        }
+    }
+    let removed = before
+        .routes()
+        .iter()
+        .filter(|route| !new.contains_key(&route.label))
+        .map(|route| route_json(before, route))
+        .collect();
+    (added, changed, removed)
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+// === impl ApiError ===
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.0.into_response("", None)
+    }
+}
+
+impl From<ApplyError> for ApiError {
+    fn from(err: ApplyError) -> Self {
+        Self(match err {
+            ApplyError::Load(err) => Error::Rejected(err),
+            ApplyError::InvalidName(reason) => Error::invalid_field("name", reason),
+            ApplyError::UnknownSet(_) | ApplyError::UnknownUpstream(_) => {
+                Error::NotFound(err.to_string().into())
+            }
+            ApplyError::FixedSet(_) => Error::FailedPrecondition(err.to_string().into()),
+            ApplyError::Store(_) | ApplyError::Interrupted => {
+                tracing::error!(error = %err, "admin change failed");
+                Error::Internal(err.to_string().into())
+            }
+        })
+    }
+}
