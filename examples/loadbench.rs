@@ -330,10 +330,7 @@ async fn drive_grpc(
     collect(started, tasks).await
 }
 
-async fn collect(
-    started: Instant,
-    tasks: Vec<Worker>,
-) -> Result<Run, BoxError> {
+async fn collect(started: Instant, tasks: Vec<Worker>) -> Result<Run, BoxError> {
     let mut latencies = Vec::new();
     let mut errors = 0;
     for task in tasks {
