@@ -1202,3 +1202,47 @@ async fn requests_in_flight_finish_on_the_catalog_they_started_with() {
     }
     assert!(text.contains("CREATED"), "{text}");
 }
+
+#[tokio::test]
+async fn reloads_are_counted_by_result() {
+    let setup = Setup::start(&[]).await;
+    let url = setup.backend.url();
+    assert_eq!(
+        setup
+            .put_set("protogate.testing.v1", testing_bytes(), Some(&url))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        setup
+            .put_set("protogate.testing.v1", testing_bytes(), Some(&url))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        setup
+            .put_set("junk", Bytes::from_static(b"\xff\xff"), None)
+            .await
+            .0,
+        400
+    );
+    let metrics = setup
+        .gw
+        .client
+        .get(setup.admin("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for result in ["applied", "unchanged", "refused"] {
+        let line = format!("protogate_catalog_reloads_total{{result=\"{result}\"}} 1");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in:\n{metrics}"
+        );
+    }
+}

@@ -12,10 +12,15 @@
 //! | `protogate_upstream_duration_seconds` | histogram | upstream, rpc |
 //! | `protogate_upstream_healthy` | gauge | upstream |
 //! | `protogate_catalog_generation`, `protogate_routes` | gauge | |
+//! | `protogate_catalog_reloads_total` | counter | result (`applied`, `unchanged`, `refused`) |
 //! | `protogate_rate_limited_total` | counter | route, key_kind (`user` or `ip`) |
 //! | `protogate_auth_failures_total` | counter | reason |
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
 
 use axum::{
     body::Body,
@@ -45,6 +50,7 @@ const UPSTREAM_DURATION: &str = "protogate_upstream_duration_seconds";
 const UPSTREAM_HEALTHY: &str = "protogate_upstream_healthy";
 const CATALOG_GENERATION: &str = "protogate_catalog_generation";
 const ROUTES: &str = "protogate_routes";
+const RELOADS: &str = "protogate_catalog_reloads_total";
 const RATE_LIMITED: &str = "protogate_rate_limited_total";
 const AUTH_FAILURES: &str = "protogate_auth_failures_total";
 
@@ -112,6 +118,14 @@ impl Metrics {
         self.record(|| {
             gauge!(CATALOG_GENERATION).set(catalog.generation() as f64);
             gauge!(ROUTES).set(catalog.routes().len() as f64);
+            let reloads = registry.reloads();
+            for (result, count) in [
+                ("applied", &reloads.applied),
+                ("unchanged", &reloads.unchanged),
+                ("refused", &reloads.refused),
+            ] {
+                counter!(RELOADS, "result" => result).absolute(count.load(Ordering::Relaxed));
+            }
         });
         self.inner.handle.render()
     }
@@ -190,6 +204,10 @@ fn describe() {
     describe_counter!(
         REQUESTS,
         "HTTP requests finished, by route template and outcome"
+    );
+    describe_counter!(
+        RELOADS,
+        "Catalog changes by result: applied, unchanged or refused"
     );
     describe_counter!(RATE_LIMITED, "Requests refused by the rate limiter");
     describe_counter!(

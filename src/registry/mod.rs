@@ -13,7 +13,14 @@ mod compile;
 mod reload;
 mod store;
 
-use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::SystemTime,
+};
 
 use arc_swap::ArcSwap;
 pub use builder::{BuildOptions, CatalogBuilder, DescriptorSet, LoadError, LoadProblem};
@@ -42,6 +49,15 @@ pub struct Registry {
     context: Arc<BuildContext>,
     /// Serializes changes; held across a build, never on the request path.
     sources: Mutex<Sources>,
+    reloads: ReloadCounts,
+}
+
+/// How applied changes ended, for `protogate_catalog_reloads_total{result}`.
+#[derive(Debug, Default)]
+pub struct ReloadCounts {
+    pub applied: AtomicU64,
+    pub unchanged: AtomicU64,
+    pub refused: AtomicU64,
 }
 
 /// What every build uses besides the managed sets, fixed at start so that a
@@ -155,6 +171,7 @@ impl Registry {
             changed,
             context,
             sources: Mutex::new(sources),
+            reloads: ReloadCounts::default(),
         })
     }
 
@@ -180,7 +197,19 @@ impl Registry {
 
     /// Builds, validates, persists and swaps in `change`.
     pub async fn apply(&self, change: Change) -> Result<Applied, ApplyError> {
-        self.run(change, true).await
+        let result = self.run(change, true).await;
+        let counter = match &result {
+            Ok(applied) if applied.changed => &self.reloads.applied,
+            Ok(_) => &self.reloads.unchanged,
+            Err(_) => &self.reloads.refused,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    /// How the changes applied so far ended.
+    pub fn reloads(&self) -> &ReloadCounts {
+        &self.reloads
     }
 
     /// Builds and validates `change` without persisting or swapping it.
