@@ -121,9 +121,11 @@ impl Rule {
             .link
             .as_deref()
             .map(|url| {
+                // An absolute URL, or a path on this gateway (RFC 8288 allows references).
                 let uri: http::Uri = url.parse().map_err(|e| format!("link: {e}"))?;
-                if uri.scheme().is_none() || url.contains(['<', '>', '"']) {
-                    return Err(format!("link: `{url}` is not an absolute URL"));
+                let absolute = uri.scheme().is_some() || url.starts_with('/');
+                if !absolute || url.contains(['<', '>', '"']) {
+                    return Err(format!("link: `{url}` is not an absolute URL or path"));
                 }
                 HeaderValue::from_str(&format!("<{url}>; rel=\"successor-version\""))
                     .map_err(|e| format!("link: {e}"))
@@ -206,8 +208,9 @@ mod tests {
         assert!(validate(&rule("2026-01-01", "x y"))
             .unwrap_err()
             .starts_with("link: "));
-        assert!(validate(&rule("2026-01-01", "/relative"))
+        assert!(validate(&rule("2026-01-01", "relative/path"))
             .unwrap_err()
             .starts_with("link: "));
+        assert!(validate(&rule("2026-01-01", "/v2/orders")).is_ok());
     }
 }

@@ -200,10 +200,8 @@ fn demo_config(
         methods: "acme.orders.v1".to_owned(),
         since: Some("2026-01-01".to_owned()),
         sunset: Some("2027-06-30".to_owned()),
-        link: Some(
-            "https://github.com/acme/protogate/blob/main/protos/acme/orders/v2/orders.proto"
-                .to_owned(),
-        ),
+        // The successor's collection on this gateway.
+        link: Some("/v2/orders".to_owned()),
     });
     config.validate()?;
     Ok((config, demo))
@@ -521,7 +519,7 @@ mod tests {
         assert!(v1.headers()["link"]
             .to_str()
             .unwrap()
-            .ends_with(r#"v2/orders.proto>; rel="successor-version""#));
+            .ends_with(r#"</v2/orders>; rel="successor-version""#));
         let v2 = send("GET", "/v2/orders/o-1", Some(&tokens.user_token)).await;
         assert!(v2.headers().get("deprecation").is_none());
 
