@@ -297,7 +297,7 @@ fn data_plane(
                         .metrics
                         .map(|m| middleware::from_fn_with_state(m, metrics::layer)),
                 )
-                // CORS before routing: preflights never reach the router or an upstream.
+                // 7. CORS before routing: preflights never reach the router or an upstream.
                 .option_layer(policies.cors.clone())
                 // 5. Responses made below by layers that only know a status get a google.rpc.Status body.
                 .layer(middleware::from_fn(status_body))

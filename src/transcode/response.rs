@@ -69,9 +69,7 @@ impl ReplyFilter {
             return response_json(reply, plan, options);
         }
         // Cleared fields would print as defaults: drop their keys as well.
-        let mut json =
-            serde_json::from_slice::<serde_json::Value>(&response_json(reply, plan, options)?)
-                .map_err(|err| Error::Internal(err.to_string().into()))?;
+        let mut json = response_value(reply, plan, options)?;
         let key: fn(&FieldDescriptor) -> &str = if options.use_proto_field_names {
             FieldDescriptor::name
         } else {
@@ -141,6 +139,23 @@ fn response_json(
     };
     result.map_err(|err| Error::Internal(format!("cannot serialize reply: {err}").into()))?;
     Ok(out)
+}
+
+/// [`response_json`] as a JSON tree, for the keys to be pruned.
+fn response_value(
+    message: &DynamicMessage,
+    plan: &BindingPlan,
+    options: &TranscodeOptions,
+) -> Result<serde_json::Value, Error> {
+    let serializer = serde_json::value::Serializer;
+    let result = match &plan.response_body {
+        None => message.serialize_with_options(serializer, &options.serialize),
+        Some(field) => match message.get_field(field).as_ref() {
+            Value::Message(inner) => inner.serialize_with_options(serializer, &options.serialize),
+            _ => return field_json(message, field, &options.serialize),
+        },
+    };
+    result.map_err(|err| Error::Internal(format!("cannot serialize reply: {err}").into()))
 }
 
 /// The JSON of a non-message field, serialized through a parent holding only
