@@ -52,6 +52,9 @@ struct Args {
     /// Measure this gateway (same routes as the demo) instead of starting one.
     #[arg(long)]
     gateway: Option<String>,
+    /// Run only these workloads (all when absent), e.g. to profile one.
+    #[arg(long, value_enum)]
+    only: Vec<WorkloadName>,
     #[command(subcommand)]
     role: Option<Role>,
 }
@@ -66,6 +69,15 @@ enum Role {
         listen: SocketAddr,
         upstream: String,
     },
+}
+
+/// The workloads by the names `--only` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum WorkloadName {
+    Get,
+    List10,
+    List100,
+    Post,
 }
 
 /// One HTTP workload and its direct gRPC twin.
@@ -385,12 +397,16 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
     // 100 orders for the list workloads to page; POST runs last, since every
     // request adds an order and the example backend's list sorts them all.
     drive_http(gateway_addr, Workload::Post, 100, 4).await?;
-    for workload in [
-        Workload::Get,
-        Workload::List(10),
-        Workload::List(100),
-        Workload::Post,
-    ] {
+    let workloads = [
+        (WorkloadName::Get, Workload::Get),
+        (WorkloadName::List10, Workload::List(10)),
+        (WorkloadName::List100, Workload::List(100)),
+        (WorkloadName::Post, Workload::Post),
+    ];
+    for (_, workload) in workloads
+        .into_iter()
+        .filter(|(name, _)| args.only.is_empty() || args.only.contains(name))
+    {
         // Warm-up: connections, caches, lazily connected channels.
         drive_http(
             gateway_addr,

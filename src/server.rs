@@ -8,6 +8,7 @@ use axum::{
     middleware::{self, Next},
     response::Response,
     routing::get,
+    serve::ListenerExt,
     Router,
 };
 use http::{HeaderValue, StatusCode};
@@ -241,6 +242,12 @@ impl Server {
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
+        // Small responses must not wait for the client's delayed ACK (Nagle).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "could not set TCP_NODELAY on an accepted connection");
+            }
+        });
         let served = axum::serve(listener, service)
             .with_graceful_shutdown(async move {
                 shutdown.await;
