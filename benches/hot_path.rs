@@ -9,15 +9,12 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::Method;
 use prost::Message as _;
-use prost_reflect::DynamicMessage;
 use protogate::{
     http_rule::template::PathTemplate,
     pb::acme::orders::v1::{LineItem, ListOrdersResponse, Order},
     registry::{Catalog, DescriptorSet},
     router::{Lookup, RouterBuilder},
-    transcode::{
-        request_message, MethodRules, ReplyFilter, ReplyShape, RequestParts, TranscodeOptions,
-    },
+    transcode::{request_message, ReplyFilter, ReplyShape, RequestParts, TranscodeOptions},
 };
 
 /// Realistic templates: collection, nested resource names, custom verbs.
@@ -134,57 +131,37 @@ fn transcode(c: &mut Criterion) {
         });
     });
 
+    // Replies as they arrive (encoded), printed by the catalog's plans or, as
+    // before them, decoded into a DynamicMessage and serialized by prost-reflect.
     let get = route("GET /v1/orders/{id}");
-    let get_method = catalog.method(get);
-    let one = DynamicMessage::decode(
-        get_method.descriptor.output(),
-        order(1).encode_to_vec().as_slice(),
-    )
-    .unwrap();
-    let shape = ReplyShape {
-        rules: catalog.field_rules(),
-        method: &get_method.rules,
-        omit: None,
-        plan: &get.binding,
-    };
-    c.bench_function("reply_to_json/order", |b| {
-        b.iter(|| {
-            ReplyFilter::default()
-                .encode(&mut one.clone(), shape, &options)
-                .unwrap()
-        });
-    });
-
     let list = route("GET /v1/orders");
-    let list_method = catalog.method(list);
+    let one = order(1).encode_to_vec();
     let hundred = ListOrdersResponse {
         orders: (0..100).map(order).collect(),
         next_page_token: String::new(),
         total_size: 100,
-    };
-    let hundred = DynamicMessage::decode(
-        list_method.descriptor.output(),
-        hundred.encode_to_vec().as_slice(),
-    )
-    .unwrap();
-    let unfiltered = MethodRules::default();
-    for (name, rules) in [
-        ("filtered", &list_method.rules),
-        ("unfiltered", &unfiltered),
-    ] {
-        let shape = ReplyShape {
-            rules: catalog.field_rules(),
-            method: rules,
-            omit: None,
-            plan: &list.binding,
-        };
-        c.bench_function(&format!("reply_to_json/list_100_{name}"), |b| {
-            b.iter(|| {
-                ReplyFilter::default()
-                    .encode(&mut hundred.clone(), shape, &options)
-                    .unwrap()
+    }
+    .encode_to_vec();
+    for (name, route, reply) in [("order", get, &one), ("list_100", list, &hundred)] {
+        let method = catalog.method(route);
+        for (path, reply_plan) in [("plans", method.reply_plan), ("prost_reflect", None)] {
+            let shape = ReplyShape {
+                rules: catalog.field_rules(),
+                method: &method.rules,
+                omit: None,
+                plan: &route.binding,
+                method_descriptor: &method.descriptor,
+                plans: catalog.json_plans(),
+                reply_plan,
+            };
+            c.bench_function(&format!("reply_to_json/{name}/{path}"), |b| {
+                b.iter(|| {
+                    ReplyFilter::default()
+                        .print(black_box(reply), shape, &options)
+                        .unwrap()
+                });
             });
-        });
+        }
     }
 }
 

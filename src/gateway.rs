@@ -70,19 +70,12 @@ impl Gateway {
         let filter = reply_filter(&matched, &parts)?;
         let message = self.request_message(&matched, &parts, body).await?;
         let started = Instant::now();
-        let reply = upstream::unary(
-            upstream,
-            method.grpc_path.clone(),
-            method.descriptor.output(),
-            message,
-            metadata,
-        )
-        .await;
+        let reply = upstream::unary(upstream, method.grpc_path.clone(), message, metadata).await;
         if let Some(context) = parts.extensions.get::<Arc<RequestContext>>() {
             context.set_upstream_latency(started.elapsed());
         }
-        let (reply_metadata, mut reply, _) = reply?.into_parts();
-        let mut response = self.reply_response(&mut reply, &matched, &filter)?;
+        let (reply_metadata, reply, _) = reply?.into_parts();
+        let mut response = self.reply_response(&reply, &matched, &filter)?;
         response
             .extensions_mut()
             .insert(UpstreamHeaders(reply_metadata.into_headers()));
@@ -149,21 +142,22 @@ impl Gateway {
         )
     }
 
-    /// The response for a single reply: filtered JSON, or raw for an `HttpBody`.
+    /// The response for a single encoded reply: filtered JSON, or raw for an `HttpBody`.
     pub(crate) fn reply_response(
         &self,
-        reply: &mut DynamicMessage,
+        reply: &[u8],
         matched: &RouteMatch,
         filter: &ReplyFilter,
     ) -> Result<Response, Error> {
         let binding = &matched.route().binding;
         if binding.raw_response {
-            let (content_type, data) = transcode::raw_reply(reply, binding);
+            let reply = transcode::decode_reply(&matched.method().descriptor, reply)?;
+            let (content_type, data) = transcode::raw_reply(&reply, binding);
             let content_type = HeaderValue::from_str(&content_type)
                 .map_err(|_| Error::Internal("upstream sent an invalid content type".into()))?;
             return Ok(([(header::CONTENT_TYPE, content_type)], data).into_response());
         }
-        let json = filter.encode(reply, matched.reply_shape(), &self.options)?;
+        let json = filter.print(reply, matched.reply_shape(), &self.options)?;
         Ok((
             [(
                 header::CONTENT_TYPE,

@@ -49,7 +49,6 @@ pub(crate) async fn call(
         ));
     };
     let path = method.grpc_path.clone();
-    let output = method.descriptor.output();
     let kind = method.kind;
     let (mut parts, body) = request.into_parts();
     let metadata = upstream_metadata(&mut parts);
@@ -59,8 +58,7 @@ pub(crate) async fn call(
 
     if kind == CallKind::ServerStreaming {
         let message = gateway.request_message(&matched, &parts, body).await?;
-        let replies =
-            upstream::server_streaming(&upstream, path, output, message, metadata).await?;
+        let replies = upstream::server_streaming(&upstream, path, message, metadata).await?;
         return reply_stream(
             replies,
             None,
@@ -75,17 +73,17 @@ pub(crate) async fn call(
     let mut failed = Some(failed);
     let messages = RequestFeed::new(gateway.clone(), matched.clone(), &parts, body, fail)?.stream();
     if kind == CallKind::ClientStreaming {
-        let mut reply = tokio::select! {
+        let reply = tokio::select! {
             biased;
             err = request_failure(&mut failed) => return Err(err),
-            reply = upstream::client_streaming(&upstream, path, output, messages, metadata) => reply?,
+            reply = upstream::client_streaming(&upstream, path, messages, metadata) => reply?,
         };
-        return gateway.reply_response(&mut reply, &matched, &filter);
+        return gateway.reply_response(&reply, &matched, &filter);
     }
     let replies = tokio::select! {
         biased;
         err = request_failure(&mut failed) => return Err(err),
-        replies = upstream::bidi_streaming(&upstream, path, output, messages, metadata) => replies?,
+        replies = upstream::bidi_streaming(&upstream, path, messages, metadata) => replies?,
     };
     reply_stream(
         replies,
@@ -273,11 +271,13 @@ fn reply_stream(
 ) -> Result<Response, Error> {
     let raw = matched.route().binding.raw_response;
     let content_type = if raw {
-        let first = replies.first.as_ref();
-        let content_type = first.map_or_else(
-            || "application/octet-stream".to_owned(),
-            |m| transcode::raw_reply(m, &matched.route().binding).0,
-        );
+        let content_type = match &replies.first {
+            None => "application/octet-stream".to_owned(),
+            Some(first) => {
+                let first = transcode::decode_reply(&matched.method().descriptor, first)?;
+                transcode::raw_reply(&first, &matched.route().binding).0
+            }
+        };
         HeaderValue::from_str(&content_type)
             .map_err(|_| Error::Internal("upstream sent an invalid content type".into()))?
     } else {
@@ -344,7 +344,7 @@ impl ReplyBody {
             None => self.next_reply().await,
         };
         match next {
-            Ok(Some(message)) => Some(self.frame(message)),
+            Ok(Some(message)) => Some(self.frame(&message)),
             Ok(None) => {
                 self.done = true;
                 self.framer.as_ref()?.end().map(Ok)
@@ -357,7 +357,7 @@ impl ReplyBody {
     }
 
     /// The next upstream message, unless the request stream failed first.
-    async fn next_reply(&mut self) -> Result<Option<DynamicMessage>, Error> {
+    async fn next_reply(&mut self) -> Result<Option<Bytes>, Error> {
         tokio::select! {
             biased;
             err = request_failure(&mut self.request_failed) => Err(err),
@@ -365,16 +365,16 @@ impl ReplyBody {
         }
     }
 
-    fn frame(&mut self, mut message: DynamicMessage) -> Result<Bytes, StreamAborted> {
-        let binding = &self.matched.route().binding;
+    fn frame(&mut self, reply: &[u8]) -> Result<Bytes, StreamAborted> {
         let Some(framer) = &mut self.framer else {
-            return Ok(transcode::raw_reply(&message, binding).1);
+            let decoded = transcode::decode_reply(&self.matched.method().descriptor, reply);
+            return match decoded {
+                Ok(message) => Ok(transcode::raw_reply(&message, &self.matched.route().binding).1),
+                Err(err) => Err(StreamAborted(err)),
+            };
         };
         let shape = self.matched.reply_shape();
-        match self
-            .filter
-            .encode(&mut message, shape, &self.gateway.options)
-        {
+        match self.filter.print(reply, shape, &self.gateway.options) {
             Ok(json) => Ok(framer.message(&json)),
             Err(err) => {
                 self.done = true;

@@ -18,7 +18,7 @@ use crate::{
     http_rule::{self, ResolvedBinding},
     policy::PolicyRules,
     router::{RouteId, RouterBuilder},
-    transcode::{FieldRules, MaskTree},
+    transcode::{FieldRules, JsonPlans, MaskTree},
     upstream::Upstreams,
 };
 
@@ -268,6 +268,7 @@ impl<'a> CatalogBuilder<'a> {
             .collect();
 
         let field_rules = FieldRules::new(&pool);
+        let json_plans = JsonPlans::new(&pool, &field_rules);
         let mut omit_usage = OmitUsage::default();
         let mut methods = Vec::new();
         let mut routes: Vec<Route> = Vec::new();
@@ -360,6 +361,7 @@ impl<'a> CatalogBuilder<'a> {
                     upstream: upstream.clone(),
                     rules: field_rules.for_method(&method),
                     omit,
+                    reply_plan: json_plans.index_of(&method.output()),
                     policy,
                     deprecation: self.options.deprecations.resolve(&method),
                     descriptor: method,
@@ -392,6 +394,7 @@ impl<'a> CatalogBuilder<'a> {
             routes: routes.into_boxed_slice(),
             router: router.build(),
             field_rules,
+            json_plans,
         })
     }
 

@@ -13,8 +13,7 @@ use crate::{
     http_rule::{template::PathTemplate, BindingPlan},
     policy::RoutePolicy,
     router::{Capture, Lookup, RouteId, Router},
-    transcode::FieldRules,
-    transcode::{MaskTree, MethodRules, ReplyShape},
+    transcode::{FieldRules, JsonPlans, MaskTree, MethodRules, ReplyShape},
     upstream::Upstream,
 };
 
@@ -28,6 +27,7 @@ pub struct Catalog {
     pub(super) routes: Box<[Route]>,
     pub(super) router: Router,
     pub(super) field_rules: FieldRules,
+    pub(super) json_plans: JsonPlans,
 }
 
 /// A descriptor set as loaded: what an operator lists and compares.
@@ -71,6 +71,8 @@ pub struct MethodPlan {
     pub rules: MethodRules,
     /// Configured paths omitted from replies (`filters.responses`).
     pub omit: Option<MaskTree>,
+    /// The reply type's plan in the catalog's [`JsonPlans`].
+    pub reply_plan: Option<usize>,
     /// Who may call it and how often: the same for every binding.
     pub policy: RoutePolicy,
     /// The headers it answers with when deprecated.
@@ -111,6 +113,10 @@ impl Catalog {
     /// Internal, output-only and required fields of every type in the pool.
     pub fn field_rules(&self) -> &FieldRules {
         &self.field_rules
+    }
+
+    pub fn json_plans(&self) -> &JsonPlans {
+        &self.json_plans
     }
 
     pub fn sets(&self) -> &[LoadedSet] {
@@ -154,6 +160,9 @@ impl RouteMatch {
             method: &method.rules,
             omit: method.omit.as_ref(),
             plan: &self.route().binding,
+            method_descriptor: &method.descriptor,
+            plans: &self.catalog.json_plans,
+            reply_plan: method.reply_plan,
         }
     }
 

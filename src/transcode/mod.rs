@@ -12,15 +12,17 @@ pub mod scalar;
 mod split;
 mod stream;
 mod update_mask;
+mod wire_json;
 
 pub use field_mask::{client_fields, MaskTree};
 pub use field_rules::{FieldRules, MethodRules};
 pub use http_body::{raw_reply, raw_request_message};
 use prost_reflect::{DeserializeOptions, SerializeOptions};
 pub use request::{request_message, RequestParts};
-pub use response::{ReplyFilter, ReplyShape};
+pub use response::{decode_reply, ReplyFilter, ReplyShape};
 pub use split::JsonSplitter;
 pub use stream::{Framer, StreamFormat};
+pub use wire_json::JsonPlans;
 
 use crate::config::{Config, InternalInput};
 
@@ -37,6 +39,7 @@ pub struct TranscodeOptions {
     clear_internal_input: bool,
     emit_unpopulated: bool,
     use_proto_field_names: bool,
+    print: wire_json::PrintOptions,
 }
 
 impl TranscodeOptions {
@@ -54,6 +57,11 @@ impl TranscodeOptions {
             clear_internal_input: config.filters.internal_input == InternalInput::Clear,
             emit_unpopulated: json.emit_unpopulated,
             use_proto_field_names: json.use_proto_field_names,
+            print: wire_json::PrintOptions {
+                proto_names: json.use_proto_field_names,
+                emit_unpopulated: json.emit_unpopulated,
+                enum_numbers: json.enums_as_numbers,
+            },
         }
     }
 }

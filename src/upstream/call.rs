@@ -3,23 +3,23 @@
 
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::uri::PathAndQuery;
-use prost_reflect::{DynamicMessage, MessageDescriptor};
+use prost_reflect::DynamicMessage;
 use tonic::{metadata::MetadataMap, Code, TimeoutExpired};
 
 use super::{codec::DynamicCodec, Upstream};
 use crate::error::Error;
 
-/// Calls `path` on `upstream` with `message` and waits for the reply (with
+/// Calls `path` on `upstream` with `message` and waits for the encoded reply (with
 /// the upstream's response metadata), at most the upstream's timeout (which
 /// is also sent as `grpc-timeout`).
 pub async fn unary(
     upstream: &Upstream,
     path: PathAndQuery,
-    output: MessageDescriptor,
     message: DynamicMessage,
     metadata: MetadataMap,
-) -> Result<tonic::Response<DynamicMessage>, Error> {
+) -> Result<tonic::Response<Bytes>, Error> {
     let mut grpc = tonic::client::Grpc::new(upstream.channel.clone())
         .max_decoding_message_size(upstream.max_response_bytes);
     let mut request = tonic::Request::from_parts(metadata, Default::default(), message);
@@ -29,7 +29,7 @@ pub async fn unary(
         grpc.ready()
             .await
             .map_err(|err| unavailable(upstream, &err))?;
-        grpc.unary(request, path, DynamicCodec::new(output))
+        grpc.unary(request, path, DynamicCodec)
             .await
             .map_err(|status| classify(upstream, status, started.elapsed() >= upstream.timeout))
     };

@@ -1,26 +1,25 @@
 //! `DynamicCodec`: a tonic [`Codec`] over prost-reflect messages, so that any
 //! method in the catalog can be called without generated code.
 
+use bytes::{Buf as _, Bytes};
 use prost::Message as _;
-use prost_reflect::{DynamicMessage, MessageDescriptor};
+use prost_reflect::DynamicMessage;
 use tonic::{
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
     Status,
 };
 
-/// Encodes request messages and decodes replies of one output type.
-#[derive(Debug, Clone)]
-pub struct DynamicCodec {
-    output: MessageDescriptor,
-}
+/// Encodes request messages; replies stay encoded ([`Bytes`]), to be printed
+/// as JSON straight from the wire by the reply plans.
+#[derive(Debug, Clone, Default)]
+pub struct DynamicCodec;
 
 #[derive(Debug)]
 pub struct DynamicEncoder;
 
+/// Hands over a reply's bytes without copying them.
 #[derive(Debug)]
-pub struct DynamicDecoder {
-    output: MessageDescriptor,
-}
+pub struct BytesDecoder;
 
 /// An element of a request stream.
 #[derive(Debug)]
@@ -33,57 +32,43 @@ pub enum Outgoing {
 }
 
 /// [`DynamicCodec`] for request streams of [`Outgoing`] elements.
-#[derive(Debug, Clone)]
-pub struct StreamCodec(DynamicCodec);
+#[derive(Debug, Clone, Default)]
+pub struct StreamCodec;
 
 #[derive(Debug)]
 pub struct StreamEncoder;
 
 // === impl DynamicCodec ===
 
-impl DynamicCodec {
-    pub fn new(output: MessageDescriptor) -> Self {
-        Self { output }
-    }
-}
-
 impl Codec for DynamicCodec {
     type Encode = DynamicMessage;
-    type Decode = DynamicMessage;
+    type Decode = Bytes;
     type Encoder = DynamicEncoder;
-    type Decoder = DynamicDecoder;
+    type Decoder = BytesDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
         DynamicEncoder
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        DynamicDecoder {
-            output: self.output.clone(),
-        }
+        BytesDecoder
     }
 }
 
 // === impl StreamCodec ===
 
-impl StreamCodec {
-    pub fn new(output: MessageDescriptor) -> Self {
-        Self(DynamicCodec::new(output))
-    }
-}
-
 impl Codec for StreamCodec {
     type Encode = Outgoing;
-    type Decode = DynamicMessage;
+    type Decode = Bytes;
     type Encoder = StreamEncoder;
-    type Decoder = DynamicDecoder;
+    type Decoder = BytesDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
         StreamEncoder
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        self.0.decoder()
+        BytesDecoder
     }
 }
 
@@ -109,15 +94,11 @@ impl Encoder for DynamicEncoder {
     }
 }
 
-impl Decoder for DynamicDecoder {
-    type Item = DynamicMessage;
+impl Decoder for BytesDecoder {
+    type Item = Bytes;
     type Error = Status;
 
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<DynamicMessage>, Status> {
-        let mut message = DynamicMessage::new(self.output.clone());
-        message.merge(src).map_err(|err| {
-            Status::internal(format!("cannot decode {}: {err}", self.output.full_name()))
-        })?;
-        Ok(Some(message))
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }

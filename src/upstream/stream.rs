@@ -9,9 +9,10 @@
 
 use std::{future::Future, sync::Arc, time::Instant};
 
+use bytes::Bytes;
 use futures_util::Stream;
 use http::uri::PathAndQuery;
-use prost_reflect::{DynamicMessage, MessageDescriptor};
+use prost_reflect::DynamicMessage;
 use tonic::{client::Grpc, metadata::MetadataMap, transport::Channel, Status, Streaming};
 
 use super::{
@@ -26,14 +27,14 @@ use crate::error::Error;
 #[derive(Debug)]
 pub struct ReplyStream {
     /// `None` when the stream ended or stayed quiet before its first message.
-    pub first: Option<DynamicMessage>,
-    rest: Streaming<DynamicMessage>,
+    pub first: Option<Bytes>,
+    rest: Streaming<Bytes>,
     upstream: Arc<Upstream>,
 }
 
 impl ReplyStream {
     /// The next message after [`ReplyStream::first`]; `None` at a clean end.
-    pub async fn next(&mut self) -> Result<Option<DynamicMessage>, Error> {
+    pub async fn next(&mut self) -> Result<Option<Bytes>, Error> {
         self.rest
             .message()
             .await
@@ -45,7 +46,6 @@ impl ReplyStream {
 pub async fn server_streaming(
     upstream: &Arc<Upstream>,
     path: PathAndQuery,
-    output: MessageDescriptor,
     message: DynamicMessage,
     metadata: MetadataMap,
 ) -> Result<ReplyStream, Error> {
@@ -53,9 +53,7 @@ pub async fn server_streaming(
     let mut grpc = client(upstream);
     until_first_reply(upstream, async {
         ready(&mut grpc, upstream).await?;
-        Ok(grpc
-            .server_streaming(request, path, DynamicCodec::new(output))
-            .await)
+        Ok(grpc.server_streaming(request, path, DynamicCodec).await)
     })
     .await
 }
@@ -64,7 +62,6 @@ pub async fn server_streaming(
 pub async fn bidi_streaming(
     upstream: &Arc<Upstream>,
     path: PathAndQuery,
-    output: MessageDescriptor,
     messages: impl Stream<Item = Outgoing> + Send + 'static,
     metadata: MetadataMap,
 ) -> Result<ReplyStream, Error> {
@@ -72,9 +69,7 @@ pub async fn bidi_streaming(
     let mut grpc = client(upstream);
     until_first_reply(upstream, async {
         ready(&mut grpc, upstream).await?;
-        Ok(grpc
-            .streaming(request, path, StreamCodec::new(output))
-            .await)
+        Ok(grpc.streaming(request, path, StreamCodec).await)
     })
     .await
 }
@@ -84,17 +79,16 @@ pub async fn bidi_streaming(
 pub async fn client_streaming(
     upstream: &Upstream,
     path: PathAndQuery,
-    output: MessageDescriptor,
     messages: impl Stream<Item = Outgoing> + Send + 'static,
     metadata: MetadataMap,
-) -> Result<DynamicMessage, Error> {
+) -> Result<Bytes, Error> {
     let mut request = tonic::Request::from_parts(metadata, Default::default(), messages);
     request.set_timeout(upstream.timeout);
     let mut grpc = client(upstream);
     let started = Instant::now();
     let call = async {
         ready(&mut grpc, upstream).await?;
-        grpc.client_streaming(request, path, StreamCodec::new(output))
+        grpc.client_streaming(request, path, StreamCodec)
             .await
             .map_err(|status| classify(upstream, status, started.elapsed() >= upstream.timeout))
     };
@@ -119,9 +113,7 @@ async fn ready(grpc: &mut Grpc<Channel>, upstream: &Upstream) -> Result<(), Erro
 /// message by then is a quiet stream.
 async fn until_first_reply(
     upstream: &Arc<Upstream>,
-    call: impl Future<
-        Output = Result<Result<tonic::Response<Streaming<DynamicMessage>>, Status>, Error>,
-    >,
+    call: impl Future<Output = Result<Result<tonic::Response<Streaming<Bytes>>, Status>, Error>>,
 ) -> Result<ReplyStream, Error> {
     let deadline = tokio::time::Instant::now() + upstream.timeout;
     let Ok(opened) = tokio::time::timeout_at(deadline, call).await else {

@@ -1,0 +1,1200 @@
+//! Reply wire bytes → proto3 JSON, printed straight from the bytes.
+//!
+//! Decoding a reply into a `DynamicMessage` and serializing that was the
+//! largest user-space cost of a request in profiles: a tree of maps and
+//! `Value`s per reply and a descriptor lookup per field. Here every message
+//! type of a catalog gets a [`MessagePlan`] when the catalog is built (fields
+//! in print order, keys already quoted, kinds resolved, internal fields
+//! marked), and a reply is printed in one pass over its bytes per message,
+//! with the reply filters (internal fields, configured omissions, the
+//! client's `fields`) applied on the way.
+//!
+//! The output is the one `prost-reflect` prints for the decoded message (a
+//! test compares the two over every field kind and option), with one
+//! difference: map entries come out sorted by key, not in hash order. What
+//! the plans do not cover (`Any`, `Struct`, extensions, groups, repeated
+//! copies of a singular message, conflicting oneof members, malformed bytes)
+//! reports [`Unsupported`], and the caller decodes the reply the general way.
+
+use std::{collections::HashMap, sync::Arc};
+
+use base64::{prelude::BASE64_STANDARD, Engine as _};
+use prost_reflect::{
+    Cardinality, DescriptorPool, EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor,
+};
+use serde::Serializer as _;
+
+use super::{field_mask::MaskTree, field_rules::FieldRules};
+
+/// Deeper replies are left to the general decoder (which refuses them).
+const MAX_DEPTH: u32 = 100;
+
+const MAX_FIELD_NUMBER: u32 = (1 << 29) - 1;
+
+/// Field numbers up to this are looked up in a table, larger ones by search.
+const DENSE_NUMBERS: u32 = 256;
+
+/// The plans fall short for this reply: decode it the general way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsupported;
+
+/// The print plans of every message type in a catalog's pool.
+#[derive(Debug, Default)]
+pub struct JsonPlans {
+    messages: Box<[MessagePlan]>,
+    by_name: HashMap<Box<str>, usize>,
+}
+
+/// How replies are printed: the JSON options of the config.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PrintOptions {
+    pub proto_names: bool,
+    pub emit_unpopulated: bool,
+    pub enum_numbers: bool,
+}
+
+/// The filters applied while printing, relative to the printed message.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Masks<'a> {
+    /// Paths cleared (configured omissions).
+    pub omit: Option<&'a MaskTree>,
+    /// Paths kept, everything else cleared (the client's `fields`).
+    pub keep: Option<&'a MaskTree>,
+}
+
+#[derive(Debug)]
+struct MessagePlan {
+    form: Form,
+    fields: Box<[FieldPlan]>,
+    lookup: Lookup,
+}
+
+/// How a message type prints.
+#[derive(Debug)]
+enum Form {
+    Fields,
+    Timestamp,
+    Duration,
+    /// `google.protobuf.*Value` wrappers: the bare value of field 1.
+    Wrapper(Scalar),
+    Empty,
+    /// Printed by prost-reflect from a decoded message: `Any`, `Struct`,
+    /// `Value`, `ListValue`, `FieldMask`. Filters do not reach inside them.
+    Dynamic(MessageDescriptor),
+    /// Extended messages and groups: the whole reply goes the general way.
+    Unsupported,
+}
+
+#[derive(Debug)]
+enum Lookup {
+    /// `table[number]` is the field's index, or `u16::MAX`.
+    Dense(Box<[u16]>),
+    /// Sorted by number.
+    Sparse(Box<[(u32, u16)]>),
+}
+
+#[derive(Debug)]
+struct FieldPlan {
+    descriptor: FieldDescriptor,
+    /// `"jsonName":`
+    json_key: Box<str>,
+    /// `"proto_name":`
+    proto_key: Box<str>,
+    shape: Shape,
+    value: ValueKind,
+    /// Printed only when set (messages, `optional`, oneof members).
+    presence: bool,
+    internal: bool,
+    /// The real oneof it belongs to (bit index), if any.
+    oneof: Option<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Single,
+    List,
+    /// A map with keys of this kind; the value kind is the field's.
+    Map(Scalar),
+}
+
+#[derive(Debug, Clone)]
+enum ValueKind {
+    Scalar(Scalar),
+    Enum(Arc<EnumPlan>),
+    Message(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scalar {
+    Double,
+    Float,
+    Int32,
+    Int64,
+    Uint32,
+    Uint64,
+    Sint32,
+    Sint64,
+    Fixed32,
+    Fixed64,
+    Sfixed32,
+    Sfixed64,
+    Bool,
+    String,
+    Bytes,
+}
+
+#[derive(Debug)]
+struct EnumPlan {
+    /// Quoted value names, sorted by number.
+    names: Box<[(i32, Box<str>)]>,
+    default: i32,
+    /// `google.protobuf.NullValue` prints as `null`.
+    null_value: bool,
+}
+
+/// Protobuf wire types.
+const VARINT: u8 = 0;
+const FIXED64: u8 = 1;
+const LEN: u8 = 2;
+const FIXED32: u8 = 5;
+
+/// One field occurrence in a message's bytes: its value's byte range.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    field: u16,
+    wire: u8,
+    start: usize,
+    end: usize,
+}
+
+/// A map entry's key and value ranges (`None`: absent, the default).
+#[derive(Debug, Clone, Copy)]
+struct MapEntry {
+    key: Option<(u8, usize, usize)>,
+    value: Option<(u8, usize, usize)>,
+}
+
+// === impl JsonPlans ===
+
+impl JsonPlans {
+    pub fn new(pool: &DescriptorPool, rules: &FieldRules) -> Self {
+        let messages: Vec<MessageDescriptor> = pool.all_messages().collect();
+        let by_name: HashMap<Box<str>, usize> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (Box::from(m.full_name()), i))
+            .collect();
+        let mut enums: HashMap<String, Arc<EnumPlan>> = HashMap::new();
+        let messages = messages
+            .iter()
+            .map(|message| MessagePlan::new(message, &by_name, &mut enums, rules))
+            .collect();
+        Self { messages, by_name }
+    }
+
+    /// The plan of a message type, resolved once per method.
+    pub fn index_of(&self, message: &MessageDescriptor) -> Option<usize> {
+        self.by_name.get(message.full_name()).copied()
+    }
+
+    /// Prints the reply of type `root`, or its `body` field (`response_body`).
+    pub fn print(
+        &self,
+        root: usize,
+        reply: &[u8],
+        body: Option<&FieldDescriptor>,
+        masks: Masks<'_>,
+        options: PrintOptions,
+    ) -> Result<Vec<u8>, Unsupported> {
+        let mut printer = Printer {
+            plans: self,
+            options,
+            buf: reply,
+            out: Vec::with_capacity(reply.len() * 2 + 16),
+            entries: Vec::new(),
+            map_entries: Vec::new(),
+            depth: 0,
+        };
+        match body {
+            None => printer.message(root, 0, reply.len(), masks)?,
+            Some(body) => printer.body_field(root, body, masks)?,
+        }
+        Ok(printer.out)
+    }
+}
+
+// === impl MessagePlan ===
+
+impl MessagePlan {
+    fn new(
+        message: &MessageDescriptor,
+        by_name: &HashMap<Box<str>, usize>,
+        enums: &mut HashMap<String, Arc<EnumPlan>>,
+        rules: &FieldRules,
+    ) -> Self {
+        let form = match message.full_name() {
+            "google.protobuf.Timestamp" => Form::Timestamp,
+            "google.protobuf.Duration" => Form::Duration,
+            "google.protobuf.Empty" => Form::Empty,
+            "google.protobuf.DoubleValue" => Form::Wrapper(Scalar::Double),
+            "google.protobuf.FloatValue" => Form::Wrapper(Scalar::Float),
+            "google.protobuf.Int64Value" => Form::Wrapper(Scalar::Int64),
+            "google.protobuf.UInt64Value" => Form::Wrapper(Scalar::Uint64),
+            "google.protobuf.Int32Value" => Form::Wrapper(Scalar::Int32),
+            "google.protobuf.UInt32Value" => Form::Wrapper(Scalar::Uint32),
+            "google.protobuf.BoolValue" => Form::Wrapper(Scalar::Bool),
+            "google.protobuf.StringValue" => Form::Wrapper(Scalar::String),
+            "google.protobuf.BytesValue" => Form::Wrapper(Scalar::Bytes),
+            "google.protobuf.Any"
+            | "google.protobuf.Struct"
+            | "google.protobuf.Value"
+            | "google.protobuf.ListValue"
+            | "google.protobuf.FieldMask" => Form::Dynamic(message.clone()),
+            _ if message.extensions().next().is_some() => Form::Unsupported,
+            _ => Form::Fields,
+        };
+        let mut fields = Vec::new();
+        let mut oneofs: Vec<String> = Vec::new();
+        let mut unsupported = false;
+        for field in message.fields() {
+            let Some((shape, value)) = field_kind(&field, by_name, enums) else {
+                unsupported = true;
+                continue;
+            };
+            let oneof = field
+                .containing_oneof()
+                .filter(|oneof| !oneof.is_synthetic())
+                .and_then(|oneof| {
+                    let name = oneof.full_name().to_owned();
+                    let bit = match oneofs.iter().position(|o| *o == name) {
+                        Some(bit) => bit,
+                        None => {
+                            oneofs.push(name);
+                            oneofs.len() - 1
+                        }
+                    };
+                    u8::try_from(bit).ok().filter(|bit| *bit < 64)
+                });
+            if field.containing_oneof().is_some_and(|o| !o.is_synthetic()) && oneof.is_none() {
+                unsupported = true;
+            }
+            fields.push(FieldPlan {
+                json_key: quoted_key(field.json_name()),
+                proto_key: quoted_key(field.name()),
+                shape,
+                value,
+                presence: field.supports_presence(),
+                internal: rules.is_internal(message, &field),
+                oneof,
+                descriptor: field,
+            });
+        }
+        let form = match form {
+            Form::Fields if unsupported || fields.len() >= usize::from(u16::MAX) => {
+                Form::Unsupported
+            }
+            form => form,
+        };
+        let lookup = Lookup::new(&fields);
+        Self {
+            form,
+            fields: fields.into(),
+            lookup,
+        }
+    }
+
+    fn field_index(&self, number: u32) -> Option<usize> {
+        match &self.lookup {
+            Lookup::Dense(table) => table
+                .get(number as usize)
+                .filter(|i| **i != u16::MAX)
+                .map(|i| usize::from(*i)),
+            Lookup::Sparse(sorted) => sorted
+                .binary_search_by_key(&number, |(n, _)| *n)
+                .ok()
+                .map(|at| usize::from(sorted[at].1)),
+        }
+    }
+}
+
+impl Lookup {
+    fn new(fields: &[FieldPlan]) -> Self {
+        let max = fields
+            .iter()
+            .map(|f| f.descriptor.number())
+            .max()
+            .unwrap_or(0);
+        let index = |i: usize| u16::try_from(i).unwrap_or(u16::MAX);
+        if max <= DENSE_NUMBERS {
+            let mut table = vec![u16::MAX; max as usize + 1];
+            for (i, field) in fields.iter().enumerate() {
+                table[field.descriptor.number() as usize] = index(i);
+            }
+            Self::Dense(table.into())
+        } else {
+            let mut sorted: Vec<(u32, u16)> = fields
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (f.descriptor.number(), index(i)))
+                .collect();
+            sorted.sort_unstable();
+            Self::Sparse(sorted.into())
+        }
+    }
+}
+
+/// The shape and value kind of a field; `None` for groups.
+fn field_kind(
+    field: &FieldDescriptor,
+    by_name: &HashMap<Box<str>, usize>,
+    enums: &mut HashMap<String, Arc<EnumPlan>>,
+) -> Option<(Shape, ValueKind)> {
+    if field.is_group() {
+        return None;
+    }
+    if field.is_map() {
+        let Kind::Message(entry) = field.kind() else {
+            return None;
+        };
+        let ValueKind::Scalar(key) =
+            value_kind(&entry.map_entry_key_field().kind(), by_name, enums)?
+        else {
+            return None;
+        };
+        let value = value_kind(&entry.map_entry_value_field().kind(), by_name, enums)?;
+        return Some((Shape::Map(key), value));
+    }
+    let shape = match field.cardinality() {
+        Cardinality::Repeated => Shape::List,
+        _ => Shape::Single,
+    };
+    Some((shape, value_kind(&field.kind(), by_name, enums)?))
+}
+
+fn value_kind(
+    kind: &Kind,
+    by_name: &HashMap<Box<str>, usize>,
+    enums: &mut HashMap<String, Arc<EnumPlan>>,
+) -> Option<ValueKind> {
+    Some(ValueKind::Scalar(match kind {
+        Kind::Double => Scalar::Double,
+        Kind::Float => Scalar::Float,
+        Kind::Int32 => Scalar::Int32,
+        Kind::Int64 => Scalar::Int64,
+        Kind::Uint32 => Scalar::Uint32,
+        Kind::Uint64 => Scalar::Uint64,
+        Kind::Sint32 => Scalar::Sint32,
+        Kind::Sint64 => Scalar::Sint64,
+        Kind::Fixed32 => Scalar::Fixed32,
+        Kind::Fixed64 => Scalar::Fixed64,
+        Kind::Sfixed32 => Scalar::Sfixed32,
+        Kind::Sfixed64 => Scalar::Sfixed64,
+        Kind::Bool => Scalar::Bool,
+        Kind::String => Scalar::String,
+        Kind::Bytes => Scalar::Bytes,
+        Kind::Enum(e) => {
+            let plan = enums
+                .entry(e.full_name().to_owned())
+                .or_insert_with(|| Arc::new(EnumPlan::new(e)));
+            return Some(ValueKind::Enum(plan.clone()));
+        }
+        Kind::Message(m) => return by_name.get(m.full_name()).map(|i| ValueKind::Message(*i)),
+    }))
+}
+
+fn quoted_key(name: &str) -> Box<str> {
+    let mut key = serde_json::to_string(name).unwrap_or_else(|_| format!("\"{name}\""));
+    key.push(':');
+    key.into()
+}
+
+impl EnumPlan {
+    fn new(descriptor: &EnumDescriptor) -> Self {
+        let mut names: Vec<(i32, Box<str>)> = descriptor
+            .values()
+            .map(|v| {
+                let quoted =
+                    serde_json::to_string(v.name()).unwrap_or_else(|_| format!("\"{}\"", v.name()));
+                (v.number(), quoted.into())
+            })
+            .collect();
+        // The first name of a number wins, as in prost-reflect's lookup.
+        names.sort_by_key(|(number, _)| *number);
+        names.dedup_by_key(|(number, _)| *number);
+        Self {
+            names: names.into(),
+            default: descriptor.default_value().number(),
+            null_value: descriptor.full_name() == "google.protobuf.NullValue",
+        }
+    }
+
+    fn name(&self, number: i32) -> Option<&str> {
+        self.names
+            .binary_search_by_key(&number, |(n, _)| *n)
+            .ok()
+            .map(|at| &*self.names[at].1)
+    }
+}
+
+impl Scalar {
+    /// The wire type of one value.
+    fn wire(self) -> u8 {
+        match self {
+            Self::Double | Self::Fixed64 | Self::Sfixed64 => FIXED64,
+            Self::Float | Self::Fixed32 | Self::Sfixed32 => FIXED32,
+            Self::String | Self::Bytes => LEN,
+            _ => VARINT,
+        }
+    }
+}
+
+impl ValueKind {
+    fn wire(&self) -> u8 {
+        match self {
+            Self::Scalar(scalar) => scalar.wire(),
+            Self::Enum(_) => VARINT,
+            Self::Message(_) => LEN,
+        }
+    }
+}
+
+impl FieldPlan {
+    fn accepts(&self, wire: u8) -> bool {
+        let one = self.value.wire();
+        match self.shape {
+            Shape::Map(_) => wire == LEN,
+            // Repeated numbers may come packed.
+            Shape::List => wire == one || (wire == LEN && one != LEN),
+            Shape::Single => wire == one,
+        }
+    }
+
+    fn key(&self, options: PrintOptions) -> &str {
+        if options.proto_names {
+            &self.proto_key
+        } else {
+            &self.json_key
+        }
+    }
+}
+
+// === Printer ===
+
+struct Printer<'a> {
+    plans: &'a JsonPlans,
+    options: PrintOptions,
+    buf: &'a [u8],
+    out: Vec<u8>,
+    /// Stack of the indexed fields of the messages being printed.
+    entries: Vec<Entry>,
+    /// Stack of the entries of the maps being printed.
+    map_entries: Vec<MapEntry>,
+    depth: u32,
+}
+
+type Printed = Result<(), Unsupported>;
+
+impl Printer<'_> {
+    fn message(&mut self, plan: usize, start: usize, end: usize, masks: Masks<'_>) -> Printed {
+        let plans = self.plans;
+        let plan = plans.messages.get(plan).ok_or(Unsupported)?;
+        match &plan.form {
+            Form::Fields => {
+                self.depth += 1;
+                if self.depth > MAX_DEPTH {
+                    return Err(Unsupported);
+                }
+                let printed = self.fields(plan, start, end, masks);
+                self.depth -= 1;
+                printed
+            }
+            Form::Timestamp => self.timestamp(start, end),
+            Form::Duration => self.duration(start, end),
+            Form::Wrapper(scalar) => {
+                let value = self.last_of(start, end, 1, scalar.wire())?;
+                match value {
+                    Some((start, end)) => self.scalar(*scalar, start, end),
+                    None => self.default_scalar(*scalar),
+                }
+            }
+            Form::Empty => {
+                self.out.extend_from_slice(b"{}");
+                Ok(())
+            }
+            Form::Dynamic(descriptor) => {
+                let message = prost_reflect::DynamicMessage::decode(
+                    descriptor.clone(),
+                    &self.buf[start..end],
+                )
+                .map_err(|_| Unsupported)?;
+                let options = prost_reflect::SerializeOptions::new()
+                    .stringify_64_bit_integers(true)
+                    .use_enum_numbers(self.options.enum_numbers)
+                    .use_proto_field_name(self.options.proto_names)
+                    .skip_default_fields(!self.options.emit_unpopulated);
+                let mut serializer = serde_json::Serializer::new(&mut self.out);
+                message
+                    .serialize_with_options(&mut serializer, &options)
+                    .map_err(|_| Unsupported)
+            }
+            Form::Unsupported => Err(Unsupported),
+        }
+    }
+
+    /// Indexes a message's fields (grouped by field, in print order) onto
+    /// the entry stack; returns where they start.
+    fn index(
+        &mut self,
+        plan: &MessagePlan,
+        start: usize,
+        end: usize,
+    ) -> Result<usize, Unsupported> {
+        let base = self.entries.len();
+        let mut pos = start;
+        let mut sorted = true;
+        let mut last_field = 0u16;
+        while pos < end {
+            let key = read_varint(self.buf, &mut pos, end)?;
+            let number = u32::try_from(key >> 3).map_err(|_| Unsupported)?;
+            let wire = (key & 7) as u8;
+            if number == 0 || number > MAX_FIELD_NUMBER {
+                return Err(Unsupported);
+            }
+            let (value_start, value_end) = self.value_range(wire, &mut pos, end)?;
+            let Some(field) = plan.field_index(number) else {
+                continue;
+            };
+            if !plan.fields[field].accepts(wire) {
+                return Err(Unsupported);
+            }
+            let field = u16::try_from(field).map_err(|_| Unsupported)?;
+            sorted &= field >= last_field;
+            last_field = field;
+            self.entries.push(Entry {
+                field,
+                wire,
+                start: value_start,
+                end: value_end,
+            });
+        }
+        if !sorted {
+            // Stable: repeated values keep their order.
+            self.entries[base..].sort_by_key(|e| e.field);
+        }
+        Ok(base)
+    }
+
+    /// The byte range of a value of wire type `wire` at `pos`, moving past it.
+    fn value_range(
+        &self,
+        wire: u8,
+        pos: &mut usize,
+        end: usize,
+    ) -> Result<(usize, usize), Unsupported> {
+        let start = *pos;
+        let value_end = match wire {
+            VARINT => {
+                read_varint(self.buf, pos, end)?;
+                return Ok((start, *pos));
+            }
+            FIXED64 => start + 8,
+            FIXED32 => start + 4,
+            LEN => {
+                let len =
+                    usize::try_from(read_varint(self.buf, pos, end)?).map_err(|_| Unsupported)?;
+                let value_start = *pos;
+                let value_end = value_start.checked_add(len).ok_or(Unsupported)?;
+                if value_end > end {
+                    return Err(Unsupported);
+                }
+                *pos = value_end;
+                return Ok((value_start, value_end));
+            }
+            _ => return Err(Unsupported),
+        };
+        if value_end > end {
+            return Err(Unsupported);
+        }
+        *pos = value_end;
+        Ok((start, value_end))
+    }
+
+    fn fields(
+        &mut self,
+        plan: &MessagePlan,
+        start: usize,
+        end: usize,
+        masks: Masks<'_>,
+    ) -> Printed {
+        let base = self.index(plan, start, end)?;
+        let top = self.entries.len();
+        self.out.push(b'{');
+        let mut first = true;
+        let mut oneofs = 0u64;
+        let mut next = base;
+        for (index, field) in plan.fields.iter().enumerate() {
+            let run = next;
+            while next < top && usize::from(self.entries[next].field) == index {
+                next += 1;
+            }
+            if let Some(bit) = field.oneof.filter(|_| run < next) {
+                if oneofs & (1 << bit) != 0 {
+                    // Two members of one oneof: only the last counts, hidden or not.
+                    return Err(Unsupported);
+                }
+                oneofs |= 1 << bit;
+            }
+            if field.internal {
+                continue;
+            }
+            let Some(inner) = field_masks(field, masks) else {
+                continue;
+            };
+            if run == next {
+                if self.options.emit_unpopulated && !field.presence {
+                    self.key(field, &mut first);
+                    self.default_value(field)?;
+                }
+                continue;
+            }
+            match field.shape {
+                Shape::Single => {
+                    let last = self.entries[next - 1];
+                    if matches!(field.value, ValueKind::Message(_)) && next - run > 1 {
+                        // Repeated copies of a message merge.
+                        return Err(Unsupported);
+                    }
+                    if !field.presence
+                        && !self.options.emit_unpopulated
+                        && self.is_default(&field.value, last)?
+                    {
+                        continue;
+                    }
+                    self.key(field, &mut first);
+                    self.value(&field.value, last.wire, last.start, last.end, inner)?;
+                }
+                Shape::List => {
+                    let empty = self.entries[run..next]
+                        .iter()
+                        .all(|e| e.wire == LEN && e.start == e.end && field.value.wire() != LEN);
+                    if empty && !self.options.emit_unpopulated {
+                        continue;
+                    }
+                    self.key(field, &mut first);
+                    self.list(field, run, next, inner)?;
+                }
+                Shape::Map(key) => {
+                    self.key(field, &mut first);
+                    self.map(key, &field.value, run, next, inner)?;
+                }
+            }
+        }
+        self.out.push(b'}');
+        self.entries.truncate(base);
+        Ok(())
+    }
+
+    /// The `response_body` field of the reply, printed even when unset.
+    fn body_field(&mut self, root: usize, body: &FieldDescriptor, masks: Masks<'_>) -> Printed {
+        let plans = self.plans;
+        let plan = plans.messages.get(root).ok_or(Unsupported)?;
+        if !matches!(plan.form, Form::Fields) {
+            return Err(Unsupported);
+        }
+        let index = plan.field_index(body.number()).ok_or(Unsupported)?;
+        let field = &plan.fields[index];
+        if field.internal {
+            return Err(Unsupported);
+        }
+        let base = self.index(plan, 0, self.buf.len())?;
+        let top = self.entries.len();
+        let run = self.entries[base..top]
+            .iter()
+            .position(|e| usize::from(e.field) == index)
+            .map_or(top, |at| base + at);
+        let mut next = run;
+        while next < top && usize::from(self.entries[next].field) == index {
+            next += 1;
+        }
+        match field.shape {
+            Shape::List => self.list(field, run, next, masks)?,
+            Shape::Map(key) => self.map(key, &field.value, run, next, masks)?,
+            Shape::Single if run == next => match &field.value {
+                ValueKind::Message(plan) => self.message(*plan, 0, 0, masks)?,
+                value => self.default_single(value)?,
+            },
+            Shape::Single => {
+                if matches!(field.value, ValueKind::Message(_)) && next - run > 1 {
+                    return Err(Unsupported);
+                }
+                let last = self.entries[next - 1];
+                self.value(&field.value, last.wire, last.start, last.end, masks)?;
+            }
+        }
+        self.entries.truncate(base);
+        Ok(())
+    }
+
+    fn key(&mut self, field: &FieldPlan, first: &mut bool) {
+        if !*first {
+            self.out.push(b',');
+        }
+        *first = false;
+        self.out
+            .extend_from_slice(field.key(self.options).as_bytes());
+    }
+
+    fn list(&mut self, field: &FieldPlan, run: usize, next: usize, masks: Masks<'_>) -> Printed {
+        self.out.push(b'[');
+        let mut first = true;
+        let one = field.value.wire();
+        for i in run..next {
+            let entry = self.entries[i];
+            if entry.wire == LEN && one != LEN {
+                // Packed numbers.
+                let mut pos = entry.start;
+                while pos < entry.end {
+                    let (start, end) = self.value_range(one, &mut pos, entry.end)?;
+                    self.comma(&mut first);
+                    self.value(&field.value, one, start, end, masks)?;
+                }
+            } else {
+                self.comma(&mut first);
+                self.value(&field.value, entry.wire, entry.start, entry.end, masks)?;
+            }
+        }
+        self.out.push(b']');
+        Ok(())
+    }
+
+    fn map(
+        &mut self,
+        key: Scalar,
+        value: &ValueKind,
+        run: usize,
+        next: usize,
+        masks: Masks<'_>,
+    ) -> Printed {
+        let base = self.map_entries.len();
+        for i in run..next {
+            let entry = self.entries[i];
+            let parsed = self.map_entry(entry.start, entry.end, key.wire(), value)?;
+            self.map_entries.push(parsed);
+        }
+        // Sorted by key, the last of equal keys kept (as decoding would).
+        let buf = self.buf;
+        let key_bytes = |e: &MapEntry| e.key.map_or(&[][..], |(_, s, end)| &buf[s..end]);
+        self.map_entries[base..].sort_by(|a, b| key_bytes(a).cmp(key_bytes(b)));
+        self.out.push(b'{');
+        let mut first = true;
+        let top = self.map_entries.len();
+        for i in base..top {
+            let entry = self.map_entries[i];
+            if i + 1 < top && key_bytes(&self.map_entries[i + 1]) == key_bytes(&entry) {
+                continue;
+            }
+            self.comma(&mut first);
+            self.map_key(key, entry.key)?;
+            self.out.push(b':');
+            match entry.value {
+                Some((wire, start, end)) => self.value(value, wire, start, end, masks)?,
+                None => match value {
+                    ValueKind::Message(plan) => self.message(*plan, 0, 0, masks)?,
+                    value => self.default_single(value)?,
+                },
+            }
+        }
+        self.out.push(b'}');
+        self.map_entries.truncate(base);
+        Ok(())
+    }
+
+    fn map_entry(
+        &self,
+        start: usize,
+        end: usize,
+        key_wire: u8,
+        value: &ValueKind,
+    ) -> Result<MapEntry, Unsupported> {
+        let value_wire = value.wire();
+        let value_is_message = matches!(value, ValueKind::Message(_));
+        let mut entry = MapEntry {
+            key: None,
+            value: None,
+        };
+        let mut pos = start;
+        while pos < end {
+            let tag = read_varint(self.buf, &mut pos, end)?;
+            let wire = (tag & 7) as u8;
+            let (value_start, value_end) = self.value_range(wire, &mut pos, end)?;
+            let slot = match tag >> 3 {
+                1 if wire == key_wire => &mut entry.key,
+                // Repeated copies of a message value merge: left to the decoder.
+                2 if value_is_message && entry.value.is_some() => return Err(Unsupported),
+                2 if wire == value_wire => &mut entry.value,
+                1 | 2 => return Err(Unsupported),
+                _ => continue,
+            };
+            *slot = Some((wire, value_start, value_end));
+        }
+        Ok(entry)
+    }
+
+    fn map_key(&mut self, key: Scalar, range: Option<(u8, usize, usize)>) -> Printed {
+        match (key, range) {
+            (Scalar::String, Some((_, start, end))) => self.string(start, end),
+            (Scalar::String, None) => {
+                self.out.extend_from_slice(b"\"\"");
+                Ok(())
+            }
+            (Scalar::Bool, _) => {
+                let value = match range {
+                    Some((_, start, end)) => self.varint(start, end)? != 0,
+                    None => false,
+                };
+                self.out.push(b'"');
+                self.out
+                    .extend_from_slice(if value { b"true" } else { b"false" });
+                self.out.push(b'"');
+                Ok(())
+            }
+            (number, range) => {
+                self.out.push(b'"');
+                match range {
+                    Some((_, start, end)) => self.number(number, start, end)?,
+                    None => self.out.push(b'0'),
+                }
+                self.out.push(b'"');
+                Ok(())
+            }
+        }
+    }
+
+    fn comma(&mut self, first: &mut bool) {
+        if !*first {
+            self.out.push(b',');
+        }
+        *first = false;
+    }
+
+    fn value(
+        &mut self,
+        value: &ValueKind,
+        wire: u8,
+        start: usize,
+        end: usize,
+        masks: Masks<'_>,
+    ) -> Printed {
+        match value {
+            ValueKind::Scalar(scalar) => self.scalar(*scalar, start, end),
+            ValueKind::Enum(plan) => {
+                let number = self.varint(start, end)? as i32;
+                self.enum_value(plan, number);
+                Ok(())
+            }
+            ValueKind::Message(plan) if wire == LEN => self.message(*plan, start, end, masks),
+            ValueKind::Message(_) => Err(Unsupported),
+        }
+    }
+
+    fn enum_value(&mut self, plan: &EnumPlan, number: i32) {
+        if plan.null_value {
+            self.out.extend_from_slice(b"null");
+            return;
+        }
+        match plan.name(number).filter(|_| !self.options.enum_numbers) {
+            Some(name) => self.out.extend_from_slice(name.as_bytes()),
+            None => self.integer(i64::from(number)),
+        }
+    }
+
+    /// Whether a singular value without presence holds its default.
+    fn is_default(&self, value: &ValueKind, entry: Entry) -> Result<bool, Unsupported> {
+        let bytes = &self.buf[entry.start..entry.end];
+        Ok(match value {
+            ValueKind::Scalar(Scalar::Float) => self.f32_at(entry.start, entry.end)? == 0.0,
+            ValueKind::Scalar(Scalar::Double) => self.f64_at(entry.start, entry.end)? == 0.0,
+            ValueKind::Scalar(Scalar::String | Scalar::Bytes) => bytes.is_empty(),
+            ValueKind::Scalar(Scalar::Int32 | Scalar::Sint32 | Scalar::Uint32) => {
+                // Only the low 32 bits count, as in decoding.
+                self.varint(entry.start, entry.end)? as u32 == 0
+            }
+            ValueKind::Scalar(Scalar::Int64 | Scalar::Sint64 | Scalar::Uint64 | Scalar::Bool) => {
+                self.varint(entry.start, entry.end)? == 0
+            }
+            ValueKind::Scalar(_) => bytes.iter().all(|b| *b == 0),
+            ValueKind::Enum(plan) => self.varint(entry.start, entry.end)? as i32 == plan.default,
+            ValueKind::Message(_) => false,
+        })
+    }
+
+    /// The default of a field that is absent: printed with `emit_unpopulated`.
+    fn default_value(&mut self, field: &FieldPlan) -> Printed {
+        match field.shape {
+            Shape::List => self.out.extend_from_slice(b"[]"),
+            Shape::Map(_) => self.out.extend_from_slice(b"{}"),
+            Shape::Single => return self.default_single(&field.value),
+        }
+        Ok(())
+    }
+
+    fn default_single(&mut self, value: &ValueKind) -> Printed {
+        match value {
+            ValueKind::Scalar(scalar) => self.default_scalar(*scalar),
+            ValueKind::Enum(plan) => {
+                self.enum_value(plan, plan.default);
+                Ok(())
+            }
+            ValueKind::Message(plan) => self.message(*plan, 0, 0, Masks::default()),
+        }
+    }
+
+    fn default_scalar(&mut self, scalar: Scalar) -> Printed {
+        let text: &[u8] = match scalar {
+            Scalar::Double | Scalar::Float => b"0.0",
+            Scalar::Int64
+            | Scalar::Uint64
+            | Scalar::Sint64
+            | Scalar::Fixed64
+            | Scalar::Sfixed64 => b"\"0\"",
+            Scalar::Bool => b"false",
+            Scalar::String | Scalar::Bytes => b"\"\"",
+            _ => b"0",
+        };
+        self.out.extend_from_slice(text);
+        Ok(())
+    }
+
+    fn scalar(&mut self, scalar: Scalar, start: usize, end: usize) -> Printed {
+        match scalar {
+            Scalar::String => self.string(start, end),
+            Scalar::Bytes => {
+                let bytes = &self.buf[start..end];
+                self.out.push(b'"');
+                let at = self.out.len();
+                self.out.resize(at + bytes.len().div_ceil(3) * 4, 0);
+                let written = BASE64_STANDARD
+                    .encode_slice(bytes, &mut self.out[at..])
+                    .map_err(|_| Unsupported)?;
+                self.out.truncate(at + written);
+                self.out.push(b'"');
+                Ok(())
+            }
+            Scalar::Bool => {
+                let value = self.varint(start, end)? != 0;
+                self.out
+                    .extend_from_slice(if value { b"true" } else { b"false" });
+                Ok(())
+            }
+            Scalar::Float => {
+                let value = self.f32_at(start, end)?;
+                self.float(f64::from(value), |s| s.serialize_f32(value))
+            }
+            Scalar::Double => {
+                let value = self.f64_at(start, end)?;
+                self.float(value, |s| s.serialize_f64(value))
+            }
+            Scalar::Int64
+            | Scalar::Uint64
+            | Scalar::Sint64
+            | Scalar::Fixed64
+            | Scalar::Sfixed64 => {
+                self.out.push(b'"');
+                self.number(scalar, start, end)?;
+                self.out.push(b'"');
+                Ok(())
+            }
+            _ => self.number(scalar, start, end),
+        }
+    }
+
+    /// A number without quotes.
+    fn number(&mut self, scalar: Scalar, start: usize, end: usize) -> Printed {
+        match scalar {
+            Scalar::Int32 => self.integer(i64::from(self.varint(start, end)? as i32)),
+            Scalar::Int64 => self.integer(self.varint(start, end)? as i64),
+            Scalar::Uint32 => self.unsigned(u64::from(self.varint(start, end)? as u32)),
+            Scalar::Uint64 => self.unsigned(self.varint(start, end)?),
+            Scalar::Sint32 => {
+                let raw = self.varint(start, end)? as u32;
+                self.integer(i64::from((raw >> 1) as i32 ^ -((raw & 1) as i32)));
+            }
+            Scalar::Sint64 => {
+                let raw = self.varint(start, end)?;
+                self.integer((raw >> 1) as i64 ^ -((raw & 1) as i64));
+            }
+            Scalar::Fixed32 => {
+                self.unsigned(u64::from(u32::from_le_bytes(self.fixed(start, end)?)))
+            }
+            Scalar::Sfixed32 => {
+                self.integer(i64::from(i32::from_le_bytes(self.fixed(start, end)?)))
+            }
+            Scalar::Fixed64 => self.unsigned(u64::from_le_bytes(self.fixed(start, end)?)),
+            Scalar::Sfixed64 => self.integer(i64::from_le_bytes(self.fixed(start, end)?)),
+            Scalar::Bool => {
+                let value = self.varint(start, end)? != 0;
+                self.out
+                    .extend_from_slice(if value { b"true" } else { b"false" });
+            }
+            _ => return Err(Unsupported),
+        }
+        Ok(())
+    }
+
+    fn integer(&mut self, value: i64) {
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+    }
+
+    fn unsigned(&mut self, value: u64) {
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+    }
+
+    /// Finite floats as serde_json prints them; the others as strings.
+    fn float(
+        &mut self,
+        value: f64,
+        finite: impl FnOnce(&mut serde_json::Serializer<&mut Vec<u8>>) -> serde_json::Result<()>,
+    ) -> Printed {
+        if value.is_finite() {
+            finite(&mut serde_json::Serializer::new(&mut self.out)).map_err(|_| Unsupported)
+        } else {
+            let text: &[u8] = if value.is_nan() {
+                b"\"NaN\""
+            } else if value > 0.0 {
+                b"\"Infinity\""
+            } else {
+                b"\"-Infinity\""
+            };
+            self.out.extend_from_slice(text);
+            Ok(())
+        }
+    }
+
+    fn string(&mut self, start: usize, end: usize) -> Printed {
+        let text = std::str::from_utf8(&self.buf[start..end]).map_err(|_| Unsupported)?;
+        serde_json::Serializer::new(&mut self.out)
+            .serialize_str(text)
+            .map_err(|_| Unsupported)
+    }
+
+    fn timestamp(&mut self, start: usize, end: usize) -> Printed {
+        let (seconds, nanos) = self.seconds_nanos(start, end)?;
+        // Years 1 to 9999, as prost-reflect checks.
+        if !(-62_135_596_800..=253_402_300_799).contains(&seconds) {
+            return Err(Unsupported);
+        }
+        let timestamp = prost_types::Timestamp { seconds, nanos };
+        self.display(&timestamp);
+        Ok(())
+    }
+
+    fn duration(&mut self, start: usize, end: usize) -> Printed {
+        let (seconds, nanos) = self.seconds_nanos(start, end)?;
+        if seconds.unsigned_abs() > 315_576_000_000 || nanos.unsigned_abs() > 999_999_999 {
+            return Err(Unsupported);
+        }
+        let duration = prost_types::Duration { seconds, nanos };
+        self.display(&duration);
+        Ok(())
+    }
+
+    fn display(&mut self, value: &dyn std::fmt::Display) {
+        use std::io::Write as _;
+        self.out.push(b'"');
+        // Writing to a Vec cannot fail.
+        let _ = write!(self.out, "{value}");
+        self.out.push(b'"');
+    }
+
+    /// Fields 1 (int64) and 2 (int32) of a Timestamp or Duration.
+    fn seconds_nanos(&self, start: usize, end: usize) -> Result<(i64, i32), Unsupported> {
+        let seconds = self.last_of(start, end, 1, VARINT)?;
+        let nanos = self.last_of(start, end, 2, VARINT)?;
+        let seconds = match seconds {
+            Some((s, e)) => self.varint(s, e)? as i64,
+            None => 0,
+        };
+        let nanos = match nanos {
+            Some((s, e)) => self.varint(s, e)? as i32,
+            None => 0,
+        };
+        Ok((seconds, nanos))
+    }
+
+    /// The last occurrence of field `number` in a message's bytes.
+    fn last_of(
+        &self,
+        start: usize,
+        end: usize,
+        number: u64,
+        expected: u8,
+    ) -> Result<Option<(usize, usize)>, Unsupported> {
+        let mut found = None;
+        let mut pos = start;
+        while pos < end {
+            let tag = read_varint(self.buf, &mut pos, end)?;
+            let wire = (tag & 7) as u8;
+            let range = self.value_range(wire, &mut pos, end)?;
+            if tag >> 3 == number {
+                if wire != expected {
+                    return Err(Unsupported);
+                }
+                found = Some(range);
+            }
+        }
+        Ok(found)
+    }
+
+    fn varint(&self, start: usize, end: usize) -> Result<u64, Unsupported> {
+        let mut pos = start;
+        read_varint(self.buf, &mut pos, end)
+    }
+
+    fn fixed<const N: usize>(&self, start: usize, end: usize) -> Result<[u8; N], Unsupported> {
+        self.buf[start..end].try_into().map_err(|_| Unsupported)
+    }
+
+    fn f32_at(&self, start: usize, end: usize) -> Result<f32, Unsupported> {
+        Ok(f32::from_le_bytes(self.fixed(start, end)?))
+    }
+
+    fn f64_at(&self, start: usize, end: usize) -> Result<f64, Unsupported> {
+        Ok(f64::from_le_bytes(self.fixed(start, end)?))
+    }
+}
+
+/// The masks below `field`, or `None` when the masks hide it.
+fn field_masks<'m>(field: &FieldPlan, masks: Masks<'m>) -> Option<Masks<'m>> {
+    let omit = match masks.omit.and_then(|omit| omit.child(&field.descriptor)) {
+        Some(child) if child.is_empty() => return None,
+        child => child,
+    };
+    let keep = match masks.keep {
+        None => None,
+        Some(keep) => match keep.child(&field.descriptor) {
+            None => return None,
+            Some(child) if child.is_empty() => None,
+            Some(child) => Some(child),
+        },
+    };
+    Some(Masks { omit, keep })
+}
+
+/// A base-128 varint at `pos` (at most ten bytes, before `end`).
+fn read_varint(buf: &[u8], pos: &mut usize, end: usize) -> Result<u64, Unsupported> {
+    let mut value = 0u64;
+    for shift in (0..70).step_by(7) {
+        if *pos >= end {
+            return Err(Unsupported);
+        }
+        let byte = buf[*pos];
+        *pos += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Ok(value);
+        }
+    }
+    Err(Unsupported)
+}
