@@ -7,7 +7,14 @@ mod codec;
 mod health;
 mod stream;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 pub use call::unary;
 pub use codec::Outgoing;
@@ -28,7 +35,10 @@ pub struct Upstream {
     /// Largest reply message accepted.
     pub max_response_bytes: usize,
     ca_file: Option<PathBuf>,
-    channel: Channel,
+    /// HTTP/2 connections, used in turn: one connection's task and stream
+    /// lock would otherwise carry every call to the upstream.
+    channels: Box<[Channel]>,
+    next: AtomicUsize,
 }
 
 /// Every configured upstream, longest pattern first.
@@ -153,9 +163,23 @@ impl Upstream {
             timeout: config.timeout,
             max_response_bytes,
             ca_file: config.ca_file.clone(),
-            channel: endpoint.connect_lazy(),
+            channels: (0..connections())
+                .map(|_| endpoint.connect_lazy())
+                .collect(),
+            next: AtomicUsize::new(0),
         })
     }
+
+    /// The channel for the next call.
+    pub(crate) fn channel(&self) -> Channel {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        self.channels[turn % self.channels.len()].clone()
+    }
+}
+
+/// One connection per core the gateway's runtime has.
+fn connections() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 #[cfg(test)]

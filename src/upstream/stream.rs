@@ -99,7 +99,7 @@ pub async fn client_streaming(
 }
 
 fn client(upstream: &Upstream) -> Grpc<Channel> {
-    Grpc::new(upstream.channel.clone()).max_decoding_message_size(upstream.max_response_bytes)
+    Grpc::new(upstream.channel()).max_decoding_message_size(upstream.max_response_bytes)
 }
 
 async fn ready(grpc: &mut Grpc<Channel>, upstream: &Upstream) -> Result<(), Error> {
