@@ -193,7 +193,7 @@ impl HeaderPolicy {
         }
         for name in IDS.into_iter().chain(TRACE_CONTEXT) {
             if let Some(value) = incoming.get(name) {
-                out.insert(name, value.clone());
+                out.insert(name, unique(value.clone()));
             }
         }
         for (name, value) in self.static_headers.iter() {
@@ -208,7 +208,7 @@ impl HeaderPolicy {
                 .unwrap_or_default()
                 .as_millis();
             if let Ok(value) = HeaderValue::from_str(&format!("t={millis}")) {
-                out.insert(name, value);
+                out.insert(name, unique(value));
             }
         }
         if let Some(identity) = request.extensions().get::<Arc<Identity>>() {
@@ -218,6 +218,15 @@ impl HeaderPolicy {
         }
         MetadataMap::from_headers(out)
     }
+}
+
+/// A value that differs on every request (ids, times): marked so that HPACK
+/// sends it as a literal instead of adding it to the connection's dynamic
+/// table, where it would only evict reusable entries (and cost a table
+/// search and insertion per request).
+fn unique(mut value: HeaderValue) -> HeaderValue {
+    value.set_sensitive(true);
+    value
 }
 
 // === impl NameSet ===
