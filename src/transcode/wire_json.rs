@@ -1085,8 +1085,14 @@ impl Printer<'_> {
         if !(-62_135_596_800..=253_402_300_799).contains(&seconds) {
             return Err(Unsupported);
         }
-        let timestamp = prost_types::Timestamp { seconds, nanos };
-        self.display(&timestamp);
+        if (0..1_000_000_000).contains(&nanos) {
+            self.out.push(b'"');
+            write_rfc3339(seconds, nanos, &mut self.out);
+            self.out.push(b'"');
+        } else {
+            // Unnormalized nanos: let prost-types fold them into the seconds.
+            self.display(&prost_types::Timestamp { seconds, nanos });
+        }
         Ok(())
     }
 
@@ -1165,6 +1171,57 @@ impl Printer<'_> {
     }
 }
 
+/// `seconds` (years 1 to 9999) and `nanos` (0 to 999,999,999) as RFC 3339
+/// in UTC, with 0, 3, 6 or 9 fractional digits: what prost-types prints,
+/// without its formatting machinery (it showed in profiles of list replies).
+fn write_rfc3339(seconds: i64, nanos: i32, out: &mut Vec<u8>) {
+    let days = seconds.div_euclid(86_400);
+    let second_of_day = seconds.rem_euclid(86_400);
+    // Days since 1970-01-01 → civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    let digits = |out: &mut Vec<u8>, value: i64, width: u32| {
+        for place in (0..width).rev() {
+            out.push(b'0' + (value / 10_i64.pow(place) % 10) as u8);
+        }
+    };
+    digits(out, year, 4);
+    out.push(b'-');
+    digits(out, month, 2);
+    out.push(b'-');
+    digits(out, day, 2);
+    out.push(b'T');
+    digits(out, second_of_day / 3_600, 2);
+    out.push(b':');
+    digits(out, second_of_day / 60 % 60, 2);
+    out.push(b':');
+    digits(out, second_of_day % 60, 2);
+    let nanos = i64::from(nanos);
+    if nanos % 1_000_000_000 != 0 {
+        out.push(b'.');
+        if nanos % 1_000_000 == 0 {
+            digits(out, nanos / 1_000_000, 3);
+        } else if nanos % 1_000 == 0 {
+            digits(out, nanos / 1_000, 6);
+        } else {
+            digits(out, nanos, 9);
+        }
+    }
+    out.push(b'Z');
+}
+
 /// The masks below `field`, or `None` when the masks hide it.
 fn field_masks<'m>(field: &FieldPlan, masks: Masks<'m>) -> Option<Masks<'m>> {
     let omit = match masks.omit.and_then(|omit| omit.child(&field.descriptor)) {
@@ -1197,4 +1254,35 @@ fn read_varint(buf: &[u8], pos: &mut usize, end: usize) -> Result<u64, Unsupport
         }
     }
     Err(Unsupported)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every day of the range and a spread of times print as prost-types prints them.
+    #[test]
+    fn rfc3339_matches_prost_types() {
+        let (min, max) = (-62_135_596_800_i64, 253_402_300_799_i64);
+        let mut seconds: Vec<i64> = (min / 86_400..=max / 86_400)
+            .step_by(13)
+            .map(|day| day * 86_400 + (day.rem_euclid(86_400) * 7_919) % 86_400)
+            .collect();
+        seconds.extend([min, max, 0, -1, 1, 951_782_400, 951_868_799, 4_107_542_400]);
+        for (i, seconds) in seconds
+            .into_iter()
+            .filter(|s| (min..=max).contains(s))
+            .enumerate()
+        {
+            let nanos = [0, 5_000_000, 120_000, 7, 999_999_999][i % 5];
+            let mut out = Vec::new();
+            write_rfc3339(seconds, nanos, &mut out);
+            let expected = prost_types::Timestamp { seconds, nanos }.to_string();
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                expected,
+                "{seconds} {nanos}"
+            );
+        }
+    }
 }
