@@ -18,7 +18,8 @@
 
 use std::{
     fmt,
-    sync::{atomic::Ordering, Arc},
+    hash::BuildHasher as _,
+    sync::{atomic::Ordering, Arc, OnceLock, PoisonError, RwLock},
     time::Duration,
 };
 
@@ -30,13 +31,14 @@ use axum::{
 };
 use http::{header, HeaderValue, Method};
 use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Recorder, Unit,
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Histogram, Recorder, Unit,
 };
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
-use super::{body::Observed, code_name, Outcome, Refusal, RequestContext};
+use super::{body::Observed, code_name, Outcome, Refusal, RequestContext, RouteLabels};
 use crate::{
     config::{ConfigError, MetricsConfig},
     registry::Registry,
@@ -78,6 +80,28 @@ pub struct Metrics {
 struct Inner {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// The handles of every label combination seen, so that a request
+    /// records without building label sets and looking them up by name.
+    series: RwLock<hashbrown::HashTable<Arc<Series>>>,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+/// The per-request metrics of one combination of labels.
+struct Series {
+    hash: u64,
+    route: Box<str>,
+    method: &'static str,
+    status: u16,
+    grpc_code: &'static str,
+    upstream: Box<str>,
+    rpc: Box<str>,
+    duration: Histogram,
+    request_size: Histogram,
+    response_size: Histogram,
+    /// Registered on first use: requests answered before any upstream call
+    /// (404s, refusals) must not create an empty upstream series.
+    upstream_duration: OnceLock<Histogram>,
+    requests: Counter,
 }
 
 // === impl Metrics ===
@@ -101,7 +125,12 @@ impl Metrics {
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
         let metrics = Self {
-            inner: Arc::new(Inner { recorder, handle }),
+            inner: Arc::new(Inner {
+                recorder,
+                handle,
+                series: RwLock::default(),
+                hasher: hashbrown::DefaultHashBuilder::default(),
+            }),
         };
         metrics.record(describe);
         Ok(metrics)
@@ -151,46 +180,105 @@ impl Metrics {
         bytes_out: u64,
     ) {
         let labels = context.labels();
-        let route = labels.route.to_owned();
-        self.record(|| {
-            histogram!(REQUEST_DURATION, "route" => route.clone(), "method" => method)
-                .record(context.elapsed().as_secs_f64());
-            histogram!(REQUEST_SIZE, "route" => route.clone()).record(context.bytes_in() as f64);
-            histogram!(RESPONSE_SIZE, "route" => route.clone()).record(bytes_out as f64);
-            if let Some(latency) = context.upstream_latency() {
-                histogram!(
-                    UPSTREAM_DURATION,
-                    "upstream" => labels.upstream.to_owned(),
-                    "rpc" => labels.rpc.to_owned(),
-                )
-                .record(latency.as_secs_f64());
-            }
-            match outcome.refusal {
-                Some(Refusal::RateLimited) => {
-                    let key_kind = if context.consumer() == "anonymous" {
-                        "ip"
-                    } else {
-                        "user"
-                    };
-                    counter!(RATE_LIMITED, "route" => route.clone(), "key_kind" => key_kind)
+        let series = self.series(labels, method, &outcome);
+        series.duration.record(context.elapsed().as_secs_f64());
+        series.request_size.record(context.bytes_in() as f64);
+        series.response_size.record(bytes_out as f64);
+        if let Some(latency) = context.upstream_latency() {
+            let upstream_duration = series.upstream_duration.get_or_init(|| {
+                self.record(|| {
+                    histogram!(
+                        UPSTREAM_DURATION,
+                        "upstream" => labels.upstream.to_owned(),
+                        "rpc" => labels.rpc.to_owned(),
+                    )
+                })
+            });
+            upstream_duration.record(latency.as_secs_f64());
+        }
+        match outcome.refusal {
+            Some(Refusal::RateLimited) => {
+                let key_kind = if context.consumer() == "anonymous" {
+                    "ip"
+                } else {
+                    "user"
+                };
+                self.record(|| {
+                    counter!(RATE_LIMITED, "route" => labels.route.to_owned(), "key_kind" => key_kind)
                         .increment(1);
-                }
-                Some(Refusal::Auth(reason)) => {
-                    counter!(AUTH_FAILURES, "reason" => reason).increment(1)
-                }
-                None => {}
+                });
             }
-            // Last, so a scrape that sees the count sees the histograms too.
-            counter!(
+            Some(Refusal::Auth(reason)) => {
+                self.record(|| counter!(AUTH_FAILURES, "reason" => reason).increment(1));
+            }
+            None => {}
+        }
+        // Last, so a scrape that sees the count sees the histograms too.
+        series.requests.increment(1);
+    }
+
+    /// The handles for these labels: found without allocating, registered once.
+    fn series(
+        &self,
+        labels: RouteLabels<'_>,
+        method: &'static str,
+        outcome: &Outcome,
+    ) -> Arc<Series> {
+        let status = outcome.status.as_u16();
+        let grpc_code = code_name(outcome.code);
+        let hash = self.inner.hasher.hash_one((
+            labels.route,
+            method,
+            status,
+            grpc_code,
+            labels.upstream,
+            labels.rpc,
+        ));
+        let is = |series: &Arc<Series>| {
+            series.hash == hash
+                && *series.route == *labels.route
+                && series.method == method
+                && series.status == status
+                && series.grpc_code == grpc_code
+                && *series.upstream == *labels.upstream
+                && *series.rpc == *labels.rpc
+        };
+        let table = &self.inner.series;
+        if let Some(found) = table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .find(hash, is)
+        {
+            return found.clone();
+        }
+        let route = labels.route.to_owned();
+        let created = Arc::new(self.record(|| Series {
+            hash,
+            duration: histogram!(REQUEST_DURATION, "route" => route.clone(), "method" => method),
+            request_size: histogram!(REQUEST_SIZE, "route" => route.clone()),
+            response_size: histogram!(RESPONSE_SIZE, "route" => route.clone()),
+            upstream_duration: OnceLock::new(),
+            requests: counter!(
                 REQUESTS,
-                "route" => route,
+                "route" => route.clone(),
                 "method" => method,
                 "status" => outcome.status.as_str().to_owned(),
-                "grpc_code" => code_name(outcome.code),
+                "grpc_code" => grpc_code,
                 "upstream" => labels.upstream.to_owned(),
-            )
-            .increment(1);
-        });
+            ),
+            route: route.into(),
+            method,
+            status,
+            grpc_code,
+            upstream: labels.upstream.into(),
+            rpc: labels.rpc.into(),
+        }));
+        let mut table = table.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(found) = table.find(hash, is) {
+            return found.clone();
+        }
+        table.insert_unique(hash, created.clone(), |series| series.hash);
+        created
     }
 }
 
