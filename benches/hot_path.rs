@@ -3,9 +3,8 @@
 //! a list of 100 (with and without internal-field filtering); catalog build
 //! for 10 and 1,000 services. `cargo bench --bench hot_path`.
 
-use std::{fmt::Write as _, hint::black_box, path::Path};
+use std::{hint::black_box, path::Path};
 
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::Method;
 use prost::Message as _;
@@ -165,48 +164,11 @@ fn transcode(c: &mut Criterion) {
     }
 }
 
-/// A descriptor set of `services` services with 10 annotated methods each.
-fn generated_set(services: usize) -> DescriptorSet {
-    let mut source = String::from(
-        "syntax = \"proto3\";\npackage bench.v1;\nimport \"google/api/annotations.proto\";\n\
-         message Req { string id = 1; string name = 2; int32 page_size = 3; }\nmessage Res { string id = 1; }\n",
-    );
-    for s in 0..services {
-        let _ = writeln!(source, "service S{s} {{");
-        for m in 0..10 {
-            let (verb, path) = match m % 3 {
-                0 => ("get", format!("/v1/s{s}/m{m}/{{id}}")),
-                1 => ("post", format!("/v1/{{name=projects/*/s{s}/m{m}/*}}:run")),
-                _ => ("delete", format!("/v1/s{s}/m{m}/{{id}}/x")),
-            };
-            let _ = writeln!(source, "  rpc M{m}(Req) returns (Res) {{ option (google.api.http) = {{ {verb}: \"{path}\" }}; }}");
-        }
-        source.push_str("}\n");
-    }
-    let dir =
-        std::env::temp_dir().join(format!("protogate-bench-{}-{services}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("bench.proto"), source).unwrap();
-    let mut compiler = protox::Compiler::new([
-        dir.clone(),
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("protos"),
-    ])
-    .unwrap();
-    compiler.include_imports(true);
-    compiler.open_file("bench.proto").unwrap();
-    let bytes = compiler.encode_file_descriptor_set();
-    std::fs::remove_dir_all(&dir).ok();
-    DescriptorSet {
-        name: format!("bench-{services}"),
-        bytes: Bytes::from(bytes),
-    }
-}
-
 fn catalog_build(c: &mut Criterion) {
     let mut group = c.benchmark_group("catalog_build");
     group.sample_size(10);
     for services in [10, 1_000] {
-        let set = generated_set(services);
+        let set = protogate::demo::synthetic_set(services).unwrap();
         group.bench_with_input(BenchmarkId::from_parameter(services), &set, |b, set| {
             b.iter(|| protogate::check(vec![set.clone()], false).unwrap());
         });

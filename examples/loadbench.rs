@@ -7,6 +7,7 @@
 //! cargo run --release --example loadbench                       # 20,000 requests per workload, 32 connections
 //! cargo run --release --example loadbench -- --requests 50000 --concurrency 64
 //! cargo run --release --example loadbench -- --gateway http://127.0.0.1:8080   # any gateway with the same routes
+//! cargo run --release --example loadbench -- --services 1000 --only get        # with 1,000 more services loaded
 //! ```
 //!
 //! CPU per request comes from `/proc/<pid>/stat` (user + system time) before
@@ -31,6 +32,7 @@ use protogate::{
         order_service_client::OrderServiceClient, CreateOrderRequest, GetOrderRequest, LineItem,
         ListOrdersRequest, Order,
     },
+    registry::DescriptorSet,
     Config, Server,
 };
 use tokio::net::{TcpListener, TcpStream};
@@ -55,6 +57,10 @@ struct Args {
     /// Run only these workloads (all when absent), e.g. to profile one.
     #[arg(long, value_enum)]
     only: Vec<WorkloadName>,
+    /// Also load a synthetic API of this many services (10 routes each) into
+    /// the gateway, and report its catalog build time and resident memory.
+    #[arg(long, default_value_t = 0)]
+    services: usize,
     #[command(subcommand)]
     role: Option<Role>,
 }
@@ -68,6 +74,9 @@ enum Role {
     Gateway {
         listen: SocketAddr,
         upstream: String,
+        /// An extra descriptor set to load (the synthetic API).
+        #[arg(long)]
+        descriptor_set: Option<std::path::PathBuf>,
     },
 }
 
@@ -123,24 +132,42 @@ fn main() -> Result<(), BoxError> {
             demo::serve_examples(listener, std::future::pending()).await?;
             Ok(())
         }),
-        Some(Role::Gateway { listen, upstream }) => {
-            runtime.block_on(serve_gateway(listen, upstream))
-        }
+        Some(Role::Gateway {
+            listen,
+            upstream,
+            descriptor_set,
+        }) => runtime.block_on(serve_gateway(listen, upstream, descriptor_set)),
         None => runtime.block_on(bench(&args)),
     }
 }
 
-async fn serve_gateway(listen: SocketAddr, upstream: String) -> Result<(), BoxError> {
+async fn serve_gateway(
+    listen: SocketAddr,
+    upstream: String,
+    descriptor_set: Option<std::path::PathBuf>,
+) -> Result<(), BoxError> {
     let mut config = Config {
         listen,
         ..Config::default()
     };
     config.access_log.enabled = false;
     config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    for package in ["acme.orders.v1", "acme.orders.v2", "acme.users.v1"] {
+    for package in [
+        "acme.orders.v1",
+        "acme.orders.v2",
+        "acme.users.v1",
+        "bench.v1",
+    ] {
         config.override_upstream(&format!("{package}={upstream}"))?;
     }
-    let server = Server::new(&config, demo::descriptor_sets())?;
+    let mut sets = demo::descriptor_sets();
+    if let Some(path) = descriptor_set {
+        sets.push(DescriptorSet {
+            name: "synthetic".into(),
+            bytes: std::fs::read(path)?.into(),
+        });
+    }
+    let server = Server::new(&config, sets)?;
     let listener = TcpListener::bind(listen).await?;
     server.serve(listener, std::future::pending()).await?;
     Ok(())
@@ -195,11 +222,39 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
+/// The synthetic API's cost: catalog build (measured here, on the same
+/// sets; the swap itself is one pointer store) and the gateway's memory.
+fn scale_report(services: usize, gateway: u32) -> Result<(), BoxError> {
+    let mut sets = demo::descriptor_sets();
+    sets.push(demo::synthetic_set(services)?);
+    let mut builds = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let catalog = protogate::check(sets.clone(), false)?;
+        builds.push(started.elapsed());
+        drop(catalog);
+    }
+    builds.sort();
+    println!(
+        "{services} synthetic services ({} routes) loaded: catalog build median {:.0} ms; \
+         gateway RSS after start {:.1} MiB\n",
+        services * 10,
+        builds[builds.len() / 2].as_secs_f64() * 1000.0,
+        rss_mib(gateway, "VmRSS:")
+    );
+    Ok(())
+}
+
 fn peak_rss_mib(pid: u32) -> f64 {
+    rss_mib(pid, "VmHWM:")
+}
+
+/// A memory line of `/proc/<pid>/status`, in MiB.
+fn rss_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }
@@ -380,9 +435,20 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
         }
         None => {
             let addr = free_port()?;
-            let process =
-                Process::spawn(&["gateway".into(), addr.to_string(), backend_url.clone()])?;
+            let mut gateway_args = vec!["gateway".into(), addr.to_string(), backend_url.clone()];
+            // Compiled here: a gateway loads descriptor sets, not sources.
+            let synthetic =
+                std::env::temp_dir().join(format!("loadbench-{}.binpb", std::process::id()));
+            if args.services > 0 {
+                std::fs::write(&synthetic, &demo::synthetic_set(args.services)?.bytes)?;
+                gateway_args.push(format!("--descriptor-set={}", synthetic.display()));
+            }
+            let process = Process::spawn(&gateway_args)?;
             wait_for(addr).await?;
+            if args.services > 0 {
+                std::fs::remove_file(&synthetic).ok();
+                scale_report(args.services, process.pid())?;
+            }
             (Some(process), addr)
         }
     };
@@ -456,7 +522,8 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
     }
     if let Some(pid) = gateway_pid {
         println!(
-            "\ngateway peak RSS: {:.1} MiB; backend peak RSS: {:.1} MiB",
+            "\ngateway RSS: {:.1} MiB now, {:.1} MiB peak; backend peak RSS: {:.1} MiB",
+            rss_mib(pid, "VmRSS:"),
             peak_rss_mib(pid),
             peak_rss_mib(backend.pid())
         );

@@ -39,7 +39,7 @@ use crate::pb::{
 };
 use crate::{
     config::{AdminToken, DeprecationConfig},
-    registry::{DescriptorSet, RouteTable},
+    registry::{CompileError, DescriptorSet, ProtoSources, RouteTable},
     Config,
 };
 
@@ -99,6 +99,39 @@ async fn serve_routes(
             shutdown,
         )
         .await
+}
+
+/// A synthetic API for scale measurements: package `bench.v1` with
+/// `services` services of 10 annotated methods each (variables, a nested
+/// name with a custom verb, three HTTP methods), compiled like an upload.
+pub fn synthetic_set(services: usize) -> Result<DescriptorSet, CompileError> {
+    use std::fmt::Write as _;
+    let mut source = String::from(
+        "syntax = \"proto3\";\npackage bench.v1;\nimport \"google/api/annotations.proto\";\n\
+         message Req { string id = 1; string name = 2; int32 page_size = 3; }\n\
+         message Res { string id = 1; }\n",
+    );
+    for s in 0..services {
+        let _ = writeln!(source, "service S{s} {{");
+        for m in 0..10 {
+            let (verb, path) = match m % 3 {
+                0 => ("get", format!("/v1/s{s}/m{m}/{{id}}")),
+                1 => ("post", format!("/v1/{{name=projects/*/s{s}/m{m}/*}}:run")),
+                _ => ("delete", format!("/v1/s{s}/m{m}/{{id}}/x")),
+            };
+            let _ = writeln!(
+                source,
+                "  rpc M{m}(Req) returns (Res) {{ option (google.api.http) = {{ {verb}: \"{path}\" }}; }}"
+            );
+        }
+        source.push_str("}\n");
+    }
+    let mut sources = ProtoSources::new(usize::MAX);
+    sources.insert("bench.proto", source.into_bytes())?;
+    Ok(DescriptorSet {
+        name: format!("bench-{services}"),
+        bytes: sources.compile()?,
+    })
 }
 
 /// The example services' descriptor sets, as committed in `descriptor-sets/`
