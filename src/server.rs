@@ -11,15 +11,10 @@ use axum::{
     serve::ListenerExt,
     Router,
 };
-use http::{HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 use tokio::{net::TcpListener, sync::watch};
 use tower::ServiceBuilder;
-use tower_http::{
-    catch_panic::CatchPanicLayer,
-    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
-    timeout::TimeoutLayer,
-    trace::TraceLayer,
-};
+use tower_http::{catch_panic::CatchPanicLayer, timeout::TimeoutLayer, trace::TraceLayer};
 
 use crate::{
     admin::{self, AdminState},
@@ -32,7 +27,7 @@ use crate::{
         metrics::{self, Metrics},
         trace_context, RequestContext,
     },
-    policy::{self, LocalLimiter, Policies, SetupError},
+    policy::{self, HeaderPolicy, LocalLimiter, Policies, SetupError},
     registry::{self, BuildContext, DescriptorSet, LoadError, Registry, RouteMatch},
     router::Lookup,
     transcode::TranscodeOptions,
@@ -284,12 +279,8 @@ fn data_plane(
                 //    Malformed ids and any copy of the identity headers are dropped before.
                 .layer(middleware::from_fn_with_state(
                     policies.headers.clone(),
-                    policy::sanitize,
+                    request_ids,
                 ))
-                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                .layer(PropagateRequestIdLayer::x_request_id())
-                .layer(middleware::from_fn(correlation_id))
-                .layer(middleware::from_fn(trace_context::propagate))
                 // 2. One span per request, carrying the ids; the route is recorded at 10.
                 .layer(TraceLayer::new_for_http().make_span_with(observe::request_span))
                 // 3. Outside everything that can fail, so every final response is logged.
@@ -336,22 +327,49 @@ fn data_plane(
         )
 }
 
-/// Keeps the client's `x-correlation-id` or uses the request id, on the
-/// request (for the upstream) and on the response.
-async fn correlation_id(mut request: Request, next: Next) -> Response {
-    let id = match request.headers().get("x-correlation-id") {
+/// Layer 1: the request's ids, decided once. Malformed ids and spoofed
+/// identity headers go first; then `x-request-id` (minted when absent),
+/// `x-correlation-id` (the client's, else the request id) and this hop's
+/// `traceparent`, each set on the request (for the upstream) and on the
+/// response. One layer, not five: each layer costs a boxed future and a
+/// clone of the stack below it on every request.
+async fn request_ids(
+    State(headers): State<Arc<HeaderPolicy>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    policy::sanitize(&headers, &mut request);
+    let request_id = match request.headers().get(X_REQUEST_ID) {
         Some(id) => id.clone(),
-        None => request
-            .headers()
-            .get("x-request-id")
-            .cloned()
-            .unwrap_or(HeaderValue::from_static("")),
+        None => {
+            let mut buffer = uuid::Uuid::encode_buffer();
+            let minted = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
+            let id = HeaderValue::from_str(minted).unwrap_or(HeaderValue::from_static(""));
+            request.headers_mut().insert(X_REQUEST_ID, id.clone());
+            id
+        }
     };
-    request.headers_mut().insert("x-correlation-id", id.clone());
+    let correlation_id = request
+        .headers()
+        .get(X_CORRELATION_ID)
+        .cloned()
+        .unwrap_or_else(|| request_id.clone());
+    request
+        .headers_mut()
+        .insert(X_CORRELATION_ID, correlation_id.clone());
+    let traceparent = trace_context::start(&mut request);
     let mut response = next.run(request).await;
-    response.headers_mut().insert("x-correlation-id", id);
+    let out = response.headers_mut();
+    if !out.contains_key(X_REQUEST_ID) {
+        out.insert(X_REQUEST_ID, request_id);
+    }
+    out.insert(X_CORRELATION_ID, correlation_id);
+    out.insert(trace_context::TRACEPARENT.clone(), traceparent);
     response
 }
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
 
 /// Gives a `google.rpc.Status` body to error responses that have none of ours
 /// (timeouts, panics, anything a tower layer answered with a bare status).

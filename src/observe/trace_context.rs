@@ -8,11 +8,11 @@
 
 use std::fmt;
 
-use axum::{body::Body, extract::Request, middleware::Next, response::Response};
+use axum::{body::Body, extract::Request};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 
-static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// A parsed `traceparent`: `00-<trace id>-<parent id>-<flags>`.
@@ -97,10 +97,11 @@ fn hex(text: &str) -> Option<u128> {
         .flatten()
 }
 
-/// Middleware (layer 1): replaces the request's `traceparent` with this
-/// hop's, drops a `tracestate` that came without a valid `traceparent`,
-/// stores the [`TraceParent`] in the extensions and returns it to the client.
-pub async fn propagate(mut request: Request, next: Next) -> Response {
+/// Part of layer 1: replaces the request's `traceparent` with this hop's,
+/// drops a `tracestate` that came without a valid `traceparent`, stores the
+/// [`TraceParent`] in the extensions, and returns the value to send back to
+/// the client.
+pub fn start(request: &mut Request) -> HeaderValue {
     let incoming = request
         .headers()
         .get(&TRACEPARENT)
@@ -118,12 +119,10 @@ pub async fn propagate(mut request: Request, next: Next) -> Response {
         .headers_mut()
         .insert(TRACEPARENT.clone(), value.clone());
     request.extensions_mut().insert(hop);
-    let mut response = next.run(request).await;
-    response.headers_mut().insert(TRACEPARENT.clone(), value);
-    response
+    value
 }
 
-/// The request's trace id as 32 hex digits (empty before [`propagate`]).
+/// The request's trace id as 32 hex digits (empty before [`start`]).
 pub fn trace_id(request: &http::Request<Body>) -> TraceId {
     TraceId(
         request

@@ -85,12 +85,8 @@ struct NameSet {
     globs: GlobSet,
 }
 
-/// Outermost layer: see the module docs.
-pub async fn sanitize(
-    State(policy): State<Arc<HeaderPolicy>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// First thing on every request (layer 1): see the module docs.
+pub fn sanitize(policy: &HeaderPolicy, request: &mut Request) {
     let headers = request.headers_mut();
     for id in IDS {
         let malformed = headers.get_all(id).iter().count() > 1
@@ -105,7 +101,6 @@ pub async fn sanitize(
     request
         .extensions_mut()
         .insert(RequestStart(SystemTime::now()));
-    next.run(request).await
 }
 
 /// Layer 13: see the module docs.
