@@ -2,7 +2,6 @@
 //! binding names one: printed from the wire by the catalog's [`JsonPlans`],
 //! or (for what they do not cover) decoded and serialized by prost-reflect.
 
-use prost::Message as _;
 use prost_reflect::{
     DynamicMessage, FieldDescriptor, MessageDescriptor, MethodDescriptor, ReflectMessage as _,
     SerializeOptions, Value,
@@ -154,14 +153,12 @@ impl ReplyFilter {
 /// the upstream's fault.
 pub fn decode_reply(method: &MethodDescriptor, reply: &[u8]) -> Result<DynamicMessage, Error> {
     let output = method.output();
-    let mut message = DynamicMessage::new(output);
-    message.merge(reply).map_err(|err| {
+    DynamicMessage::decode(output.clone(), reply).map_err(|err| {
         Error::Upstream(tonic::Status::internal(format!(
             "cannot decode {}: {err}",
-            method.output().full_name()
+            output.full_name()
         )))
-    })?;
-    Ok(message)
+    })
 }
 
 /// Serializes the reply (or its `response_body` field) with the configured options.
@@ -242,6 +239,7 @@ fn field_json(
 /// JSON option, the filters and `response_body`.
 #[cfg(test)]
 mod tests {
+    use prost::Message as _;
     use prost_reflect::{DescriptorPool, MethodDescriptor};
     use serde_json::{json, Value as Json};
 

@@ -10,8 +10,11 @@
 //! client's `fields`) applied on the way.
 //!
 //! The output is the one `prost-reflect` prints for the decoded message (a
-//! test compares the two over every field kind and option), with one
-//! difference: map entries come out sorted by key, not in hash order. What
+//! test compares the two over every field kind and option), with three
+//! differences: map entries come out sorted by key, not in hash order; a
+//! `float` prints in its shortest form (prost-reflect widened it to a double
+//! when the reply was filtered); and a non-finite float wrapper prints as
+//! `"NaN"`/`"Infinity"`, as the proto3 JSON mapping says (not `null`). What
 //! the plans do not cover (`Any`, `Struct`, extensions, groups, repeated
 //! copies of a singular message, conflicting oneof members, malformed bytes)
 //! reports [`Unsupported`], and the caller decodes the reply the general way.
