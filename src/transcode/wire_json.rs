@@ -1034,11 +1034,6 @@ impl Printer<'_> {
             }
             Scalar::Fixed64 => self.unsigned(u64::from_le_bytes(self.fixed(start, end)?)),
             Scalar::Sfixed64 => self.integer(i64::from_le_bytes(self.fixed(start, end)?)),
-            Scalar::Bool => {
-                let value = self.varint(start, end)? != 0;
-                self.out
-                    .extend_from_slice(if value { b"true" } else { b"false" });
-            }
             _ => return Err(Unsupported),
         }
         Ok(())
