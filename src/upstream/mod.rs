@@ -1,6 +1,7 @@
-//! Upstreams: one lazily connected tonic [`Channel`] per configured
-//! `pattern → URL`, resolved for a service by longest match. Channels live
-//! outside the catalog so that a reload never reconnects them.
+//! Upstreams: lazily connected tonic [`Channel`]s (one HTTP/2 connection
+//! per core) per configured `pattern → URL`, resolved for a service by
+//! longest match. Channels live outside the catalog so that a reload never
+//! reconnects them.
 
 mod call;
 mod codec;
