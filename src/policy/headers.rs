@@ -323,4 +323,32 @@ mod tests {
         assert_eq!(metadata["x-gateway"], "protogate");
         assert_eq!(metadata["x-started"], "t=1234");
     }
+
+    /// Values unique to a request stay out of HPACK's dynamic table; values
+    /// that repeat on every request stay indexable.
+    #[test]
+    fn per_request_values_are_sent_never_indexed() {
+        let policy = policy("static: { x-gateway: protogate }\nrequest_start: x-started\n");
+        let mut request = request(&[
+            ("x-request-id", "r-1"),
+            ("x-correlation-id", "c-1"),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            ("tracestate", "k=v"),
+        ]);
+        request.extensions_mut().insert(RequestStart(UNIX_EPOCH));
+        let metadata = policy.upstream_metadata(&request).into_headers();
+        for name in [
+            "x-request-id",
+            "x-correlation-id",
+            "traceparent",
+            "tracestate",
+            "x-started",
+        ] {
+            assert!(metadata[name].is_sensitive(), "{name}");
+        }
+        assert!(!metadata["x-gateway"].is_sensitive());
+    }
 }

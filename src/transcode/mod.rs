@@ -39,7 +39,7 @@ pub struct TranscodeOptions {
     clear_internal_input: bool,
     emit_unpopulated: bool,
     use_proto_field_names: bool,
-    print: wire_json::PrintOptions,
+    enums_as_numbers: bool,
 }
 
 impl TranscodeOptions {
@@ -57,11 +57,7 @@ impl TranscodeOptions {
             clear_internal_input: config.filters.internal_input == InternalInput::Clear,
             emit_unpopulated: json.emit_unpopulated,
             use_proto_field_names: json.use_proto_field_names,
-            print: wire_json::PrintOptions {
-                proto_names: json.use_proto_field_names,
-                emit_unpopulated: json.emit_unpopulated,
-                enum_numbers: json.enums_as_numbers,
-            },
+            enums_as_numbers: json.enums_as_numbers,
         }
     }
 }

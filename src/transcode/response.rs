@@ -80,7 +80,7 @@ impl ReplyFilter {
                 omit,
                 keep: self.keep.as_ref(),
             };
-            if let Ok(json) = shape.plans.print(root, reply, body, masks, options.print) {
+            if let Ok(json) = shape.plans.print(root, reply, body, masks, options) {
                 return Ok(json);
             }
         }
@@ -563,7 +563,7 @@ mod tests {
                                     }),
                                     keep: filter.keep.as_ref(),
                                 },
-                                options.print,
+                                &options,
                             );
                             // With a `response_body`, the rest of the reply may not matter.
                             if binding.response_body.is_none() {
@@ -596,7 +596,7 @@ mod tests {
                 &bytes,
                 None,
                 Masks::default(),
-                TranscodeOptions::default().print,
+                &TranscodeOptions::default(),
             )
             .unwrap();
         assert_eq!(

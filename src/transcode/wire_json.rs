@@ -27,7 +27,7 @@ use prost_reflect::{
 };
 use serde::Serializer as _;
 
-use super::{field_mask::MaskTree, field_rules::FieldRules};
+use super::{field_mask::MaskTree, field_rules::FieldRules, TranscodeOptions};
 
 /// Deeper replies are left to the general decoder (which refuses them).
 const MAX_DEPTH: u32 = 100;
@@ -46,14 +46,6 @@ pub struct Unsupported;
 pub struct JsonPlans {
     messages: Box<[MessagePlan]>,
     by_name: HashMap<Box<str>, usize>,
-}
-
-/// How replies are printed: the JSON options of the config.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PrintOptions {
-    pub proto_names: bool,
-    pub emit_unpopulated: bool,
-    pub enum_numbers: bool,
 }
 
 /// The filters applied while printing, relative to the printed message.
@@ -207,7 +199,7 @@ impl JsonPlans {
         reply: &[u8],
         body: Option<&FieldDescriptor>,
         masks: Masks<'_>,
-        options: PrintOptions,
+        options: &TranscodeOptions,
     ) -> Result<Vec<u8>, Unsupported> {
         let mut printer = Printer {
             plans: self,
@@ -472,8 +464,8 @@ impl FieldPlan {
         }
     }
 
-    fn key(&self, options: PrintOptions) -> &str {
-        if options.proto_names {
+    fn key(&self, options: &TranscodeOptions) -> &str {
+        if options.use_proto_field_names {
             &self.proto_key
         } else {
             &self.json_key
@@ -485,7 +477,7 @@ impl FieldPlan {
 
 struct Printer<'a> {
     plans: &'a JsonPlans,
-    options: PrintOptions,
+    options: &'a TranscodeOptions,
     buf: &'a [u8],
     out: Vec<u8>,
     /// Stack of the indexed fields of the messages being printed.
@@ -530,14 +522,9 @@ impl Printer<'_> {
                     &self.buf[start..end],
                 )
                 .map_err(|_| Unsupported)?;
-                let options = prost_reflect::SerializeOptions::new()
-                    .stringify_64_bit_integers(true)
-                    .use_enum_numbers(self.options.enum_numbers)
-                    .use_proto_field_name(self.options.proto_names)
-                    .skip_default_fields(!self.options.emit_unpopulated);
                 let mut serializer = serde_json::Serializer::new(&mut self.out);
                 message
-                    .serialize_with_options(&mut serializer, &options)
+                    .serialize_with_options(&mut serializer, &self.options.serialize)
                     .map_err(|_| Unsupported)
             }
             Form::Unsupported => Err(Unsupported),
@@ -905,7 +892,7 @@ impl Printer<'_> {
             self.out.extend_from_slice(b"null");
             return;
         }
-        match plan.name(number).filter(|_| !self.options.enum_numbers) {
+        match plan.name(number).filter(|_| !self.options.enums_as_numbers) {
             Some(name) => self.out.extend_from_slice(name.as_bytes()),
             None => self.integer(i64::from(number)),
         }
