@@ -24,6 +24,9 @@ pub use crate::policy::config::{
 pub struct Config {
     /// Address of the public listener. Default `127.0.0.1:8080`.
     pub listen: SocketAddr,
+    /// Threads serving the public listener, each with its own runtime and
+    /// upstream connections. Default `0`: one per core.
+    pub workers: usize,
     pub descriptors: DescriptorsConfig,
     /// Where each package or service is served; longest pattern wins.
     pub upstreams: Vec<UpstreamConfig>,
@@ -259,6 +262,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            workers: 0,
             descriptors: DescriptorsConfig::default(),
             upstreams: Vec::new(),
             json: JsonConfig::default(),
@@ -399,6 +403,14 @@ impl Config {
     }
 
     /// Checks what serde cannot: upstream patterns and URLs, duplicates, limits.
+    /// The serving threads: `workers`, or one per core when it is 0.
+    pub fn workers(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (i, upstream) in self.upstreams.iter().enumerate() {
             validate_upstream(upstream).map_err(|reason| ConfigError::Invalid {

@@ -86,6 +86,9 @@ struct ServeArgs {
     /// Address of the admin listener: /metrics, /healthz, /readyz (default 127.0.0.1:9901).
     #[arg(long, value_name = "ADDR")]
     admin_listen: Option<SocketAddr>,
+    /// Threads serving the public listener (default: one per core).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
     /// A descriptor set file to load; repeatable.
     #[arg(long = "descriptor-set", value_name = "FILE")]
     descriptor_sets: Vec<PathBuf>,
@@ -224,6 +227,9 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(admin_listen) = args.admin_listen {
         config.admin.listen = admin_listen;
+    }
+    if let Some(workers) = args.workers {
+        config.workers = workers;
     }
     if let Some(dir) = args.descriptors {
         config.descriptors.dir = Some(dir);

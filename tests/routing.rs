@@ -147,3 +147,56 @@ async fn http2_prior_knowledge_is_served() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["id"], "o-2");
 }
+
+/// The `:peer` (gateway-side address) the backend saw on a call over `client`.
+async fn upstream_peer(gw: &Gateway, client: &reqwest::Client) -> String {
+    let response = client.get(gw.url("/v1/headers")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["metadata"][":peer"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no :peer in {body}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn each_worker_calls_upstream_over_its_own_connection() {
+    let gw = Gateway::start_with(|config| config.workers = 2).await;
+    // Connections go to the workers in turn: two clients, two workers.
+    let first = reqwest::Client::new();
+    let second = reqwest::Client::new();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..3 {
+        seen.insert(upstream_peer(&gw, &first).await);
+    }
+    assert_eq!(
+        seen.len(),
+        1,
+        "one worker, one upstream connection: {seen:?}"
+    );
+    for _ in 0..3 {
+        seen.insert(upstream_peer(&gw, &second).await);
+    }
+    assert_eq!(seen.len(), 2, "the other worker has its own: {seen:?}");
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests_then_refuses() {
+    let gw = Gateway::start_with(|config| config.workers = 2).await;
+    let addr = gw.addr;
+    let in_flight = tokio::spawn({
+        let request = gw.client.get(gw.url("/v1/sleep/300"));
+        async move { request.send().await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    gw.stop().await.unwrap();
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
+    assert_eq!(response.status(), 200);
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener is closed after shutdown"
+    );
+}

@@ -142,7 +142,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             ca_file: None,
         };
-        let upstreams = Upstreams::new(&[config], 1024).unwrap();
+        let upstreams = Upstreams::new(&[config], 1024, 1).unwrap();
         UpstreamHealth::new(
             &upstreams,
             &HealthConfig {

@@ -1,6 +1,7 @@
-//! Upstreams: lazily connected tonic [`Channel`]s (one HTTP/2 connection
-//! per core) per configured `pattern → URL`, resolved for a service by
-//! longest match. Channels live outside the catalog so that a reload never
+//! Upstreams: lazily connected tonic [`Channel`]s per configured
+//! `pattern → URL`, resolved for a service by longest match. Each serving
+//! worker thread gets its own HTTP/2 connection, driven by that worker's
+//! runtime. Channels live outside the catalog so that a reload never
 //! reconnects them.
 
 mod call;
@@ -9,11 +10,9 @@ mod health;
 mod stream;
 
 use std::{
+    cell::Cell,
     path::PathBuf,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
+    sync::{Arc, OnceLock},
     time::Duration,
 };
 
@@ -36,16 +35,20 @@ pub struct Upstream {
     /// Largest reply message accepted.
     pub max_response_bytes: usize,
     ca_file: Option<PathBuf>,
-    /// HTTP/2 connections, used in turn: one connection's task and stream
-    /// lock would otherwise carry every call to the upstream.
-    channels: Box<[Channel]>,
-    next: AtomicUsize,
+    endpoint: Endpoint,
+    /// One connection per serving worker, made on the worker's runtime at its
+    /// first call, so that its tasks run on the thread that uses it (and one
+    /// connection's task and stream lock do not carry every call).
+    per_worker: Box<[OnceLock<Channel>]>,
+    /// For calls from other threads: health probes, embedders' runtimes.
+    shared: Channel,
 }
 
 /// Every configured upstream, longest pattern first.
 #[derive(Debug, Default)]
 pub struct Upstreams {
     by_length: Vec<Arc<Upstream>>,
+    workers: usize,
 }
 
 /// An upstream that cannot be set up (bad URL, unreadable CA file).
@@ -59,18 +62,19 @@ pub struct UpstreamError {
 // === impl Upstreams ===
 
 impl Upstreams {
-    /// Creates a channel per upstream; nothing connects until the first call.
-    /// Must run inside a tokio runtime.
+    /// Sets up each upstream for `workers` serving threads; nothing connects
+    /// until the first call. Must run inside a tokio runtime.
     pub fn new(
         configs: &[UpstreamConfig],
         max_response_bytes: usize,
+        workers: usize,
     ) -> Result<Self, UpstreamError> {
         let mut by_length = configs
             .iter()
-            .map(|config| Upstream::new(config, max_response_bytes).map(Arc::new))
+            .map(|config| Upstream::new(config, max_response_bytes, workers).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         by_length.sort_by_key(|u| std::cmp::Reverse(specificity(&u.name)));
-        Ok(Self { by_length })
+        Ok(Self { by_length, workers })
     }
 
     /// The upstream whose pattern is the longest match for `service`
@@ -106,12 +110,15 @@ impl Upstreams {
                 });
                 match kept {
                     Some(upstream) => Ok(upstream.clone()),
-                    None => Upstream::new(config, max_response_bytes).map(Arc::new),
+                    None => Upstream::new(config, max_response_bytes, self.workers).map(Arc::new),
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
         by_length.sort_by_key(|u| std::cmp::Reverse(specificity(&u.name)));
-        Ok(Self { by_length })
+        Ok(Self {
+            by_length,
+            workers: self.workers,
+        })
     }
 }
 
@@ -134,7 +141,11 @@ fn matches(pattern: &str, service: &str) -> bool {
 // === impl Upstream ===
 
 impl Upstream {
-    fn new(config: &UpstreamConfig, max_response_bytes: usize) -> Result<Self, UpstreamError> {
+    fn new(
+        config: &UpstreamConfig,
+        max_response_bytes: usize,
+        workers: usize,
+    ) -> Result<Self, UpstreamError> {
         let error = |reason: String| UpstreamError {
             pattern: config.pattern.clone(),
             reason,
@@ -164,23 +175,30 @@ impl Upstream {
             timeout: config.timeout,
             max_response_bytes,
             ca_file: config.ca_file.clone(),
-            channels: (0..connections())
-                .map(|_| endpoint.connect_lazy())
-                .collect(),
-            next: AtomicUsize::new(0),
+            shared: endpoint.connect_lazy(),
+            per_worker: (0..workers).map(|_| OnceLock::new()).collect(),
+            endpoint,
         })
     }
 
-    /// The channel for the next call.
+    /// The channel for a call from this thread.
     pub(crate) fn channel(&self) -> Channel {
-        let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        self.channels[turn % self.channels.len()].clone()
+        match WORKER.get().and_then(|index| self.per_worker.get(index)) {
+            Some(own) => own.get_or_init(|| self.endpoint.connect_lazy()).clone(),
+            None => self.shared.clone(),
+        }
     }
 }
 
-/// One connection per core the gateway's runtime has.
-fn connections() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
+thread_local! {
+    /// The serving worker this thread is, if it is one.
+    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Marks this thread as serving worker `index`: its calls use that worker's
+/// own connections, created on the runtime it runs.
+pub(crate) fn bind_worker(index: usize) {
+    WORKER.set(Some(index));
 }
 
 #[cfg(test)]

@@ -167,8 +167,10 @@ fn leak_into(nested: &mut Nested) {
 }
 
 /// The request metadata a backend received, as a `Headers` reply.
+/// The metadata received, plus `:peer`: the address of the gateway's end of
+/// the connection (no metadata name can start with `:`).
 fn received_headers<T>(request: &Request<T>) -> Headers {
-    let metadata = request
+    let mut metadata: std::collections::HashMap<String, String> = request
         .metadata()
         .clone()
         .into_headers()
@@ -180,6 +182,9 @@ fn received_headers<T>(request: &Request<T>) -> Headers {
             )
         })
         .collect();
+    if let Some(peer) = request.remote_addr() {
+        metadata.insert(":peer".into(), peer.to_string());
+    }
     Headers { metadata }
 }
 
@@ -232,7 +237,8 @@ pub struct Gateway {
     /// The admin listener, also on 127.0.0.1:0.
     pub admin_addr: SocketAddr,
     pub client: reqwest::Client,
-    _shutdown: oneshot::Sender<()>,
+    shutdown: oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
     _backend: Option<Backend>,
 }
 
@@ -271,16 +277,23 @@ impl Gateway {
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_addr = admin.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(server.with_admin_listener(admin).serve(listener, async {
+        let served = tokio::spawn(server.with_admin_listener(admin).serve(listener, async {
             let _ = rx.await;
         }));
         Self {
             addr,
             admin_addr,
             client: reqwest::Client::new(),
-            _shutdown: tx,
+            shutdown: tx,
+            served,
             _backend: None,
         }
+    }
+
+    /// Signals shutdown and waits until the gateway has drained and stopped.
+    pub async fn stop(self) -> std::io::Result<()> {
+        let _ = self.shutdown.send(());
+        self.served.await.expect("serve does not panic")
     }
 
     pub fn url(&self, path: &str) -> String {

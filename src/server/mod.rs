@@ -1,6 +1,8 @@
 //! Assembles the data plane (layers + gateway service), binds it and serves
 //! it until shutdown. The layer order is written once, here, outermost first.
 
+mod workers;
+
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use axum::{
@@ -8,7 +10,6 @@ use axum::{
     middleware::{self, Next},
     response::Response,
     routing::get,
-    serve::ListenerExt,
     Router,
 };
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -74,6 +75,7 @@ pub struct Server {
     admin_listener: Option<TcpListener>,
     admin_api: admin::ApiSettings,
     watch_descriptors: bool,
+    workers: usize,
 }
 
 impl Server {
@@ -81,8 +83,11 @@ impl Server {
     /// the catalog and the data plane. Must run inside a tokio runtime.
     pub fn new(config: &Config, extra: Vec<DescriptorSet>) -> Result<Self, StartError> {
         config.validate()?;
-        let upstreams =
-            Upstreams::new(&config.upstreams, config.limits.max_response_message_bytes)?;
+        let upstreams = Upstreams::new(
+            &config.upstreams,
+            config.limits.max_response_message_bytes,
+            config.workers(),
+        )?;
         let admin_api = admin::ApiSettings::new(&config.admin)?;
         let mut sets = Vec::new();
         for path in &config.descriptors.files {
@@ -160,6 +165,7 @@ impl Server {
             admin_listener: None,
             admin_api,
             watch_descriptors: config.descriptors.watch,
+            workers: config.workers(),
         })
     }
 
@@ -234,21 +240,11 @@ impl Server {
                     .await
             })
         });
-        let service = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        // Small responses must not wait for the client's delayed ACK (Nagle).
-        let listener = listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "could not set TCP_NODELAY on an accepted connection");
-            }
-        });
-        let served = axum::serve(listener, service)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                let _ = stop.send(true);
-            })
-            .await;
+        let served = workers::serve(listener, self.router, self.workers, async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        })
+        .await;
         if let Some(admin) = admin {
             admin.await.map_err(std::io::Error::other)??;
         }
