@@ -7,7 +7,7 @@ use std::{borrow::Cow, sync::Arc, time::Instant};
 
 use axum::{
     body::{Body, Bytes},
-    extract::{Request, State},
+    extract::Request,
     response::{IntoResponse, Response},
 };
 use http::{header, request::Parts, HeaderMap, HeaderValue};
@@ -33,8 +33,8 @@ pub struct Gateway {
     pub max_request_body: usize,
 }
 
-/// axum handler behind the route layer.
-pub async fn handle(State(gateway): State<Arc<Gateway>>, mut request: Request) -> Response {
+/// The last step of the data plane, after the route and the policies.
+pub async fn handle(gateway: &Arc<Gateway>, mut request: Request) -> Response {
     let Some(matched) = request.extensions_mut().remove::<RouteMatch>() else {
         let err = Error::Internal("the route layer did not run".into());
         return err.into_response(error::request_id(request.headers()), None);
@@ -43,7 +43,7 @@ pub async fn handle(State(gateway): State<Arc<Gateway>>, mut request: Request) -
     let request_id = request.headers().get("x-request-id").cloned();
     let result = match matched.method().kind {
         CallKind::Unary => gateway.call(matched, request).await,
-        _ => streaming::call(&gateway, matched, request).await,
+        _ => streaming::call(gateway, matched, request).await,
     };
     match result {
         Ok(response) => response,

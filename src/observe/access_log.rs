@@ -22,8 +22,7 @@ use std::{
 
 use axum::{
     body::Body,
-    extract::{ConnectInfo, Request, State},
-    middleware::Next,
+    extract::{ConnectInfo, Request},
     response::Response,
 };
 use http::{header, HeaderValue, Method, Uri};
@@ -172,37 +171,48 @@ impl Sampler {
     }
 }
 
-/// Middleware (layer 3): logs every request once its response body is over
-/// (or dropped), with the outcome the response carries.
-pub async fn layer(
-    State(log): State<Arc<AccessLog>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let context = RequestContext::attach(&mut request);
+/// Layer 3, on the way in: what the line will say of the request.
+pub(crate) fn begin(request: &mut Request) -> Pending {
+    let context = RequestContext::attach(request);
     let headers = request.headers();
-    let facts = RequestFacts {
-        request_id: headers.get("x-request-id").cloned(),
-        correlation_id: headers.get("x-correlation-id").cloned(),
-        trace_id: trace_context::trace_id(&request),
-        client_ip: request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|info| info.0),
-        method: request.method().clone(),
-        uri: request.uri().clone(),
-        user_agent: headers.get(header::USER_AGENT).cloned(),
-    };
-    let response = next.run(request).await;
-    let outcome = Outcome::of(&response);
-    if outcome.status.is_success() && !log.sampler.keep() {
-        return response;
+    Pending {
+        facts: RequestFacts {
+            request_id: headers.get("x-request-id").cloned(),
+            correlation_id: headers.get("x-correlation-id").cloned(),
+            trace_id: trace_context::trace_id(request),
+            client_ip: request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|info| info.0),
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            user_agent: headers.get(header::USER_AGENT).cloned(),
+        },
+        context,
     }
-    let (parts, body) = response.into_parts();
-    let body = Body::new(Observed::new(body, move |bytes_out| {
-        log.write(&facts, &context, outcome, bytes_out);
-    }));
-    Response::from_parts(parts, body)
+}
+
+/// A request whose line is written once its response body is over.
+pub(crate) struct Pending {
+    facts: RequestFacts,
+    context: Arc<RequestContext>,
+}
+
+impl Pending {
+    /// Layer 3, on the way out: logs the request once its response body is
+    /// over (or dropped), with the outcome the response carries.
+    pub(crate) fn finish(self, log: &Arc<AccessLog>, response: Response) -> Response {
+        let outcome = Outcome::of(&response);
+        if outcome.status.is_success() && !log.sampler.keep() {
+            return response;
+        }
+        let log = log.clone();
+        let (parts, body) = response.into_parts();
+        let body = Body::new(Observed::new(body, move |bytes_out| {
+            log.write(&self.facts, &self.context, outcome, bytes_out);
+        }));
+        Response::from_parts(parts, body)
+    }
 }
 
 #[cfg(test)]

@@ -26,7 +26,6 @@ use std::{
 use axum::{
     body::Body,
     extract::{Request, State},
-    middleware::Next,
     response::{IntoResponse, Response},
 };
 use http::{header, HeaderValue, Method};
@@ -333,18 +332,32 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// Middleware (layer 4): counts and times every request, from the outcome
-/// the response carries, when its body has been sent.
-pub async fn layer(State(metrics): State<Metrics>, mut request: Request, next: Next) -> Response {
-    let context = RequestContext::attach(&mut request);
-    let method = method_label(request.method());
-    let response = next.run(request).await;
-    let outcome = Outcome::of(&response);
-    let (parts, body) = response.into_parts();
-    let body = Body::new(Observed::new(body, move |bytes_out| {
-        metrics.request_finished(&context, method, outcome, bytes_out);
-    }));
-    Response::from_parts(parts, body)
+/// A request being counted; see [`Metrics::begin`].
+pub(crate) struct Pending {
+    context: Arc<RequestContext>,
+    method: &'static str,
+}
+
+impl Metrics {
+    /// Layer 4, on the way in: starts the request's clock.
+    pub(crate) fn begin(request: &mut Request) -> Pending {
+        Pending {
+            context: RequestContext::attach(request),
+            method: method_label(request.method()),
+        }
+    }
+
+    /// Layer 4, on the way out: counts and times the request, from the
+    /// outcome the response carries, when its body has been sent.
+    pub(crate) fn finish(&self, pending: Pending, response: Response) -> Response {
+        let outcome = Outcome::of(&response);
+        let metrics = self.clone();
+        let (parts, body) = response.into_parts();
+        let body = Body::new(Observed::new(body, move |bytes_out| {
+            metrics.request_finished(&pending.context, pending.method, outcome, bytes_out);
+        }));
+        Response::from_parts(parts, body)
+    }
 }
 
 /// `GET /metrics`: the Prometheus text exposition.

@@ -10,11 +10,7 @@
 
 use std::{fmt, sync::Arc};
 
-use axum::{
-    extract::{Request, State},
-    middleware::Next,
-    response::Response,
-};
+use axum::extract::Request;
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 use jsonwebtoken::{errors::ErrorKind, Algorithm, AlgorithmFamily, DecodingKey, Validation};
@@ -26,11 +22,7 @@ use super::{
     jwks::{JwksCache, KeySet, Keys},
     RoutePolicy, SetupError,
 };
-use crate::{
-    error::{self, Error},
-    observe::RequestContext,
-    registry::RouteMatch,
-};
+use crate::{error::Error, observe::RequestContext, registry::RouteMatch};
 
 /// The claims JWT libraries call registered; jsonwebtoken checks their presence itself.
 const SPEC_CLAIMS: [&str; 5] = ["exp", "nbf", "aud", "iss", "sub"];
@@ -128,33 +120,26 @@ impl AuthError {
     }
 }
 
-/// Layer 11: authenticates the caller and applies the matched method's policy.
-pub async fn authenticate(
-    State(auth): State<Arc<Authenticator>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// Layer 11: who calls, and may they call the matched method? A verified
+/// caller's [`Identity`] goes into the request (and its subject into the
+/// request context) for the layers after.
+pub async fn authenticate(auth: &Authenticator, request: &mut Request) -> Result<(), Error> {
     let Some(matched) = request.extensions().get::<RouteMatch>() else {
-        return next.run(request).await;
+        return Ok(());
     };
-    let catalog = matched.catalog.clone();
-    let policy = &catalog.method(matched.route()).policy;
-    let verdict = match auth.identify(request.headers()).await {
-        Ok(identity) => authorize(policy, identity.as_ref()).map(|()| identity),
-        Err(err) => Err(Error::Unauthenticated(err)),
-    };
-    match verdict {
-        Ok(identity) => {
-            if let Some(identity) = identity {
-                if let Some(context) = request.extensions().get::<Arc<RequestContext>>() {
-                    context.set_consumer(identity.subject.clone());
-                }
-                request.extensions_mut().insert(Arc::new(identity));
-            }
-            next.run(request).await
+    let policy = &matched.catalog.method(matched.route()).policy;
+    let identity = auth
+        .identify(request.headers())
+        .await
+        .map_err(Error::Unauthenticated)?;
+    authorize(policy, identity.as_ref())?;
+    if let Some(identity) = identity {
+        if let Some(context) = request.extensions().get::<Arc<RequestContext>>() {
+            context.set_consumer(identity.subject.clone());
         }
-        Err(err) => err.into_response(error::request_id(request.headers()), None),
+        request.extensions_mut().insert(Arc::new(identity));
     }
+    Ok(())
 }
 
 /// The policy's verdict on the caller.

@@ -5,7 +5,8 @@
 //! mints one), removes any copy of the identity headers (`x-user-id`, ...) so
 //! identity cannot be spoofed, and notes when the request arrived.
 //!
-//! [`header_policy`] (layer 13, matched routes): computes the upstream
+//! [`HeaderPolicy::prepare_upstream`] and [`HeaderPolicy::return_upstream_headers`]
+//! (layer 13, matched routes): computes the upstream
 //! metadata once -- ids, request start, `traceparent`/`tracestate`, static
 //! headers, allow-listed client headers, the verified identity's claims --
 //! and on the way back returns the allow-listed upstream response metadata
@@ -16,11 +17,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use axum::{
-    extract::{Request, State},
-    middleware::Next,
-    response::Response,
-};
+use axum::{extract::Request, response::Response};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::metadata::MetadataMap;
@@ -65,12 +62,12 @@ pub struct HeaderPolicy {
     response: NameSet,
 }
 
-/// The metadata of the upstream call, computed once by [`header_policy`].
+/// The metadata of the upstream call, computed once by [`HeaderPolicy::prepare_upstream`].
 #[derive(Debug, Clone, Default)]
 pub struct UpstreamMetadata(pub MetadataMap);
 
 /// The upstream's response metadata, left in the response extensions by the
-/// gateway for [`header_policy`] to filter.
+/// gateway for [`HeaderPolicy::return_upstream_headers`] to filter.
 #[derive(Debug, Clone, Default)]
 pub struct UpstreamHeaders(pub HeaderMap);
 
@@ -103,25 +100,6 @@ pub fn sanitize(policy: &HeaderPolicy, request: &mut Request) {
         .insert(RequestStart(SystemTime::now()));
 }
 
-/// Layer 13: see the module docs.
-pub async fn header_policy(
-    State(policy): State<Arc<HeaderPolicy>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let metadata = policy.upstream_metadata(&request);
-    request.extensions_mut().insert(UpstreamMetadata(metadata));
-    let mut response = next.run(request).await;
-    if let Some(UpstreamHeaders(upstream)) = response.extensions_mut().remove::<UpstreamHeaders>() {
-        for (name, value) in &upstream {
-            if policy.response.contains(name) && !never_crosses(name) {
-                response.headers_mut().append(name, value.clone());
-            }
-        }
-    }
-    response
-}
-
 /// 1–128 characters of letters, digits and `-_.:/+=`: safe to log and echo.
 fn well_formed_id(value: &HeaderValue) -> bool {
     let bytes = value.as_bytes();
@@ -140,6 +118,26 @@ fn never_crosses(name: &HeaderName) -> bool {
 // === impl HeaderPolicy ===
 
 impl HeaderPolicy {
+    /// Layer 13, on the way in: the upstream metadata, decided once.
+    pub fn prepare_upstream(&self, request: &mut Request) {
+        let metadata = self.upstream_metadata(request);
+        request.extensions_mut().insert(UpstreamMetadata(metadata));
+    }
+
+    /// Layer 13, on the way out: the allow-listed upstream response metadata,
+    /// as HTTP headers.
+    pub fn return_upstream_headers(&self, response: &mut Response) {
+        if let Some(UpstreamHeaders(upstream)) =
+            response.extensions_mut().remove::<UpstreamHeaders>()
+        {
+            for (name, value) in &upstream {
+                if self.response.contains(name) && !never_crosses(name) {
+                    response.headers_mut().append(name, value.clone());
+                }
+            }
+        }
+    }
+
     /// Compiles names and globs (validated by `Config::validate`; invalid ones are skipped).
     pub fn new(config: &HeadersConfig, auth: Option<&AuthConfig>) -> Self {
         let mut identity: Vec<HeaderName> = DEFAULT_CLAIM_HEADERS

@@ -1,11 +1,11 @@
 //! Edge policies: what every service would otherwise re-implement, enforced
-//! once before a request reaches a backend. Each is a layer of the data plane
-//! (src/server.rs), after the route layer, so it reads the matched
+//! once before a request reaches a backend. Each is a step of the data plane
+//! (src/server/filters.rs), after the route layer, so it reads the matched
 //! [`RouteMatch`](crate::registry::RouteMatch) instead of matching again:
 //! * [`sanitize`] -- ids well-formed, spoofable identity headers removed, request start noted (every request);
 //! * [`authenticate`] -- JWT → [`Identity`]; the method's [`RoutePolicy`] → 401/403;
 //! * [`rate_limit`] -- per consumer or client IP → 429 with `Retry-After`/`RateLimit-*`;
-//! * [`header_policy`] -- the upstream metadata, and the upstream headers returned;
+//! * [`HeaderPolicy`] -- the upstream metadata, and the upstream headers returned;
 //! * [`cors::layer`] -- CORS, preflights answered without an upstream.
 //!
 //! A policy belongs to the gRPC method: it is resolved once per method when
@@ -32,7 +32,7 @@ pub(crate) use self::{auth::www_authenticate, rate_limit::ceil_secs};
 pub use self::{
     auth::{authenticate, AuthError, Authenticator, Identity},
     client_ip::ClientIp,
-    headers::{header_policy, sanitize, HeaderPolicy, UpstreamHeaders, UpstreamMetadata},
+    headers::{sanitize, HeaderPolicy, UpstreamHeaders, UpstreamMetadata},
     rate_limit::{
         rate_limit, BucketId, ClientKey, Decision, Limiter, LocalLimiter, RateLimiting, RateLimits,
     },

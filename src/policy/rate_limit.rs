@@ -19,11 +19,7 @@ use std::{
     time::Duration,
 };
 
-use axum::{
-    extract::{Request, State},
-    middleware::Next,
-    response::Response,
-};
+use axum::extract::Request;
 use governor::{
     clock::{Clock, DefaultClock},
     middleware::{NoOpMiddleware, StateInformationMiddleware},
@@ -37,10 +33,7 @@ use governor::{
 use http::{HeaderMap, HeaderValue};
 
 use super::{client_ip::ClientIp, config::QuotaConfig, Identity, SetupError};
-use crate::{
-    error::{self, Error},
-    registry::RouteMatch,
-};
+use crate::{error::Error, registry::RouteMatch};
 
 /// How often full buckets are forgotten.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -91,34 +84,40 @@ pub struct RateLimiting<L> {
     pub client_ip: ClientIp,
 }
 
-/// Layer 12: counts the call and answers 429 when over the limit.
-pub async fn rate_limit<L: Limiter>(
-    State(limits): State<Arc<RateLimiting<L>>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Some(matched) = request.extensions().get::<RouteMatch>() else {
-        return next.run(request).await;
-    };
-    let policy = matched.catalog.method(matched.route()).policy.rate_limit;
-    let (bucket, key) = match request.extensions().get::<Arc<Identity>>() {
-        Some(identity) => (policy.per_user, ClientKey::User(identity.subject.clone())),
-        None => (
-            policy.per_ip,
-            ClientKey::Ip(limits.client_ip.of(request.extensions(), request.headers())),
-        ),
-    };
-    let Some(bucket) = bucket else {
-        return next.run(request).await;
-    };
-    let decision = limits.limiter.check(bucket, &key).await;
-    if !decision.allowed {
-        return Error::RateLimited(decision)
-            .into_response(error::request_id(request.headers()), None);
+/// Layer 12: counts the call against the matched method's bucket for its
+/// consumer (the verified subject, else the client IP); over the limit is
+/// 429. The decision's `RateLimit-*` headers go on the response.
+pub fn rate_limit<'a, L: Limiter>(
+    limits: &'a RateLimiting<L>,
+    request: &Request,
+) -> impl Future<Output = Result<Option<Decision>, Error>> + Send + 'a {
+    // The key is read now: the future must not hold the request.
+    let counted = request
+        .extensions()
+        .get::<RouteMatch>()
+        .and_then(|matched| {
+            let policy = matched.catalog.method(matched.route()).policy.rate_limit;
+            match request.extensions().get::<Arc<Identity>>() {
+                Some(identity) => policy
+                    .per_user
+                    .map(|bucket| (bucket, ClientKey::User(identity.subject.clone()))),
+                None => policy.per_ip.map(|bucket| {
+                    let ip = limits.client_ip.of(request.extensions(), request.headers());
+                    (bucket, ClientKey::Ip(ip))
+                }),
+            }
+        });
+    async move {
+        let Some((bucket, key)) = counted else {
+            return Ok(None);
+        };
+        let decision = limits.limiter.check(bucket, &key).await;
+        if decision.allowed {
+            Ok(Some(decision))
+        } else {
+            Err(Error::RateLimited(decision))
+        }
     }
-    let mut response = next.run(request).await;
-    decision.write_headers(response.headers_mut());
-    response
 }
 
 // === impl Decision ===
