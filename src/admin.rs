@@ -1,5 +1,5 @@
 //! The admin listener: its own small router on its own address, never
-//! sharing the data plane's layers.
+//! sharing the data plane's steps.
 //!
 //! * `GET /metrics` -- Prometheus text exposition of this server's metrics
 //! * `GET /healthz` -- 200 while the process serves

@@ -158,7 +158,7 @@ pub struct ResponseFilterConfig {
 }
 
 /// The admin listener: `/metrics`, `/healthz`, `/readyz` and the admin API
-/// (`/admin/v1/...`); never the data plane's layers.
+/// (`/admin/v1/...`); never the data plane's steps.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
@@ -189,7 +189,7 @@ impl std::fmt::Debug for AdminToken {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// Record request metrics (the data-plane metrics layer). Default `true`.
+    /// Record request metrics (the data plane's metrics step). Default `true`.
     pub enabled: bool,
     /// Also serve `GET /metrics` on the public listener. Default `false`.
     pub on_public_listener: bool,

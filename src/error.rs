@@ -30,7 +30,7 @@ const BAD_REQUEST_TYPE: &str = "type.googleapis.com/google.rpc.BadRequest";
 const REQUEST_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RequestInfo";
 const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
 
-/// The request-path error. Messages are lower-case and describe this layer only.
+/// The request-path error. Messages are lower-case and describe this step only.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("no route for {method} {path}")]
@@ -258,7 +258,7 @@ impl Error {
     }
 }
 
-/// The request id set by the id layer (`x-request-id`), for error bodies.
+/// The request id set by the id step (`x-request-id`), for error bodies.
 pub fn request_id(headers: &http::HeaderMap) -> &str {
     headers
         .get("x-request-id")
@@ -286,7 +286,7 @@ pub fn http_status(code: Code) -> StatusCode {
     }
 }
 
-/// The reverse mapping, for responses made by layers that only know a status.
+/// The reverse mapping, for responses that only know a status.
 pub fn grpc_code(status: StatusCode) -> Code {
     match status.as_u16() {
         200..=299 => Code::Ok,

@@ -36,7 +36,7 @@ pub struct Gateway {
 /// The last step of the data plane, after the route and the policies.
 pub async fn handle(gateway: &Arc<Gateway>, mut request: Request) -> Response {
     let Some(matched) = request.extensions_mut().remove::<RouteMatch>() else {
-        let err = Error::Internal("the route layer did not run".into());
+        let err = Error::Internal("the route step did not run".into());
         return err.into_response(error::request_id(request.headers()), None);
     };
     let catalog = matched.catalog.clone();
@@ -169,7 +169,7 @@ impl Gateway {
     }
 }
 
-/// The metadata decided once by the header policy layer (ids, identity,
+/// The metadata decided once by the header policy step (ids, identity,
 /// trace context, allow-listed headers).
 pub(crate) fn upstream_metadata(parts: &mut Parts) -> MetadataMap {
     parts

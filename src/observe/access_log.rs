@@ -171,7 +171,7 @@ impl Sampler {
     }
 }
 
-/// Layer 3, on the way in: what the line will say of the request.
+/// Step 3, on the way in: what the line will say of the request.
 pub(crate) fn begin(request: &mut Request) -> Pending {
     let context = RequestContext::attach(request);
     let headers = request.headers();
@@ -199,7 +199,7 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    /// Layer 3, on the way out: logs the request once its response body is
+    /// Step 3, on the way out: logs the request once its response body is
     /// over (or dropped), with the outcome the response carries.
     pub(crate) fn finish(self, log: &Arc<AccessLog>, response: Response) -> Response {
         let outcome = Outcome::of(&response);

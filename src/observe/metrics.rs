@@ -69,7 +69,7 @@ const SIZE_BUCKETS: [f64; 10] = [
     16_777_216.0,
 ];
 
-/// A server's metrics: cheap to clone, shared by its layers, probes and
+/// A server's metrics: cheap to clone, shared by its data plane, probes and
 /// admin listener.
 #[derive(Clone)]
 pub struct Metrics {
@@ -339,7 +339,7 @@ pub(crate) struct Pending {
 }
 
 impl Metrics {
-    /// Layer 4, on the way in: starts the request's clock.
+    /// Step 4, on the way in: starts the request's clock.
     pub(crate) fn begin(request: &mut Request) -> Pending {
         Pending {
             context: RequestContext::attach(request),
@@ -347,7 +347,7 @@ impl Metrics {
         }
     }
 
-    /// Layer 4, on the way out: counts and times the request, from the
+    /// Step 4, on the way out: counts and times the request, from the
     /// outcome the response carries, when its body has been sent.
     pub(crate) fn finish(&self, pending: Pending, response: Response) -> Response {
         let outcome = Outcome::of(&response);

@@ -1,5 +1,5 @@
 //! Observability: logging set-up, the per-request [`RequestContext`] that
-//! outer layers read after inner ones filled it, and the request span.
+//! outer steps read after inner ones filled it, and the request span.
 //!
 //! * [`metrics`] -- Prometheus metrics, labelled by route template, never raw path
 //! * [`access_log`] -- one structured line per finished request
@@ -39,9 +39,9 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// What the layers of one request learn about it, shared by `Arc` in the
-/// request extensions: created by the outermost observing layer, the route
-/// filled by the route layer, the upstream latency by the gateway, the
+/// What the steps of one request learn about it, shared by `Arc` in the
+/// request extensions: created by the outermost observing step, the route
+/// filled by the route step, the upstream latency by the gateway, the
 /// consumer by authentication. Read when the response body ends.
 #[derive(Debug)]
 pub struct RequestContext {
@@ -86,7 +86,7 @@ pub(crate) enum Refusal {
 
 impl RequestContext {
     /// The request's context, created (with its start time and a counter
-    /// of body bytes read) if no outer layer did.
+    /// of body bytes read) if no outer step did.
     pub(crate) fn attach(request: &mut Request) -> Arc<Self> {
         if let Some(context) = request.extensions().get::<Arc<Self>>() {
             return context.clone();
@@ -112,7 +112,7 @@ impl RequestContext {
         request.extensions().get::<Arc<Self>>()
     }
 
-    /// Records the matched route (route layer), also on the request span.
+    /// Records the matched route (route step), also on the request span.
     pub(crate) fn set_route(&self, catalog: &Arc<Catalog>, route: RouteId) {
         Span::current().record("route", &*catalog.route(route).label);
         let _ = self.route.set((catalog.clone(), route));
@@ -183,7 +183,7 @@ impl Outcome {
                     _ => None,
                 },
             },
-            // Answered by a layer that only knows a status (timeout, panic).
+            // Answered with only a status (timeout, panic).
             None => Self {
                 status,
                 code: error::grpc_code(status),
@@ -200,7 +200,7 @@ impl Outcome {
     }
 }
 
-/// The request span (layer 2): method, path (never the query), ids; the
+/// The request span (step 2): method, path (never the query), ids; the
 /// route is recorded once matched.
 pub fn request_span(request: &http::Request<Body>) -> Span {
     let header = |name: &str| {

@@ -97,7 +97,7 @@ fn hex(text: &str) -> Option<u128> {
         .flatten()
 }
 
-/// Part of layer 1: replaces the request's `traceparent` with this hop's,
+/// Part of step 1: replaces the request's `traceparent` with this hop's,
 /// drops a `tracestate` that came without a valid `traceparent`, stores the
 /// [`TraceParent`] in the extensions, and returns the value to send back to
 /// the client.

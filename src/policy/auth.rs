@@ -1,4 +1,4 @@
-//! JWT authentication and coarse authorization (layer 11).
+//! JWT authentication and coarse authorization (step 11).
 //!
 //! `Authorization: Bearer <jwt>` → the provider named by the token's `iss` →
 //! its key (by `kid`) → signature, `exp`, `nbf`, `iss`, `aud` and required
@@ -120,9 +120,9 @@ impl AuthError {
     }
 }
 
-/// Layer 11: who calls, and may they call the matched method? A verified
+/// Step 11: who calls, and may they call the matched method? A verified
 /// caller's [`Identity`] goes into the request (and its subject into the
-/// request context) for the layers after.
+/// request context) for the steps after.
 pub async fn authenticate(auth: &Authenticator, request: &mut Request) -> Result<(), Error> {
     let Some(matched) = request.extensions().get::<RouteMatch>() else {
         return Ok(());

@@ -1,5 +1,5 @@
 //! CORS (tower-http's `CorsLayer`), configured per gateway. It sits before the
-//! route layer, so a preflight (`OPTIONS`) is answered by the gateway without
+//! route step, so a preflight (`OPTIONS`) is answered by the gateway without
 //! routing or touching an upstream, and every response -- errors included --
 //! carries the CORS headers.
 

@@ -1,12 +1,12 @@
 //! Header hygiene and injection.
 //!
 //! [`sanitize`] (outermost, every request, every route): drops a client's
-//! `x-request-id`/`x-correlation-id` unless well-formed (the id layer then
+//! `x-request-id`/`x-correlation-id` unless well-formed (the id step then
 //! mints one), removes any copy of the identity headers (`x-user-id`, ...) so
 //! identity cannot be spoofed, and notes when the request arrived.
 //!
 //! [`HeaderPolicy::prepare_upstream`] and [`HeaderPolicy::return_upstream_headers`]
-//! (layer 13, matched routes): computes the upstream
+//! (step 13, matched routes): computes the upstream
 //! metadata once -- ids, request start, `traceparent`/`tracestate`, static
 //! headers, allow-listed client headers, the verified identity's claims --
 //! and on the way back returns the allow-listed upstream response metadata
@@ -82,7 +82,7 @@ struct NameSet {
     globs: GlobSet,
 }
 
-/// First thing on every request (layer 1): see the module docs.
+/// First thing on every request (step 1): see the module docs.
 pub fn sanitize(policy: &HeaderPolicy, request: &mut Request) {
     let headers = request.headers_mut();
     for id in IDS {
@@ -118,13 +118,13 @@ fn never_crosses(name: &HeaderName) -> bool {
 // === impl HeaderPolicy ===
 
 impl HeaderPolicy {
-    /// Layer 13, on the way in: the upstream metadata, decided once.
+    /// Step 13, on the way in: the upstream metadata, decided once.
     pub fn prepare_upstream(&self, request: &mut Request) {
         let metadata = self.upstream_metadata(request);
         request.extensions_mut().insert(UpstreamMetadata(metadata));
     }
 
-    /// Layer 13, on the way out: the allow-listed upstream response metadata,
+    /// Step 13, on the way out: the allow-listed upstream response metadata,
     /// as HTTP headers.
     pub fn return_upstream_headers(&self, response: &mut Response) {
         if let Some(UpstreamHeaders(upstream)) =

@@ -1,6 +1,6 @@
 //! Edge policies: what every service would otherwise re-implement, enforced
 //! once before a request reaches a backend. Each is a step of the data plane
-//! (src/server/filters.rs), after the route layer, so it reads the matched
+//! (src/server/filters.rs), after the route step, so it reads the matched
 //! [`RouteMatch`](crate::registry::RouteMatch) instead of matching again:
 //! * [`sanitize`] -- ids well-formed, spoofable identity headers removed, request start noted (every request);
 //! * [`authenticate`] -- JWT → [`Identity`]; the method's [`RoutePolicy`] → 401/403;
@@ -70,7 +70,7 @@ struct Rule {
     rate_limit: RateLimits,
 }
 
-/// Everything the policy layers need, built once at start from the config.
+/// Everything the policy steps need, built once at start from the config.
 #[derive(Debug)]
 pub struct Policies {
     pub rules: PolicyRules,

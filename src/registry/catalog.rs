@@ -90,7 +90,7 @@ pub struct Route {
     pub binding: BindingPlan,
 }
 
-/// The matched route, stored in the request extensions by the route layer;
+/// The matched route, stored in the request extensions by the route step;
 /// it pins the request to one catalog generation.
 #[derive(Debug, Clone)]
 pub struct RouteMatch {
