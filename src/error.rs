@@ -261,7 +261,7 @@ impl Error {
 /// The request id set by the id step (`x-request-id`), for error bodies.
 pub fn request_id(headers: &http::HeaderMap) -> &str {
     headers
-        .get("x-request-id")
+        .get(crate::policy::X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
 }

@@ -19,7 +19,7 @@ use crate::{
     error::{self, Error},
     http_rule::BodyPlan,
     observe::RequestContext,
-    policy::{UpstreamHeaders, UpstreamMetadata},
+    policy::{UpstreamHeaders, UpstreamMetadata, X_REQUEST_ID},
     registry::{CallKind, RouteMatch},
     streaming,
     transcode::{self, ReplyFilter, RequestParts, TranscodeOptions},
@@ -40,7 +40,7 @@ pub async fn handle(gateway: &Arc<Gateway>, mut request: Request) -> Response {
         return err.into_response(error::request_id(request.headers()), None);
     };
     let catalog = matched.catalog.clone();
-    let request_id = request.headers().get("x-request-id").cloned();
+    let request_id = request.headers().get(X_REQUEST_ID).cloned();
     let result = match matched.method().kind {
         CallKind::Unary => gateway.call(matched, request).await,
         _ => streaming::call(gateway, matched, request).await,

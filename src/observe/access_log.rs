@@ -30,7 +30,10 @@ use tracing::Dispatch;
 use tracing_appender::non_blocking::WorkerGuard;
 
 use super::{body::Observed, code_name, fault_name, trace_context, Outcome, RequestContext};
-use crate::config::{AccessLogConfig, AccessLogFormat};
+use crate::{
+    config::{AccessLogConfig, AccessLogFormat},
+    policy::{X_CORRELATION_ID, X_REQUEST_ID},
+};
 
 /// A server's access log.
 pub struct AccessLog {
@@ -177,8 +180,8 @@ pub(crate) fn begin(request: &mut Request) -> Pending {
     let headers = request.headers();
     Pending {
         facts: RequestFacts {
-            request_id: headers.get("x-request-id").cloned(),
-            correlation_id: headers.get("x-correlation-id").cloned(),
+            request_id: headers.get(X_REQUEST_ID).cloned(),
+            correlation_id: headers.get(X_CORRELATION_ID).cloned(),
             trace_id: trace_context::trace_id(request),
             client_ip: request
                 .extensions()

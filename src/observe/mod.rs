@@ -203,18 +203,16 @@ impl Outcome {
 /// The request span (step 2): method, path (never the query), ids; the
 /// route is recorded once matched.
 pub fn request_span(request: &http::Request<Body>) -> Span {
-    let header = |name: &str| {
-        request
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-    };
+    let request_id = request
+        .headers()
+        .get(crate::policy::X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     tracing::info_span!(
         "request",
         method = %request.method(),
         path = request.uri().path(),
-        request_id = header("x-request-id"),
+        request_id,
         trace_id = %trace_context::trace_id(request),
         route = tracing::field::Empty,
     )

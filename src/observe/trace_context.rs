@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 
 pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub(crate) static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// A parsed `traceparent`: `00-<trace id>-<parent id>-<flags>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,8 +69,21 @@ impl TraceParent {
         }
     }
 
+    /// `00-{trace id}-{parent id}-{flags}` in lower-case hex, without `fmt`
+    /// (this runs on every request).
     fn header_value(self) -> HeaderValue {
-        HeaderValue::try_from(self.to_string()).unwrap_or(HeaderValue::from_static(""))
+        let mut text = [b'-'; 55];
+        text[..2].copy_from_slice(b"00");
+        let fields: [(&[u8], std::ops::Range<usize>); 3] = [
+            (&self.trace_id.to_be_bytes(), 3..35),
+            (&self.parent_id.to_be_bytes(), 36..52),
+            (&[self.flags], 53..55),
+        ];
+        for (bytes, at) in fields {
+            // The ranges are exactly twice the bytes' lengths.
+            let _ = hex::encode_to_slice(bytes, &mut text[at]);
+        }
+        HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static(""))
     }
 }
 
@@ -168,6 +181,9 @@ mod tests {
         assert_eq!(parsed.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
         assert_eq!(parsed.parent_id, 0x00f067aa0ba902b7);
         assert_eq!(parsed.to_string(), text);
+        assert_eq!(parsed.header_value(), text);
+        let root = TraceParent::root();
+        assert_eq!(root.header_value(), root.to_string().as_str());
     }
 
     #[test]

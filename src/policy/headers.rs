@@ -26,12 +26,13 @@ use super::{
     config::{AuthConfig, HeadersConfig, DEFAULT_CLAIM_HEADERS},
     Identity,
 };
+use crate::observe::trace_context::{TRACEPARENT, TRACESTATE};
+
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
 
 /// Sent by the gateway itself; a client's copies are replaced, never forwarded.
-const IDS: [&str; 2] = ["x-request-id", "x-correlation-id"];
-
-/// W3C trace context: always passed through.
-const TRACE_CONTEXT: [&str; 2] = ["traceparent", "tracestate"];
+const IDS: [HeaderName; 2] = [X_REQUEST_ID, X_CORRELATION_ID];
 
 /// Connection-level headers (RFC 9110 §7.6.1) and the ones gRPC owns.
 const NEVER_FORWARDED: [&str; 12] = [
@@ -85,7 +86,7 @@ struct NameSet {
 /// First thing on every request (step 1): see the module docs.
 pub fn sanitize(policy: &HeaderPolicy, request: &mut Request) {
     let headers = request.headers_mut();
-    for id in IDS {
+    for id in &IDS {
         let malformed = headers.get_all(id).iter().count() > 1
             || headers.get(id).is_some_and(|v| !well_formed_id(v));
         if malformed {
@@ -174,19 +175,22 @@ impl HeaderPolicy {
 
     fn upstream_metadata(&self, request: &Request) -> MetadataMap {
         let incoming = request.headers();
-        let mut out = HeaderMap::new();
-        for (name, value) in incoming {
-            if self.forward.contains(name)
-                && !never_crosses(name)
-                && !self.identity.contains(name)
-                && !IDS.contains(&name.as_str())
-            {
-                out.append(name, value.clone());
+        let mut out = HeaderMap::with_capacity(8);
+        if !self.forward.is_empty() {
+            for (name, value) in incoming {
+                if self.forward.contains(name)
+                    && !never_crosses(name)
+                    && !self.identity.contains(name)
+                    && !IDS.contains(name)
+                {
+                    out.append(name, value.clone());
+                }
             }
         }
-        for name in IDS.into_iter().chain(TRACE_CONTEXT) {
+        // W3C trace context is always passed through.
+        for name in IDS.iter().chain([&TRACEPARENT, &TRACESTATE]) {
             if let Some(value) = incoming.get(name) {
-                out.insert(name, unique(value.clone()));
+                out.insert(name.clone(), unique(value.clone()));
             }
         }
         for (name, value) in self.static_headers.iter() {
@@ -200,7 +204,10 @@ impl HeaderPolicy {
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_millis();
-            if let Ok(value) = HeaderValue::from_str(&format!("t={millis}")) {
+            let mut text = String::with_capacity(16);
+            text.push_str("t=");
+            text.push_str(itoa::Buffer::new().format(millis));
+            if let Ok(value) = HeaderValue::try_from(text) {
                 out.insert(name, unique(value));
             }
         }
@@ -243,6 +250,10 @@ impl NameSet {
             exact: exact.into_boxed_slice(),
             globs: globs.build().unwrap_or_else(|_| GlobSet::empty()),
         }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.globs.is_empty()
     }
 
     fn contains(&self, name: &HeaderName) -> bool {

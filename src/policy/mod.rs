@@ -28,7 +28,11 @@ use prost_reflect::MethodDescriptor;
 use tower_http::cors::CorsLayer;
 
 use self::config::QuotaConfig;
-pub(crate) use self::{auth::www_authenticate, rate_limit::ceil_secs};
+pub(crate) use self::{
+    auth::www_authenticate,
+    headers::{X_CORRELATION_ID, X_REQUEST_ID},
+    rate_limit::ceil_secs,
+};
 pub use self::{
     auth::{authenticate, AuthError, Authenticator, Identity},
     client_ip::ClientIp,

@@ -31,7 +31,7 @@ use std::{
 
 use axum::{extract::Request, response::Response};
 use futures_util::{future::BoxFuture, FutureExt as _};
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::{HeaderValue, StatusCode};
 use tower::{Service, ServiceExt as _};
 use tower_http::cors::{Cors, CorsLayer};
 use tracing::Instrument as _;
@@ -45,7 +45,10 @@ use crate::{
         metrics::Metrics,
         trace_context, RequestContext,
     },
-    policy::{self, Authenticator, HeaderPolicy, LocalLimiter, RateLimiting},
+    policy::{
+        self, Authenticator, HeaderPolicy, LocalLimiter, RateLimiting, X_CORRELATION_ID,
+        X_REQUEST_ID,
+    },
     registry::{Registry, RouteMatch},
     router::Lookup,
 };
@@ -94,9 +97,6 @@ struct Ids {
     correlation_id: HeaderValue,
     traceparent: HeaderValue,
 }
-
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const X_CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
 
 // === impl DataPlane ===
 
