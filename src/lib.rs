@@ -5,6 +5,7 @@
 //! [`check`] and the example services in [`demo`].
 
 pub mod admin;
+mod boxed;
 pub mod config;
 pub mod demo;
 pub mod deprecation;

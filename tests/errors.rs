@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_status, upstream, violations, Gateway};
+use common::{assert_status, upstream, violations, Backend, Gateway};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -280,6 +280,46 @@ async fn upstream_that_comes_back_is_reconnected() {
         last, 200,
         "the channel reconnects once the upstream is back"
     );
+}
+
+#[tokio::test]
+async fn upstream_that_restarts_is_reconnected() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let backend = Backend::start_on(listener);
+    let gw = Gateway::start_with(|config| {
+        config.workers = 1;
+        config
+            .upstreams
+            .push(upstream("acme.users", &format!("http://{addr}")))
+    })
+    .await;
+    let path = "/v1/tenants/acme/users/alice";
+    assert_eq!(gw.get(path).await.0, 200);
+
+    drop(backend);
+    let mut last = 200;
+    for _ in 0..100 {
+        last = gw.get(path).await.0;
+        if last == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        last, 503,
+        "a call while the upstream is down is UNAVAILABLE"
+    );
+
+    let _backend = Backend::start_on(TcpListener::bind(addr).await.unwrap());
+    for _ in 0..100 {
+        last = gw.get(path).await.0;
+        if last == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last, 200, "the closed connection is replaced");
 }
 
 #[tokio::test]

@@ -181,6 +181,19 @@ async fn each_worker_calls_upstream_over_its_own_connection() {
 }
 
 #[tokio::test]
+async fn concurrent_first_calls_share_one_upstream_connection() {
+    let gw = Gateway::start_with(|config| config.workers = 1).await;
+    let clients: Vec<_> = (0..16).map(|_| reqwest::Client::new()).collect();
+    let peers = futures_util::future::join_all(clients.iter().map(|c| upstream_peer(&gw, c))).await;
+    let distinct: std::collections::HashSet<_> = peers.into_iter().collect();
+    assert_eq!(
+        distinct.len(),
+        1,
+        "one worker, one connection: {distinct:?}"
+    );
+}
+
+#[tokio::test]
 async fn shutdown_drains_in_flight_requests_then_refuses() {
     let gw = Gateway::start_with(|config| config.workers = 2).await;
     let addr = gw.addr;

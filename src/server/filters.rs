@@ -22,7 +22,6 @@
 
 use std::{
     convert::Infallible,
-    future::Future,
     panic::AssertUnwindSafe,
     sync::Arc,
     task::{Context, Poll},
@@ -37,6 +36,7 @@ use tower_http::cors::{Cors, CorsLayer};
 use tracing::Instrument as _;
 
 use crate::{
+    boxed,
     error::{self, Error},
     gateway::{self, Gateway},
     observe::{
@@ -133,19 +133,8 @@ impl Service<Request> for DataPlane {
 
     fn call(&mut self, request: Request) -> Self::Future {
         let edge = self.0.clone();
-        boxed_in_place(|| async move { Ok(edge.serve(request).await) })
+        boxed::in_place(|| async move { Ok(edge.serve(request).await) })
     }
-}
-
-/// Boxes the future `make` returns, built in the heap slot: `Box::pin(f)`
-/// would build it on the stack and copy all of it (the request's whole
-/// state machine, ~8 KiB) into the box on every request.
-fn boxed_in_place<F: Future + Send + 'static>(
-    make: impl FnOnce() -> F,
-) -> BoxFuture<'static, F::Output> {
-    let slot: Box<std::mem::MaybeUninit<F>> = Box::new_uninit();
-    let future: Box<F> = Box::write(slot, make());
-    Box::into_pin(future)
 }
 
 impl Edge {

@@ -20,7 +20,7 @@ pub async fn unary(
     message: DynamicMessage,
     metadata: MetadataMap,
 ) -> Result<tonic::Response<Bytes>, Error> {
-    let mut grpc = tonic::client::Grpc::new(upstream.channel())
+    let mut grpc = tonic::client::Grpc::new(upstream.connection())
         .max_decoding_message_size(upstream.max_response_bytes);
     let mut request = tonic::Request::from_parts(metadata, Default::default(), message);
     request.set_timeout(upstream.timeout);

@@ -6,6 +6,7 @@
 
 mod call;
 mod codec;
+mod connection;
 mod health;
 mod stream;
 
@@ -22,6 +23,8 @@ pub use health::{HealthState, UpstreamHealth};
 pub use stream::{bidi_streaming, client_streaming, server_streaming, ReplyStream};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+use self::connection::{Connection, Direct};
+
 use crate::config::UpstreamConfig;
 
 /// A gRPC server that serves some packages or services.
@@ -37,9 +40,9 @@ pub struct Upstream {
     ca_file: Option<PathBuf>,
     endpoint: Endpoint,
     /// One connection per serving worker, made on the worker's runtime at its
-    /// first call, so that its tasks run on the thread that uses it (and one
+    /// first call, so that it is driven by the thread that uses it (and one
     /// connection's task and stream lock do not carry every call).
-    per_worker: Box<[OnceLock<Channel>]>,
+    per_worker: Box<[OnceLock<Connection>]>,
     /// For calls from other threads: health probes, embedders' runtimes.
     shared: Channel,
 }
@@ -152,7 +155,7 @@ impl Upstream {
         };
         let mut endpoint = Endpoint::from_shared(config.url.clone())
             .map_err(|err| error(format!("invalid url `{}`: {err}", config.url)))?
-            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
+            .connect_timeout(connect_timeout(config.timeout))
             .tcp_nodelay(true);
         if config.url.starts_with("https://") {
             let mut tls = ClientTlsConfig::new();
@@ -181,13 +184,30 @@ impl Upstream {
         })
     }
 
-    /// The channel for a call from this thread.
-    pub(crate) fn channel(&self) -> Channel {
+    /// The connection for a call from this thread.
+    pub(crate) fn connection(&self) -> Connection {
         match WORKER.get().and_then(|index| self.per_worker.get(index)) {
-            Some(own) => own.get_or_init(|| self.endpoint.connect_lazy()).clone(),
-            None => self.shared.clone(),
+            Some(own) => own.get_or_init(|| self.worker_connection()).clone(),
+            None => Connection::Channel(self.shared.clone()),
         }
     }
+
+    /// h2c goes direct; TLS through a channel of the worker's own.
+    fn worker_connection(&self) -> Connection {
+        let uri = self.endpoint.uri();
+        let direct = (uri.scheme_str() == Some("http"))
+            .then(|| Direct::new(uri, connect_timeout(self.timeout)))
+            .flatten();
+        match direct {
+            Some(direct) => Connection::Direct(Arc::new(direct)),
+            None => Connection::Channel(self.endpoint.connect_lazy()),
+        }
+    }
+}
+
+/// A connection attempt gives up after the call's timeout, 5 s at most.
+fn connect_timeout(call_timeout: Duration) -> Duration {
+    call_timeout.min(Duration::from_secs(5))
 }
 
 thread_local! {
