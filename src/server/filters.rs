@@ -229,7 +229,7 @@ impl Service<Request> for Routed {
 
     fn call(&mut self, request: Request) -> Self::Future {
         let routed = self.clone();
-        Box::pin(async move { Ok(routed.serve(request).await) })
+        boxed::in_place(|| async move { Ok(routed.serve(request).await) })
     }
 }
 

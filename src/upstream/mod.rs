@@ -1,8 +1,8 @@
-//! Upstreams: lazily connected tonic [`Channel`]s per configured
-//! `pattern → URL`, resolved for a service by longest match. Each serving
-//! worker thread gets its own HTTP/2 connection, driven by that worker's
-//! runtime. Channels live outside the catalog so that a reload never
-//! reconnects them.
+//! Upstreams: the configured `pattern → URL`s, resolved for a service by
+//! longest match, and their lazily made connections: one per serving worker
+//! thread, driven by that worker's runtime (see `connection`), and a shared
+//! tonic [`Channel`] for calls from other threads. Connections live outside
+//! the catalog so that a reload never reconnects them.
 
 mod call;
 mod codec;
