@@ -61,6 +61,10 @@ struct Args {
     /// the gateway, and report its catalog build time and resident memory.
     #[arg(long, default_value_t = 0)]
     services: usize,
+    /// Run the started gateway with its access log on (its default; lines go
+    /// to /dev/null), to see what the log costs.
+    #[arg(long)]
+    access_log: bool,
     #[command(subcommand)]
     role: Option<Role>,
 }
@@ -77,6 +81,8 @@ enum Role {
         /// An extra descriptor set to load (the synthetic API).
         #[arg(long)]
         descriptor_set: Option<std::path::PathBuf>,
+        #[arg(long)]
+        access_log: bool,
     },
 }
 
@@ -136,7 +142,8 @@ fn main() -> Result<(), BoxError> {
             listen,
             upstream,
             descriptor_set,
-        }) => runtime.block_on(serve_gateway(listen, upstream, descriptor_set)),
+            access_log,
+        }) => runtime.block_on(serve_gateway(listen, upstream, descriptor_set, access_log)),
         None => runtime.block_on(bench(&args)),
     }
 }
@@ -145,12 +152,13 @@ async fn serve_gateway(
     listen: SocketAddr,
     upstream: String,
     descriptor_set: Option<std::path::PathBuf>,
+    access_log: bool,
 ) -> Result<(), BoxError> {
     let mut config = Config {
         listen,
         ..Config::default()
     };
-    config.access_log.enabled = false;
+    config.access_log.enabled = access_log;
     config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     for package in [
         "acme.orders.v1",
@@ -442,6 +450,9 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             if args.services > 0 {
                 std::fs::write(&synthetic, &demo::synthetic_set(args.services)?.bytes)?;
                 gateway_args.push(format!("--descriptor-set={}", synthetic.display()));
+            }
+            if args.access_log {
+                gateway_args.push("--access-log".into());
             }
             let process = Process::spawn(&gateway_args)?;
             wait_for(addr).await?;

@@ -1,23 +1,26 @@
-//! The access log: one `tracing` event per finished request, written by a
-//! subscriber that belongs to the access log alone (JSON or text, stdout or
-//! a file, through a non-blocking writer), so it never mixes with the
-//! diagnostic log and each gateway in a process writes its own.
+//! The access log: one line per finished request (JSON or text, stdout or
+//! a file), formatted here and handed to a non-blocking writer thread that
+//! writes each batch of lines at once. It never mixes with the diagnostic
+//! log, and each gateway in a process writes its own. (Formatting through a
+//! `tracing` subscriber cost a third of a GET's CPU.)
 //!
-//! Fields: `timestamp`, `request_id`, `correlation_id`, `trace_id`,
+//! Fields: `timestamp`, `level`, `request_id`, `correlation_id`, `trace_id`,
 //! `client_ip`, `consumer`, `method`, `route`, `path` (never the query),
 //! `status`, `grpc_code`, `latency_ms`, `upstream`, `upstream_latency_ms`,
-//! `bytes_in`, `bytes_out`, `user_agent`, and `fault` on failure. No other
-//! header is read, so `Authorization` and tokens cannot leak into it.
+//! `bytes_in`, `bytes_out`, `user_agent`, `fault` on failure, and `target`.
+//! No other header is read, so `Authorization` and tokens cannot leak into it.
 
 use std::{
     fmt,
     fs::OpenOptions,
+    io::{BufWriter, Write as _},
     net::SocketAddr,
     path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use axum::{
@@ -26,18 +29,19 @@ use axum::{
     response::Response,
 };
 use http::{header, HeaderValue, Method, Uri};
-use tracing::Dispatch;
-use tracing_appender::non_blocking::WorkerGuard;
+use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
 
 use super::{body::Observed, code_name, fault_name, trace_context, Outcome, RequestContext};
 use crate::{
     config::{AccessLogConfig, AccessLogFormat},
     policy::{X_CORRELATION_ID, X_REQUEST_ID},
+    transcode::write_rfc3339,
 };
 
 /// A server's access log.
 pub struct AccessLog {
-    dispatch: Dispatch,
+    writer: NonBlocking,
+    format: AccessLogFormat,
     sampler: Sampler,
     /// Flushes the writer's buffered lines when the log is dropped.
     _flush: WorkerGuard,
@@ -69,10 +73,19 @@ struct RequestFacts {
     user_agent: Option<HeaderValue>,
 }
 
+/// One field's value, as the line shows it.
+enum Value<'a> {
+    Str(&'a str),
+    Count(u64),
+    Millis(f64),
+    Shown(&'a dyn fmt::Display),
+}
+
 // === impl AccessLog ===
 
 impl AccessLog {
     pub fn new(config: &AccessLogConfig) -> Result<Self, AccessLogError> {
+        // Buffered, so that the writer thread's batch goes out in one write.
         let (writer, flush) = match &config.file {
             Some(path) => {
                 let file = OpenOptions::new()
@@ -83,27 +96,13 @@ impl AccessLog {
                         path: path.clone(),
                         source,
                     })?;
-                tracing_appender::non_blocking(file)
+                tracing_appender::non_blocking(BufWriter::new(file))
             }
-            None => tracing_appender::non_blocking(std::io::stdout()),
-        };
-        let builder = tracing_subscriber::fmt()
-            .with_writer(writer)
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO);
-        let dispatch = match config.format {
-            AccessLogFormat::Json => Dispatch::new(
-                builder
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false)
-                    .with_span_list(false)
-                    .finish(),
-            ),
-            AccessLogFormat::Text => Dispatch::new(builder.finish()),
+            None => tracing_appender::non_blocking(BufWriter::new(std::io::stdout())),
         };
         Ok(Self {
-            dispatch,
+            writer,
+            format: config.format,
             sampler: Sampler {
                 rate: config.sample_2xx,
                 seen: AtomicU64::new(0),
@@ -119,37 +118,114 @@ impl AccessLog {
         outcome: Outcome,
         bytes_out: u64,
     ) {
-        let header = |value: &Option<HeaderValue>| {
-            value
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned()
-        };
         let labels = context.labels();
-        let upstream_latency_ms = context.upstream_latency().map(|d| d.as_secs_f64() * 1e3);
-        tracing::dispatcher::with_default(&self.dispatch, || {
-            tracing::info!(
-                target: "protogate::access",
-                request_id = header(&facts.request_id),
-                correlation_id = header(&facts.correlation_id),
-                trace_id = %facts.trace_id,
-                client_ip = facts.client_ip.map(|a| a.ip().to_string()).unwrap_or_default(),
-                consumer = context.consumer(),
-                method = facts.method.as_str(),
-                route = labels.route,
-                path = facts.uri.path(),
-                status = outcome.status.as_u16(),
-                grpc_code = code_name(outcome.code),
-                latency_ms = context.elapsed().as_secs_f64() * 1e3,
-                upstream = labels.upstream,
-                upstream_latency_ms,
-                bytes_in = context.bytes_in(),
-                bytes_out,
-                user_agent = header(&facts.user_agent),
-                fault = outcome.fault.map(fault_name),
-            );
-        });
+        let client_ip = facts.client_ip.map(|addr| addr.ip());
+        let no_ip = "";
+        let fields = [
+            ("request_id", Some(Value::Str(header(&facts.request_id)))),
+            (
+                "correlation_id",
+                Some(Value::Str(header(&facts.correlation_id))),
+            ),
+            ("trace_id", Some(Value::Shown(&facts.trace_id))),
+            (
+                "client_ip",
+                Some(match &client_ip {
+                    Some(ip) => Value::Shown(ip),
+                    None => Value::Str(no_ip),
+                }),
+            ),
+            ("consumer", Some(Value::Str(context.consumer()))),
+            ("method", Some(Value::Str(facts.method.as_str()))),
+            ("route", Some(Value::Str(labels.route))),
+            ("path", Some(Value::Str(facts.uri.path()))),
+            ("status", Some(Value::Count(outcome.status.as_u16().into()))),
+            ("grpc_code", Some(Value::Str(code_name(outcome.code)))),
+            ("latency_ms", Some(Value::Millis(millis(context.elapsed())))),
+            ("upstream", Some(Value::Str(labels.upstream))),
+            (
+                "upstream_latency_ms",
+                context.upstream_latency().map(|d| Value::Millis(millis(d))),
+            ),
+            ("bytes_in", Some(Value::Count(context.bytes_in()))),
+            ("bytes_out", Some(Value::Count(bytes_out))),
+            ("user_agent", Some(Value::Str(header(&facts.user_agent)))),
+            ("fault", outcome.fault.map(|f| Value::Str(fault_name(f)))),
+        ];
+        let mut line = Vec::with_capacity(512);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let seconds = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        // Below one billion by construction.
+        let nanos = i32::try_from(now.subsec_nanos()).unwrap_or(0);
+        let present = fields
+            .iter()
+            .filter_map(|(key, value)| value.as_ref().map(|value| (*key, value)));
+        match self.format {
+            AccessLogFormat::Json => {
+                line.extend_from_slice(b"{\"timestamp\":\"");
+                write_rfc3339(seconds, nanos, &mut line);
+                line.extend_from_slice(b"\",\"level\":\"INFO\"");
+                for (key, value) in present {
+                    line.extend_from_slice(b",\"");
+                    line.extend_from_slice(key.as_bytes());
+                    line.extend_from_slice(b"\":");
+                    value.json(&mut line);
+                }
+                line.extend_from_slice(b",\"target\":\"protogate::access\"}\n");
+            }
+            AccessLogFormat::Text => {
+                write_rfc3339(seconds, nanos, &mut line);
+                line.extend_from_slice(b"  INFO protogate::access:");
+                for (key, value) in present {
+                    line.push(b' ');
+                    line.extend_from_slice(key.as_bytes());
+                    line.push(b'=');
+                    value.text(&mut line);
+                }
+                line.push(b'\n');
+            }
+        }
+        // One message per line; when the writer thread lags too far behind,
+        // lines are dropped rather than a request held up.
+        let _ = self.writer.clone().write_all(&line);
+    }
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
+}
+
+fn header(value: &Option<HeaderValue>) -> &str {
+    value
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+// === impl Value ===
+
+impl Value<'_> {
+    fn json(&self, out: &mut Vec<u8>) {
+        // Writing JSON into a Vec cannot fail.
+        let _ = match self {
+            Self::Str(text) => serde_json::to_writer(&mut *out, text),
+            Self::Count(n) => serde_json::to_writer(&mut *out, n),
+            Self::Millis(ms) => serde_json::to_writer(&mut *out, ms),
+            Self::Shown(value) => serde_json::to_writer(&mut *out, &value.to_string()),
+        };
+    }
+
+    /// `key="quoted"` for text, `key=value` for numbers, like `tracing`'s
+    /// text format.
+    fn text(&self, out: &mut Vec<u8>) {
+        let _ = match self {
+            Self::Str(text) => write!(out, "{text:?}"),
+            Self::Count(n) => write!(out, "{n}"),
+            Self::Millis(ms) => write!(out, "{ms:?}"),
+            Self::Shown(value) => write!(out, "{:?}", value.to_string()),
+        };
     }
 }
 

@@ -22,6 +22,7 @@ pub use request::{request_message, RequestParts};
 pub use response::{decode_reply, ReplyFilter, ReplyShape};
 pub use split::JsonSplitter;
 pub use stream::{Framer, StreamFormat};
+pub(crate) use wire_json::write_rfc3339;
 pub use wire_json::JsonPlans;
 
 use crate::config::{Config, InternalInput};

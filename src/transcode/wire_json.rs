@@ -1159,7 +1159,7 @@ impl Printer<'_> {
 /// `seconds` (years 1 to 9999) and `nanos` (0 to 999,999,999) as RFC 3339
 /// in UTC, with 0, 3, 6 or 9 fractional digits: what prost-types prints,
 /// without its formatting machinery (it showed in profiles of list replies).
-fn write_rfc3339(seconds: i64, nanos: i32, out: &mut Vec<u8>) {
+pub(crate) fn write_rfc3339(seconds: i64, nanos: i32, out: &mut Vec<u8>) {
     let days = seconds.div_euclid(86_400);
     let second_of_day = seconds.rem_euclid(86_400);
     // Days since 1970-01-01 → civil date (Howard Hinnant's algorithm).
