@@ -252,6 +252,9 @@ pub enum ConfigError {
     Invalid { key: String, reason: String },
 }
 
+/// More serving threads than this is a typo, not a machine.
+const MAX_WORKERS: usize = 1024;
+
 fn default_upstream_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -435,6 +438,12 @@ impl Config {
                 });
             }
         }
+        if self.workers > MAX_WORKERS {
+            return Err(ConfigError::Invalid {
+                key: "workers".into(),
+                reason: format!("at most {MAX_WORKERS} (0 is one per core)"),
+            });
+        }
         if self.limits.max_request_body_bytes == 0 {
             return Err(ConfigError::Invalid {
                 key: "limits.max_request_body_bytes".into(),
@@ -612,6 +621,19 @@ mod tests {
                 .to_string();
         assert!(
             err.contains("upstreams[0].timeout") && err.contains("line 2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn workers_default_to_the_cores_and_are_bounded() {
+        let config = Config::from_yaml("workers: 3").unwrap();
+        assert_eq!(config.workers(), 3);
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(Config::default().workers(), cores);
+        let err = Config::from_yaml("workers: 100000").unwrap_err();
+        assert!(
+            err.to_string().starts_with("workers: at most 1024"),
             "{err}"
         );
     }
