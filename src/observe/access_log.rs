@@ -2,7 +2,7 @@
 //! a file), formatted here and handed to a non-blocking writer thread that
 //! writes each batch of lines at once. It never mixes with the diagnostic
 //! log, and each gateway in a process writes its own. (Formatting through a
-//! `tracing` subscriber cost a third of a GET's CPU.)
+//! `tracing` subscriber cost about a third of a GET's CPU.)
 //!
 //! Fields: `timestamp`, `level`, `request_id`, `correlation_id`, `trace_id`,
 //! `client_ip`, `consumer`, `method`, `route`, `path` (never the query),
