@@ -1207,37 +1207,30 @@ async fn requests_in_flight_finish_on_the_catalog_they_started_with() {
 async fn reloads_are_counted_by_result() {
     let setup = Setup::start(&[]).await;
     let url = setup.backend.url();
-    assert_eq!(
-        setup
-            .put_set("protogate.testing.v1", testing_bytes(), Some(&url))
-            .await
-            .0,
-        201
-    );
-    assert_eq!(
-        setup
-            .put_set("protogate.testing.v1", testing_bytes(), Some(&url))
-            .await
-            .0,
-        200
-    );
-    assert_eq!(
-        setup
-            .put_set("junk", Bytes::from_static(b"\xff\xff"), None)
-            .await
-            .0,
-        400
-    );
-    let metrics = setup
-        .gw
-        .client
-        .get(setup.admin("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // Applied, then unchanged (the same bytes again), then refused.
+    let uploads = [
+        (
+            "protogate.testing.v1",
+            testing_bytes(),
+            Some(url.as_str()),
+            201,
+        ),
+        (
+            "protogate.testing.v1",
+            testing_bytes(),
+            Some(url.as_str()),
+            200,
+        ),
+        ("junk", Bytes::from_static(b"\xff\xff"), None, 400),
+    ];
+    for (name, bytes, upstream, status) in uploads {
+        assert_eq!(
+            setup.put_set(name, bytes, upstream).await.0,
+            status,
+            "{name}"
+        );
+    }
+    let metrics = setup.gw.text(setup.admin("/metrics")).await;
     for result in ["applied", "unchanged", "refused"] {
         let line = format!("protogate_catalog_reloads_total{{result=\"{result}\"}} 1");
         assert!(

@@ -268,18 +268,24 @@ async fn upstream_that_comes_back_is_reconnected() {
         listener,
         std::future::pending(),
     ));
-    let mut last = 0;
-    for _ in 0..100 {
-        last = gw.get("/v1/tenants/acme/users/alice").await.0;
-        if last == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (last, _) = get_until(&gw, "/v1/tenants/acme/users/alice", 200).await;
     assert_eq!(
         last, 200,
         "the channel reconnects once the upstream is back"
     );
+}
+
+/// GETs `path` until it answers `status` (10 s at most); the last answer.
+async fn get_until(gw: &Gateway, path: &str, status: u16) -> (u16, serde_json::Value) {
+    let mut last = gw.get(path).await;
+    for _ in 0..100 {
+        if last.0 == status {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        last = gw.get(path).await;
+    }
+    last
 }
 
 #[tokio::test]
@@ -298,27 +304,15 @@ async fn upstream_that_restarts_is_reconnected() {
     assert_eq!(gw.get(path).await.0, 200);
 
     drop(backend);
-    let mut last = 200;
-    for _ in 0..100 {
-        last = gw.get(path).await.0;
-        if last == 503 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (last, body) = get_until(&gw, path, 503).await;
     assert_eq!(
         last, 503,
         "a call while the upstream is down is UNAVAILABLE"
     );
+    assert_status(&body, Code::Unavailable, "upstream unavailable");
 
     let _backend = Backend::start_on(TcpListener::bind(addr).await.unwrap());
-    for _ in 0..100 {
-        last = gw.get(path).await.0;
-        if last == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (last, _) = get_until(&gw, path, 200).await;
     assert_eq!(last, 200, "the closed connection is replaced");
 }
 

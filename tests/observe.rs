@@ -348,15 +348,7 @@ async fn admin_listener_serves_liveness_and_readiness() {
 async fn metrics_can_also_be_served_on_the_public_listener() {
     let gw = Gateway::start_with(|config| config.metrics.on_public_listener = true).await;
     assert_eq!(gw.get("/v1/orders/o-1").await.0, 200);
-    let text = gw
-        .client
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.text(gw.url("/metrics")).await;
     let samples = parse_exposition(&text);
     assert_eq!(total(&samples, "protogate_catalog_generation", &[]), 1.0);
     // The scrape itself is not a data-plane request.

@@ -22,6 +22,7 @@
 
 use std::{
     convert::Infallible,
+    future::Future,
     panic::AssertUnwindSafe,
     sync::Arc,
     task::{Context, Poll},
@@ -53,9 +54,16 @@ use crate::{
     router::Lookup,
 };
 
-/// Steps 1–4 and 7, then [`Routed`]: the data-plane service.
-#[derive(Clone)]
-pub(super) struct DataPlane(Arc<Edge>);
+/// A run of steps as a tower service: one future per request, boxed in place.
+pub(super) struct Chain<T>(Arc<T>);
+
+/// What a [`Chain`] runs.
+pub(super) trait Serve: Send + Sync + 'static {
+    fn serve(&self, request: Request) -> impl Future<Output = Response> + Send + '_;
+}
+
+/// Steps 1–4 and 7, then [`Inner`]: the data-plane service.
+pub(super) type DataPlane = Chain<Edge>;
 
 /// What the steps need, built once at start.
 pub(super) struct Steps {
@@ -70,19 +78,16 @@ pub(super) struct Steps {
     pub(super) gateway: Arc<Gateway>,
 }
 
-struct Edge {
+pub(super) struct Edge {
     headers: Arc<HeaderPolicy>,
     access_log: Option<Arc<AccessLog>>,
     metrics: Option<Metrics>,
-    cors: Option<Cors<Routed>>,
-    routed: Routed,
+    cors: Option<Cors<Chain<Inner>>>,
+    inner: Arc<Inner>,
 }
 
 /// Steps 5–14, behind CORS.
-#[derive(Clone)]
-struct Routed(Arc<Inner>);
-
-struct Inner {
+pub(super) struct Inner {
     request_timeout: Duration,
     registry: Arc<Registry>,
     auth: Option<Arc<Authenticator>>,
@@ -98,31 +103,37 @@ struct Ids {
     traceparent: HeaderValue,
 }
 
-// === impl DataPlane ===
+// === impl Chain ===
 
 impl DataPlane {
     pub(super) fn new(steps: Steps) -> Self {
-        let routed = Routed(Arc::new(Inner {
+        let inner = Arc::new(Inner {
             request_timeout: steps.request_timeout,
             registry: steps.registry,
             auth: steps.auth,
             rate_limit: steps.rate_limit,
             headers: steps.headers.clone(),
             gateway: steps.gateway,
-        }));
+        });
         Self(Arc::new(Edge {
             headers: steps.headers,
             access_log: steps.access_log,
             metrics: steps.metrics,
             cors: steps
                 .cors
-                .map(|cors| tower::Layer::layer(&cors, routed.clone())),
-            routed,
+                .map(|cors| tower::Layer::layer(&cors, Chain(inner.clone()))),
+            inner,
         }))
     }
 }
 
-impl Service<Request> for DataPlane {
+impl<T> Clone for Chain<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T: Serve> Service<Request> for Chain<T> {
     type Response = Response;
     type Error = Infallible;
     type Future = BoxFuture<'static, Result<Response, Infallible>>;
@@ -132,12 +143,14 @@ impl Service<Request> for DataPlane {
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let edge = self.0.clone();
-        boxed::in_place(|| async move { Ok(edge.serve(request).await) })
+        let steps = self.0.clone();
+        boxed::in_place(|| async move { Ok(steps.serve(request).await) })
     }
 }
 
-impl Edge {
+// === impl Edge ===
+
+impl Serve for Edge {
     async fn serve(&self, mut request: Request) -> Response {
         let ids = Ids::decide(&self.headers, &mut request);
         let span = observe::request_span(&request);
@@ -145,7 +158,9 @@ impl Edge {
         ids.echo(&mut response);
         response
     }
+}
 
+impl Edge {
     /// Steps 3, 4 and 7.
     async fn observed(&self, mut request: Request) -> Response {
         let logged = self
@@ -158,7 +173,7 @@ impl Edge {
                 Ok(response) => response,
                 Err(never) => match never {},
             },
-            None => self.routed.serve(request).await,
+            None => self.inner.serve(request).await,
         };
         if let (Some(metrics), Some(counted)) = (&self.metrics, counted) {
             response = metrics.finish(counted, response);
@@ -216,29 +231,13 @@ impl Ids {
     }
 }
 
-// === impl Routed ===
+// === impl Inner ===
 
-impl Service<Request> for Routed {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let routed = self.clone();
-        boxed::in_place(|| async move { Ok(routed.serve(request).await) })
-    }
-}
-
-impl Routed {
+impl Serve for Inner {
     /// Steps 5, 6 and 9 around the rest.
     async fn serve(&self, request: Request) -> Response {
         let request_id = request.headers().get(X_REQUEST_ID).cloned();
-        let inner = &self.0;
-        let guarded = tokio::time::timeout(inner.request_timeout, inner.route(request));
+        let guarded = tokio::time::timeout(self.request_timeout, self.route(request));
         let response = match AssertUnwindSafe(guarded).catch_unwind().await {
             Ok(Ok(response)) => response,
             Ok(Err(_elapsed)) => bare(StatusCode::GATEWAY_TIMEOUT),

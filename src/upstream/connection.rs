@@ -167,3 +167,41 @@ async fn connect(authority: Authority, timeout: Duration) -> std::io::Result<Sen
     });
     Ok(sender)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn calls_share_one_connection_until_it_closes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri: Uri = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let direct = Direct::new(&uri, Duration::from_secs(1)).unwrap();
+        let accept_one = || tokio::time::timeout(Duration::from_millis(200), listener.accept());
+
+        // Eight calls arrive before the first connection is made: one connect.
+        let senders = futures_util::future::join_all((0..8).map(|_| direct.sender())).await;
+        assert!(senders.iter().all(Result::is_ok));
+        drop(senders);
+        let (upstream_end, _) = accept_one().await.expect("one connection").unwrap();
+        assert!(accept_one().await.is_err(), "and only one");
+        assert!(direct.open_sender().is_some());
+
+        // The upstream closes it: the next call makes a new one.
+        drop(upstream_end);
+        for _ in 0..100 {
+            if direct.open_sender().is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            direct.open_sender().is_none(),
+            "the closed connection is noticed"
+        );
+        assert!(direct.sender().await.is_ok());
+        assert!(accept_one().await.is_ok(), "a new connection is made");
+    }
+}

@@ -300,6 +300,12 @@ impl Gateway {
         format!("http://{}{path}", self.addr)
     }
 
+    /// GETs any `url` (the admin listener's too) and returns its body as text.
+    pub async fn text(&self, url: String) -> String {
+        let response = self.client.get(url).send().await.unwrap();
+        response.text().await.unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Json) {
         self.send(self.client.get(self.url(path))).await
     }
