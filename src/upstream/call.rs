@@ -1,42 +1,266 @@
-//! One unary call: request metadata, deadline, and the mapping of failures
-//! to the request-path [`Error`].
+//! One unary call: request metadata, deadline, the gRPC framing on a
+//! worker's own HTTP/2 connection, and the mapping of failures to the
+//! request-path [`Error`].
 
-use std::time::Instant;
+use std::{fmt::Display, time::Instant};
 
-use bytes::Bytes;
-use http::uri::PathAndQuery;
+use base64::{
+    alphabet,
+    engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
+    Engine as _,
+};
+use bytes::{BufMut as _, Bytes, BytesMut};
+use h2::RecvStream;
+use http::{header, uri::PathAndQuery, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use prost::Message as _;
 use prost_reflect::DynamicMessage;
-use tonic::{metadata::MetadataMap, Code, TimeoutExpired};
+use tonic::{metadata::MetadataMap, Code, Status, TimeoutExpired};
 
-use super::{codec::DynamicCodec, Upstream};
+use super::{
+    codec::DynamicCodec,
+    connection::{Connection, Direct},
+    Upstream,
+};
 use crate::error::Error;
 
-/// Calls `path` on `upstream` with `message` and waits for the encoded reply (with
-/// the upstream's response metadata), at most the upstream's timeout (which
-/// is also sent as `grpc-timeout`).
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+const GRPC_STATUS_DETAILS: HeaderName = HeaderName::from_static("grpc-status-details-bin");
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+/// Binary metadata is base64 with or without padding (gRPC over HTTP/2).
+const METADATA_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Calls `path` on `upstream` with `message` and waits for the encoded reply
+/// (with the upstream's response headers and trailers), at most the
+/// upstream's timeout (which is also sent as `grpc-timeout`).
 pub async fn unary(
     upstream: &Upstream,
     path: PathAndQuery,
     message: DynamicMessage,
     metadata: MetadataMap,
 ) -> Result<tonic::Response<Bytes>, Error> {
-    let mut grpc = tonic::client::Grpc::new(upstream.connection())
-        .max_decoding_message_size(upstream.max_response_bytes);
-    let mut request = tonic::Request::from_parts(metadata, Default::default(), message);
-    request.set_timeout(upstream.timeout);
     let started = Instant::now();
     let call = async {
-        grpc.ready()
-            .await
-            .map_err(|err| unavailable(upstream, &err))?;
-        grpc.unary(request, path, DynamicCodec)
-            .await
-            .map_err(|status| classify(upstream, status, started.elapsed() >= upstream.timeout))
+        match upstream.connection() {
+            Connection::Direct(direct) => {
+                direct_unary(upstream, &direct, path, &message, metadata, started).await
+            }
+            Connection::Channel(channel) => {
+                let mut grpc = tonic::client::Grpc::new(channel)
+                    .max_decoding_message_size(upstream.max_response_bytes);
+                let mut request = tonic::Request::from_parts(metadata, Default::default(), message);
+                request.set_timeout(upstream.timeout);
+                grpc.ready()
+                    .await
+                    .map_err(|err| unavailable(upstream, &err))?;
+                grpc.unary(request, path, DynamicCodec).await.map_err(|status| {
+                    classify(upstream, status, started.elapsed() >= upstream.timeout)
+                })
+            }
+        }
     };
     match tokio::time::timeout(upstream.timeout, call).await {
         Ok(reply) => reply,
         Err(_) => Err(deadline_exceeded(upstream)),
     }
+}
+
+/// The call over a worker's own connection: one length-prefixed message
+/// out; the reply's headers, one message, and a status in the trailers (or
+/// in the headers alone) back.
+async fn direct_unary(
+    upstream: &Upstream,
+    direct: &Direct,
+    path: PathAndQuery,
+    message: &DynamicMessage,
+    metadata: MetadataMap,
+    started: Instant,
+) -> Result<tonic::Response<Bytes>, Error> {
+    let expired = || started.elapsed() >= upstream.timeout;
+    let transport = |err: &dyn Display| {
+        if expired() {
+            deadline_exceeded(upstream)
+        } else {
+            unavailable(upstream, err)
+        }
+    };
+    let mut headers = metadata.into_headers();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    headers.insert(GRPC_TIMEOUT, upstream.grpc_timeout.clone());
+    let response = direct
+        .send(path, headers, frame(message)?)
+        .await
+        .map_err(|err| transport(&err))?
+        .await
+        .map_err(|err| transport(&err))?;
+    let (head, mut body) = response.into_parts();
+    let mut headers = head.headers;
+    if let Some(status) = grpc_status(&headers) {
+        // Trailers-only: the status came with the headers, and no message.
+        status.map_err(|status| classify(upstream, status, expired()))?;
+        return Err(protocol_error("an OK status without a reply message"));
+    }
+    if head.status != StatusCode::OK {
+        return Err(Error::Upstream(Status::new(
+            code_for_http_status(head.status),
+            format!("upstream answered HTTP {}", head.status),
+        )));
+    }
+    let reply = read_message(&mut body, upstream.max_response_bytes)
+        .await
+        .map_err(|failure| match failure {
+            ReadFailure::Transport(err) => transport(&err),
+            ReadFailure::Limit(err) => err,
+        })?;
+    let trailers = body.trailers().await.map_err(|err| transport(&err))?;
+    let status = trailers.as_ref().and_then(grpc_status);
+    match status {
+        Some(Ok(())) => {}
+        Some(Err(status)) => return Err(classify(upstream, status, expired())),
+        None => return Err(protocol_error("a reply without a grpc-status")),
+    }
+    let Some(reply) = reply else {
+        return Err(protocol_error("an OK status without a reply message"));
+    };
+    if let Some(trailers) = trailers {
+        headers.extend(trailers);
+    }
+    Ok(tonic::Response::from_parts(
+        MetadataMap::from_headers(headers),
+        reply,
+        Default::default(),
+    ))
+}
+
+/// `message` as one uncompressed gRPC frame: flag, big-endian length, bytes.
+fn frame(message: &DynamicMessage) -> Result<Bytes, Error> {
+    let mut buf = BytesMut::with_capacity(5 + message.encoded_len());
+    buf.put_bytes(0, 5);
+    message
+        .encode(&mut buf)
+        .map_err(|err| Error::Internal(format!("cannot encode request: {err}").into()))?;
+    let len = u32::try_from(buf.len() - 5)
+        .map_err(|_| Error::Internal("request message over 4 GiB".into()))?;
+    buf[1..5].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+enum ReadFailure {
+    Transport(h2::Error),
+    Limit(Error),
+}
+
+/// The first message of a reply body (a unary reply has one; anything after
+/// it is read and dropped, as tonic does), releasing flow-control capacity
+/// as data arrives. A message over `limit` stops the read.
+async fn read_message(body: &mut RecvStream, limit: usize) -> Result<Option<Bytes>, ReadFailure> {
+    let mut pending = BytesMut::new();
+    let mut message = None;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(ReadFailure::Transport)?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        if message.is_some() {
+            continue;
+        }
+        let buffer = if pending.is_empty() {
+            chunk
+        } else {
+            pending.extend_from_slice(&chunk);
+            pending.split().freeze()
+        };
+        match parse_frame(&buffer, limit).map_err(ReadFailure::Limit)? {
+            Some(len) => message = Some(buffer.slice(5..5 + len)),
+            None => pending.extend_from_slice(&buffer),
+        }
+    }
+    Ok(message)
+}
+
+/// The length of the message a buffer starts with, once all of it is there.
+fn parse_frame(buffer: &[u8], limit: usize) -> Result<Option<usize>, Error> {
+    let Some(&[flag, a, b, c, d]) = buffer.get(..5) else {
+        return Ok(None);
+    };
+    if flag != 0 {
+        // No `grpc-accept-encoding` is sent, so nothing may come compressed.
+        return Err(protocol_error("a compressed reply"));
+    }
+    let len = u32::from_be_bytes([a, b, c, d]) as usize;
+    if len > limit {
+        return Err(Error::ResponseTooLarge { limit });
+    }
+    Ok((buffer.len() >= 5 + len).then_some(len))
+}
+
+/// The status in `headers` (trailers, or the headers of a trailers-only
+/// reply), if there is one: OK, or the upstream's error with its message
+/// and details.
+fn grpc_status(headers: &HeaderMap) -> Option<Result<(), Status>> {
+    let code = headers.get(GRPC_STATUS)?.as_bytes();
+    if code == b"0" {
+        return Some(Ok(()));
+    }
+    let message = headers.get(GRPC_MESSAGE).map_or_else(String::new, |value| {
+        percent_encoding::percent_decode(value.as_bytes())
+            .decode_utf8_lossy()
+            .into_owned()
+    });
+    let details = headers
+        .get(GRPC_STATUS_DETAILS)
+        .and_then(|value| METADATA_BASE64.decode(value.as_bytes()).ok())
+        .unwrap_or_default();
+    Some(Err(Status::with_details(
+        Code::from_bytes(code),
+        message,
+        details.into(),
+    )))
+}
+
+/// A reply without a gRPC status, by its HTTP status (gRPC's
+/// http-grpc-status-mapping).
+fn code_for_http_status(status: StatusCode) -> Code {
+    match status.as_u16() {
+        400 => Code::Internal,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502 | 503 | 504 => Code::Unavailable,
+        _ => Code::Unknown,
+    }
+}
+
+fn protocol_error(what: &str) -> Error {
+    Error::Upstream(Status::internal(format!("upstream sent {what}")))
+}
+
+/// `grpc-timeout` for `timeout`: at most eight digits, in the finest unit
+/// that fits (gRPC over HTTP/2).
+pub(super) fn grpc_timeout(timeout: std::time::Duration) -> HeaderValue {
+    const MAX: u128 = 99_999_999;
+    let nanos = timeout.as_nanos();
+    let (value, unit) = [
+        (1, 'n'),
+        (1_000, 'u'),
+        (1_000_000, 'm'),
+        (1_000_000_000, 'S'),
+        (60_000_000_000, 'M'),
+        (3_600_000_000_000, 'H'),
+    ]
+    .into_iter()
+    .map(|(per_unit, unit)| (nanos.div_ceil(per_unit), unit))
+    .find(|(value, _)| *value <= MAX)
+    .unwrap_or((MAX, 'H'));
+    let mut text = itoa::Buffer::new().format(value).to_owned();
+    text.push(unit);
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("99999999H"))
 }
 
 /// Tells the deadline, size and transport failures from the upstream's own answers.

@@ -119,7 +119,7 @@ impl UpstreamHealth {
 /// One health check. `SERVING`, or an answer from a server without the
 /// health service, is healthy; anything else, or no answer in time, is not.
 async fn probe(upstream: &Upstream, timeout: Duration) -> bool {
-    let mut client = HealthClient::new(upstream.connection());
+    let mut client = HealthClient::new(upstream.channel());
     let mut request = tonic::Request::new(HealthCheckRequest {
         service: String::new(),
     });

@@ -37,6 +37,8 @@ pub struct Upstream {
     pub timeout: Duration,
     /// Largest reply message accepted.
     pub max_response_bytes: usize,
+    /// `timeout` as the `grpc-timeout` value.
+    grpc_timeout: http::HeaderValue,
     ca_file: Option<PathBuf>,
     endpoint: Endpoint,
     /// One connection per serving worker, made on the worker's runtime at its
@@ -176,6 +178,7 @@ impl Upstream {
             name: Arc::from(config.pattern.as_str()),
             url: config.url.clone(),
             timeout: config.timeout,
+            grpc_timeout: call::grpc_timeout(config.timeout),
             max_response_bytes,
             ca_file: config.ca_file.clone(),
             shared: endpoint.connect_lazy(),
@@ -184,11 +187,20 @@ impl Upstream {
         })
     }
 
-    /// The connection for a call from this thread.
+    /// The connection for a unary call from this thread.
     pub(crate) fn connection(&self) -> Connection {
         match WORKER.get().and_then(|index| self.per_worker.get(index)) {
             Some(own) => own.get_or_init(|| self.worker_connection()).clone(),
             None => Connection::Channel(self.shared.clone()),
+        }
+    }
+
+    /// The channel for a streaming call or a probe: the worker's own for a TLS
+    /// upstream, else the shared one.
+    pub(crate) fn channel(&self) -> Channel {
+        match self.connection() {
+            Connection::Channel(channel) => channel,
+            Connection::Direct(_) => self.shared.clone(),
         }
     }
 

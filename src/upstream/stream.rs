@@ -13,12 +13,11 @@ use bytes::Bytes;
 use futures_util::Stream;
 use http::uri::PathAndQuery;
 use prost_reflect::DynamicMessage;
-use tonic::{client::Grpc, metadata::MetadataMap, Status, Streaming};
+use tonic::{client::Grpc, metadata::MetadataMap, transport::Channel, Status, Streaming};
 
 use super::{
     call::{classify, deadline_exceeded, unavailable},
     codec::{DynamicCodec, Outgoing, StreamCodec},
-    connection::Connection,
     Upstream,
 };
 use crate::error::Error;
@@ -99,11 +98,11 @@ pub async fn client_streaming(
     }
 }
 
-fn client(upstream: &Upstream) -> Grpc<Connection> {
-    Grpc::new(upstream.connection()).max_decoding_message_size(upstream.max_response_bytes)
+fn client(upstream: &Upstream) -> Grpc<Channel> {
+    Grpc::new(upstream.channel()).max_decoding_message_size(upstream.max_response_bytes)
 }
 
-async fn ready(grpc: &mut Grpc<Connection>, upstream: &Upstream) -> Result<(), Error> {
+async fn ready(grpc: &mut Grpc<Channel>, upstream: &Upstream) -> Result<(), Error> {
     grpc.ready()
         .await
         .map_err(|err| unavailable(upstream, &err))
