@@ -9,17 +9,16 @@ use base64::{
     engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
     Engine as _,
 };
-use bytes::{BufMut as _, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use h2::RecvStream;
 use http::{header, uri::PathAndQuery, HeaderMap, HeaderName, HeaderValue, StatusCode};
-use prost::Message as _;
 use prost_reflect::DynamicMessage;
 use tonic::{metadata::MetadataMap, Code, Status, TimeoutExpired};
 
 use super::{
     codec::DynamicCodec,
     connection::{Connection, Direct},
-    Upstream,
+    encode, Upstream,
 };
 use crate::error::Error;
 
@@ -57,9 +56,11 @@ pub async fn unary(
                 grpc.ready()
                     .await
                     .map_err(|err| unavailable(upstream, &err))?;
-                grpc.unary(request, path, DynamicCodec).await.map_err(|status| {
-                    classify(upstream, status, started.elapsed() >= upstream.timeout)
-                })
+                grpc.unary(request, path, DynamicCodec)
+                    .await
+                    .map_err(|status| {
+                        classify(upstream, status, started.elapsed() >= upstream.timeout)
+                    })
             }
         }
     };
@@ -142,15 +143,13 @@ async fn direct_unary(
 
 /// `message` as one uncompressed gRPC frame: flag, big-endian length, bytes.
 fn frame(message: &DynamicMessage) -> Result<Bytes, Error> {
-    let mut buf = BytesMut::with_capacity(5 + message.encoded_len());
-    buf.put_bytes(0, 5);
-    message
-        .encode(&mut buf)
-        .map_err(|err| Error::Internal(format!("cannot encode request: {err}").into()))?;
+    let mut buf = Vec::with_capacity(128);
+    buf.extend_from_slice(&[0; 5]);
+    encode::encode(message, &mut buf);
     let len = u32::try_from(buf.len() - 5)
         .map_err(|_| Error::Internal("request message over 4 GiB".into()))?;
     buf[1..5].copy_from_slice(&len.to_be_bytes());
-    Ok(buf.freeze())
+    Ok(buf.into())
 }
 
 enum ReadFailure {
@@ -308,5 +307,226 @@ pub(super) fn unavailable(upstream: &Upstream, cause: &dyn std::fmt::Display) ->
     Error::UpstreamUnavailable {
         upstream: upstream.name.clone(),
         cause: cause.to_string().into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use h2::server::SendResponse;
+    use http::Response;
+
+    use super::*;
+    use crate::config::UpstreamConfig;
+
+    /// How the test upstream answers every call.
+    #[derive(Clone, Default)]
+    struct Answer {
+        http_status: u16,
+        headers: Vec<(&'static str, &'static str)>,
+        chunks: Vec<Vec<u8>>,
+        trailers: Option<Vec<(&'static str, &'static str)>>,
+    }
+
+    impl Answer {
+        fn ok(chunks: Vec<Vec<u8>>) -> Self {
+            Self {
+                http_status: 200,
+                chunks,
+                trailers: Some(vec![("grpc-status", "0")]),
+                ..Self::default()
+            }
+        }
+
+        fn send(&self, mut respond: SendResponse<Bytes>) {
+            let mut response = Response::builder().status(self.http_status);
+            for (name, value) in &self.headers {
+                response = response.header(*name, *value);
+            }
+            let ends_now = self.chunks.is_empty() && self.trailers.is_none();
+            let mut stream = respond
+                .send_response(response.body(()).unwrap(), ends_now)
+                .unwrap();
+            for (i, chunk) in self.chunks.iter().enumerate() {
+                let last = i + 1 == self.chunks.len() && self.trailers.is_none();
+                stream.send_data(Bytes::from(chunk.clone()), last).unwrap();
+            }
+            if let Some(trailers) = &self.trailers {
+                let mut map = HeaderMap::new();
+                for (name, value) in trailers {
+                    map.insert(
+                        HeaderName::from_static(name),
+                        HeaderValue::from_static(value),
+                    );
+                }
+                stream.send_trailers(map).unwrap();
+            }
+        }
+    }
+
+    /// A raw HTTP/2 server on loopback that gives every call `answer`, and an
+    /// upstream (replies up to 64 bytes) that this thread reaches directly.
+    async fn upstream_answering(answer: Answer) -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut connection = h2::server::handshake(tcp).await.unwrap();
+                    while let Some(Ok((_, respond))) = connection.accept().await {
+                        answer.send(respond);
+                    }
+                });
+            }
+        });
+        let config = UpstreamConfig {
+            pattern: "*".into(),
+            url,
+            timeout: Duration::from_secs(5),
+            ca_file: None,
+        };
+        super::super::bind_worker(0);
+        let upstream = Upstream::new(&config, 64, 1).unwrap();
+        assert!(matches!(upstream.connection(), Connection::Direct(_)));
+        upstream
+    }
+
+    async fn call(answer: Answer) -> Result<tonic::Response<Bytes>, Error> {
+        let upstream = upstream_answering(answer).await;
+        let set = include_bytes!(concat!(env!("OUT_DIR"), "/protogate.testing.v1.binpb"));
+        let empty = prost_reflect::DescriptorPool::decode(&set[..])
+            .unwrap()
+            .get_message_by_name("google.protobuf.Empty")
+            .unwrap();
+        unary(
+            &upstream,
+            PathAndQuery::from_static("/test.Service/Method"),
+            DynamicMessage::new(empty),
+            MetadataMap::new(),
+        )
+        .await
+    }
+
+    fn frame_of(message: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0];
+        frame.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+        frame.extend_from_slice(message);
+        frame
+    }
+
+    fn upstream_status(result: Result<tonic::Response<Bytes>, Error>) -> Status {
+        match result {
+            Err(Error::Upstream(status)) => status,
+            other => panic!("expected an upstream status, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reply_in_several_data_frames_is_joined_and_trailers_are_kept() {
+        let frame = frame_of(b"hello, world");
+        let mut answer = Answer::ok(vec![
+            frame[..3].to_vec(),
+            frame[3..9].to_vec(),
+            frame[9..].to_vec(),
+        ]);
+        answer.headers.push(("x-reply", "h"));
+        answer.trailers = Some(vec![("grpc-status", "0"), ("x-trailer", "t")]);
+        let reply = call(answer).await.unwrap();
+        assert_eq!(reply.get_ref().as_ref(), b"hello, world");
+        assert_eq!(reply.metadata().get("x-reply").unwrap(), "h");
+        assert_eq!(reply.metadata().get("x-trailer").unwrap(), "t");
+    }
+
+    #[tokio::test]
+    async fn a_trailers_only_error_keeps_code_message_and_details() {
+        let answer = Answer {
+            http_status: 200,
+            headers: vec![
+                ("grpc-status", "5"),
+                ("grpc-message", "no%20such%20order"),
+                ("grpc-status-details-bin", "AQID"),
+            ],
+            ..Answer::default()
+        };
+        let status = upstream_status(call(answer).await);
+        assert_eq!(status.code(), Code::NotFound);
+        assert_eq!(status.message(), "no such order");
+        assert_eq!(status.details(), [1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn an_http_error_without_a_grpc_status_maps_by_its_http_status() {
+        for (http_status, code) in [
+            (503, Code::Unavailable),
+            (404, Code::Unimplemented),
+            (500, Code::Unknown),
+        ] {
+            let answer = Answer {
+                http_status,
+                ..Answer::default()
+            };
+            let status = upstream_status(call(answer).await);
+            assert_eq!(status.code(), code, "HTTP {http_status}");
+            assert!(status.message().contains(&http_status.to_string()));
+        }
+    }
+
+    #[tokio::test]
+    async fn protocol_violations_are_internal_errors() {
+        let mut no_status = Answer::ok(vec![frame_of(b"x")]);
+        no_status.trailers = None;
+        let mut compressed = frame_of(b"x");
+        compressed[0] = 1;
+        let mut ok_alone = Answer::ok(Vec::new());
+        ok_alone.headers.push(("grpc-status", "0"));
+        ok_alone.trailers = None;
+        for (answer, what) in [
+            (no_status, "without a grpc-status"),
+            (Answer::ok(vec![compressed]), "a compressed reply"),
+            (Answer::ok(Vec::new()), "without a reply message"),
+            (ok_alone, "without a reply message"),
+        ] {
+            let status = upstream_status(call(answer).await);
+            assert_eq!(status.code(), Code::Internal);
+            assert!(status.message().contains(what), "{}", status.message());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reply_over_the_limit_is_refused_by_its_length() {
+        let result = call(Answer::ok(vec![frame_of(&[7; 65])])).await;
+        assert!(
+            matches!(result, Err(Error::ResponseTooLarge { limit: 64 })),
+            "{result:?}"
+        );
+        let reply = call(Answer::ok(vec![frame_of(&[7; 64])])).await.unwrap();
+        assert_eq!(reply.get_ref().len(), 64);
+    }
+
+    #[test]
+    fn status_details_that_are_not_base64_are_dropped_not_fatal() {
+        let mut headers = HeaderMap::new();
+        headers.insert(GRPC_STATUS, HeaderValue::from_static("3"));
+        headers.insert(GRPC_STATUS_DETAILS, HeaderValue::from_static("%%%"));
+        let status = grpc_status(&headers).unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.details().is_empty());
+        headers.insert(GRPC_STATUS, HeaderValue::from_static("0"));
+        assert!(grpc_status(&headers).unwrap().is_ok());
+        assert!(grpc_status(&HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn grpc_timeout_takes_the_finest_unit_within_eight_digits() {
+        for (timeout, text) in [
+            (Duration::from_millis(50), "50000000n"),
+            (Duration::from_secs(30), "30000000u"),
+            (Duration::from_secs(3600), "3600000m"),
+            (Duration::from_secs(400_000), "400000S"),
+        ] {
+            assert_eq!(grpc_timeout(timeout), text, "{timeout:?}");
+        }
     }
 }

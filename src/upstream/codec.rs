@@ -1,8 +1,8 @@
 //! `DynamicCodec`: a tonic [`Codec`] over prost-reflect messages, so that any
 //! method in the catalog can be called without generated code.
 
-use bytes::{Buf as _, Bytes};
-use prost::Message as _;
+use super::encode;
+use bytes::{Buf as _, BufMut as _, Bytes};
 use prost_reflect::DynamicMessage;
 use tonic::{
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
@@ -89,8 +89,10 @@ impl Encoder for DynamicEncoder {
     type Error = Status;
 
     fn encode(&mut self, item: DynamicMessage, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        item.encode(dst)
-            .map_err(|err| Status::internal(format!("cannot encode request: {err}")))
+        let mut encoded = Vec::with_capacity(128);
+        encode::encode(&item, &mut encoded);
+        dst.put_slice(&encoded);
+        Ok(())
     }
 }
 

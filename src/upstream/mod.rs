@@ -7,6 +7,7 @@
 mod call;
 mod codec;
 mod connection;
+mod encode;
 mod health;
 mod stream;
 

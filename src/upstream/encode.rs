@@ -1,0 +1,315 @@
+//! A request message to protobuf wire bytes in one pass. prost-reflect's
+//! `Message::encode` measures every nested message again at each level, and
+//! decides which fields to write by building each field's default value and
+//! comparing (callgrind: ~30% of a POST's instructions for a small order).
+//! Here each set field is visited once, and a nested message is written in
+//! place after a one-byte length that is widened afterwards when it needs to be.
+
+use prost_reflect::{DynamicMessage, Kind, MapKey, Value};
+
+/// Protobuf wire types.
+const VARINT: u32 = 0;
+const FIXED64: u32 = 1;
+const LEN: u32 = 2;
+const START_GROUP: u32 = 3;
+const END_GROUP: u32 = 4;
+const FIXED32: u32 = 5;
+
+/// How one field (or extension) is written.
+struct Field {
+    number: u32,
+    kind: Kind,
+    packed: bool,
+    group: bool,
+}
+
+/// Appends `message`'s wire encoding to `out`: known fields in number order,
+/// then extensions, then unknown fields, as prost-reflect does.
+pub(super) fn encode(message: &DynamicMessage, out: &mut Vec<u8>) {
+    for (desc, value) in message.fields() {
+        let field = Field {
+            number: desc.number(),
+            kind: desc.kind(),
+            packed: desc.is_packed(),
+            group: desc.is_group(),
+        };
+        field_value(&field, value, out);
+    }
+    for (desc, value) in message.extensions() {
+        let field = Field {
+            number: desc.number(),
+            kind: desc.kind(),
+            packed: desc.is_packed(),
+            group: desc.is_group(),
+        };
+        field_value(&field, value, out);
+    }
+    for unknown in message.unknown_fields() {
+        unknown.encode(out);
+    }
+}
+
+fn field_value(field: &Field, value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::List(items) if field.packed => {
+            key(field.number, LEN, out);
+            length_delimited(out, |out| {
+                for item in items {
+                    scalar(&field.kind, item, out);
+                }
+            });
+        }
+        Value::List(items) => {
+            for item in items {
+                single(field, item, out);
+            }
+        }
+        Value::Map(entries) => {
+            let Kind::Message(entry) = &field.kind else {
+                return;
+            };
+            let key_kind = entry.map_entry_key_field().kind();
+            let value_field = Field {
+                number: 2,
+                kind: entry.map_entry_value_field().kind(),
+                packed: false,
+                group: false,
+            };
+            // Entries leave out a default key or scalar value, as prost-reflect does.
+            for (map_key, map_value) in entries {
+                key(field.number, LEN, out);
+                length_delimited(out, |out| {
+                    match map_key {
+                        MapKey::String(text) if text.is_empty() => {}
+                        MapKey::Bool(false)
+                        | MapKey::I32(0)
+                        | MapKey::I64(0)
+                        | MapKey::U32(0)
+                        | MapKey::U64(0) => {}
+                        MapKey::String(text) => {
+                            key(1, LEN, out);
+                            bytes(text.as_bytes(), out);
+                        }
+                        MapKey::Bool(v) => {
+                            key(1, VARINT, out);
+                            varint(u64::from(*v), out);
+                        }
+                        MapKey::I32(v) => map_key_integer(&key_kind, i64::from(*v), out),
+                        MapKey::I64(v) => map_key_integer(&key_kind, *v, out),
+                        MapKey::U32(v) => map_key_integer(&key_kind, i64::from(*v), out),
+                        MapKey::U64(v) => map_key_integer(&key_kind, *v as i64, out),
+                    }
+                    if !is_default_scalar(map_value) {
+                        single(&value_field, map_value, out);
+                    }
+                });
+            }
+        }
+        _ => single(field, value, out),
+    }
+}
+
+/// One occurrence of a singular value (or of a repeated element).
+fn single(field: &Field, value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Message(message) if field.group => {
+            key(field.number, START_GROUP, out);
+            encode(message, out);
+            key(field.number, END_GROUP, out);
+        }
+        Value::Message(message) => {
+            key(field.number, LEN, out);
+            length_delimited(out, |out| encode(message, out));
+        }
+        _ => {
+            key(field.number, wire_type(&field.kind), out);
+            scalar(&field.kind, value, out);
+        }
+    }
+}
+
+/// A scalar's payload, without its key.
+fn scalar(kind: &Kind, value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Bool(v) => varint(u64::from(*v), out),
+        Value::I32(v) => integer(kind, i64::from(*v), out),
+        Value::I64(v) => integer(kind, *v, out),
+        Value::U32(v) => integer(kind, i64::from(*v), out),
+        Value::U64(v) => integer(kind, *v as i64, out),
+        Value::EnumNumber(v) => varint(*v as i64 as u64, out),
+        Value::F32(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::F64(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::String(v) => bytes(v.as_bytes(), out),
+        Value::Bytes(v) => bytes(v, out),
+        Value::Message(_) | Value::List(_) | Value::Map(_) => {}
+    }
+}
+
+/// An integer as its kind writes it: zigzag, fixed width, or a plain varint
+/// (negative 32-bit values sign-extended to ten bytes, as protobuf requires).
+fn integer(kind: &Kind, value: i64, out: &mut Vec<u8>) {
+    match kind {
+        Kind::Sint32 | Kind::Sint64 => varint(((value << 1) ^ (value >> 63)) as u64, out),
+        Kind::Fixed32 | Kind::Sfixed32 => out.extend_from_slice(&(value as u32).to_le_bytes()),
+        Kind::Fixed64 | Kind::Sfixed64 => out.extend_from_slice(&value.to_le_bytes()),
+        _ => varint(value as u64, out),
+    }
+}
+
+fn map_key_integer(kind: &Kind, value: i64, out: &mut Vec<u8>) {
+    key(1, wire_type(kind), out);
+    integer(kind, value, out);
+}
+
+fn is_default_scalar(value: &Value) -> bool {
+    match value {
+        Value::Bool(v) => !v,
+        Value::I32(v) | Value::EnumNumber(v) => *v == 0,
+        Value::I64(v) => *v == 0,
+        Value::U32(v) => *v == 0,
+        Value::U64(v) => *v == 0,
+        Value::F32(v) => *v == 0.0,
+        Value::F64(v) => *v == 0.0,
+        Value::String(v) => v.is_empty(),
+        Value::Bytes(v) => v.is_empty(),
+        Value::Message(_) | Value::List(_) | Value::Map(_) => false,
+    }
+}
+
+fn wire_type(kind: &Kind) -> u32 {
+    match kind {
+        Kind::Double | Kind::Fixed64 | Kind::Sfixed64 => FIXED64,
+        Kind::Float | Kind::Fixed32 | Kind::Sfixed32 => FIXED32,
+        Kind::String | Kind::Bytes | Kind::Message(_) => LEN,
+        _ => VARINT,
+    }
+}
+
+fn key(number: u32, wire_type: u32, out: &mut Vec<u8>) {
+    varint(u64::from(number << 3 | wire_type), out);
+}
+
+fn bytes(data: &[u8], out: &mut Vec<u8>) {
+    varint(data.len() as u64, out);
+    out.extend_from_slice(data);
+}
+
+fn varint(mut value: u64, out: &mut Vec<u8>) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Writes what `body` writes, preceded by its length: one byte is reserved,
+/// and the body moved up when its length needs more.
+fn length_delimited(out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
+    let at = out.len();
+    out.push(0);
+    body(out);
+    let len = out.len() - at - 1;
+    if len < 0x80 {
+        out[at] = len as u8;
+        return;
+    }
+    let mut prefix = [0; 10];
+    let mut width = 0;
+    let mut rest = len;
+    while rest >= 0x80 {
+        prefix[width] = (rest as u8) | 0x80;
+        rest >>= 7;
+        width += 1;
+    }
+    prefix[width] = rest as u8;
+    width += 1;
+    out.resize(out.len() + width - 1, 0);
+    out.copy_within(at + 1..at + 1 + len, at + width);
+    out[at..at + width].copy_from_slice(&prefix[..width]);
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+    use prost_reflect::{DescriptorPool, MessageDescriptor};
+
+    use super::*;
+
+    fn echo_message() -> MessageDescriptor {
+        let set = include_bytes!(concat!(env!("OUT_DIR"), "/protogate.testing.v1.binpb"));
+        DescriptorPool::decode(&set[..])
+            .unwrap()
+            .get_message_by_name("protogate.testing.v1.EchoMessage")
+            .unwrap()
+    }
+
+    fn from_json(json: &str) -> DynamicMessage {
+        let mut deserializer = serde_json::Deserializer::from_str(json);
+        DynamicMessage::deserialize(echo_message(), &mut deserializer).unwrap()
+    }
+
+    /// Byte for byte what prost-reflect writes (map entries in the same
+    /// order, since both walk the same map).
+    fn assert_same_as_prost_reflect(message: &DynamicMessage) {
+        let mut ours = Vec::new();
+        encode(message, &mut ours);
+        assert!(
+            ours == message.encode_to_vec(),
+            "differs from prost-reflect"
+        );
+    }
+
+    #[test]
+    fn every_kind_is_written_as_prost_reflect_writes_it() {
+        let long = "x".repeat(300);
+        let json = format!(
+            r#"{{
+            "stringValue": "{long}", "int32Value": -5, "int64Value": "-9000000000",
+            "uint32Value": 4000000000, "uint64Value": "18000000000000000000",
+            "sint32Value": -3, "sint64Value": "-70000000000", "fixed32Value": 7,
+            "fixed64Value": "8", "sfixed32Value": -9, "sfixed64Value": "-10",
+            "floatValue": 1.5, "doubleValue": -2.25, "boolValue": true, "bytesValue": "AAEC",
+            "repeatedString": ["a", "", "{long}"], "repeatedInt32": [1, -1, 300],
+            "repeatedColor": ["COLOR_UNSPECIFIED", 7],
+            "repeatedNested": [{{"name": "n", "value": 1, "tags": ["t"]}}, {{}}, {{"name": "{long}"}}],
+            "labels": {{"k": "v", "": "empty key", "no value": ""}},
+            "nestedById": {{"-4": {{"value": 2}}, "5": {{}}, "0": {{"name": "zero"}}}},
+            "timestamp": "2024-01-02T03:04:05.5Z", "duration": "-1.5s",
+            "fieldMask": "a.b,c", "doubleWrapper": 0, "int64Wrapper": "-1",
+            "boolWrapper": false, "stringWrapper": "", "bytesWrapper": "",
+            "structValue": {{"a": [1, "b", null, {{"c": true}}]}}, "value": 3,
+            "listValue": [{{}}, []], "empty": {{}},
+            "repeatedTimestamp": ["1970-01-01T00:00:00Z", "2000-01-01T00:00:00Z"],
+            "optionalString": ""
+        }}"#
+        );
+        assert_same_as_prost_reflect(&from_json(&json));
+        // Defaults are not written unless the field has presence.
+        assert_same_as_prost_reflect(&from_json(
+            r#"{"int32Value": 0, "stringValue": "", "repeatedInt32": [], "labels": {}}"#,
+        ));
+        assert_same_as_prost_reflect(&from_json("{}"));
+    }
+
+    #[test]
+    fn lengths_that_need_more_bytes_move_the_body_up() {
+        // Nested bodies of 127, 128 and 16384 bytes: one, two and three length bytes.
+        for len in [125, 126, 16_382] {
+            let name = "n".repeat(len);
+            let message = from_json(&format!(r#"{{"repeatedNested": [{{"name": "{name}"}}]}}"#));
+            assert_same_as_prost_reflect(&message);
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_kept() {
+        let mut bytes = from_json(r#"{"int32Value": 3}"#).encode_to_vec();
+        // Field 999 (not in the schema), varint 42.
+        bytes.extend_from_slice(&[0xb8, 0x3e, 42]);
+        let message = DynamicMessage::decode(echo_message(), &bytes[..]).unwrap();
+        assert_eq!(message.unknown_fields().count(), 1);
+        let mut ours = Vec::new();
+        encode(&message, &mut ours);
+        assert_eq!(ours, bytes);
+    }
+}
