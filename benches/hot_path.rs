@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the request path: route lookup against 10, 1,000 and
-//! 10,000 routes; JSON → request message; reply → JSON for one order and for
+//! 10,000 routes; JSON → request message; request message → wire bytes
+//! (ours and prost-reflect's); reply → JSON for one order and for
 //! a list of 100 (with and without internal-field filtering); catalog build
 //! for 10 and 1,000 services. `cargo bench --bench hot_path`.
 
@@ -14,6 +15,7 @@ use protogate::{
     registry::{Catalog, DescriptorSet},
     router::{Lookup, RouterBuilder},
     transcode::{request_message, ReplyFilter, ReplyShape, RequestParts, TranscodeOptions},
+    upstream::encode_message,
 };
 
 /// Realistic templates: collection, nested resource names, custom verbs.
@@ -128,6 +130,30 @@ fn transcode(c: &mut Criterion) {
             )
             .unwrap()
         });
+    });
+
+    // The request message to wire bytes: one pass, or prost-reflect's encoder.
+    let message = request_message(
+        &create_method.descriptor.input(),
+        &create.binding,
+        (catalog.field_rules(), &create_method.rules),
+        RequestParts {
+            captures: &[],
+            query: None,
+            body,
+        },
+        &options,
+    )
+    .unwrap();
+    c.bench_function("request_to_wire/create_order", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(128);
+            encode_message(black_box(&message), &mut out);
+            out
+        });
+    });
+    c.bench_function("request_to_wire/create_order_prost_reflect", |b| {
+        b.iter(|| black_box(&message).encode_to_vec());
     });
 
     // Replies as they arrive (encoded), printed by the catalog's plans or, as

@@ -25,7 +25,7 @@ struct Field {
 
 /// Appends `message`'s wire encoding to `out`: known fields in number order,
 /// then extensions, then unknown fields, as prost-reflect does.
-pub(super) fn encode(message: &DynamicMessage, out: &mut Vec<u8>) {
+pub fn encode(message: &DynamicMessage, out: &mut Vec<u8>) {
     for (desc, value) in message.fields() {
         let field = Field {
             number: desc.number(),

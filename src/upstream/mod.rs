@@ -20,6 +20,7 @@ use std::{
 
 pub use call::unary;
 pub use codec::Outgoing;
+pub use encode::encode as encode_message;
 pub use health::{HealthState, UpstreamHealth};
 pub use stream::{bidi_streaming, client_streaming, server_streaming, ReplyStream};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
