@@ -1,8 +1,9 @@
 //! Upstreams: the configured `pattern → URL`s, resolved for a service by
 //! longest match, and their lazily made connections: one per serving worker
-//! thread, driven by that worker's runtime (see `connection`), and a shared
-//! tonic [`Channel`] for calls from other threads. Connections live outside
-//! the catalog so that a reload never reconnects them.
+//! thread for unary calls, driven by that worker's runtime (see
+//! `connection`), and a shared tonic [`Channel`] for streaming calls, probes
+//! and calls from other threads. Connections live outside the catalog so
+//! that a reload never reconnects them.
 
 mod call;
 mod codec;
