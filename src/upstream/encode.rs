@@ -5,7 +5,7 @@
 //! Here each set field is visited once, and a nested message is written in
 //! place after a one-byte length that is widened afterwards when it needs to be.
 
-use prost_reflect::{DynamicMessage, Kind, MapKey, Value};
+use prost_reflect::{DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, MapKey, Value};
 
 /// Protobuf wire types.
 const VARINT: u32 = 0;
@@ -15,69 +15,68 @@ const START_GROUP: u32 = 3;
 const END_GROUP: u32 = 4;
 const FIXED32: u32 = 5;
 
-/// How one field (or extension) is written.
-struct Field {
-    number: u32,
-    kind: Kind,
-    packed: bool,
-    group: bool,
+/// What the encoder asks of a field or an extension, only when the value
+/// needs it: most values say their wire type themselves, and each question
+/// is a descriptor lookup.
+trait Describe {
+    fn number(&self) -> u32;
+    fn kind(&self) -> Kind;
+    fn is_packed(&self) -> bool;
+    fn is_group(&self) -> bool;
 }
 
 /// Appends `message`'s wire encoding to `out`: known fields in number order,
 /// then extensions, then unknown fields, as prost-reflect does.
 pub fn encode(message: &DynamicMessage, out: &mut Vec<u8>) {
     for (desc, value) in message.fields() {
-        let field = Field {
-            number: desc.number(),
-            kind: desc.kind(),
-            packed: desc.is_packed(),
-            group: desc.is_group(),
-        };
-        field_value(&field, value, out);
+        field_value(&desc, value, out);
     }
     for (desc, value) in message.extensions() {
-        let field = Field {
-            number: desc.number(),
-            kind: desc.kind(),
-            packed: desc.is_packed(),
-            group: desc.is_group(),
-        };
-        field_value(&field, value, out);
+        field_value(&desc, value, out);
     }
     for unknown in message.unknown_fields() {
         unknown.encode(out);
     }
 }
 
-fn field_value(field: &Field, value: &Value, out: &mut Vec<u8>) {
+fn field_value(desc: &impl Describe, value: &Value, out: &mut Vec<u8>) {
+    let number = desc.number();
     match value {
-        Value::List(items) if field.packed => {
-            key(field.number, LEN, out);
-            length_delimited(out, |out| {
+        Value::List(items) => match items.first() {
+            Some(Value::Message(_)) => {
+                let group = desc.is_group();
                 for item in items {
-                    scalar(&field.kind, item, out);
+                    if let Value::Message(message) = item {
+                        nested(number, group, message, out);
+                    }
                 }
-            });
-        }
-        Value::List(items) => {
-            for item in items {
-                single(field, item, out);
             }
-        }
+            _ => {
+                let kind = desc.kind();
+                if desc.is_packed() {
+                    key(number, LEN, out);
+                    length_delimited(out, |out| {
+                        for item in items {
+                            scalar(&kind, item, out);
+                        }
+                    });
+                } else {
+                    for item in items {
+                        key(number, wire_type(&kind), out);
+                        scalar(&kind, item, out);
+                    }
+                }
+            }
+        },
         Value::Map(entries) => {
-            let Kind::Message(entry) = &field.kind else {
+            let Kind::Message(entry) = desc.kind() else {
                 return;
             };
             let key_kind = entry.map_entry_key_field().kind();
-            let value_field = Field {
-                number: 2,
-                kind: entry.map_entry_value_field().kind(),
-                packed: false,
-                group: false,
-            };
+            let value_kind = entry.map_entry_value_field().kind();
             // Entries leave out a default key or scalar value, as prost-reflect does.
             for (map_key, map_value) in entries {
-                key(field.number, LEN, out);
+                key(number, LEN, out);
                 length_delimited(out, |out| {
                     match map_key {
                         MapKey::String(text) if text.is_empty() => {}
@@ -99,49 +98,70 @@ fn field_value(field: &Field, value: &Value, out: &mut Vec<u8>) {
                         MapKey::U32(v) => map_key_integer(&key_kind, i64::from(*v), out),
                         MapKey::U64(v) => map_key_integer(&key_kind, *v as i64, out),
                     }
-                    if !is_default_scalar(map_value) {
-                        single(&value_field, map_value, out);
+                    match map_value {
+                        Value::Message(message) => nested(2, false, message, out),
+                        _ if is_default_scalar(map_value) => {}
+                        _ => {
+                            key(2, wire_type(&value_kind), out);
+                            scalar(&value_kind, map_value, out);
+                        }
                     }
                 });
             }
         }
-        _ => single(field, value, out),
-    }
-}
-
-/// One occurrence of a singular value (or of a repeated element).
-fn single(field: &Field, value: &Value, out: &mut Vec<u8>) {
-    match value {
-        Value::Message(message) if field.group => {
-            key(field.number, START_GROUP, out);
-            encode(message, out);
-            key(field.number, END_GROUP, out);
+        Value::Message(message) => nested(number, desc.is_group(), message, out),
+        Value::I32(_) | Value::I64(_) | Value::U32(_) | Value::U64(_) => {
+            let kind = desc.kind();
+            key(number, wire_type(&kind), out);
+            scalar(&kind, value, out);
         }
-        Value::Message(message) => {
-            key(field.number, LEN, out);
-            length_delimited(out, |out| encode(message, out));
-        }
+        // The other scalars' variants say how they are written.
         _ => {
-            key(field.number, wire_type(&field.kind), out);
-            scalar(&field.kind, value, out);
+            let wire = match value {
+                Value::F32(_) => FIXED32,
+                Value::F64(_) => FIXED64,
+                Value::String(_) | Value::Bytes(_) => LEN,
+                _ => VARINT,
+            };
+            key(number, wire, out);
+            untyped(value, out);
         }
     }
 }
 
-/// A scalar's payload, without its key.
+/// A message field: length-delimited, or between group tags.
+fn nested(number: u32, group: bool, message: &DynamicMessage, out: &mut Vec<u8>) {
+    if group {
+        key(number, START_GROUP, out);
+        encode(message, out);
+        key(number, END_GROUP, out);
+    } else {
+        key(number, LEN, out);
+        length_delimited(out, |out| encode(message, out));
+    }
+}
+
+/// A scalar's payload, without its key; `kind` says how an integer is written.
 fn scalar(kind: &Kind, value: &Value, out: &mut Vec<u8>) {
     match value {
-        Value::Bool(v) => varint(u64::from(*v), out),
         Value::I32(v) => integer(kind, i64::from(*v), out),
         Value::I64(v) => integer(kind, *v, out),
         Value::U32(v) => integer(kind, i64::from(*v), out),
         Value::U64(v) => integer(kind, *v as i64, out),
+        _ => untyped(value, out),
+    }
+}
+
+/// The payload of a scalar whose variant alone says how it is written.
+fn untyped(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Bool(v) => varint(u64::from(*v), out),
         Value::EnumNumber(v) => varint(*v as i64 as u64, out),
         Value::F32(v) => out.extend_from_slice(&v.to_le_bytes()),
         Value::F64(v) => out.extend_from_slice(&v.to_le_bytes()),
         Value::String(v) => bytes(v.as_bytes(), out),
         Value::Bytes(v) => bytes(v, out),
-        Value::Message(_) | Value::List(_) | Value::Map(_) => {}
+        _ => {}
     }
 }
 
@@ -155,6 +175,27 @@ fn integer(kind: &Kind, value: i64, out: &mut Vec<u8>) {
         _ => varint(value as u64, out),
     }
 }
+
+macro_rules! describe {
+    ($($descriptor:ty),*) => {$(
+        impl Describe for $descriptor {
+            fn number(&self) -> u32 {
+                self.number()
+            }
+            fn kind(&self) -> Kind {
+                self.kind()
+            }
+            fn is_packed(&self) -> bool {
+                self.is_packed()
+            }
+            fn is_group(&self) -> bool {
+                self.is_group()
+            }
+        }
+    )*};
+}
+
+describe!(FieldDescriptor, ExtensionDescriptor);
 
 fn map_key_integer(kind: &Kind, value: i64, out: &mut Vec<u8>) {
     key(1, wire_type(kind), out);
