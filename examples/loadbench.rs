@@ -8,6 +8,7 @@
 //! cargo run --release --example loadbench -- --requests 50000 --concurrency 64
 //! cargo run --release --example loadbench -- --gateway http://127.0.0.1:8080   # any gateway with the same routes
 //! cargo run --release --example loadbench -- --services 1000 --only get        # with 1,000 more services loaded
+//! cargo run --release --example loadbench -- --workers 1                        # a one-thread gateway
 //! ```
 //!
 //! CPU per request comes from `/proc/<pid>/stat` (user + system time) before
@@ -65,6 +66,9 @@ struct Args {
     /// to /dev/null), to see what the log costs.
     #[arg(long)]
     access_log: bool,
+    /// Serving threads of the started gateway (its `workers`; 0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
     #[command(subcommand)]
     role: Option<Role>,
 }
@@ -83,6 +87,8 @@ enum Role {
         descriptor_set: Option<std::path::PathBuf>,
         #[arg(long)]
         access_log: bool,
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
     },
 }
 
@@ -143,7 +149,14 @@ fn main() -> Result<(), BoxError> {
             upstream,
             descriptor_set,
             access_log,
-        }) => runtime.block_on(serve_gateway(listen, upstream, descriptor_set, access_log)),
+            workers,
+        }) => runtime.block_on(serve_gateway(
+            listen,
+            upstream,
+            descriptor_set,
+            access_log,
+            workers,
+        )),
         None => runtime.block_on(bench(&args)),
     }
 }
@@ -153,9 +166,11 @@ async fn serve_gateway(
     upstream: String,
     descriptor_set: Option<std::path::PathBuf>,
     access_log: bool,
+    workers: usize,
 ) -> Result<(), BoxError> {
     let mut config = Config {
         listen,
+        workers,
         ..Config::default()
     };
     config.access_log.enabled = access_log;
@@ -454,6 +469,7 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             if args.access_log {
                 gateway_args.push("--access-log".into());
             }
+            gateway_args.push(format!("--workers={}", args.workers));
             let process = Process::spawn(&gateway_args)?;
             wait_for(addr).await?;
             if args.services > 0 {
