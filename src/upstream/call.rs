@@ -115,12 +115,7 @@ async fn direct_unary(
             format!("upstream answered HTTP {}", head.status),
         )));
     }
-    let reply = read_message(&mut body, upstream.max_response_bytes)
-        .await
-        .map_err(|failure| match failure {
-            ReadFailure::Transport(err) => transport(&err),
-            ReadFailure::Limit(err) => err,
-        })?;
+    let reply = read_message(&mut body, upstream.max_response_bytes, transport).await?;
     let trailers = body.trailers().await.map_err(|err| transport(&err))?;
     let status = trailers.as_ref().and_then(grpc_status);
     match status {
@@ -152,32 +147,32 @@ fn frame(message: &DynamicMessage) -> Result<Bytes, Error> {
     Ok(buf.into())
 }
 
-enum ReadFailure {
-    Transport(h2::Error),
-    Limit(Error),
-}
-
 /// The first message of a reply body (a unary reply has one; anything after
 /// it is read and dropped, as tonic does), releasing flow-control capacity
-/// as data arrives. A message over `limit` stops the read.
-async fn read_message(body: &mut RecvStream, limit: usize) -> Result<Option<Bytes>, ReadFailure> {
+/// as data arrives. A message in one DATA frame is sliced out of it; one
+/// split across frames is gathered once. A message over `limit` stops the read.
+async fn read_message(
+    body: &mut RecvStream,
+    limit: usize,
+    transport: impl Fn(&dyn Display) -> Error,
+) -> Result<Option<Bytes>, Error> {
     let mut pending = BytesMut::new();
     let mut message = None;
     while let Some(chunk) = body.data().await {
-        let chunk = chunk.map_err(ReadFailure::Transport)?;
+        let chunk = chunk.map_err(|err| transport(&err))?;
         let _ = body.flow_control().release_capacity(chunk.len());
         if message.is_some() {
             continue;
         }
-        let buffer = if pending.is_empty() {
-            chunk
-        } else {
-            pending.extend_from_slice(&chunk);
-            pending.split().freeze()
-        };
-        match parse_frame(&buffer, limit).map_err(ReadFailure::Limit)? {
-            Some(len) => message = Some(buffer.slice(5..5 + len)),
-            None => pending.extend_from_slice(&buffer),
+        if pending.is_empty() {
+            if let Some(len) = parse_frame(&chunk, limit)? {
+                message = Some(chunk.slice(5..5 + len));
+                continue;
+            }
+        }
+        pending.extend_from_slice(&chunk);
+        if let Some(len) = parse_frame(&pending, limit)? {
+            message = Some(pending.split_to(5 + len).freeze().slice(5..));
         }
     }
     Ok(message)
