@@ -1,13 +1,14 @@
 //! `DynamicCodec`: a tonic [`Codec`] over prost-reflect messages, so that any
 //! method in the catalog can be called without generated code.
 
-use super::encode;
 use bytes::{Buf as _, BufMut as _, Bytes};
 use prost_reflect::DynamicMessage;
 use tonic::{
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
     Status,
 };
+
+use super::encode;
 
 /// Encodes request messages; replies stay encoded ([`Bytes`]), to be printed
 /// as JSON straight from the wire by the reply plans.

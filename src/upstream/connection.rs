@@ -7,7 +7,8 @@
 //! through tonic's `Channel`, a buffer task and origin, user-agent, timeout
 //! and reconnect layers come on top -- machinery for sharing a connection
 //! across threads, which a connection that never leaves its thread does not
-//! need (callgrind: ~25% of the gateway's instructions per GET together).
+//! need (callgrind, instructions per GET: ~10k for tonic's channel layers,
+//! then ~21k for hyper's per-call tasks and tonic's codec streams).
 //! TLS upstreams, streaming calls and calls from other threads (health
 //! probes, embedders) use tonic `Channel`s.
 
