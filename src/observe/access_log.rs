@@ -1,8 +1,11 @@
 //! The access log: one line per finished request (JSON or text, stdout or
 //! a file), formatted here and handed to a non-blocking writer thread that
-//! writes each batch of lines at once. It never mixes with the diagnostic
-//! log, and each gateway in a process writes its own. (Formatting through a
-//! `tracing` subscriber cost about a third of a GET's CPU.)
+//! writes each batch of lines at once. A serving worker gathers its lines
+//! and hands them over when it is about to sleep or has 16 KiB of them, so
+//! that a busy gateway wakes the writer thread once per batch, not per line.
+//! It never mixes with the diagnostic log, and each gateway in a process
+//! writes its own. (Formatting through a `tracing` subscriber cost about a
+//! third of a GET's CPU; a wake-up per line, half of what remained.)
 //!
 //! Fields: `timestamp`, `level`, `request_id`, `correlation_id`, `trace_id`,
 //! `client_ip`, `consumer`, `method`, `route`, `path` (never the query),
@@ -11,6 +14,7 @@
 //! No other header is read, so `Authorization` and tokens cannot leak into it.
 
 use std::{
+    cell::RefCell,
     fmt,
     fs::OpenOptions,
     io::{BufWriter, Write as _},
@@ -40,6 +44,8 @@ use crate::{
 
 /// A server's access log.
 pub struct AccessLog {
+    /// Tells this log's lines from another's in a worker's batch.
+    id: u64,
     writer: NonBlocking,
     format: AccessLogFormat,
     sampler: Sampler,
@@ -53,6 +59,20 @@ pub struct AccessLog {
 pub struct AccessLogError {
     path: PathBuf,
     source: std::io::Error,
+}
+
+/// Lines gathered on a serving worker for one log's writer.
+struct Batch {
+    writer: Option<(u64, NonBlocking)>,
+    lines: Vec<u8>,
+}
+
+/// Handed to the writer thread once this full.
+const BATCH_BYTES: usize = 16 << 10;
+
+thread_local! {
+    /// This thread's batch, when it is a serving worker (see [`batch_on_this_thread`]).
+    static BATCH: RefCell<Option<Batch>> = const { RefCell::new(None) };
 }
 
 /// Keeps exactly the configured fraction of 2xx lines, evenly spread.
@@ -100,7 +120,9 @@ impl AccessLog {
             }
             None => tracing_appender::non_blocking(BufWriter::new(std::io::stdout())),
         };
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Ok(Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             writer,
             format: config.format,
             sampler: Sampler {
@@ -187,9 +209,62 @@ impl AccessLog {
                 line.push(b'\n');
             }
         }
-        // One message per line; when the writer thread lags too far behind,
-        // lines are dropped rather than a request held up.
-        let _ = self.writer.clone().write_all(&line);
+        self.emit(&line);
+    }
+
+    /// Into this worker's batch, or straight to the writer thread. When the
+    /// writer lags too far behind, lines are dropped rather than a request
+    /// held up.
+    fn emit(&self, line: &[u8]) {
+        let batched = BATCH.with_borrow_mut(|batch| {
+            let Some(batch) = batch else {
+                return false;
+            };
+            if batch.writer.as_ref().is_some_and(|(id, _)| *id != self.id) {
+                batch.flush();
+                batch.writer = None;
+            }
+            if batch.writer.is_none() {
+                batch.writer = Some((self.id, self.writer.clone()));
+            }
+            batch.lines.extend_from_slice(line);
+            if batch.lines.len() >= BATCH_BYTES {
+                batch.flush();
+            }
+            true
+        });
+        if !batched {
+            let _ = self.writer.clone().write_all(line);
+        }
+    }
+}
+
+/// Makes this thread (a serving worker) gather its lines; it must call
+/// [`flush_thread`] before it sleeps and when it stops.
+pub(crate) fn batch_on_this_thread() {
+    BATCH.set(Some(Batch {
+        writer: None,
+        lines: Vec::with_capacity(BATCH_BYTES),
+    }));
+}
+
+/// Hands this thread's gathered lines to the writer thread.
+pub(crate) fn flush_thread() {
+    BATCH.with_borrow_mut(|batch| {
+        if let Some(batch) = batch {
+            batch.flush();
+        }
+    });
+}
+
+// === impl Batch ===
+
+impl Batch {
+    fn flush(&mut self) {
+        if let (Some((_, writer)), false) = (&mut self.writer, self.lines.is_empty()) {
+            let _ = writer.write_all(&self.lines);
+        }
+        self.lines.clear();
     }
 }
 
@@ -304,6 +379,31 @@ mod tests {
             seen: AtomicU64::new(0),
         };
         (0..of).filter(|_| sampler.keep()).count()
+    }
+
+    #[test]
+    fn a_workers_batch_keeps_each_logs_lines_to_that_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |name: &str| {
+            let config = AccessLogConfig {
+                file: Some(dir.path().join(name)),
+                ..AccessLogConfig::default()
+            };
+            AccessLog::new(&config).unwrap()
+        };
+        let (first, second) = (open("first.log"), open("second.log"));
+        batch_on_this_thread();
+        first.emit(b"1a\n");
+        first.emit(b"1b\n");
+        second.emit(b"2a\n");
+        first.emit(b"1c\n");
+        flush_thread();
+        BATCH.set(None);
+        // Dropping a log waits for its writer thread to write everything.
+        drop((first, second));
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+        assert_eq!(read("first.log"), "1a\n1b\n1c\n");
+        assert_eq!(read("second.log"), "2a\n");
     }
 
     #[test]

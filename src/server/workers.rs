@@ -26,7 +26,7 @@ use tokio::{
 };
 use tower::ServiceExt;
 
-use crate::upstream;
+use crate::{observe::access_log, upstream};
 
 /// A connection on its way from the acceptor to a worker.
 type Accepted = (std::net::TcpStream, SocketAddr);
@@ -44,6 +44,7 @@ pub(super) async fn serve(
     for index in 0..workers {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .on_thread_park(access_log::flush_thread)
             .build()?;
         let (queue, accepted) = mpsc::unbounded_channel();
         let (done, finished) = oneshot::channel::<()>();
@@ -52,6 +53,7 @@ pub(super) async fn serve(
             .name(format!("protogate-worker-{index}"))
             .spawn(move || {
                 run_worker(index, &runtime, accepted, router);
+                access_log::flush_thread();
                 drop(done);
             })?;
         queues.push(queue);
@@ -127,6 +129,7 @@ fn run_worker(
     router: Router,
 ) {
     upstream::bind_worker(index);
+    access_log::batch_on_this_thread();
     runtime.block_on(async move {
         let connections = GracefulShutdown::new();
         let builder = Builder::new(TokioExecutor::new());
