@@ -44,7 +44,6 @@ pub(super) async fn serve(
     for index in 0..workers {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .on_thread_park(access_log::flush_thread)
             .build()?;
         let (queue, accepted) = mpsc::unbounded_channel();
         let (done, finished) = oneshot::channel::<()>();
@@ -131,6 +130,7 @@ fn run_worker(
     upstream::bind_worker(index);
     access_log::batch_on_this_thread();
     runtime.block_on(async move {
+        tokio::spawn(access_log::flush_periodically());
         let connections = GracefulShutdown::new();
         let builder = Builder::new(TokioExecutor::new());
         while let Some((stream, remote)) = accepted.recv().await {
