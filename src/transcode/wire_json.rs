@@ -1177,34 +1177,42 @@ pub(crate) fn write_rfc3339(seconds: i64, nanos: i32, out: &mut Vec<u8>) {
         month_index - 9
     };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
-    let digits = |out: &mut Vec<u8>, value: i64, width: u32| {
-        for place in (0..width).rev() {
-            out.push(b'0' + (value / 10_i64.pow(place) % 10) as u8);
-        }
+    // Into a fixed buffer, two digits at a time by constant divisors: the
+    // callers keep every value in range (a year of four digits).
+    let mut text = *b"0000-00-00T00:00:00.000000000";
+    let narrow = |value: i64| u32::try_from(value).unwrap_or(0);
+    let (year, second_of_day) = (narrow(year), narrow(second_of_day));
+    put_two(&mut text[0..2], year / 100);
+    put_two(&mut text[2..4], year % 100);
+    put_two(&mut text[5..7], narrow(month));
+    put_two(&mut text[8..10], narrow(day));
+    put_two(&mut text[11..13], second_of_day / 3_600);
+    put_two(&mut text[14..16], second_of_day / 60 % 60);
+    put_two(&mut text[17..19], second_of_day % 60);
+    let nanos = narrow(i64::from(nanos)) % 1_000_000_000;
+    let digits = match nanos {
+        0 => 0,
+        _ if nanos % 1_000_000 == 0 => 3,
+        _ if nanos % 1_000 == 0 => 6,
+        _ => 9,
     };
-    digits(out, year, 4);
-    out.push(b'-');
-    digits(out, month, 2);
-    out.push(b'-');
-    digits(out, day, 2);
-    out.push(b'T');
-    digits(out, second_of_day / 3_600, 2);
-    out.push(b':');
-    digits(out, second_of_day / 60 % 60, 2);
-    out.push(b':');
-    digits(out, second_of_day % 60, 2);
-    let nanos = i64::from(nanos);
-    if nanos % 1_000_000_000 != 0 {
-        out.push(b'.');
-        if nanos % 1_000_000 == 0 {
-            digits(out, nanos / 1_000_000, 3);
-        } else if nanos % 1_000 == 0 {
-            digits(out, nanos / 1_000, 6);
-        } else {
-            digits(out, nanos, 9);
-        }
+    if digits == 0 {
+        out.extend_from_slice(&text[..19]);
+    } else {
+        put_two(&mut text[20..22], nanos / 10_000_000);
+        put_two(&mut text[22..24], nanos / 100_000 % 100);
+        put_two(&mut text[24..26], nanos / 1_000 % 100);
+        put_two(&mut text[26..28], nanos / 10 % 100);
+        text[28] = b'0' + (nanos % 10) as u8;
+        out.extend_from_slice(&text[..20 + digits]);
     }
     out.push(b'Z');
+}
+
+/// `value` (below 100) as two ASCII digits.
+fn put_two(out: &mut [u8], value: u32) {
+    out[0] = b'0' + (value / 10 % 10) as u8;
+    out[1] = b'0' + (value % 10) as u8;
 }
 
 /// The masks below `field`, or `None` when the masks hide it.
