@@ -40,7 +40,7 @@ use super::{body::Observed, code_name, fault_name, trace_context, Outcome, Reque
 use crate::{
     config::{AccessLogConfig, AccessLogFormat},
     policy::{X_CORRELATION_ID, X_REQUEST_ID},
-    transcode::write_rfc3339,
+    transcode::{write_json_str, write_rfc3339},
 };
 
 /// A server's access log.
@@ -101,7 +101,8 @@ enum Value<'a> {
     Str(&'a str),
     Count(u64),
     Millis(f64),
-    Shown(&'a dyn fmt::Display),
+    /// Text that never needs escaping (hex digits, an IP address).
+    Plain(&'a dyn fmt::Display),
 }
 
 // === impl AccessLog ===
@@ -152,11 +153,11 @@ impl AccessLog {
                 "correlation_id",
                 Some(Value::Str(header(&facts.correlation_id))),
             ),
-            ("trace_id", Some(Value::Shown(&facts.trace_id))),
+            ("trace_id", Some(Value::Plain(&facts.trace_id))),
             (
                 "client_ip",
                 Some(match &client_ip {
-                    Some(ip) => Value::Shown(ip),
+                    Some(ip) => Value::Plain(ip),
                     None => Value::Str(no_ip),
                 }),
             ),
@@ -299,10 +300,16 @@ impl Value<'_> {
     fn json(&self, out: &mut Vec<u8>) {
         // Writing JSON into a Vec cannot fail.
         let _ = match self {
-            Self::Str(text) => serde_json::to_writer(&mut *out, text),
-            Self::Count(n) => serde_json::to_writer(&mut *out, n),
-            Self::Millis(ms) => serde_json::to_writer(&mut *out, ms),
-            Self::Shown(value) => serde_json::to_writer(&mut *out, &value.to_string()),
+            Self::Str(text) => {
+                write_json_str(text, out);
+                Ok(())
+            }
+            Self::Count(n) => {
+                out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes());
+                Ok(())
+            }
+            Self::Millis(ms) => serde_json::to_writer(&mut *out, ms).map_err(Into::into),
+            Self::Plain(value) => write!(out, "\"{value}\""),
         };
     }
 
@@ -313,7 +320,7 @@ impl Value<'_> {
             Self::Str(text) => write!(out, "{text:?}"),
             Self::Count(n) => write!(out, "{n}"),
             Self::Millis(ms) => write!(out, "{ms:?}"),
-            Self::Shown(value) => write!(out, "{:?}", value.to_string()),
+            Self::Plain(value) => write!(out, "\"{value}\""),
         };
     }
 }

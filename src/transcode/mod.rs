@@ -22,8 +22,8 @@ pub use request::{request_message, RequestParts};
 pub use response::{decode_reply, ReplyFilter, ReplyShape};
 pub use split::JsonSplitter;
 pub use stream::{Framer, StreamFormat};
-pub(crate) use wire_json::write_rfc3339;
 pub use wire_json::JsonPlans;
+pub(crate) use wire_json::{write_json_str, write_rfc3339};
 
 use crate::config::{Config, InternalInput};
 

@@ -1059,9 +1059,8 @@ impl Printer<'_> {
 
     fn string(&mut self, start: usize, end: usize) -> Printed {
         let text = std::str::from_utf8(&self.buf[start..end]).map_err(|_| Unsupported)?;
-        serde_json::Serializer::new(&mut self.out)
-            .serialize_str(text)
-            .map_err(|_| Unsupported)
+        write_json_str(text, &mut self.out);
+        Ok(())
     }
 
     fn timestamp(&mut self, start: usize, end: usize) -> Printed {
@@ -1209,6 +1208,23 @@ pub(crate) fn write_rfc3339(seconds: i64, nanos: i32, out: &mut Vec<u8>) {
     out.push(b'Z');
 }
 
+/// `text` as a JSON string. Most strings hold nothing to escape: those are
+/// copied whole; the rest go through serde_json's escaping (same output).
+pub(crate) fn write_json_str(text: &str, out: &mut Vec<u8>) {
+    let plain = !text.bytes().fold(false, |escape, b| {
+        escape | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if plain {
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, text);
+    }
+}
+
 /// `value` (below 100) as two ASCII digits.
 fn put_two(out: &mut [u8], value: u32) {
     out[0] = b'0' + (value / 10 % 10) as u8;
@@ -1252,6 +1268,23 @@ fn read_varint(buf: &[u8], pos: &mut usize, end: usize) -> Result<u64, Unsupport
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_strings_match_serde_json() {
+        for text in [
+            "",
+            "plain",
+            "ünï©ødé ✓",
+            "quote \" here",
+            "back\\slash",
+            "tab\t",
+            "\u{1}\u{1f}\u{7f}",
+        ] {
+            let mut ours = Vec::new();
+            write_json_str(text, &mut ours);
+            assert_eq!(ours, serde_json::to_vec(text).unwrap(), "{text:?}");
+        }
+    }
 
     /// Every day of the range and a spread of times print as prost-types prints them.
     #[test]
