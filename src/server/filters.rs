@@ -22,6 +22,7 @@
 
 use std::{
     convert::Infallible,
+    fmt,
     future::Future,
     panic::AssertUnwindSafe,
     sync::Arc,
@@ -124,6 +125,12 @@ impl DataPlane {
                 .map(|cors| tower::Layer::layer(&cors, Chain(inner.clone()))),
             inner,
         }))
+    }
+}
+
+impl<T> fmt::Debug for Chain<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Chain").finish_non_exhaustive()
     }
 }
 

@@ -55,7 +55,11 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Server {
     registry: Arc<Registry>,
+    /// The data plane, and the public listener's other routes in front of
+    /// it when there are any (`/metrics`).
+    data_plane: DataPlane,
     router: Router,
+    public_routes: bool,
     listen: SocketAddr,
     metrics: Metrics,
     health: Arc<UpstreamHealth>,
@@ -136,7 +140,7 @@ impl Server {
             rate_limit: policies.rate_limit,
             gateway,
         });
-        let mut router = Router::new().fallback_service(data_plane);
+        let mut router = Router::new().fallback_service(data_plane.clone());
         if config.metrics.on_public_listener {
             // Beside the data plane, so none of its steps apply.
             router = router.route(
@@ -146,7 +150,9 @@ impl Server {
         }
         Ok(Self {
             registry,
+            data_plane,
             router,
+            public_routes: config.metrics.on_public_listener,
             listen: config.listen,
             metrics,
             health,
@@ -230,11 +236,17 @@ impl Server {
                     .await
             })
         });
-        let served = workers::serve(listener, self.router, self.workers, async move {
+        let shutdown = async move {
             shutdown.await;
             let _ = stop.send(true);
-        })
-        .await;
+        };
+        let served = if self.public_routes {
+            workers::serve(listener, self.router, self.workers, shutdown).await
+        } else {
+            // The data plane alone: no router to pass through on every
+            // request (callgrind: ~4k instructions of a GET's ~80k).
+            workers::serve(listener, self.data_plane, self.workers, shutdown).await
+        };
         if let Some(admin) = admin {
             admin.await.map_err(std::io::Error::other)??;
         }

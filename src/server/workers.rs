@@ -12,7 +12,10 @@
 
 use std::{future::Future, io, net::SocketAddr, thread, time::Duration};
 
-use axum::{body::Body, extract::ConnectInfo, Router};
+use std::convert::Infallible;
+
+use axum::{body::Body, extract::ConnectInfo, response::Response};
+use http::Request;
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
@@ -24,21 +27,25 @@ use tokio::{
     runtime::Runtime,
     sync::{mpsc, oneshot},
 };
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 use crate::{observe::access_log, upstream};
 
 /// A connection on its way from the acceptor to a worker.
 type Accepted = (std::net::TcpStream, SocketAddr);
 
-/// Serves `router` on `listener` with `workers` threads until `shutdown`
+/// Serves `service` on `listener` with `workers` threads until `shutdown`
 /// resolves, then lets every worker drain its in-flight requests.
-pub(super) async fn serve(
+pub(super) async fn serve<S>(
     listener: TcpListener,
-    router: Router,
+    service: S,
     workers: usize,
     shutdown: impl Future<Output = ()>,
-) -> io::Result<()> {
+) -> io::Result<()>
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
     let mut queues = Vec::with_capacity(workers);
     let mut drained = Vec::with_capacity(workers);
     for index in 0..workers {
@@ -47,11 +54,11 @@ pub(super) async fn serve(
             .build()?;
         let (queue, accepted) = mpsc::unbounded_channel();
         let (done, finished) = oneshot::channel::<()>();
-        let router = router.clone();
+        let service = service.clone();
         thread::Builder::new()
             .name(format!("protogate-worker-{index}"))
             .spawn(move || {
-                run_worker(index, &runtime, accepted, router);
+                run_worker(index, &runtime, accepted, service);
                 access_log::flush_thread();
                 drop(done);
             })?;
@@ -121,12 +128,15 @@ async fn backoff(error: &io::Error) {
     }
 }
 
-fn run_worker(
+fn run_worker<S>(
     index: usize,
     runtime: &Runtime,
     mut accepted: mpsc::UnboundedReceiver<Accepted>,
-    router: Router,
-) {
+    service: S,
+) where
+    S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
     upstream::bind_worker(index);
     access_log::batch_on_this_thread();
     runtime.block_on(async move {
@@ -143,7 +153,7 @@ fn run_worker(
             };
             // What axum's `into_make_service_with_connect_info` would add.
             let service =
-                router
+                service
                     .clone()
                     .map_request(move |mut request: http::Request<Incoming>| {
                         request.extensions_mut().insert(ConnectInfo(remote));
