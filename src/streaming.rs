@@ -76,14 +76,18 @@ pub(crate) async fn call(
         let reply = tokio::select! {
             biased;
             err = request_failure(&mut failed) => return Err(err),
-            reply = upstream::client_streaming(&upstream, path, messages, metadata) => reply?,
+            reply = upstream::client_streaming(&upstream, path, messages, metadata) => {
+                reply.map_err(|err| failed_first(&mut failed).unwrap_or(err))?
+            }
         };
         return gateway.reply_response(&reply, &matched, &filter);
     }
     let replies = tokio::select! {
         biased;
         err = request_failure(&mut failed) => return Err(err),
-        replies = upstream::bidi_streaming(&upstream, path, messages, metadata) => replies?,
+        replies = upstream::bidi_streaming(&upstream, path, messages, metadata) => {
+            replies.map_err(|err| failed_first(&mut failed).unwrap_or(err))?
+        }
     };
     reply_stream(
         replies,
@@ -106,6 +110,14 @@ async fn request_failure(failed: &mut Option<oneshot::Receiver<Error>>) -> Error
         }
     }
     pending().await
+}
+
+/// The request stream's error, when it failed before the call did: the
+/// call's failure (the reset of an aborted stream) is then its consequence.
+/// `biased` alone does not ensure this: tokio's cooperative budget can make
+/// a ready receiver answer `Pending` for one poll.
+fn failed_first(failed: &mut Option<oneshot::Receiver<Error>>) -> Option<Error> {
+    failed.as_mut()?.try_recv().ok()
 }
 
 // === request streams ===

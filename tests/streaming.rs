@@ -584,8 +584,9 @@ async fn bad_value_mid_stream_is_400_and_cancels_the_upstream_call() {
     let setup = start().await;
     let (gw, probe) = (&setup.gw, &setup.probe);
     let (tx, body) = body_channel();
-    let request = gw
-        .client
+    // Its own client: the gateway answers before the body ends and may then
+    // close the connection, which the shared pool must not hand out again.
+    let request = reqwest::Client::new()
         .post(gw.url("/v1/items:collect"))
         .body(body)
         .send();
