@@ -6,7 +6,8 @@
 //! Envoy flushes its access logs on an interval).
 //! It never mixes with the diagnostic log, and each gateway in a process
 //! writes its own. (Formatting through a `tracing` subscriber cost about a
-//! third of a GET's CPU; a wake-up per line, half of what remained.)
+//! third of a GET's CPU; with a wake-up per line the log still added ~8 µs
+//! of gateway CPU to a GET, with batches ~3 µs.)
 //!
 //! Fields: `timestamp`, `level`, `request_id`, `correlation_id`, `trace_id`,
 //! `client_ip`, `consumer`, `method`, `route`, `path` (never the query),
