@@ -361,8 +361,8 @@ mod tests {
     }
 
     /// A raw HTTP/2 server on loopback that gives every call `answer`, and an
-    /// upstream (replies up to 64 bytes) that this thread reaches directly.
-    async fn upstream_answering(answer: Answer) -> Upstream {
+    /// upstream (replies up to `limit` bytes) that this thread reaches directly.
+    async fn upstream_answering(answer: Answer, limit: usize) -> Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move {
@@ -383,20 +383,24 @@ mod tests {
             ca_file: None,
         };
         super::super::bind_worker(0);
-        let upstream = Upstream::new(&config, 64, 1).unwrap();
+        let upstream = Upstream::new(&config, limit, 1).unwrap();
         assert!(matches!(upstream.connection(), Connection::Direct(_)));
         upstream
     }
 
+    /// One call to an upstream that answers `answer`, replies up to 64 bytes.
     async fn call(answer: Answer) -> Result<tonic::Response<Bytes>, Error> {
-        let upstream = upstream_answering(answer).await;
+        call_on(&upstream_answering(answer, 64).await).await
+    }
+
+    async fn call_on(upstream: &Upstream) -> Result<tonic::Response<Bytes>, Error> {
         let set = include_bytes!(concat!(env!("OUT_DIR"), "/protogate.testing.v1.binpb"));
         let empty = prost_reflect::DescriptorPool::decode(&set[..])
             .unwrap()
             .get_message_by_name("google.protobuf.Empty")
             .unwrap();
         unary(
-            &upstream,
+            upstream,
             PathAndQuery::from_static("/test.Service/Method"),
             DynamicMessage::new(empty),
             MetadataMap::new(),
@@ -498,6 +502,18 @@ mod tests {
         );
         let reply = call(Answer::ok(vec![frame_of(&[7; 64])])).await.unwrap();
         assert_eq!(reply.get_ref().len(), 64);
+    }
+
+    #[tokio::test]
+    async fn a_reply_larger_than_the_stream_window_is_read_as_it_arrives() {
+        // 3 MiB through a 2 MiB stream window: unless what was read is
+        // released, the upstream stops sending and the call waits out its deadline.
+        let reply = frame_of(&vec![7; 3 << 20]);
+        let upstream = upstream_answering(Answer::ok(vec![reply]), 4 << 20).await;
+        for _ in 0..2 {
+            let reply = call_on(&upstream).await.unwrap();
+            assert_eq!(reply.get_ref().len(), 3 << 20);
+        }
     }
 
     #[test]
