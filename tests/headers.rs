@@ -33,6 +33,8 @@ async fn well_formed_ids_are_kept_and_malformed_ones_replaced() {
     assert_eq!(metadata["x-request-id"], "req-42");
     assert_eq!(headers["x-correlation-id"], "flow:7");
     assert_eq!(metadata["x-correlation-id"], "flow:7");
+    let user_agent = metadata["user-agent"].as_str().unwrap_or_default();
+    assert!(user_agent.starts_with("protogate/"), "{metadata}");
 
     let (headers, metadata) = call_headers(
         gw.client

@@ -26,6 +26,8 @@ const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 const GRPC_STATUS_DETAILS: HeaderName = HeaderName::from_static("grpc-status-details-bin");
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+/// Who calls, as gRPC clients say (tonic's channels send their own).
+const USER_AGENT: &str = concat!("protogate/", env!("CARGO_PKG_VERSION"));
 
 /// Binary metadata is base64 with or without padding (gRPC over HTTP/2).
 const METADATA_BASE64: GeneralPurpose = GeneralPurpose::new(
@@ -96,6 +98,7 @@ async fn direct_unary(
     );
     headers.insert(header::TE, HeaderValue::from_static("trailers"));
     headers.insert(GRPC_TIMEOUT, upstream.grpc_timeout.clone());
+    headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
     let response = direct
         .send(path, headers, frame(message)?)
         .await
