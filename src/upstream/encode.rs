@@ -26,7 +26,8 @@ trait Describe {
 }
 
 /// Appends `message`'s wire encoding to `out`: known fields in number order,
-/// then extensions, then unknown fields, as prost-reflect does.
+/// then extensions, then unknown fields (prost-reflect interleaves those two
+/// by number; fields may come in any order on the wire).
 pub fn encode(message: &DynamicMessage, out: &mut Vec<u8>) {
     for (desc, value) in message.fields() {
         field_value(&desc, value, out);
