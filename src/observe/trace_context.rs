@@ -2,15 +2,14 @@
 //!
 //! The gateway is one hop of the trace: it keeps the caller's trace id (or
 //! mints one when `traceparent` is absent or invalid), gives itself a new
-//! parent id, forwards both headers to the upstream as gRPC metadata and
-//! returns its `traceparent` to the client, so that a client without
+//! parent id, forwards both headers to the upstream as gRPC metadata (the
+//! header policy's step 13) and returns its `traceparent` to the client, so that a client without
 //! tracing still learns the trace id to quote.
 
 use std::fmt;
 
 use axum::{body::Body, extract::Request};
-use http::{HeaderMap, HeaderName, HeaderValue};
-use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
+use http::{HeaderName, HeaderValue};
 
 pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub(crate) static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
@@ -158,18 +157,6 @@ impl fmt::Display for TraceId {
         let mut text = [0; 32];
         let _ = hex::encode_to_slice(id.to_be_bytes(), &mut text);
         f.write_str(std::str::from_utf8(&text).unwrap_or_default())
-    }
-}
-
-/// Copies `traceparent` and `tracestate` into the upstream call's metadata.
-pub fn forward(headers: &HeaderMap, metadata: &mut MetadataMap) {
-    for name in [&TRACEPARENT, &TRACESTATE] {
-        let value = headers
-            .get(name)
-            .and_then(|v| MetadataValue::try_from(v.as_bytes()).ok());
-        if let Some(value) = value {
-            metadata.insert(MetadataKey::from_static(name.as_str()), value);
-        }
     }
 }
 
