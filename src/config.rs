@@ -405,7 +405,6 @@ impl Config {
         Ok(())
     }
 
-    /// Checks what serde cannot: upstream patterns and URLs, duplicates, limits.
     /// The serving threads: `workers`, or one per core when it is 0.
     pub fn workers(&self) -> usize {
         match self.workers {
@@ -414,6 +413,7 @@ impl Config {
         }
     }
 
+    /// Checks what serde cannot: upstream patterns and URLs, duplicates, limits.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (i, upstream) in self.upstreams.iter().enumerate() {
             validate_upstream(upstream).map_err(|reason| ConfigError::Invalid {
