@@ -168,6 +168,9 @@ async fn serve_gateway(
     access_log: bool,
     workers: usize,
 ) -> Result<(), BoxError> {
+    // As the `protogate` binary runs: with its diagnostic log (and so the
+    // request span) on.
+    protogate::observe::init_tracing();
     let mut config = Config {
         listen,
         workers,

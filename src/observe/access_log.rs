@@ -20,7 +20,7 @@ use std::{
     fmt,
     fs::OpenOptions,
     io::{BufWriter, Write as _},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -40,7 +40,6 @@ use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
 use super::{body::Observed, code_name, fault_name, trace_context, Outcome, RequestContext};
 use crate::{
     config::{AccessLogConfig, AccessLogFormat},
-    policy::{X_CORRELATION_ID, X_REQUEST_ID},
     transcode::{write_json_str, write_rfc3339},
 };
 
@@ -88,10 +87,10 @@ struct Sampler {
 
 /// What is known of a request before it is answered.
 struct RequestFacts {
-    request_id: Option<HeaderValue>,
-    correlation_id: Option<HeaderValue>,
+    request_id: HeaderValue,
+    correlation_id: HeaderValue,
     trace_id: trace_context::TraceId,
-    client_ip: Option<SocketAddr>,
+    client_ip: Option<IpAddr>,
     method: Method,
     uri: Uri,
     user_agent: Option<HeaderValue>,
@@ -102,8 +101,25 @@ enum Value<'a> {
     Str(&'a str),
     Count(u64),
     Millis(f64),
-    /// Text that never needs escaping (hex digits, an IP address).
-    Plain(&'a dyn fmt::Display),
+    Trace(trace_context::TraceId),
+    /// Empty when unknown.
+    Ip(Option<IpAddr>),
+}
+
+/// A field's name as each format puts it before the value.
+struct Key {
+    json: &'static str,
+    text: &'static str,
+}
+
+/// The [`Key`] of a field, spelled out once at compile time.
+macro_rules! key {
+    ($name:literal) => {
+        Key {
+            json: concat!(",\"", $name, "\":"),
+            text: concat!(" ", $name, "="),
+        }
+    };
 }
 
 // === impl AccessLog ===
@@ -138,92 +154,19 @@ impl AccessLog {
         })
     }
 
-    fn write(
-        &self,
-        facts: &RequestFacts,
-        context: &RequestContext,
-        outcome: Outcome,
-        bytes_out: u64,
-    ) {
-        let labels = context.labels();
-        let client_ip = facts.client_ip.map(|addr| addr.ip());
-        let no_ip = "";
-        let fields = [
-            ("request_id", Some(Value::Str(header(&facts.request_id)))),
-            (
-                "correlation_id",
-                Some(Value::Str(header(&facts.correlation_id))),
-            ),
-            ("trace_id", Some(Value::Plain(&facts.trace_id))),
-            (
-                "client_ip",
-                Some(match &client_ip {
-                    Some(ip) => Value::Plain(ip),
-                    None => Value::Str(no_ip),
-                }),
-            ),
-            ("consumer", Some(Value::Str(context.consumer()))),
-            ("method", Some(Value::Str(facts.method.as_str()))),
-            ("route", Some(Value::Str(labels.route))),
-            ("path", Some(Value::Str(facts.uri.path()))),
-            ("status", Some(Value::Count(outcome.status.as_u16().into()))),
-            ("grpc_code", Some(Value::Str(code_name(outcome.code)))),
-            ("latency_ms", Some(Value::Millis(millis(context.elapsed())))),
-            ("upstream", Some(Value::Str(labels.upstream))),
-            (
-                "upstream_latency_ms",
-                context.upstream_latency().map(|d| Value::Millis(millis(d))),
-            ),
-            ("bytes_in", Some(Value::Count(context.bytes_in()))),
-            ("bytes_out", Some(Value::Count(bytes_out))),
-            ("user_agent", Some(Value::Str(header(&facts.user_agent)))),
-            ("fault", outcome.fault.map(|f| Value::Str(fault_name(f)))),
-        ];
-        let mut line = Vec::with_capacity(512);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let seconds = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
-        // Below one billion by construction.
-        let nanos = i32::try_from(now.subsec_nanos()).unwrap_or(0);
-        let present = fields
-            .iter()
-            .filter_map(|(key, value)| value.as_ref().map(|value| (*key, value)));
-        match self.format {
-            AccessLogFormat::Json => {
-                line.extend_from_slice(b"{\"timestamp\":\"");
-                write_rfc3339(seconds, nanos, &mut line);
-                line.extend_from_slice(b"\",\"level\":\"INFO\"");
-                for (key, value) in present {
-                    line.extend_from_slice(b",\"");
-                    line.extend_from_slice(key.as_bytes());
-                    line.extend_from_slice(b"\":");
-                    value.json(&mut line);
-                }
-                line.extend_from_slice(b",\"target\":\"protogate::access\"}\n");
-            }
-            AccessLogFormat::Text => {
-                write_rfc3339(seconds, nanos, &mut line);
-                line.extend_from_slice(b"  INFO protogate::access:");
-                for (key, value) in present {
-                    line.push(b' ');
-                    line.extend_from_slice(key.as_bytes());
-                    line.push(b'=');
-                    value.text(&mut line);
-                }
-                line.push(b'\n');
-            }
-        }
-        self.emit(&line);
+    fn write(&self, facts: &RequestFacts, context: &RequestContext, outcome: Outcome, bytes: u64) {
+        self.emit(|out| self.format(facts, context, outcome, bytes, out));
     }
 
-    /// Into this worker's batch, or straight to the writer thread. When the
+    /// Has `line` write itself straight into this worker's batch (or, off a
+    /// worker, into a buffer of its own for the writer thread). When the
     /// writer lags too far behind, lines are dropped rather than a request
     /// held up.
-    fn emit(&self, line: &[u8]) {
-        let batched = BATCH.with_borrow_mut(|batch| {
-            let Some(batch) = batch else {
-                return false;
+    fn emit(&self, line: impl FnOnce(&mut Vec<u8>)) {
+        let mut line = Some(line);
+        BATCH.with_borrow_mut(|batch| {
+            let (Some(batch), Some(line)) = (batch, line.take()) else {
+                return;
             };
             if batch.writer.as_ref().is_some_and(|(id, _)| *id != self.id) {
                 batch.flush();
@@ -232,14 +175,93 @@ impl AccessLog {
             if batch.writer.is_none() {
                 batch.writer = Some((self.id, self.writer.clone()));
             }
-            batch.lines.extend_from_slice(line);
+            line(&mut batch.lines);
             if batch.lines.len() >= BATCH_BYTES {
                 batch.flush();
             }
-            true
         });
-        if !batched {
-            let _ = self.writer.clone().write_all(line);
+        if let Some(line) = line {
+            let mut out = Vec::with_capacity(512);
+            line(&mut out);
+            let _ = self.writer.clone().write_all(&out);
+        }
+    }
+
+    fn format(
+        &self,
+        facts: &RequestFacts,
+        context: &RequestContext,
+        outcome: Outcome,
+        bytes_out: u64,
+        out: &mut Vec<u8>,
+    ) {
+        let labels = context.labels();
+        let fields = [
+            (key!("request_id"), Some(Value::Str(text(&facts.request_id)))),
+            (
+                key!("correlation_id"),
+                Some(Value::Str(text(&facts.correlation_id))),
+            ),
+            (key!("trace_id"), Some(Value::Trace(facts.trace_id))),
+            (key!("client_ip"), Some(Value::Ip(facts.client_ip))),
+            (key!("consumer"), Some(Value::Str(context.consumer()))),
+            (key!("method"), Some(Value::Str(facts.method.as_str()))),
+            (key!("route"), Some(Value::Str(labels.route))),
+            (key!("path"), Some(Value::Str(facts.uri.path()))),
+            (
+                key!("status"),
+                Some(Value::Count(outcome.status.as_u16().into())),
+            ),
+            (key!("grpc_code"), Some(Value::Str(code_name(outcome.code)))),
+            (
+                key!("latency_ms"),
+                Some(Value::Millis(millis(context.elapsed()))),
+            ),
+            (key!("upstream"), Some(Value::Str(labels.upstream))),
+            (
+                key!("upstream_latency_ms"),
+                context.upstream_latency().map(|d| Value::Millis(millis(d))),
+            ),
+            (key!("bytes_in"), Some(Value::Count(context.bytes_in()))),
+            (key!("bytes_out"), Some(Value::Count(bytes_out))),
+            (
+                key!("user_agent"),
+                Some(Value::Str(facts.user_agent.as_ref().map_or("", text))),
+            ),
+            (
+                key!("fault"),
+                outcome.fault.map(|f| Value::Str(fault_name(f))),
+            ),
+        ];
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let seconds = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        // Below one billion by construction.
+        let nanos = i32::try_from(now.subsec_nanos()).unwrap_or(0);
+        let present = fields
+            .iter()
+            .filter_map(|(key, value)| value.as_ref().map(|value| (key, value)));
+        match self.format {
+            AccessLogFormat::Json => {
+                out.extend_from_slice(b"{\"timestamp\":\"");
+                write_rfc3339(seconds, nanos, out);
+                out.extend_from_slice(b"\",\"level\":\"INFO\"");
+                for (key, value) in present {
+                    out.extend_from_slice(key.json.as_bytes());
+                    value.json(out);
+                }
+                out.extend_from_slice(b",\"target\":\"protogate::access\"}\n");
+            }
+            AccessLogFormat::Text => {
+                write_rfc3339(seconds, nanos, out);
+                out.extend_from_slice(b"  INFO protogate::access:");
+                for (key, value) in present {
+                    out.extend_from_slice(key.text.as_bytes());
+                    value.text(out);
+                }
+                out.push(b'\n');
+            }
         }
     }
 }
@@ -288,41 +310,71 @@ fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e3
 }
 
-fn header(value: &Option<HeaderValue>) -> &str {
-    value
-        .as_ref()
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
+/// A header's text; empty when it is not visible ASCII.
+fn text(value: &HeaderValue) -> &str {
+    value.to_str().unwrap_or_default()
 }
 
 // === impl Value ===
 
 impl Value<'_> {
     fn json(&self, out: &mut Vec<u8>) {
-        // Writing JSON into a Vec cannot fail.
-        let _ = match self {
-            Self::Str(text) => {
-                write_json_str(text, out);
-                Ok(())
+        match self {
+            Self::Str(text) => write_json_str(text, out),
+            Self::Count(n) => out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
+            // Writing a number into a Vec cannot fail.
+            Self::Millis(ms) => {
+                let _ = serde_json::to_writer(&mut *out, ms);
             }
-            Self::Count(n) => {
-                out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes());
-                Ok(())
+            Self::Trace(_) | Self::Ip(_) => {
+                out.push(b'"');
+                self.plain(out);
+                out.push(b'"');
             }
-            Self::Millis(ms) => serde_json::to_writer(&mut *out, ms).map_err(Into::into),
-            Self::Plain(value) => write!(out, "\"{value}\""),
-        };
+        }
     }
 
     /// `key="quoted"` for text, `key=value` for numbers, like `tracing`'s
     /// text format.
     fn text(&self, out: &mut Vec<u8>) {
-        let _ = match self {
-            Self::Str(text) => write!(out, "{text:?}"),
-            Self::Count(n) => write!(out, "{n}"),
-            Self::Millis(ms) => write!(out, "{ms:?}"),
-            Self::Plain(value) => write!(out, "\"{value}\""),
-        };
+        match self {
+            Self::Str(text) => {
+                let _ = write!(out, "{text:?}");
+            }
+            Self::Count(n) => out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
+            Self::Millis(ms) => {
+                let _ = write!(out, "{ms:?}");
+            }
+            Self::Trace(_) | Self::Ip(_) => {
+                out.push(b'"');
+                self.plain(out);
+                out.push(b'"');
+            }
+        }
+    }
+
+    /// Text that never needs escaping (hex digits, an IP address), written
+    /// without `fmt`'s machinery: this is on every line.
+    fn plain(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Trace(id) => {
+                if let Some(hex) = id.hex() {
+                    out.extend_from_slice(&hex);
+                }
+            }
+            Self::Ip(Some(IpAddr::V4(ip))) => {
+                for (i, octet) in ip.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b'.');
+                    }
+                    out.extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
+                }
+            }
+            Self::Ip(Some(ip)) => {
+                let _ = write!(out, "{ip}");
+            }
+            Self::Ip(None) | Self::Str(_) | Self::Count(_) | Self::Millis(_) => {}
+        }
     }
 }
 
@@ -347,22 +399,26 @@ impl Sampler {
     }
 }
 
-/// Step 3, on the way in: what the line will say of the request.
-pub(crate) fn begin(request: &mut Request) -> Pending {
+/// Step 3, on the way in: what the line will say of the request, with the
+/// ids step 1 decided.
+pub(crate) fn begin(
+    request: &mut Request,
+    request_id: &HeaderValue,
+    correlation_id: &HeaderValue,
+) -> Pending {
     let context = RequestContext::attach(request);
-    let headers = request.headers();
     Pending {
         facts: RequestFacts {
-            request_id: headers.get(X_REQUEST_ID).cloned(),
-            correlation_id: headers.get(X_CORRELATION_ID).cloned(),
+            request_id: request_id.clone(),
+            correlation_id: correlation_id.clone(),
             trace_id: trace_context::trace_id(request),
             client_ip: request
                 .extensions()
                 .get::<ConnectInfo<SocketAddr>>()
-                .map(|info| info.0),
+                .map(|info| info.0.ip()),
             method: request.method().clone(),
             uri: request.uri().clone(),
-            user_agent: headers.get(header::USER_AGENT).cloned(),
+            user_agent: request.headers().get(header::USER_AGENT).cloned(),
         },
         context,
     }
@@ -415,10 +471,11 @@ mod tests {
         };
         let (first, second) = (open("first.log"), open("second.log"));
         batch_on_this_thread();
-        first.emit(b"1a\n");
-        first.emit(b"1b\n");
-        second.emit(b"2a\n");
-        first.emit(b"1c\n");
+        let line = |text: &'static [u8]| move |out: &mut Vec<u8>| out.extend_from_slice(text);
+        first.emit(line(b"1a\n"));
+        first.emit(line(b"1b\n"));
+        second.emit(line(b"2a\n"));
+        first.emit(line(b"1c\n"));
         flush_thread();
         BATCH.set(None);
         // Dropping a log waits for its writer thread to write everything.
@@ -426,6 +483,69 @@ mod tests {
         let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
         assert_eq!(read("first.log"), "1a\n1b\n1c\n");
         assert_eq!(read("second.log"), "2a\n");
+    }
+
+    /// One line of each format for a request from `client` that was
+    /// answered 200 with 42 bytes.
+    fn lines(client: SocketAddr) -> (serde_json::Value, String) {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri("/v1/orders?secret=1")
+            .header(header::USER_AGENT, "curl/8 \"quoted\"")
+            .body(Body::empty())
+            .unwrap();
+        request.extensions_mut().insert(ConnectInfo(client));
+        let id = HeaderValue::from_static("id-1");
+        let pending = begin(&mut request, &id, &HeaderValue::from_static("corr-1"));
+        let outcome = Outcome::of(&Response::new(Body::empty()));
+        let line = |format| {
+            let log = AccessLog::new(&AccessLogConfig {
+                format,
+                ..AccessLogConfig::default()
+            })
+            .unwrap();
+            let mut out = Vec::new();
+            log.format(&pending.facts, &pending.context, outcome, 42, &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        let json = serde_json::from_str(&line(AccessLogFormat::Json)).unwrap();
+        (json, line(AccessLogFormat::Text))
+    }
+
+    #[test]
+    fn a_line_says_what_the_request_was_in_either_format() {
+        let (json, text) = lines(SocketAddr::from(([10, 0, 255, 1], 4000)));
+        assert_eq!(json["request_id"], "id-1");
+        assert_eq!(json["correlation_id"], "corr-1");
+        assert_eq!(json["client_ip"], "10.0.255.1");
+        assert_eq!(json["method"], "POST");
+        assert_eq!(json["path"], "/v1/orders");
+        assert_eq!(json["route"], "unmatched");
+        assert_eq!(json["status"], 200);
+        assert_eq!(json["grpc_code"], "OK");
+        assert_eq!(json["bytes_out"], 42);
+        assert_eq!(json["user_agent"], "curl/8 \"quoted\"");
+        assert_eq!(json["target"], "protogate::access");
+        assert!(json["latency_ms"].as_f64().unwrap() >= 0.0);
+        assert!(json.get("fault").is_none() && json.get("upstream_latency_ms").is_none());
+        assert!(text.ends_with('\n') && !text.contains("secret"));
+        for field in [
+            " request_id=\"id-1\"",
+            " client_ip=\"10.0.255.1\"",
+            " status=200 ",
+            " user_agent=\"curl/8 \\\"quoted\\\"\"",
+        ] {
+            assert!(text.contains(field), "{field} not in {text}");
+        }
+    }
+
+    #[test]
+    fn client_addresses_print_as_std_prints_them() {
+        for ip in ["0.0.0.0", "255.255.255.255", "192.168.1.20", "::1", "2001:db8::7334"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let (json, _) = lines(SocketAddr::new(ip, 1));
+            assert_eq!(json["client_ip"], ip.to_string());
+        }
     }
 
     #[test]

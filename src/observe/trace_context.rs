@@ -148,15 +148,24 @@ pub fn trace_id(request: &http::Request<Body>) -> TraceId {
 #[derive(Debug, Clone, Copy)]
 pub struct TraceId(Option<u128>);
 
+impl TraceId {
+    /// The 32 hex digits, without `fmt`'s integer machinery: this is on
+    /// every access log line.
+    pub fn hex(self) -> Option<[u8; 32]> {
+        let id = self.0?;
+        let mut text = [0; 32];
+        // 16 bytes always fit 32 digits.
+        let _ = hex::encode_to_slice(id.to_be_bytes(), &mut text);
+        Some(text)
+    }
+}
+
 impl fmt::Display for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Some(id) = self.0 else {
-            return Ok(());
-        };
-        // Without `fmt`'s integer machinery: this is on every access log line.
-        let mut text = [0; 32];
-        let _ = hex::encode_to_slice(id.to_be_bytes(), &mut text);
-        f.write_str(std::str::from_utf8(&text).unwrap_or_default())
+        match self.hex() {
+            Some(text) => f.write_str(std::str::from_utf8(&text).unwrap_or_default()),
+            None => Ok(()),
+        }
     }
 }
 

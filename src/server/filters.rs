@@ -161,7 +161,7 @@ impl Serve for Edge {
     async fn serve(&self, mut request: Request) -> Response {
         let ids = Ids::decide(&self.headers, &mut request);
         let span = observe::request_span(&request);
-        let mut response = self.observed(request).instrument(span).await;
+        let mut response = self.observed(request, &ids).instrument(span).await;
         ids.echo(&mut response);
         response
     }
@@ -169,11 +169,10 @@ impl Serve for Edge {
 
 impl Edge {
     /// Steps 3, 4 and 7.
-    async fn observed(&self, mut request: Request) -> Response {
-        let logged = self
-            .access_log
-            .as_ref()
-            .map(|_| access_log::begin(&mut request));
+    async fn observed(&self, mut request: Request, ids: &Ids) -> Response {
+        let logged = self.access_log.as_ref().map(|_| {
+            access_log::begin(&mut request, &ids.request_id, &ids.correlation_id)
+        });
         let counted = self.metrics.as_ref().map(|_| Metrics::begin(&mut request));
         let mut response = match &self.cors {
             Some(cors) => match cors.clone().oneshot(request).await {
@@ -249,7 +248,8 @@ impl Serve for Inner {
             Ok(Ok(response)) => response,
             Ok(Err(_elapsed)) => bare(StatusCode::GATEWAY_TIMEOUT),
             Err(_panic) => {
-                tracing::error!("a request panicked; answered 500");
+                let request_id = request_id.as_ref().and_then(|id| id.to_str().ok());
+                tracing::error!(request_id, "a request panicked; answered 500");
                 bare(StatusCode::INTERNAL_SERVER_ERROR)
             }
         };
