@@ -7,7 +7,8 @@
 //! It never mixes with the diagnostic log, and each gateway in a process
 //! writes its own. (Formatting through a `tracing` subscriber cost about a
 //! third of a GET's CPU; with a wake-up per line the log still added ~8 µs
-//! of gateway CPU to a GET, with batches ~3 µs.)
+//! of gateway CPU to a GET, with batches ~3 µs; formatted straight into the
+//! batch, 5.7k instructions.)
 //!
 //! Fields: `timestamp`, `level`, `request_id`, `correlation_id`, `trace_id`,
 //! `client_ip`, `consumer`, `method`, `route`, `path` (never the query),
@@ -197,7 +198,10 @@ impl AccessLog {
     ) {
         let labels = context.labels();
         let fields = [
-            (key!("request_id"), Some(Value::Str(text(&facts.request_id)))),
+            (
+                key!("request_id"),
+                Some(Value::Str(text(&facts.request_id))),
+            ),
             (
                 key!("correlation_id"),
                 Some(Value::Str(text(&facts.correlation_id))),
@@ -326,9 +330,19 @@ impl Value<'_> {
             Self::Millis(ms) => {
                 let _ = serde_json::to_writer(&mut *out, ms);
             }
-            Self::Trace(_) | Self::Ip(_) => {
+            // Neither hex digits nor an address need escaping.
+            Self::Trace(id) => {
                 out.push(b'"');
-                self.plain(out);
+                if let Some(hex) = id.hex() {
+                    out.extend_from_slice(&hex);
+                }
+                out.push(b'"');
+            }
+            Self::Ip(ip) => {
+                out.push(b'"');
+                if let Some(ip) = ip {
+                    write_ip(*ip, out);
+                }
                 out.push(b'"');
             }
         }
@@ -341,39 +355,28 @@ impl Value<'_> {
             Self::Str(text) => {
                 let _ = write!(out, "{text:?}");
             }
-            Self::Count(n) => out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
             Self::Millis(ms) => {
                 let _ = write!(out, "{ms:?}");
             }
-            Self::Trace(_) | Self::Ip(_) => {
-                out.push(b'"');
-                self.plain(out);
-                out.push(b'"');
-            }
+            Self::Count(_) | Self::Trace(_) | Self::Ip(_) => self.json(out),
         }
     }
+}
 
-    /// Text that never needs escaping (hex digits, an IP address), written
-    /// without `fmt`'s machinery: this is on every line.
-    fn plain(&self, out: &mut Vec<u8>) {
-        match self {
-            Self::Trace(id) => {
-                if let Some(hex) = id.hex() {
-                    out.extend_from_slice(&hex);
+/// An address as `Display` writes it, IPv4 without `fmt`'s machinery (this
+/// is on every line).
+fn write_ip(ip: IpAddr, out: &mut Vec<u8>) {
+    match ip {
+        IpAddr::V4(ip) => {
+            for (i, octet) in ip.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
                 }
+                out.extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
             }
-            Self::Ip(Some(IpAddr::V4(ip))) => {
-                for (i, octet) in ip.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(b'.');
-                    }
-                    out.extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
-                }
-            }
-            Self::Ip(Some(ip)) => {
-                let _ = write!(out, "{ip}");
-            }
-            Self::Ip(None) | Self::Str(_) | Self::Count(_) | Self::Millis(_) => {}
+        }
+        IpAddr::V6(ip) => {
+            let _ = write!(out, "{ip}");
         }
     }
 }
@@ -541,7 +544,13 @@ mod tests {
 
     #[test]
     fn client_addresses_print_as_std_prints_them() {
-        for ip in ["0.0.0.0", "255.255.255.255", "192.168.1.20", "::1", "2001:db8::7334"] {
+        for ip in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "192.168.1.20",
+            "::1",
+            "2001:db8::7334",
+        ] {
             let ip: IpAddr = ip.parse().unwrap();
             let (json, _) = lines(SocketAddr::new(ip, 1));
             assert_eq!(json["client_ip"], ip.to_string());

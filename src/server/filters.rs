@@ -170,9 +170,10 @@ impl Serve for Edge {
 impl Edge {
     /// Steps 3, 4 and 7.
     async fn observed(&self, mut request: Request, ids: &Ids) -> Response {
-        let logged = self.access_log.as_ref().map(|_| {
-            access_log::begin(&mut request, &ids.request_id, &ids.correlation_id)
-        });
+        let logged = self
+            .access_log
+            .as_ref()
+            .map(|_| access_log::begin(&mut request, &ids.request_id, &ids.correlation_id));
         let counted = self.metrics.as_ref().map(|_| Metrics::begin(&mut request));
         let mut response = match &self.cors {
             Some(cors) => match cors.clone().oneshot(request).await {
