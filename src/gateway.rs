@@ -23,7 +23,7 @@ use crate::{
     registry::{CallKind, RouteMatch},
     streaming,
     transcode::{self, ReplyFilter, RequestParts, TranscodeOptions},
-    upstream,
+    upstream::{self, Payload},
 };
 
 /// What the gateway service needs besides the matched route.
@@ -68,7 +68,7 @@ impl Gateway {
         let (mut parts, body) = request.into_parts();
         let metadata = upstream_metadata(&mut parts);
         let filter = reply_filter(&matched, &parts)?;
-        let message = self.request_message(&matched, &parts, body).await?;
+        let message = self.unary_request(&matched, &parts, body).await?;
         let started = Instant::now();
         let reply = upstream::unary(upstream, method.grpc_path.clone(), message, metadata).await;
         if let Some(context) = parts.extensions.get::<Arc<RequestContext>>() {
@@ -82,6 +82,35 @@ impl Gateway {
         Ok(response)
     }
 
+    /// The request of a unary call: its wire bytes written straight from the
+    /// JSON when the catalog's plans cover it, else the message built the
+    /// general way.
+    async fn unary_request(
+        &self,
+        matched: &RouteMatch,
+        parts: &Parts,
+        body: Body,
+    ) -> Result<Payload, Error> {
+        let body = self.request_body(matched, parts, body).await?;
+        let binding = &matched.route().binding;
+        if !binding.raw_request {
+            let method = matched.method();
+            let request = RequestParts {
+                captures: &matched.captures,
+                query: parts.uri.query(),
+                body: &body,
+            };
+            let plans = matched.catalog.json_plans();
+            if let Some(wire) =
+                transcode::request_wire(plans, method.request_plan, binding, &method.rules, request)
+            {
+                return Ok(Payload::Wire(wire));
+            }
+        }
+        self.body_message(matched, parts, body)
+            .map(Payload::Message)
+    }
+
     /// The one request message of a unary or server-streaming call: the whole
     /// body (within the limit) as JSON, or raw for an `HttpBody`.
     pub(crate) async fn request_message(
@@ -90,11 +119,36 @@ impl Gateway {
         parts: &Parts,
         body: Body,
     ) -> Result<DynamicMessage, Error> {
+        let body = self.request_body(matched, parts, body).await?;
+        self.body_message(matched, parts, body)
+    }
+
+    /// The body a route binds (within the limit), checked to be JSON unless
+    /// the route takes it raw.
+    async fn request_body(
+        &self,
+        matched: &RouteMatch,
+        parts: &Parts,
+        body: Body,
+    ) -> Result<Bytes, Error> {
         let binding = &matched.route().binding;
         let body = match binding.body {
             BodyPlan::None => Bytes::new(),
             _ => read_body(body, self.max_request_body).await?,
         };
+        if !binding.raw_request && !body.is_empty() {
+            check_json_content_type(&parts.headers)?;
+        }
+        Ok(body)
+    }
+
+    fn body_message(
+        &self,
+        matched: &RouteMatch,
+        parts: &Parts,
+        body: Bytes,
+    ) -> Result<DynamicMessage, Error> {
+        let binding = &matched.route().binding;
         if binding.raw_request {
             let content_type = parts
                 .headers
@@ -113,9 +167,6 @@ impl Gateway {
                 (content_type, body),
                 &self.options,
             );
-        }
-        if !body.is_empty() {
-            check_json_content_type(&parts.headers)?;
         }
         self.json_message(matched, parts.uri.query(), &body)
     }

@@ -361,6 +361,7 @@ impl<'a> CatalogBuilder<'a> {
                     upstream: upstream.clone(),
                     rules: field_rules.for_method(&method),
                     omit,
+                    request_plan: json_plans.index_of(&method.input()),
                     reply_plan: json_plans.index_of(&method.output()),
                     policy,
                     deprecation: self.options.deprecations.resolve(&method),

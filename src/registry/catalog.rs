@@ -71,6 +71,8 @@ pub struct MethodPlan {
     pub rules: MethodRules,
     /// Configured paths omitted from replies (`filters.responses`).
     pub omit: Option<MaskTree>,
+    /// The request type's plan in the catalog's [`JsonPlans`].
+    pub request_plan: Option<usize>,
     /// The reply type's plan in the catalog's [`JsonPlans`].
     pub reply_plan: Option<usize>,
     /// Who may call it and how often: the same for every binding.

@@ -227,6 +227,15 @@ pub(crate) fn child_type(field: &FieldDescriptor) -> Option<MessageDescriptor> {
     }
 }
 
+// === impl MethodRules ===
+
+impl MethodRules {
+    /// Whether the request type has `REQUIRED` fields to check.
+    pub(crate) fn checks_required(&self) -> bool {
+        self.request_required.is_some()
+    }
+}
+
 // === impl FieldGraph ===
 
 impl FieldGraph {

@@ -18,7 +18,7 @@ pub use field_mask::{client_fields, MaskTree};
 pub use field_rules::{FieldRules, MethodRules};
 pub use http_body::{raw_reply, raw_request_message};
 use prost_reflect::{DeserializeOptions, SerializeOptions};
-pub use request::{request_message, RequestParts};
+pub use request::{request_message, request_wire, RequestParts};
 pub use response::{decode_reply, ReplyFilter, ReplyShape};
 pub use split::JsonSplitter;
 pub use stream::{Framer, StreamFormat};

@@ -6,11 +6,12 @@ use prost_reflect::{
     DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage as _, Value,
 };
 
-use super::{query, scalar, update_mask, FieldRules, MethodRules, TranscodeOptions};
+use super::{query, scalar, update_mask, FieldRules, JsonPlans, MethodRules, TranscodeOptions};
 use crate::{
     error::Error,
     http_rule::{BindingPlan, BodyPlan},
     router::Capture,
+    upstream::encode,
 };
 
 /// What a request brings besides its route.
@@ -69,6 +70,48 @@ pub fn request_message(
     }
     field_rules.check_required(&mut message, method_rules)?;
     Ok(message)
+}
+
+/// The request message of a unary call as wire bytes, written straight from
+/// the JSON body by the catalog's plans, then the path variables (on the
+/// wire the last value of a field wins, as the path does in
+/// [`request_message`]). `None` when it needs the general way: a query
+/// string, `REQUIRED` fields or an `update_mask` to check or fill, a body
+/// field that is not a message, or a body or path value the plans leave to
+/// [`request_message`] (which also words any error).
+pub fn request_wire(
+    plans: &JsonPlans,
+    input: Option<usize>,
+    plan: &BindingPlan,
+    rules: &MethodRules,
+    parts: RequestParts<'_>,
+) -> Option<Vec<u8>> {
+    if parts.query.is_some_and(|q| !q.is_empty())
+        || rules.checks_required()
+        || plan.update_mask.is_some()
+    {
+        return None;
+    }
+    let input = input?;
+    let mut out = Vec::with_capacity(parts.body.len() + 32);
+    if !is_blank(parts.body) {
+        let field = match &plan.body {
+            BodyPlan::Whole => None,
+            BodyPlan::Field(field) => Some(field.number()),
+            BodyPlan::None => return None,
+        };
+        plans.encode_json(input, field, parts.body, &mut out).ok()?;
+    }
+    for capture in parts.captures {
+        let path = plan.vars.get(capture.var)?;
+        let leaf = path.leaf();
+        if leaf.is_list() || leaf.is_map() {
+            return None;
+        }
+        let value = scalar::parse(leaf, &capture.value).ok()?;
+        encode::path_value(path.fields(), &value, &mut out);
+    }
+    Some(out)
 }
 
 /// The message holding the last field of a path, creating parents on the way.

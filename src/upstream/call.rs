@@ -12,11 +12,10 @@ use base64::{
 use bytes::{Bytes, BytesMut};
 use h2::RecvStream;
 use http::{header, uri::PathAndQuery, HeaderMap, HeaderName, HeaderValue, StatusCode};
-use prost_reflect::DynamicMessage;
 use tonic::{metadata::MetadataMap, Code, Status, TimeoutExpired};
 
 use super::{
-    codec::DynamicCodec,
+    codec::{DynamicCodec, Payload},
     connection::{Connection, Direct},
     encode, Upstream,
 };
@@ -41,7 +40,7 @@ const METADATA_BASE64: GeneralPurpose = GeneralPurpose::new(
 pub async fn unary(
     upstream: &Upstream,
     path: PathAndQuery,
-    message: DynamicMessage,
+    message: Payload,
     metadata: MetadataMap,
 ) -> Result<tonic::Response<Bytes>, Error> {
     let started = Instant::now();
@@ -79,7 +78,7 @@ async fn direct_unary(
     upstream: &Upstream,
     direct: &Direct,
     path: PathAndQuery,
-    message: &DynamicMessage,
+    message: &Payload,
     metadata: MetadataMap,
     started: Instant,
 ) -> Result<tonic::Response<Bytes>, Error> {
@@ -140,10 +139,13 @@ async fn direct_unary(
 }
 
 /// `message` as one uncompressed gRPC frame: flag, big-endian length, bytes.
-fn frame(message: &DynamicMessage) -> Result<Bytes, Error> {
+fn frame(message: &Payload) -> Result<Bytes, Error> {
     let mut buf = Vec::with_capacity(128);
     buf.extend_from_slice(&[0; 5]);
-    encode::encode(message, &mut buf);
+    match message {
+        Payload::Message(message) => encode::encode(message, &mut buf),
+        Payload::Wire(encoded) => buf.extend_from_slice(encoded),
+    }
     let len = u32::try_from(buf.len() - 5)
         .map_err(|_| Error::Internal("request message over 4 GiB".into()))?;
     buf[1..5].copy_from_slice(&len.to_be_bytes());
@@ -405,7 +407,7 @@ mod tests {
         unary(
             upstream,
             PathAndQuery::from_static("/test.Service/Method"),
-            DynamicMessage::new(empty),
+            Payload::Message(prost_reflect::DynamicMessage::new(empty)),
             MetadataMap::new(),
         )
         .await

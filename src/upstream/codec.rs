@@ -22,6 +22,14 @@ pub struct DynamicEncoder;
 #[derive(Debug)]
 pub struct BytesDecoder;
 
+/// The one request of a unary or server-streaming call.
+#[derive(Debug)]
+pub enum Payload {
+    Message(DynamicMessage),
+    /// Its wire bytes, when the gateway transcoded the JSON straight to them.
+    Wire(Vec<u8>),
+}
+
 /// An element of a request stream.
 #[derive(Debug)]
 pub enum Outgoing {
@@ -42,7 +50,7 @@ pub struct StreamEncoder;
 // === impl DynamicCodec ===
 
 impl Codec for DynamicCodec {
-    type Encode = DynamicMessage;
+    type Encode = Payload;
     type Decode = Bytes;
     type Encoder = DynamicEncoder;
     type Decoder = BytesDecoder;
@@ -79,20 +87,25 @@ impl Encoder for StreamEncoder {
 
     fn encode(&mut self, item: Outgoing, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         match item {
-            Outgoing::Message(message) => DynamicEncoder.encode(message, dst),
+            Outgoing::Message(message) => DynamicEncoder.encode(Payload::Message(message), dst),
             Outgoing::Abort => Err(Status::aborted("the gateway abandoned the request stream")),
         }
     }
 }
 
 impl Encoder for DynamicEncoder {
-    type Item = DynamicMessage;
+    type Item = Payload;
     type Error = Status;
 
-    fn encode(&mut self, item: DynamicMessage, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        let mut encoded = Vec::with_capacity(128);
-        encode::encode(&item, &mut encoded);
-        dst.put_slice(&encoded);
+    fn encode(&mut self, item: Payload, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        match item {
+            Payload::Message(message) => {
+                let mut encoded = Vec::with_capacity(128);
+                encode::encode(&message, &mut encoded);
+                dst.put_slice(&encoded);
+            }
+            Payload::Wire(encoded) => dst.put_slice(&encoded),
+        }
         Ok(())
     }
 }

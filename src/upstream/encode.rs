@@ -8,12 +8,12 @@
 use prost_reflect::{DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, MapKey, Value};
 
 /// Protobuf wire types.
-const VARINT: u32 = 0;
-const FIXED64: u32 = 1;
-const LEN: u32 = 2;
+pub(crate) const VARINT: u32 = 0;
+pub(crate) const FIXED64: u32 = 1;
+pub(crate) const LEN: u32 = 2;
 const START_GROUP: u32 = 3;
 const END_GROUP: u32 = 4;
-const FIXED32: u32 = 5;
+pub(crate) const FIXED32: u32 = 5;
 
 /// What the encoder asks of a field or an extension, only when the value
 /// needs it: most values say their wire type themselves, and each question
@@ -37,6 +37,24 @@ pub fn encode(message: &DynamicMessage, out: &mut Vec<u8>) {
     }
     for unknown in message.unknown_fields() {
         unknown.encode(out);
+    }
+}
+
+/// Appends `value` as the last field of `path` (each field before it a
+/// singular message), written even when it is the default: on the wire the
+/// last value of a field wins, so it overrides any written before it.
+pub(crate) fn path_value(path: &[FieldDescriptor], value: &Value, out: &mut Vec<u8>) {
+    match path {
+        [] => {}
+        [leaf] => {
+            let kind = leaf.kind();
+            key(leaf.number(), wire_type(&kind), out);
+            scalar(&kind, value, out);
+        }
+        [parent, rest @ ..] => {
+            key(parent.number(), LEN, out);
+            length_delimited(out, |out| path_value(rest, value, out));
+        }
     }
 }
 
@@ -227,16 +245,16 @@ fn wire_type(kind: &Kind) -> u32 {
     }
 }
 
-fn key(number: u32, wire_type: u32, out: &mut Vec<u8>) {
+pub(crate) fn key(number: u32, wire_type: u32, out: &mut Vec<u8>) {
     varint(u64::from(number << 3 | wire_type), out);
 }
 
-fn bytes(data: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn bytes(data: &[u8], out: &mut Vec<u8>) {
     varint(data.len() as u64, out);
     out.extend_from_slice(data);
 }
 
-fn varint(mut value: u64, out: &mut Vec<u8>) {
+pub(crate) fn varint(mut value: u64, out: &mut Vec<u8>) {
     while value >= 0x80 {
         out.push((value as u8) | 0x80);
         value >>= 7;
@@ -246,7 +264,7 @@ fn varint(mut value: u64, out: &mut Vec<u8>) {
 
 /// Writes what `body` writes, preceded by its length: one byte is reserved,
 /// and the body moved up when its length needs more.
-fn length_delimited(out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
+pub(crate) fn length_delimited(out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
     let at = out.len();
     out.push(0);
     body(out);

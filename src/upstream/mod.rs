@@ -8,7 +8,7 @@
 mod call;
 mod codec;
 mod connection;
-mod encode;
+pub(crate) mod encode;
 mod health;
 mod stream;
 
@@ -20,7 +20,7 @@ use std::{
 };
 
 pub use call::unary;
-pub use codec::Outgoing;
+pub use codec::{Outgoing, Payload};
 pub use encode::encode as encode_message;
 pub use health::{HealthState, UpstreamHealth};
 pub use stream::{bidi_streaming, client_streaming, server_streaming, ReplyStream};

@@ -17,7 +17,7 @@ use tonic::{client::Grpc, metadata::MetadataMap, transport::Channel, Status, Str
 
 use super::{
     call::{classify, deadline_exceeded, unavailable},
-    codec::{DynamicCodec, Outgoing, StreamCodec},
+    codec::{DynamicCodec, Outgoing, Payload, StreamCodec},
     Upstream,
 };
 use crate::error::Error;
@@ -49,7 +49,8 @@ pub async fn server_streaming(
     message: DynamicMessage,
     metadata: MetadataMap,
 ) -> Result<ReplyStream, Error> {
-    let request = tonic::Request::from_parts(metadata, Default::default(), message);
+    let request =
+        tonic::Request::from_parts(metadata, Default::default(), Payload::Message(message));
     let mut grpc = client(upstream);
     until_first_reply(upstream, async {
         ready(&mut grpc, upstream).await?;

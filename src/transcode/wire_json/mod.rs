@@ -29,6 +29,8 @@ use serde::Serializer as _;
 
 use super::{field_mask::MaskTree, field_rules::FieldRules, TranscodeOptions};
 
+mod parse;
+
 /// Deeper replies are left to the general decoder (which refuses them).
 const MAX_DEPTH: u32 = 100;
 
@@ -62,6 +64,9 @@ struct MessagePlan {
     form: Form,
     fields: Box<[FieldPlan]>,
     lookup: Lookup,
+    /// JSON and proto field names → field index, sorted by name; a JSON
+    /// name wins over another field's proto name, as in prost-reflect.
+    keys: Box<[(Box<str>, u16)]>,
 }
 
 /// How a message type prints.
@@ -91,6 +96,7 @@ enum Lookup {
 #[derive(Debug)]
 struct FieldPlan {
     descriptor: FieldDescriptor,
+    number: u32,
     /// `"jsonName":`
     json_key: Box<str>,
     /// `"proto_name":`
@@ -100,6 +106,7 @@ struct FieldPlan {
     /// Printed only when set (messages, `optional`, oneof members).
     presence: bool,
     internal: bool,
+    output_only: bool,
     /// The real oneof it belongs to (bit index), if any.
     oneof: Option<u8>,
 }
@@ -145,6 +152,8 @@ struct EnumPlan {
     default: i32,
     /// `google.protobuf.NullValue` prints as `null`.
     null_value: bool,
+    /// Every value name (aliases too) → number, sorted by name.
+    numbers: Box<[(Box<str>, i32)]>,
 }
 
 /// Protobuf wire types.
@@ -280,7 +289,9 @@ impl MessagePlan {
                 value,
                 presence: field.supports_presence(),
                 internal: rules.is_internal(message, &field),
+                output_only: rules.is_output_only(message, &field),
                 oneof,
+                number: field.number(),
                 descriptor: field,
             });
         }
@@ -293,9 +304,18 @@ impl MessagePlan {
         let lookup = Lookup::new(&fields);
         Self {
             form,
+            keys: keys(&fields),
             fields: fields.into(),
             lookup,
         }
+    }
+
+    /// The index of the field a JSON key names.
+    fn key_index(&self, key: &str) -> Option<usize> {
+        self.keys
+            .binary_search_by(|(name, _)| (**name).cmp(key))
+            .ok()
+            .map(|at| usize::from(self.keys[at].1))
     }
 
     fn field_index(&self, number: u32) -> Option<usize> {
@@ -314,23 +334,19 @@ impl MessagePlan {
 
 impl Lookup {
     fn new(fields: &[FieldPlan]) -> Self {
-        let max = fields
-            .iter()
-            .map(|f| f.descriptor.number())
-            .max()
-            .unwrap_or(0);
+        let max = fields.iter().map(|f| f.number).max().unwrap_or(0);
         let index = |i: usize| u16::try_from(i).unwrap_or(u16::MAX);
         if max <= DENSE_NUMBERS {
             let mut table = vec![u16::MAX; max as usize + 1];
             for (i, field) in fields.iter().enumerate() {
-                table[field.descriptor.number() as usize] = index(i);
+                table[field.number as usize] = index(i);
             }
             Self::Dense(table.into())
         } else {
             let mut sorted: Vec<(u32, u16)> = fields
                 .iter()
                 .enumerate()
-                .map(|(i, f)| (f.descriptor.number(), index(i)))
+                .map(|(i, f)| (f.number, index(i)))
                 .collect();
             sorted.sort_unstable();
             Self::Sparse(sorted.into())
@@ -397,6 +413,24 @@ fn value_kind(
     }))
 }
 
+/// The [`MessagePlan::keys`] of these fields.
+fn keys(fields: &[FieldPlan]) -> Box<[(Box<str>, u16)]> {
+    let index = |i: usize| u16::try_from(i).unwrap_or(u16::MAX);
+    let json = fields
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (Box::from(f.descriptor.json_name()), index(i)));
+    let proto = fields
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (Box::from(f.descriptor.name()), index(i)));
+    let mut keys: Vec<(Box<str>, u16)> = json.chain(proto).collect();
+    // Stable, so that of two equal names the JSON one (first) stays.
+    keys.sort_by(|a, b| a.0.cmp(&b.0));
+    keys.dedup_by(|later, first| later.0 == first.0);
+    keys.into()
+}
+
 fn quoted_key(name: &str) -> Box<str> {
     let mut key = serde_json::to_string(name).unwrap_or_else(|_| format!("\"{name}\""));
     key.push(':');
@@ -416,11 +450,25 @@ impl EnumPlan {
         // The first name of a number wins, as in prost-reflect's lookup.
         names.sort_by_key(|(number, _)| *number);
         names.dedup_by_key(|(number, _)| *number);
+        let mut numbers: Vec<(Box<str>, i32)> = descriptor
+            .values()
+            .map(|v| (v.name().into(), v.number()))
+            .collect();
+        numbers.sort_by(|a, b| a.0.cmp(&b.0));
         Self {
             names: names.into(),
             default: descriptor.default_value().number(),
             null_value: descriptor.full_name() == "google.protobuf.NullValue",
+            numbers: numbers.into(),
         }
+    }
+
+    /// The number of the value a JSON string names.
+    fn number(&self, name: &str) -> Option<i32> {
+        self.numbers
+            .binary_search_by(|(n, _)| (**n).cmp(name))
+            .ok()
+            .map(|at| self.numbers[at].1)
     }
 
     fn name(&self, number: i32) -> Option<&str> {
