@@ -1,4 +1,6 @@
-//! Reply wire bytes → proto3 JSON, printed straight from the bytes.
+//! Reply wire bytes → proto3 JSON, printed straight from the bytes; and
+//! request JSON → wire bytes, written straight from the JSON by the same
+//! plans (`parse.rs`).
 //!
 //! Decoding a reply into a `DynamicMessage` and serializing that was the
 //! largest user-space cost of a request in profiles: a tree of maps and
