@@ -14,7 +14,9 @@ use protogate::{
     pb::acme::orders::v1::{LineItem, ListOrdersResponse, Order},
     registry::{Catalog, DescriptorSet},
     router::{Lookup, RouterBuilder},
-    transcode::{request_message, ReplyFilter, ReplyShape, RequestParts, TranscodeOptions},
+    transcode::{
+        request_message, request_wire, ReplyFilter, ReplyShape, RequestParts, TranscodeOptions,
+    },
     upstream::encode_message,
 };
 
@@ -129,6 +131,46 @@ fn transcode(c: &mut Criterion) {
                 &options,
             )
             .unwrap()
+        });
+    });
+
+    // The same body straight to wire bytes by the catalog's plans, as a
+    // unary call without a query string goes.
+    c.bench_function("json_to_wire/create_order", |b| {
+        b.iter(|| {
+            let parts = RequestParts {
+                captures: &[],
+                query: None,
+                body: black_box(body),
+            };
+            request_wire(
+                catalog.json_plans(),
+                create_method.request_plan,
+                &create.binding,
+                &create_method.rules,
+                parts,
+            )
+            .unwrap()
+        });
+    });
+    c.bench_function("json_to_wire/create_order_general", |b| {
+        b.iter(|| {
+            let parts = RequestParts {
+                captures: &[],
+                query: None,
+                body: black_box(body),
+            };
+            let message = request_message(
+                &create_method.descriptor.input(),
+                &create.binding,
+                (catalog.field_rules(), &create_method.rules),
+                parts,
+                &options,
+            )
+            .unwrap();
+            let mut out = Vec::with_capacity(128);
+            encode_message(&message, &mut out);
+            out
         });
     });
 
