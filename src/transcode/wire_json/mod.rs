@@ -625,6 +625,7 @@ impl Printer<'_> {
     }
 
     /// The byte range of a value of wire type `wire` at `pos`, moving past it.
+    #[inline]
     fn value_range(
         &self,
         wire: u8,
@@ -1148,18 +1149,23 @@ impl Printer<'_> {
         self.out.push(b'"');
     }
 
-    /// Fields 1 (int64) and 2 (int32) of a Timestamp or Duration.
+    /// Fields 1 (int64) and 2 (int32) of a Timestamp or Duration, the last
+    /// of each, in one pass (two timestamps per order in a list).
     fn seconds_nanos(&self, start: usize, end: usize) -> Result<(i64, i32), Unsupported> {
-        let seconds = self.last_of(start, end, 1, VARINT)?;
-        let nanos = self.last_of(start, end, 2, VARINT)?;
-        let seconds = match seconds {
-            Some((s, e)) => self.varint(s, e)? as i64,
-            None => 0,
-        };
-        let nanos = match nanos {
-            Some((s, e)) => self.varint(s, e)? as i32,
-            None => 0,
-        };
+        let (mut seconds, mut nanos) = (0, 0);
+        let mut pos = start;
+        while pos < end {
+            let tag = read_varint(self.buf, &mut pos, end)?;
+            let wire = (tag & 7) as u8;
+            match tag >> 3 {
+                1 | 2 if wire != VARINT => return Err(Unsupported),
+                1 => seconds = read_varint(self.buf, &mut pos, end)? as i64,
+                2 => nanos = read_varint(self.buf, &mut pos, end)? as i32,
+                _ => {
+                    self.value_range(wire, &mut pos, end)?;
+                }
+            }
+        }
         Ok((seconds, nanos))
     }
 
@@ -1299,15 +1305,24 @@ fn field_masks<'m>(field: &FieldPlan, masks: Masks<'m>) -> Option<Masks<'m>> {
 }
 
 /// A base-128 varint at `pos` (at most ten bytes, before `end`).
+#[inline]
 fn read_varint(buf: &[u8], pos: &mut usize, end: usize) -> Result<u64, Unsupported> {
-    let mut value = 0u64;
-    for shift in (0..70).step_by(7) {
-        if *pos >= end {
-            return Err(Unsupported);
+    // One byte: the tags of fields 1 to 15, short lengths, small numbers.
+    match buf.get(*pos) {
+        Some(&byte) if byte < 0x80 && *pos < end => {
+            *pos += 1;
+            Ok(u64::from(byte))
         }
-        let byte = buf[*pos];
+        _ => read_long_varint(buf, pos, end),
+    }
+}
+
+fn read_long_varint(buf: &[u8], pos: &mut usize, end: usize) -> Result<u64, Unsupported> {
+    let mut value = 0u64;
+    for i in 0..10 {
+        let byte = *buf.get(*pos).filter(|_| *pos < end).ok_or(Unsupported)?;
         *pos += 1;
-        value |= u64::from(byte & 0x7f) << shift;
+        value |= u64::from(byte & 0x7f) << (7 * i);
         if byte < 0x80 {
             return Ok(value);
         }
