@@ -8,9 +8,10 @@
 //! Anything else reports [`Unsupported`], and the caller parses the body the
 //! general way, which also words the error when there is one: `null`,
 //! unknown or repeated keys, a second member of a oneof, internal or
-//! output-only fields (the general way refuses or clears them), maps,
-//! well-known types, integers written as floats, floats written as strings,
-//! enum numbers, and base64 that is not canonical.
+//! output-only fields (the general way refuses or clears them), `Any`,
+//! `Struct`, `Value`, `ListValue` and `FieldMask`, timestamps other than
+//! `YYYY-MM-DDThh:mm:ss[.fraction]Z`, integers written as floats, floats
+//! written as strings, enum numbers, and base64 that is not canonical.
 //!
 //! Repeated numbers are written unpacked, which every protobuf parser
 //! accepts for packed fields too.
@@ -111,6 +112,28 @@ struct ValueSeed<'a> {
     depth: u32,
 }
 
+/// A JSON object as the entries of a map field.
+struct MapSeed<'a> {
+    plans: &'a JsonPlans,
+    key: Scalar,
+    field: &'a FieldPlan,
+    out: &'a mut Vec<u8>,
+    depth: u32,
+}
+
+/// A map key, written as field 1 of its entry.
+struct MapKeySeed<'a> {
+    key: Scalar,
+    out: &'a mut Vec<u8>,
+}
+
+/// A `Timestamp` or `Duration` string, written as its message.
+struct TimeSeed<'a> {
+    form: &'a Form,
+    number: u32,
+    out: &'a mut Vec<u8>,
+}
+
 struct ScalarSeed<'a> {
     scalar: Scalar,
     number: u32,
@@ -145,7 +168,8 @@ impl<'de> Visitor<'de> for MessageSeed<'_> {
             .plans
             .messages
             .get(self.plan)
-            .filter(|plan| matches!(plan.form, Form::Fields) && self.depth < MAX_DEPTH)
+            .filter(|plan| matches!(plan.form, Form::Fields | Form::Empty))
+            .filter(|_| self.depth < MAX_DEPTH)
             .ok_or_else(unsupported)?;
         let (mut seen, mut oneofs) = (0u64, 0u64);
         while let Some(index) = map.next_key_seed(KeySeed(plan))? {
@@ -213,7 +237,13 @@ impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
             }
             .deserialize(deserializer),
             Shape::List => deserializer.deserialize_seq(self),
-            Shape::Map(_) => Err(unsupported()),
+            Shape::Map(key) => deserializer.deserialize_map(MapSeed {
+                plans: self.plans,
+                key,
+                field: self.field,
+                out: self.out,
+                depth: self.depth,
+            }),
         }
     }
 }
@@ -259,20 +289,196 @@ impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
                 out: self.out,
             }),
             ValueKind::Message(plan) => {
+                let form = &self.plans.messages.get(*plan).ok_or_else(unsupported)?.form;
                 let mut parsed = Ok(());
-                key(self.number, LEN, self.out);
-                length_delimited(self.out, |out| {
-                    parsed = deserializer.deserialize_map(MessageSeed {
-                        plans: self.plans,
-                        plan: *plan,
-                        out,
-                        depth: self.depth + 1,
-                    });
-                });
+                match form {
+                    Form::Timestamp | Form::Duration => {
+                        return deserializer.deserialize_str(TimeSeed {
+                            form,
+                            number: self.number,
+                            out: self.out,
+                        });
+                    }
+                    // The bare value, as field 1 of the wrapper.
+                    Form::Wrapper(scalar) => {
+                        key(self.number, LEN, self.out);
+                        length_delimited(self.out, |out| {
+                            parsed = deserializer.deserialize_any(ScalarSeed {
+                                scalar: *scalar,
+                                number: 1,
+                                out,
+                            });
+                        });
+                    }
+                    Form::Fields | Form::Empty => {
+                        key(self.number, LEN, self.out);
+                        length_delimited(self.out, |out| {
+                            parsed = deserializer.deserialize_map(MessageSeed {
+                                plans: self.plans,
+                                plan: *plan,
+                                out,
+                                depth: self.depth + 1,
+                            });
+                        });
+                    }
+                    Form::Dynamic(_) | Form::Unsupported => return Err(unsupported()),
+                }
                 parsed
             }
         }
     }
+}
+
+// === impl MapSeed ===
+
+impl<'de> Visitor<'de> for MapSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    // Each entry is a message of the key (1) and the value (2); of two
+    // entries with one key the last wins, on the wire as in prost-reflect.
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        loop {
+            let (mut more, mut parsed) = (true, Ok(()));
+            let at = self.out.len();
+            key(self.field.number, LEN, self.out);
+            length_delimited(self.out, |out| {
+                let key = MapKeySeed { key: self.key, out };
+                parsed = match map.next_key_seed(key) {
+                    Ok(Some(())) => map.next_value_seed(ValueSeed {
+                        plans: self.plans,
+                        kind: &self.field.value,
+                        number: 2,
+                        out,
+                        depth: self.depth,
+                    }),
+                    Ok(None) => {
+                        more = false;
+                        Ok(())
+                    }
+                    Err(err) => Err(err),
+                };
+            });
+            parsed?;
+            if !more {
+                self.out.truncate(at);
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for MapKeySeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for MapKeySeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map key")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<(), E> {
+        let key = ScalarSeed {
+            scalar: self.key,
+            number: 1,
+            out: self.out,
+        };
+        match self.key {
+            Scalar::String => key.visit_str(text),
+            Scalar::Bool => match text {
+                "true" => key.visit_bool(true),
+                "false" => key.visit_bool(false),
+                _ => Err(unsupported()),
+            },
+            _ => key.integer(decimal(text).ok_or_else(unsupported)?),
+        }
+    }
+}
+
+// === impl TimeSeed ===
+
+impl Visitor<'_> for TimeSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a timestamp or duration string")
+    }
+
+    // Parsed and range-checked by prost-types as prost-reflect does, for
+    // the timestamps that prost-reflect's stricter RFC 3339 check lets by.
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<(), E> {
+        let (seconds, nanos) = match self.form {
+            Form::Timestamp if utc_timestamp(text) => {
+                let time: prost_types::Timestamp = text.parse().map_err(|_| unsupported())?;
+                if !(MIN_TIMESTAMP..=MAX_TIMESTAMP).contains(&time.seconds) {
+                    return Err(unsupported());
+                }
+                (time.seconds, time.nanos)
+            }
+            Form::Duration => {
+                let span: prost_types::Duration = text.parse().map_err(|_| unsupported())?;
+                if span.seconds.unsigned_abs() > MAX_DURATION_SECONDS
+                    || span.nanos.unsigned_abs() > 999_999_999
+                {
+                    return Err(unsupported());
+                }
+                (span.seconds, span.nanos)
+            }
+            _ => return Err(unsupported()),
+        };
+        key(self.number, LEN, self.out);
+        length_delimited(self.out, |out| {
+            if seconds != 0 {
+                key(1, VARINT, out);
+                varint(seconds as u64, out);
+            }
+            if nanos != 0 {
+                key(2, VARINT, out);
+                varint(i64::from(nanos) as u64, out);
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Years 1 to 9999, as prost-reflect checks.
+const MIN_TIMESTAMP: i64 = -62_135_596_800;
+const MAX_TIMESTAMP: i64 = 253_402_300_799;
+const MAX_DURATION_SECONDS: u64 = 315_576_000_000;
+
+/// `YYYY-MM-DDThh:mm:ss[.f{1,9}]Z`: the form every client sends.
+fn utc_timestamp(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let shape = b"dddd-dd-ddTdd:dd:dd";
+    if bytes.len() < shape.len() + 1 || bytes.last() != Some(&b'Z') {
+        return false;
+    }
+    let (head, rest) = bytes.split_at(shape.len());
+    let head_ok = head.iter().zip(shape).all(|(b, s)| {
+        if *s == b'd' {
+            b.is_ascii_digit()
+        } else {
+            b == s
+        }
+    });
+    let fraction = &rest[..rest.len() - 1];
+    let fraction_ok = match fraction.split_first() {
+        None => true,
+        Some((b'.', digits)) => {
+            (1..=9).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit)
+        }
+        Some(_) => false,
+    };
+    head_ok && fraction_ok
 }
 
 // === impl ScalarSeed ===
@@ -471,23 +677,28 @@ mod tests {
         Fixture { plans, echo, root }
     }
 
-    /// What the plans write for `json`, decoded and written again by the
-    /// message encoder (so that unpacked lists and explicit defaults compare
-    /// as the message they mean); `None` when the plans leave it.
-    fn planned(fixture: &Fixture, json: &str) -> Option<Vec<u8>> {
+    /// The message `wire` means: decoded, written again by the message
+    /// encoder (which leaves out defaults) and decoded again, so that
+    /// unpacked lists, explicit defaults and map order compare as meant.
+    fn meaning(fixture: &Fixture, wire: &[u8]) -> DynamicMessage {
+        let decoded = DynamicMessage::decode(fixture.echo.clone(), wire).unwrap();
+        let mut canonical = Vec::new();
+        encode(&decoded, &mut canonical);
+        DynamicMessage::decode(fixture.echo.clone(), &canonical[..]).unwrap()
+    }
+
+    /// What the plans write for `json`; `None` when they leave it.
+    fn planned(fixture: &Fixture, json: &str) -> Option<DynamicMessage> {
         let mut wire = Vec::new();
         fixture
             .plans
             .encode_json(fixture.root, None, json.as_bytes(), &mut wire)
             .ok()?;
-        let message = DynamicMessage::decode(fixture.echo.clone(), &wire[..]).unwrap();
-        let mut canonical = Vec::new();
-        encode(&message, &mut canonical);
-        Some(canonical)
+        Some(meaning(fixture, &wire))
     }
 
     /// What prost-reflect parses, as the gateway's general way does.
-    fn general(fixture: &Fixture, json: &str) -> Option<Vec<u8>> {
+    fn general(fixture: &Fixture, json: &str) -> Option<DynamicMessage> {
         let mut deserializer = serde_json::Deserializer::from_str(json);
         let message = DynamicMessage::deserialize_with_options(
             fixture.echo.clone(),
@@ -496,9 +707,9 @@ mod tests {
         )
         .ok()?;
         deserializer.end().ok()?;
-        let mut out = Vec::new();
-        encode(&message, &mut out);
-        Some(out)
+        let mut wire = Vec::new();
+        encode(&message, &mut wire);
+        Some(meaning(fixture, &wire))
     }
 
     #[test]
@@ -531,6 +742,17 @@ mod tests {
                 .to_owned(),
             r#"{"choiceString":"x"}"#.to_owned(),
             r#"{"choiceNested":{"name":"n"},"int32Value":1}"#.to_owned(),
+            r#"{"labels":{"a":"b","":"","a":"c"},"nestedById":{"1":{"name":"one"},"-2":{}}}"#
+                .to_owned(),
+            r#"{"labels":{}}"#.to_owned(),
+            r#"{"timestamp":"2024-02-29T23:59:59.123456789Z","duration":"-1.5s",
+                "repeatedTimestamp":["1970-01-01T00:00:00Z","0001-01-01T00:00:00.5Z"]}"#
+                .to_owned(),
+            r#"{"duration":"0s","timestamp":"9999-12-31T23:59:59Z"}"#.to_owned(),
+            r#"{"int32Wrapper":5,"stringWrapper":"","boolWrapper":false,"doubleWrapper":1.5,
+                "int64Wrapper":"-7","uint32Wrapper":0,"bytesWrapper":"aGk=","floatWrapper":2}"#
+                .to_owned(),
+            r#"{"empty":{}}"#.to_owned(),
             format!(
                 r#"{{"nested":{{"name":"{long}","child":{{"name":"{long}"}}}},"bytesValue":"{}"}}"#,
                 BASE64_STANDARD.encode(long.as_bytes())
@@ -554,10 +776,24 @@ mod tests {
             r#"{"choiceString":"a","choiceInt":1}"#,
             r#"{"internalValue":"x"}"#,
             r#"{"nested":{"secret":"s"}}"#,
-            r#"{"labels":{"a":"b"}}"#,
-            r#"{"timestamp":"2024-01-01T00:00:00Z"}"#,
-            r#"{"int32Wrapper":5}"#,
-            r#"{"empty":{}}"#,
+            r#"{"labels":{"a":null}}"#,
+            r#"{"labels":[]}"#,
+            r#"{"nestedById":{"x":{}}}"#,
+            r#"{"nestedById":{"+1":{}}}"#,
+            r#"{"timestamp":"2024-01-01T00:00:00+01:00"}"#,
+            r#"{"timestamp":"2024-02-30T00:00:00Z"}"#,
+            r#"{"timestamp":"2024-01-01T00:00:00.1234567891Z"}"#,
+            r#"{"timestamp":"2024-01-01 00:00:00Z"}"#,
+            r#"{"timestamp":1}"#,
+            r#"{"duration":"1.5"}"#,
+            r#"{"duration":"315576000001s"}"#,
+            r#"{"int32Wrapper":null}"#,
+            r#"{"int32Wrapper":{"value":1}}"#,
+            r#"{"empty":{"a":1}}"#,
+            r#"{"fieldMask":"a,b"}"#,
+            r#"{"structValue":{}}"#,
+            r#"{"value":1}"#,
+            r#"{"any":{}}"#,
             r#"{"int32Value":1.0}"#,
             r#"{"int32Value":2147483648}"#,
             r#"{"uint32Value":-1}"#,
