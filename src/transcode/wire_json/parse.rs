@@ -547,6 +547,17 @@ impl ScalarSeed<'_> {
         Ok(())
     }
 
+    /// A JSON integer: into a float or double the nearest value, as
+    /// prost-reflect converts it (the same from any integer type).
+    fn json_integer<E: de::Error>(self, value: i128) -> Result<(), E> {
+        match self.scalar {
+            Scalar::Double => self.double(value as f64),
+            Scalar::Float => self.float(value as f32),
+            _ => return self.integer(value),
+        }
+        Ok(())
+    }
+
     fn double(self, value: f64) {
         key(self.number, FIXED64, self.out);
         self.out.extend_from_slice(&value.to_le_bytes());
@@ -574,23 +585,12 @@ impl Visitor<'_> for ScalarSeed<'_> {
         Ok(())
     }
 
-    // A JSON integer into a float or double, as prost-reflect converts it.
     fn visit_i64<E: de::Error>(self, value: i64) -> Result<(), E> {
-        match self.scalar {
-            Scalar::Double => self.double(value as f64),
-            Scalar::Float => self.float(value as f32),
-            _ => return self.integer(i128::from(value)),
-        }
-        Ok(())
+        self.json_integer(i128::from(value))
     }
 
     fn visit_u64<E: de::Error>(self, value: u64) -> Result<(), E> {
-        match self.scalar {
-            Scalar::Double => self.double(value as f64),
-            Scalar::Float => self.float(value as f32),
-            _ => return self.integer(i128::from(value)),
-        }
-        Ok(())
+        self.json_integer(i128::from(value))
     }
 
     fn visit_f64<E: de::Error>(self, value: f64) -> Result<(), E> {
@@ -728,6 +728,8 @@ mod tests {
                 .to_owned(),
             r#"{"int32Value":"12","uint32Value":"0","sint64Value":7,"fixed64Value":9}"#.to_owned(),
             r#"{"floatValue":3,"doubleValue":-7}"#.to_owned(),
+            r#"{"floatValue":9007199254740993,"doubleValue":18446744073709551615}"#.to_owned(),
+            r#"{"floatValue":-9223372036854775807,"doubleValue":-9007199254740993}"#.to_owned(),
             r#"{"floatValue":3.4e38,"doubleValue":5e-324}"#.to_owned(),
             r#"{"string_value":"proto names","int32_value":3,"repeated_int32":[1]}"#.to_owned(),
             r#"{"str\u0069ngValue":"escaped key"}"#.to_owned(),
