@@ -41,11 +41,11 @@ const MAX_FIELD_NUMBER: u32 = (1 << 29) - 1;
 /// Field numbers up to this are looked up in a table, larger ones by search.
 const DENSE_NUMBERS: u32 = 256;
 
-/// The plans fall short for this reply: decode it the general way.
+/// The plans fall short for this message: take the general way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unsupported;
 
-/// The print plans of every message type in a catalog's pool.
+/// The print (and parse) plans of every message type in a catalog's pool.
 #[derive(Debug, Default)]
 pub struct JsonPlans {
     messages: Box<[MessagePlan]>,
