@@ -173,7 +173,7 @@ impl<'de> Visitor<'de> for MessageSeed<'_> {
             .ok_or_else(unsupported)?;
         let (mut seen, mut oneofs) = (0u64, 0u64);
         while let Some(index) = map.next_key_seed(KeySeed(plan))? {
-            let field = &plan.fields[index];
+            let field = plan.fields.get(index).ok_or_else(unsupported)?;
             let bit = u32::try_from(index)
                 .ok()
                 .and_then(|i| 1u64.checked_shl(i))
