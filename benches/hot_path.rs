@@ -149,6 +149,7 @@ fn transcode(c: &mut Criterion) {
                 &create.binding,
                 &create_method.rules,
                 parts,
+                &options,
             )
             .unwrap()
         });

@@ -101,8 +101,9 @@ impl Gateway {
                 body: &body,
             };
             let plans = matched.catalog.json_plans();
+            let (input, rules) = (method.request_plan, &method.rules);
             if let Some(wire) =
-                transcode::request_wire(plans, method.request_plan, binding, &method.rules, request)
+                transcode::request_wire(plans, input, binding, rules, request, &self.options)
             {
                 return Ok(Payload::Wire(wire));
             }

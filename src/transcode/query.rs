@@ -6,10 +6,11 @@ use prost_reflect::{
     DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage as _, Value,
 };
 
-use super::{request::parent_mut, scalar, TranscodeOptions};
+use super::{request::parent_mut, scalar, JsonPlans, TranscodeOptions};
 use crate::{
     error::Error,
     http_rule::{BindingPlan, BodyPlan},
+    upstream::encode,
 };
 
 /// Sets every parameter of `query` on `message`.
@@ -21,13 +22,7 @@ pub(super) fn apply(
 ) -> Result<(), Error> {
     let input = message.descriptor();
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        let partial_response = plan.fields_param && key == super::FIELDS_PARAM;
-        if partial_response
-            || options
-                .ignored_query
-                .iter()
-                .any(|ignored| **ignored == *key)
-        {
+        if skipped(plan, &key, options) {
             continue;
         }
         let fields = match settable_path(&input, plan, &key) {
@@ -50,6 +45,53 @@ pub(super) fn apply(
         }
     }
     Ok(())
+}
+
+/// Appends every parameter of `query` as wire bytes, its path resolved by
+/// the catalog's plans; `None` for any parameter that [`apply`] would refuse
+/// or that the plans leave to it.
+pub(super) fn write(
+    plans: &JsonPlans,
+    input: usize,
+    plan: &BindingPlan,
+    query: &str,
+    options: &TranscodeOptions,
+    out: &mut Vec<u8>,
+) -> Option<()> {
+    let mut path = Vec::with_capacity(4);
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if skipped(plan, &key, options) {
+            continue;
+        }
+        if plan.body == BodyPlan::Whole {
+            return None;
+        }
+        path.clear();
+        plans.query_path(input, &key, &mut path).ok()?;
+        let bound_by_body = matches!(
+            (&plan.body, path.first()),
+            (BodyPlan::Field(body), Some(first)) if body == *first
+        );
+        let bound_by_path = plan
+            .vars
+            .iter()
+            .any(|var| var.fields().iter().zip(&path).all(|(a, b)| a == *b));
+        if bound_by_body || bound_by_path {
+            return None;
+        }
+        let parsed = scalar::parse(path.last()?, &value).ok()?;
+        encode::path_value(&path, &parsed, out);
+    }
+    Some(())
+}
+
+/// The partial-response parameter and configured ignored parameters.
+fn skipped(plan: &BindingPlan, key: &str, options: &TranscodeOptions) -> bool {
+    (plan.fields_param && key == super::FIELDS_PARAM)
+        || options
+            .ignored_query
+            .iter()
+            .any(|ignored| **ignored == *key)
 }
 
 /// Resolves `key` to a field path that the query may set, or says why not.

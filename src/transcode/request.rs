@@ -73,34 +73,38 @@ pub fn request_message(
 }
 
 /// The request message of a unary call as wire bytes, written straight from
-/// the JSON body by the catalog's plans, then the path variables (on the
-/// wire the last value of a field wins, as the path does in
-/// [`request_message`]). `None` when it needs the general way: a query
-/// string, `REQUIRED` fields or an `update_mask` to check or fill, a body
-/// field that is not a message, or a body or path value the plans leave to
-/// [`request_message`] (which also words any error).
+/// the JSON body by the catalog's plans, then the query parameters, then the
+/// path variables (on the wire the last value of a field wins, and repeated
+/// values add up, as [`request_message`] sets and pushes them). `None` when
+/// it needs the general way: `REQUIRED` fields or an `update_mask` to check
+/// or fill, a body field that is not a message, or a body, query or path
+/// value the plans leave to [`request_message`] (which also words any error).
 pub fn request_wire(
     plans: &JsonPlans,
     input: Option<usize>,
     plan: &BindingPlan,
     rules: &MethodRules,
     parts: RequestParts<'_>,
+    options: &TranscodeOptions,
 ) -> Option<Vec<u8>> {
-    if parts.query.is_some_and(|q| !q.is_empty())
-        || rules.checks_required()
-        || plan.update_mask.is_some()
-    {
+    if rules.checks_required() || plan.update_mask.is_some() {
         return None;
     }
     let input = input?;
     let mut out = Vec::with_capacity(parts.body.len() + 32);
     if !is_blank(parts.body) {
-        let field = match &plan.body {
-            BodyPlan::Whole => None,
-            BodyPlan::Field(field) => Some(field.number()),
-            BodyPlan::None => return None,
-        };
-        plans.encode_json(input, field, parts.body, &mut out).ok()?;
+        let json = parts.body;
+        match &plan.body {
+            BodyPlan::None => {}
+            BodyPlan::Whole => plans.encode_json(input, None, json, &mut out).ok()?,
+            BodyPlan::Field(field) => {
+                let number = Some(field.number());
+                plans.encode_json(input, number, json, &mut out).ok()?;
+            }
+        }
+    }
+    if let Some(query) = parts.query.filter(|q| !q.is_empty()) {
+        query::write(plans, input, plan, query, options, &mut out)?;
     }
     for capture in parts.captures {
         let path = plan.vars.get(capture.var)?;
@@ -257,7 +261,8 @@ mod tests {
                 body: json.as_bytes(),
             };
             let root = plans.index_of(&echo);
-            let wire = request_wire(&plans, root, &plan, &method_rules, parts).unwrap();
+            let options = TranscodeOptions::default();
+            let wire = request_wire(&plans, root, &plan, &method_rules, parts, &options).unwrap();
             let general = request_message(
                 &echo,
                 &plan,
@@ -272,6 +277,72 @@ mod tests {
             let mut canonical = Vec::new();
             encode_message(&straight, &mut canonical);
             assert_eq!(canonical, expected, "{json}");
+        }
+    }
+
+    /// Query strings through both ways, after a body field and before a
+    /// path variable; what the plans leave goes the general way.
+    #[test]
+    fn query_parameters_mean_the_same_both_ways() {
+        let set = include_bytes!(concat!(env!("OUT_DIR"), "/protogate.testing.v1.binpb"));
+        let pool = DescriptorPool::decode(&set[..]).unwrap();
+        let echo = pool
+            .get_message_by_name("protogate.testing.v1.EchoMessage")
+            .unwrap();
+        let rules = FieldRules::new(&pool);
+        let plans = JsonPlans::new(&pool, &rules);
+        let (method_rules, options) = (MethodRules::default(), TranscodeOptions::default());
+        let root = plans.index_of(&echo);
+        let nested = echo.get_field_by_name("nested").unwrap();
+        let field_body = binding(&echo, BodyPlan::Field(nested), &[&["int32_value"]]);
+        let no_body = binding(&echo, BodyPlan::None, &[&["int32_value"]]);
+        let capture = [Capture {
+            var: 0,
+            value: "9".to_owned(),
+        }];
+        let covered = [
+            (&field_body, "uint64Value=18446744073709551615&repeated_string=a&repeatedString=b+c&color=GREEN&boolValue=true&fields=stringValue"),
+            (&no_body, "nested.name=x%20y&nested.tags=a&nested.tags=b&nested.child.value=4&doubleValue=1.5&bytesValue=aGk%3D&repeatedInt32=1&repeatedInt32=-2"),
+            (&no_body, "string_value=first&stringValue=second&sint64Value=-5"),
+        ];
+        for (plan, query) in covered {
+            let parts = RequestParts {
+                captures: &capture,
+                query: Some(query),
+                body: br#"{"name":"body"}"#,
+            };
+            let wire = request_wire(&plans, root, plan, &method_rules, parts, &options);
+            let wire = wire.unwrap_or_else(|| panic!("left {query}"));
+            let general =
+                request_message(&echo, plan, (&rules, &method_rules), parts, &options).unwrap();
+            let mut expected = Vec::new();
+            encode_message(&general, &mut expected);
+            let straight = DynamicMessage::decode(echo.clone(), &wire[..]).unwrap();
+            let mut canonical = Vec::new();
+            encode_message(&straight, &mut canonical);
+            assert_eq!(canonical, expected, "{query}");
+        }
+        let left = [
+            (&field_body, "nested.name=bound-by-the-body"),
+            (&no_body, "int32Value=3"),
+            (&no_body, "timestamp=2024-01-01T00:00:00Z"),
+            (&no_body, "labels=a"),
+            (&no_body, "nested=a"),
+            (&no_body, "unknown=1"),
+            (&no_body, "internalValue=x"),
+            (&no_body, "nested.secret=x"),
+            (&no_body, "int32Value.x=1"),
+            (&no_body, "uint32Value=-1"),
+            (&no_body, "stringValue..x=1"),
+        ];
+        for (plan, query) in left {
+            let parts = RequestParts {
+                captures: &capture,
+                query: Some(query),
+                body: b"",
+            };
+            let wire = request_wire(&plans, root, plan, &method_rules, parts, &options);
+            assert_eq!(wire, None, "{query}");
         }
     }
 
@@ -295,7 +366,8 @@ mod tests {
             query,
             body: body.as_bytes(),
         };
-        let straight = |parts| request_wire(&plans, root, &plan, &rules, parts);
+        let options = TranscodeOptions::default();
+        let straight = |parts| request_wire(&plans, root, &plan, &rules, parts, &options);
         assert!(straight(parts(None, "{}", &capture)).is_some());
         assert!(straight(parts(Some(""), "{}", &capture)).is_some());
         assert!(straight(parts(Some("a=1"), "{}", &capture)).is_none());

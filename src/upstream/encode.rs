@@ -5,6 +5,8 @@
 //! Here each set field is visited once, and a nested message is written in
 //! place after a one-byte length that is widened afterwards when it needs to be.
 
+use std::borrow::Borrow;
+
 use prost_reflect::{DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, MapKey, Value};
 
 /// Protobuf wire types.
@@ -43,16 +45,16 @@ pub fn encode(message: &DynamicMessage, out: &mut Vec<u8>) {
 /// Appends `value` as the last field of `path` (each field before it a
 /// singular message), written even when it is the default: on the wire the
 /// last value of a field wins, so it overrides any written before it.
-pub(crate) fn path_value(path: &[FieldDescriptor], value: &Value, out: &mut Vec<u8>) {
+pub(crate) fn path_value<F: Borrow<FieldDescriptor>>(path: &[F], value: &Value, out: &mut Vec<u8>) {
     match path {
         [] => {}
         [leaf] => {
-            let kind = leaf.kind();
-            key(leaf.number(), wire_type(&kind), out);
+            let kind = leaf.borrow().kind();
+            key(leaf.borrow().number(), wire_type(&kind), out);
             scalar(&kind, value, out);
         }
         [parent, rest @ ..] => {
-            key(parent.number(), LEN, out);
+            key(parent.borrow().number(), LEN, out);
             length_delimited(out, |out| path_value(rest, value, out));
         }
     }

@@ -21,7 +21,10 @@
 //! copies of a singular message, conflicting oneof members, malformed bytes)
 //! reports [`Unsupported`], and the caller decodes the reply the general way.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use base64::{prelude::BASE64_STANDARD, Engine as _};
 use prost_reflect::{
@@ -66,9 +69,11 @@ struct MessagePlan {
     form: Form,
     fields: Box<[FieldPlan]>,
     lookup: Lookup,
-    /// JSON and proto field names → field index, sorted by name; a JSON
-    /// name wins over another field's proto name, as in prost-reflect.
-    keys: Box<[(Box<str>, u16)]>,
+    /// Field names, sorted, with the index of the field that has it as its
+    /// JSON name and of the one that has it as its proto name (`u16::MAX`
+    /// for none): JSON bodies look JSON names up first, as prost-reflect
+    /// does, query parameters proto names first.
+    keys: Box<[(Box<str>, u16, u16)]>,
 }
 
 /// How a message type prints.
@@ -314,10 +319,27 @@ impl MessagePlan {
 
     /// The index of the field a JSON key names.
     fn key_index(&self, key: &str) -> Option<usize> {
-        self.keys
-            .binary_search_by(|(name, _)| (**name).cmp(key))
-            .ok()
-            .map(|at| usize::from(self.keys[at].1))
+        self.named(
+            key,
+            |json, proto| if json != u16::MAX { json } else { proto },
+        )
+    }
+
+    /// The index of the field a query parameter's path segment names.
+    fn query_index(&self, key: &str) -> Option<usize> {
+        self.named(
+            key,
+            |json, proto| if proto != u16::MAX { proto } else { json },
+        )
+    }
+
+    fn named(&self, key: &str, pick: impl Fn(u16, u16) -> u16) -> Option<usize> {
+        let at = self
+            .keys
+            .binary_search_by(|(name, ..)| (**name).cmp(key))
+            .ok()?;
+        let (_, json, proto) = self.keys[at];
+        Some(usize::from(pick(json, proto))).filter(|i| *i < self.fields.len())
     }
 
     fn field_index(&self, number: u32) -> Option<usize> {
@@ -416,21 +438,22 @@ fn value_kind(
 }
 
 /// The [`MessagePlan::keys`] of these fields.
-fn keys(fields: &[FieldPlan]) -> Box<[(Box<str>, u16)]> {
-    let index = |i: usize| u16::try_from(i).unwrap_or(u16::MAX);
-    let json = fields
-        .iter()
-        .enumerate()
-        .map(|(i, f)| (Box::from(f.descriptor.json_name()), index(i)));
-    let proto = fields
-        .iter()
-        .enumerate()
-        .map(|(i, f)| (Box::from(f.descriptor.name()), index(i)));
-    let mut keys: Vec<(Box<str>, u16)> = json.chain(proto).collect();
-    // Stable, so that of two equal names the JSON one (first) stays.
-    keys.sort_by(|a, b| a.0.cmp(&b.0));
-    keys.dedup_by(|later, first| later.0 == first.0);
-    keys.into()
+fn keys(fields: &[FieldPlan]) -> Box<[(Box<str>, u16, u16)]> {
+    let mut keys: BTreeMap<&str, (u16, u16)> = BTreeMap::new();
+    for (i, field) in fields.iter().enumerate() {
+        let i = u16::try_from(i).unwrap_or(u16::MAX);
+        let json = keys
+            .entry(field.descriptor.json_name())
+            .or_insert((u16::MAX, u16::MAX));
+        json.0 = json.0.min(i);
+        let proto = keys
+            .entry(field.descriptor.name())
+            .or_insert((u16::MAX, u16::MAX));
+        proto.1 = proto.1.min(i);
+    }
+    keys.into_iter()
+        .map(|(name, (json, proto))| (Box::from(name), json, proto))
+        .collect()
 }
 
 fn quoted_key(name: &str) -> Box<str> {

@@ -19,6 +19,7 @@
 use std::fmt;
 
 use base64::{prelude::BASE64_STANDARD, Engine as _};
+use prost_reflect::FieldDescriptor;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
 use super::{
@@ -76,6 +77,41 @@ impl JsonPlans {
         }
         parsed.map_err(|_| Unsupported)?;
         deserializer.end().map_err(|_| Unsupported)
+    }
+}
+
+impl JsonPlans {
+    /// The fields a query parameter's dotted `key` names from message
+    /// `root`, as `query.rs` resolves them (proto names first), into `path`:
+    /// singular plain messages down to a scalar or enum field, none of them
+    /// internal or output-only. Anything else is for the general way.
+    pub fn query_path<'p>(
+        &'p self,
+        root: usize,
+        key: &str,
+        path: &mut Vec<&'p FieldDescriptor>,
+    ) -> Result<(), Unsupported> {
+        let mut current = root;
+        let mut parts = key.split('.').peekable();
+        while let Some(part) = parts.next() {
+            let message = self
+                .messages
+                .get(current)
+                .filter(|m| matches!(m.form, Form::Fields))
+                .ok_or(Unsupported)?;
+            let field = message
+                .query_index(part)
+                .map(|i| &message.fields[i])
+                .filter(|f| !f.internal && !f.output_only)
+                .ok_or(Unsupported)?;
+            path.push(&field.descriptor);
+            match (&field.value, field.shape, parts.peek()) {
+                (ValueKind::Message(child), Shape::Single, Some(_)) => current = *child,
+                (ValueKind::Scalar(_) | ValueKind::Enum(_), Shape::Single | Shape::List, None) => {}
+                _ => return Err(Unsupported),
+            }
+        }
+        Ok(())
     }
 }
 
