@@ -193,113 +193,129 @@ mod tests {
     use super::*;
     use crate::{http_rule::FieldPath, upstream::encode_message};
 
-    /// A binding of `EchoMessage` with `body` and the path variables `vars`.
-    fn binding(echo: &MessageDescriptor, body: BodyPlan, vars: &[&[&str]]) -> BindingPlan {
-        let vars = vars
-            .iter()
-            .map(|names| {
-                let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-                FieldPath::resolve(echo, &names).unwrap()
-            })
-            .collect();
-        BindingPlan {
-            vars,
-            body,
-            response_body: None,
-            update_mask: None,
-            fields_param: true,
-            raw_request: false,
-            raw_response: false,
+    /// `EchoMessage` of the test protos, with the catalog parts both ways need.
+    struct Fixture {
+        echo: MessageDescriptor,
+        rules: FieldRules,
+        plans: JsonPlans,
+        options: TranscodeOptions,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let set = include_bytes!(concat!(env!("OUT_DIR"), "/protogate.testing.v1.binpb"));
+            let pool = DescriptorPool::decode(&set[..]).unwrap();
+            let echo = pool
+                .get_message_by_name("protogate.testing.v1.EchoMessage")
+                .unwrap();
+            let rules = FieldRules::new(&pool);
+            let plans = JsonPlans::new(&pool, &rules);
+            let options = TranscodeOptions::default();
+            Self {
+                echo,
+                rules,
+                plans,
+                options,
+            }
+        }
+
+        /// A binding with `body` and the path variables `vars`.
+        fn binding(&self, body: BodyPlan, vars: &[&[&str]]) -> BindingPlan {
+            let vars = vars
+                .iter()
+                .map(|names| {
+                    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+                    FieldPath::resolve(&self.echo, &names).unwrap()
+                })
+                .collect();
+            BindingPlan {
+                vars,
+                body,
+                response_body: None,
+                update_mask: None,
+                fields_param: true,
+                raw_request: false,
+                raw_response: false,
+            }
+        }
+
+        fn nested(&self) -> BodyPlan {
+            BodyPlan::Field(self.echo.get_field_by_name("nested").unwrap())
+        }
+
+        fn straight(&self, plan: &BindingPlan, parts: RequestParts<'_>) -> Option<Vec<u8>> {
+            let root = self.plans.index_of(&self.echo);
+            let rules = MethodRules::default();
+            request_wire(&self.plans, root, plan, &rules, parts, &self.options)
+        }
+
+        /// Asserts that the wire bytes written straight mean the message
+        /// built the general way (both written again by the message encoder,
+        /// which leaves out defaults and packs lists).
+        fn assert_both_ways(&self, plan: &BindingPlan, parts: RequestParts<'_>, case: &str) {
+            let wire = self
+                .straight(plan, parts)
+                .unwrap_or_else(|| panic!("went the general way: {case}"));
+            let rules = (&self.rules, &MethodRules::default());
+            let general = request_message(&self.echo, plan, rules, parts, &self.options).unwrap();
+            let mut expected = Vec::new();
+            encode_message(&general, &mut expected);
+            let straight = DynamicMessage::decode(self.echo.clone(), &wire[..]).unwrap();
+            let mut canonical = Vec::new();
+            encode_message(&straight, &mut canonical);
+            assert_eq!(canonical, expected, "{case}");
         }
     }
 
-    /// Bodies and path values through both ways: the wire bytes written
-    /// straight mean the message built the general way, and the path wins
-    /// even with a default value.
+    fn captures(values: &[&str]) -> Vec<Capture> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(var, value)| Capture {
+                var,
+                value: (*value).to_owned(),
+            })
+            .collect()
+    }
+
+    /// Bodies and path values: the path wins, even with a default value.
     #[test]
-    fn the_straight_way_means_what_the_general_way_builds() {
-        let set = include_bytes!(concat!(env!("OUT_DIR"), "/protogate.testing.v1.binpb"));
-        let pool = DescriptorPool::decode(&set[..]).unwrap();
-        let echo = pool
-            .get_message_by_name("protogate.testing.v1.EchoMessage")
-            .unwrap();
-        let rules = FieldRules::new(&pool);
-        let plans = JsonPlans::new(&pool, &rules);
-        let method_rules = MethodRules::default();
-        let nested = echo.get_field_by_name("nested").unwrap();
+    fn bodies_and_paths_mean_the_same_both_ways() {
+        let fixture = Fixture::new();
         let cases = [
             (
                 BodyPlan::Whole,
                 r#"{"stringValue":"body","nested":{"name":"body","value":3},"int32Value":7}"#,
-                vec!["path", "", "0"],
+                ["path", "", "0"],
             ),
-            (BodyPlan::Whole, "  ", vec!["p", "n", "-4"]),
+            (BodyPlan::Whole, "  ", ["p", "n", "-4"]),
             (
-                BodyPlan::Field(nested),
+                fixture.nested(),
                 r#"{"name":"body","tags":["t"]}"#,
-                vec!["path", "", "12"],
+                ["path", "", "12"],
             ),
-            (BodyPlan::None, "", vec!["only", "path", "1"]),
+            (BodyPlan::None, r#"{"ignored":true}"#, ["only", "path", "1"]),
         ];
         for (body, json, values) in cases {
-            let plan = binding(
-                &echo,
-                body,
-                &[&["string_value"], &["nested", "name"], &["int32_value"]],
-            );
-            let captures: Vec<Capture> = values
-                .into_iter()
-                .enumerate()
-                .map(|(var, value)| Capture {
-                    var,
-                    value: value.to_owned(),
-                })
-                .collect();
+            let vars: [&[&str]; 3] = [&["string_value"], &["nested", "name"], &["int32_value"]];
+            let plan = fixture.binding(body, &vars);
+            let captures = captures(&values);
             let parts = RequestParts {
                 captures: &captures,
                 query: None,
                 body: json.as_bytes(),
             };
-            let root = plans.index_of(&echo);
-            let options = TranscodeOptions::default();
-            let wire = request_wire(&plans, root, &plan, &method_rules, parts, &options).unwrap();
-            let general = request_message(
-                &echo,
-                &plan,
-                (&rules, &method_rules),
-                parts,
-                &TranscodeOptions::default(),
-            )
-            .unwrap();
-            let mut expected = Vec::new();
-            encode_message(&general, &mut expected);
-            let straight = DynamicMessage::decode(echo.clone(), &wire[..]).unwrap();
-            let mut canonical = Vec::new();
-            encode_message(&straight, &mut canonical);
-            assert_eq!(canonical, expected, "{json}");
+            fixture.assert_both_ways(&plan, parts, json);
         }
     }
 
-    /// Query strings through both ways, after a body field and before a
-    /// path variable; what the plans leave goes the general way.
+    /// Query strings after a body field and before a path variable.
     #[test]
     fn query_parameters_mean_the_same_both_ways() {
-        let set = include_bytes!(concat!(env!("OUT_DIR"), "/protogate.testing.v1.binpb"));
-        let pool = DescriptorPool::decode(&set[..]).unwrap();
-        let echo = pool
-            .get_message_by_name("protogate.testing.v1.EchoMessage")
-            .unwrap();
-        let rules = FieldRules::new(&pool);
-        let plans = JsonPlans::new(&pool, &rules);
-        let (method_rules, options) = (MethodRules::default(), TranscodeOptions::default());
-        let root = plans.index_of(&echo);
-        let nested = echo.get_field_by_name("nested").unwrap();
-        let field_body = binding(&echo, BodyPlan::Field(nested), &[&["int32_value"]]);
-        let no_body = binding(&echo, BodyPlan::None, &[&["int32_value"]]);
-        let capture = [Capture {
-            var: 0,
-            value: "9".to_owned(),
-        }];
+        let fixture = Fixture::new();
+        let field_body = fixture.binding(fixture.nested(), &[&["int32_value"]]);
+        let no_body = fixture.binding(BodyPlan::None, &[&["int32_value"]]);
+        let capture = captures(&["9"]);
         let covered = [
             (&field_body, "uint64Value=18446744073709551615&repeated_string=a&repeatedString=b+c&color=GREEN&boolValue=true&fields=stringValue"),
             (&no_body, "nested.name=x%20y&nested.tags=a&nested.tags=b&nested.child.value=4&doubleValue=1.5&bytesValue=aGk%3D&repeatedInt32=1&repeatedInt32=-2"),
@@ -311,71 +327,56 @@ mod tests {
                 query: Some(query),
                 body: br#"{"name":"body"}"#,
             };
-            let wire = request_wire(&plans, root, plan, &method_rules, parts, &options);
-            let wire = wire.unwrap_or_else(|| panic!("left {query}"));
-            let general =
-                request_message(&echo, plan, (&rules, &method_rules), parts, &options).unwrap();
-            let mut expected = Vec::new();
-            encode_message(&general, &mut expected);
-            let straight = DynamicMessage::decode(echo.clone(), &wire[..]).unwrap();
-            let mut canonical = Vec::new();
-            encode_message(&straight, &mut canonical);
-            assert_eq!(canonical, expected, "{query}");
-        }
-        let left = [
-            (&field_body, "nested.name=bound-by-the-body"),
-            (&no_body, "int32Value=3"),
-            (&no_body, "timestamp=2024-01-01T00:00:00Z"),
-            (&no_body, "labels=a"),
-            (&no_body, "nested=a"),
-            (&no_body, "unknown=1"),
-            (&no_body, "internalValue=x"),
-            (&no_body, "nested.secret=x"),
-            (&no_body, "int32Value.x=1"),
-            (&no_body, "uint32Value=-1"),
-            (&no_body, "stringValue..x=1"),
-        ];
-        for (plan, query) in left {
-            let parts = RequestParts {
-                captures: &capture,
-                query: Some(query),
-                body: b"",
-            };
-            let wire = request_wire(&plans, root, plan, &method_rules, parts, &options);
-            assert_eq!(wire, None, "{query}");
+            fixture.assert_both_ways(plan, parts, query);
         }
     }
 
     #[test]
-    fn a_query_or_an_unknown_key_goes_the_general_way() {
-        let set = include_bytes!(concat!(env!("OUT_DIR"), "/protogate.testing.v1.binpb"));
-        let pool = DescriptorPool::decode(&set[..]).unwrap();
-        let echo = pool
-            .get_message_by_name("protogate.testing.v1.EchoMessage")
-            .unwrap();
-        let plans = JsonPlans::new(&pool, &FieldRules::new(&pool));
-        let plan = binding(&echo, BodyPlan::Whole, &[&["int32_value"]]);
-        let root = plans.index_of(&echo);
-        let rules = MethodRules::default();
-        let capture = [Capture {
-            var: 0,
-            value: "1".to_owned(),
-        }];
-        let parts = |query, body: &'static str, captures| RequestParts {
-            captures,
-            query,
-            body: body.as_bytes(),
-        };
-        let options = TranscodeOptions::default();
-        let straight = |parts| request_wire(&plans, root, &plan, &rules, parts, &options);
-        assert!(straight(parts(None, "{}", &capture)).is_some());
-        assert!(straight(parts(Some(""), "{}", &capture)).is_some());
-        assert!(straight(parts(Some("a=1"), "{}", &capture)).is_none());
-        assert!(straight(parts(None, r#"{"unknown":1}"#, &capture)).is_none());
-        let bad = [Capture {
-            var: 0,
-            value: "x".to_owned(),
-        }];
-        assert!(straight(parts(None, "{}", &bad)).is_none());
+    fn what_the_plans_leave_goes_the_general_way() {
+        let fixture = Fixture::new();
+        let whole = fixture.binding(BodyPlan::Whole, &[&["int32_value"]]);
+        let field_body = fixture.binding(fixture.nested(), &[&["int32_value"]]);
+        let no_body = fixture.binding(BodyPlan::None, &[&["int32_value"]]);
+        let (one, bad) = (captures(&["1"]), captures(&["x"]));
+        let cases = [
+            (&whole, None, "{}", &one, true),
+            (&whole, Some(""), "{}", &one, true),
+            (&whole, Some("fields=a"), "{}", &one, true),
+            (&whole, Some("a=1"), "{}", &one, false),
+            (&whole, None, r#"{"unknown":1}"#, &one, false),
+            (&whole, None, "{}", &bad, false),
+            (
+                &field_body,
+                Some("nested.name=bound-by-the-body"),
+                "",
+                &one,
+                false,
+            ),
+            (&no_body, Some("int32Value=3"), "", &one, false),
+            (
+                &no_body,
+                Some("timestamp=2024-01-01T00:00:00Z"),
+                "",
+                &one,
+                false,
+            ),
+            (&no_body, Some("labels=a"), "", &one, false),
+            (&no_body, Some("nested=a"), "", &one, false),
+            (&no_body, Some("unknown=1"), "", &one, false),
+            (&no_body, Some("internalValue=x"), "", &one, false),
+            (&no_body, Some("nested.secret=x"), "", &one, false),
+            (&no_body, Some("int32Value.x=1"), "", &one, false),
+            (&no_body, Some("uint32Value=-1"), "", &one, false),
+            (&no_body, Some("stringValue..x=1"), "", &one, false),
+        ];
+        for (plan, query, body, captures, straight) in cases {
+            let parts = RequestParts {
+                captures,
+                query,
+                body: body.as_bytes(),
+            };
+            let written = fixture.straight(plan, parts).is_some();
+            assert_eq!(written, straight, "{query:?} {body}");
+        }
     }
 }
