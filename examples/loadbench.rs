@@ -9,6 +9,7 @@
 //! cargo run --release --example loadbench -- --gateway http://127.0.0.1:8080   # any gateway with the same routes
 //! cargo run --release --example loadbench -- --services 1000 --only get        # with 1,000 more services loaded
 //! cargo run --release --example loadbench -- --workers 1                        # a one-thread gateway
+//! cargo run --release --example loadbench -- --rounds 5                         # the median of 5 rounds
 //! ```
 //!
 //! CPU per request comes from `/proc/<pid>/stat` (user + system time) before
@@ -69,6 +70,11 @@ struct Args {
     /// Serving threads of the started gateway (its `workers`; 0 = one per core).
     #[arg(long, default_value_t = 0)]
     workers: usize,
+    /// Measure each workload this many times (gateway, then direct, each
+    /// time) and report the round with the median CPU ratio: on a shared,
+    /// noisy machine one round's ratio can be off by a tenth.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     #[command(subcommand)]
     role: Option<Role>,
 }
@@ -295,6 +301,23 @@ async fn wait_for(addr: SocketAddr) -> Result<(), BoxError> {
     Err(format!("{addr} never accepted a connection").into())
 }
 
+/// One round of one workload: through the gateway, then direct, with the
+/// CPU each process spent per request.
+struct Round {
+    http: Run,
+    grpc: Run,
+    backend_http: f64,
+    backend_grpc: f64,
+    gateway_cpu: Option<f64>,
+}
+
+impl Round {
+    /// Gateway CPU over the backend's, for the gateway the bench started.
+    fn ratio(&self) -> Option<f64> {
+        self.gateway_cpu.map(|g| g / self.backend_http)
+    }
+}
+
 /// What one run of one workload measured.
 struct Run {
     seconds: f64,
@@ -440,6 +463,38 @@ async fn collect(started: Instant, tasks: Vec<Worker>) -> Result<Run, BoxError> 
     })
 }
 
+/// One round: the workload through the gateway, then direct, with the CPU
+/// time the processes spent on each.
+async fn round(
+    args: &Args,
+    workload: Workload,
+    gateway_addr: SocketAddr,
+    gateway_pid: Option<u32>,
+    backend_url: &str,
+    backend_pid: u32,
+) -> Result<Round, BoxError> {
+    let (backend_before, gateway_before) = (cpu_time(backend_pid), gateway_pid.map(cpu_time));
+    let http = drive_http(gateway_addr, workload, args.requests, args.concurrency).await?;
+    let (backend_mid, gateway_after) = (cpu_time(backend_pid), gateway_pid.map(cpu_time));
+    let grpc = drive_grpc(
+        backend_url.to_owned(),
+        workload,
+        args.requests,
+        args.concurrency,
+    )
+    .await?;
+    let backend_after = cpu_time(backend_pid);
+    Ok(Round {
+        http,
+        grpc,
+        backend_http: per_request_us(backend_mid.saturating_sub(backend_before), args.requests),
+        backend_grpc: per_request_us(backend_after.saturating_sub(backend_mid), args.requests),
+        gateway_cpu: gateway_before
+            .zip(gateway_after)
+            .map(|(before, after)| per_request_us(after.saturating_sub(before), args.requests)),
+    })
+}
+
 #[allow(clippy::cast_precision_loss)]
 fn per_request_us(cpu: Duration, requests: usize) -> f64 {
     cpu.as_secs_f64() * 1e6 / requests as f64
@@ -519,26 +574,42 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
         )
         .await?;
 
-        let (backend_before, gateway_before) = (cpu_time(backend.pid()), gateway_pid.map(cpu_time));
-        let http = drive_http(gateway_addr, workload, args.requests, args.concurrency).await?;
-        let (backend_mid, gateway_after) = (cpu_time(backend.pid()), gateway_pid.map(cpu_time));
-        let grpc = drive_grpc(
-            backend_url.clone(),
-            workload,
-            args.requests,
-            args.concurrency,
-        )
-        .await?;
-        let backend_after = cpu_time(backend.pid());
-
-        let backend_http =
-            per_request_us(backend_mid.saturating_sub(backend_before), args.requests);
-        let backend_grpc = per_request_us(backend_after.saturating_sub(backend_mid), args.requests);
-        let gateway_cpu = gateway_before
-            .zip(gateway_after)
-            .map(|(before, after)| per_request_us(after.saturating_sub(before), args.requests));
-        let ratio =
-            gateway_cpu.map_or_else(|| "–".to_owned(), |g| format!("{:.2}×", g / backend_http));
+        let mut rounds = Vec::new();
+        for _ in 0..args.rounds {
+            rounds.push(
+                round(
+                    args,
+                    workload,
+                    gateway_addr,
+                    gateway_pid,
+                    &backend_url,
+                    backend.pid(),
+                )
+                .await?,
+            );
+        }
+        // The median by CPU ratio (by gateway p50 when the gateway is not ours).
+        rounds.sort_by(|a, b| {
+            let key = |r: &Round| r.ratio().unwrap_or_else(|| r.http.percentile(0.5));
+            key(a).total_cmp(&key(b))
+        });
+        let all: Vec<String> = rounds
+            .iter()
+            .filter_map(Round::ratio)
+            .map(|ratio| format!("{ratio:.2}×"))
+            .collect();
+        let Round {
+            http,
+            grpc,
+            backend_http,
+            backend_grpc,
+            gateway_cpu,
+        } = &rounds[rounds.len() / 2];
+        let ratio = match (gateway_cpu, all.len()) {
+            (None, _) => "–".to_owned(),
+            (Some(g), 1) => format!("{:.2}×", g / backend_http),
+            (Some(g), _) => format!("{:.2}× (of {})", g / backend_http, all.join(", ")),
+        };
         let gateway_cpu = gateway_cpu.map_or_else(|| "–".to_owned(), |g| format!("{g:.1}"));
         let name = workload.name();
         println!(
