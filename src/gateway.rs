@@ -68,7 +68,7 @@ impl Gateway {
         let (mut parts, body) = request.into_parts();
         let metadata = upstream_metadata(&mut parts);
         let filter = reply_filter(&matched, &parts)?;
-        let message = self.unary_request(&matched, &parts, body).await?;
+        let message = self.request_payload(&matched, &parts, body).await?;
         let started = Instant::now();
         let reply = upstream::unary(upstream, method.grpc_path.clone(), message, metadata).await;
         if let Some(context) = parts.extensions.get::<Arc<RequestContext>>() {
@@ -82,10 +82,11 @@ impl Gateway {
         Ok(response)
     }
 
-    /// The request of a unary call: its wire bytes written straight from the
+    /// The one request of a unary or server-streaming call, from the whole
+    /// body (within the limit): its wire bytes written straight from the
     /// JSON when the catalog's plans cover it, else the message built the
-    /// general way.
-    async fn unary_request(
+    /// general way (or raw, for an `HttpBody`).
+    pub(crate) async fn request_payload(
         &self,
         matched: &RouteMatch,
         parts: &Parts,
@@ -110,18 +111,6 @@ impl Gateway {
         }
         self.body_message(matched, parts, body)
             .map(Payload::Message)
-    }
-
-    /// The one request message of a unary or server-streaming call: the whole
-    /// body (within the limit) as JSON, or raw for an `HttpBody`.
-    pub(crate) async fn request_message(
-        &self,
-        matched: &RouteMatch,
-        parts: &Parts,
-        body: Body,
-    ) -> Result<DynamicMessage, Error> {
-        let body = self.request_body(matched, parts, body).await?;
-        self.body_message(matched, parts, body)
     }
 
     /// The body a route binds (within the limit), checked to be JSON unless

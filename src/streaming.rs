@@ -57,7 +57,7 @@ pub(crate) async fn call(
     let format = StreamFormat::negotiate(&parts.headers);
 
     if kind == CallKind::ServerStreaming {
-        let message = gateway.request_message(&matched, &parts, body).await?;
+        let message = gateway.request_payload(&matched, &parts, body).await?;
         let replies = upstream::server_streaming(&upstream, path, message, metadata).await?;
         return reply_stream(
             replies,

@@ -12,7 +12,6 @@ use std::{future::Future, sync::Arc, time::Instant};
 use bytes::Bytes;
 use futures_util::Stream;
 use http::uri::PathAndQuery;
-use prost_reflect::DynamicMessage;
 use tonic::{client::Grpc, metadata::MetadataMap, transport::Channel, Status, Streaming};
 
 use super::{
@@ -46,11 +45,10 @@ impl ReplyStream {
 pub async fn server_streaming(
     upstream: &Arc<Upstream>,
     path: PathAndQuery,
-    message: DynamicMessage,
+    message: Payload,
     metadata: MetadataMap,
 ) -> Result<ReplyStream, Error> {
-    let request =
-        tonic::Request::from_parts(metadata, Default::default(), Payload::Message(message));
+    let request = tonic::Request::from_parts(metadata, Default::default(), message);
     let mut grpc = client(upstream);
     until_first_reply(upstream, async {
         ready(&mut grpc, upstream).await?;
