@@ -210,16 +210,16 @@ impl Outcome {
 /// log already says all of this. Events above debug on a request's path
 /// name the request id themselves.
 pub fn request_span(request: &http::Request<Body>) -> Span {
-    let request_id = request
-        .headers()
-        .get(crate::policy::X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+    // The field values are only computed when the span is enabled.
     tracing::debug_span!(
         "request",
         method = %request.method(),
         path = request.uri().path(),
-        request_id,
+        request_id = request
+            .headers()
+            .get(crate::policy::X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default(),
         trace_id = %trace_context::trace_id(request),
         route = tracing::field::Empty,
     )
