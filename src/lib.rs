@@ -18,6 +18,8 @@ pub mod registry;
 pub mod router;
 pub mod server;
 mod streaming;
+#[cfg(test)]
+mod testing;
 pub mod transcode;
 pub mod upstream;
 

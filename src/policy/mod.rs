@@ -269,11 +269,8 @@ mod tests {
     use super::*;
 
     fn method(name: &str) -> MethodDescriptor {
-        let pool = prost_reflect::DescriptorPool::decode(
-            &include_bytes!(concat!(env!("OUT_DIR"), "/protogate.testing.v1.binpb"))[..],
-        )
-        .unwrap();
-        pool.get_service_by_name("protogate.testing.v1.TestService")
+        crate::testing::pool()
+            .get_service_by_name("protogate.testing.v1.TestService")
             .unwrap()
             .methods()
             .find(|m| m.name() == name)

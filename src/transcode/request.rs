@@ -188,10 +188,8 @@ fn set_body_field(
 
 #[cfg(test)]
 mod tests {
-    use prost_reflect::DescriptorPool;
-
     use super::*;
-    use crate::{http_rule::FieldPath, upstream::encode_message};
+    use crate::{http_rule::FieldPath, testing, upstream::encode_message};
 
     /// `EchoMessage` of the test protos, with the catalog parts both ways need.
     struct Fixture {
@@ -203,8 +201,7 @@ mod tests {
 
     impl Fixture {
         fn new() -> Self {
-            let set = include_bytes!(concat!(env!("OUT_DIR"), "/protogate.testing.v1.binpb"));
-            let pool = DescriptorPool::decode(&set[..]).unwrap();
+            let pool = testing::pool();
             let echo = pool
                 .get_message_by_name("protogate.testing.v1.EchoMessage")
                 .unwrap();
@@ -260,10 +257,8 @@ mod tests {
             let general = request_message(&self.echo, plan, rules, parts, &self.options).unwrap();
             let mut expected = Vec::new();
             encode_message(&general, &mut expected);
-            let straight = DynamicMessage::decode(self.echo.clone(), &wire[..]).unwrap();
-            let mut canonical = Vec::new();
-            encode_message(&straight, &mut canonical);
-            assert_eq!(canonical, expected, "{case}");
+            let expected = testing::meaning(&self.echo, &expected);
+            assert_eq!(testing::meaning(&self.echo, &wire), expected, "{case}");
         }
     }
 

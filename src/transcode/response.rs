@@ -240,7 +240,7 @@ fn field_json(
 #[cfg(test)]
 mod tests {
     use prost::Message as _;
-    use prost_reflect::{DescriptorPool, MethodDescriptor};
+    use prost_reflect::MethodDescriptor;
     use serde_json::{json, Value as Json};
 
     use super::*;
@@ -257,8 +257,7 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
-        let set = include_bytes!(concat!(env!("OUT_DIR"), "/protogate.testing.v1.binpb"));
-        let pool = DescriptorPool::decode(&set[..]).unwrap();
+        let pool = crate::testing::pool();
         let echo = pool
             .get_service_by_name("protogate.testing.v1.TestService")
             .unwrap()

@@ -139,12 +139,8 @@ fn parse_message(message: &MessageDescriptor, text: &str) -> Result<DynamicMessa
 mod tests {
     use super::*;
 
-    use prost_reflect::DescriptorPool;
-
     fn kind(name: &str) -> Kind {
-        let set = include_bytes!(concat!(env!("OUT_DIR"), "/protogate.testing.v1.binpb"));
-        let pool = DescriptorPool::decode(&set[..]).unwrap();
-        Kind::Message(pool.get_message_by_name(name).unwrap())
+        Kind::Message(crate::testing::message(name))
     }
 
     #[test]

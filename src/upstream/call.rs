@@ -399,11 +399,7 @@ mod tests {
     }
 
     async fn call_on(upstream: &Upstream) -> Result<tonic::Response<Bytes>, Error> {
-        let set = include_bytes!(concat!(env!("OUT_DIR"), "/protogate.testing.v1.binpb"));
-        let empty = prost_reflect::DescriptorPool::decode(&set[..])
-            .unwrap()
-            .get_message_by_name("google.protobuf.Empty")
-            .unwrap();
+        let empty = crate::testing::message("google.protobuf.Empty");
         unary(
             upstream,
             PathAndQuery::from_static("/test.Service/Method"),

@@ -293,16 +293,12 @@ pub(crate) fn length_delimited(out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>
 #[cfg(test)]
 mod tests {
     use prost::Message as _;
-    use prost_reflect::{DescriptorPool, MessageDescriptor};
+    use prost_reflect::MessageDescriptor;
 
     use super::*;
 
     fn echo_message() -> MessageDescriptor {
-        let set = include_bytes!(concat!(env!("OUT_DIR"), "/protogate.testing.v1.binpb"));
-        DescriptorPool::decode(&set[..])
-            .unwrap()
-            .get_message_by_name("protogate.testing.v1.EchoMessage")
-            .unwrap()
+        crate::testing::message("protogate.testing.v1.EchoMessage")
     }
 
     fn from_json(json: &str) -> DynamicMessage {

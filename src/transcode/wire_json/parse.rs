@@ -691,10 +691,10 @@ impl Visitor<'_> for EnumSeed<'_> {
 
 #[cfg(test)]
 mod tests {
-    use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor};
+    use prost_reflect::{DeserializeOptions, DynamicMessage, MessageDescriptor};
 
     use super::*;
-    use crate::{transcode::FieldRules, upstream::encode::encode};
+    use crate::{testing, transcode::FieldRules, upstream::encode::encode};
 
     struct Fixture {
         plans: JsonPlans,
@@ -703,8 +703,7 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
-        let set = include_bytes!(concat!(env!("OUT_DIR"), "/protogate.testing.v1.binpb"));
-        let pool = DescriptorPool::decode(&set[..]).unwrap();
+        let pool = testing::pool();
         let plans = JsonPlans::new(&pool, &FieldRules::new(&pool));
         let echo = pool
             .get_message_by_name("protogate.testing.v1.EchoMessage")
@@ -713,28 +712,18 @@ mod tests {
         Fixture { plans, echo, root }
     }
 
-    /// The message `wire` means: decoded, written again by the message
-    /// encoder (which leaves out defaults) and decoded again, so that
-    /// unpacked lists, explicit defaults and map order compare as meant.
-    fn meaning(fixture: &Fixture, wire: &[u8]) -> DynamicMessage {
-        let decoded = DynamicMessage::decode(fixture.echo.clone(), wire).unwrap();
-        let mut canonical = Vec::new();
-        encode(&decoded, &mut canonical);
-        DynamicMessage::decode(fixture.echo.clone(), &canonical[..]).unwrap()
-    }
-
     /// What the plans write for `json`; `None` when they leave it.
-    fn planned(fixture: &Fixture, json: &str) -> Option<DynamicMessage> {
+    fn planned(fixture: &Fixture, json: &str) -> Option<serde_json::Value> {
         let mut wire = Vec::new();
         fixture
             .plans
             .encode_json(fixture.root, None, json.as_bytes(), &mut wire)
             .ok()?;
-        Some(meaning(fixture, &wire))
+        Some(testing::meaning(&fixture.echo, &wire))
     }
 
     /// What prost-reflect parses, as the gateway's general way does.
-    fn general(fixture: &Fixture, json: &str) -> Option<DynamicMessage> {
+    fn general(fixture: &Fixture, json: &str) -> Option<serde_json::Value> {
         let mut deserializer = serde_json::Deserializer::from_str(json);
         let message = DynamicMessage::deserialize_with_options(
             fixture.echo.clone(),
@@ -745,7 +734,7 @@ mod tests {
         deserializer.end().ok()?;
         let mut wire = Vec::new();
         encode(&message, &mut wire);
-        Some(meaning(fixture, &wire))
+        Some(testing::meaning(&fixture.echo, &wire))
     }
 
     #[test]

@@ -1,0 +1,25 @@
+//! What unit tests share: the test protos' descriptors, and how to compare
+//! two encodings of a message by what they mean.
+
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
+
+/// Every type of `protos/protogate/testing`, with its imports.
+pub(crate) fn pool() -> DescriptorPool {
+    let set = include_bytes!(concat!(env!("OUT_DIR"), "/protogate.testing.v1.binpb"));
+    DescriptorPool::decode(&set[..]).expect("the test protos' descriptor set decodes")
+}
+
+/// A message type of [`pool`] by its full name.
+pub(crate) fn message(name: &str) -> MessageDescriptor {
+    pool()
+        .get_message_by_name(name)
+        .unwrap_or_else(|| panic!("no message {name} in the test protos"))
+}
+
+/// The message `wire` means, as proto3 JSON: decoded, so that unpacked
+/// lists, explicit defaults and map order do not count. (A failed assertion
+/// on two `DynamicMessage`s would print their descriptor pools, recursively.)
+pub(crate) fn meaning(message: &MessageDescriptor, wire: &[u8]) -> serde_json::Value {
+    let decoded = DynamicMessage::decode(message.clone(), wire).expect("valid wire bytes");
+    serde_json::to_value(&decoded).expect("a decoded message prints as JSON")
+}
