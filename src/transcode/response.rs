@@ -359,6 +359,33 @@ mod tests {
                 true,
             ),
             (
+                "a list broken by an unknown field, then by itself again",
+                [
+                    field(18, 2, b"a"),
+                    field(999, 0, &[1]),
+                    field(19, 0, &[5]),
+                    field(1000, 2, b"junk"),
+                    field(19, 0, &[6]),
+                    field(18, 2, b"b"),
+                ]
+                .concat(),
+                true,
+            ),
+            (
+                "a nested message out of order inside one in order",
+                [
+                    doc(json!({"stringValue": "s"})),
+                    field(
+                        17,
+                        2,
+                        &[field(2, 0, &[3]), field(1, 2, b"n"), field(2, 0, &[4])].concat(),
+                    ),
+                    doc(json!({"repeatedNested": [{"name": "r"}], "labels": {"k": "v"}})),
+                ]
+                .concat(),
+                true,
+            ),
+            (
                 "explicit zeros and an unknown field",
                 [
                     field(2, 0, &[0]),

@@ -69,6 +69,9 @@ struct MessagePlan {
     form: Form,
     fields: Box<[FieldPlan]>,
     lookup: Lookup,
+    /// Fields declared in field-number order, the order encoders write them
+    /// in: such messages print in one pass over their bytes.
+    in_number_order: bool,
     /// Field names, sorted, with the index of the field that has it as its
     /// JSON name and of the one that has it as its proto name (`u16::MAX`
     /// for none): JSON bodies look JSON names up first, as prost-reflect
@@ -110,6 +113,8 @@ struct FieldPlan {
     proto_key: Box<str>,
     shape: Shape,
     value: ValueKind,
+    /// The wire types its values may come in, one bit each.
+    wires: u8,
     /// Printed only when set (messages, `optional`, oneof members).
     presence: bool,
     internal: bool,
@@ -221,7 +226,10 @@ impl JsonPlans {
             plans: self,
             options,
             buf: reply,
-            out: Vec::with_capacity(reply.len() * 2 + 16),
+            // JSON of messages with short fields (keys, quoted numbers,
+            // timestamps) runs to about three times their wire size; pages
+            // reserved and not written cost no memory.
+            out: Vec::with_capacity(reply.len() * 3 + 64),
             entries: Vec::new(),
             map_entries: Vec::new(),
             depth: 0,
@@ -292,6 +300,7 @@ impl MessagePlan {
             fields.push(FieldPlan {
                 json_key: quoted_key(field.json_name()),
                 proto_key: quoted_key(field.name()),
+                wires: accepted_wires(shape, &value),
                 shape,
                 value,
                 presence: field.supports_presence(),
@@ -311,6 +320,7 @@ impl MessagePlan {
         let lookup = Lookup::new(&fields);
         Self {
             form,
+            in_number_order: fields.windows(2).all(|w| w[0].number < w[1].number),
             keys: keys(&fields),
             fields: fields.into(),
             lookup,
@@ -526,15 +536,21 @@ impl ValueKind {
     }
 }
 
+/// [`FieldPlan::wires`].
+fn accepted_wires(shape: Shape, value: &ValueKind) -> u8 {
+    let one = value.wire();
+    match shape {
+        Shape::Map(_) => 1 << LEN,
+        // Repeated numbers may come packed.
+        Shape::List => (1 << one) | (1 << LEN),
+        Shape::Single => 1 << one,
+    }
+}
+
 impl FieldPlan {
+    #[inline]
     fn accepts(&self, wire: u8) -> bool {
-        let one = self.value.wire();
-        match self.shape {
-            Shape::Map(_) => wire == LEN,
-            // Repeated numbers may come packed.
-            Shape::List => wire == one || (wire == LEN && one != LEN),
-            Shape::Single => wire == one,
-        }
+        wire < 8 && self.wires & (1 << wire) != 0
     }
 
     fn key(&self, options: &TranscodeOptions) -> &str {
@@ -617,34 +633,49 @@ impl Printer<'_> {
         let mut sorted = true;
         let mut last_field = 0u16;
         while pos < end {
-            let key = read_varint(self.buf, &mut pos, end)?;
-            let number = u32::try_from(key >> 3).map_err(|_| Unsupported)?;
-            let wire = (key & 7) as u8;
-            if number == 0 || number > MAX_FIELD_NUMBER {
-                return Err(Unsupported);
-            }
-            let (value_start, value_end) = self.value_range(wire, &mut pos, end)?;
-            let Some(field) = plan.field_index(number) else {
+            let Some(entry) = self.entry_at(plan, &mut pos, end)? else {
                 continue;
             };
-            if !plan.fields[field].accepts(wire) {
-                return Err(Unsupported);
-            }
-            let field = u16::try_from(field).map_err(|_| Unsupported)?;
-            sorted &= field >= last_field;
-            last_field = field;
-            self.entries.push(Entry {
-                field,
-                wire,
-                start: value_start,
-                end: value_end,
-            });
+            sorted &= entry.field >= last_field;
+            last_field = entry.field;
+            self.entries.push(entry);
         }
         if !sorted {
             // Stable: repeated values keep their order.
             self.entries[base..].sort_by_key(|e| e.field);
         }
         Ok(base)
+    }
+
+    /// The field occurrence at `pos`, moving past it; `None` for a field the
+    /// plan does not know (skipped, as decoding keeps it as unknown).
+    #[inline(always)]
+    fn entry_at(
+        &self,
+        plan: &MessagePlan,
+        pos: &mut usize,
+        end: usize,
+    ) -> Result<Option<Entry>, Unsupported> {
+        let key = read_varint(self.buf, pos, end)?;
+        let number = u32::try_from(key >> 3).map_err(|_| Unsupported)?;
+        let wire = (key & 7) as u8;
+        if number == 0 || number > MAX_FIELD_NUMBER {
+            return Err(Unsupported);
+        }
+        let (start, end) = self.value_range(wire, pos, end)?;
+        let Some(field) = plan.field_index(number) else {
+            return Ok(None);
+        };
+        if !plan.fields[field].accepts(wire) {
+            return Err(Unsupported);
+        }
+        let field = u16::try_from(field).map_err(|_| Unsupported)?;
+        Ok(Some(Entry {
+            field,
+            wire,
+            start,
+            end,
+        }))
     }
 
     /// The byte range of a value of wire type `wire` at `pos`, moving past it.
@@ -690,6 +721,12 @@ impl Printer<'_> {
         end: usize,
         masks: Masks<'_>,
     ) -> Printed {
+        if plan.in_number_order
+            && !self.options.emit_unpopulated
+            && self.fields_in_order(plan, start, end, masks)?
+        {
+            return Ok(());
+        }
         let base = self.index(plan, start, end)?;
         let top = self.entries.len();
         self.out.push(b'{');
@@ -701,61 +738,129 @@ impl Printer<'_> {
             while next < top && usize::from(self.entries[next].field) == index {
                 next += 1;
             }
-            if let Some(bit) = field.oneof.filter(|_| run < next) {
-                if oneofs & (1 << bit) != 0 {
-                    // Two members of one oneof: only the last counts, hidden or not.
-                    return Err(Unsupported);
-                }
-                oneofs |= 1 << bit;
-            }
-            if field.internal {
-                continue;
-            }
-            let Some(inner) = field_masks(field, masks) else {
-                continue;
-            };
-            if run == next {
-                if self.options.emit_unpopulated && !field.presence {
-                    self.key(field, &mut first);
-                    self.default_value(field)?;
-                }
-                continue;
-            }
-            match field.shape {
-                Shape::Single => {
-                    let last = self.entries[next - 1];
-                    if matches!(field.value, ValueKind::Message(_)) && next - run > 1 {
-                        // Repeated copies of a message merge.
-                        return Err(Unsupported);
-                    }
-                    if !field.presence
-                        && !self.options.emit_unpopulated
-                        && self.is_default(&field.value, last)?
-                    {
-                        continue;
-                    }
-                    self.key(field, &mut first);
-                    self.value(&field.value, last.wire, last.start, last.end, inner)?;
-                }
-                Shape::List => {
-                    let empty = self.entries[run..next]
-                        .iter()
-                        .all(|e| e.wire == LEN && e.start == e.end && field.value.wire() != LEN);
-                    if empty && !self.options.emit_unpopulated {
-                        continue;
-                    }
-                    self.key(field, &mut first);
-                    self.list(field, run, next, inner)?;
-                }
-                Shape::Map(key) => {
-                    self.key(field, &mut first);
-                    self.map(key, &field.value, run, next, inner)?;
-                }
-            }
+            self.field(field, run, next, masks, &mut first, &mut oneofs)?;
         }
         self.out.push(b'}');
         self.entries.truncate(base);
         Ok(())
+    }
+
+    /// One pass over a message's bytes, printing each field (with the run of
+    /// values right behind it, for lists and maps) as it comes. Returns
+    /// `false`, having printed nothing, when a field comes out of order or
+    /// twice apart: the indexed way sorts those out.
+    fn fields_in_order(
+        &mut self,
+        plan: &MessagePlan,
+        start: usize,
+        end: usize,
+        masks: Masks<'_>,
+    ) -> Result<bool, Unsupported> {
+        let mark = self.out.len();
+        let base = self.entries.len();
+        self.out.push(b'{');
+        let mut first = true;
+        let mut oneofs = 0u64;
+        let mut last: Option<u16> = None;
+        let mut pending: Option<Entry> = None;
+        let mut pos = start;
+        loop {
+            let entry = match pending.take() {
+                Some(entry) => entry,
+                None if pos < end => match self.entry_at(plan, &mut pos, end)? {
+                    Some(entry) => entry,
+                    None => continue,
+                },
+                None => break,
+            };
+            if last.is_some_and(|last| entry.field <= last) {
+                self.out.truncate(mark);
+                return Ok(false);
+            }
+            last = Some(entry.field);
+            let field = &plan.fields[usize::from(entry.field)];
+            self.entries.push(entry);
+            if field.shape != Shape::Single {
+                while pos < end {
+                    match self.entry_at(plan, &mut pos, end)? {
+                        Some(next) if next.field == entry.field => self.entries.push(next),
+                        other => {
+                            pending = other;
+                            break;
+                        }
+                    }
+                }
+            }
+            let top = self.entries.len();
+            self.field(field, base, top, masks, &mut first, &mut oneofs)?;
+            self.entries.truncate(base);
+        }
+        self.out.push(b'}');
+        Ok(true)
+    }
+
+    /// Prints a field whose values are the entries `run..next` (none: the
+    /// field is absent), unless it is internal, masked or a default.
+    fn field(
+        &mut self,
+        field: &FieldPlan,
+        run: usize,
+        next: usize,
+        masks: Masks<'_>,
+        first: &mut bool,
+        oneofs: &mut u64,
+    ) -> Printed {
+        if let Some(bit) = field.oneof.filter(|_| run < next) {
+            if *oneofs & (1 << bit) != 0 {
+                // Two members of one oneof: only the last counts, hidden or not.
+                return Err(Unsupported);
+            }
+            *oneofs |= 1 << bit;
+        }
+        if field.internal {
+            return Ok(());
+        }
+        let Some(inner) = field_masks(field, masks) else {
+            return Ok(());
+        };
+        if run == next {
+            if self.options.emit_unpopulated && !field.presence {
+                self.key(field, first);
+                self.default_value(field)?;
+            }
+            return Ok(());
+        }
+        match field.shape {
+            Shape::Single => {
+                let last = self.entries[next - 1];
+                if matches!(field.value, ValueKind::Message(_)) && next - run > 1 {
+                    // Repeated copies of a message merge.
+                    return Err(Unsupported);
+                }
+                if !field.presence
+                    && !self.options.emit_unpopulated
+                    && self.is_default(&field.value, last)?
+                {
+                    return Ok(());
+                }
+                self.key(field, first);
+                self.value(&field.value, last.wire, last.start, last.end, inner)
+            }
+            Shape::List => {
+                let empty = self.entries[run..next]
+                    .iter()
+                    .all(|e| e.wire == LEN && e.start == e.end && field.value.wire() != LEN);
+                if empty && !self.options.emit_unpopulated {
+                    return Ok(());
+                }
+                self.key(field, first);
+                self.list(field, run, next, inner)
+            }
+            Shape::Map(key) => {
+                self.key(field, first);
+                self.map(key, &field.value, run, next, inner)
+            }
+        }
     }
 
     /// The `response_body` field of the reply, printed even when unset.
@@ -1132,8 +1237,18 @@ impl Printer<'_> {
     }
 
     fn string(&mut self, start: usize, end: usize) -> Printed {
-        let text = std::str::from_utf8(&self.buf[start..end]).map_err(|_| Unsupported)?;
-        write_json_str(text, &mut self.out);
+        let bytes = &self.buf[start..end];
+        // Most strings are ASCII with nothing to escape (ids, names, codes):
+        // one pass shows they are UTF-8 and print as they are.
+        let plain = !bytes.iter().fold(false, |other, &b| {
+            other | !(0x20..0x80).contains(&b) | (b == b'"') | (b == b'\\')
+        });
+        if plain {
+            push_quoted(bytes, &mut self.out);
+        } else {
+            let text = std::str::from_utf8(bytes).map_err(|_| Unsupported)?;
+            write_json_str(text, &mut self.out);
+        }
         Ok(())
     }
 
@@ -1294,14 +1409,19 @@ pub(crate) fn write_json_str(text: &str, out: &mut Vec<u8>) {
         escape | (b < 0x20) | (b == b'"') | (b == b'\\')
     });
     if plain {
-        out.reserve(text.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(text.as_bytes());
-        out.push(b'"');
+        push_quoted(text.as_bytes(), out);
     } else {
         // Writing into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *out, text);
     }
+}
+
+/// `bytes` between quotes, as they are.
+fn push_quoted(bytes: &[u8], out: &mut Vec<u8>) {
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(bytes);
+    out.push(b'"');
 }
 
 /// `value` (below 100) as two ASCII digits.
