@@ -93,24 +93,17 @@ impl Gateway {
         body: Body,
     ) -> Result<Payload, Error> {
         let body = self.request_body(matched, parts, body).await?;
-        let binding = &matched.route().binding;
-        if !binding.raw_request {
-            let method = matched.method();
-            let request = RequestParts {
-                captures: &matched.captures,
-                query: parts.uri.query(),
-                body: &body,
-            };
-            let plans = matched.catalog.json_plans();
-            let (input, rules) = (method.request_plan, &method.rules);
-            if let Some(wire) =
-                transcode::request_wire(plans, input, binding, rules, request, &self.options)
-            {
-                return Ok(Payload::Wire(wire));
-            }
+        if matched.route().binding.raw_request {
+            let content_type = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            return self
+                .raw_message(matched, parts.uri.query(), content_type, body)
+                .map(Payload::Message);
         }
-        self.body_message(matched, parts, body)
-            .map(Payload::Message)
+        self.json_payload(matched, parts.uri.query(), &body)
     }
 
     /// The body a route binds (within the limit), checked to be JSON unless
@@ -132,55 +125,64 @@ impl Gateway {
         Ok(body)
     }
 
-    fn body_message(
+    /// The request of a route that takes its body raw (`google.api.HttpBody`).
+    pub(crate) fn raw_message(
         &self,
         matched: &RouteMatch,
-        parts: &Parts,
+        query: Option<&str>,
+        content_type: &str,
         body: Bytes,
     ) -> Result<DynamicMessage, Error> {
-        let binding = &matched.route().binding;
-        if binding.raw_request {
-            let content_type = parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            return transcode::raw_request_message(
-                &matched.method().descriptor.input(),
-                binding,
-                matched.request_rules(),
-                RequestParts {
-                    captures: &matched.captures,
-                    query: parts.uri.query(),
-                    body: b"",
-                },
-                (content_type, body),
-                &self.options,
-            );
-        }
-        self.json_message(matched, parts.uri.query(), &body)
+        transcode::raw_request_message(
+            &matched.method().descriptor.input(),
+            &matched.route().binding,
+            matched.request_rules(),
+            RequestParts {
+                captures: &matched.captures,
+                query,
+                body: b"",
+            },
+            (content_type, body),
+            &self.options,
+        )
     }
 
-    /// A request message from a JSON document (one element of a request
-    /// stream, or a whole body) plus the route's path and query bindings.
-    pub(crate) fn json_message(
+    /// A request from a JSON document (one element of a request stream, or
+    /// a whole body) plus the route's path and query bindings: its wire bytes
+    /// written straight from the JSON when the catalog's plans cover it, else
+    /// the message built the general way (which also words every error).
+    pub(crate) fn json_payload(
         &self,
         matched: &RouteMatch,
         query: Option<&str>,
         body: &[u8],
-    ) -> Result<DynamicMessage, Error> {
+    ) -> Result<Payload, Error> {
+        let method = matched.method();
+        let binding = &matched.route().binding;
         let parts = RequestParts {
             captures: &matched.captures,
             query,
             body,
         };
+        let plans = matched.catalog.json_plans();
+        if let Some(wire) = transcode::request_wire(
+            plans,
+            method.request_plan,
+            binding,
+            &method.rules,
+            parts,
+            &self.options,
+        ) {
+            return Ok(Payload::Wire(wire));
+        }
         transcode::request_message(
-            &matched.method().descriptor.input(),
-            &matched.route().binding,
+            &method.descriptor.input(),
+            binding,
             matched.request_rules(),
             parts,
             &self.options,
         )
+        .map(Payload::Message)
     }
 
     /// The response for a single encoded reply: filtered JSON, or raw for an `HttpBody`.

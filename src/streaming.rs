@@ -23,7 +23,6 @@ use axum::{
 };
 use futures_util::{stream, Stream, StreamExt as _};
 use http::{header, request::Parts, HeaderMap, HeaderValue};
-use prost_reflect::DynamicMessage;
 use tokio::sync::oneshot;
 
 use crate::{
@@ -31,8 +30,8 @@ use crate::{
     gateway::{check_json_content_type, reply_filter, upstream_metadata, Gateway},
     http_rule::BodyPlan,
     registry::{CallKind, RouteMatch},
-    transcode::{self, Framer, JsonSplitter, ReplyFilter, RequestParts, StreamFormat},
-    upstream::{self, Outgoing, ReplyStream},
+    transcode::{self, Framer, JsonSplitter, ReplyFilter, StreamFormat},
+    upstream::{self, Outgoing, Payload, ReplyStream},
 };
 
 /// Serves one call of a streaming method.
@@ -187,7 +186,7 @@ impl RequestFeed {
         })
     }
 
-    async fn next_message(&mut self) -> Result<Option<DynamicMessage>, Error> {
+    async fn next_message(&mut self) -> Result<Option<Payload>, Error> {
         let binding = &self.matched.route().binding;
         let (url_only, raw) = (binding.body == BodyPlan::None, binding.raw_request);
         if url_only {
@@ -233,25 +232,20 @@ impl RequestFeed {
         Ok(None)
     }
 
-    fn message(&self, value: &[u8]) -> Result<DynamicMessage, Error> {
+    fn message(&self, value: &[u8]) -> Result<Payload, Error> {
         self.gateway
-            .json_message(&self.matched, self.query.as_deref(), value)
+            .json_payload(&self.matched, self.query.as_deref(), value)
     }
 
-    fn raw_message(&self, chunk: Bytes) -> Result<DynamicMessage, Error> {
-        let parts = RequestParts {
-            captures: &self.matched.captures,
-            query: self.query.as_deref(),
-            body: b"",
-        };
-        transcode::raw_request_message(
-            &self.matched.method().descriptor.input(),
-            &self.matched.route().binding,
-            self.matched.request_rules(),
-            parts,
-            (&self.content_type, chunk),
-            &self.gateway.options,
-        )
+    fn raw_message(&self, chunk: Bytes) -> Result<Payload, Error> {
+        self.gateway
+            .raw_message(
+                &self.matched,
+                self.query.as_deref(),
+                &self.content_type,
+                chunk,
+            )
+            .map(Payload::Message)
     }
 }
 

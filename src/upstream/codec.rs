@@ -33,7 +33,7 @@ pub enum Payload {
 /// An element of a request stream.
 #[derive(Debug)]
 pub enum Outgoing {
-    Message(DynamicMessage),
+    Message(Payload),
     /// Fail the call: its HTTP/2 stream is reset with an error, which an
     /// upstream cannot take for the clean end of a stream (tonic servers read
     /// a plain cancellation as one, and would act on a partial stream).
@@ -87,7 +87,7 @@ impl Encoder for StreamEncoder {
 
     fn encode(&mut self, item: Outgoing, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         match item {
-            Outgoing::Message(message) => DynamicEncoder.encode(Payload::Message(message), dst),
+            Outgoing::Message(message) => DynamicEncoder.encode(message, dst),
             Outgoing::Abort => Err(Status::aborted("the gateway abandoned the request stream")),
         }
     }
