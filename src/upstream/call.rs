@@ -170,21 +170,30 @@ async fn read_message(
             continue;
         }
         if pending.is_empty() {
-            if let Some(len) = parse_frame(&chunk, limit)? {
-                message = Some(chunk.slice(5..5 + len));
-                continue;
+            match frame_len(&chunk, limit)? {
+                Some(len) if chunk.len() >= 5 + len => {
+                    message = Some(chunk.slice(5..5 + len));
+                    continue;
+                }
+                // Gathered into one buffer of the whole frame's size.
+                Some(len) => pending.reserve(5 + len),
+                None => {}
             }
         }
         pending.extend_from_slice(&chunk);
-        if let Some(len) = parse_frame(&pending, limit)? {
-            message = Some(pending.split_to(5 + len).freeze().slice(5..));
+        match frame_len(&pending, limit)? {
+            Some(len) if pending.len() >= 5 + len => {
+                message = Some(pending.split_to(5 + len).freeze().slice(5..));
+            }
+            Some(len) => pending.reserve(5 + len - pending.len()),
+            None => {}
         }
     }
     Ok(message)
 }
 
-/// The length of the message a buffer starts with, once all of it is there.
-fn parse_frame(buffer: &[u8], limit: usize) -> Result<Option<usize>, Error> {
+/// The length of the message a buffer starts with, once its prefix is there.
+fn frame_len(buffer: &[u8], limit: usize) -> Result<Option<usize>, Error> {
     let Some(&[flag, a, b, c, d]) = buffer.get(..5) else {
         return Ok(None);
     };
@@ -196,7 +205,7 @@ fn parse_frame(buffer: &[u8], limit: usize) -> Result<Option<usize>, Error> {
     if len > limit {
         return Err(Error::ResponseTooLarge { limit });
     }
-    Ok((buffer.len() >= 5 + len).then_some(len))
+    Ok(Some(len))
 }
 
 /// The status in `headers` (trailers, or the headers of a trailers-only
