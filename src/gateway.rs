@@ -43,7 +43,10 @@ pub async fn handle(gateway: &Arc<Gateway>, mut request: Request) -> Response {
     let request_id = request.headers().get(X_REQUEST_ID).cloned();
     let result = match matched.method().kind {
         CallKind::Unary => gateway.call(matched, request).await,
-        _ => streaming::call(gateway, matched, request).await,
+        // Boxed: the streaming future is larger than the unary one, and
+        // would otherwise set the size (and the cost of every move) of
+        // every unary request's future.
+        _ => Box::pin(streaming::call(gateway, matched, request)).await,
     };
     match result {
         Ok(response) => response,

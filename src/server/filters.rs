@@ -244,7 +244,10 @@ impl Serve for Inner {
     /// Steps 5, 6 and 9 around the rest.
     async fn serve(&self, request: Request) -> Response {
         let request_id = request.headers().get(X_REQUEST_ID).cloned();
-        let guarded = tokio::time::timeout(self.request_timeout, self.route(request));
+        // On the heap once: the timeout and the unwind guard then move a
+        // pointer, not the whole request future.
+        let routed = Box::pin(self.route(request));
+        let guarded = tokio::time::timeout(self.request_timeout, routed);
         let response = match AssertUnwindSafe(guarded).catch_unwind().await {
             Ok(Ok(response)) => response,
             Ok(Err(_elapsed)) => bare(StatusCode::GATEWAY_TIMEOUT),
