@@ -33,6 +33,7 @@ use prost_reflect::{
 use serde::Serializer as _;
 
 use super::{field_mask::MaskTree, field_rules::FieldRules, TranscodeOptions};
+use crate::upstream::encode;
 
 mod parse;
 
@@ -43,6 +44,13 @@ const MAX_FIELD_NUMBER: u32 = (1 << 29) - 1;
 
 /// Field numbers up to this are looked up in a table, larger ones by search.
 const DENSE_NUMBERS: u32 = 256;
+
+/// `Timestamp` seconds of years 1 to 9999, the range prost-reflect prints
+/// and parses.
+const MIN_TIMESTAMP: i64 = -62_135_596_800;
+const MAX_TIMESTAMP: i64 = 253_402_300_799;
+/// `Duration` seconds within ±10,000 years, as prost-reflect checks.
+const MAX_DURATION_SECONDS: u64 = 315_576_000_000;
 
 /// The plans fall short for this message: take the general way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,11 +176,11 @@ struct EnumPlan {
     numbers: Box<[(Box<str>, i32)]>,
 }
 
-/// Protobuf wire types.
-const VARINT: u8 = 0;
-const FIXED64: u8 = 1;
-const LEN: u8 = 2;
-const FIXED32: u8 = 5;
+/// Protobuf wire types, as the printer reads them from a key's low bits.
+const VARINT: u8 = encode::VARINT as u8;
+const FIXED64: u8 = encode::FIXED64 as u8;
+const LEN: u8 = encode::LEN as u8;
+const FIXED32: u8 = encode::FIXED32 as u8;
 
 /// One field occurrence in a message's bytes: its value's byte range.
 #[derive(Debug, Clone, Copy)]
@@ -1254,8 +1262,7 @@ impl Printer<'_> {
 
     fn timestamp(&mut self, start: usize, end: usize) -> Printed {
         let (seconds, nanos) = self.seconds_nanos(start, end)?;
-        // Years 1 to 9999, as prost-reflect checks.
-        if !(-62_135_596_800..=253_402_300_799).contains(&seconds) {
+        if !(MIN_TIMESTAMP..=MAX_TIMESTAMP).contains(&seconds) {
             return Err(Unsupported);
         }
         if (0..1_000_000_000).contains(&nanos) {
@@ -1271,7 +1278,7 @@ impl Printer<'_> {
 
     fn duration(&mut self, start: usize, end: usize) -> Printed {
         let (seconds, nanos) = self.seconds_nanos(start, end)?;
-        if seconds.unsigned_abs() > 315_576_000_000 || nanos.unsigned_abs() > 999_999_999 {
+        if !duration_in_range(seconds, nanos) {
             return Err(Unsupported);
         }
         let duration = prost_types::Duration { seconds, nanos };
@@ -1424,6 +1431,12 @@ fn push_quoted(bytes: &[u8], out: &mut Vec<u8>) {
     out.push(b'"');
 }
 
+/// A `Duration` prost-reflect accepts: within ±10,000 years, its nanos
+/// within a second.
+fn duration_in_range(seconds: i64, nanos: i32) -> bool {
+    seconds.unsigned_abs() <= MAX_DURATION_SECONDS && nanos.unsigned_abs() <= 999_999_999
+}
+
 /// `value` (below 100) as two ASCII digits.
 fn put_two(out: &mut [u8], value: u32) {
     out[0] = b'0' + (value / 10 % 10) as u8;
@@ -1497,7 +1510,7 @@ mod tests {
     /// Every day of the range and a spread of times print as prost-types prints them.
     #[test]
     fn rfc3339_matches_prost_types() {
-        let (min, max) = (-62_135_596_800_i64, 253_402_300_799_i64);
+        let (min, max) = (MIN_TIMESTAMP, MAX_TIMESTAMP);
         let mut seconds: Vec<i64> = (min / 86_400..=max / 86_400)
             .step_by(13)
             .map(|day| day * 86_400 + (day.rem_euclid(86_400) * 7_919) % 86_400)

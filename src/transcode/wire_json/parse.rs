@@ -23,7 +23,8 @@ use prost_reflect::FieldDescriptor;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
 use super::{
-    EnumPlan, FieldPlan, Form, JsonPlans, Scalar, Shape, Unsupported, ValueKind, MAX_DEPTH,
+    duration_in_range, EnumPlan, FieldPlan, Form, JsonPlans, Scalar, Shape, Unsupported, ValueKind,
+    MAX_DEPTH, MAX_TIMESTAMP, MIN_TIMESTAMP,
 };
 use crate::upstream::encode::{
     bytes, key, length_delimited, varint, FIXED32, FIXED64, LEN, VARINT,
@@ -78,9 +79,7 @@ impl JsonPlans {
         parsed.map_err(|_| Unsupported)?;
         deserializer.end().map_err(|_| Unsupported)
     }
-}
 
-impl JsonPlans {
     /// The fields a query parameter's dotted `key` names from message
     /// `root`, as `query.rs` resolves them (proto names first), into `path`:
     /// singular plain messages down to a scalar or enum field, none of them
@@ -462,9 +461,7 @@ impl Visitor<'_> for TimeSeed<'_> {
             }
             Form::Duration => {
                 let span: prost_types::Duration = text.parse().map_err(|_| unsupported())?;
-                if span.seconds.unsigned_abs() > MAX_DURATION_SECONDS
-                    || span.nanos.unsigned_abs() > 999_999_999
-                {
+                if !duration_in_range(span.seconds, span.nanos) {
                     return Err(unsupported());
                 }
                 (span.seconds, span.nanos)
@@ -485,11 +482,6 @@ impl Visitor<'_> for TimeSeed<'_> {
         Ok(())
     }
 }
-
-/// Years 1 to 9999, as prost-reflect checks.
-const MIN_TIMESTAMP: i64 = -62_135_596_800;
-const MAX_TIMESTAMP: i64 = 253_402_300_799;
-const MAX_DURATION_SECONDS: u64 = 315_576_000_000;
 
 /// `YYYY-MM-DDThh:mm:ss[.f{1,9}]Z`: the form every client sends.
 fn utc_timestamp(text: &str) -> bool {
