@@ -101,7 +101,8 @@ struct RequestFacts {
 enum Value<'a> {
     Str(&'a str),
     Count(u64),
-    Millis(f64),
+    /// Printed as milliseconds to the microsecond.
+    Millis(Duration),
     Trace(trace_context::TraceId),
     /// Empty when unknown.
     Ip(Option<IpAddr>),
@@ -217,14 +218,11 @@ impl AccessLog {
                 Some(Value::Count(outcome.status.as_u16().into())),
             ),
             (key!("grpc_code"), Some(Value::Str(code_name(outcome.code)))),
-            (
-                key!("latency_ms"),
-                Some(Value::Millis(millis(context.elapsed()))),
-            ),
+            (key!("latency_ms"), Some(Value::Millis(context.elapsed()))),
             (key!("upstream"), Some(Value::Str(labels.upstream))),
             (
                 key!("upstream_latency_ms"),
-                context.upstream_latency().map(|d| Value::Millis(millis(d))),
+                context.upstream_latency().map(Value::Millis),
             ),
             (key!("bytes_in"), Some(Value::Count(context.bytes_in()))),
             (key!("bytes_out"), Some(Value::Count(bytes_out))),
@@ -310,10 +308,6 @@ impl Batch {
     }
 }
 
-fn millis(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1e3
-}
-
 /// A header's text; empty when it is not visible ASCII.
 fn text(value: &HeaderValue) -> &str {
     value.to_str().unwrap_or_default()
@@ -326,10 +320,7 @@ impl Value<'_> {
         match self {
             Self::Str(text) => write_json_str(text, out),
             Self::Count(n) => out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
-            // Writing a number into a Vec cannot fail.
-            Self::Millis(ms) => {
-                let _ = serde_json::to_writer(&mut *out, ms);
-            }
+            Self::Millis(duration) => write_millis(*duration, out),
             // Neither hex digits nor an address need escaping.
             Self::Trace(id) => {
                 out.push(b'"');
@@ -355,12 +346,23 @@ impl Value<'_> {
             Self::Str(text) => {
                 let _ = write!(out, "{text:?}");
             }
-            Self::Millis(ms) => {
-                let _ = write!(out, "{ms:?}");
-            }
-            Self::Count(_) | Self::Trace(_) | Self::Ip(_) => self.json(out),
+            Self::Count(_) | Self::Millis(_) | Self::Trace(_) | Self::Ip(_) => self.json(out),
         }
     }
+}
+
+/// `1.234` for 1,234 µs: fixed point, without float formatting (this is
+/// on every line, twice).
+fn write_millis(duration: Duration, out: &mut Vec<u8>) {
+    let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+    out.extend_from_slice(itoa::Buffer::new().format(micros / 1_000).as_bytes());
+    let fraction = micros % 1_000;
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (fraction / 100) as u8,
+        b'0' + (fraction / 10 % 10) as u8,
+        b'0' + (fraction % 10) as u8,
+    ]);
 }
 
 /// An address as `Display` writes it, IPv4 without `fmt`'s machinery (this
@@ -540,6 +542,23 @@ mod tests {
         ] {
             assert!(text.contains(field), "{field} not in {text}");
         }
+    }
+
+    #[test]
+    fn latencies_print_as_milliseconds_to_the_microsecond() {
+        for (micros, text) in [
+            (0, "0.000"),
+            (7, "0.007"),
+            (1_234, "1.234"),
+            (60_000_050, "60000.050"),
+        ] {
+            let mut out = Vec::new();
+            write_millis(Duration::from_micros(micros), &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), text);
+        }
+        let mut out = Vec::new();
+        write_millis(Duration::from_nanos(1_999), &mut out);
+        assert_eq!(out, b"0.001", "truncated, not rounded");
     }
 
     #[test]
