@@ -72,6 +72,12 @@ pub struct Masks<'a> {
     pub keep: Option<&'a MaskTree>,
 }
 
+impl Masks<'_> {
+    fn is_empty(&self) -> bool {
+        self.omit.is_none() && self.keep.is_none()
+    }
+}
+
 #[derive(Debug)]
 struct MessagePlan {
     form: Form,
@@ -787,6 +793,14 @@ impl Printer<'_> {
             }
             last = Some(entry.field);
             let field = &plan.fields[usize::from(entry.field)];
+            if field.shape == Shape::Single && field.oneof.is_none() && masks.is_empty() {
+                // What `field` decides for most fields, without the entry stack.
+                if !field.internal && (field.presence || !self.is_default(&field.value, entry)?) {
+                    self.key(field, &mut first);
+                    self.value(&field.value, entry.wire, entry.start, entry.end, masks)?;
+                }
+                continue;
+            }
             self.entries.push(entry);
             if field.shape != Shape::Single {
                 while pos < end {
