@@ -412,6 +412,11 @@ mod tests {
             ),
             ("only an empty packed run", field(19, 2, b""), true),
             (
+                "an empty packed run, then the first field printed",
+                [field(19, 2, b""), field(20, 0, &varint_bytes(1))].concat(),
+                true,
+            ),
+            (
                 "map keys repeated: the last value wins; entries missing parts",
                 [
                     field(22, 2, &entry("k", "old")),

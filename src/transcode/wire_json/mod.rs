@@ -801,6 +801,35 @@ impl Printer<'_> {
                 }
                 continue;
             }
+            if field.shape == Shape::List && !field.internal && masks.is_empty() {
+                // A list printed as its run is read, dropped again if it
+                // held only empty packed runs.
+                let (list_mark, was_first) = (self.out.len(), first);
+                self.key(field, &mut first);
+                self.out.push(b'[');
+                let mut first_value = true;
+                let mut value = entry;
+                loop {
+                    self.list_entry(field, value, &mut first_value, masks)?;
+                    if pos >= end {
+                        break;
+                    }
+                    match self.entry_at(plan, &mut pos, end)? {
+                        Some(next) if next.field == entry.field => value = next,
+                        other => {
+                            pending = other;
+                            break;
+                        }
+                    }
+                }
+                if first_value {
+                    self.out.truncate(list_mark);
+                    first = was_first;
+                } else {
+                    self.out.push(b']');
+                }
+                continue;
+            }
             self.entries.push(entry);
             if field.shape != Shape::Single {
                 while pos < end {
@@ -938,23 +967,34 @@ impl Printer<'_> {
     fn list(&mut self, field: &FieldPlan, run: usize, next: usize, masks: Masks<'_>) -> Printed {
         self.out.push(b'[');
         let mut first = true;
-        let one = field.value.wire();
         for i in run..next {
-            let entry = self.entries[i];
-            if entry.wire == LEN && one != LEN {
-                // Packed numbers.
-                let mut pos = entry.start;
-                while pos < entry.end {
-                    let (start, end) = self.value_range(one, &mut pos, entry.end)?;
-                    self.comma(&mut first);
-                    self.value(&field.value, one, start, end, masks)?;
-                }
-            } else {
-                self.comma(&mut first);
-                self.value(&field.value, entry.wire, entry.start, entry.end, masks)?;
-            }
+            self.list_entry(field, self.entries[i], &mut first, masks)?;
         }
         self.out.push(b']');
+        Ok(())
+    }
+
+    /// The values of one occurrence of a list field: one, or a packed run.
+    fn list_entry(
+        &mut self,
+        field: &FieldPlan,
+        entry: Entry,
+        first: &mut bool,
+        masks: Masks<'_>,
+    ) -> Printed {
+        let one = field.value.wire();
+        if entry.wire == LEN && one != LEN {
+            // Packed numbers.
+            let mut pos = entry.start;
+            while pos < entry.end {
+                let (start, end) = self.value_range(one, &mut pos, entry.end)?;
+                self.comma(first);
+                self.value(&field.value, one, start, end, masks)?;
+            }
+        } else {
+            self.comma(first);
+            self.value(&field.value, entry.wire, entry.start, entry.end, masks)?;
+        }
         Ok(())
     }
 
