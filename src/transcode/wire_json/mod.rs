@@ -1414,12 +1414,13 @@ impl Printer<'_> {
 /// in UTC, with 0, 3, 6 or 9 fractional digits: what prost-types prints,
 /// without its formatting machinery (it showed in profiles of list replies).
 pub(crate) fn write_rfc3339(seconds: i64, nanos: i32, out: &mut Vec<u8>) {
-    let days = seconds.div_euclid(86_400);
-    let second_of_day = seconds.rem_euclid(86_400);
-    // Days since 1970-01-01 → civil date (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
+    // Callers keep `seconds` in range, so every count below is unsigned:
+    // seconds and days since 0001-01-01, then days since 0000-03-01.
+    let since_year_one = u64::try_from(seconds.saturating_sub(MIN_TIMESTAMP)).unwrap_or(0);
+    let (days, second_of_day) = (since_year_one / 86_400, (since_year_one % 86_400) as u32);
+    let z = u32::try_from(days + 306).unwrap_or(0);
+    // Days → civil date (Howard Hinnant's algorithm).
+    let (era, day_of_era) = (z / 146_097, z % 146_097);
     let year_of_era =
         (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
@@ -1430,37 +1431,35 @@ pub(crate) fn write_rfc3339(seconds: i64, nanos: i32, out: &mut Vec<u8>) {
     } else {
         month_index - 9
     };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    // Into a fixed buffer, two digits at a time by constant divisors: the
-    // callers keep every value in range (a year of four digits).
-    let mut text = *b"0000-00-00T00:00:00.000000000";
-    let narrow = |value: i64| u32::try_from(value).unwrap_or(0);
-    let (year, second_of_day) = (narrow(year), narrow(second_of_day));
+    let year = year_of_era + era * 400 + u32::from(month <= 2);
+    // Into a fixed buffer, two digits at a time; one copy out.
+    let mut text = *b"0000-00-00T00:00:00.000000000Z";
     put_two(&mut text[0..2], year / 100);
     put_two(&mut text[2..4], year % 100);
-    put_two(&mut text[5..7], narrow(month));
-    put_two(&mut text[8..10], narrow(day));
+    put_two(&mut text[5..7], month);
+    put_two(&mut text[8..10], day);
     put_two(&mut text[11..13], second_of_day / 3_600);
     put_two(&mut text[14..16], second_of_day / 60 % 60);
     put_two(&mut text[17..19], second_of_day % 60);
-    let nanos = narrow(i64::from(nanos)) % 1_000_000_000;
+    let nanos = nanos.unsigned_abs() % 1_000_000_000;
     let digits = match nanos {
         0 => 0,
-        _ if nanos % 1_000_000 == 0 => 3,
-        _ if nanos % 1_000 == 0 => 6,
+        _ if nanos.is_multiple_of(1_000_000) => 3,
+        _ if nanos.is_multiple_of(1_000) => 6,
         _ => 9,
     };
     if digits == 0 {
-        out.extend_from_slice(&text[..19]);
+        text[19] = b'Z';
+        out.extend_from_slice(&text[..20]);
     } else {
         put_two(&mut text[20..22], nanos / 10_000_000);
         put_two(&mut text[22..24], nanos / 100_000 % 100);
         put_two(&mut text[24..26], nanos / 1_000 % 100);
         put_two(&mut text[26..28], nanos / 10 % 100);
         text[28] = b'0' + (nanos % 10) as u8;
-        out.extend_from_slice(&text[..20 + digits]);
+        text[20 + digits] = b'Z';
+        out.extend_from_slice(&text[..21 + digits]);
     }
-    out.push(b'Z');
 }
 
 /// `text` as a JSON string. Most strings hold nothing to escape: those are
@@ -1493,8 +1492,15 @@ fn duration_in_range(seconds: i64, nanos: i32) -> bool {
 
 /// `value` (below 100) as two ASCII digits.
 fn put_two(out: &mut [u8], value: u32) {
-    out[0] = b'0' + (value / 10 % 10) as u8;
-    out[1] = b'0' + (value % 10) as u8;
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
+    let at = (value % 100) as usize * 2;
+    // Byte by byte: a two-byte `copy_from_slice` is a call to memcpy.
+    out[0] = PAIRS[at];
+    out[1] = PAIRS[at + 1];
 }
 
 /// The masks below `field`, or `None` when the masks hide it.
