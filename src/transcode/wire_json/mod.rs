@@ -1478,7 +1478,6 @@ pub(crate) fn write_json_str(text: &str, out: &mut Vec<u8>) {
 
 /// `bytes` between quotes, as they are.
 fn push_quoted(bytes: &[u8], out: &mut Vec<u8>) {
-    out.reserve(bytes.len() + 2);
     out.push(b'"');
     out.extend_from_slice(bytes);
     out.push(b'"');
