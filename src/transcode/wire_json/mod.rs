@@ -802,32 +802,7 @@ impl Printer<'_> {
                 continue;
             }
             if field.shape == Shape::List && !field.internal && masks.is_empty() {
-                // A list printed as its run is read, dropped again if it
-                // held only empty packed runs.
-                let (list_mark, was_first) = (self.out.len(), first);
-                self.key(field, &mut first);
-                self.out.push(b'[');
-                let mut first_value = true;
-                let mut value = entry;
-                loop {
-                    self.list_entry(field, value, &mut first_value, masks)?;
-                    if pos >= end {
-                        break;
-                    }
-                    match self.entry_at(plan, &mut pos, end)? {
-                        Some(next) if next.field == entry.field => value = next,
-                        other => {
-                            pending = other;
-                            break;
-                        }
-                    }
-                }
-                if first_value {
-                    self.out.truncate(list_mark);
-                    first = was_first;
-                } else {
-                    self.out.push(b']');
-                }
+                pending = self.list_in_order(plan, entry, &mut pos, end, &mut first)?;
                 continue;
             }
             self.entries.push(entry);
@@ -848,6 +823,43 @@ impl Printer<'_> {
         }
         self.out.push(b'}');
         Ok(true)
+    }
+
+    /// Prints the list whose first occurrence is `entry` (with no masks in
+    /// force) as its run is read from `pos`, and returns the entry that
+    /// ended the run. A list that held only empty packed runs is dropped
+    /// again, as the indexed way leaves it out.
+    fn list_in_order(
+        &mut self,
+        plan: &MessagePlan,
+        entry: Entry,
+        pos: &mut usize,
+        end: usize,
+        first: &mut bool,
+    ) -> Result<Option<Entry>, Unsupported> {
+        let field = &plan.fields[usize::from(entry.field)];
+        let (mark, was_first) = (self.out.len(), *first);
+        self.key(field, first);
+        self.out.push(b'[');
+        let mut first_value = true;
+        let mut value = entry;
+        let ended_by = loop {
+            self.list_entry(field, value, &mut first_value, Masks::default())?;
+            if *pos >= end {
+                break None;
+            }
+            match self.entry_at(plan, pos, end)? {
+                Some(next) if next.field == entry.field => value = next,
+                other => break other,
+            }
+        };
+        if first_value {
+            self.out.truncate(mark);
+            *first = was_first;
+        } else {
+            self.out.push(b']');
+        }
+        Ok(ended_by)
     }
 
     /// Prints a field whose values are the entries `run..next` (none: the
