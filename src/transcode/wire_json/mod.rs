@@ -795,9 +795,8 @@ impl Printer<'_> {
             let field = &plan.fields[usize::from(entry.field)];
             if field.shape == Shape::Single && field.oneof.is_none() && masks.is_empty() {
                 // What `field` decides for most fields, without the entry stack.
-                if !field.internal && (field.presence || !self.is_default(&field.value, entry)?) {
-                    self.key(field, &mut first);
-                    self.value(&field.value, entry.wire, entry.start, entry.end, masks)?;
+                if !field.internal {
+                    self.single(field, entry, masks, &mut first)?;
                 }
                 continue;
             }
@@ -900,14 +899,7 @@ impl Printer<'_> {
                     // Repeated copies of a message merge.
                     return Err(Unsupported);
                 }
-                if !field.presence
-                    && !self.options.emit_unpopulated
-                    && self.is_default(&field.value, last)?
-                {
-                    return Ok(());
-                }
-                self.key(field, first);
-                self.value(&field.value, last.wire, last.start, last.end, inner)
+                self.single(field, last, inner, first)
             }
             Shape::List => {
                 let empty = self.entries[run..next]
@@ -924,6 +916,25 @@ impl Printer<'_> {
                 self.map(key, &field.value, run, next, inner)
             }
         }
+    }
+
+    /// A singular field's value, left out when it holds its default and
+    /// the field has no presence (unless defaults are printed).
+    fn single(
+        &mut self,
+        field: &FieldPlan,
+        entry: Entry,
+        masks: Masks<'_>,
+        first: &mut bool,
+    ) -> Printed {
+        if !field.presence
+            && !self.options.emit_unpopulated
+            && self.is_default(&field.value, entry)?
+        {
+            return Ok(());
+        }
+        self.key(field, first);
+        self.value(&field.value, entry.wire, entry.start, entry.end, masks)
     }
 
     /// The `response_body` field of the reply, printed even when unset.
