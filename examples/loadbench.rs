@@ -10,6 +10,7 @@
 //! cargo run --release --example loadbench -- --services 1000 --only get        # with 1,000 more services loaded
 //! cargo run --release --example loadbench -- --workers 1                        # a one-thread gateway
 //! cargo run --release --example loadbench -- --rounds 5                         # the median of 5 rounds
+//! cargo run --release --example loadbench -- --rate 2000                        # paced: 2,000 requests/s in all
 //! ```
 //!
 //! CPU per request comes from `/proc/<pid>/stat` (user + system time) before
@@ -37,7 +38,10 @@ use protogate::{
     registry::DescriptorSet,
     Config, Server,
 };
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -75,6 +79,13 @@ struct Args {
     /// noisy machine one round's ratio can be off by a tenth.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
+    /// Pace the load at this many requests per second in all (each
+    /// connection sends on its own fixed schedule) instead of sending as
+    /// fast as replies come back. Below saturation a latency is the time
+    /// the request took, not the time it queued behind the others on these
+    /// two shared cores, so the gateway's added latency shows as itself.
+    #[arg(long)]
+    rate: Option<f64>,
     #[command(subcommand)]
     role: Option<Role>,
 }
@@ -84,6 +95,10 @@ struct Args {
 enum Role {
     #[command(hide = true)]
     Backend { listen: SocketAddr },
+    /// Echoes what it reads: the machine's own cost of a round trip
+    /// between two processes over loopback TCP.
+    #[command(hide = true)]
+    Echo { listen: SocketAddr },
     #[command(hide = true)]
     Gateway {
         listen: SocketAddr,
@@ -150,6 +165,7 @@ fn main() -> Result<(), BoxError> {
             demo::serve_examples(listener, std::future::pending()).await?;
             Ok(())
         }),
+        Some(Role::Echo { listen }) => runtime.block_on(serve_echo(listen)),
         Some(Role::Gateway {
             listen,
             upstream,
@@ -205,6 +221,22 @@ async fn serve_gateway(
     Ok(())
 }
 
+async fn serve_echo(listen: SocketAddr) -> Result<(), BoxError> {
+    let listener = TcpListener::bind(listen).await?;
+    loop {
+        let (mut stream, _) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        tokio::spawn(async move {
+            let mut buffer = [0u8; ECHO_BYTES];
+            while let Ok(n @ 1..) = stream.read(&mut buffer).await {
+                if stream.write_all(&buffer[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
 /// A child process killed on drop.
 struct Process(Child);
 
@@ -234,8 +266,51 @@ fn free_port() -> Result<SocketAddr, BoxError> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-/// User + system CPU time of a process.
-fn cpu_time(pid: u32) -> Duration {
+/// The CPU time a process spent, in user space and in the kernel.
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    user: Duration,
+    kernel: Duration,
+}
+
+/// CPU time per request, in µs.
+#[derive(Debug, Clone, Copy)]
+struct CpuPerRequest {
+    user: f64,
+    kernel: f64,
+}
+
+impl Cpu {
+    /// The time spent since `before`, per request.
+    #[allow(clippy::cast_precision_loss)]
+    fn per_request_since(self, before: Self, requests: usize) -> CpuPerRequest {
+        let us = |after: Duration, before: Duration| {
+            after.saturating_sub(before).as_secs_f64() * 1e6 / requests as f64
+        };
+        CpuPerRequest {
+            user: us(self.user, before.user),
+            kernel: us(self.kernel, before.kernel),
+        }
+    }
+}
+
+impl CpuPerRequest {
+    fn total(self) -> f64 {
+        self.user + self.kernel
+    }
+}
+
+/// The total, then the kernel's part: on loopback the kernel's share is
+/// mostly the sockets' work, which the protocols decide (one read and one
+/// write per HTTP/1.1 request; HTTP/2 frames of many streams per write).
+impl std::fmt::Display for CpuPerRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.1} ({:.1} kernel)", self.total(), self.kernel)
+    }
+}
+
+/// The user and system CPU time of a process.
+fn cpu_time(pid: u32) -> Cpu {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start after ')'.
     let fields: Vec<&str> = stat
@@ -251,7 +326,10 @@ fn cpu_time(pid: u32) -> Duration {
             .unwrap_or(0)
     };
     // utime and stime are fields 14 and 15 of the line, 11 and 12 after the name.
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+    Cpu {
+        user: Duration::from_millis(ticks(11) * 10),
+        kernel: Duration::from_millis(ticks(12) * 10),
+    }
 }
 
 /// The synthetic API's cost: catalog build (measured here, on the same
@@ -306,15 +384,16 @@ async fn wait_for(addr: SocketAddr) -> Result<(), BoxError> {
 struct Round {
     http: Run,
     grpc: Run,
-    backend_http: f64,
-    backend_grpc: f64,
-    gateway_cpu: Option<f64>,
+    backend_http: CpuPerRequest,
+    backend_grpc: CpuPerRequest,
+    gateway_cpu: Option<CpuPerRequest>,
 }
 
 impl Round {
     /// Gateway CPU over the backend's, for the gateway the bench started.
     fn ratio(&self) -> Option<f64> {
-        self.gateway_cpu.map(|g| g / self.backend_http)
+        self.gateway_cpu
+            .map(|g| g.total() / self.backend_http.total())
     }
 }
 
@@ -346,17 +425,52 @@ impl Run {
     }
 }
 
+/// When each connection sends its requests: as soon as the last reply is
+/// in, or on a fixed schedule that spreads `rate` requests per second over
+/// the connections, each connection offset from the others.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    interval: Option<Duration>,
+    offset: Duration,
+}
+
+impl Pace {
+    fn new(rate: Option<f64>, concurrency: usize, worker: usize) -> Self {
+        #[allow(clippy::cast_precision_loss)]
+        let interval = rate
+            .filter(|rate| *rate > 0.0)
+            .map(|rate| Duration::from_secs_f64(concurrency as f64 / rate));
+        #[allow(clippy::cast_possible_truncation)]
+        let offset = interval.map_or(Duration::ZERO, |interval| {
+            interval * worker as u32 / concurrency.max(1) as u32
+        });
+        Self { interval, offset }
+    }
+
+    /// Waits for the `n`th send of a connection that started at `start`.
+    /// A latency is timed from the actual send, so the timer's millisecond
+    /// granularity is not counted; at a rate well below capacity a send is
+    /// never held back by the previous reply.
+    async fn wait(self, start: tokio::time::Instant, n: u32) {
+        if let Some(interval) = self.interval {
+            tokio::time::sleep_until(start + self.offset + interval * n).await;
+        }
+    }
+}
+
 /// `requests` HTTP/1.1 requests over `concurrency` keep-alive connections.
 async fn drive_http(
     addr: SocketAddr,
     workload: Workload,
     requests: usize,
     concurrency: usize,
+    rate: Option<f64>,
 ) -> Result<Run, BoxError> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
         let count = requests / concurrency + usize::from(worker < requests % concurrency);
+        let pace = Pace::new(rate, concurrency, worker);
         tasks.push(tokio::spawn(async move {
             let stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
@@ -364,7 +478,9 @@ async fn drive_http(
             tokio::spawn(connection);
             let mut latencies = Vec::with_capacity(count);
             let mut errors = 0;
-            for _ in 0..count {
+            let start = tokio::time::Instant::now();
+            for n in (0..).take(count) {
+                pace.wait(start, n).await;
                 let begin = Instant::now();
                 let response = sender.send_request(workload.request()).await?;
                 let ok = response.status().is_success();
@@ -378,22 +494,60 @@ async fn drive_http(
     collect(started, tasks).await
 }
 
+/// The size of an echo round trip's message.
+const ECHO_BYTES: usize = 64;
+
+/// `requests` echo round trips over `concurrency` connections.
+async fn drive_echo(
+    addr: SocketAddr,
+    requests: usize,
+    concurrency: usize,
+    rate: Option<f64>,
+) -> Result<Run, BoxError> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let count = requests / concurrency + usize::from(worker < requests % concurrency);
+        let pace = Pace::new(rate, concurrency, worker);
+        tasks.push(tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let mut buffer = [b'x'; ECHO_BYTES];
+            let mut latencies = Vec::with_capacity(count);
+            let start = tokio::time::Instant::now();
+            for n in (0..).take(count) {
+                pace.wait(start, n).await;
+                let begin = Instant::now();
+                stream.write_all(&buffer).await?;
+                stream.read_exact(&mut buffer).await?;
+                latencies.push(begin.elapsed());
+            }
+            Ok::<_, BoxError>((latencies, 0))
+        }));
+    }
+    collect(started, tasks).await
+}
+
 /// The same calls made directly over gRPC, one channel per worker.
 async fn drive_grpc(
     url: String,
     workload: Workload,
     requests: usize,
     concurrency: usize,
+    rate: Option<f64>,
 ) -> Result<Run, BoxError> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
         let count = requests / concurrency + usize::from(worker < requests % concurrency);
+        let pace = Pace::new(rate, concurrency, worker);
         let url = url.clone();
         tasks.push(tokio::spawn(async move {
             let mut client = OrderServiceClient::connect(url).await?;
             let mut latencies = Vec::with_capacity(count);
-            for _ in 0..count {
+            let start = tokio::time::Instant::now();
+            for n in (0..).take(count) {
+                pace.wait(start, n).await;
                 let begin = Instant::now();
                 match workload {
                     Workload::Get => {
@@ -474,30 +628,33 @@ async fn round(
     backend_pid: u32,
 ) -> Result<Round, BoxError> {
     let (backend_before, gateway_before) = (cpu_time(backend_pid), gateway_pid.map(cpu_time));
-    let http = drive_http(gateway_addr, workload, args.requests, args.concurrency).await?;
+    let http = drive_http(
+        gateway_addr,
+        workload,
+        args.requests,
+        args.concurrency,
+        args.rate,
+    )
+    .await?;
     let (backend_mid, gateway_after) = (cpu_time(backend_pid), gateway_pid.map(cpu_time));
     let grpc = drive_grpc(
         backend_url.to_owned(),
         workload,
         args.requests,
         args.concurrency,
+        args.rate,
     )
     .await?;
     let backend_after = cpu_time(backend_pid);
     Ok(Round {
         http,
         grpc,
-        backend_http: per_request_us(backend_mid.saturating_sub(backend_before), args.requests),
-        backend_grpc: per_request_us(backend_after.saturating_sub(backend_mid), args.requests),
+        backend_http: backend_mid.per_request_since(backend_before, args.requests),
+        backend_grpc: backend_after.per_request_since(backend_mid, args.requests),
         gateway_cpu: gateway_before
             .zip(gateway_after)
-            .map(|(before, after)| per_request_us(after.saturating_sub(before), args.requests)),
+            .map(|(before, after)| after.per_request_since(before, args.requests)),
     })
-}
-
-#[allow(clippy::cast_precision_loss)]
-fn per_request_us(cpu: Duration, requests: usize) -> f64 {
-    cpu.as_secs_f64() * 1e6 / requests as f64
 }
 
 async fn bench(args: &Args) -> Result<(), BoxError> {
@@ -539,15 +696,31 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
     };
     let gateway_pid = gateway.as_ref().map(Process::pid);
 
+    let pace = args
+        .rate
+        .map_or_else(String::new, |rate| format!(", paced at {rate} requests/s"));
     println!(
-        "{} requests per workload, {} connections; gateway {} → backend {backend_addr}\n",
+        "{} requests per workload, {} connections{pace}; gateway {} → backend {backend_addr}\n",
         args.requests, args.concurrency, gateway_addr
+    );
+    // What any proxy in a process of its own adds at the least: one more
+    // round trip between two processes.
+    let echo_addr = free_port()?;
+    let _echo = Process::spawn(&["echo".into(), echo_addr.to_string()])?;
+    wait_for(echo_addr).await?;
+    drive_echo(echo_addr, args.concurrency * 20, args.concurrency, None).await?;
+    let echo = drive_echo(echo_addr, args.requests, args.concurrency, args.rate).await?;
+    println!(
+        "A {ECHO_BYTES}-byte echo between two processes on this machine, same connections and pace: \
+         p50 {:.0} µs, p99 {:.0} µs (the least one more hop adds)\n",
+        echo.percentile(0.5),
+        echo.percentile(0.99)
     );
     println!("| workload | path | req/s | p50 µs | p99 µs | p99.9 µs | gateway CPU µs/req | backend CPU µs/req | gateway/backend CPU | errors |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     // 100 orders for the list workloads to page; POST runs last, since every
     // request adds an order and the example backend's list sorts them all.
-    drive_http(gateway_addr, Workload::Post, 100, 4).await?;
+    drive_http(gateway_addr, Workload::Post, 100, 4, None).await?;
     let workloads = [
         (WorkloadName::Get, Workload::Get),
         (WorkloadName::List10, Workload::List(10)),
@@ -564,6 +737,7 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             workload,
             args.concurrency * 20,
             args.concurrency,
+            None,
         )
         .await?;
         drive_grpc(
@@ -571,6 +745,7 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             workload,
             args.concurrency * 20,
             args.concurrency,
+            None,
         )
         .await?;
 
@@ -605,19 +780,19 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             backend_grpc,
             gateway_cpu,
         } = &rounds[rounds.len() / 2];
-        let ratio = match (gateway_cpu, all.len()) {
+        let ratio = match (rounds[rounds.len() / 2].ratio(), all.len()) {
             (None, _) => "–".to_owned(),
-            (Some(g), 1) => format!("{:.2}×", g / backend_http),
-            (Some(g), _) => format!("{:.2}× (of {})", g / backend_http, all.join(", ")),
+            (Some(ratio), 1) => format!("{ratio:.2}×"),
+            (Some(ratio), _) => format!("{ratio:.2}× (of {})", all.join(", ")),
         };
-        let gateway_cpu = gateway_cpu.map_or_else(|| "–".to_owned(), |g| format!("{g:.1}"));
+        let gateway_cpu = gateway_cpu.map_or_else(|| "–".to_owned(), |g| g.to_string());
         let name = workload.name();
         println!(
-            "| {name} | gateway | {:.0} | {:.0} | {:.0} | {:.0} | {gateway_cpu} | {backend_http:.1} | {ratio} | {} |",
+            "| {name} | gateway | {:.0} | {:.0} | {:.0} | {:.0} | {gateway_cpu} | {backend_http} | {ratio} | {} |",
             http.rate(), http.percentile(0.5), http.percentile(0.99), http.percentile(0.999), http.errors
         );
         println!(
-            "| {name} | direct gRPC | {:.0} | {:.0} | {:.0} | {:.0} | – | {backend_grpc:.1} | – | {} |",
+            "| {name} | direct gRPC | {:.0} | {:.0} | {:.0} | {:.0} | – | {backend_grpc} | – | {} |",
             grpc.rate(), grpc.percentile(0.5), grpc.percentile(0.99), grpc.percentile(0.999), grpc.errors
         );
     }
