@@ -11,6 +11,7 @@
 //! cargo run --release --example loadbench -- --workers 1                        # a one-thread gateway
 //! cargo run --release --example loadbench -- --rounds 5                         # the median of 5 rounds
 //! cargo run --release --example loadbench -- --rate 2000                        # paced: 2,000 requests/s in all
+//! cargo run --release --example loadbench -- --only get --floor                 # and the floor of any such gateway
 //! ```
 //!
 //! CPU per request comes from `/proc/<pid>/stat` (user + system time) before
@@ -29,6 +30,7 @@ use clap::{Parser, Subcommand};
 use http_body_util::{BodyExt as _, Full};
 use hyper::{client::conn::http1, Request};
 use hyper_util::rt::TokioIo;
+use prost::Message as _;
 use protogate::{
     demo,
     pb::acme::orders::v1::{
@@ -86,6 +88,13 @@ struct Args {
     /// two shared cores, so the gateway's added latency shows as itself.
     #[arg(long)]
     rate: Option<f64>,
+    /// Also drive the GET workload through a floor proxy: the same HTTP/1.1
+    /// server, HTTP/2 client and threads as the gateway, forwarding one
+    /// pre-encoded GetOrder call and returning its reply bytes, with no
+    /// routing, transcoding or policy. Its CPU is what these libraries and
+    /// the kernel cost any gateway built on them.
+    #[arg(long)]
+    floor: bool,
     #[command(subcommand)]
     role: Option<Role>,
 }
@@ -99,6 +108,11 @@ enum Role {
     /// between two processes over loopback TCP.
     #[command(hide = true)]
     Echo { listen: SocketAddr },
+    #[command(hide = true)]
+    Floor {
+        listen: SocketAddr,
+        upstream: SocketAddr,
+    },
     #[command(hide = true)]
     Gateway {
         listen: SocketAddr,
@@ -166,6 +180,7 @@ fn main() -> Result<(), BoxError> {
             Ok(())
         }),
         Some(Role::Echo { listen }) => runtime.block_on(serve_echo(listen)),
+        Some(Role::Floor { listen, upstream }) => serve_floor(listen, upstream),
         Some(Role::Gateway {
             listen,
             upstream,
@@ -235,6 +250,122 @@ async fn serve_echo(listen: SocketAddr) -> Result<(), BoxError> {
             }
         });
     }
+}
+
+/// The floor proxy: thread-per-core like the gateway, each thread with its
+/// own current-thread runtime and HTTP/2 connection to the backend; every
+/// request becomes the same GetOrder call, and the reply's message bytes
+/// are the response.
+fn serve_floor(listen: SocketAddr, upstream: SocketAddr) -> Result<(), BoxError> {
+    let listener = std::net::TcpListener::bind(listen)?;
+    listener.set_nonblocking(true)?;
+    let message = GetOrderRequest {
+        id: "o-1".into(),
+        customer_id: String::new(),
+    }
+    .encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(message.len())?.to_be_bytes());
+    frame.extend_from_slice(&message);
+    let frame = Bytes::from(frame);
+    let uri: http::Uri =
+        format!("http://{upstream}/acme.orders.v1.OrderService/GetOrder").parse()?;
+    let threads: Vec<_> = (0..std::thread::available_parallelism()?.get())
+        .map(|_| {
+            let (listener, frame, uri) = (listener.try_clone(), frame.clone(), uri.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(floor_worker(listener?, upstream, frame, uri))
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().map_err(|_| "a floor worker panicked")??;
+    }
+    Ok(())
+}
+
+async fn floor_worker(
+    listener: std::net::TcpListener,
+    upstream: SocketAddr,
+    frame: Bytes,
+    uri: http::Uri,
+) -> Result<(), BoxError> {
+    let listener = TcpListener::from_std(listener)?;
+    let tcp = TcpStream::connect(upstream).await?;
+    tcp.set_nodelay(true)?;
+    // The gateway's windows (see `upstream::connection`).
+    let (sender, connection) = h2::client::Builder::new()
+        .initial_window_size(2 << 20)
+        .initial_connection_window_size(5 << 20)
+        .max_send_buffer_size(1 << 20)
+        .enable_push(false)
+        .handshake::<_, Bytes>(tcp)
+        .await?;
+    tokio::spawn(connection);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        let (sender, frame, uri) = (sender.clone(), frame.clone(), uri.clone());
+        let service = hyper::service::service_fn(move |_: Request<hyper::body::Incoming>| {
+            let (sender, frame, uri) = (sender.clone(), frame.clone(), uri.clone());
+            async move {
+                let reply = floor_call(sender, frame, uri).await;
+                let response = match reply {
+                    Ok(reply) => hyper::Response::new(Full::new(reply)),
+                    Err(_) => {
+                        let mut response = hyper::Response::new(Full::default());
+                        *response.status_mut() = http::StatusCode::BAD_GATEWAY;
+                        response
+                    }
+                };
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+        tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service),
+        );
+    }
+}
+
+/// One unary call: the frame out, the reply's message back once the
+/// trailers say OK.
+async fn floor_call(
+    sender: h2::client::SendRequest<Bytes>,
+    frame: Bytes,
+    uri: http::Uri,
+) -> Result<Bytes, BoxError> {
+    let mut request = Request::new(());
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = uri;
+    let headers = request.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    let mut sender = sender.ready().await?;
+    let (response, mut stream) = sender.send_request(request, false)?;
+    stream.send_data(frame, true)?;
+    let mut body = response.await?.into_body();
+    let mut reply = bytes::BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        body.flow_control().release_capacity(chunk.len())?;
+        reply.extend_from_slice(&chunk);
+    }
+    let ok = body
+        .trailers()
+        .await?
+        .and_then(|trailers| trailers.get("grpc-status").cloned())
+        .is_some_and(|status| status == "0");
+    if !ok || reply.len() < 5 {
+        return Err("the call failed".into());
+    }
+    Ok(reply.freeze().split_off(5))
 }
 
 /// A child process killed on drop.
@@ -387,6 +518,14 @@ struct Round {
     backend_http: CpuPerRequest,
     backend_grpc: CpuPerRequest,
     gateway_cpu: Option<CpuPerRequest>,
+    floor: Option<Floor>,
+}
+
+/// The workload through the floor proxy.
+struct Floor {
+    run: Run,
+    cpu: CpuPerRequest,
+    backend: CpuPerRequest,
 }
 
 impl Round {
@@ -626,6 +765,7 @@ async fn round(
     gateway_pid: Option<u32>,
     backend_url: &str,
     backend_pid: u32,
+    floor: Option<(SocketAddr, u32)>,
 ) -> Result<Round, BoxError> {
     let (backend_before, gateway_before) = (cpu_time(backend_pid), gateway_pid.map(cpu_time));
     let http = drive_http(
@@ -646,7 +786,21 @@ async fn round(
     )
     .await?;
     let backend_after = cpu_time(backend_pid);
+    let floor = match floor {
+        Some((addr, pid)) => {
+            let before = (cpu_time(pid), cpu_time(backend_pid));
+            let run =
+                drive_http(addr, workload, args.requests, args.concurrency, args.rate).await?;
+            Some(Floor {
+                run,
+                cpu: cpu_time(pid).per_request_since(before.0, args.requests),
+                backend: cpu_time(backend_pid).per_request_since(before.1, args.requests),
+            })
+        }
+        None => None,
+    };
     Ok(Round {
+        floor,
         http,
         grpc,
         backend_http: backend_mid.per_request_since(backend_before, args.requests),
@@ -716,6 +870,15 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
         echo.percentile(0.5),
         echo.percentile(0.99)
     );
+    let floor = if args.floor {
+        let addr = free_port()?;
+        let process =
+            Process::spawn(&["floor".into(), addr.to_string(), backend_addr.to_string()])?;
+        wait_for(addr).await?;
+        Some((process, addr))
+    } else {
+        None
+    };
     println!("| workload | path | req/s | p50 µs | p99 µs | p99.9 µs | gateway CPU µs/req | backend CPU µs/req | gateway/backend CPU | errors |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     // 100 orders for the list workloads to page; POST runs last, since every
@@ -748,6 +911,21 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             None,
         )
         .await?;
+        // The floor proxy forwards GetOrder, so it runs with that workload.
+        let floor = floor
+            .as_ref()
+            .filter(|_| matches!(workload, Workload::Get))
+            .map(|(process, addr)| (*addr, process.pid()));
+        if let Some((addr, _)) = floor {
+            drive_http(
+                addr,
+                workload,
+                args.concurrency * 20,
+                args.concurrency,
+                None,
+            )
+            .await?;
+        }
 
         let mut rounds = Vec::new();
         for _ in 0..args.rounds {
@@ -759,6 +937,7 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
                     gateway_pid,
                     &backend_url,
                     backend.pid(),
+                    floor,
                 )
                 .await?,
             );
@@ -779,6 +958,7 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             backend_http,
             backend_grpc,
             gateway_cpu,
+            floor,
         } = &rounds[rounds.len() / 2];
         let ratio = match (rounds[rounds.len() / 2].ratio(), all.len()) {
             (None, _) => "–".to_owned(),
@@ -795,6 +975,13 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             "| {name} | direct gRPC | {:.0} | {:.0} | {:.0} | {:.0} | – | {backend_grpc} | – | {} |",
             grpc.rate(), grpc.percentile(0.5), grpc.percentile(0.99), grpc.percentile(0.999), grpc.errors
         );
+        if let Some(Floor { run, cpu, backend }) = floor {
+            println!(
+                "| {name} | floor proxy (HTTP/1.1 in, HTTP/2 out, nothing else) | {:.0} | {:.0} | {:.0} | {:.0} | {cpu} | {backend} | {:.2}× | {} |",
+                run.rate(), run.percentile(0.5), run.percentile(0.99), run.percentile(0.999),
+                cpu.total() / backend.total(), run.errors
+            );
+        }
     }
     if let Some(pid) = gateway_pid {
         println!(

@@ -12,7 +12,7 @@ use base64::{
 use bytes::{Bytes, BytesMut};
 use h2::RecvStream;
 use http::{header, uri::PathAndQuery, HeaderMap, HeaderName, HeaderValue, StatusCode};
-use tonic::{metadata::MetadataMap, Code, Status, TimeoutExpired};
+use tonic::{metadata::MetadataMap, transport::Channel, Code, Status, TimeoutExpired};
 
 use super::{
     codec::{DynamicCodec, Payload},
@@ -49,19 +49,12 @@ pub async fn unary(
             Connection::Direct(direct) => {
                 direct_unary(upstream, &direct, path, &message, metadata, started).await
             }
+            // Boxed, so that the direct way's futures do not carry tonic's size.
             Connection::Channel(channel) => {
-                let mut grpc = tonic::client::Grpc::new(channel)
-                    .max_decoding_message_size(upstream.max_response_bytes);
-                let mut request = tonic::Request::from_parts(metadata, Default::default(), message);
-                request.set_timeout(upstream.timeout);
-                grpc.ready()
-                    .await
-                    .map_err(|err| unavailable(upstream, &err))?;
-                grpc.unary(request, path, DynamicCodec)
-                    .await
-                    .map_err(|status| {
-                        classify(upstream, status, started.elapsed() >= upstream.timeout)
-                    })
+                Box::pin(channel_unary(
+                    upstream, channel, path, message, metadata, started,
+                ))
+                .await
             }
         }
     };
@@ -69,6 +62,27 @@ pub async fn unary(
         Ok(reply) => reply,
         Err(_) => Err(deadline_exceeded(upstream)),
     }
+}
+
+/// The call through a tonic `Channel` (TLS upstreams).
+async fn channel_unary(
+    upstream: &Upstream,
+    channel: Channel,
+    path: PathAndQuery,
+    message: Payload,
+    metadata: MetadataMap,
+    started: Instant,
+) -> Result<tonic::Response<Bytes>, Error> {
+    let mut grpc =
+        tonic::client::Grpc::new(channel).max_decoding_message_size(upstream.max_response_bytes);
+    let mut request = tonic::Request::from_parts(metadata, Default::default(), message);
+    request.set_timeout(upstream.timeout);
+    grpc.ready()
+        .await
+        .map_err(|err| unavailable(upstream, &err))?;
+    grpc.unary(request, path, DynamicCodec)
+        .await
+        .map_err(|status| classify(upstream, status, started.elapsed() >= upstream.timeout))
 }
 
 /// The call over a worker's own connection: one length-prefixed message

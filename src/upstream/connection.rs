@@ -104,7 +104,9 @@ impl Direct {
         if let Some(open) = self.open_sender() {
             return Ok(open);
         }
-        let open = connect(self.authority.clone(), self.connect_timeout).await?;
+        // Boxed: the handshake's future is large, and every future that
+        // awaits a call up to the connection's task would carry its size.
+        let open = Box::pin(connect(self.authority.clone(), self.connect_timeout)).await?;
         let sender = open.sender.clone();
         self.open.store(Some(Arc::new(open)));
         Ok(sender)
