@@ -16,10 +16,10 @@ use prost_reflect::DynamicMessage;
 use tonic::metadata::MetadataMap;
 
 use crate::{
-    error::{self, Error},
+    error::Error,
     http_rule::BodyPlan,
     observe::RequestContext,
-    policy::{UpstreamHeaders, UpstreamMetadata, X_REQUEST_ID},
+    policy::{UpstreamHeaders, X_REQUEST_ID},
     registry::{CallKind, RouteMatch},
     streaming,
     transcode::{self, ReplyFilter, RequestParts, TranscodeOptions},
@@ -34,19 +34,20 @@ pub struct Gateway {
 }
 
 /// The last step of the data plane, after the route and the policies.
-pub async fn handle(gateway: &Arc<Gateway>, mut request: Request) -> Response {
-    let Some(matched) = request.extensions_mut().remove::<RouteMatch>() else {
-        let err = Error::Internal("the route step did not run".into());
-        return err.into_response(error::request_id(request.headers()), None);
-    };
+pub async fn handle(
+    gateway: &Arc<Gateway>,
+    matched: RouteMatch,
+    metadata: MetadataMap,
+    request: Request,
+) -> Response {
     let catalog = matched.catalog.clone();
     let request_id = request.headers().get(X_REQUEST_ID).cloned();
     let result = match matched.method().kind {
-        CallKind::Unary => gateway.call(matched, request).await,
+        CallKind::Unary => gateway.call(matched, metadata, request).await,
         // Boxed: the streaming future is larger than the unary one, and
         // would otherwise set the size (and the cost of every move) of
         // every unary request's future.
-        _ => Box::pin(streaming::call(gateway, matched, request)).await,
+        _ => Box::pin(streaming::call(gateway, matched, metadata, request)).await,
     };
     match result {
         Ok(response) => response,
@@ -61,15 +62,19 @@ pub async fn handle(gateway: &Arc<Gateway>, mut request: Request) -> Response {
 }
 
 impl Gateway {
-    async fn call(&self, matched: RouteMatch, request: Request) -> Result<Response, Error> {
+    async fn call(
+        &self,
+        matched: RouteMatch,
+        metadata: MetadataMap,
+        request: Request,
+    ) -> Result<Response, Error> {
         let method = matched.method();
         let Some(upstream) = &method.upstream else {
             return Err(Error::Internal(
                 format!("{} has no upstream", method.grpc_path).into(),
             ));
         };
-        let (mut parts, body) = request.into_parts();
-        let metadata = upstream_metadata(&mut parts);
+        let (parts, body) = request.into_parts();
         let filter = reply_filter(&matched, &parts)?;
         let message = self.request_payload(&matched, &parts, body).await?;
         let started = Instant::now();
@@ -213,16 +218,6 @@ impl Gateway {
         )
             .into_response())
     }
-}
-
-/// The metadata decided once by the header policy step (ids, identity,
-/// trace context, allow-listed headers).
-pub(crate) fn upstream_metadata(parts: &mut Parts) -> MetadataMap {
-    parts
-        .extensions
-        .remove::<UpstreamMetadata>()
-        .unwrap_or_default()
-        .0
 }
 
 /// The client's partial-response selection, resolved against the route's

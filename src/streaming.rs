@@ -24,10 +24,11 @@ use axum::{
 use futures_util::{stream, Stream, StreamExt as _};
 use http::{header, request::Parts, HeaderMap, HeaderValue};
 use tokio::sync::oneshot;
+use tonic::metadata::MetadataMap;
 
 use crate::{
     error::{self, Error},
-    gateway::{check_json_content_type, reply_filter, upstream_metadata, Gateway},
+    gateway::{check_json_content_type, reply_filter, Gateway},
     http_rule::BodyPlan,
     registry::{CallKind, RouteMatch},
     transcode::{self, Framer, JsonSplitter, ReplyFilter, StreamFormat},
@@ -38,6 +39,7 @@ use crate::{
 pub(crate) async fn call(
     gateway: &Arc<Gateway>,
     matched: RouteMatch,
+    metadata: MetadataMap,
     request: Request,
 ) -> Result<Response, Error> {
     let route = matched.route();
@@ -49,8 +51,7 @@ pub(crate) async fn call(
     };
     let path = method.grpc_path.clone();
     let kind = method.kind;
-    let (mut parts, body) = request.into_parts();
-    let metadata = upstream_metadata(&mut parts);
+    let (parts, body) = request.into_parts();
     let filter = reply_filter(&matched, &parts)?;
     let request_id = error::request_id(&parts.headers).to_owned();
     let format = StreamFormat::negotiate(&parts.headers);

@@ -123,10 +123,11 @@ impl AuthError {
 /// Step 11: who calls, and may they call the matched method? A verified
 /// caller's [`Identity`] goes into the request (and its subject into the
 /// request context) for the steps after.
-pub async fn authenticate(auth: &Authenticator, request: &mut Request) -> Result<(), Error> {
-    let Some(matched) = request.extensions().get::<RouteMatch>() else {
-        return Ok(());
-    };
+pub async fn authenticate(
+    auth: &Authenticator,
+    matched: &RouteMatch,
+    request: &mut Request,
+) -> Result<(), Error> {
     let policy = &matched.catalog.method(matched.route()).policy;
     let identity = auth
         .identify(request.headers())

@@ -5,7 +5,7 @@
 //! mints one), removes any copy of the identity headers (`x-user-id`, ...) so
 //! identity cannot be spoofed, and notes when the request arrived.
 //!
-//! [`HeaderPolicy::prepare_upstream`] and [`HeaderPolicy::return_upstream_headers`]
+//! [`HeaderPolicy::upstream_metadata`] and [`HeaderPolicy::return_upstream_headers`]
 //! (step 13, matched routes): computes the upstream
 //! metadata once -- ids, request start, `traceparent`/`tracestate`, static
 //! headers, allow-listed client headers, the verified identity's claims --
@@ -63,10 +63,6 @@ pub struct HeaderPolicy {
     response: NameSet,
 }
 
-/// The metadata of the upstream call, computed once by [`HeaderPolicy::prepare_upstream`].
-#[derive(Debug, Clone, Default)]
-pub struct UpstreamMetadata(pub MetadataMap);
-
 /// The upstream's response metadata, left in the response extensions by the
 /// gateway for [`HeaderPolicy::return_upstream_headers`] to filter.
 #[derive(Debug, Clone, Default)]
@@ -119,12 +115,6 @@ fn never_crosses(name: &HeaderName) -> bool {
 // === impl HeaderPolicy ===
 
 impl HeaderPolicy {
-    /// Step 13, on the way in: the upstream metadata, decided once.
-    pub fn prepare_upstream(&self, request: &mut Request) {
-        let metadata = self.upstream_metadata(request);
-        request.extensions_mut().insert(UpstreamMetadata(metadata));
-    }
-
     /// Step 13, on the way out: the allow-listed upstream response metadata,
     /// as HTTP headers.
     pub fn return_upstream_headers(&self, response: &mut Response) {
@@ -173,7 +163,9 @@ impl HeaderPolicy {
         }
     }
 
-    fn upstream_metadata(&self, request: &Request) -> MetadataMap {
+    /// Step 13, on the way in: the upstream metadata, decided once and
+    /// handed to the gateway step.
+    pub fn upstream_metadata(&self, request: &Request) -> MetadataMap {
         let incoming = request.headers();
         let mut out = HeaderMap::with_capacity(8);
         if !self.forward.is_empty() {

@@ -36,7 +36,7 @@ pub(crate) use self::{
 pub use self::{
     auth::{authenticate, AuthError, Authenticator, Identity},
     client_ip::ClientIp,
-    headers::{sanitize, HeaderPolicy, UpstreamHeaders, UpstreamMetadata},
+    headers::{sanitize, HeaderPolicy, UpstreamHeaders},
     rate_limit::{
         rate_limit, BucketId, ClientKey, Decision, Limiter, LocalLimiter, RateLimiting, RateLimits,
     },

@@ -89,24 +89,20 @@ pub struct RateLimiting<L> {
 /// 429. The decision's `RateLimit-*` headers go on the response.
 pub fn rate_limit<'a, L: Limiter>(
     limits: &'a RateLimiting<L>,
+    matched: &RouteMatch,
     request: &Request,
 ) -> impl Future<Output = Result<Option<Decision>, Error>> + Send + 'a {
     // The key is read now: the future must not hold the request.
-    let counted = request
-        .extensions()
-        .get::<RouteMatch>()
-        .and_then(|matched| {
-            let policy = matched.catalog.method(matched.route()).policy.rate_limit;
-            match request.extensions().get::<Arc<Identity>>() {
-                Some(identity) => policy
-                    .per_user
-                    .map(|bucket| (bucket, ClientKey::User(identity.subject.clone()))),
-                None => policy.per_ip.map(|bucket| {
-                    let ip = limits.client_ip.of(request.extensions(), request.headers());
-                    (bucket, ClientKey::Ip(ip))
-                }),
-            }
-        });
+    let policy = matched.catalog.method(matched.route()).policy.rate_limit;
+    let counted = match request.extensions().get::<Arc<Identity>>() {
+        Some(identity) => policy
+            .per_user
+            .map(|bucket| (bucket, ClientKey::User(identity.subject.clone()))),
+        None => policy.per_ip.map(|bucket| {
+            let ip = limits.client_ip.of(request.extensions(), request.headers());
+            (bucket, ClientKey::Ip(ip))
+        }),
+    };
     async move {
         let Some((bucket, key)) = counted else {
             return Ok(None);

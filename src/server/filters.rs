@@ -264,7 +264,7 @@ impl Serve for Inner {
 impl Inner {
     /// Step 10: matches once against the current catalog and pins the
     /// request to it.
-    async fn route(&self, mut request: Request) -> Response {
+    async fn route(&self, request: Request) -> Response {
         let catalog = self.registry.load();
         let (route, captures) = match catalog.lookup(request.method(), request.uri().path()) {
             Lookup::Found { route, captures } => (route, captures),
@@ -292,12 +292,12 @@ impl Inner {
             context.set_route(&catalog, route);
         }
         let deprecation = catalog.method(catalog.route(route)).deprecation.clone();
-        request.extensions_mut().insert(RouteMatch {
+        let matched = RouteMatch {
             catalog,
             route,
             captures,
-        });
-        let mut response = self.admit(request).await;
+        };
+        let mut response = self.admit(matched, request).await;
         if let Some(deprecation) = deprecation {
             deprecation.write(response.headers_mut());
         }
@@ -305,21 +305,21 @@ impl Inner {
     }
 
     /// Steps 11–14.
-    async fn admit(&self, mut request: Request) -> Response {
+    async fn admit(&self, matched: RouteMatch, mut request: Request) -> Response {
         if let Some(auth) = &self.auth {
-            if let Err(err) = policy::authenticate(auth, &mut request).await {
+            if let Err(err) = policy::authenticate(auth, &matched, &mut request).await {
                 return err.into_response(error::request_id(request.headers()), None);
             }
         }
         let decision = match &self.rate_limit {
-            Some(limits) => match policy::rate_limit(limits, &request).await {
+            Some(limits) => match policy::rate_limit(limits, &matched, &request).await {
                 Ok(decision) => decision,
                 Err(err) => return err.into_response(error::request_id(request.headers()), None),
             },
             None => None,
         };
-        self.headers.prepare_upstream(&mut request);
-        let mut response = gateway::handle(&self.gateway, request).await;
+        let metadata = self.headers.upstream_metadata(&request);
+        let mut response = gateway::handle(&self.gateway, matched, metadata, request).await;
         self.headers.return_upstream_headers(&mut response);
         if let Some(decision) = decision {
             decision.write_headers(response.headers_mut());
