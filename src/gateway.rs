@@ -31,6 +31,9 @@ use crate::{
 pub struct Gateway {
     pub options: TranscodeOptions,
     pub max_request_body: usize,
+    /// Whether the header policy returns any upstream response metadata:
+    /// when not, a reply's metadata is dropped here rather than carried.
+    pub upstream_headers_returned: bool,
 }
 
 /// The last step of the data plane, after the route and the policies.
@@ -84,9 +87,11 @@ impl Gateway {
         }
         let (reply_metadata, reply, _) = reply?.into_parts();
         let mut response = self.reply_response(&reply, &matched, &filter)?;
-        response
-            .extensions_mut()
-            .insert(UpstreamHeaders(reply_metadata.into_headers()));
+        if self.upstream_headers_returned {
+            response
+                .extensions_mut()
+                .insert(UpstreamHeaders(reply_metadata.into_headers()));
+        }
         Ok(response)
     }
 

@@ -21,6 +21,7 @@ use std::{
 
 use axum::{body::Body, extract::Request, response::Response};
 use http::StatusCode;
+use http_body::Body as _;
 use tonic::Code;
 use tracing::Span;
 use tracing_subscriber::EnvFilter;
@@ -49,7 +50,7 @@ pub fn init_tracing() {
 #[derive(Debug)]
 pub struct RequestContext {
     started: Instant,
-    bytes_in: Arc<AtomicU64>,
+    bytes_in: AtomicU64,
     route: OnceLock<(Arc<Catalog>, RouteId)>,
     upstream_latency: OnceLock<Duration>,
     consumer: OnceLock<Arc<str>>,
@@ -94,19 +95,21 @@ impl RequestContext {
         if let Some(context) = request.extensions().get::<Arc<Self>>() {
             return context.clone();
         }
-        let bytes_in = Arc::new(AtomicU64::new(0));
-        let counter = bytes_in.clone();
-        let body = std::mem::take(request.body_mut());
-        *request.body_mut() = Body::new(body::Observed::new(body, move |read| {
-            counter.store(read, Ordering::Relaxed);
-        }));
         let context = Arc::new(Self {
             started: Instant::now(),
-            bytes_in,
+            bytes_in: AtomicU64::new(0),
             route: OnceLock::new(),
             upstream_latency: OnceLock::new(),
             consumer: OnceLock::new(),
         });
+        // A body that has already ended (most GETs) has nothing to count.
+        if !request.body().is_end_stream() {
+            let counter = context.clone();
+            let body = std::mem::take(request.body_mut());
+            *request.body_mut() = Body::new(body::Observed::new(body, move |read| {
+                counter.bytes_in.store(read, Ordering::Relaxed);
+            }));
+        }
         request.extensions_mut().insert(context.clone());
         context
     }

@@ -123,6 +123,7 @@ impl Server {
         let gateway = Arc::new(Gateway {
             options: TranscodeOptions::new(config),
             max_request_body: config.limits.max_request_body_bytes,
+            upstream_headers_returned: !config.headers.response.is_empty(),
         });
         let metrics = Metrics::new(&config.metrics)?;
         let data_plane = DataPlane::new(Steps {

@@ -15,6 +15,7 @@ use std::{convert::Infallible, future::Future, io, net::SocketAddr, thread, time
 
 use axum::{body::Body, extract::ConnectInfo, response::Response};
 use http::Request;
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
@@ -156,7 +157,14 @@ fn run_worker<S>(
                     .clone()
                     .map_request(move |mut request: http::Request<Incoming>| {
                         request.extensions_mut().insert(ConnectInfo(remote));
-                        request.map(Body::new)
+                        // An empty body (most GETs) needs no box.
+                        request.map(|body| {
+                            if body.is_end_stream() {
+                                Body::empty()
+                            } else {
+                                Body::new(body)
+                            }
+                        })
                     });
             let connection = builder
                 .serve_connection_with_upgrades(
