@@ -20,6 +20,7 @@
 
 use std::{
     error::Error,
+    future::Future,
     net::SocketAddr,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -605,32 +606,26 @@ async fn drive_http(
     concurrency: usize,
     rate: Option<f64>,
 ) -> Result<Run, BoxError> {
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for worker in 0..concurrency {
-        let count = requests / concurrency + usize::from(worker < requests % concurrency);
-        let pace = Pace::new(rate, concurrency, worker);
-        tasks.push(tokio::spawn(async move {
-            let stream = TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
-            let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(connection);
-            let mut latencies = Vec::with_capacity(count);
-            let mut errors = 0;
-            let start = tokio::time::Instant::now();
-            for n in (0..).take(count) {
-                pace.wait(start, n).await;
-                let begin = Instant::now();
-                let response = sender.send_request(workload.request()).await?;
-                let ok = response.status().is_success();
-                response.into_body().collect().await?;
-                latencies.push(begin.elapsed());
-                errors += usize::from(!ok);
-            }
-            Ok::<_, BoxError>((latencies, errors))
-        }));
-    }
-    collect(started, tasks).await
+    spread(requests, concurrency, rate, move |count, pace| async move {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let mut latencies = Vec::with_capacity(count);
+        let mut errors = 0;
+        let start = tokio::time::Instant::now();
+        for n in (0..).take(count) {
+            pace.wait(start, n).await;
+            let begin = Instant::now();
+            let response = sender.send_request(workload.request()).await?;
+            let ok = response.status().is_success();
+            response.into_body().collect().await?;
+            latencies.push(begin.elapsed());
+            errors += usize::from(!ok);
+        }
+        Ok((latencies, errors))
+    })
+    .await
 }
 
 /// The size of an echo round trip's message.
@@ -643,28 +638,22 @@ async fn drive_echo(
     concurrency: usize,
     rate: Option<f64>,
 ) -> Result<Run, BoxError> {
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for worker in 0..concurrency {
-        let count = requests / concurrency + usize::from(worker < requests % concurrency);
-        let pace = Pace::new(rate, concurrency, worker);
-        tasks.push(tokio::spawn(async move {
-            let mut stream = TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
-            let mut buffer = [b'x'; ECHO_BYTES];
-            let mut latencies = Vec::with_capacity(count);
-            let start = tokio::time::Instant::now();
-            for n in (0..).take(count) {
-                pace.wait(start, n).await;
-                let begin = Instant::now();
-                stream.write_all(&buffer).await?;
-                stream.read_exact(&mut buffer).await?;
-                latencies.push(begin.elapsed());
-            }
-            Ok::<_, BoxError>((latencies, 0))
-        }));
-    }
-    collect(started, tasks).await
+    spread(requests, concurrency, rate, move |count, pace| async move {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let mut buffer = [b'x'; ECHO_BYTES];
+        let mut latencies = Vec::with_capacity(count);
+        let start = tokio::time::Instant::now();
+        for n in (0..).take(count) {
+            pace.wait(start, n).await;
+            let begin = Instant::now();
+            stream.write_all(&buffer).await?;
+            stream.read_exact(&mut buffer).await?;
+            latencies.push(begin.elapsed());
+        }
+        Ok((latencies, 0))
+    })
+    .await
 }
 
 /// The same calls made directly over gRPC, one channel per worker.
@@ -675,13 +664,9 @@ async fn drive_grpc(
     concurrency: usize,
     rate: Option<f64>,
 ) -> Result<Run, BoxError> {
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for worker in 0..concurrency {
-        let count = requests / concurrency + usize::from(worker < requests % concurrency);
-        let pace = Pace::new(rate, concurrency, worker);
+    spread(requests, concurrency, rate, move |count, pace| {
         let url = url.clone();
-        tasks.push(tokio::spawn(async move {
+        async move {
             let mut client = OrderServiceClient::connect(url).await?;
             let mut latencies = Vec::with_capacity(count);
             let start = tokio::time::Instant::now();
@@ -733,9 +718,32 @@ async fn drive_grpc(
                 }
                 latencies.push(begin.elapsed());
             }
-            Ok::<_, BoxError>((latencies, 0))
-        }));
-    }
+            Ok((latencies, 0))
+        }
+    })
+    .await
+}
+
+/// `requests` spread over `concurrency` connections, each a task that runs
+/// `connection` with its share and its pace and returns its latencies and
+/// errors.
+async fn spread<F, C>(
+    requests: usize,
+    concurrency: usize,
+    rate: Option<f64>,
+    connection: F,
+) -> Result<Run, BoxError>
+where
+    F: Fn(usize, Pace) -> C,
+    C: Future<Output = Result<(Vec<Duration>, usize), BoxError>> + Send + 'static,
+{
+    let started = Instant::now();
+    let tasks = (0..concurrency)
+        .map(|worker| {
+            let count = requests / concurrency + usize::from(worker < requests % concurrency);
+            tokio::spawn(connection(count, Pace::new(rate, concurrency, worker)))
+        })
+        .collect();
     collect(started, tasks).await
 }
 
