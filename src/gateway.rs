@@ -3,7 +3,7 @@
 //! the catalog's pool can resolve the details an upstream sent. Streaming
 //! methods are served by [`crate::streaming`].
 
-use std::{borrow::Cow, sync::Arc, time::Instant};
+use std::{borrow::Cow, future::Future, sync::Arc, time::Instant};
 
 use axum::{
     body::{Body, Bytes},
@@ -37,62 +37,66 @@ pub struct Gateway {
 }
 
 /// The last step of the data plane, after the route and the policies.
-pub async fn handle(
+/// (Plain functions returning `async move` blocks here, as in
+/// `server::filters`: an `async fn` would keep the request twice.)
+pub fn handle(
     gateway: &Arc<Gateway>,
     matched: RouteMatch,
     metadata: MetadataMap,
     request: Request,
-) -> Response {
-    let catalog = matched.catalog.clone();
+) -> impl Future<Output = Response> + Send + '_ {
     let request_id = request.headers().get(X_REQUEST_ID).cloned();
-    let result = match matched.method().kind {
-        CallKind::Unary => gateway.call(matched, metadata, request).await,
-        // Boxed: the streaming future is larger than the unary one, and
-        // would otherwise set the size (and the cost of every move) of
-        // every unary request's future.
-        _ => Box::pin(streaming::call(gateway, matched, metadata, request)).await,
-    };
-    match result {
-        Ok(response) => response,
-        Err(err) => {
+    async move {
+        let catalog = matched.catalog.clone();
+        let result = match matched.method().kind {
+            CallKind::Unary => gateway.call(matched, metadata, request).await,
+            // Boxed: the streaming future is larger than the unary one, and
+            // would otherwise set the size (and the cost of every move) of
+            // every unary request's future.
+            _ => Box::pin(streaming::call(gateway, matched, metadata, request)).await,
+        };
+        result.unwrap_or_else(|err| {
             let id = request_id
                 .as_ref()
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
             err.into_response(id, Some(&catalog))
-        }
+        })
     }
 }
 
 impl Gateway {
-    async fn call(
+    fn call(
         &self,
         matched: RouteMatch,
         metadata: MetadataMap,
         request: Request,
-    ) -> Result<Response, Error> {
-        let method = matched.method();
-        let Some(upstream) = &method.upstream else {
-            return Err(Error::Internal(
-                format!("{} has no upstream", method.grpc_path).into(),
-            ));
-        };
+    ) -> impl Future<Output = Result<Response, Error>> + Send + '_ {
         let (parts, body) = request.into_parts();
-        let filter = reply_filter(&matched, &parts)?;
-        let message = self.request_payload(&matched, &parts, body).await?;
-        let started = Instant::now();
-        let reply = upstream::unary(upstream, method.grpc_path.clone(), message, metadata).await;
-        if let Some(context) = parts.extensions.get::<Arc<RequestContext>>() {
-            context.set_upstream_latency(started.elapsed());
+        async move {
+            let method = matched.method();
+            let Some(upstream) = &method.upstream else {
+                return Err(Error::Internal(
+                    format!("{} has no upstream", method.grpc_path).into(),
+                ));
+            };
+            let filter = reply_filter(&matched, &parts)?;
+            let message = self.request_payload(&matched, &parts, body).await?;
+            let started = Instant::now();
+            let reply =
+                upstream::unary(upstream, method.grpc_path.clone(), message, metadata).await;
+            if let Some(context) = parts.extensions.get::<Arc<RequestContext>>() {
+                context.set_upstream_latency(started.elapsed());
+            }
+            let (reply_metadata, reply, _) = reply?.into_parts();
+            let mut response = self.reply_response(&reply, &matched, &filter)?;
+            if self.upstream_headers_returned {
+                response
+                    .extensions_mut()
+                    .insert(UpstreamHeaders(reply_metadata.into_headers()));
+            }
+            Ok(response)
         }
-        let (reply_metadata, reply, _) = reply?.into_parts();
-        let mut response = self.reply_response(&reply, &matched, &filter)?;
-        if self.upstream_headers_returned {
-            response
-                .extensions_mut()
-                .insert(UpstreamHeaders(reply_metadata.into_headers()));
-        }
-        Ok(response)
     }
 
     /// The one request of a unary or server-streaming call, from the whole

@@ -261,10 +261,33 @@ impl Serve for Inner {
     }
 }
 
+// Steps 10 to 14 are plain functions that return an `async move` block
+// rather than `async fn`s: an `async fn` keeps its arguments (the request,
+// 240 bytes) beside the locals they move into at every level, and the
+// request's future, which nests them all, is copied whole as it starts.
 impl Inner {
     /// Step 10: matches once against the current catalog and pins the
     /// request to it.
-    async fn route(&self, request: Request) -> Response {
+    fn route(&self, request: Request) -> impl Future<Output = Response> + Send + '_ {
+        let matched = self.matched(&request);
+        async move {
+            let matched = match matched {
+                Ok(matched) => matched,
+                Err(err) => return err.into_response(error::request_id(request.headers()), None),
+            };
+            // The catalog and route again after the call: cheaper to hold
+            // than the method's deprecation itself.
+            let (catalog, route) = (matched.catalog.clone(), matched.route);
+            let mut response = self.admit(matched, request).await;
+            if let Some(deprecation) = &catalog.method(catalog.route(route)).deprecation {
+                deprecation.write(response.headers_mut());
+            }
+            response
+        }
+    }
+
+    /// The route of `request`, or the 404 or 405 that says there is none.
+    fn matched(&self, request: &Request) -> Result<RouteMatch, Error> {
         let catalog = self.registry.load();
         let (route, captures) = match catalog.lookup(request.method(), request.uri().path()) {
             Lookup::Found { route, captures } => (route, captures),
@@ -274,57 +297,61 @@ impl Inner {
                     .map(http::Method::as_str)
                     .collect::<Vec<_>>()
                     .join(", ");
-                let err = Error::MethodNotAllowed {
+                return Err(Error::MethodNotAllowed {
                     method: request.method().clone(),
                     allow: HeaderValue::from_str(&allow).unwrap_or(HeaderValue::from_static("")),
-                };
-                return err.into_response(error::request_id(request.headers()), None);
+                });
             }
             Lookup::NotFound => {
-                let err = Error::RouteNotFound {
+                return Err(Error::RouteNotFound {
                     method: request.method().clone(),
                     path: request.uri().path().into(),
-                };
-                return err.into_response(error::request_id(request.headers()), None);
+                });
             }
         };
-        if let Some(context) = RequestContext::of(&request) {
+        if let Some(context) = RequestContext::of(request) {
             context.set_route(&catalog, route);
         }
-        let deprecation = catalog.method(catalog.route(route)).deprecation.clone();
-        let matched = RouteMatch {
+        Ok(RouteMatch {
             catalog,
             route,
             captures,
-        };
-        let mut response = self.admit(matched, request).await;
-        if let Some(deprecation) = deprecation {
-            deprecation.write(response.headers_mut());
-        }
-        response
+        })
     }
 
     /// Steps 11–14.
-    async fn admit(&self, matched: RouteMatch, mut request: Request) -> Response {
-        if let Some(auth) = &self.auth {
-            if let Err(err) = policy::authenticate(auth, &matched, &mut request).await {
-                return err.into_response(error::request_id(request.headers()), None);
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an `async fn` keeps its arguments twice"
+    )]
+    fn admit(
+        &self,
+        matched: RouteMatch,
+        mut request: Request,
+    ) -> impl Future<Output = Response> + Send + '_ {
+        async move {
+            if let Some(auth) = &self.auth {
+                if let Err(err) = policy::authenticate(auth, &matched, &mut request).await {
+                    return err.into_response(error::request_id(request.headers()), None);
+                }
             }
+            let decision = match &self.rate_limit {
+                Some(limits) => match policy::rate_limit(limits, &matched, &request).await {
+                    Ok(decision) => decision,
+                    Err(err) => {
+                        return err.into_response(error::request_id(request.headers()), None)
+                    }
+                },
+                None => None,
+            };
+            let metadata = self.headers.upstream_metadata(&request);
+            let mut response = gateway::handle(&self.gateway, matched, metadata, request).await;
+            self.headers.return_upstream_headers(&mut response);
+            if let Some(decision) = decision {
+                decision.write_headers(response.headers_mut());
+            }
+            response
         }
-        let decision = match &self.rate_limit {
-            Some(limits) => match policy::rate_limit(limits, &matched, &request).await {
-                Ok(decision) => decision,
-                Err(err) => return err.into_response(error::request_id(request.headers()), None),
-            },
-            None => None,
-        };
-        let metadata = self.headers.upstream_metadata(&request);
-        let mut response = gateway::handle(&self.gateway, matched, metadata, request).await;
-        self.headers.return_upstream_headers(&mut response);
-        if let Some(decision) = decision {
-            decision.write_headers(response.headers_mut());
-        }
-        response
     }
 }
 

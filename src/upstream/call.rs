@@ -2,7 +2,7 @@
 //! worker's own HTTP/2 connection, and the mapping of failures to the
 //! request-path [`Error`].
 
-use std::{fmt::Display, time::Instant};
+use std::{fmt::Display, future::Future, time::Instant};
 
 use base64::{
     alphabet,
@@ -37,30 +37,40 @@ const METADATA_BASE64: GeneralPurpose = GeneralPurpose::new(
 /// Calls `path` on `upstream` with `message` and waits for the encoded reply
 /// (with the upstream's response headers and trailers), at most the
 /// upstream's timeout (which is also sent as `grpc-timeout`).
-pub async fn unary(
+///
+/// A plain function returning an `async move` block, as the call's other
+/// steps are (see `server::filters`): an `async fn` would keep each argument
+/// twice in the request's future.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an `async fn` keeps its arguments twice"
+)]
+pub fn unary(
     upstream: &Upstream,
     path: PathAndQuery,
     message: Payload,
     metadata: MetadataMap,
-) -> Result<tonic::Response<Bytes>, Error> {
-    let started = Instant::now();
-    let call = async {
-        match upstream.connection() {
-            Connection::Direct(direct) => {
-                direct_unary(upstream, &direct, path, &message, metadata, started).await
+) -> impl Future<Output = Result<tonic::Response<Bytes>, Error>> + Send + '_ {
+    async move {
+        let started = Instant::now();
+        let call = async {
+            match upstream.connection() {
+                Connection::Direct(direct) => {
+                    direct_unary(upstream, &direct, path, &message, metadata, started).await
+                }
+                // Boxed, so that the direct way's futures do not carry tonic's size.
+                Connection::Channel(channel) => {
+                    Box::pin(channel_unary(
+                        upstream, channel, path, message, metadata, started,
+                    ))
+                    .await
+                }
             }
-            // Boxed, so that the direct way's futures do not carry tonic's size.
-            Connection::Channel(channel) => {
-                Box::pin(channel_unary(
-                    upstream, channel, path, message, metadata, started,
-                ))
-                .await
-            }
+        };
+        match tokio::time::timeout(upstream.timeout, call).await {
+            Ok(reply) => reply,
+            Err(_) => Err(deadline_exceeded(upstream)),
         }
-    };
-    match tokio::time::timeout(upstream.timeout, call).await {
-        Ok(reply) => reply,
-        Err(_) => Err(deadline_exceeded(upstream)),
     }
 }
 
@@ -87,23 +97,16 @@ async fn channel_unary(
 
 /// The call over a worker's own connection: one length-prefixed message
 /// out; the reply's headers, one message, and a status in the trailers (or
-/// in the headers alone) back.
-async fn direct_unary(
-    upstream: &Upstream,
-    direct: &Direct,
+/// in the headers alone) back. The headers and the frame are made before
+/// the future, so that it holds them once.
+fn direct_unary<'a>(
+    upstream: &'a Upstream,
+    direct: &'a Direct,
     path: PathAndQuery,
     message: &Payload,
     metadata: MetadataMap,
     started: Instant,
-) -> Result<tonic::Response<Bytes>, Error> {
-    let expired = || started.elapsed() >= upstream.timeout;
-    let transport = |err: &dyn Display| {
-        if expired() {
-            deadline_exceeded(upstream)
-        } else {
-            unavailable(upstream, err)
-        }
-    };
+) -> impl Future<Output = Result<tonic::Response<Bytes>, Error>> + Send + 'a {
     let mut headers = metadata.into_headers();
     headers.insert(
         header::CONTENT_TYPE,
@@ -112,44 +115,55 @@ async fn direct_unary(
     headers.insert(header::TE, HeaderValue::from_static("trailers"));
     headers.insert(GRPC_TIMEOUT, upstream.grpc_timeout.clone());
     headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
-    let response = direct
-        .send(path, headers, frame(message)?)
-        .await
-        .map_err(|err| transport(&err))?
-        .await
-        .map_err(|err| transport(&err))?;
-    let (head, mut body) = response.into_parts();
-    let mut headers = head.headers;
-    if let Some(status) = grpc_status(&headers) {
-        // Trailers-only: the status came with the headers, and no message.
-        status.map_err(|status| classify(upstream, status, expired()))?;
-        return Err(protocol_error("an OK status without a reply message"));
+    let frame = frame(message);
+    async move {
+        let expired = || started.elapsed() >= upstream.timeout;
+        let transport = |err: &dyn Display| {
+            if expired() {
+                deadline_exceeded(upstream)
+            } else {
+                unavailable(upstream, err)
+            }
+        };
+        let response = direct
+            .send(path, headers, frame?)
+            .await
+            .map_err(|err| transport(&err))?
+            .await
+            .map_err(|err| transport(&err))?;
+        let (head, mut body) = response.into_parts();
+        let mut headers = head.headers;
+        if let Some(status) = grpc_status(&headers) {
+            // Trailers-only: the status came with the headers, and no message.
+            status.map_err(|status| classify(upstream, status, expired()))?;
+            return Err(protocol_error("an OK status without a reply message"));
+        }
+        if head.status != StatusCode::OK {
+            return Err(Error::Upstream(Status::new(
+                code_for_http_status(head.status),
+                format!("upstream answered HTTP {}", head.status),
+            )));
+        }
+        let reply = read_message(&mut body, upstream.max_response_bytes, transport).await?;
+        let trailers = body.trailers().await.map_err(|err| transport(&err))?;
+        let status = trailers.as_ref().and_then(grpc_status);
+        match status {
+            Some(Ok(())) => {}
+            Some(Err(status)) => return Err(classify(upstream, status, expired())),
+            None => return Err(protocol_error("a reply without a grpc-status")),
+        }
+        let Some(reply) = reply else {
+            return Err(protocol_error("an OK status without a reply message"));
+        };
+        if let Some(trailers) = trailers {
+            headers.extend(trailers);
+        }
+        Ok(tonic::Response::from_parts(
+            MetadataMap::from_headers(headers),
+            reply,
+            Default::default(),
+        ))
     }
-    if head.status != StatusCode::OK {
-        return Err(Error::Upstream(Status::new(
-            code_for_http_status(head.status),
-            format!("upstream answered HTTP {}", head.status),
-        )));
-    }
-    let reply = read_message(&mut body, upstream.max_response_bytes, transport).await?;
-    let trailers = body.trailers().await.map_err(|err| transport(&err))?;
-    let status = trailers.as_ref().and_then(grpc_status);
-    match status {
-        Some(Ok(())) => {}
-        Some(Err(status)) => return Err(classify(upstream, status, expired())),
-        None => return Err(protocol_error("a reply without a grpc-status")),
-    }
-    let Some(reply) = reply else {
-        return Err(protocol_error("an OK status without a reply message"));
-    };
-    if let Some(trailers) = trailers {
-        headers.extend(trailers);
-    }
-    Ok(tonic::Response::from_parts(
-        MetadataMap::from_headers(headers),
-        reply,
-        Default::default(),
-    ))
 }
 
 /// `message` as one uncompressed gRPC frame: flag, big-endian length, bytes.
