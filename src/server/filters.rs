@@ -157,38 +157,52 @@ impl<T: Serve> Service<Request> for Chain<T> {
 
 // === impl Edge ===
 
+// The steps here, as the ones below, are plain functions that do what they
+// can before returning an `async move` block: an `async fn` keeps its
+// arguments (the 240-byte request) beside the locals they move into, and
+// the request's future, which nests every step, is copied whole as it
+// starts.
 impl Serve for Edge {
-    async fn serve(&self, mut request: Request) -> Response {
+    fn serve(&self, mut request: Request) -> impl Future<Output = Response> + Send + '_ {
         let ids = Ids::decide(&self.headers, &mut request);
         let span = observe::request_span(&request);
-        let mut response = self.observed(request, &ids).instrument(span).await;
-        ids.echo(&mut response);
-        response
+        async move {
+            let mut response = self.observed(request, &ids).instrument(span).await;
+            ids.echo(&mut response);
+            response
+        }
     }
 }
 
 impl Edge {
     /// Steps 3, 4 and 7.
-    async fn observed(&self, mut request: Request, ids: &Ids) -> Response {
+    fn observed(
+        &self,
+        mut request: Request,
+        ids: &Ids,
+    ) -> impl Future<Output = Response> + Send + '_ {
         let logged = self
             .access_log
             .as_ref()
             .map(|_| access_log::begin(&mut request, &ids.request_id, &ids.correlation_id));
         let counted = self.metrics.as_ref().map(|_| Metrics::begin(&mut request));
-        let mut response = match &self.cors {
-            Some(cors) => match cors.clone().oneshot(request).await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            },
-            None => self.inner.serve(request).await,
-        };
-        if let (Some(metrics), Some(counted)) = (&self.metrics, counted) {
-            response = metrics.finish(counted, response);
+        async move {
+            let mut response = match &self.cors {
+                // Boxed: CORS, when off, must not size every request's future.
+                Some(cors) => match Box::pin(cors.clone().oneshot(request)).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                },
+                None => self.inner.serve(request).await,
+            };
+            if let (Some(metrics), Some(counted)) = (&self.metrics, counted) {
+                response = metrics.finish(counted, response);
+            }
+            if let (Some(log), Some(logged)) = (&self.access_log, logged) {
+                response = logged.finish(log, response);
+            }
+            response
         }
-        if let (Some(log), Some(logged)) = (&self.access_log, logged) {
-            response = logged.finish(log, response);
-        }
-        response
     }
 }
 
@@ -242,36 +256,38 @@ impl Ids {
 
 impl Serve for Inner {
     /// Steps 5, 6 and 9 around the rest.
-    async fn serve(&self, request: Request) -> Response {
+    fn serve(&self, request: Request) -> impl Future<Output = Response> + Send + '_ {
         let request_id = request.headers().get(X_REQUEST_ID).cloned();
         // On the heap once: the timeout and the unwind guard then move a
         // pointer, not the whole request future.
         let routed = Box::pin(self.route(request));
-        let guarded = tokio::time::timeout(self.request_timeout, routed);
-        let response = match AssertUnwindSafe(guarded).catch_unwind().await {
-            Ok(Ok(response)) => response,
-            Ok(Err(_elapsed)) => bare(StatusCode::GATEWAY_TIMEOUT),
-            Err(_panic) => {
-                let request_id = request_id.as_ref().and_then(|id| id.to_str().ok());
-                tracing::error!(request_id, "a request panicked; answered 500");
-                bare(StatusCode::INTERNAL_SERVER_ERROR)
-            }
-        };
-        status_body(response, request_id.as_ref())
+        let guarded = AssertUnwindSafe(tokio::time::timeout(self.request_timeout, routed));
+        async move {
+            let response = match guarded.catch_unwind().await {
+                Ok(Ok(response)) => response,
+                Ok(Err(_elapsed)) => bare(StatusCode::GATEWAY_TIMEOUT),
+                Err(_panic) => {
+                    let request_id = request_id.as_ref().and_then(|id| id.to_str().ok());
+                    tracing::error!(request_id, "a request panicked; answered 500");
+                    bare(StatusCode::INTERNAL_SERVER_ERROR)
+                }
+            };
+            status_body(response, request_id.as_ref())
+        }
     }
 }
 
-// Steps 10 to 14 are plain functions that return an `async move` block
-// rather than `async fn`s: an `async fn` keeps its arguments (the request,
-// 240 bytes) beside the locals they move into at every level, and the
-// request's future, which nests them all, is copied whole as it starts.
 impl Inner {
     /// Step 10: matches once against the current catalog and pins the
     /// request to it.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an `async fn` keeps its arguments twice"
+    )]
     fn route(&self, request: Request) -> impl Future<Output = Response> + Send + '_ {
-        let matched = self.matched(&request);
+        // All inside the future: the unwind guard around it covers it.
         async move {
-            let matched = match matched {
+            let matched = match self.matched(&request) {
                 Ok(matched) => matched,
                 Err(err) => return err.into_response(error::request_id(request.headers()), None),
             };
