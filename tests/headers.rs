@@ -149,6 +149,16 @@ async fn allow_listed_upstream_metadata_comes_back_as_headers() {
     assert!(response.headers().get("grpc-status").is_none());
 }
 
+/// No allow-list (the default): the upstream's response metadata stays behind.
+#[tokio::test]
+async fn upstream_metadata_stays_behind_by_default() {
+    let gw = Gateway::start_with(|_| {}).await;
+    let response = gw.client.get(gw.url("/v1/headers")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("x-backend-version").is_none());
+    assert!(response.headers().get("x-internal-secret").is_none());
+}
+
 fn cors(yaml: &str) -> Option<CorsConfig> {
     Some(serde_yaml::from_str(yaml).unwrap())
 }
