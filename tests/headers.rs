@@ -50,6 +50,22 @@ async fn well_formed_ids_are_kept_and_malformed_ones_replaced() {
         headers["x-correlation-id"], minted,
         "a malformed correlation id falls back to the request id"
     );
+
+    // Two copies of an id, each well-formed, are as bad as a malformed one.
+    let (headers, metadata) = call_headers(
+        gw.client
+            .get(gw.url("/v1/headers"))
+            .header("x-request-id", "req-1")
+            .header("x-request-id", "req-2")
+            .header("x-correlation-id", "flow:1")
+            .header("x-correlation-id", "flow:2"),
+    )
+    .await;
+    let minted = headers["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(minted).is_ok(), "{minted}");
+    assert_eq!(metadata["x-request-id"], minted);
+    assert_eq!(headers["x-correlation-id"], minted);
+    assert_eq!(metadata["x-correlation-id"], minted);
 }
 
 #[tokio::test]

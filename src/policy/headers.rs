@@ -83,8 +83,13 @@ struct NameSet {
 pub fn sanitize(policy: &HeaderPolicy, request: &mut Request) {
     let headers = request.headers_mut();
     for id in &IDS {
-        let malformed = headers.get_all(id).iter().count() > 1
-            || headers.get(id).is_some_and(|v| !well_formed_id(v));
+        // One well-formed copy is kept; two copies are as bad as a bad one.
+        let mut copies = headers.get_all(id).iter();
+        let malformed = match (copies.next(), copies.next()) {
+            (None, _) => false,
+            (Some(value), None) => !well_formed_id(value),
+            (Some(_), Some(_)) => true,
+        };
         if malformed {
             headers.remove(id);
         }

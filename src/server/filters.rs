@@ -32,7 +32,7 @@ use std::{
 
 use axum::{extract::Request, response::Response};
 use futures_util::{future::BoxFuture, FutureExt as _};
-use http::{HeaderValue, StatusCode};
+use http::{header::Entry, HeaderValue, StatusCode};
 use tower::{Service, ServiceExt as _};
 use tower_http::cors::{Cors, CorsLayer};
 use tracing::Instrument as _;
@@ -215,24 +215,20 @@ impl Ids {
     /// request for the upstream.
     fn decide(headers: &HeaderPolicy, request: &mut Request) -> Self {
         policy::sanitize(headers, request);
-        let request_id = match request.headers().get(X_REQUEST_ID) {
-            Some(id) => id.clone(),
-            None => {
+        // Entries: one lookup per id, whether it is kept or set.
+        let request_id = match request.headers_mut().entry(X_REQUEST_ID) {
+            Entry::Occupied(id) => id.get().clone(),
+            Entry::Vacant(slot) => {
                 let mut buffer = uuid::Uuid::encode_buffer();
                 let minted = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
                 let id = HeaderValue::from_str(minted).unwrap_or(HeaderValue::from_static(""));
-                request.headers_mut().insert(X_REQUEST_ID, id.clone());
-                id
+                slot.insert(id).clone()
             }
         };
-        let correlation_id = request
-            .headers()
-            .get(X_CORRELATION_ID)
-            .cloned()
-            .unwrap_or_else(|| request_id.clone());
-        request
-            .headers_mut()
-            .insert(X_CORRELATION_ID, correlation_id.clone());
+        let correlation_id = match request.headers_mut().entry(X_CORRELATION_ID) {
+            Entry::Occupied(id) => id.get().clone(),
+            Entry::Vacant(slot) => slot.insert(request_id.clone()).clone(),
+        };
         let traceparent = trace_context::start(request);
         Self {
             request_id,
@@ -244,9 +240,7 @@ impl Ids {
     /// The ids on the response (an upstream's own `x-request-id` is kept).
     fn echo(self, response: &mut Response) {
         let out = response.headers_mut();
-        if !out.contains_key(X_REQUEST_ID) {
-            out.insert(X_REQUEST_ID, self.request_id);
-        }
+        out.entry(X_REQUEST_ID).or_insert(self.request_id);
         out.insert(X_CORRELATION_ID, self.correlation_id);
         out.insert(trace_context::TRACEPARENT.clone(), self.traceparent);
     }
