@@ -168,20 +168,17 @@ fn direct_unary<'a>(
 
 /// `message` as one uncompressed gRPC frame: flag, big-endian length, bytes.
 fn frame(message: &Payload) -> Result<Bytes, Error> {
-    let mut buf;
+    // Wire bytes get exactly the frame's size: a full `Vec` becomes `Bytes`
+    // without a second allocation.
+    let capacity = match message {
+        Payload::Message(_) => 128,
+        Payload::Wire(encoded) => 5 + encoded.len(),
+    };
+    let mut buf = Vec::with_capacity(capacity);
+    buf.extend_from_slice(&[0; 5]);
     match message {
-        Payload::Message(message) => {
-            buf = Vec::with_capacity(128);
-            buf.extend_from_slice(&[0; 5]);
-            encode::encode(message, &mut buf);
-        }
-        Payload::Wire(encoded) => {
-            // Exactly the frame's size: a full `Vec` becomes `Bytes` without
-            // a second allocation.
-            buf = Vec::with_capacity(5 + encoded.len());
-            buf.extend_from_slice(&[0; 5]);
-            buf.extend_from_slice(encoded);
-        }
+        Payload::Message(message) => encode::encode(message, &mut buf),
+        Payload::Wire(encoded) => buf.extend_from_slice(encoded),
     }
     let len = u32::try_from(buf.len() - 5)
         .map_err(|_| Error::Internal("request message over 4 GiB".into()))?;
