@@ -1,5 +1,6 @@
 //! protogate: a REST-to-gRPC transcoding API gateway driven by protobuf
-//! descriptor sets. See DESIGN.md for the request flow and the module layout.
+//! descriptor sets. See `docs/architecture.md` for the request flow and the
+//! module layout.
 //!
 //! The public surface is small: [`Config`], [`Server`] (build, then serve),
 //! [`check`] and the example services in [`demo`].
