@@ -74,8 +74,8 @@ pub enum Error {
     /// Over a quota; answered with `Retry-After`, `RateLimit-*` and a `google.rpc.RetryInfo`.
     #[error("rate limit exceeded: {} requests per {}s", .0.limit, crate::policy::ceil_secs(.0.window))]
     RateLimited(Decision),
-    /// A descriptor change the registry refused: 409 when a route collides
-    /// with another set's, else 400; every problem is a field violation.
+    /// A descriptor change the registry refused: 409 when it collides with
+    /// another set, else 400; every problem is a field violation.
     #[error("refused: {}", .0.problems().iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Rejected(LoadError),
     /// An admin resource (descriptor set, upstream) that does not exist.
@@ -123,7 +123,7 @@ impl Error {
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::RateLimited(_) => Code::ResourceExhausted,
-            Self::Rejected(err) if err.is_route_conflict() => Code::AlreadyExists,
+            Self::Rejected(err) if err.is_conflict() => Code::AlreadyExists,
             Self::Rejected(_) => Code::InvalidArgument,
             Self::NotFound(_) => Code::NotFound,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
