@@ -129,6 +129,35 @@ async fn users_are_counted_by_subject_and_anonymous_callers_by_ip() {
 }
 
 #[tokio::test]
+async fn users_of_two_issuers_with_the_same_subject_have_buckets_of_their_own() {
+    let gw = Gateway::start_with(|config| {
+        config.auth = Some(
+            serde_yaml::from_str(
+                "providers:\n\
+                 - { issuer: hmac-issuer, hmac_secret_env: CARGO_PKG_NAME }\n\
+                 - { issuer: other-issuer, hmac_secret_env: CARGO_PKG_NAME }\n",
+            )
+            .unwrap(),
+        );
+        config.rate_limit = limits("per_user: { requests: 1, per: 1h }");
+    })
+    .await;
+    let secret = std::env::var("CARGO_PKG_NAME").unwrap();
+    let alice_of = |issuer: &str| {
+        let claims = tokens::with(claims("alice", &[]), serde_json::json!({"iss": issuer}));
+        tokens::hmac(Algorithm::HS256, secret.as_bytes(), &claims)
+    };
+    let headers = |token: String| gw.client.get(gw.url("/v1/headers")).bearer_auth(token);
+    assert_eq!(send(headers(alice_of("hmac-issuer"))).await.0, 200);
+    assert_eq!(send(headers(alice_of("hmac-issuer"))).await.0, 429);
+    let (status, _, body) = send(headers(alice_of("other-issuer"))).await;
+    assert_eq!(
+        status, 200,
+        "another issuer's alice is another user: {body}"
+    );
+}
+
+#[tokio::test]
 async fn a_rule_gives_methods_a_quota_of_their_own() {
     let gw = Gateway::start_with(|config| {
         config.rate_limit = limits("per_ip: { requests: 100, per: 1h }");

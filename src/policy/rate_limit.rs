@@ -1,5 +1,5 @@
 //! Rate limiting (step 12): authenticated calls are counted per consumer (the
-//! token's subject), anonymous ones per client IP, each in the bucket the
+//! token's issuer and subject), anonymous ones per client IP, each in the bucket the
 //! method's policy names. Over the limit → 429 with `Retry-After`,
 //! `RateLimit-*` and a `google.rpc.RetryInfo`; allowed responses carry the
 //! `RateLimit-*` headers too.
@@ -52,7 +52,11 @@ pub struct RateLimits {
 /// Who is counted.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ClientKey {
-    User(Arc<str>),
+    /// A verified caller: the token's issuer and subject.
+    User {
+        issuer: Arc<str>,
+        subject: Arc<str>,
+    },
     Ip(IpAddr),
     /// Every client that arrived once the store was full.
     Overflow,
@@ -95,9 +99,13 @@ pub fn rate_limit<'a, L: Limiter>(
     // The key is read now: the future must not hold the request.
     let policy = matched.catalog.method(matched.route()).policy.rate_limit;
     let counted = match request.extensions().get::<Arc<Identity>>() {
-        Some(identity) => policy
-            .per_user
-            .map(|bucket| (bucket, ClientKey::User(identity.subject.clone()))),
+        Some(identity) => policy.per_user.map(|bucket| {
+            let key = ClientKey::User {
+                issuer: identity.issuer.clone(),
+                subject: identity.subject.clone(),
+            };
+            (bucket, key)
+        }),
         None => policy.per_ip.map(|bucket| {
             let ip = limits.client_ip.of(request.extensions(), request.headers());
             (bucket, ClientKey::Ip(ip))
