@@ -132,10 +132,15 @@ pub async fn authenticate(
     request: &mut Request,
 ) -> Result<(), Error> {
     let policy = &matched.catalog.method(matched.route()).policy;
-    let identity = auth
-        .identify(request.headers())
-        .await
-        .map_err(Error::Unauthenticated)?;
+    let identity = match auth.identify(request.headers()).await {
+        Ok(identity) => identity,
+        Err(refused) => {
+            if let Some(context) = RequestContext::of(request) {
+                context.set_refused_token(refused.reason());
+            }
+            return Err(Error::Unauthenticated(refused));
+        }
+    };
     authorize(policy, identity.as_ref())?;
     if let Some(identity) = identity {
         if let Some(context) = request.extensions().get::<Arc<RequestContext>>() {
