@@ -703,6 +703,78 @@ async fn an_open_admin_api_is_refused_off_loopback() {
     assert!(protogate::Server::new(&config, common::example_sets()).is_ok());
 }
 
+#[tokio::test]
+async fn without_a_token_only_loopback_hosts_are_answered() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let setup = Setup::start_in(dir, Backend::start().await, |config| {
+        config.admin.token = None;
+    })
+    .await;
+    let port = setup.gw.admin_addr.port();
+    let with_host = |path: &str, host: &str| {
+        setup
+            .gw
+            .client
+            .get(setup.admin(path))
+            .header("host", host.to_owned())
+    };
+    for path in ["/admin/v1/routes", "/admin/v1/descriptor-sets", "/metrics"] {
+        for host in [
+            "evil.example".to_owned(),
+            format!("evil.example:{port}"),
+            "localhost.evil.example".to_owned(),
+        ] {
+            let (status, body) = setup.gw.send(with_host(path, &host)).await;
+            assert_eq!(status, 403, "{path} for {host}: {body}");
+            common::assert_status(
+                &body,
+                Code::PermissionDenied,
+                &format!("only requests for localhost, 127.0.0.1 or [::1] are answered, not for `{host}`"),
+            );
+        }
+        for host in [
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+            format!("[::1]:{port}"),
+            "localhost".to_owned(),
+        ] {
+            let response = with_host(path, &host).send().await.unwrap();
+            assert_eq!(response.status(), 200, "{path} for {host}");
+        }
+    }
+    // A change through a rebound name is refused before it is applied.
+    let (status, _) = setup
+        .gw
+        .send(
+            setup
+                .gw
+                .client
+                .delete(setup.admin("/admin/v1/descriptor-sets/acme.orders.v1"))
+                .header("host", "evil.example"),
+        )
+        .await;
+    assert_eq!(status, 403);
+    setup.assert_old_routes_serve().await;
+
+    // With a token, any host may ask (the token is the guard).
+    let (status, body) = setup
+        .admin_send(with_host("/admin/v1/routes", "gateway.internal"))
+        .await;
+    assert_eq!(status, 403, "this gateway has no token: {body}");
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let guarded = Setup::start_in(dir, Backend::start().await, |_| {}).await;
+    let (status, body) = guarded
+        .admin_send(
+            guarded
+                .gw
+                .client
+                .get(guarded.admin("/admin/v1/routes"))
+                .header("host", "gateway.internal"),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 // === dry run ===
 
 #[tokio::test]
