@@ -14,7 +14,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use base64::Engine as _;
-use http::{header, HeaderValue, Method, StatusCode};
+use http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use prost::Message as _;
 use prost_reflect::DynamicMessage;
 use serde_json::{json, Map, Value as Json};
@@ -49,6 +49,14 @@ pub enum Error {
     UnsupportedMediaType(Box<str>),
     #[error("request body exceeds the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The metadata a request would send upstream (forwarded headers, trace
+    /// context, claims) is over `limits.max_forwarded_metadata_bytes`.
+    #[error("the request's headers sent upstream take {size} bytes, over the limit of {limit} (the largest is `{largest}`)")]
+    MetadataTooLarge {
+        size: usize,
+        limit: usize,
+        largest: HeaderName,
+    },
     #[error("upstream `{upstream}` is unavailable")]
     UpstreamUnavailable { upstream: Arc<str>, cause: Box<str> },
     /// An upstream reply message over `limits.max_response_message_bytes`.
@@ -114,7 +122,8 @@ impl Error {
             Self::InvalidJson(_)
             | Self::InvalidField { .. }
             | Self::BodyRead(_)
-            | Self::UnsupportedMediaType(_) => Code::InvalidArgument,
+            | Self::UnsupportedMediaType(_)
+            | Self::MetadataTooLarge { .. } => Code::InvalidArgument,
             Self::PayloadTooLarge { .. } | Self::ResponseTooLarge { .. } => Code::ResourceExhausted,
             Self::UpstreamUnavailable { .. } => Code::Unavailable,
             Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
@@ -138,6 +147,7 @@ impl Error {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::MetadataTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::ResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
             _ => http_status(self.code()),
         }
@@ -152,6 +162,7 @@ impl Error {
             | Self::BodyRead(_)
             | Self::UnsupportedMediaType(_)
             | Self::PayloadTooLarge { .. }
+            | Self::MetadataTooLarge { .. }
             | Self::Unauthenticated(_)
             | Self::PermissionDenied(_)
             | Self::RateLimited(_)

@@ -125,7 +125,11 @@ impl Policies {
             rules,
             auth,
             rate_limit,
-            headers: Arc::new(HeaderPolicy::new(&config.headers, config.auth.as_ref())),
+            headers: Arc::new(HeaderPolicy::new(
+                &config.headers,
+                config.auth.as_ref(),
+                config.limits.max_forwarded_metadata_bytes,
+            )),
             cors: config.cors.as_ref().map(cors::layer),
         })
     }

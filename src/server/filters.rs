@@ -359,7 +359,10 @@ impl Inner {
                 },
                 None => None,
             };
-            let metadata = self.headers.upstream_metadata(&request);
+            let metadata = match self.headers.upstream_metadata(&request) {
+                Ok(metadata) => metadata,
+                Err(err) => return err.into_response(error::request_id(request.headers()), None),
+            };
             let mut response = gateway::handle(&self.gateway, matched, metadata, request).await;
             self.headers.return_upstream_headers(&mut response);
             if let Some(decision) = decision {
