@@ -57,8 +57,12 @@ pub enum Error {
         limit: usize,
         largest: HeaderName,
     },
-    #[error("upstream `{upstream}` is unavailable")]
+    #[error("upstream `{upstream}` is unavailable: {cause}")]
     UpstreamUnavailable { upstream: Arc<str>, cause: Box<str> },
+    /// A reply that gRPC or the method's type does not allow (not a valid
+    /// message, compressed unasked, without a status): the upstream's fault.
+    #[error("upstream sent an invalid reply: {0}")]
+    InvalidReply(Box<str>),
     /// An upstream reply message over `limits.max_response_message_bytes`.
     #[error("upstream reply message exceeds the limit of {limit} bytes")]
     ResponseTooLarge { limit: usize },
@@ -68,7 +72,7 @@ pub enum Error {
         timeout: Duration,
     },
     /// The upstream answered with a non-OK status: code, message and details pass through.
-    #[error("upstream error: {}", .0.message())]
+    #[error("upstream error {:?}: {}", .0.code(), .0.message())]
     Upstream(tonic::Status),
     #[error("{0}")]
     Unimplemented(Box<str>),
@@ -128,7 +132,7 @@ impl Error {
             Self::UpstreamUnavailable { .. } => Code::Unavailable,
             Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             Self::Upstream(status) => status.code(),
-            Self::Internal(_) => Code::Internal,
+            Self::Internal(_) | Self::InvalidReply(_) => Code::Internal,
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::RateLimited(_) => Code::ResourceExhausted,
@@ -148,7 +152,7 @@ impl Error {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MetadataTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::ResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
+            Self::ResponseTooLarge { .. } | Self::InvalidReply(_) => StatusCode::BAD_GATEWAY,
             _ => http_status(self.code()),
         }
     }
@@ -173,6 +177,7 @@ impl Error {
             Self::UpstreamUnavailable { .. }
             | Self::DeadlineExceeded { .. }
             | Self::ResponseTooLarge { .. }
+            | Self::InvalidReply(_)
             | Self::Upstream(_) => Fault::Upstream,
             Self::Unimplemented(_) | Self::Internal(_) => Fault::Gateway,
         }
@@ -222,7 +227,11 @@ impl Error {
         let shows_cause = matches!(self, Self::Unimplemented(_) | Self::ResponseTooLarge { .. });
         let message = if status.is_server_error() && !shows_cause {
             // Never leak the cause of a 5xx; it is logged with the request id.
-            generic_message(code).to_owned()
+            match self {
+                Self::InvalidReply(_) => "upstream sent an invalid reply",
+                _ => generic_message(code),
+            }
+            .to_owned()
         } else {
             match &self {
                 Self::Upstream(upstream) => {

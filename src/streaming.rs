@@ -391,7 +391,9 @@ impl ReplyBody {
     }
 
     fn error_frame(&mut self, err: Error) -> Result<Bytes, StreamAborted> {
-        tracing::warn!(error = %err, request_id = %self.request_id, "reply stream ended with an error");
+        let method = self.matched.method();
+        let upstream = method.upstream.as_ref().map_or("none", |u| &*u.name);
+        tracing::warn!(error = %err, request_id = %self.request_id, upstream, rpc = %method.grpc_path, "reply stream ended with an error");
         let Some(framer) = &mut self.framer else {
             return Err(StreamAborted(err));
         };

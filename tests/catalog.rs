@@ -5,11 +5,11 @@ mod common;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::Duration,
+    process::Stdio,
 };
 
 use bytes::Bytes;
+use common::process::{free_port, protogate, wait_for, Child};
 use protogate::registry::DescriptorSet;
 
 const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
@@ -221,12 +221,6 @@ async fn a_service_without_upstream_is_refused_at_start() {
 
 // === the command line ===
 
-fn protogate() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_protogate"));
-    command.current_dir(MANIFEST).stdin(Stdio::null());
-    command
-}
-
 #[test]
 fn check_prints_the_routes() {
     let output = protogate()
@@ -285,34 +279,6 @@ fn serve_refuses_an_unknown_config_key_naming_it_and_its_line() {
         stderr.contains("unknown field `max_body`") && stderr.contains("line 3"),
         "{stderr}"
     );
-}
-
-/// Kills the child on drop so a failed assertion leaves no process behind.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn wait_for(url: &str) -> reqwest::Response {
-    for _ in 0..100 {
-        if let Ok(response) = reqwest::get(url).await {
-            return response;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{url} never answered");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]
@@ -395,7 +361,7 @@ async fn at_start_a_set_redefining_another_sets_file_is_refused_by_name_and_the_
     let refusal = "set `evil`: file `acme/orders/v1/orders.proto` differs from the file of that name in set `acme.orders.v1`";
 
     let port = free_port();
-    let mut child = Child(
+    let child = Child(
         protogate()
             .args([
                 "serve",
@@ -418,11 +384,7 @@ async fn at_start_a_set_redefining_another_sets_file_is_refused_by_name_and_the_
         let response = wait_for(&format!("http://127.0.0.1:{port}{path}")).await;
         assert_eq!(response.status(), 200, "{path}");
     }
-    let mut stderr = child.0.stderr.take().unwrap();
-    child.0.kill().unwrap();
-    child.0.wait().unwrap();
-    let mut log = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+    let log = child.stop();
     assert!(
         log.lines()
             .any(|l| l.contains("descriptor set refused") && l.contains(refusal)),

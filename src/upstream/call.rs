@@ -280,7 +280,7 @@ fn code_for_http_status(status: StatusCode) -> Code {
 }
 
 fn protocol_error(what: &str) -> Error {
-    Error::Upstream(Status::internal(format!("upstream sent {what}")))
+    Error::InvalidReply(what.into())
 }
 
 /// `grpc-timeout` for `timeout`: at most eight digits, in the finest unit
@@ -517,7 +517,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn protocol_violations_are_internal_errors() {
+    async fn protocol_violations_are_invalid_replies() {
         let mut no_status = Answer::ok(vec![frame_of(b"x")]);
         no_status.trailers = None;
         let mut compressed = frame_of(b"x");
@@ -531,9 +531,10 @@ mod tests {
             (Answer::ok(Vec::new()), "without a reply message"),
             (ok_alone, "without a reply message"),
         ] {
-            let status = upstream_status(call(answer).await);
-            assert_eq!(status.code(), Code::Internal);
-            assert!(status.message().contains(what), "{}", status.message());
+            match call(answer).await {
+                Err(Error::InvalidReply(why)) => assert!(why.contains(what), "{why}"),
+                other => panic!("expected an invalid reply, got {other:?}"),
+            }
         }
     }
 
