@@ -3,14 +3,19 @@
 //! the catalog's pool can resolve the details an upstream sent. Streaming
 //! methods are served by [`crate::streaming`].
 
-use std::{borrow::Cow, future::Future, sync::Arc, time::Instant};
+use std::{
+    borrow::Cow,
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     body::{Body, Bytes},
     extract::Request,
     response::{IntoResponse, Response},
 };
-use http::{header, request::Parts, HeaderMap, HeaderValue};
+use http::{header, request::Parts, HeaderMap, HeaderName, HeaderValue};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use prost_reflect::DynamicMessage;
 use tonic::metadata::MetadataMap;
@@ -23,8 +28,10 @@ use crate::{
     registry::{CallKind, RouteMatch},
     streaming,
     transcode::{self, ReplyFilter, RequestParts, TranscodeOptions},
-    upstream::{self, Payload},
+    upstream::{self, Deadline, Payload},
 };
+
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// What the gateway service needs besides the matched route.
 #[derive(Debug)]
@@ -87,10 +94,12 @@ impl Gateway {
                 ));
             };
             let filter = reply_filter(&matched, &parts)?;
+            let asked = asked_timeout(&parts.headers)?;
             let message = self.request_payload(&matched, &parts, body).await?;
             let started = Instant::now();
-            let reply =
-                upstream::unary(upstream, method.grpc_path.clone(), message, metadata).await;
+            let deadline = Deadline::start(upstream, asked);
+            let path = method.grpc_path.clone();
+            let reply = upstream::unary(upstream, path, message, metadata, deadline).await;
             if let Some(context) = parts.extensions.get::<Arc<RequestContext>>() {
                 context.set_upstream_latency(started.elapsed());
             }
@@ -260,6 +269,24 @@ pub(crate) fn reply_filter(matched: &RouteMatch, parts: &Parts) -> Result<ReplyF
         &matched.method().descriptor.output(),
         fields.as_deref(),
     )
+}
+
+/// The client's `grpc-timeout`, if it sent one: it shortens the call's
+/// deadline (never lengthens it); a malformed one is refused.
+pub(crate) fn asked_timeout(headers: &HeaderMap) -> Result<Option<Duration>, Error> {
+    let Some(value) = headers.get(GRPC_TIMEOUT) else {
+        return Ok(None);
+    };
+    match upstream::parse_grpc_timeout(value.as_bytes()) {
+        Some(timeout) => Ok(Some(timeout)),
+        None => Err(Error::invalid_field(
+            GRPC_TIMEOUT.as_str(),
+            format!(
+                "`{}` is not a gRPC timeout: 1 to 8 digits and a unit (H, M, S, m, u or n)",
+                String::from_utf8_lossy(value.as_bytes())
+            ),
+        )),
+    }
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, Error> {

@@ -233,6 +233,71 @@ async fn slow_upstream_is_504() {
 }
 
 #[tokio::test]
+async fn a_clients_grpc_timeout_shortens_the_deadline_and_never_lengthens_it() {
+    // The harness gives the upstream 5 s.
+    let gw = Gateway::start().await;
+    let asking = |path: &str, timeout: &str| {
+        gw.client
+            .get(gw.url(path))
+            .header("grpc-timeout", timeout.to_owned())
+    };
+    // 3 s of work, 200 ms asked: the client's deadline.
+    let (status, body) = gw.send(asking("/v1/sleep/3000", "200m")).await;
+    assert_eq!(status, 504, "{body}");
+    assert_status(&body, Code::DeadlineExceeded, "deadline exceeded");
+    assert_eq!(gw.send(asking("/v1/sleep/1", "2S")).await.0, 200);
+    // The upstream is told the shorter deadline, and never a longer one.
+    for (asked, sent) in [("250m", "250000u"), ("1H", "5000000u")] {
+        let (status, body) = gw.send(asking("/v1/headers", asked)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["metadata"]["grpc-timeout"], sent, "{asked}");
+    }
+    for malformed in ["soon", "5", "1.5S", "123456789S", "-1S"] {
+        let (status, body) = gw.send(asking("/v1/sleep/1", malformed)).await;
+        assert_eq!(status, 400, "{malformed}: {body}");
+        assert_status(&body, Code::InvalidArgument, "invalid `grpc-timeout`");
+        assert_eq!(
+            violations(&body),
+            [(
+                "grpc-timeout".into(),
+                format!("`{malformed}` is not a gRPC timeout: 1 to 8 digits and a unit (H, M, S, m, u or n)")
+            )]
+        );
+    }
+
+    // An upstream of 200 ms: an hour asked is still 200 ms.
+    let short = Gateway::start_with(|config| {
+        for upstream in &mut config.upstreams {
+            upstream.timeout = Duration::from_millis(200);
+        }
+    })
+    .await;
+    let request = short
+        .client
+        .get(short.url("/v1/sleep/3000"))
+        .header("grpc-timeout", "1H");
+    let (status, body) = short.send(request).await;
+    assert_eq!(status, 504, "{body}");
+
+    // Through a tonic channel (calls from outside the serving workers) too.
+    let backend = Backend::start().await;
+    let mut config = protogate::Config {
+        upstreams: vec![upstream("protogate.testing", &backend.url())],
+        ..protogate::Config::default()
+    };
+    config.access_log.enabled = false;
+    let server = protogate::Server::new(&config, vec![common::testing_set()]).unwrap();
+    let request = http::Request::get("/v1/sleep/3000")
+        .header("grpc-timeout", "200m")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(server.router(), request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 504);
+}
+
+#[tokio::test]
 async fn overall_request_ceiling_is_504_with_a_status_body() {
     let gw =
         Gateway::start_with(|config| config.limits.request_timeout = Duration::from_millis(200))
