@@ -3,19 +3,14 @@
 //! the catalog's pool can resolve the details an upstream sent. Streaming
 //! methods are served by [`crate::streaming`].
 
-use std::{
-    borrow::Cow,
-    future::Future,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{borrow::Cow, future::Future, sync::Arc, time::Instant};
 
 use axum::{
     body::{Body, Bytes},
     extract::Request,
     response::{IntoResponse, Response},
 };
-use http::{header, request::Parts, HeaderMap, HeaderName, HeaderValue};
+use http::{header, request::Parts, HeaderMap, HeaderValue};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use prost_reflect::DynamicMessage;
 use tonic::metadata::MetadataMap;
@@ -30,8 +25,6 @@ use crate::{
     transcode::{self, ReplyFilter, RequestParts, TranscodeOptions},
     upstream::{self, Deadline, Payload},
 };
-
-const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// What the gateway service needs besides the matched route.
 #[derive(Debug)]
@@ -94,7 +87,7 @@ impl Gateway {
                 ));
             };
             let filter = reply_filter(&matched, &parts)?;
-            let asked = asked_timeout(&parts.headers)?;
+            let asked = upstream::asked_timeout(&parts.headers)?;
             let message = self.request_payload(&matched, &parts, body).await?;
             let started = Instant::now();
             let deadline = Deadline::start(upstream, asked);
@@ -269,24 +262,6 @@ pub(crate) fn reply_filter(matched: &RouteMatch, parts: &Parts) -> Result<ReplyF
         &matched.method().descriptor.output(),
         fields.as_deref(),
     )
-}
-
-/// The client's `grpc-timeout`, if it sent one: it shortens the call's
-/// deadline (never lengthens it); a malformed one is refused.
-pub(crate) fn asked_timeout(headers: &HeaderMap) -> Result<Option<Duration>, Error> {
-    let Some(value) = headers.get(GRPC_TIMEOUT) else {
-        return Ok(None);
-    };
-    match upstream::parse_grpc_timeout(value.as_bytes()) {
-        Some(timeout) => Ok(Some(timeout)),
-        None => Err(Error::invalid_field(
-            GRPC_TIMEOUT.as_str(),
-            format!(
-                "`{}` is not a gRPC timeout: 1 to 8 digits and a unit (H, M, S, m, u or n)",
-                String::from_utf8_lossy(value.as_bytes())
-            ),
-        )),
-    }
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, Error> {

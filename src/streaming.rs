@@ -28,7 +28,7 @@ use tonic::metadata::MetadataMap;
 
 use crate::{
     error::{self, Error},
-    gateway::{asked_timeout, check_json_content_type, reply_filter, Gateway},
+    gateway::{check_json_content_type, reply_filter, Gateway},
     http_rule::BodyPlan,
     registry::{CallKind, RouteMatch},
     transcode::{self, Framer, JsonSplitter, ReplyFilter, StreamFormat},
@@ -54,7 +54,7 @@ pub(crate) async fn call(
     let (parts, body) = request.into_parts();
     let filter = reply_filter(&matched, &parts)?;
     // Checked on every kind; only a client stream has a deadline to shorten.
-    let asked = asked_timeout(&parts.headers)?;
+    let asked = upstream::asked_timeout(&parts.headers)?;
     let request_id = error::request_id(&parts.headers).to_owned();
     let format = StreamFormat::negotiate(&parts.headers);
 

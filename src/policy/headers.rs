@@ -9,8 +9,9 @@
 //! (step 13, matched routes): computes the upstream
 //! metadata once -- ids, request start, `traceparent`/`tracestate`, static
 //! headers, allow-listed client headers, the verified identity's claims --
-//! refusing it (431) over `limits.max_forwarded_metadata_bytes`, and on the way back returns the allow-listed upstream response metadata
-//! as HTTP headers. Hop-by-hop and `grpc-*` headers never cross.
+//! refusing it (431) over `limits.max_forwarded_metadata_bytes`, and on the
+//! way back returns the allow-listed upstream response metadata as HTTP
+//! headers. Hop-by-hop and `grpc-*` headers never cross.
 
 use std::{
     sync::Arc,

@@ -1,8 +1,8 @@
 //! Rate limiting (step 12): authenticated calls are counted per consumer (the
 //! token's issuer and subject), anonymous ones and failed authentications per
-//! client IP, each in the bucket the method's policy names. Over the limit → 429 with `Retry-After`,
-//! `RateLimit-*` and a `google.rpc.RetryInfo`; allowed responses carry the
-//! `RateLimit-*` headers too.
+//! client IP, each in the bucket the method's policy names. Over the limit →
+//! 429 with `Retry-After`, `RateLimit-*` and a `google.rpc.RetryInfo`;
+//! allowed responses carry the `RateLimit-*` headers too.
 //!
 //! The [`Limiter`] trait is the seam for a shared backend (Redis) serving
 //! several gateway instances; [`LocalLimiter`] is governor's GCRA in process,

@@ -41,7 +41,7 @@ pub(super) struct Definitions {
 }
 
 /// Why a set is refused whole.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub(super) enum Refusal {
     /// `other` has a file of this name with other content.
     File { file: String, other: String },

@@ -393,9 +393,27 @@ pub(super) fn deadline_exceeded(upstream: &Upstream, timeout: Duration) -> Error
     }
 }
 
-/// A client's `grpc-timeout`: 1 to 8 digits and a unit (`H`, `M`, `S`, `m`,
-/// `u`, `n`), as gRPC over HTTP/2 spells it; `None` for anything else.
-pub fn parse_grpc_timeout(text: &[u8]) -> Option<Duration> {
+/// The client's `grpc-timeout`, if it sent one: it shortens the call's
+/// [`Deadline`] (never lengthens it); a malformed one is refused.
+pub fn asked_timeout(headers: &HeaderMap) -> Result<Option<Duration>, Error> {
+    let Some(value) = headers.get(GRPC_TIMEOUT) else {
+        return Ok(None);
+    };
+    match parse_grpc_timeout(value.as_bytes()) {
+        Some(timeout) => Ok(Some(timeout)),
+        None => Err(Error::invalid_field(
+            GRPC_TIMEOUT.as_str(),
+            format!(
+                "`{}` is not a gRPC timeout: 1 to 8 digits and a unit (H, M, S, m, u or n)",
+                String::from_utf8_lossy(value.as_bytes())
+            ),
+        )),
+    }
+}
+
+/// 1 to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`), as gRPC over
+/// HTTP/2 spells a timeout; `None` for anything else.
+fn parse_grpc_timeout(text: &[u8]) -> Option<Duration> {
     let (&unit, digits) = text.split_last()?;
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
