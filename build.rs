@@ -1,8 +1,9 @@
 //! Compiles `protos/` with protox (no system `protoc`):
 //! * one `FileDescriptorSet` per example API (imports included) into `OUT_DIR/<package>.binpb`,
 //!   which a test compares with the committed copies in `descriptor-sets/`;
-//! * `OUT_DIR/base.binpb`: google.api, google.rpc and protogate's own options, the
-//!   types every catalog knows (error details, `Any` payloads, HTTP annotations, policies);
+//! * `OUT_DIR/base.binpb`: google.api, google.rpc, the well-known types and protogate's
+//!   own options, the types every catalog knows (error details, `Any` payloads, HTTP
+//!   annotations, policies), whatever copies of them the loaded sets carry;
 //! * prost messages and tonic clients/servers for all of them, reached through `OUT_DIR/pb.rs`.
 
 use std::{env, error::Error, fs, path::PathBuf};
@@ -26,6 +27,22 @@ const BASE: &[&str] = &[
     "protogate/options.proto",
 ];
 
+/// The well-known types: in the base too, so that sets compiled by other
+/// compilers or versions never disagree with one another over them.
+const WELL_KNOWN: &[&str] = &[
+    "google/protobuf/any.proto",
+    "google/protobuf/api.proto",
+    "google/protobuf/descriptor.proto",
+    "google/protobuf/duration.proto",
+    "google/protobuf/empty.proto",
+    "google/protobuf/field_mask.proto",
+    "google/protobuf/source_context.proto",
+    "google/protobuf/struct.proto",
+    "google/protobuf/timestamp.proto",
+    "google/protobuf/type.proto",
+    "google/protobuf/wrappers.proto",
+];
+
 fn compile(files: &[&str]) -> Result<protox::Compiler, Box<dyn Error>> {
     let mut compiler = protox::Compiler::new(["protos"])?;
     compiler.include_imports(true).include_source_info(false);
@@ -45,7 +62,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     fs::write(
         out.join("base.binpb"),
-        compile(BASE)?.encode_file_descriptor_set(),
+        compile(&[BASE, WELL_KNOWN].concat())?.encode_file_descriptor_set(),
     )?;
 
     let all: Vec<&str> = BASE

@@ -8,25 +8,35 @@
 //! * `/admin/v1/...` -- the admin API ([`api`]): descriptor sets, upstreams, routes
 //!
 //! Only the admin API requires the bearer token: probes and Prometheus
-//! scrapes read nothing secret and must work without credentials.
+//! scrapes read nothing secret and must work without credentials. Without a
+//! token (then the listener is loopback-only) a request whose `Host` is not a
+//! loopback name or address is refused (403): a web page the operator visits
+//! could otherwise reach the listener through DNS rebinding, its own name
+//! resolving to 127.0.0.1.
 
 mod api;
 mod client;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use axum::{
-    extract::State,
+    extract::{Request, State},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
     Router,
 };
-use http::{header, HeaderValue, StatusCode};
+use http::{header, uri::Authority, HeaderValue, StatusCode};
 use serde_json::{json, Map, Value};
+use tower_http::request_id::{MakeRequestUuid, SetRequestIdLayer};
 
 pub use self::client::{AdminClient, ClientError};
 use crate::{
     config::{AdminConfig, AdminToken},
+    error::{self, Error},
     observe::metrics::{self, Metrics},
     registry::Registry,
     server::StartError,
@@ -83,14 +93,58 @@ fn is_loopback(addr: SocketAddr) -> bool {
 
 /// The admin router; add endpoints here.
 pub fn router(state: AdminState) -> Router {
-    Router::new()
+    let open = state.api.token.is_none();
+    let router = Router::new()
         .merge(api::router(state.registry.clone(), state.api.clone()))
         .route(
             "/metrics",
             get(metrics::scrape).with_state((state.metrics.clone(), state.registry.clone())),
         )
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz).with_state(state))
+        .route("/readyz", get(readyz).with_state(state));
+    if !open {
+        return router;
+    }
+    router
+        .layer(middleware::from_fn(loopback_host_only))
+        // Minted first, so that a refusal carries a request id too.
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// Answers only requests for a loopback host: `localhost` or a loopback
+/// address, with any port (`Host`, or the HTTP/2 authority).
+async fn loopback_host_only(request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.uri().authority().map(Authority::as_str))
+        .unwrap_or_default();
+    if is_loopback_host(host) {
+        return next.run(request).await;
+    }
+    let refused = Error::PermissionDenied(
+        format!("without an admin token only requests for localhost, 127.0.0.1 or [::1] are answered, not for `{host}`").into(),
+    );
+    refused.into_response(error::request_id(request.headers()), None)
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    // A `Host` has no user part (an authority may).
+    let Some(authority) = host
+        .parse::<Authority>()
+        .ok()
+        .filter(|_| !host.contains('@'))
+    else {
+        return false;
+    };
+    let name = authority.host();
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
@@ -121,4 +175,35 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         body.to_string(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_are_names_and_addresses_of_loopback_with_any_port() {
+        for host in [
+            "localhost",
+            "LOCALHOST:9901",
+            "127.0.0.1",
+            "127.0.0.1:9901",
+            "127.1.2.3:80",
+            "[::1]",
+            "[::1]:9901",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "",
+            "evil.example",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example",
+            "10.0.0.1:9901",
+            "[::2]:9901",
+            "user@localhost",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
 }

@@ -123,6 +123,11 @@ pub struct LimitsConfig {
     /// Ceiling on a whole request, whatever the upstream timeout. Default 60s.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Largest metadata sent upstream (names, values and 32 bytes per entry,
+    /// as HTTP/2 counts a header list); larger → 431 before any call. Below
+    /// the 16 KiB header list tonic and h2 servers accept by default, with
+    /// room for the gateway's own call headers. Default 8 KiB.
+    pub max_forwarded_metadata_bytes: usize,
 }
 
 /// Response and request filtering beyond what the protos mark.
@@ -348,6 +353,7 @@ impl Default for LimitsConfig {
             max_request_body_bytes: 4 << 20,
             max_response_message_bytes: 16 << 20,
             request_timeout: Duration::from_secs(60),
+            max_forwarded_metadata_bytes: 8 << 10,
         }
     }
 }

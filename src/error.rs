@@ -14,7 +14,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use base64::Engine as _;
-use http::{header, HeaderValue, Method, StatusCode};
+use http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use prost::Message as _;
 use prost_reflect::DynamicMessage;
 use serde_json::{json, Map, Value as Json};
@@ -49,8 +49,20 @@ pub enum Error {
     UnsupportedMediaType(Box<str>),
     #[error("request body exceeds the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
-    #[error("upstream `{upstream}` is unavailable")]
+    /// The metadata a request would send upstream (forwarded headers, trace
+    /// context, claims) is over `limits.max_forwarded_metadata_bytes`.
+    #[error("the request's headers sent upstream take {size} bytes, over the limit of {limit} (the largest is `{largest}`)")]
+    MetadataTooLarge {
+        size: usize,
+        limit: usize,
+        largest: HeaderName,
+    },
+    #[error("upstream `{upstream}` is unavailable: {cause}")]
     UpstreamUnavailable { upstream: Arc<str>, cause: Box<str> },
+    /// A reply that gRPC or the method's type does not allow (not a valid
+    /// message, compressed unasked, without a status): the upstream's fault.
+    #[error("upstream sent an invalid reply: {0}")]
+    InvalidReply(Box<str>),
     /// An upstream reply message over `limits.max_response_message_bytes`.
     #[error("upstream reply message exceeds the limit of {limit} bytes")]
     ResponseTooLarge { limit: usize },
@@ -60,7 +72,7 @@ pub enum Error {
         timeout: Duration,
     },
     /// The upstream answered with a non-OK status: code, message and details pass through.
-    #[error("upstream error: {}", .0.message())]
+    #[error("upstream error {:?}: {}", .0.code(), .0.message())]
     Upstream(tonic::Status),
     #[error("{0}")]
     Unimplemented(Box<str>),
@@ -74,8 +86,8 @@ pub enum Error {
     /// Over a quota; answered with `Retry-After`, `RateLimit-*` and a `google.rpc.RetryInfo`.
     #[error("rate limit exceeded: {} requests per {}s", .0.limit, crate::policy::ceil_secs(.0.window))]
     RateLimited(Decision),
-    /// A descriptor change the registry refused: 409 when a route collides
-    /// with another set's, else 400; every problem is a field violation.
+    /// A descriptor change the registry refused: 409 when it collides with
+    /// another set, else 400; every problem is a field violation.
     #[error("refused: {}", .0.problems().iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Rejected(LoadError),
     /// An admin resource (descriptor set, upstream) that does not exist.
@@ -114,16 +126,17 @@ impl Error {
             Self::InvalidJson(_)
             | Self::InvalidField { .. }
             | Self::BodyRead(_)
-            | Self::UnsupportedMediaType(_) => Code::InvalidArgument,
+            | Self::UnsupportedMediaType(_)
+            | Self::MetadataTooLarge { .. } => Code::InvalidArgument,
             Self::PayloadTooLarge { .. } | Self::ResponseTooLarge { .. } => Code::ResourceExhausted,
             Self::UpstreamUnavailable { .. } => Code::Unavailable,
             Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             Self::Upstream(status) => status.code(),
-            Self::Internal(_) => Code::Internal,
+            Self::Internal(_) | Self::InvalidReply(_) => Code::Internal,
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::RateLimited(_) => Code::ResourceExhausted,
-            Self::Rejected(err) if err.is_route_conflict() => Code::AlreadyExists,
+            Self::Rejected(err) if err.is_conflict() => Code::AlreadyExists,
             Self::Rejected(_) => Code::InvalidArgument,
             Self::NotFound(_) => Code::NotFound,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
@@ -138,7 +151,8 @@ impl Error {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::ResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
+            Self::MetadataTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::ResponseTooLarge { .. } | Self::InvalidReply(_) => StatusCode::BAD_GATEWAY,
             _ => http_status(self.code()),
         }
     }
@@ -152,6 +166,7 @@ impl Error {
             | Self::BodyRead(_)
             | Self::UnsupportedMediaType(_)
             | Self::PayloadTooLarge { .. }
+            | Self::MetadataTooLarge { .. }
             | Self::Unauthenticated(_)
             | Self::PermissionDenied(_)
             | Self::RateLimited(_)
@@ -162,6 +177,7 @@ impl Error {
             Self::UpstreamUnavailable { .. }
             | Self::DeadlineExceeded { .. }
             | Self::ResponseTooLarge { .. }
+            | Self::InvalidReply(_)
             | Self::Upstream(_) => Fault::Upstream,
             Self::Unimplemented(_) | Self::Internal(_) => Fault::Gateway,
         }
@@ -211,7 +227,11 @@ impl Error {
         let shows_cause = matches!(self, Self::Unimplemented(_) | Self::ResponseTooLarge { .. });
         let message = if status.is_server_error() && !shows_cause {
             // Never leak the cause of a 5xx; it is logged with the request id.
-            generic_message(code).to_owned()
+            match self {
+                Self::InvalidReply(_) => "upstream sent an invalid reply",
+                _ => generic_message(code),
+            }
+            .to_owned()
         } else {
             match &self {
                 Self::Upstream(upstream) => {

@@ -23,7 +23,7 @@ use crate::{
     registry::{CallKind, RouteMatch},
     streaming,
     transcode::{self, ReplyFilter, RequestParts, TranscodeOptions},
-    upstream::{self, Payload},
+    upstream::{self, Deadline, Payload},
 };
 
 /// What the gateway service needs besides the matched route.
@@ -47,7 +47,7 @@ pub fn handle(
 ) -> impl Future<Output = Response> + Send + '_ {
     let request_id = request.headers().get(X_REQUEST_ID).cloned();
     async move {
-        let catalog = matched.catalog.clone();
+        let (catalog, route) = (matched.catalog.clone(), matched.route);
         let result = match matched.method().kind {
             CallKind::Unary => gateway.call(matched, metadata, request).await,
             // Boxed: the streaming future is larger than the unary one, and
@@ -60,6 +60,12 @@ pub fn handle(
                 .as_ref()
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
+            if err.http_status().is_server_error() {
+                // The client sees a generic message: the cause is told here.
+                let method = catalog.method(catalog.route(route));
+                let upstream = method.upstream.as_ref().map_or("none", |u| &*u.name);
+                tracing::warn!(request_id = id, upstream, rpc = %method.grpc_path, error = %err, "request failed");
+            }
             err.into_response(id, Some(&catalog))
         })
     }
@@ -81,10 +87,12 @@ impl Gateway {
                 ));
             };
             let filter = reply_filter(&matched, &parts)?;
+            let asked = upstream::asked_timeout(&parts.headers)?;
             let message = self.request_payload(&matched, &parts, body).await?;
             let started = Instant::now();
-            let reply =
-                upstream::unary(upstream, method.grpc_path.clone(), message, metadata).await;
+            let deadline = Deadline::start(upstream, asked);
+            let path = method.grpc_path.clone();
+            let reply = upstream::unary(upstream, path, message, metadata, deadline).await;
             if let Some(context) = parts.extensions.get::<Arc<RequestContext>>() {
                 context.set_upstream_latency(started.elapsed());
             }

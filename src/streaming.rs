@@ -32,7 +32,7 @@ use crate::{
     http_rule::BodyPlan,
     registry::{CallKind, RouteMatch},
     transcode::{self, Framer, JsonSplitter, ReplyFilter, StreamFormat},
-    upstream::{self, Outgoing, Payload, ReplyStream},
+    upstream::{self, Deadline, Outgoing, Payload, ReplyStream},
 };
 
 /// Serves one call of a streaming method.
@@ -53,6 +53,8 @@ pub(crate) async fn call(
     let kind = method.kind;
     let (parts, body) = request.into_parts();
     let filter = reply_filter(&matched, &parts)?;
+    // Checked on every kind; only a client stream has a deadline to shorten.
+    let asked = upstream::asked_timeout(&parts.headers)?;
     let request_id = error::request_id(&parts.headers).to_owned();
     let format = StreamFormat::negotiate(&parts.headers);
 
@@ -73,10 +75,11 @@ pub(crate) async fn call(
     let mut failed = Some(failed);
     let messages = RequestFeed::new(gateway.clone(), matched.clone(), &parts, body, fail)?.stream();
     if kind == CallKind::ClientStreaming {
+        let deadline = Deadline::start(&upstream, asked);
         let reply = tokio::select! {
             biased;
             err = request_failure(&mut failed) => return Err(err),
-            reply = upstream::client_streaming(&upstream, path, messages, metadata) => {
+            reply = upstream::client_streaming(&upstream, path, messages, metadata, deadline) => {
                 reply.map_err(|err| failed_first(&mut failed).unwrap_or(err))?
             }
         };
@@ -391,7 +394,9 @@ impl ReplyBody {
     }
 
     fn error_frame(&mut self, err: Error) -> Result<Bytes, StreamAborted> {
-        tracing::warn!(error = %err, request_id = %self.request_id, "reply stream ended with an error");
+        let method = self.matched.method();
+        let upstream = method.upstream.as_ref().map_or("none", |u| &*u.name);
+        tracing::warn!(error = %err, request_id = %self.request_id, upstream, rpc = %method.grpc_path, "reply stream ended with an error");
         let Some(framer) = &mut self.framer else {
             return Err(StreamAborted(err));
         };

@@ -139,7 +139,9 @@ fn compile(name: &str, source: &str) -> Bytes {
 fn compile_files(files: &[(&str, &str)]) -> Bytes {
     let dir = tempfile::tempdir().unwrap();
     for (name, source) in files {
-        std::fs::write(dir.path().join(name), source).unwrap();
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, source).unwrap();
     }
     let mut compiler =
         protox::Compiler::new([dir.path().to_owned(), Path::new(MANIFEST).join("protos")]).unwrap();
@@ -394,8 +396,15 @@ async fn refused_uploads_change_nothing_and_name_set_method_and_route() {
         ),
         // Only the file that imports: its dependency is missing.
         ("imports", missing_import(), 400, Code::InvalidArgument, "set `imports`: invalid descriptors"),
-        // Defines acme.orders.v1.Order again, with other content.
-        ("twice", service_redefining_order(), 400, Code::InvalidArgument, "set `twice`: invalid descriptors"),
+        // Defines acme.orders.v1.Order again, in another file.
+        (
+            "twice",
+            service_redefining_order(),
+            409,
+            Code::AlreadyExists,
+            "set `twice`: `acme.orders.v1.Order` (file `twice.proto`) is already defined by set `acme.orders.v1` (file `acme/orders/v1/orders.proto`)",
+        ),
+        ("empty", Bytes::new(), 400, Code::InvalidArgument, "descriptor set `empty` is empty"),
     ];
     for (name, bytes, status, code, message) in cases {
         let (got, body) = setup.put_set(name, bytes, Some(&url)).await;
@@ -490,6 +499,148 @@ service Twice { rpc A(Order) returns (Order) { option (google.api.http) = { get:
     )
 }
 
+/// The testing set's own file, as another team might have it: same path,
+/// other content (one service of its own).
+fn other_testing_file() -> Bytes {
+    compile_files(&[(
+        "protogate/testing/v1/testing.proto",
+        r#"syntax = "proto3";
+package protogate.testing.v1;
+import "google/api/annotations.proto";
+message Other { string id = 1; }
+service OtherService { rpc Get(Other) returns (Other) { option (google.api.http) = { get: "/v9/other/{id}" }; } }"#,
+    )])
+}
+
+#[tokio::test]
+async fn a_set_redefining_another_sets_file_or_name_or_adding_nothing_is_refused_whatever_its_name()
+{
+    let setup = Setup::start(&[]).await;
+    let url = setup.backend.url();
+    assert_eq!(
+        setup
+            .put_set("m-testing", testing_bytes(), Some(&url))
+            .await
+            .0,
+        201
+    );
+    let generation = setup.generation().await;
+    let (_, sets_before) = setup.admin_get("/admin/v1/descriptor-sets").await;
+    let redefining_echo = compile(
+        "evil",
+        r#"syntax = "proto3";
+package protogate.testing.v1;
+message EchoMessage { int64 other = 1; }"#,
+    );
+    let file = "file `protogate/testing/v1/testing.proto` differs from the file of that name in set `m-testing`";
+    let adds_nothing = "adds nothing: every file it holds is already served by set `m-testing`";
+    // Names before and after `m-testing`: the order the sets load in must not matter.
+    let cases = [
+        ("a-other", other_testing_file(), file),
+        ("z-other", other_testing_file(), file),
+        ("a-evil", redefining_echo, "`protogate.testing.v1.EchoMessage` (file `evil.proto`) is already defined by set `m-testing` (file `protogate/testing/v1/testing.proto`)"),
+        ("a-copy", testing_bytes(), adds_nothing),
+        ("z-copy", testing_bytes(), adds_nothing),
+    ];
+    for (name, bytes, message) in cases {
+        let (status, body) = setup.put_set(name, bytes, Some(&url)).await;
+        assert_eq!(status, 409, "{name}: {body}");
+        common::assert_status(
+            &body,
+            Code::AlreadyExists,
+            &format!("set `{name}`: {message}"),
+        );
+        assert_eq!(setup.generation().await, generation, "{name}");
+        assert!(!setup.dir.path().join(format!("{name}.binpb")).exists());
+        let (status, body) = setup
+            .gw
+            .post("/v1/echo", json!({"stringValue": name}))
+            .await;
+        assert_eq!(
+            (status, &body["stringValue"]),
+            (200, &json!(name)),
+            "{body}"
+        );
+        let (status, _) = setup.gw.get("/v9/other/x").await;
+        assert_eq!(status, 404, "{name}: its routes are not served");
+    }
+    let (_, sets_after) = setup.admin_get("/admin/v1/descriptor-sets").await;
+    assert_eq!(sets_before, sets_after);
+
+    // A dry run says the same, naming the set that serves it.
+    let (status, body) = setup
+        .admin_send(
+            setup
+                .gw
+                .client
+                .post(setup.admin("/admin/v1/descriptor-sets:validate?name=copy"))
+                .body(testing_bytes()),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["valid"], false);
+    assert_eq!(
+        body["problems"][0]["conflictsWithSet"], "m-testing",
+        "{body}"
+    );
+
+    // Identical files are shared: a set that imports the testing proto and
+    // adds a service of its own loads beside it.
+    let extra = compile_files(&[(
+        "extra.proto",
+        r#"syntax = "proto3";
+package t.extra;
+import "google/api/annotations.proto";
+import "protogate/testing/v1/testing.proto";
+service Extra { rpc Get(protogate.testing.v1.EchoMessage) returns (protogate.testing.v1.EchoMessage) { option (google.api.http) = { get: "/v9/extra" }; } }"#,
+    )]);
+    let (status, body) = setup.put_set("extra", extra, Some(&url)).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["routeCount"], 1, "{body}");
+    let (status, _) = setup.gw.post("/v1/echo", json!({})).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_conflicting_file_dropped_into_the_directory_is_left_out_and_the_served_set_stays() {
+    let setup = Setup::start(&[]).await;
+    let url = setup.backend.url();
+    assert_eq!(
+        setup
+            .put_set("m-testing", testing_bytes(), Some(&url))
+            .await
+            .0,
+        201
+    );
+    let generation = setup.generation().await;
+    let unchanged_reloads = || async {
+        let metrics = setup.gw.text(setup.admin("/metrics")).await;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("protogate_catalog_reloads_total{result=\"unchanged\"} "))
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    let before = unchanged_reloads().await;
+    std::fs::write(
+        setup.dir.path().join(".a-other.partial"),
+        other_testing_file(),
+    )
+    .unwrap();
+    std::fs::rename(
+        setup.dir.path().join(".a-other.partial"),
+        setup.dir.path().join("a-other.binpb"),
+    )
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while unchanged_reloads().await == before {
+        assert!(tokio::time::Instant::now() < deadline, "no reload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(setup.generation().await, generation);
+    assert_eq!(setup.gw.post("/v1/echo", json!({})).await.0, 200);
+    assert_eq!(setup.gw.get("/v9/other/x").await.0, 404);
+}
+
 #[tokio::test]
 async fn admin_api_requires_the_token_but_probes_do_not() {
     let setup = Setup::start(&[]).await;
@@ -550,6 +701,78 @@ async fn an_open_admin_api_is_refused_off_loopback() {
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     config.admin.token_file = Some(token_file);
     assert!(protogate::Server::new(&config, common::example_sets()).is_ok());
+}
+
+#[tokio::test]
+async fn without_a_token_only_loopback_hosts_are_answered() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let setup = Setup::start_in(dir, Backend::start().await, |config| {
+        config.admin.token = None;
+    })
+    .await;
+    let port = setup.gw.admin_addr.port();
+    let with_host = |path: &str, host: &str| {
+        setup
+            .gw
+            .client
+            .get(setup.admin(path))
+            .header("host", host.to_owned())
+    };
+    for path in ["/admin/v1/routes", "/admin/v1/descriptor-sets", "/metrics"] {
+        for host in [
+            "evil.example".to_owned(),
+            format!("evil.example:{port}"),
+            "localhost.evil.example".to_owned(),
+        ] {
+            let (status, body) = setup.gw.send(with_host(path, &host)).await;
+            assert_eq!(status, 403, "{path} for {host}: {body}");
+            common::assert_status(
+                &body,
+                Code::PermissionDenied,
+                &format!("only requests for localhost, 127.0.0.1 or [::1] are answered, not for `{host}`"),
+            );
+        }
+        for host in [
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+            format!("[::1]:{port}"),
+            "localhost".to_owned(),
+        ] {
+            let response = with_host(path, &host).send().await.unwrap();
+            assert_eq!(response.status(), 200, "{path} for {host}");
+        }
+    }
+    // A change through a rebound name is refused before it is applied.
+    let (status, _) = setup
+        .gw
+        .send(
+            setup
+                .gw
+                .client
+                .delete(setup.admin("/admin/v1/descriptor-sets/acme.orders.v1"))
+                .header("host", "evil.example"),
+        )
+        .await;
+    assert_eq!(status, 403);
+    setup.assert_old_routes_serve().await;
+
+    // With a token, any host may ask (the token is the guard).
+    let (status, body) = setup
+        .admin_send(with_host("/admin/v1/routes", "gateway.internal"))
+        .await;
+    assert_eq!(status, 403, "this gateway has no token: {body}");
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let guarded = Setup::start_in(dir, Backend::start().await, |_| {}).await;
+    let (status, body) = guarded
+        .admin_send(
+            guarded
+                .gw
+                .client
+                .get(guarded.admin("/admin/v1/routes"))
+                .header("host", "gateway.internal"),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
 }
 
 // === dry run ===

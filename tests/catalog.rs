@@ -5,24 +5,29 @@ mod common;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::Duration,
+    process::Stdio,
 };
 
 use bytes::Bytes;
+use common::process::{free_port, protogate, wait_for, Child};
 use protogate::registry::DescriptorSet;
 
 const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Compiles one proto source (with the vendored google protos on the path).
 fn compile(name: &str, source: &str) -> DescriptorSet {
+    compile_at(name, &format!("{name}.proto"), source)
+}
+
+/// Compiles one proto source as the file `path`, into the set `name`.
+fn compile_at(name: &str, path: &str, source: &str) -> DescriptorSet {
     let dir = std::env::temp_dir().join(format!("protogate-test-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join(format!("{name}.proto")), source).unwrap();
+    std::fs::create_dir_all(dir.join(path).parent().unwrap()).unwrap();
+    std::fs::write(dir.join(path), source).unwrap();
     let mut compiler =
         protox::Compiler::new([dir.clone(), Path::new(MANIFEST).join("protos")]).unwrap();
     compiler.include_imports(true);
-    compiler.open_file(format!("{name}.proto")).unwrap();
+    compiler.open_file(path).unwrap();
     let bytes = compiler.encode_file_descriptor_set();
     std::fs::remove_dir_all(&dir).ok();
     DescriptorSet {
@@ -216,12 +221,6 @@ async fn a_service_without_upstream_is_refused_at_start() {
 
 // === the command line ===
 
-fn protogate() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_protogate"));
-    command.current_dir(MANIFEST).stdin(Stdio::null());
-    command
-}
-
 #[test]
 fn check_prints_the_routes() {
     let output = protogate()
@@ -280,34 +279,6 @@ fn serve_refuses_an_unknown_config_key_naming_it_and_its_line() {
         stderr.contains("unknown field `max_body`") && stderr.contains("line 3"),
         "{stderr}"
     );
-}
-
-/// Kills the child on drop so a failed assertion leaves no process behind.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn wait_for(url: &str) -> reqwest::Response {
-    for _ in 0..100 {
-        if let Ok(response) = reqwest::get(url).await {
-            return response;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{url} never answered");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]
@@ -369,4 +340,63 @@ async fn serve_from_a_config_file_with_flags_overriding_it() {
     .await;
     std::fs::remove_dir_all(&dir).ok();
     assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn at_start_a_set_redefining_another_sets_file_is_refused_by_name_and_the_others_load() {
+    let backend = common::Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The orders file of acme.orders.v1 (given with --descriptor-set), with other content.
+    let evil = compile_at(
+        "evil",
+        "acme/orders/v1/orders.proto",
+        "syntax = \"proto3\";\npackage acme.orders.v1;\nmessage Order { int64 other = 1; }",
+    );
+    std::fs::write(dir.path().join("evil.binpb"), &evil.bytes).unwrap();
+    std::fs::copy(
+        Path::new(MANIFEST).join("descriptor-sets/acme.users.v1.binpb"),
+        dir.path().join("acme.users.v1.binpb"),
+    )
+    .unwrap();
+    let refusal = "set `evil`: file `acme/orders/v1/orders.proto` differs from the file of that name in set `acme.orders.v1`";
+
+    let port = free_port();
+    let child = Child(
+        protogate()
+            .args([
+                "serve",
+                "--descriptor-set",
+                "descriptor-sets/acme.orders.v1.binpb",
+                "--descriptors",
+            ])
+            .arg(dir.path())
+            .arg("--upstream")
+            .arg(format!("acme={}", backend.url()))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    for path in ["/v1/orders/o-1", "/v1/tenants/acme/users/alice"] {
+        let response = wait_for(&format!("http://127.0.0.1:{port}{path}")).await;
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    let log = child.stop();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("descriptor set refused") && l.contains(refusal)),
+        "{log}"
+    );
+
+    let output = protogate()
+        .args(["check", "descriptor-sets/acme.orders.v1.binpb"])
+        .arg(dir.path().join("evil.binpb"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains(refusal), "{stderr}");
 }

@@ -5,7 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_status, upstream, violations, Backend, Gateway};
+use common::{
+    assert_status,
+    process::{free_port, protogate, wait_for, Child},
+    upstream, violations, Backend, Gateway,
+};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -229,6 +233,71 @@ async fn slow_upstream_is_504() {
 }
 
 #[tokio::test]
+async fn a_clients_grpc_timeout_shortens_the_deadline_and_never_lengthens_it() {
+    // The harness gives the upstream 5 s.
+    let gw = Gateway::start().await;
+    let asking = |path: &str, timeout: &str| {
+        gw.client
+            .get(gw.url(path))
+            .header("grpc-timeout", timeout.to_owned())
+    };
+    // 3 s of work, 200 ms asked: the client's deadline.
+    let (status, body) = gw.send(asking("/v1/sleep/3000", "200m")).await;
+    assert_eq!(status, 504, "{body}");
+    assert_status(&body, Code::DeadlineExceeded, "deadline exceeded");
+    assert_eq!(gw.send(asking("/v1/sleep/1", "2S")).await.0, 200);
+    // The upstream is told the shorter deadline, and never a longer one.
+    for (asked, sent) in [("250m", "250000u"), ("1H", "5000000u")] {
+        let (status, body) = gw.send(asking("/v1/headers", asked)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["metadata"]["grpc-timeout"], sent, "{asked}");
+    }
+    for malformed in ["soon", "5", "1.5S", "123456789S", "-1S"] {
+        let (status, body) = gw.send(asking("/v1/sleep/1", malformed)).await;
+        assert_eq!(status, 400, "{malformed}: {body}");
+        assert_status(&body, Code::InvalidArgument, "invalid `grpc-timeout`");
+        assert_eq!(
+            violations(&body),
+            [(
+                "grpc-timeout".into(),
+                format!("`{malformed}` is not a gRPC timeout: 1 to 8 digits and a unit (H, M, S, m, u or n)")
+            )]
+        );
+    }
+
+    // An upstream of 200 ms: an hour asked is still 200 ms.
+    let short = Gateway::start_with(|config| {
+        for upstream in &mut config.upstreams {
+            upstream.timeout = Duration::from_millis(200);
+        }
+    })
+    .await;
+    let request = short
+        .client
+        .get(short.url("/v1/sleep/3000"))
+        .header("grpc-timeout", "1H");
+    let (status, body) = short.send(request).await;
+    assert_eq!(status, 504, "{body}");
+
+    // Through a tonic channel (calls from outside the serving workers) too.
+    let backend = Backend::start().await;
+    let mut config = protogate::Config {
+        upstreams: vec![upstream("protogate.testing", &backend.url())],
+        ..protogate::Config::default()
+    };
+    config.access_log.enabled = false;
+    let server = protogate::Server::new(&config, vec![common::testing_set()]).unwrap();
+    let request = http::Request::get("/v1/sleep/3000")
+        .header("grpc-timeout", "200m")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(server.router(), request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 504);
+}
+
+#[tokio::test]
 async fn overall_request_ceiling_is_504_with_a_status_body() {
     let gw =
         Gateway::start_with(|config| config.limits.request_timeout = Duration::from_millis(200))
@@ -352,4 +421,120 @@ async fn https_upstream_is_verified_against_the_configured_ca() {
     );
     let (status, body) = gw.get("/v2/orders/o-1").await;
     assert_eq!(status, 503, "an untrusted certificate is refused: {body}");
+}
+
+/// An HTTP/2 server on loopback that answers every call with `reply` as its
+/// one message and an OK status, whatever the method's reply type.
+async fn upstream_replying(reply: &'static [u8]) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((_, mut respond))) = connection.accept().await {
+                    let head = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(())
+                        .unwrap();
+                    let mut stream = respond.send_response(head, false).unwrap();
+                    let mut frame = vec![0];
+                    frame.extend_from_slice(&u32::try_from(reply.len()).unwrap().to_be_bytes());
+                    frame.extend_from_slice(reply);
+                    stream.send_data(frame.into(), false).unwrap();
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                    stream.send_trailers(trailers).unwrap();
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_reply_that_is_not_a_valid_message_is_502_on_both_client_paths() {
+    // Field 1 (the order's id) announces 5 bytes and brings 1.
+    let url = upstream_replying(b"\x0a\x05a").await;
+    let orders_from_it =
+        |config: &mut protogate::Config| config.upstreams.push(upstream("acme.orders.v1", &url));
+    // A serving worker's own HTTP/2 connection.
+    let gw = Gateway::start_with(orders_from_it).await;
+    let (status, body) = gw.get("/v1/orders/o-1").await;
+    assert_eq!(status, 502, "{body}");
+    assert_status(&body, Code::Internal, "upstream sent an invalid reply");
+    assert!(!body.to_string().contains("acme.orders"), "{body}");
+    assert_eq!(gw.get("/v2/orders/o-1").await.0, 200, "others still serve");
+
+    // A tonic channel: how calls from outside the serving workers go.
+    let backend = Backend::start().await;
+    let mut config = protogate::Config {
+        upstreams: vec![upstream("acme", &backend.url())],
+        ..protogate::Config::default()
+    };
+    config.access_log.enabled = false;
+    orders_from_it(&mut config);
+    let server = protogate::Server::new(&config, common::example_sets()).unwrap();
+    let request = http::Request::get("/v1/orders/o-1")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(server.router(), request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_status(&body, Code::Internal, "upstream sent an invalid reply");
+}
+
+#[tokio::test]
+async fn the_cause_of_a_5xx_is_logged_at_warn_with_the_request_id_and_the_upstream() {
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("testing.binpb");
+    std::fs::write(&set, common::testing_set().bytes).unwrap();
+    let port = free_port();
+    let child = Child(
+        protogate()
+            .args(["serve", "--descriptor-set"])
+            .arg(&set)
+            .arg("--upstream")
+            .arg(format!("protogate.testing={}", backend.url()))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", "127.0.0.1:0"])
+            // The default level: no RUST_LOG.
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&format!("http://127.0.0.1:{port}/v1/echo")).await;
+    let response = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/v1/fail"))
+        .header("x-request-id", "req-cause-1")
+        .json(&json!({"code": 13, "message": "disk 7 is on fire"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(!body.to_string().contains("on fire"), "{body}");
+
+    let log = child.stop();
+    let line = log
+        .lines()
+        .find(|line| line.contains("req-cause-1"))
+        .unwrap_or_else(|| panic!("the request is not in the log:\n{log}"));
+    for part in [
+        "WARN",
+        "upstream=\"protogate.testing\"",
+        "disk 7 is on fire",
+    ] {
+        assert!(line.contains(part), "`{part}` missing from: {line}");
+    }
 }

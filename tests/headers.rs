@@ -269,3 +269,41 @@ async fn cors_refuses_unlisted_origins() {
         .get("access-control-allow-origin")
         .is_none());
 }
+
+#[tokio::test]
+async fn forwarded_metadata_over_the_limit_is_431_before_the_upstream_is_called() {
+    let gw = Gateway::start_with(|config| {
+        config.headers.forward = vec!["x-blob-*".into()];
+    })
+    .await;
+    let blob = "b".repeat(5 << 10);
+    // 20 KiB forwarded: over the 16 KiB header list of a tonic or h2
+    // upstream, which refused it (a 500 from an HTTP 431 without a status).
+    let request = (0..4).fold(gw.client.get(gw.url("/v1/headers")), |request, i| {
+        request.header(format!("x-blob-{i}"), &blob)
+    });
+    let (status, body) = gw.send(request).await;
+    assert_eq!(status, 431, "{body}");
+    assert_status(
+        &body,
+        Code::InvalidArgument,
+        "the request's headers sent upstream take",
+    );
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("over the limit of 8192 (the largest is `x-blob-"),
+        "{message}"
+    );
+
+    // Within the limit it is forwarded.
+    let (_, metadata) = call_headers(
+        gw.client
+            .get(gw.url("/v1/headers"))
+            .header("x-blob-0", &blob),
+    )
+    .await;
+    assert_eq!(
+        metadata["x-blob-0"].as_str().map(str::len),
+        Some(blob.len())
+    );
+}

@@ -272,6 +272,27 @@ async fn each_bad_token_is_refused_with_its_reason() {
             key.sign(&with(good.clone(), json!({"exp": null}))),
             "missing required claim `exp`",
         ),
+        // The provider configures audiences: a token must name one.
+        (
+            "no audience",
+            key.sign(&with(good.clone(), json!({"aud": null}))),
+            "missing required claim `aud`",
+        ),
+        (
+            "an audience that is not a string or a list of them",
+            key.sign(&with(good.clone(), json!({"aud": 7}))),
+            "missing required claim `aud`",
+        ),
+        (
+            "issuers given as a list",
+            key.sign(&with(good.clone(), json!({"iss": [ISSUER]}))),
+            "unknown issuer",
+        ),
+        (
+            "a start of validity that is not a number",
+            key.sign(&with(good.clone(), json!({"nbf": "soon"}))),
+            "invalid claim `nbf`",
+        ),
     ];
     for (case, token, reason) in cases {
         let (status, headers, body) =

@@ -129,6 +129,80 @@ async fn users_are_counted_by_subject_and_anonymous_callers_by_ip() {
 }
 
 #[tokio::test]
+async fn users_of_two_issuers_with_the_same_subject_have_buckets_of_their_own() {
+    let gw = Gateway::start_with(|config| {
+        config.auth = Some(
+            serde_yaml::from_str(
+                "providers:\n\
+                 - { issuer: hmac-issuer, hmac_secret_env: CARGO_PKG_NAME }\n\
+                 - { issuer: other-issuer, hmac_secret_env: CARGO_PKG_NAME }\n",
+            )
+            .unwrap(),
+        );
+        config.rate_limit = limits("per_user: { requests: 1, per: 1h }");
+    })
+    .await;
+    let secret = std::env::var("CARGO_PKG_NAME").unwrap();
+    let alice_of = |issuer: &str| {
+        let claims = tokens::with(claims("alice", &[]), serde_json::json!({"iss": issuer}));
+        tokens::hmac(Algorithm::HS256, secret.as_bytes(), &claims)
+    };
+    let headers = |token: String| gw.client.get(gw.url("/v1/headers")).bearer_auth(token);
+    assert_eq!(send(headers(alice_of("hmac-issuer"))).await.0, 200);
+    assert_eq!(send(headers(alice_of("hmac-issuer"))).await.0, 429);
+    let (status, _, body) = send(headers(alice_of("other-issuer"))).await;
+    assert_eq!(
+        status, 200,
+        "another issuer's alice is another user: {body}"
+    );
+}
+
+#[tokio::test]
+async fn bad_tokens_spend_the_client_ip_quota_then_get_429() {
+    let gw = Gateway::start_with(|config| {
+        config.auth = hmac_auth();
+        config.rate_limit =
+            limits("per_user: { requests: 100, per: 1h }\nper_ip: { requests: 3, per: 1h }");
+        config.metrics.enabled = true;
+    })
+    .await;
+    let forged = tokens::hmac(
+        Algorithm::HS256,
+        b"not the secret",
+        &tokens::with(
+            claims("mallory", &[]),
+            serde_json::json!({"iss": "hmac-issuer"}),
+        ),
+    );
+    let headers = |token: &str| gw.client.get(gw.url("/v1/headers")).bearer_auth(token);
+    for _ in 0..3 {
+        let (status, _, body) = send(headers(&forged)).await;
+        assert_eq!(status, 401, "{body}");
+        assert_status(&body, Code::Unauthenticated, "invalid signature");
+    }
+    for token in [forged.as_str(), "not.a-token"] {
+        let (status, headers, body) = send(headers(token)).await;
+        assert_eq!(status, 429, "{body}");
+        assert_status(&body, Code::ResourceExhausted, "3 requests per 3600s");
+        assert_eq!(header(&headers, "retry-after"), "1200");
+    }
+    // A good token from the same address is counted as its user.
+    let (status, _, body) = send(headers(&user_token("alice"))).await;
+    assert_eq!(status, 200, "{body}");
+
+    let metrics = gw.text(format!("http://{}/metrics", gw.admin_addr)).await;
+    for line in [
+        "protogate_auth_refused_total{reason=\"signature\"} 4",
+        "protogate_auth_refused_total{reason=\"malformed\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in:\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_rule_gives_methods_a_quota_of_their_own() {
     let gw = Gateway::start_with(|config| {
         config.rate_limit = limits("per_ip: { requests: 100, per: 1h }");

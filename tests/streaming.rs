@@ -580,6 +580,27 @@ async fn client_stream_accepts_a_json_array_and_scalar_body_fields() {
 }
 
 #[tokio::test]
+async fn a_clients_grpc_timeout_bounds_a_client_stream() {
+    // The upstream has 5 s, the whole request 3 s; the client asks for 200 ms.
+    let setup = start_with(|config| config.limits.request_timeout = Duration::from_secs(3)).await;
+    let gw = &setup.gw;
+    let (tx, body) = body_channel();
+    let request = reqwest::Client::new()
+        .post(gw.url("/v1/items:collect"))
+        .header("grpc-timeout", "200m")
+        .body(body)
+        .send();
+    tx.send(Bytes::from_static(b"{\"index\": 1}\n"))
+        .await
+        .unwrap();
+    let response = within(request).await.unwrap();
+    assert_eq!(response.status(), 504);
+    let body: Json = response.json().await.unwrap();
+    assert_status(&body, Code::DeadlineExceeded, "deadline exceeded");
+    drop(tx);
+}
+
+#[tokio::test]
 async fn bad_value_mid_stream_is_400_and_cancels_the_upstream_call() {
     let setup = start().await;
     let (gw, probe) = (&setup.gw, &setup.probe);

@@ -5,9 +5,10 @@
 //! is configured.
 //!
 //! Statuses: 201 for a new set, 200 for a replaced or unchanged one; 409 when
-//! a route collides with one another set serves; 400 for anything else
-//! malformed or invalid (with every problem as a `google.rpc.BadRequest`
-//! violation); 404 for unknown names; 413 over `admin.max_upload_bytes`.
+//! it collides with another set (a route, a file or a name defined
+//! differently, or nothing new); 400 for anything else malformed or invalid
+//! (with every problem as a `google.rpc.BadRequest` violation); 404 for
+//! unknown names; 413 over `admin.max_upload_bytes`.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -544,6 +545,7 @@ impl From<ApplyError> for ApiError {
         Self(match err {
             ApplyError::Load(err) => Error::Rejected(err),
             ApplyError::InvalidName(reason) => Error::invalid_field("name", reason),
+            ApplyError::EmptySet(_) => Error::invalid_field("body", err.to_string()),
             ApplyError::UnknownSet(_) | ApplyError::UnknownUpstream(_) => {
                 Error::NotFound(err.to_string().into())
             }

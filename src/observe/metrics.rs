@@ -15,6 +15,7 @@
 //! | `protogate_catalog_reloads_total` | counter | result (`applied`, `unchanged`, `refused`) |
 //! | `protogate_rate_limited_total` | counter | route, key_kind (`user` or `ip`) |
 //! | `protogate_auth_failures_total` | counter | reason |
+//! | `protogate_auth_refused_total` | counter | reason (of [`AuthError::reason`](crate::policy::AuthError::reason)) |
 
 use std::{
     fmt,
@@ -54,6 +55,7 @@ const ROUTES: &str = "protogate_routes";
 const RELOADS: &str = "protogate_catalog_reloads_total";
 const RATE_LIMITED: &str = "protogate_rate_limited_total";
 const AUTH_FAILURES: &str = "protogate_auth_failures_total";
+const AUTH_REFUSED: &str = "protogate_auth_refused_total";
 
 /// Body size buckets: 64 B to 16 MiB, by fours.
 const SIZE_BUCKETS: [f64; 10] = [
@@ -212,6 +214,9 @@ impl Metrics {
             }
             None => {}
         }
+        if let Some(reason) = context.refused_token() {
+            self.record(|| counter!(AUTH_REFUSED, "reason" => reason).increment(1));
+        }
         // Last, so a scrape that sees the count sees the histograms too.
         series.requests.increment(1);
     }
@@ -300,6 +305,10 @@ fn describe() {
     describe_counter!(
         AUTH_FAILURES,
         "Requests refused by authentication or authorization"
+    );
+    describe_counter!(
+        AUTH_REFUSED,
+        "Tokens refused, whether answered 401 or 429 (the client IP's quota spent)"
     );
     describe_histogram!(
         REQUEST_DURATION,

@@ -54,6 +54,8 @@ pub struct RequestContext {
     route: OnceLock<(Arc<Catalog>, RouteId)>,
     upstream_latency: OnceLock<Duration>,
     consumer: OnceLock<Arc<str>>,
+    /// Why the request's token was refused, as a bounded label.
+    refused_token: OnceLock<&'static str>,
 }
 
 /// The bounded labels of a request: route template, upstream and RPC.
@@ -101,6 +103,7 @@ impl RequestContext {
             route: OnceLock::new(),
             upstream_latency: OnceLock::new(),
             consumer: OnceLock::new(),
+            refused_token: OnceLock::new(),
         });
         // A body that has already ended (most GETs) has nothing to count.
         if !request.body().is_end_stream() {
@@ -132,6 +135,17 @@ impl RequestContext {
     /// Records who called: the verified token subject (authentication).
     pub fn set_consumer(&self, subject: Arc<str>) {
         let _ = self.consumer.set(subject);
+    }
+
+    /// Records that the request's token was refused, and why (authentication).
+    pub(crate) fn set_refused_token(&self, reason: &'static str) {
+        let _ = self.refused_token.set(reason);
+    }
+
+    /// Why the request's token was refused, whatever the answer (401, or
+    /// 429 once the client's quota is spent).
+    pub fn refused_token(&self) -> Option<&'static str> {
+        self.refused_token.get().copied()
     }
 
     pub fn elapsed(&self) -> Duration {

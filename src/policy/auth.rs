@@ -43,7 +43,8 @@ pub struct Authenticator {
 
 #[derive(Debug)]
 struct Provider {
-    issuer: Box<str>,
+    /// Shared by the identities it verifies: half of their rate-limit key.
+    issuer: Arc<str>,
     /// One validation per accepted algorithm (jsonwebtoken wants the algorithm
     /// list to match the key's family), built at start.
     validations: Box<[(Algorithm, Validation)]>,
@@ -57,7 +58,9 @@ struct ClaimPath(Box<[Box<str>]>);
 /// The verified caller, stored in the request extensions.
 #[derive(Debug, Clone)]
 pub struct Identity {
-    /// The token's `sub`: the rate-limit key of authenticated calls.
+    /// The token's `iss`: two issuers' users of the same `sub` are two users.
+    pub issuer: Arc<str>,
+    /// The token's `sub`; with the issuer, the rate-limit key of authenticated calls.
     pub subject: Arc<str>,
     pub roles: Box<[Box<str>]>,
     pub scopes: Box<[Box<str>]>,
@@ -129,10 +132,15 @@ pub async fn authenticate(
     request: &mut Request,
 ) -> Result<(), Error> {
     let policy = &matched.catalog.method(matched.route()).policy;
-    let identity = auth
-        .identify(request.headers())
-        .await
-        .map_err(Error::Unauthenticated)?;
+    let identity = match auth.identify(request.headers()).await {
+        Ok(identity) => identity,
+        Err(refused) => {
+            if let Some(context) = RequestContext::of(request) {
+                context.set_refused_token(refused.reason());
+            }
+            return Err(Error::Unauthenticated(refused));
+        }
+    };
     authorize(policy, identity.as_ref())?;
     if let Some(identity) = identity {
         if let Some(context) = request.extensions().get::<Arc<RequestContext>>() {
@@ -189,10 +197,11 @@ impl Authenticator {
         } else {
             None
         };
-        let (spec, custom): (Vec<&String>, Vec<&String>) = config
+        let (spec, custom): (Vec<&str>, Vec<&str>) = config
             .required_claims
             .iter()
-            .partition(|c| SPEC_CLAIMS.contains(&c.as_str()));
+            .map(String::as_str)
+            .partition(|c| SPEC_CLAIMS.contains(c));
         let checks = Checks {
             leeway: config.leeway.as_secs(),
             required_spec: spec,
@@ -257,10 +266,14 @@ impl Authenticator {
             ));
         }
         let claims = verify(token, unverified.algorithm, &key, validation)?;
-        self.identity(&claims).map(Some)
+        self.identity(&provider.issuer, &claims).map(Some)
     }
 
-    fn identity(&self, claims: &Map<String, Json>) -> Result<Identity, AuthError> {
+    fn identity(
+        &self,
+        issuer: &Arc<str>,
+        claims: &Map<String, Json>,
+    ) -> Result<Identity, AuthError> {
         if let Some(missing) = self
             .required_custom
             .iter()
@@ -279,6 +292,7 @@ impl Authenticator {
             .filter_map(|(path, name)| Some((name.clone(), header_value(path.get(claims)?)?)))
             .collect();
         Ok(Identity {
+            issuer: issuer.clone(),
             subject: subject.into(),
             roles: list(self.roles_claim.get(claims)),
             scopes: list(self.scopes_claim.get(claims)),
@@ -315,7 +329,7 @@ fn verify(
 /// The claim checks shared by every provider.
 struct Checks<'a> {
     leeway: u64,
-    required_spec: Vec<&'a String>,
+    required_spec: Vec<&'a str>,
 }
 
 // === impl Provider ===
@@ -378,12 +392,17 @@ impl Provider {
                 validation.leeway = checks.leeway;
                 validation.validate_nbf = true;
                 validation.set_issuer(&[&config.issuer]);
+                // A claim the provider checks must be there: jsonwebtoken
+                // checks `iss` and `aud` only when a token carries them.
+                let mut required = checks.required_spec.clone();
+                required.push("iss");
                 if config.audiences.is_empty() {
                     validation.validate_aud = false;
                 } else {
                     validation.set_audience(&config.audiences);
+                    required.push("aud");
                 }
-                validation.set_required_spec_claims(&checks.required_spec);
+                validation.set_required_spec_claims(&required);
                 (algorithm, validation)
             })
             .collect();

@@ -93,9 +93,9 @@ pub struct PolicyRule {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
-    /// Quota of an authenticated caller, keyed by the token's subject. Default: none.
+    /// Quota of an authenticated caller, keyed by the token's issuer and subject. Default: none.
     pub per_user: Option<QuotaConfig>,
-    /// Quota of an anonymous caller, keyed by client IP. Default: none.
+    /// Quota of an anonymous caller (and of failed authentications), keyed by client IP. Default: none.
     pub per_ip: Option<QuotaConfig>,
     /// Most clients remembered per bucket; beyond it new clients share one key. Default 100000.
     pub max_keys: usize,

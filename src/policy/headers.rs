@@ -9,8 +9,9 @@
 //! (step 13, matched routes): computes the upstream
 //! metadata once -- ids, request start, `traceparent`/`tracestate`, static
 //! headers, allow-listed client headers, the verified identity's claims --
-//! and on the way back returns the allow-listed upstream response metadata
-//! as HTTP headers. Hop-by-hop and `grpc-*` headers never cross.
+//! refusing it (431) over `limits.max_forwarded_metadata_bytes`, and on the
+//! way back returns the allow-listed upstream response metadata as HTTP
+//! headers. Hop-by-hop and `grpc-*` headers never cross.
 
 use std::{
     sync::Arc,
@@ -26,7 +27,10 @@ use super::{
     config::{AuthConfig, HeadersConfig, DEFAULT_CLAIM_HEADERS},
     Identity,
 };
-use crate::observe::trace_context::{TRACEPARENT, TRACESTATE};
+use crate::{
+    error::Error,
+    observe::trace_context::{TRACEPARENT, TRACESTATE},
+};
 
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub(crate) const X_CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
@@ -53,6 +57,10 @@ const NEVER_FORWARDED: [&str; 12] = [
 /// Longest id kept from a client.
 const MAX_ID_LEN: usize = 128;
 
+/// What HTTP/2 adds to each header's name and value when it sizes a header
+/// list (RFC 9113 §6.5.2).
+const ENTRY_OVERHEAD: usize = 32;
+
 /// The header decisions, compiled at start.
 #[derive(Debug)]
 pub struct HeaderPolicy {
@@ -61,6 +69,8 @@ pub struct HeaderPolicy {
     static_headers: Box<[(HeaderName, HeaderValue)]>,
     forward: NameSet,
     response: NameSet,
+    /// `limits.max_forwarded_metadata_bytes`.
+    max_metadata_bytes: usize,
 }
 
 /// The upstream's response metadata, left in the response extensions by the
@@ -134,8 +144,13 @@ impl HeaderPolicy {
         }
     }
 
-    /// Compiles names and globs (validated by `Config::validate`; invalid ones are skipped).
-    pub fn new(config: &HeadersConfig, auth: Option<&AuthConfig>) -> Self {
+    /// Compiles names and globs (validated by `Config::validate`; invalid
+    /// ones are skipped); metadata over `max_metadata_bytes` is refused.
+    pub fn new(
+        config: &HeadersConfig,
+        auth: Option<&AuthConfig>,
+        max_metadata_bytes: usize,
+    ) -> Self {
         let mut identity: Vec<HeaderName> = DEFAULT_CLAIM_HEADERS
             .iter()
             .map(|(_, header)| HeaderName::from_static(header))
@@ -165,12 +180,14 @@ impl HeaderPolicy {
             static_headers,
             forward: NameSet::new(&config.forward),
             response: NameSet::new(&config.response),
+            max_metadata_bytes,
         }
     }
 
     /// Step 13, on the way in: the upstream metadata, decided once and
-    /// handed to the gateway step.
-    pub fn upstream_metadata(&self, request: &Request) -> MetadataMap {
+    /// handed to the gateway step; refused when over the limit, so that an
+    /// upstream never refuses (and words) a header list the gateway made.
+    pub fn upstream_metadata(&self, request: &Request) -> Result<MetadataMap, Error> {
         let incoming = request.headers();
         let mut out = HeaderMap::with_capacity(8);
         if !self.forward.is_empty() {
@@ -213,7 +230,26 @@ impl HeaderPolicy {
                 out.insert(name, value.clone());
             }
         }
-        MetadataMap::from_headers(out)
+        self.check_size(&out)?;
+        Ok(MetadataMap::from_headers(out))
+    }
+
+    fn check_size(&self, metadata: &HeaderMap) -> Result<(), Error> {
+        let entry = |(name, value): (&HeaderName, &HeaderValue)| {
+            name.as_str().len() + value.len() + ENTRY_OVERHEAD
+        };
+        let size: usize = metadata.iter().map(entry).sum();
+        if size <= self.max_metadata_bytes {
+            return Ok(());
+        }
+        let largest = metadata.iter().max_by_key(|&header| entry(header));
+        Err(Error::MetadataTooLarge {
+            size,
+            limit: self.max_metadata_bytes,
+            largest: largest
+                .map(|(name, _)| name.clone())
+                .unwrap_or(X_REQUEST_ID),
+        })
     }
 }
 
@@ -264,7 +300,7 @@ mod tests {
 
     fn policy(yaml: &str) -> HeaderPolicy {
         let config: HeadersConfig = serde_yaml::from_str(yaml).unwrap();
-        HeaderPolicy::new(&config, None)
+        HeaderPolicy::new(&config, None, 8 << 10)
     }
 
     fn request(headers: &[(&str, &str)]) -> Request {
@@ -312,6 +348,7 @@ mod tests {
                     "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
                 ),
             ]))
+            .unwrap()
             .into_headers();
         let mut names: Vec<&str> = metadata.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
@@ -325,7 +362,7 @@ mod tests {
         request.extensions_mut().insert(RequestStart(
             UNIX_EPOCH + std::time::Duration::from_millis(1_234),
         ));
-        let metadata = policy.upstream_metadata(&request).into_headers();
+        let metadata = policy.upstream_metadata(&request).unwrap().into_headers();
         assert_eq!(metadata["x-gateway"], "protogate");
         assert_eq!(metadata["x-started"], "t=1234");
     }
@@ -345,7 +382,7 @@ mod tests {
             ("tracestate", "k=v"),
         ]);
         request.extensions_mut().insert(RequestStart(UNIX_EPOCH));
-        let metadata = policy.upstream_metadata(&request).into_headers();
+        let metadata = policy.upstream_metadata(&request).unwrap().into_headers();
         for name in [
             "x-request-id",
             "x-correlation-id",

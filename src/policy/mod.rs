@@ -5,6 +5,7 @@
 //! * [`sanitize`] -- ids well-formed, spoofable identity headers removed, request start noted (every request);
 //! * [`authenticate`] -- JWT → [`Identity`]; the method's [`RoutePolicy`] → 401/403;
 //! * [`rate_limit`] -- per consumer or client IP → 429 with `Retry-After`/`RateLimit-*`;
+//!   a failed authentication counts against the client IP ([`count_failed_authentication`]);
 //! * [`HeaderPolicy`] -- the upstream metadata, and the upstream headers returned;
 //! * [`cors::layer`] -- CORS, preflights answered without an upstream.
 //!
@@ -38,7 +39,8 @@ pub use self::{
     client_ip::ClientIp,
     headers::{sanitize, HeaderPolicy, UpstreamHeaders},
     rate_limit::{
-        rate_limit, BucketId, ClientKey, Decision, Limiter, LocalLimiter, RateLimiting, RateLimits,
+        count_failed_authentication, rate_limit, BucketId, ClientKey, Decision, Limiter,
+        LocalLimiter, RateLimiting, RateLimits,
     },
 };
 use crate::{pb::protogate::v1::Policy as PolicyOption, Config};
@@ -123,7 +125,11 @@ impl Policies {
             rules,
             auth,
             rate_limit,
-            headers: Arc::new(HeaderPolicy::new(&config.headers, config.auth.as_ref())),
+            headers: Arc::new(HeaderPolicy::new(
+                &config.headers,
+                config.auth.as_ref(),
+                config.limits.max_forwarded_metadata_bytes,
+            )),
             cors: config.cors.as_ref().map(cors::layer),
         })
     }

@@ -1,8 +1,8 @@
 //! Rate limiting (step 12): authenticated calls are counted per consumer (the
-//! token's subject), anonymous ones per client IP, each in the bucket the
-//! method's policy names. Over the limit → 429 with `Retry-After`,
-//! `RateLimit-*` and a `google.rpc.RetryInfo`; allowed responses carry the
-//! `RateLimit-*` headers too.
+//! token's issuer and subject), anonymous ones and failed authentications per
+//! client IP, each in the bucket the method's policy names. Over the limit →
+//! 429 with `Retry-After`, `RateLimit-*` and a `google.rpc.RetryInfo`;
+//! allowed responses carry the `RateLimit-*` headers too.
 //!
 //! The [`Limiter`] trait is the seam for a shared backend (Redis) serving
 //! several gateway instances; [`LocalLimiter`] is governor's GCRA in process,
@@ -52,7 +52,11 @@ pub struct RateLimits {
 /// Who is counted.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ClientKey {
-    User(Arc<str>),
+    /// A verified caller: the token's issuer and subject.
+    User {
+        issuer: Arc<str>,
+        subject: Arc<str>,
+    },
     Ip(IpAddr),
     /// Every client that arrived once the store was full.
     Overflow,
@@ -95,13 +99,14 @@ pub fn rate_limit<'a, L: Limiter>(
     // The key is read now: the future must not hold the request.
     let policy = matched.catalog.method(matched.route()).policy.rate_limit;
     let counted = match request.extensions().get::<Arc<Identity>>() {
-        Some(identity) => policy
-            .per_user
-            .map(|bucket| (bucket, ClientKey::User(identity.subject.clone()))),
-        None => policy.per_ip.map(|bucket| {
-            let ip = limits.client_ip.of(request.extensions(), request.headers());
-            (bucket, ClientKey::Ip(ip))
+        Some(identity) => policy.per_user.map(|bucket| {
+            let key = ClientKey::User {
+                issuer: identity.issuer.clone(),
+                subject: identity.subject.clone(),
+            };
+            (bucket, key)
         }),
+        None => anonymous(limits, policy, request),
     };
     async move {
         let Some((bucket, key)) = counted else {
@@ -114,6 +119,45 @@ pub fn rate_limit<'a, L: Limiter>(
             Err(Error::RateLimited(decision))
         }
     }
+}
+
+/// A failed authentication (`refused`, a 401) counts as an anonymous call
+/// of the client IP: once that quota is spent the answer is 429, so a flood
+/// of bad tokens is throttled like anonymous traffic. Other errors pass.
+pub fn count_failed_authentication<'a, L: Limiter>(
+    limits: &'a RateLimiting<L>,
+    matched: &RouteMatch,
+    request: &Request,
+    refused: Error,
+) -> impl Future<Output = Error> + Send + 'a {
+    let policy = matched.catalog.method(matched.route()).policy.rate_limit;
+    let counted = matches!(refused, Error::Unauthenticated(_))
+        .then(|| anonymous(limits, policy, request))
+        .flatten();
+    async move {
+        let Some((bucket, key)) = counted else {
+            return refused;
+        };
+        let decision = limits.limiter.check(bucket, &key).await;
+        if decision.allowed {
+            refused
+        } else {
+            Error::RateLimited(decision)
+        }
+    }
+}
+
+/// The bucket and key of an anonymous call: the client IP, when the
+/// method has a per-IP quota.
+fn anonymous<L>(
+    limits: &RateLimiting<L>,
+    policy: RateLimits,
+    request: &Request,
+) -> Option<(BucketId, ClientKey)> {
+    policy.per_ip.map(|bucket| {
+        let ip = limits.client_ip.of(request.extensions(), request.headers());
+        (bucket, ClientKey::Ip(ip))
+    })
 }
 
 // === impl Decision ===

@@ -11,7 +11,10 @@ use prost::Message as _;
 use prost_reflect::{DescriptorPool, MethodDescriptor, ServiceDescriptor};
 use sha2::{Digest as _, Sha256};
 
-use super::catalog::{CallKind, Catalog, LoadedSet, MethodPlan, Route};
+use super::{
+    catalog::{CallKind, Catalog, LoadedSet, MethodPlan, Route},
+    definitions::Definitions,
+};
 use crate::{
     config::Config,
     deprecation::DeprecationRules,
@@ -22,8 +25,9 @@ use crate::{
     upstream::Upstreams,
 };
 
-/// google.api and google.rpc: known to every catalog, whatever the sets import,
-/// so that error details and `Any` payloads always resolve.
+/// google.api, google.rpc and the well-known types: known to every catalog,
+/// whatever the sets import, so that error details and `Any` payloads always
+/// resolve. A set's own copies of these files are not used.
 static BASE_POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
     DescriptorPool::decode(&include_bytes!(concat!(env!("OUT_DIR"), "/base.binpb"))[..])
         .expect("the base descriptor set is compiled by build.rs and always decodes")
@@ -122,6 +126,8 @@ pub struct CatalogBuilder<'a> {
     upstreams: &'a Upstreams,
     policies: Option<&'a PolicyRules>,
     sets: Vec<DescriptorSet>,
+    /// Sets being added or replaced (see [`CatalogBuilder::checked_last`]).
+    checked_last: Vec<String>,
 }
 
 /// Why a catalog was refused: every problem found.
@@ -136,8 +142,9 @@ pub struct LoadProblem {
     pub set: Option<String>,
     pub method: Option<String>,
     pub reason: String,
-    /// A route of this set collides with one another set serves: the admin
-    /// API answers 409 for it, 400 for every other problem.
+    /// This set collides with another set (a route, or a file or name
+    /// defined differently, or it adds nothing to what that set serves): the
+    /// admin API answers 409 for it, 400 for every other problem.
     pub conflicts_with_set: Option<String>,
 }
 
@@ -188,7 +195,17 @@ impl<'a> CatalogBuilder<'a> {
             upstreams,
             policies: None,
             sets: Vec::new(),
+            checked_last: Vec::new(),
         }
+    }
+
+    /// Sets being added or replaced: checked after the others, so that where
+    /// one of them and a served set define a file or a name differently, it
+    /// is the one refused.
+    #[must_use]
+    pub fn checked_last(mut self, names: Vec<String>) -> Self {
+        self.checked_last = names;
+        self
     }
 
     /// Resolves each method's policy with the config's rules over its proto option.
@@ -206,11 +223,12 @@ impl<'a> CatalogBuilder<'a> {
 
     /// Validates everything and freezes the result.
     pub fn build(self, generation: u64) -> Result<Catalog, LoadError> {
-        let mut problems = Vec::new();
+        let (definitions, mut problems) = check_definitions(&self.sets, &self.checked_last);
         let mut pool = BASE_POOL.clone();
         let mut loaded = Vec::with_capacity(self.sets.len());
         let mut services = Vec::new();
-        for set in &self.sets {
+        let refused: Vec<String> = problems.iter().filter_map(|p| p.set.clone()).collect();
+        for set in self.sets.iter().filter(|set| !refused.contains(&set.name)) {
             let problem = |reason: String| LoadProblem {
                 set: Some(set.name.clone()),
                 method: None,
@@ -224,10 +242,12 @@ impl<'a> CatalogBuilder<'a> {
                     continue;
                 }
             };
-            let file_names: Vec<String> = files.file.iter().map(|f| f.name().to_owned()).collect();
-            let new_files: Vec<String> = file_names
-                .into_iter()
-                .filter(|name| pool.get_file_by_name(name).is_none())
+            // A file shared by several sets is listed under the first to serve it.
+            let own_files: Vec<&str> = files
+                .file
+                .iter()
+                .map(|f| f.name())
+                .filter(|name| definitions.owner(name) == Some(set.name.as_str()))
                 .collect();
             // Decode again through prost-reflect: prost_types drops the unknown
             // fields that hold custom options such as google.api.http.
@@ -237,7 +257,7 @@ impl<'a> CatalogBuilder<'a> {
             }
             // Names only: descriptors taken now would pin this intermediate
             // pool, and compare unequal to those of the final one.
-            let set_services: Vec<String> = new_files
+            let set_services: Vec<String> = own_files
                 .iter()
                 .filter_map(|name| pool.get_file_by_name(name))
                 .flat_map(|file| {
@@ -462,6 +482,34 @@ impl<'a> CatalogBuilder<'a> {
     }
 }
 
+/// What the sets define, checked set by set in order (those named in `last`
+/// after the others): which set each file belongs to, and the sets refused
+/// whole, each with the problem that says why (a set that defines a file or
+/// a fully-qualified name differently from a set before it, or adds nothing).
+pub(super) fn check_definitions(
+    sets: &[DescriptorSet],
+    last: &[String],
+) -> (Definitions, Vec<LoadProblem>) {
+    let (incoming, served): (Vec<&DescriptorSet>, Vec<&DescriptorSet>) =
+        sets.iter().partition(|set| last.contains(&set.name));
+    let shipped = |file: &str| BASE_POOL.get_file_by_name(file).is_some();
+    let mut definitions = Definitions::default();
+    let refused = served
+        .into_iter()
+        .chain(incoming)
+        .filter_map(|set| {
+            let refusal = definitions.add(&set.name, &set.bytes, shipped).err()?;
+            Some(LoadProblem {
+                set: Some(set.name.clone()),
+                method: None,
+                conflicts_with_set: refusal.other_set().map(str::to_owned),
+                reason: refusal.to_string(),
+            })
+        })
+        .collect();
+    (definitions, refused)
+}
+
 /// The full name of the method at `index`, which may be the one being added.
 fn methods_name(methods: &[MethodPlan], index: usize, current: &MethodDescriptor) -> String {
     methods
@@ -510,8 +558,9 @@ impl LoadError {
         }
     }
 
-    /// Whether a route collides with one served by another set.
-    pub fn is_route_conflict(&self) -> bool {
+    /// Whether the change collides with another set (see
+    /// [`LoadProblem::conflicts_with_set`]).
+    pub fn is_conflict(&self) -> bool {
         self.problems.iter().any(|p| p.conflicts_with_set.is_some())
     }
 }

@@ -10,6 +10,7 @@
 mod builder;
 mod catalog;
 mod compile;
+mod definitions;
 mod reload;
 mod store;
 
@@ -112,6 +113,8 @@ pub enum ApplyError {
     Load(#[from] LoadError),
     #[error("{0}")]
     InvalidName(String),
+    #[error("descriptor set `{0}` is empty: upload a FileDescriptorSet or .proto sources")]
+    EmptySet(String),
     #[error("descriptor set `{0}` is not loaded")]
     UnknownSet(String),
     #[error("descriptor set `{0}` comes from the configuration and cannot be changed through the admin API")]
@@ -145,14 +148,15 @@ struct ManagedSet {
 
 impl Registry {
     /// Builds the first catalog (generation 1) from the fixed sets and what
-    /// was read from the store. Must run inside a tokio runtime.
+    /// was read from the store. A set that defines a file or a name
+    /// differently from a set before it (or adds nothing) is left out and
+    /// logged; the others load. Must run inside a tokio runtime.
     pub fn start(
-        context: BuildContext,
+        mut context: BuildContext,
         upstreams: Upstreams,
         stored: Vec<StoredSet>,
         stored_upstreams: BTreeMap<String, UpstreamSetting>,
     ) -> Result<Self, LoadError> {
-        let context = Arc::new(context);
         let mut sources = Sources {
             sets: BTreeMap::new(),
             upstreams: stored_upstreams,
@@ -162,9 +166,15 @@ impl Registry {
             let set = ManagedSet::new(stored.set.bytes, stored.upstream, context.started_at);
             sources.sets.insert(stored.set.name, set);
         }
+        for refused in context.leave_out_refused(&mut sources, &[]) {
+            context
+                .fixed
+                .retain(|set| Some(&set.name) != refused.set.as_ref());
+        }
+        let context = Arc::new(context);
         let live = context.upstreams_for(&sources)?;
         sources.live = Arc::new(live);
-        let catalog = context.build(&sources, 1)?;
+        let catalog = context.build(&sources, 1, Vec::new())?;
         let (changed, _) = watch::channel(catalog.generation());
         Ok(Self {
             current: ArcSwap::from_pointee(catalog),
@@ -220,7 +230,23 @@ impl Registry {
     async fn run(&self, change: Change, commit: bool) -> Result<Applied, ApplyError> {
         let mut sources = self.sources.lock().await;
         let current = self.load();
-        let candidate = self.candidate(&sources, &change).await?;
+        let mut candidate = self.candidate(&sources, &change).await?;
+        // The sets this change adds or replaces.
+        let incoming: Vec<String> = candidate
+            .sets
+            .iter()
+            .filter(|(name, set)| {
+                sources
+                    .sets
+                    .get(*name)
+                    .is_none_or(|old| old.bytes != set.bytes)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        if matches!(change, Change::Reload) {
+            // As at start: a file in the directory cannot take another set's place.
+            self.context.leave_out_refused(&mut candidate, &incoming);
+        }
         if candidate.same_as(&sources) {
             return Ok(Applied {
                 catalog: current,
@@ -232,7 +258,7 @@ impl Registry {
         let context = self.context.clone();
         let generation = current.generation() + 1;
         let (candidate, catalog) = tokio::task::spawn_blocking(move || {
-            let catalog = context.build(&candidate, generation);
+            let catalog = context.build(&candidate, generation, incoming);
             (candidate, catalog)
         })
         .await
@@ -290,6 +316,9 @@ impl Registry {
                 upstream,
             } => {
                 check_name(name).map_err(ApplyError::InvalidName)?;
+                if bytes.is_empty() {
+                    return Err(ApplyError::EmptySet(name.clone()));
+                }
                 if self.context.fixed.iter().any(|set| set.name == *name) {
                     return Err(ApplyError::FixedSet(name.clone()));
                 }
@@ -394,16 +423,19 @@ impl BuildContext {
             .map_err(|err| LoadError::general(err.to_string()))
     }
 
-    /// The fixed sets and the managed ones → a validated catalog. Pure and
-    /// synchronous: the one build every trigger goes through.
-    fn build(&self, sources: &Sources, generation: u64) -> Result<Catalog, LoadError> {
-        let managed = sources.sets.iter().map(|(name, set)| DescriptorSet {
-            name: name.clone(),
-            bytes: set.bytes.clone(),
-        });
+    /// The fixed sets and the managed ones → a validated catalog; the
+    /// `incoming` sets are the ones refused where they disagree with another.
+    /// Pure and synchronous: the one build every trigger goes through.
+    fn build(
+        &self,
+        sources: &Sources,
+        generation: u64,
+        incoming: Vec<String>,
+    ) -> Result<Catalog, LoadError> {
         let mut catalog = CatalogBuilder::new(self.options.clone(), &sources.live)
             .policies(&self.policies)
-            .add_sets(self.fixed.iter().cloned().chain(managed))
+            .add_sets(self.sets(sources))
+            .checked_last(incoming)
             .build(generation)?;
         for loaded in catalog.sets.iter_mut() {
             match sources.sets.get(&loaded.name) {
@@ -416,6 +448,29 @@ impl BuildContext {
             }
         }
         Ok(catalog)
+    }
+
+    /// The fixed sets, then the managed ones.
+    fn sets(&self, sources: &Sources) -> Vec<DescriptorSet> {
+        let managed = sources.sets.iter().map(|(name, set)| DescriptorSet {
+            name: name.clone(),
+            bytes: set.bytes.clone(),
+        });
+        self.fixed.iter().cloned().chain(managed).collect()
+    }
+
+    /// Removes the managed sets refused whole (see
+    /// [`CatalogBuilder::checked_last`] for `incoming`) and logs every
+    /// refused set, fixed ones included; returns their problems.
+    fn leave_out_refused(&self, sources: &mut Sources, incoming: &[String]) -> Vec<LoadProblem> {
+        let (_, refused) = builder::check_definitions(&self.sets(sources), incoming);
+        for problem in &refused {
+            tracing::error!(%problem, "descriptor set refused; the others load");
+            if let Some(name) = &problem.set {
+                sources.sets.remove(name);
+            }
+        }
+        refused
     }
 }
 

@@ -16,7 +16,8 @@
 //! 9. the overall request deadline (per-upstream ones travel as `grpc-timeout`)
 //! 10. the route, matched once against the current catalog
 //! 11. authentication and the method's policy
-//! 12. rate limit: the consumer's subject, else the client IP
+//! 12. rate limit: the consumer's issuer and subject, else the client IP
+//!     (a failed authentication at 11 counts against the client IP too)
 //! 13. the upstream metadata, decided once; allow-listed upstream headers back
 //! 14. the gateway: transcode, call, answer
 
@@ -341,7 +342,11 @@ impl Inner {
     ) -> impl Future<Output = Response> + Send + '_ {
         async move {
             if let Some(auth) = &self.auth {
-                if let Err(err) = policy::authenticate(auth, &matched, &mut request).await {
+                if let Err(mut err) = policy::authenticate(auth, &matched, &mut request).await {
+                    if let Some(limits) = &self.rate_limit {
+                        err = policy::count_failed_authentication(limits, &matched, &request, err)
+                            .await;
+                    }
                     return err.into_response(error::request_id(request.headers()), None);
                 }
             }
@@ -354,7 +359,10 @@ impl Inner {
                 },
                 None => None,
             };
-            let metadata = self.headers.upstream_metadata(&request);
+            let metadata = match self.headers.upstream_metadata(&request) {
+                Ok(metadata) => metadata,
+                Err(err) => return err.into_response(error::request_id(request.headers()), None),
+            };
             let mut response = gateway::handle(&self.gateway, matched, metadata, request).await;
             self.headers.return_upstream_headers(&mut response);
             if let Some(decision) = decision {

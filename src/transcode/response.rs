@@ -154,10 +154,7 @@ impl ReplyFilter {
 pub fn decode_reply(method: &MethodDescriptor, reply: &[u8]) -> Result<DynamicMessage, Error> {
     let output = method.output();
     DynamicMessage::decode(output.clone(), reply).map_err(|err| {
-        Error::Upstream(tonic::Status::internal(format!(
-            "cannot decode {}: {err}",
-            output.full_name()
-        )))
+        Error::InvalidReply(format!("not a valid {}: {err}", output.full_name()).into())
     })
 }
 
@@ -662,9 +659,10 @@ mod tests {
                 .print(&bytes, shape, &options)
                 .unwrap_err();
             assert!(
-                matches!(&err, Error::Upstream(status) if status.message().contains("cannot decode")),
+                matches!(&err, Error::InvalidReply(why) if why.contains("not a valid protogate.testing.v1.EchoMessage")),
                 "{bytes:?}: {err:?}"
             );
+            assert_eq!(err.http_status(), http::StatusCode::BAD_GATEWAY);
         }
     }
 }

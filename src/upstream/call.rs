@@ -2,7 +2,11 @@
 //! worker's own HTTP/2 connection, and the mapping of failures to the
 //! request-path [`Error`].
 
-use std::{fmt::Display, future::Future, time::Instant};
+use std::{
+    fmt::Display,
+    future::Future,
+    time::{Duration, Instant},
+};
 
 use base64::{
     alphabet,
@@ -34,9 +38,44 @@ const METADATA_BASE64: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
+/// A call's time limit, counted from its start: the upstream's timeout, or
+/// less when the client asked for less (its `grpc-timeout`), never more.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    timeout: Duration,
+    started: Instant,
+}
+
+impl Deadline {
+    /// Starts now.
+    pub fn start(upstream: &Upstream, asked: Option<Duration>) -> Self {
+        Self {
+            timeout: asked.map_or(upstream.timeout, |asked| asked.min(upstream.timeout)),
+            started: Instant::now(),
+        }
+    }
+
+    pub(super) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn expired(&self) -> bool {
+        self.started.elapsed() >= self.timeout
+    }
+
+    /// As `grpc-timeout`: the upstream's own value unless shortened.
+    fn header(&self, upstream: &Upstream) -> HeaderValue {
+        if self.timeout == upstream.timeout {
+            upstream.grpc_timeout.clone()
+        } else {
+            grpc_timeout(self.timeout)
+        }
+    }
+}
+
 /// Calls `path` on `upstream` with `message` and waits for the encoded reply
-/// (with the upstream's response headers and trailers), at most the
-/// upstream's timeout (which is also sent as `grpc-timeout`).
+/// (with the upstream's response headers and trailers), at most until the
+/// `deadline` (which is also sent as `grpc-timeout`).
 ///
 /// A plain function returning an `async move` block, as the call's other
 /// steps are (see `server::filters`): an `async fn` would keep each argument
@@ -50,26 +89,26 @@ pub fn unary(
     path: PathAndQuery,
     message: Payload,
     metadata: MetadataMap,
+    deadline: Deadline,
 ) -> impl Future<Output = Result<tonic::Response<Bytes>, Error>> + Send + '_ {
     async move {
-        let started = Instant::now();
         let call = async {
             match upstream.connection() {
                 Connection::Direct(direct) => {
-                    direct_unary(upstream, &direct, path, &message, metadata, started).await
+                    direct_unary(upstream, &direct, path, &message, metadata, deadline).await
                 }
                 // Boxed, so that the direct way's futures do not carry tonic's size.
                 Connection::Channel(channel) => {
                     Box::pin(channel_unary(
-                        upstream, channel, path, message, metadata, started,
+                        upstream, channel, path, message, metadata, deadline,
                     ))
                     .await
                 }
             }
         };
-        match tokio::time::timeout(upstream.timeout, call).await {
+        match tokio::time::timeout(deadline.timeout, call).await {
             Ok(reply) => reply,
-            Err(_) => Err(deadline_exceeded(upstream)),
+            Err(_) => Err(deadline_exceeded(upstream, deadline.timeout)),
         }
     }
 }
@@ -81,18 +120,18 @@ async fn channel_unary(
     path: PathAndQuery,
     message: Payload,
     metadata: MetadataMap,
-    started: Instant,
+    deadline: Deadline,
 ) -> Result<tonic::Response<Bytes>, Error> {
     let mut grpc =
         tonic::client::Grpc::new(channel).max_decoding_message_size(upstream.max_response_bytes);
     let mut request = tonic::Request::from_parts(metadata, Default::default(), message);
-    request.set_timeout(upstream.timeout);
+    request.set_timeout(deadline.timeout);
     grpc.ready()
         .await
         .map_err(|err| unavailable(upstream, &err))?;
     grpc.unary(request, path, DynamicCodec)
         .await
-        .map_err(|status| classify(upstream, status, started.elapsed() >= upstream.timeout))
+        .map_err(|status| classify(upstream, status, Some(&deadline)))
 }
 
 /// The call over a worker's own connection: one length-prefixed message
@@ -105,7 +144,7 @@ fn direct_unary<'a>(
     path: PathAndQuery,
     message: &Payload,
     metadata: MetadataMap,
-    started: Instant,
+    deadline: Deadline,
 ) -> impl Future<Output = Result<tonic::Response<Bytes>, Error>> + Send + 'a {
     let mut headers = metadata.into_headers();
     headers.insert(
@@ -113,14 +152,13 @@ fn direct_unary<'a>(
         HeaderValue::from_static("application/grpc"),
     );
     headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    headers.insert(GRPC_TIMEOUT, upstream.grpc_timeout.clone());
+    headers.insert(GRPC_TIMEOUT, deadline.header(upstream));
     headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
     let frame = frame(message);
     async move {
-        let expired = || started.elapsed() >= upstream.timeout;
         let transport = |err: &dyn Display| {
-            if expired() {
-                deadline_exceeded(upstream)
+            if deadline.expired() {
+                deadline_exceeded(upstream, deadline.timeout)
             } else {
                 unavailable(upstream, err)
             }
@@ -135,7 +173,7 @@ fn direct_unary<'a>(
         let mut headers = head.headers;
         if let Some(status) = grpc_status(&headers) {
             // Trailers-only: the status came with the headers, and no message.
-            status.map_err(|status| classify(upstream, status, expired()))?;
+            status.map_err(|status| classify(upstream, status, Some(&deadline)))?;
             return Err(protocol_error("an OK status without a reply message"));
         }
         if head.status != StatusCode::OK {
@@ -149,7 +187,7 @@ fn direct_unary<'a>(
         let status = trailers.as_ref().and_then(grpc_status);
         match status {
             Some(Ok(())) => {}
-            Some(Err(status)) => return Err(classify(upstream, status, expired())),
+            Some(Err(status)) => return Err(classify(upstream, status, Some(&deadline))),
             None => return Err(protocol_error("a reply without a grpc-status")),
         }
         let Some(reply) = reply else {
@@ -280,7 +318,7 @@ fn code_for_http_status(status: StatusCode) -> Code {
 }
 
 fn protocol_error(what: &str) -> Error {
-    Error::Upstream(Status::internal(format!("upstream sent {what}")))
+    Error::InvalidReply(what.into())
 }
 
 /// `grpc-timeout` for `timeout`: at most eight digits, in the finest unit
@@ -305,10 +343,16 @@ pub(super) fn grpc_timeout(timeout: std::time::Duration) -> HeaderValue {
     HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("99999999H"))
 }
 
-/// Tells the deadline, size and transport failures from the upstream's own answers.
-pub(super) fn classify(upstream: &Upstream, status: tonic::Status, expired: bool) -> Error {
+/// Tells the deadline, size and transport failures from the upstream's own
+/// answers; `deadline` is the call's, if it has one.
+pub(super) fn classify(
+    upstream: &Upstream,
+    status: tonic::Status,
+    deadline: Option<&Deadline>,
+) -> Error {
     let source = std::error::Error::source(&status);
     let cancelled = matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded);
+    let expired = deadline.is_some_and(Deadline::expired);
     if is_over_reply_limit(upstream, &status) {
         Error::ResponseTooLarge {
             limit: upstream.max_response_bytes,
@@ -316,7 +360,10 @@ pub(super) fn classify(upstream: &Upstream, status: tonic::Status, expired: bool
     } else if source.is_some_and(|s| s.is::<TimeoutExpired>()) || (expired && cancelled) {
         // Our grpc-timeout ran out: the channel or the server (tonic servers
         // answer CANCELLED "Timeout expired") enforced it.
-        deadline_exceeded(upstream)
+        deadline_exceeded(
+            upstream,
+            deadline.map_or(upstream.timeout, Deadline::timeout),
+        )
     } else if status.code() == Code::Unavailable && source.is_some() {
         // A transport failure (connect refused, reset) carries its cause as source.
         unavailable(upstream, &status)
@@ -339,11 +386,50 @@ fn is_over_reply_limit(upstream: &Upstream, status: &tonic::Status) -> bool {
         ))
 }
 
-pub(super) fn deadline_exceeded(upstream: &Upstream) -> Error {
+pub(super) fn deadline_exceeded(upstream: &Upstream, timeout: Duration) -> Error {
     Error::DeadlineExceeded {
         upstream: upstream.name.clone(),
-        timeout: upstream.timeout,
+        timeout,
     }
+}
+
+/// The client's `grpc-timeout`, if it sent one: it shortens the call's
+/// [`Deadline`] (never lengthens it); a malformed one is refused.
+pub fn asked_timeout(headers: &HeaderMap) -> Result<Option<Duration>, Error> {
+    let Some(value) = headers.get(GRPC_TIMEOUT) else {
+        return Ok(None);
+    };
+    match parse_grpc_timeout(value.as_bytes()) {
+        Some(timeout) => Ok(Some(timeout)),
+        None => Err(Error::invalid_field(
+            GRPC_TIMEOUT.as_str(),
+            format!(
+                "`{}` is not a gRPC timeout: 1 to 8 digits and a unit (H, M, S, m, u or n)",
+                String::from_utf8_lossy(value.as_bytes())
+            ),
+        )),
+    }
+}
+
+/// 1 to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`), as gRPC over
+/// HTTP/2 spells a timeout; `None` for anything else.
+fn parse_grpc_timeout(text: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = text.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let value = digits
+        .iter()
+        .fold(0u64, |value, digit| value * 10 + u64::from(digit - b'0'));
+    Some(match unit {
+        b'H' => Duration::from_secs(value * 3600),
+        b'M' => Duration::from_secs(value * 60),
+        b'S' => Duration::from_secs(value),
+        b'm' => Duration::from_millis(value),
+        b'u' => Duration::from_micros(value),
+        b'n' => Duration::from_nanos(value),
+        _ => return None,
+    })
 }
 
 pub(super) fn unavailable(upstream: &Upstream, cause: &dyn std::fmt::Display) -> Error {
@@ -448,6 +534,7 @@ mod tests {
             PathAndQuery::from_static("/test.Service/Method"),
             Payload::Message(prost_reflect::DynamicMessage::new(empty)),
             MetadataMap::new(),
+            Deadline::start(upstream, None),
         )
         .await
     }
@@ -517,7 +604,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn protocol_violations_are_internal_errors() {
+    async fn protocol_violations_are_invalid_replies() {
         let mut no_status = Answer::ok(vec![frame_of(b"x")]);
         no_status.trailers = None;
         let mut compressed = frame_of(b"x");
@@ -531,9 +618,10 @@ mod tests {
             (Answer::ok(Vec::new()), "without a reply message"),
             (ok_alone, "without a reply message"),
         ] {
-            let status = upstream_status(call(answer).await);
-            assert_eq!(status.code(), Code::Internal);
-            assert!(status.message().contains(what), "{}", status.message());
+            match call(answer).await {
+                Err(Error::InvalidReply(why)) => assert!(why.contains(what), "{why}"),
+                other => panic!("expected an invalid reply, got {other:?}"),
+            }
         }
     }
 
@@ -571,6 +659,36 @@ mod tests {
         headers.insert(GRPC_STATUS, HeaderValue::from_static("0"));
         assert!(grpc_status(&headers).unwrap().is_ok());
         assert!(grpc_status(&HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn a_clients_grpc_timeout_is_read_as_grpc_spells_it() {
+        for (text, timeout) in [
+            ("1H", Duration::from_secs(3600)),
+            ("2M", Duration::from_secs(120)),
+            ("30S", Duration::from_secs(30)),
+            ("250m", Duration::from_millis(250)),
+            ("7u", Duration::from_micros(7)),
+            ("99999999n", Duration::from_nanos(99_999_999)),
+            ("0S", Duration::ZERO),
+            ("99999999H", Duration::from_secs(99_999_999 * 3600)),
+        ] {
+            assert_eq!(parse_grpc_timeout(text.as_bytes()), Some(timeout), "{text}");
+        }
+        for text in [
+            "",
+            "S",
+            "5",
+            "5s",
+            "5 S",
+            "-5S",
+            "+5S",
+            "123456789S",
+            "1.5S",
+            "5SS",
+        ] {
+            assert_eq!(parse_grpc_timeout(text.as_bytes()), None, "{text}");
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-pub use call::unary;
+pub use call::{asked_timeout, unary, Deadline};
 pub use codec::{Outgoing, Payload};
 pub use encode::encode as encode_message;
 pub use health::{HealthState, UpstreamHealth};

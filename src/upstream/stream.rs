@@ -7,7 +7,7 @@
 //! Dropping a [`ReplyStream`] (or a call future) resets the HTTP/2 stream,
 //! which cancels the call at the upstream.
 
-use std::{future::Future, sync::Arc, time::Instant};
+use std::{future::Future, sync::Arc};
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -15,7 +15,7 @@ use http::uri::PathAndQuery;
 use tonic::{client::Grpc, metadata::MetadataMap, transport::Channel, Status, Streaming};
 
 use super::{
-    call::{classify, deadline_exceeded, unavailable},
+    call::{classify, deadline_exceeded, unavailable, Deadline},
     codec::{DynamicCodec, Outgoing, Payload, StreamCodec},
     Upstream,
 };
@@ -37,7 +37,7 @@ impl ReplyStream {
         self.rest
             .message()
             .await
-            .map_err(|status| classify(&self.upstream, status, false))
+            .map_err(|status| classify(&self.upstream, status, None))
     }
 }
 
@@ -73,27 +73,27 @@ pub async fn bidi_streaming(
     .await
 }
 
-/// Calls a client-streaming method and waits for its one reply, at most the
-/// upstream's timeout (also sent as `grpc-timeout`).
+/// Calls a client-streaming method and waits for its one reply, at most
+/// until the `deadline` (also sent as `grpc-timeout`).
 pub async fn client_streaming(
     upstream: &Upstream,
     path: PathAndQuery,
     messages: impl Stream<Item = Outgoing> + Send + 'static,
     metadata: MetadataMap,
+    deadline: Deadline,
 ) -> Result<Bytes, Error> {
     let mut request = tonic::Request::from_parts(metadata, Default::default(), messages);
-    request.set_timeout(upstream.timeout);
+    request.set_timeout(deadline.timeout());
     let mut grpc = client(upstream);
-    let started = Instant::now();
     let call = async {
         ready(&mut grpc, upstream).await?;
         grpc.client_streaming(request, path, StreamCodec)
             .await
-            .map_err(|status| classify(upstream, status, started.elapsed() >= upstream.timeout))
+            .map_err(|status| classify(upstream, status, Some(&deadline)))
     };
-    match tokio::time::timeout(upstream.timeout, call).await {
+    match tokio::time::timeout(deadline.timeout(), call).await {
         Ok(reply) => reply.map(tonic::Response::into_inner),
-        Err(_) => Err(deadline_exceeded(upstream)),
+        Err(_) => Err(deadline_exceeded(upstream, deadline.timeout())),
     }
 }
 
@@ -116,14 +116,14 @@ async fn until_first_reply(
 ) -> Result<ReplyStream, Error> {
     let deadline = tokio::time::Instant::now() + upstream.timeout;
     let Ok(opened) = tokio::time::timeout_at(deadline, call).await else {
-        return Err(deadline_exceeded(upstream));
+        return Err(deadline_exceeded(upstream, upstream.timeout));
     };
     let mut rest = opened?
-        .map_err(|status| classify(upstream, status, false))?
+        .map_err(|status| classify(upstream, status, None))?
         .into_inner();
     // `message` is cancel-safe: a message half read when the wait ends stays buffered.
     let first = match tokio::time::timeout_at(deadline, rest.message()).await {
-        Ok(first) => first.map_err(|status| classify(upstream, status, false))?,
+        Ok(first) => first.map_err(|status| classify(upstream, status, None))?,
         Err(_) => None,
     };
     Ok(ReplyStream {
