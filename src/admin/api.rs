@@ -36,7 +36,7 @@ use crate::{
     error::{self, Error},
     registry::{
         check_name, ApplyError, Catalog, Change, CompileError, LoadError, ProtoSources, Registry,
-        UpstreamSetting, DEFAULT_UPSTREAM_TIMEOUT,
+        UploadFormat, UpstreamSetting, DEFAULT_UPSTREAM_TIMEOUT,
     },
 };
 
@@ -369,7 +369,9 @@ fn upstream_param(query: Option<&str>) -> Result<Option<String>, ApiError> {
 }
 
 /// The uploaded set as a serialized `FileDescriptorSet`: the body itself,
-/// or `.proto` sources (tar, zip or multipart) compiled into one.
+/// or `.proto` sources (tar, zip, gzip or multipart) compiled into one. A
+/// content type that says nothing about the bytes (none, octet-stream, or
+/// the form type curl sends with `--data-binary`) lets the bytes tell.
 async fn read_upload(name: &str, request: Request, limit: usize) -> Result<Bytes, ApiError> {
     let content_type = request
         .headers()
@@ -384,19 +386,37 @@ async fn read_upload(name: &str, request: Request, limit: usize) -> Result<Bytes
         .trim()
         .to_ascii_lowercase();
     let body = read_body(request.into_body(), limit).await?;
-    let sources = match essence.as_str() {
-        "" | "application/x-protobuf" | "application/octet-stream" => return Ok(body),
-        "application/x-tar" | "application/tar" => ProtoSources::from_tar(&body, limit),
-        "application/zip" | "application/x-zip-compressed" => ProtoSources::from_zip(&body, limit),
-        "multipart/form-data" => multipart_sources(&content_type, body, limit).await,
+    let format = match essence.as_str() {
+        "" | "application/octet-stream" | "application/x-www-form-urlencoded" => {
+            UploadFormat::sniff(&body)
+        }
+        "application/x-protobuf" => UploadFormat::DescriptorSet,
+        "application/x-tar" | "application/tar" => UploadFormat::Tar,
+        "application/zip" | "application/x-zip-compressed" => UploadFormat::Zip,
+        "application/gzip" | "application/x-gzip" => UploadFormat::Gzip,
+        "multipart/form-data" => {
+            let sources = multipart_sources(&content_type, body, limit).await;
+            return compile(name, move || sources?.compile()).await;
+        }
         other => {
             return Err(invalid(
                 "content-type",
-                format!("`{other}` is not application/x-protobuf, application/x-tar, application/zip or multipart/form-data"),
+                format!("`{other}` is not application/x-protobuf, application/x-tar, application/zip, application/gzip or multipart/form-data"),
             ))
         }
     };
-    let compiled = tokio::task::spawn_blocking(move || sources?.compile())
+    match format {
+        UploadFormat::DescriptorSet => Ok(body),
+        format => compile(name, move || format.descriptor_set(body, limit)).await,
+    }
+}
+
+/// Runs the compiler off the runtime; its error refuses the set `name`.
+async fn compile(
+    name: &str,
+    compile: impl FnOnce() -> Result<Bytes, CompileError> + Send + 'static,
+) -> Result<Bytes, ApiError> {
+    let compiled = tokio::task::spawn_blocking(compile)
         .await
         .map_err(|_| ApiError(Error::Internal("the compiler stopped".into())))?;
     compiled.map_err(|err| ApiError(Error::Rejected(LoadError::single(name, err.to_string()))))

@@ -26,7 +26,7 @@ use arc_swap::ArcSwap;
 pub use builder::{BuildOptions, CatalogBuilder, DescriptorSet, LoadError, LoadProblem};
 use bytes::Bytes;
 pub use catalog::{CallKind, Catalog, LoadedSet, MethodPlan, Route, RouteMatch, RouteTable};
-pub use compile::{CompileError, ProtoSources};
+pub use compile::{CompileError, ProtoSources, UploadFormat};
 use prost::Message as _;
 pub use reload::{reload_on_sighup, watch_dir};
 pub use store::{check_name, Store, StoredSet, UpstreamSetting};
