@@ -188,9 +188,9 @@ pub async fn run(
     config.admin.listen = admin_listen;
     config.admin.token = admin_token;
     let server = crate::Server::new(&config, descriptor_sets())?;
-    let listener = TcpListener::bind(listen).await?;
+    let listener = bind(listen).await?;
     let addr = listener.local_addr()?;
-    let admin = TcpListener::bind(admin_listen).await?;
+    let admin = bind(admin_listen).await?;
     let admin_addr = admin.local_addr()?;
     println!("protogate demo: orders v1 and users on {backend_url}, orders v2 on {v2_url}, gateway on http://{addr}\n");
     println!("{}", RouteTable(&server.registry().load()));
@@ -212,6 +212,13 @@ pub async fn run(
             .map_err(|err| DemoError::Io(std::io::Error::other(err)))??;
     }
     Ok(())
+}
+
+/// A listener on `addr`, or an error that names it (as `serve` does).
+async fn bind(addr: SocketAddr) -> Result<TcpListener, DemoError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| DemoError::Listen { addr, source })
 }
 
 /// The demo's gateway config (upstreams, auth, policies, rate limits) and its tokens.
@@ -248,6 +255,11 @@ fn demo_config(
 pub enum DemoError {
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Start(#[from] crate::StartError),
     #[error(transparent)]
