@@ -1,10 +1,20 @@
 //! The `protogate` command line: parse, load the config, call into the library.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use protogate::{admin::AdminClient, config::AdminToken, registry::DescriptorSet, Config, Server};
+use protogate::{
+    admin::AdminClient,
+    config::{resolve_addr, AdminToken},
+    registry::{DescriptorSet, ProtoSources, RouteTable, UploadFormat},
+    Config, Server,
+};
 use tokio::net::TcpListener;
 
 /// The admin API's bearer token, for `serve` and the `admin` commands.
@@ -27,30 +37,43 @@ enum Command {
     Serve(ServeArgs),
     /// Run the example services in-process behind the gateway.
     Demo {
-        /// Address of the public listener.
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        /// Address of the public listener (host:port; a host name is resolved).
+        #[arg(long, default_value = "127.0.0.1:8080", value_parser = resolve_addr)]
         listen: SocketAddr,
         /// Address of the admin listener (/metrics, /healthz, /readyz).
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901", value_parser = resolve_addr)]
         admin_listen: SocketAddr,
     },
     /// Talk to a running gateway's admin API (token from PROTOGATE_ADMIN_TOKEN).
     Admin {
-        /// Address of the gateway's admin listener.
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
+        /// Address of the gateway's admin listener (before or after the subcommand).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901", value_parser = resolve_addr, global = true)]
         admin_addr: SocketAddr,
         #[command(subcommand)]
         command: AdminCommand,
     },
-    /// Validate descriptor sets and print the routes they would serve.
-    Check {
-        /// Binary FileDescriptorSet files (with imports included).
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-        /// Also expose methods without a google.api.http annotation.
-        #[arg(long)]
-        expose_unannotated: bool,
-    },
+    /// Validate descriptor sets (or a whole config) and print the routes they would serve.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// Descriptor sets (.binpb, .pb, .desc, imports included), .proto files
+    /// (compiled together into one set, as an upload is), or tar, zip or
+    /// gzip archives of .proto files.
+    #[arg(required_unless_present = "config")]
+    files: Vec<PathBuf>,
+    /// Check what `serve --config FILE` would start: its sets, upstreams,
+    /// policies, keys and filters, plus FILES.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where a package or service is served, as PATTERN=URL; repeatable. With
+    /// it (or --config), every service needs an upstream.
+    #[arg(long = "upstream", value_name = "PATTERN=URL")]
+    upstreams: Vec<String>,
+    /// Also expose methods without a google.api.http annotation.
+    #[arg(long)]
+    expose_unannotated: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,11 +103,11 @@ struct ServeArgs {
     /// YAML config file.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Address of the public listener (default 127.0.0.1:8080).
-    #[arg(long)]
+    /// Address of the public listener (default 127.0.0.1:8080; a host name is resolved).
+    #[arg(long, value_parser = resolve_addr)]
     listen: Option<SocketAddr>,
     /// Address of the admin listener: /metrics, /healthz, /readyz (default 127.0.0.1:9901).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = resolve_addr)]
     admin_listen: Option<SocketAddr>,
     /// Threads serving the public listener (default: one per core).
     #[arg(long, value_name = "N")]
@@ -104,10 +127,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     protogate::observe::init_tracing();
     let result = match cli.command {
-        Command::Check {
-            files,
-            expose_unannotated,
-        } => check(&files, expose_unannotated),
+        Command::Check(args) => check(&args),
         command => tokio::runtime::Runtime::new()
             .context("cannot start the tokio runtime")
             .and_then(|runtime| runtime.block_on(run(command))),
@@ -164,7 +184,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             admin_addr,
             command,
         } => return admin(admin_addr, command).await,
-        Command::Check { .. } => unreachable!("check runs without a runtime"),
+        Command::Check(_) => unreachable!("check runs without a runtime"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -260,17 +280,35 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-fn check(files: &[PathBuf], expose_unannotated: bool) -> anyhow::Result<ExitCode> {
-    let sets = files
-        .iter()
-        .map(|path| {
-            DescriptorSet::from_file(path)
-                .with_context(|| format!("cannot read {}", path.display()))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    match protogate::check(sets, expose_unannotated) {
+/// Without a config or upstreams, the sets alone; with them, all that
+/// `serve` would start (warnings on stderr), nothing bound.
+fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
+    let sets = read_sets(&args.files)?;
+    let checked = if args.config.is_none() && args.upstreams.is_empty() {
+        protogate::check(sets, args.expose_unannotated)
+            .map(Arc::new)
+            .map_err(|err| err.to_string())
+    } else {
+        let mut config = match &args.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        for spec in &args.upstreams {
+            config.override_upstream(spec)?;
+        }
+        config.descriptors.expose_unannotated |= args.expose_unannotated;
+        // Upstream channels and key refreshers need a runtime to exist in;
+        // a current-thread one never runs them, so nothing is contacted.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the tokio runtime")?;
+        let _entered = runtime.enter();
+        protogate::check_config(&config, sets).map_err(|err| err.to_string())
+    };
+    match checked {
         Ok(catalog) => {
-            print!("{}", protogate::registry::RouteTable(&catalog));
+            print!("{}", RouteTable(&catalog));
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {
@@ -278,6 +316,45 @@ fn check(files: &[PathBuf], expose_unannotated: bool) -> anyhow::Result<ExitCode
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// The sets named on the command line: a file's bytes tell a descriptor set
+/// from an archive of `.proto` files, as in an upload; `.proto` files are
+/// compiled together into one set, named after the first.
+fn read_sets(files: &[PathBuf]) -> anyhow::Result<Vec<DescriptorSet>> {
+    let (protos, others): (Vec<&PathBuf>, Vec<&PathBuf>) = files
+        .iter()
+        .partition(|path| path.extension().is_some_and(|ext| ext == "proto"));
+    let mut sets = Vec::with_capacity(others.len() + 1);
+    for path in others {
+        let set = DescriptorSet::from_file(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = UploadFormat::sniff(&set.bytes)
+            .descriptor_set(set.bytes, usize::MAX)
+            .with_context(|| path.display().to_string())?;
+        sets.push(DescriptorSet { bytes, ..set });
+    }
+    if let Some(first) = protos.first() {
+        let mut sources = ProtoSources::new(usize::MAX);
+        for path in &protos {
+            let source =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            sources.insert(&file_name(path), source)?;
+        }
+        let name = first.file_stem().unwrap_or_default();
+        sets.push(DescriptorSet {
+            name: name.to_string_lossy().into_owned(),
+            bytes: sources.compile()?,
+        });
+    }
+    Ok(sets)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
 }
 
 async fn shutdown_signal() {

@@ -5,14 +5,12 @@ mod common;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::Duration,
+    process::Stdio,
 };
 
 use bytes::Bytes;
+use common::process::{free_port, protogate, wait_for, Child, MANIFEST};
 use protogate::registry::DescriptorSet;
-
-const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Compiles one proto source (with the vendored google protos on the path).
 fn compile(name: &str, source: &str) -> DescriptorSet {
@@ -216,12 +214,6 @@ async fn a_service_without_upstream_is_refused_at_start() {
 
 // === the command line ===
 
-fn protogate() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_protogate"));
-    command.current_dir(MANIFEST).stdin(Stdio::null());
-    command
-}
-
 #[test]
 fn check_prints_the_routes() {
     let output = protogate()
@@ -280,34 +272,6 @@ fn serve_refuses_an_unknown_config_key_naming_it_and_its_line() {
         stderr.contains("unknown field `max_body`") && stderr.contains("line 3"),
         "{stderr}"
     );
-}
-
-/// Kills the child on drop so a failed assertion leaves no process behind.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn wait_for(url: &str) -> reqwest::Response {
-    for _ in 0..100 {
-        if let Ok(response) = reqwest::get(url).await {
-            return response;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{url} never answered");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! over HTTP with reqwest.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod process;
 pub mod tokens;
 
 use std::{net::SocketAddr, path::Path, time::Duration};

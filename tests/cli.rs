@@ -1,0 +1,238 @@
+//! The `protogate` command as a newcomer meets it: flags that take what a
+//! user types, errors that name what to fix, `check` on sources and whole
+//! configs, the admin commands, test tokens, the demo, and the README's
+//! examples run as written.
+
+mod common;
+
+use std::{path::Path, process::Stdio};
+
+use common::{
+    process::{free_port, protogate, wait_for, Child, Lines, MANIFEST},
+    Backend,
+};
+
+/// Runs a command to its end off the runtime: (success, stdout, stderr).
+async fn run(mut command: std::process::Command) -> (bool, String, String) {
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+fn run_blocking(command: &mut std::process::Command) -> (bool, String, String) {
+    let output = command.output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+/// A proto with one annotated method, as a service team would write it.
+const WIDGETS: &str = r#"syntax = "proto3";
+package widgets.v1;
+import "google/api/annotations.proto";
+message Widget { string id = 1; }
+service WidgetService {
+  rpc GetWidget(Widget) returns (Widget) { option (google.api.http) = { get: "/v1/widgets/{id}" }; }
+}
+"#;
+
+// === errors that name what to fix ===
+
+#[test]
+fn a_missing_config_file_is_reported_once() {
+    let (ok, _, stderr) = run_blocking(protogate().args(["serve", "--config", "nonexist.yaml"]));
+    assert!(!ok);
+    assert_eq!(
+        stderr,
+        "error: cannot read nonexist.yaml: No such file or directory (os error 2)\n"
+    );
+}
+
+#[test]
+fn the_demo_names_the_address_it_cannot_listen_on() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (ok, _, stderr) = run_blocking(protogate().args([
+        "demo",
+        "--listen",
+        &addr,
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]));
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}: Address already in use")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_policy_rule_matching_no_method_is_a_configuration_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &config,
+        "policies: [{ method: 'acme.nothing.*', allow_anonymous: true }]\n\
+         upstreams: [{ pattern: acme, url: 'http://127.0.0.1:1' }]\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = run_blocking(
+        protogate()
+            .args([
+                "serve",
+                "--descriptor-set",
+                "descriptor-sets/acme.orders.v1.binpb",
+            ])
+            .arg("--config")
+            .arg(&config),
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            "1 problem(s) in the configuration:\n  - policies[0]: `acme.nothing.*` matches no served method"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("descriptor sets"), "{stderr}");
+}
+
+// === flags ===
+
+#[tokio::test]
+async fn listen_addresses_may_be_host_names() {
+    let backend = Backend::start().await;
+    let port = free_port();
+    let _serve = Child(
+        protogate()
+            .args([
+                "serve",
+                "--descriptor-set",
+                "descriptor-sets/acme.orders.v1.binpb",
+            ])
+            .arg("--upstream")
+            .arg(format!("acme.orders.v1={}", backend.url()))
+            .args(["--listen", &format!("localhost:{port}")])
+            .args(["--admin-listen", "localhost:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let response = wait_for(&format!("http://127.0.0.1:{port}/v1/orders/o-1")).await;
+    assert_eq!(response.status(), 200);
+}
+
+// === check ===
+
+#[test]
+fn check_compiles_proto_files_and_archives_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let proto = dir.path().join("widgets.proto");
+    std::fs::write(&proto, WIDGETS).unwrap();
+    let mut archive = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    archive
+        .append_path_with_name(&proto, "widgets/v1/widgets.proto")
+        .unwrap();
+    let tar_gz = dir.path().join("widgets.tar.gz");
+    std::fs::write(&tar_gz, archive.into_inner().unwrap().finish().unwrap()).unwrap();
+    for file in [&proto, &tar_gz] {
+        let (ok, stdout, stderr) = run_blocking(protogate().arg("check").arg(file));
+        assert!(ok, "{}: {stderr}", file.display());
+        assert_eq!(
+            stdout,
+            "GET /v1/widgets/{id}  -> /widgets.v1.WidgetService/GetWidget\n",
+            "{}",
+            file.display()
+        );
+    }
+
+    std::fs::write(&proto, WIDGETS.replace("string id", "strin id")).unwrap();
+    let (ok, _, stderr) = run_blocking(protogate().arg("check").arg(&proto));
+    assert!(!ok);
+    assert!(
+        stderr.contains("widgets.proto:4:18: name 'strin' is not defined"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn check_and_serve_warn_of_an_upstream_pattern_matching_no_service() {
+    let upstreams = [
+        "--upstream",
+        "acme.orders.v1=http://127.0.0.1:1",
+        "--upstream",
+        "acme.ordres=http://127.0.0.1:1",
+    ];
+    let warning = "upstream pattern `acme.ordres` matches no service";
+    let mut check = protogate();
+    check
+        .args(["check", "descriptor-sets/acme.orders.v1.binpb"])
+        .args(upstreams);
+    let (ok, stdout, stderr) = run(check).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("GET /v1/orders/{id}"), "{stdout}");
+    assert!(stderr.contains(warning), "{stderr}");
+
+    let mut serve = Child(
+        protogate()
+            .args([
+                "serve",
+                "--descriptor-set",
+                "descriptor-sets/acme.orders.v1.binpb",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .args(upstreams)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = Lines::new(serve.0.stderr.take().unwrap());
+    let line = tokio::task::spawn_blocking(move || {
+        stderr.until("the warning or `serving`", |line| {
+            line.contains(warning) || line.contains("serving")
+        })
+    })
+    .await
+    .unwrap();
+    assert!(line.contains(warning), "{line}");
+}
+
+/// A config file means the same from any folder: its relative paths are
+/// relative to it, whatever the working directory.
+#[test]
+fn a_config_files_relative_paths_are_relative_to_its_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sets")).unwrap();
+    std::fs::copy(
+        Path::new(MANIFEST).join("descriptor-sets/acme.users.v1.binpb"),
+        dir.path().join("sets/users.binpb"),
+    )
+    .unwrap();
+    let config = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &config,
+        "descriptors: { files: [sets/users.binpb] }\n\
+         upstreams: [{ pattern: acme, url: 'http://127.0.0.1:1' }]\n",
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = run_blocking(protogate().args(["check", "--config"]).arg(&config));
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("GET /v1/{name=tenants/*/users/*}"),
+        "{stdout}"
+    );
+}
