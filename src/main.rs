@@ -232,10 +232,11 @@ async fn admin(addr: SocketAddr, command: AdminCommand) -> anyhow::Result<ExitCo
         AdminCommand::Routes => client.routes().await.map(|routes| {
             for route in routes["routes"].as_array().into_iter().flatten() {
                 println!(
-                    "{}  -> {}  @ {}",
+                    "{}  -> {}  @ {}  [{}]",
                     route["route"].as_str().unwrap_or_default(),
                     route["rpc"].as_str().unwrap_or_default(),
                     route["upstream"]["url"].as_str().unwrap_or("-"),
+                    access(&route["policy"]),
                 );
             }
         }),
@@ -250,6 +251,34 @@ async fn admin(addr: SocketAddr, command: AdminCommand) -> anyhow::Result<ExitCo
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// Who may call a route, from its `policy` in the admin API's listing.
+fn access(policy: &serde_json::Value) -> String {
+    if policy["auth"] == "off" {
+        return "auth off: anyone".to_owned();
+    }
+    let names = |key: &str| {
+        let names: Vec<&str> = policy[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|name| name.as_str())
+            .collect();
+        names.join(",")
+    };
+    let mut access = if policy["allowAnonymous"] == true {
+        "anonymous allowed".to_owned()
+    } else {
+        "token".to_owned()
+    };
+    for (key, label) in [("roles", "a role of"), ("scopes", "scopes")] {
+        let names = names(key);
+        if !names.is_empty() {
+            access.push_str(&format!("; {label} {names}"));
+        }
+    }
+    access
 }
 
 fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {

@@ -243,7 +243,11 @@ async fn uploaded_service_is_served_without_restart() {
         .unwrap();
     assert_eq!(echo["rpc"], "protogate.testing.v1.TestService.Echo");
     assert_eq!(echo["upstream"]["url"], url);
-    assert_eq!(echo["policy"]["allowAnonymous"], false);
+    // No `auth` configured: every route is open, whatever its policy says.
+    assert_eq!(
+        echo["policy"],
+        json!({"auth": "off", "allowAnonymous": true, "roles": [], "scopes": [], "rateLimited": false})
+    );
 
     // Delete: the routes go, the others stay; a second delete is a 404.
     let (status, body) = setup.delete_set("protogate.testing.v1").await;

@@ -9,8 +9,9 @@ use std::{path::Path, process::Stdio};
 
 use common::{
     process::{free_port, protogate, wait_for, Child, Lines, MANIFEST},
-    Backend,
+    tokens, Backend, Gateway,
 };
+use protogate::config::{AuthConfig, PolicyRule, ProviderConfig};
 
 /// Runs a command to its end off the runtime: (success, stdout, stderr).
 async fn run(mut command: std::process::Command) -> (bool, String, String) {
@@ -127,6 +128,83 @@ async fn listen_addresses_may_be_host_names() {
     );
     let response = wait_for(&format!("http://127.0.0.1:{port}/v1/orders/o-1")).await;
     assert_eq!(response.status(), 200);
+}
+
+/// `admin routes`: the address after the subcommand, as a host name; each
+/// route says who may call it, and never claims a policy nothing enforces.
+#[tokio::test]
+async fn admin_commands_take_the_address_anywhere_and_say_who_may_call() {
+    let routes = |gw: &Gateway| {
+        let mut command = protogate();
+        command.args([
+            "admin",
+            "routes",
+            "--admin-addr",
+            &format!("localhost:{}", gw.admin_addr.port()),
+        ]);
+        run(command)
+    };
+    let open = Gateway::start().await;
+    let (ok, stdout, stderr) = routes(&open).await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.lines().any(|line| line.starts_with(
+            "GET /v1/orders/{id}  -> acme.orders.v1.OrderService.GetOrder  @ http://"
+        ) && line.ends_with("  [auth off: anyone]")),
+        "{stdout}"
+    );
+
+    let key = tokens::EcKey::generate("k1");
+    let guarded = Gateway::start_with(|config| {
+        config.auth = Some(AuthConfig {
+            providers: vec![provider(&key.public_pem())],
+            ..AuthConfig::default()
+        });
+        config.policies = vec![
+            rule("acme.orders.v1.OrderService.ListOrders", |r| {
+                r.allow_anonymous = Some(true);
+            }),
+            rule("acme.orders.v1.OrderService.DeleteOrder", |r| {
+                r.roles = Some(vec!["admin".into()]);
+            }),
+        ];
+    })
+    .await;
+    let (ok, stdout, stderr) = routes(&guarded).await;
+    assert!(ok, "{stderr}");
+    for (route, access) in [
+        ("GET /v1/orders  ", "[anonymous allowed]"),
+        ("GET /v1/orders/{id}  ", "[token]"),
+        ("DELETE /v1/orders/{id}  ", "[token; a role of admin]"),
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|line| line.starts_with(route) && line.ends_with(access)),
+            "{route} {access}: {stdout}"
+        );
+    }
+}
+
+fn provider(public_pem: &str) -> ProviderConfig {
+    serde_yaml::from_str(&format!(
+        "{{ issuer: '{}', public_key_pem: {:?} }}",
+        tokens::ISSUER,
+        public_pem
+    ))
+    .unwrap()
+}
+
+fn rule(method: &str, adjust: impl FnOnce(&mut PolicyRule)) -> PolicyRule {
+    let mut rule = PolicyRule {
+        method: method.into(),
+        allow_anonymous: None,
+        roles: None,
+        scopes: None,
+        rate_limit: None,
+    };
+    adjust(&mut rule);
+    rule
 }
 
 // === check ===

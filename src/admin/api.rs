@@ -184,7 +184,8 @@ async fn validate_set(
     };
     let body = match api.registry.dry_run(change).await {
         Ok(applied) => {
-            let (added, changed, removed) = route_diff(&current, &applied.catalog);
+            let (added, changed, removed) =
+                route_diff(&current, &applied.catalog, api.settings.auth);
             json!({
                 "valid": true,
                 "added": added,
@@ -259,7 +260,7 @@ async fn list_routes(State(api): State<Api>) -> Response {
     let routes: Vec<Value> = catalog
         .routes()
         .iter()
-        .map(|route| route_json(&catalog, route))
+        .map(|route| route_json(&catalog, route, api.settings.auth))
         .collect();
     json_response(
         StatusCode::OK,
@@ -492,7 +493,9 @@ fn set_json(catalog: &Catalog, set: &crate::registry::LoadedSet) -> Value {
     })
 }
 
-fn route_json(catalog: &Catalog, route: &crate::registry::Route) -> Value {
+/// `auth`: whether tokens are checked at all; without, every route is open
+/// whatever its policy says.
+fn route_json(catalog: &Catalog, route: &crate::registry::Route, auth: bool) -> Value {
     let method = catalog.method(route);
     let policy = &method.policy;
     json!({
@@ -503,7 +506,8 @@ fn route_json(catalog: &Catalog, route: &crate::registry::Route) -> Value {
         "kind": format!("{:?}", method.kind),
         "upstream": method.upstream.as_ref().map(|u| json!({ "pattern": &*u.name, "url": u.url })),
         "policy": {
-            "allowAnonymous": policy.allow_anonymous,
+            "auth": if auth { "jwt" } else { "off" },
+            "allowAnonymous": policy.allow_anonymous || !auth,
             "roles": policy.roles.iter().map(|r| &**r).collect::<Vec<_>>(),
             "scopes": policy.scopes.iter().map(|s| &**s).collect::<Vec<_>>(),
             "rateLimited": policy.rate_limit.per_user.is_some() || policy.rate_limit.per_ip.is_some(),
@@ -512,7 +516,11 @@ fn route_json(catalog: &Catalog, route: &crate::registry::Route) -> Value {
 }
 
 /// Routes in `after` that are new, changed (other method or upstream), or gone.
-fn route_diff(before: &Catalog, after: &Catalog) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
+fn route_diff(
+    before: &Catalog,
+    after: &Catalog,
+    auth: bool,
+) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
     // Route label → (method, upstream URL): what a client of the route sees change.
     let index = |catalog: &Catalog| -> HashMap<Box<str>, (String, Option<String>)> {
         catalog
@@ -531,9 +539,9 @@ fn route_diff(before: &Catalog, after: &Catalog) -> (Vec<Value>, Vec<Value>, Vec
     let mut changed = Vec::new();
     for route in after.routes() {
         match old.get(&route.label) {
-            None => added.push(route_json(after, route)),
+            None => added.push(route_json(after, route, auth)),
             Some(was) if Some(was) != new.get(&route.label) => {
-                changed.push(route_json(after, route));
+                changed.push(route_json(after, route, auth));
             }
             Some(_) => {}
         }
@@ -542,7 +550,7 @@ fn route_diff(before: &Catalog, after: &Catalog) -> (Vec<Value>, Vec<Value>, Vec
         .routes()
         .iter()
         .filter(|route| !new.contains_key(&route.label))
-        .map(|route| route_json(before, route))
+        .map(|route| route_json(before, route, auth))
         .collect();
     (added, changed, removed)
 }

@@ -91,7 +91,7 @@ impl Loaded {
             config.limits.max_response_message_bytes,
             config.workers(),
         )?;
-        let admin_api = admin::ApiSettings::new(&config.admin)?;
+        let admin_api = admin::ApiSettings::new(&config.admin, config.auth.is_some())?;
         let mut sets = Vec::new();
         for path in &config.descriptors.files {
             sets.push(DescriptorSet::from_file(path).map_err(|source| {
