@@ -20,6 +20,7 @@ pub mod server;
 mod streaming;
 #[cfg(test)]
 mod testing;
+pub mod token;
 pub mod transcode;
 pub mod upstream;
 

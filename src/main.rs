@@ -5,6 +5,7 @@ use std::{
     path::{Path, PathBuf},
     process::ExitCode,
     sync::Arc,
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -13,6 +14,7 @@ use protogate::{
     admin::AdminClient,
     config::{resolve_addr, AdminToken},
     registry::{DescriptorSet, ProtoSources, RouteTable, UploadFormat},
+    token::{Claims, SigningKey},
     Config, Server,
 };
 use tokio::net::TcpListener;
@@ -54,6 +56,8 @@ enum Command {
     },
     /// Validate descriptor sets (or a whole config) and print the routes they would serve.
     Check(CheckArgs),
+    /// Mint a signed test token for a gateway that trusts the matching key.
+    Token(TokenArgs),
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +78,34 @@ struct CheckArgs {
     /// Also expose methods without a google.api.http annotation.
     #[arg(long)]
     expose_unannotated: bool,
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// A PEM private key (RSA, EC, Ed25519) or a file holding an HMAC secret.
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// The `iss` claim: the issuer of the gateway's provider for this key.
+    #[arg(long)]
+    iss: String,
+    /// The `sub` claim.
+    #[arg(long)]
+    sub: String,
+    /// The `roles` claim, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    roles: Vec<String>,
+    /// The `aud` claim; repeatable.
+    #[arg(long)]
+    aud: Vec<String>,
+    /// Time until `exp`, e.g. 1h, 30m.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// The `kid` header, for a JWKS with several keys.
+    #[arg(long)]
+    kid: Option<String>,
+    /// The signing algorithm (RS256, ES384, ...); default: by the key (RS256, ES256, EdDSA, HS256).
+    #[arg(long, value_parser = parse_algorithm)]
+    alg: Option<jsonwebtoken::Algorithm>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,6 +160,7 @@ fn main() -> ExitCode {
     protogate::observe::init_tracing();
     let result = match cli.command {
         Command::Check(args) => check(&args),
+        Command::Token(args) => token(&args),
         command => tokio::runtime::Runtime::new()
             .context("cannot start the tokio runtime")
             .and_then(|runtime| runtime.block_on(run(command))),
@@ -184,7 +217,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             admin_addr,
             command,
         } => return admin(admin_addr, command).await,
-        Command::Check(_) => unreachable!("check runs without a runtime"),
+        Command::Check(_) | Command::Token(_) => unreachable!("run without a runtime"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -384,6 +417,26 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_default()
         .to_string_lossy()
         .into_owned()
+}
+
+fn token(args: &TokenArgs) -> anyhow::Result<ExitCode> {
+    let key = SigningKey::from_file(&args.key, args.alg)?;
+    let claims = Claims {
+        issuer: args.iss.clone(),
+        subject: args.sub.clone(),
+        audiences: args.aud.clone(),
+        roles: args.roles.clone(),
+        lifetime: args.ttl,
+        extra: serde_json::Map::new(),
+    };
+    println!("{}", key.sign(&claims, args.kid.as_deref())?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_algorithm(name: &str) -> Result<jsonwebtoken::Algorithm, String> {
+    name.parse().map_err(|_| {
+        format!("`{name}` is not a JWT signing algorithm (RS256, ES256, EdDSA, HS256, ...)")
+    })
 }
 
 async fn shutdown_signal() {

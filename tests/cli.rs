@@ -314,3 +314,89 @@ fn a_config_files_relative_paths_are_relative_to_its_folder() {
         "{stdout}"
     );
 }
+
+// === test tokens and the example config ===
+
+/// `protogate token` signs with the RSA fixture; a gateway that trusts its
+/// public half accepts the token and reads its roles.
+#[tokio::test]
+async fn a_minted_token_is_accepted_by_a_gateway_with_the_matching_key() {
+    let gw = Gateway::start_with(|config| {
+        let provider = format!(
+            "{{ issuer: '{}', audiences: ['{}'], public_key_file: '{MANIFEST}/tests/fixtures/rsa-public.pem' }}",
+            tokens::ISSUER,
+            tokens::AUDIENCE
+        );
+        config.auth = Some(AuthConfig {
+            providers: vec![serde_yaml::from_str(&provider).unwrap()],
+            ..AuthConfig::default()
+        });
+        config.policies = vec![rule("acme.orders.v1.OrderService.DeleteOrder", |r| {
+            r.roles = Some(vec!["admin".into()]);
+        })];
+    })
+    .await;
+    let mint = |roles: &str| {
+        let mut command = protogate();
+        command.args([
+            "token",
+            "--key",
+            "tests/fixtures/rsa-private.pem",
+            "--iss",
+            tokens::ISSUER,
+            "--aud",
+            tokens::AUDIENCE,
+            "--sub",
+            "alice",
+            "--roles",
+            roles,
+            "--ttl",
+            "10m",
+        ]);
+        async {
+            let (ok, stdout, stderr) = run(command).await;
+            assert!(ok, "{stderr}");
+            stdout.trim_end().to_owned()
+        }
+    };
+    let customer = mint("customer").await;
+    let admin = mint("customer,admin").await;
+    let call = |method: reqwest::Method, path: &str, token: &str| {
+        gw.send(gw.client.request(method, gw.url(path)).bearer_auth(token))
+    };
+    assert_eq!(
+        call(reqwest::Method::GET, "/v1/orders/o-1", &customer)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call(reqwest::Method::DELETE, "/v1/orders/o-4", &customer)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        call(reqwest::Method::DELETE, "/v1/orders/o-4", &admin)
+            .await
+            .0,
+        200
+    );
+
+    let mut wrong = protogate();
+    wrong.args([
+        "token",
+        "--key",
+        "tests/fixtures/rsa-private.pem",
+        "--alg",
+        "ES256",
+        "--iss",
+        "i",
+        "--sub",
+        "s",
+    ]);
+    let (ok, _, stderr) = run(wrong).await;
+    assert!(!ok);
+    assert!(stderr.contains("ES256 does not fit the key"), "{stderr}");
+}
+
