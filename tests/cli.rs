@@ -400,3 +400,71 @@ async fn a_minted_token_is_accepted_by_a_gateway_with_the_matching_key() {
     assert!(stderr.contains("ES256 does not fit the key"), "{stderr}");
 }
 
+/// examples/protogate.yaml as shipped: valid, and served next to the example
+/// backend with a token from its example key. Only the addresses differ (free
+/// ports, the test's backend) and uploads go to a temp dir.
+#[tokio::test]
+async fn the_example_config_runs_as_shipped_with_its_example_keys() {
+    let (ok, stdout, stderr) = run({
+        let mut command = protogate();
+        command.args(["check", "--config", "examples/protogate.yaml"]);
+        command
+    })
+    .await;
+    assert!(ok, "{stderr}");
+    assert!(!stderr.contains("WARN"), "{stderr}");
+    assert!(stdout.contains("GET /v2/orders/{id}"), "{stdout}");
+
+    let backend = Backend::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _serve = Child(
+        protogate()
+            .args(["serve", "--config", "examples/protogate.yaml"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", "127.0.0.1:0"])
+            .arg("--descriptors")
+            .arg(data.path())
+            .arg("--upstream")
+            .arg(format!("acme.orders={}", backend.url()))
+            .arg("--upstream")
+            .arg(format!("acme.users.v1={}", backend.url()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let public = wait_for(&format!("http://127.0.0.1:{port}/v1/orders?pageSize=1")).await;
+    assert_eq!(public.status(), 200);
+    let mut mint = protogate();
+    mint.args([
+        "token",
+        "--key",
+        "examples/keys/es256.pem",
+        "--kid",
+        "example",
+        "--iss",
+        "protogate-example",
+        "--aud",
+        "orders-api",
+        "--sub",
+        "alice",
+        "--roles",
+        "admin",
+    ]);
+    let (ok, token, stderr) = run(mint).await;
+    assert!(ok, "{stderr}");
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/v1/orders/o-1");
+    let anonymous = client.get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let signed = client
+        .get(&url)
+        .bearer_auth(token.trim_end())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status(), 200);
+    let body: serde_json::Value = signed.json().await.unwrap();
+    assert_eq!(body["id"], "o-1");
+}
