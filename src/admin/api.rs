@@ -36,7 +36,7 @@ use crate::{
     error::{self, Error},
     registry::{
         check_name, ApplyError, Catalog, Change, CompileError, LoadError, ProtoSources, Registry,
-        UploadFormat, UpstreamSetting, DEFAULT_UPSTREAM_TIMEOUT,
+        UploadFormat, UpstreamSetting, UpstreamSource, DEFAULT_UPSTREAM_TIMEOUT,
     },
 };
 
@@ -268,13 +268,27 @@ async fn list_routes(State(api): State<Api>) -> Response {
     )
 }
 
+/// What serves each pattern and why: `source` is `config`, `set` (uploaded
+/// with the set named by `set`) or `admin`; for one pattern, `admin` wins
+/// over `set`, which wins over `config`.
 async fn list_upstreams(State(api): State<Api>) -> Response {
     let upstreams: Vec<Value> = api
         .registry
-        .upstreams()
+        .upstream_sources()
         .await
         .iter()
-        .map(|u| json!({ "pattern": &*u.name, "url": u.url, "timeout": humantime::format_duration(u.timeout).to_string() }))
+        .map(|(u, source)| {
+            let mut json = json!({ "pattern": &*u.name, "url": u.url, "timeout": humantime::format_duration(u.timeout).to_string() });
+            json["source"] = match source {
+                UpstreamSource::Config => "config".into(),
+                UpstreamSource::Set(name) => {
+                    json["set"] = name.as_str().into();
+                    "set".into()
+                }
+                UpstreamSource::Admin => "admin".into(),
+            };
+            json
+        })
         .collect();
     json_response(StatusCode::OK, &json!({ "upstreams": upstreams }))
 }
