@@ -4,6 +4,9 @@
 //! examples run as written.
 
 mod common;
+/// The shop example's backend, as `cargo run --example shop-backend` serves it.
+#[path = "../examples/shop/service.rs"]
+mod shop;
 
 use std::{path::Path, process::Stdio};
 
@@ -467,4 +470,164 @@ async fn the_example_config_runs_as_shipped_with_its_example_keys() {
     assert_eq!(signed.status(), 200);
     let body: serde_json::Value = signed.json().await.unwrap();
     assert_eq!(body["id"], "o-1");
+}
+
+// === the README's examples, run as written ===
+
+/// The `nth` (from 0) ```sh block of the README section `heading`.
+fn readme_block(heading: &str, nth: usize) -> String {
+    let readme = std::fs::read_to_string(Path::new(MANIFEST).join("README.md")).unwrap();
+    let start = readme
+        .find(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("no section `{heading}` in README.md"));
+    let section = &readme[start + heading.len() + 2..];
+    let section = section.find("\n## ").map_or(section, |end| &section[..end]);
+    let block = section
+        .split("```sh\n")
+        .nth(nth + 1)
+        .unwrap_or_else(|| panic!("no sh block {nth} in `{heading}`"));
+    block[..block.find("```").unwrap()].to_owned()
+}
+
+/// The shop backend on a port of its own, until dropped.
+struct ShopBackend {
+    addr: std::net::SocketAddr,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl ShopBackend {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(shop::Shops::seeded().into_server())
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async {
+                        let _ = stopped.await;
+                    },
+                ),
+        );
+        Self { addr, _stop: stop }
+    }
+}
+
+/// Runs README shell blocks with bash as written, but for the addresses:
+/// `localhost:8080` and `localhost:9901` become free ports (`protogate
+/// serve` is told them, `protogate admin` the second), and the shop
+/// backend's `127.0.0.1:50052` becomes `shop`'s address, which serves the
+/// block's `cargo run --example shop-backend &`. After a `protogate serve
+/// … &`, the script waits until the gateway answers. `protogate` is the
+/// binary under test; curl, bash, tar and openssl are the machine's (the test
+/// fails if one is missing). curl fails on an HTTP error status (a curlrc
+/// with `fail-with-body`) and bash stops at the first failure. The blocks run
+/// in a temp folder that sees the repository's `examples/`. Returns stdout.
+async fn run_readme(blocks: &[String], shop: &ShopBackend) -> String {
+    let (public, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        Path::new(MANIFEST).join("examples"),
+        dir.path().join("examples"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join(".curlrc"), "fail-with-body\nshow-error\n").unwrap();
+    let mut script =
+        String::from("set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n");
+    for block in blocks {
+        assert!(
+            !block.contains("cargo run --example shop-backend")
+                || block.contains("127.0.0.1:50052"),
+            "a block runs the shop backend without using it"
+        );
+        for line in block.lines() {
+            if line.starts_with("cargo run --example shop-backend &") {
+                script.push_str("true  # the shop backend: served by the test\n");
+                continue;
+            }
+            let line = line
+                .replace("localhost:8080", &format!("127.0.0.1:{public}"))
+                .replace("localhost:9901", &format!("127.0.0.1:{admin}"))
+                .replace("127.0.0.1:50052", &shop.addr.to_string())
+                .replace(
+                    "protogate serve ",
+                    &format!("protogate serve --listen 127.0.0.1:{public} --admin-listen 127.0.0.1:{admin} "),
+                )
+                .replace(
+                    "protogate admin ",
+                    &format!("protogate admin --admin-addr 127.0.0.1:{admin} "),
+                );
+            script.push_str(&line);
+            script.push('\n');
+            if line.starts_with("protogate serve ") {
+                script.push_str(&format!(
+                    "for _ in $(seq 300); do curl -so /dev/null 127.0.0.1:{admin}/healthz 2>/dev/null && break; sleep 0.1; done\n"
+                ));
+            }
+        }
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_protogate")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut bash = std::process::Command::new("bash");
+    bash.arg("-c")
+        .arg(&script)
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .env("CURL_HOME", dir.path())
+        .stdin(Stdio::null());
+    let output = tokio::task::spawn_blocking(move || bash.output())
+        .await
+        .unwrap()
+        .expect("bash is needed to run the README's examples");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the README's commands failed:\n--- script\n{script}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn the_readme_brings_the_shop_service_end_to_end() {
+    let shop = ShopBackend::start().await;
+    let block = readme_block("## Bring your own services", 0);
+    let stdout = run_readme(&[block], &shop).await;
+    for expected in [
+        "GET /v1/shops/{id}     -> /acme.shop.v1.ShopService/GetShop",
+        r#"{"id":"s-1","name":"Corner Shop","city":"Lyon"}"#,
+        r#"{"id":"s-3","name":"Night Market","city":"Lyon"}"#,
+        r#"{"shops":[{"id":"s-1","name":"Corner Shop","city":"Lyon"},{"id":"s-3","#,
+    ] {
+        assert!(stdout.contains(expected), "{expected} not in:\n{stdout}");
+    }
+}
+
+/// Every admin example: registering the shop with curl (a descriptor set,
+/// a tar of its proto, a multipart form, a dry run sent with curl's default
+/// form content type), upstreams at run time, then the same with the CLI.
+#[tokio::test]
+async fn the_readmes_admin_examples_run_as_written() {
+    let shop = ShopBackend::start().await;
+    let heading = "## Registering services at run time";
+    let blocks = [readme_block(heading, 0), readme_block(heading, 1)];
+    let stdout = run_readme(&blocks, &shop).await;
+    for expected in [
+        r#""name":"acme.shop.v1""#,
+        r#""routeCount":4"#,
+        r#"{"id":"s-1","name":"Corner Shop","city":"Lyon"}"#,
+        r#""valid":true"#,
+        r#""source":"admin""#,
+        r#"{"deleted":"acme.shop.v1""#,
+        "loaded `acme.shop.v1`",
+        "GET /v1/shops/{id}  -> acme.shop.v1.ShopService.GetShop  @ http://",
+        "deleted `acme.shop.v1`",
+    ] {
+        assert!(stdout.contains(expected), "{expected} not in:\n{stdout}");
+    }
 }
