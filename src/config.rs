@@ -210,6 +210,10 @@ pub struct AccessLogConfig {
     pub format: AccessLogFormat,
     /// Append to this file instead of writing to stdout. Default: stdout.
     pub file: Option<PathBuf>,
+    /// Without `file`, write to stderr instead of stdout: the demo's stdout
+    /// is its banner. Not a config key.
+    #[serde(skip)]
+    pub stderr: bool,
     /// Fraction of 2xx responses logged, from 0 to 1; every other status is
     /// always logged. Default `1`.
     pub sample_2xx: f64,
@@ -329,6 +333,7 @@ impl Default for AccessLogConfig {
             enabled: true,
             format: AccessLogFormat::Json,
             file: None,
+            stderr: false,
             sample_2xx: 1.0,
         }
     }

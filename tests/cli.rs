@@ -514,18 +514,43 @@ impl ShopBackend {
     }
 }
 
+/// Where the README's addresses point in a test.
+#[derive(Clone, Copy)]
+struct Addresses {
+    /// `localhost:8080`
+    public: u16,
+    /// `localhost:9901`
+    admin: u16,
+    /// The shop backend's `127.0.0.1:50052`.
+    shop: Option<std::net::SocketAddr>,
+}
+
+impl Addresses {
+    fn free(shop: Option<&ShopBackend>) -> Self {
+        Self {
+            public: free_port(),
+            admin: free_port(),
+            shop: shop.map(|shop| shop.addr),
+        }
+    }
+}
+
 /// Runs README shell blocks with bash as written, but for the addresses:
-/// `localhost:8080` and `localhost:9901` become free ports (`protogate
+/// `localhost:8080` and `localhost:9901` become `to`'s ports (`protogate
 /// serve` is told them, `protogate admin` the second), and the shop
-/// backend's `127.0.0.1:50052` becomes `shop`'s address, which serves the
-/// block's `cargo run --example shop-backend &`. After a `protogate serve
-/// … &`, the script waits until the gateway answers. `protogate` is the
-/// binary under test; curl, bash, tar and openssl are the machine's (the test
-/// fails if one is missing). curl fails on an HTTP error status (a curlrc
-/// with `fail-with-body`) and bash stops at the first failure. The blocks run
-/// in a temp folder that sees the repository's `examples/`. Returns stdout.
-async fn run_readme(blocks: &[String], shop: &ShopBackend) -> String {
-    let (public, admin) = (free_port(), free_port());
+/// backend's `127.0.0.1:50052` becomes `to.shop`, which serves the block's
+/// `cargo run --example shop-backend &`. After a `protogate serve … &`, the
+/// script waits until the gateway answers. `protogate` is the binary under
+/// test; curl, bash, tar and openssl are the machine's (the test fails if one
+/// is missing). curl fails on an HTTP error status (a curlrc with
+/// `fail-with-body`) and bash stops at the first failure. The blocks run in a
+/// temp folder that sees the repository's `examples/`. Returns stdout.
+async fn run_readme(blocks: &[String], to: &Addresses) -> String {
+    let Addresses {
+        public,
+        admin,
+        shop,
+    } = *to;
     let dir = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(
         Path::new(MANIFEST).join("examples"),
@@ -534,22 +559,19 @@ async fn run_readme(blocks: &[String], shop: &ShopBackend) -> String {
     .unwrap();
     std::fs::write(dir.path().join(".curlrc"), "fail-with-body\nshow-error\n").unwrap();
     let mut script =
-        String::from("set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n");
+        String::from("set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true; wait' EXIT\n");
     for block in blocks {
-        assert!(
-            !block.contains("cargo run --example shop-backend")
-                || block.contains("127.0.0.1:50052"),
-            "a block runs the shop backend without using it"
-        );
         for line in block.lines() {
             if line.starts_with("cargo run --example shop-backend &") {
+                assert!(shop.is_some(), "the block needs the shop backend");
                 script.push_str("true  # the shop backend: served by the test\n");
                 continue;
             }
+            let shop = shop.map_or_else(|| "127.0.0.1:50052".to_owned(), |addr| addr.to_string());
             let line = line
                 .replace("localhost:8080", &format!("127.0.0.1:{public}"))
                 .replace("localhost:9901", &format!("127.0.0.1:{admin}"))
-                .replace("127.0.0.1:50052", &shop.addr.to_string())
+                .replace("127.0.0.1:50052", &shop)
                 .replace(
                     "protogate serve ",
                     &format!("protogate serve --listen 127.0.0.1:{public} --admin-listen 127.0.0.1:{admin} "),
@@ -597,7 +619,7 @@ async fn run_readme(blocks: &[String], shop: &ShopBackend) -> String {
 async fn the_readme_brings_the_shop_service_end_to_end() {
     let shop = ShopBackend::start().await;
     let block = readme_block("## Bring your own services", 0);
-    let stdout = run_readme(&[block], &shop).await;
+    let stdout = run_readme(&[block], &Addresses::free(Some(&shop))).await;
     for expected in [
         "GET /v1/shops/{id}     -> /acme.shop.v1.ShopService/GetShop",
         r#"{"id":"s-1","name":"Corner Shop","city":"Lyon"}"#,
@@ -616,7 +638,7 @@ async fn the_readmes_admin_examples_run_as_written() {
     let shop = ShopBackend::start().await;
     let heading = "## Registering services at run time";
     let blocks = [readme_block(heading, 0), readme_block(heading, 1)];
-    let stdout = run_readme(&blocks, &shop).await;
+    let stdout = run_readme(&blocks, &Addresses::free(Some(&shop))).await;
     for expected in [
         r#""name":"acme.shop.v1""#,
         r#""routeCount":4"#,
@@ -630,4 +652,74 @@ async fn the_readmes_admin_examples_run_as_written() {
     ] {
         assert!(stdout.contains(expected), "{expected} not in:\n{stdout}");
     }
+}
+
+/// The demo: its banner alone on stdout (routes, then tokens to copy), the
+/// access log on stderr, and the README's CORS preflight answered.
+#[tokio::test]
+async fn the_demo_prints_its_banner_on_stdout_and_logs_on_stderr() {
+    let to = Addresses::free(None);
+    let mut demo = Child(
+        protogate()
+            .args(["demo", "--listen", &format!("127.0.0.1:{}", to.public)])
+            .args(["--admin-listen", &format!("127.0.0.1:{}", to.admin)])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdout = Lines::new(demo.0.stdout.take().unwrap());
+    let mut stderr = Lines::new(demo.0.stderr.take().unwrap());
+    let (stdout, token) = tokio::task::spawn_blocking(move || {
+        let token = stdout.until("the user token", |line| {
+            line.starts_with("export PROTOGATE_DEMO_TOKEN=")
+        });
+        stdout.until("the admin token", |line| {
+            line.starts_with("export PROTOGATE_DEMO_ADMIN_TOKEN=")
+        });
+        (
+            stdout,
+            token["export PROTOGATE_DEMO_TOKEN=".len()..].to_owned(),
+        )
+    })
+    .await
+    .unwrap();
+
+    let order = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{}/v1/orders/o-1", to.public))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(order.status(), 200);
+    let preflight = run_readme(&[readme_block("### CORS (`cors`)", 0)], &to).await;
+    let preflight = preflight.to_ascii_lowercase();
+    assert!(preflight.starts_with("http/1.1 200"), "{preflight}");
+    assert!(
+        preflight.contains("access-control-allow-origin: *"),
+        "{preflight}"
+    );
+    tokio::task::spawn_blocking(move || {
+        stderr.until("the access log line of the GET", |line| {
+            line.contains(r#""path":"/v1/orders/o-1""#)
+        })
+    })
+    .await
+    .unwrap();
+
+    drop(demo);
+    let banner = tokio::task::spawn_blocking(move || stdout.rest())
+        .await
+        .unwrap();
+    assert!(banner[0].starts_with("protogate demo: "), "{banner:?}");
+    assert!(
+        banner
+            .iter()
+            .any(|line| line.starts_with("GET /v1/orders/{id} ")),
+        "{banner:?}"
+    );
+    assert!(
+        !banner.iter().any(|line| line.contains(r#""path":"#)),
+        "an access log line on stdout: {banner:?}"
+    );
 }

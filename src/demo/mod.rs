@@ -38,7 +38,7 @@ use crate::pb::{
     },
 };
 use crate::{
-    config::{AdminToken, DeprecationConfig},
+    config::{AdminToken, CorsConfig, DeprecationConfig},
     registry::{CompileError, DescriptorSet, ProtoSources, RouteTable},
     Config,
 };
@@ -201,7 +201,7 @@ pub async fn run(
         "try: curl -s -H \"Authorization: Bearer $PROTOGATE_DEMO_TOKEN\" http://{addr}/v1/orders/o-1"
     );
     println!("metrics: curl -s http://{admin_addr}/metrics   (also /healthz, /readyz)");
-    println!("access log: one JSON line per request on stdout; diagnostics on stderr (RUST_LOG)\n");
+    println!("access log: one JSON line per request on stderr, with the diagnostics (RUST_LOG)\n");
     server
         .with_admin_listener(admin)
         .serve(listener, shutdown)
@@ -233,8 +233,15 @@ fn demo_config(
         auth: Some(demo.auth.clone()),
         policies: std::mem::take(&mut demo.policies),
         rate_limit: Some(demo.rate_limit.clone()),
+        // Browsers on any page may call it (tokens, not cookies, carry identity).
+        cors: Some(CorsConfig {
+            allowed_origins: vec!["*".to_owned()],
+            ..CorsConfig::default()
+        }),
         ..Config::default()
     };
+    // Stdout is the banner, to read and copy the tokens from.
+    config.access_log.stderr = true;
     for package in ["acme.orders.v1", "acme.users.v1"] {
         config.override_upstream(&format!("{package}={backend_url}"))?;
     }
