@@ -111,7 +111,7 @@ struct TokenArgs {
 #[derive(Debug, Subcommand)]
 enum AdminCommand {
     /// Register or replace a set: a descriptor set (.binpb/.pb/.desc), a .proto
-    /// file, or a .tar/.zip of .proto files.
+    /// file, or a .tar/.zip/.tar.gz of .proto files.
     Upload {
         file: PathBuf,
         /// The set's name (letters, digits, `.`, `_`, `-`).

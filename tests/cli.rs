@@ -210,12 +210,31 @@ fn rule(method: &str, adjust: impl FnOnce(&mut PolicyRule)) -> PolicyRule {
     rule
 }
 
+#[tokio::test]
+async fn admin_upload_takes_a_tar_gz_of_protos() {
+    let gw = Gateway::start().await;
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, tar_gz) = widget_files(dir.path());
+    let mut upload = protogate();
+    upload
+        .args(["admin", "upload"])
+        .arg(&tar_gz)
+        .args(["--name", "widgets", "--upstream", &backend.url()])
+        .args(["--admin-addr", &gw.admin_addr.to_string()]);
+    let (ok, stdout, stderr) = run(upload).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("loaded `widgets`"), "{stdout}");
+    let (status, _) = gw.get("/v1/widgets/w-1").await;
+    // Routed to the backend, which does not serve widgets: its UNIMPLEMENTED.
+    assert_eq!(status, 501);
+}
+
 // === check ===
 
-#[test]
-fn check_compiles_proto_files_and_archives_of_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let proto = dir.path().join("widgets.proto");
+/// `WIDGETS` as `widgets.proto` and as `widgets.tar.gz` in `dir`.
+fn widget_files(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let proto = dir.join("widgets.proto");
     std::fs::write(&proto, WIDGETS).unwrap();
     let mut archive = tar::Builder::new(flate2::write::GzEncoder::new(
         Vec::new(),
@@ -224,8 +243,15 @@ fn check_compiles_proto_files_and_archives_of_them() {
     archive
         .append_path_with_name(&proto, "widgets/v1/widgets.proto")
         .unwrap();
-    let tar_gz = dir.path().join("widgets.tar.gz");
+    let tar_gz = dir.join("widgets.tar.gz");
     std::fs::write(&tar_gz, archive.into_inner().unwrap().finish().unwrap()).unwrap();
+    (proto, tar_gz)
+}
+
+#[test]
+fn check_compiles_proto_files_and_archives_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (proto, tar_gz) = widget_files(dir.path());
     for file in [&proto, &tar_gz] {
         let (ok, stdout, stderr) = run_blocking(protogate().arg("check").arg(file));
         assert!(ok, "{}: {stderr}", file.display());
