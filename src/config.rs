@@ -523,8 +523,8 @@ impl Config {
 }
 
 /// A listen or connect address: `IP:port` as is, or `host:port` resolved
-/// (`localhost:8080`), its first IPv4 address preferred, as most clients
-/// try it first.
+/// (`localhost:8080`), preferring its first IPv4 address: every host has
+/// IPv4 loopback, not every container IPv6.
 pub fn resolve_addr(text: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = text.parse() {
         return Ok(addr);

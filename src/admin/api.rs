@@ -278,15 +278,15 @@ async fn list_upstreams(State(api): State<Api>) -> Response {
         .await
         .iter()
         .map(|(u, source)| {
-            let mut json = json!({ "pattern": &*u.name, "url": u.url, "timeout": humantime::format_duration(u.timeout).to_string() });
-            json["source"] = match source {
-                UpstreamSource::Config => "config".into(),
-                UpstreamSource::Set(name) => {
-                    json["set"] = name.as_str().into();
-                    "set".into()
-                }
-                UpstreamSource::Admin => "admin".into(),
+            let (source, set) = match source {
+                UpstreamSource::Config => ("config", None),
+                UpstreamSource::Set(name) => ("set", Some(name.as_str())),
+                UpstreamSource::Admin => ("admin", None),
             };
+            let mut json = json!({ "pattern": &*u.name, "url": u.url, "timeout": humantime::format_duration(u.timeout).to_string(), "source": source });
+            if let Some(set) = set {
+                json["set"] = set.into();
+            }
             json
         })
         .collect();
