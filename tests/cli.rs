@@ -16,18 +16,14 @@ use common::{
 };
 use protogate::config::{AuthConfig, PolicyRule, ProviderConfig};
 
-/// Runs a command to its end off the runtime: (success, stdout, stderr).
+/// [`run_blocking`] off the runtime.
 async fn run(mut command: std::process::Command) -> (bool, String, String) {
-    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+    tokio::task::spawn_blocking(move || run_blocking(&mut command))
         .await
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8(output.stdout).unwrap(),
-        String::from_utf8(output.stderr).unwrap(),
-    )
+        .unwrap()
 }
 
+/// Runs a command to its end: (success, stdout, stderr).
 fn run_blocking(command: &mut std::process::Command) -> (bool, String, String) {
     let output = command.output().unwrap();
     (
@@ -160,7 +156,7 @@ async fn admin_commands_take_the_address_anywhere_and_say_who_may_call() {
     let key = tokens::EcKey::generate("k1");
     let guarded = Gateway::start_with(|config| {
         config.auth = Some(AuthConfig {
-            providers: vec![provider(&key.public_pem())],
+            providers: vec![provider(&format!("public_key_pem: {:?}", key.public_pem()))],
             ..AuthConfig::default()
         });
         config.policies = vec![
@@ -189,13 +185,9 @@ async fn admin_commands_take_the_address_anywhere_and_say_who_may_call() {
     }
 }
 
-fn provider(public_pem: &str) -> ProviderConfig {
-    serde_yaml::from_str(&format!(
-        "{{ issuer: '{}', public_key_pem: {:?} }}",
-        tokens::ISSUER,
-        public_pem
-    ))
-    .unwrap()
+/// A provider for the test tokens' issuer; `fields` adds its key source.
+fn provider(fields: &str) -> ProviderConfig {
+    serde_yaml::from_str(&format!("{{ issuer: '{}', {fields} }}", tokens::ISSUER)).unwrap()
 }
 
 fn rule(method: &str, adjust: impl FnOnce(&mut PolicyRule)) -> PolicyRule {
@@ -351,13 +343,12 @@ fn a_config_files_relative_paths_are_relative_to_its_folder() {
 #[tokio::test]
 async fn a_minted_token_is_accepted_by_a_gateway_with_the_matching_key() {
     let gw = Gateway::start_with(|config| {
-        let provider = format!(
-            "{{ issuer: '{}', audiences: ['{}'], public_key_file: '{MANIFEST}/tests/fixtures/rsa-public.pem' }}",
-            tokens::ISSUER,
+        let key = format!(
+            "audiences: ['{}'], public_key_file: '{MANIFEST}/tests/fixtures/rsa-public.pem'",
             tokens::AUDIENCE
         );
         config.auth = Some(AuthConfig {
-            providers: vec![serde_yaml::from_str(&provider).unwrap()],
+            providers: vec![provider(&key)],
             ..AuthConfig::default()
         });
         config.policies = vec![rule("acme.orders.v1.OrderService.DeleteOrder", |r| {
