@@ -672,7 +672,8 @@ async fn the_readmes_admin_examples_run_as_written() {
 }
 
 /// The demo: its banner alone on stdout (routes, then tokens to copy), the
-/// access log on stderr, and the README's CORS preflight answered.
+/// access log on stderr, and the README's CORS preflight and admin listener
+/// examples answered.
 #[tokio::test]
 async fn the_demo_prints_its_banner_on_stdout_and_logs_on_stderr() {
     let to = Addresses::free(None);
@@ -716,6 +717,13 @@ async fn the_demo_prints_its_banner_on_stdout_and_logs_on_stderr() {
         preflight.contains("access-control-allow-origin: *"),
         "{preflight}"
     );
+    let observability = run_readme(&[readme_block("## Observability", 0)], &to).await;
+    for expected in ["protogate_http_requests_total", "ok", r#""ready":true"#] {
+        assert!(
+            observability.contains(expected),
+            "{expected}: {observability}"
+        );
+    }
     tokio::task::spawn_blocking(move || {
         stderr.until("the access log line of the GET", |line| {
             line.contains(r#""path":"/v1/orders/o-1""#)
