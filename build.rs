@@ -4,7 +4,10 @@
 //! * `OUT_DIR/base.binpb`: google.api, google.rpc, the well-known types and protogate's
 //!   own options, the types every catalog knows (error details, `Any` payloads, HTTP
 //!   annotations, policies), whatever copies of them the loaded sets carry;
-//! * prost messages and tonic clients/servers for all of them, reached through `OUT_DIR/pb.rs`.
+//! * prost messages and tonic clients/servers for all of them, reached through `OUT_DIR/pb.rs`;
+//! * the shop example (`examples/shop/`): `OUT_DIR/acme.shop.v1.binpb`, which a test
+//!   compares with the committed `examples/shop/shop.binpb`, and its server in
+//!   `OUT_DIR/shop/`, for the example backend alone (the library does not contain it).
 
 use std::{env, error::Error, fs, path::PathBuf};
 
@@ -43,8 +46,15 @@ const WELL_KNOWN: &[&str] = &[
     "google/protobuf/wrappers.proto",
 ];
 
+/// The shop example: its folder, as a team's own repository would hold it.
+const SHOP: &str = "examples/shop";
+
 fn compile(files: &[&str]) -> Result<protox::Compiler, Box<dyn Error>> {
-    let mut compiler = protox::Compiler::new(["protos"])?;
+    compile_in(&["protos"], files)
+}
+
+fn compile_in(includes: &[&str], files: &[&str]) -> Result<protox::Compiler, Box<dyn Error>> {
+    let mut compiler = protox::Compiler::new(includes)?;
     compiler.include_imports(true).include_source_info(false);
     compiler.open_files(files)?;
     Ok(compiler)
@@ -52,6 +62,7 @@ fn compile(files: &[&str]) -> Result<protox::Compiler, Box<dyn Error>> {
 
 fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed=protos");
+    println!("cargo:rerun-if-changed={SHOP}/shop.proto");
     let out = PathBuf::from(env::var("OUT_DIR")?);
 
     for (name, root) in APIS {
@@ -75,5 +86,23 @@ fn main() -> Result<(), Box<dyn Error>> {
         .build_client(true)
         .include_file("pb.rs")
         .compile_fds(compile(&all)?.file_descriptor_set())?;
+
+    let shop = compile_in(&[SHOP, "protos"], &["shop.proto"])?;
+    fs::write(
+        out.join("acme.shop.v1.binpb"),
+        shop.encode_file_descriptor_set(),
+    )?;
+    // The shop's own file only: its messages use no imported type but
+    // google.protobuf.Empty (extern), and google.api is the library's.
+    let mut files = shop.file_descriptor_set();
+    files.file.retain(|file| file.name() == "shop.proto");
+    let shop_out = out.join("shop");
+    fs::create_dir_all(&shop_out)?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .out_dir(shop_out)
+        .include_file("mod.rs")
+        .compile_fds(files)?;
     Ok(())
 }

@@ -58,12 +58,15 @@ pub struct ApiSettings {
     /// `None`: the admin API is open (only allowed on a loopback address).
     pub token: Option<Arc<AdminToken>>,
     pub max_upload_bytes: usize,
+    /// Whether the data plane checks tokens (`auth` is configured), so that
+    /// route listings do not claim policies nothing enforces.
+    pub auth: bool,
 }
 
 impl ApiSettings {
     /// Reads the token (`admin.token`, else `admin.token_file`); refuses an
     /// open admin API on a non-loopback address.
-    pub fn new(config: &AdminConfig) -> Result<Self, StartError> {
+    pub fn new(config: &AdminConfig, auth: bool) -> Result<Self, StartError> {
         let token = match (&config.token, &config.token_file) {
             (Some(token), _) => Some(token.clone()),
             (None, Some(path)) => {
@@ -83,6 +86,7 @@ impl ApiSettings {
         Ok(Self {
             token: token.map(Arc::new),
             max_upload_bytes: config.max_upload_bytes,
+            auth,
         })
     }
 }

@@ -5,12 +5,12 @@
 //! that name the key and its line (serde_yaml's path + location).
 
 use std::{
-    net::SocketAddr,
+    net::{SocketAddr, ToSocketAddrs as _},
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 pub use crate::deprecation::DeprecationConfig;
 pub use crate::policy::config::{
@@ -22,7 +22,8 @@ pub use crate::policy::config::{
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Address of the public listener. Default `127.0.0.1:8080`.
+    /// Address of the public listener (a host name is resolved). Default `127.0.0.1:8080`.
+    #[serde(deserialize_with = "deserialize_addr")]
     pub listen: SocketAddr,
     /// Threads serving the public listener, each with its own runtime and
     /// upstream connections. Default `0`: one per core.
@@ -167,7 +168,8 @@ pub struct ResponseFilterConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// Address of the admin listener. Default `127.0.0.1:9901`.
+    /// Address of the admin listener (a host name is resolved). Default `127.0.0.1:9901`.
+    #[serde(deserialize_with = "deserialize_addr")]
     pub listen: SocketAddr,
     /// File holding the admin API's bearer token (the environment variable
     /// `PROTOGATE_ADMIN_TOKEN` wins). Without a token the admin API is open,
@@ -213,6 +215,10 @@ pub struct AccessLogConfig {
     pub format: AccessLogFormat,
     /// Append to this file instead of writing to stdout. Default: stdout.
     pub file: Option<PathBuf>,
+    /// Without `file`, write to stderr instead of stdout: the demo's stdout
+    /// is its banner. Not a config key.
+    #[serde(skip)]
+    pub stderr: bool,
     /// Fraction of 2xx responses logged, from 0 to 1; every other status is
     /// always logged. Default `1`.
     pub sample_2xx: f64,
@@ -332,6 +338,7 @@ impl Default for AccessLogConfig {
             enabled: true,
             format: AccessLogFormat::Json,
             file: None,
+            stderr: false,
             sample_2xx: 1.0,
         }
     }
@@ -359,19 +366,40 @@ impl Default for LimitsConfig {
 }
 
 impl Config {
-    /// Reads and validates a YAML file.
+    /// Reads and validates a YAML file. Its relative paths are relative to
+    /// its folder, so that it means the same from any working directory.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_yaml(&text).map_err(|err| match err {
+        let mut config = Self::from_yaml(&text).map_err(|err| match err {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_owned(),
                 message,
             },
             other => other,
-        })
+        })?;
+        if let Some(folder) = path.parent() {
+            config.rebase_paths(folder);
+        }
+        Ok(config)
+    }
+
+    /// Puts `folder` in front of every relative path of the file.
+    fn rebase_paths(&mut self, folder: &Path) {
+        let providers = self.auth.iter_mut().flat_map(|auth| &mut auth.providers);
+        let paths = (self.descriptors.dir.iter_mut())
+            .chain(&mut self.descriptors.files)
+            .chain(self.upstreams.iter_mut().flat_map(|u| &mut u.ca_file))
+            .chain(providers.flat_map(|p| p.jwks_file.iter_mut().chain(&mut p.public_key_file)))
+            .chain(&mut self.admin.token_file)
+            .chain(&mut self.access_log.file);
+        for path in paths {
+            if path.is_relative() {
+                *path = folder.join(&*path);
+            }
+        }
     }
 
     /// Parses and validates YAML text.
@@ -498,6 +526,30 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A listen or connect address: `IP:port` as is, or `host:port` resolved
+/// (`localhost:8080`), preferring its first IPv4 address: every host has
+/// IPv4 loopback, not every container IPv6.
+pub fn resolve_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let addrs: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|err| format!("`{text}` is not an address (host:port): {err}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("`{text}` resolves to no address"))
+}
+
+fn deserialize_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    resolve_addr(&text).map_err(serde::de::Error::custom)
 }
 
 pub(crate) fn validate_upstream(upstream: &UpstreamConfig) -> Result<(), String> {
@@ -654,6 +706,46 @@ mod tests {
         let err =
             Config::from_yaml("upstreams: [{ pattern: 'a/b', url: 'http://x:1' }]").unwrap_err();
         assert!(err.to_string().contains("pattern `a/b`"), "{err}");
+    }
+
+    #[test]
+    fn listen_addresses_may_be_host_names() {
+        let config =
+            Config::from_yaml("listen: localhost:8085\nadmin: { listen: 'localhost:9902' }")
+                .unwrap();
+        assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 8085)));
+        assert_eq!(
+            config.admin.listen,
+            SocketAddr::from(([127, 0, 0, 1], 9902))
+        );
+        let err = Config::from_yaml("listen: localhost")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`localhost` is not an address"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_in_a_file_are_relative_to_its_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.yaml");
+        std::fs::write(
+            &path,
+            "descriptors: { dir: sets, files: [a.binpb, /abs/b.binpb] }\n\
+             auth: { providers: [{ issuer: i, jwks_file: keys/jwks.json }] }\n\
+             admin: { token_file: token }\naccess_log: { file: ../access.log }\n",
+        )
+        .unwrap();
+        let config = Config::from_file(&path).unwrap();
+        let folder = dir.path();
+        assert_eq!(config.descriptors.dir, Some(folder.join("sets")));
+        assert_eq!(
+            config.descriptors.files,
+            [folder.join("a.binpb"), PathBuf::from("/abs/b.binpb")]
+        );
+        let provider = &config.auth.unwrap().providers[0];
+        assert_eq!(provider.jwks_file, Some(folder.join("keys/jwks.json")));
+        assert_eq!(config.admin.token_file, Some(folder.join("token")));
+        assert_eq!(config.access_log.file, Some(folder.join("../access.log")));
     }
 
     #[test]

@@ -145,11 +145,12 @@ impl Error {
     }
 
     /// The HTTP status: the canonical mapping of [`Error::code`], except where
-    /// HTTP has a more precise status for a gateway-made error.
+    /// HTTP has a more precise status for a gateway-made error. An unsupported
+    /// content type is a 400, not a 415: no gRPC code maps to 415, and its
+    /// code, INVALID_ARGUMENT, maps to 400.
     pub fn http_status(&self) -> StatusCode {
         match self {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MetadataTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::ResponseTooLarge { .. } | Self::InvalidReply(_) => StatusCode::BAD_GATEWAY,

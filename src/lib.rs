@@ -21,6 +21,7 @@ pub mod server;
 mod streaming;
 #[cfg(test)]
 mod testing;
+pub mod token;
 pub mod transcode;
 pub mod upstream;
 
@@ -45,7 +46,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub use config::Config;
 use registry::{BuildOptions, Catalog, CatalogBuilder, DescriptorSet, LoadError};
-pub use server::{Server, StartError};
+pub use server::{check_config, Server, StartError};
 
 /// Validates descriptor sets without serving: the catalog they would build
 /// (upstreams are not required), or every problem found.

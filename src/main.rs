@@ -1,10 +1,22 @@
 //! The `protogate` command line: parse, load the config, call into the library.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use protogate::{admin::AdminClient, config::AdminToken, registry::DescriptorSet, Config, Server};
+use protogate::{
+    admin::AdminClient,
+    config::{resolve_addr, AdminToken},
+    registry::{DescriptorSet, ProtoSources, RouteTable, UploadFormat},
+    token::{Claims, SigningKey},
+    Config, Server,
+};
 use tokio::net::TcpListener;
 
 /// The admin API's bearer token, for `serve` and the `admin` commands.
@@ -27,36 +39,79 @@ enum Command {
     Serve(ServeArgs),
     /// Run the example services in-process behind the gateway.
     Demo {
-        /// Address of the public listener.
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        /// Address of the public listener (host:port; a host name is resolved).
+        #[arg(long, default_value = "127.0.0.1:8080", value_parser = resolve_addr)]
         listen: SocketAddr,
         /// Address of the admin listener (/metrics, /healthz, /readyz).
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901", value_parser = resolve_addr)]
         admin_listen: SocketAddr,
     },
     /// Talk to a running gateway's admin API (token from PROTOGATE_ADMIN_TOKEN).
     Admin {
-        /// Address of the gateway's admin listener.
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
+        /// Address of the gateway's admin listener (before or after the subcommand).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901", value_parser = resolve_addr, global = true)]
         admin_addr: SocketAddr,
         #[command(subcommand)]
         command: AdminCommand,
     },
-    /// Validate descriptor sets and print the routes they would serve.
-    Check {
-        /// Binary FileDescriptorSet files (with imports included).
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-        /// Also expose methods without a google.api.http annotation.
-        #[arg(long)]
-        expose_unannotated: bool,
-    },
+    /// Validate descriptor sets (or a whole config) and print the routes they would serve.
+    Check(CheckArgs),
+    /// Mint a signed test token for a gateway that trusts the matching key.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// Descriptor sets (.binpb, .pb, .desc, imports included), .proto files
+    /// (compiled together into one set, as an upload is), or tar, zip or
+    /// gzip archives of .proto files.
+    #[arg(required_unless_present = "config")]
+    files: Vec<PathBuf>,
+    /// Check what `serve --config FILE` would start: its sets, upstreams,
+    /// policies, keys and filters, plus FILES.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where a package or service is served, as PATTERN=URL; repeatable. With
+    /// it (or --config), every service needs an upstream.
+    #[arg(long = "upstream", value_name = "PATTERN=URL")]
+    upstreams: Vec<String>,
+    /// Also expose methods without a google.api.http annotation.
+    #[arg(long)]
+    expose_unannotated: bool,
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// A PEM private key (RSA, EC, Ed25519) or a file holding an HMAC secret.
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// The `iss` claim: the issuer of the gateway's provider for this key.
+    #[arg(long)]
+    iss: String,
+    /// The `sub` claim.
+    #[arg(long)]
+    sub: String,
+    /// The `roles` claim, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    roles: Vec<String>,
+    /// The `aud` claim; repeatable.
+    #[arg(long)]
+    aud: Vec<String>,
+    /// Time until `exp`, e.g. 1h, 30m.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// The `kid` header, for a JWKS with several keys.
+    #[arg(long)]
+    kid: Option<String>,
+    /// The signing algorithm (RS256, ES384, ...); default: by the key (RS256, ES256, EdDSA, HS256).
+    #[arg(long, value_parser = parse_algorithm)]
+    alg: Option<jsonwebtoken::Algorithm>,
 }
 
 #[derive(Debug, Subcommand)]
 enum AdminCommand {
     /// Register or replace a set: a descriptor set (.binpb/.pb/.desc), a .proto
-    /// file, or a .tar/.zip of .proto files.
+    /// file, or a .tar/.zip/.tar.gz of .proto files.
     Upload {
         file: PathBuf,
         /// The set's name (letters, digits, `.`, `_`, `-`).
@@ -80,11 +135,11 @@ struct ServeArgs {
     /// YAML config file.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Address of the public listener (default 127.0.0.1:8080).
-    #[arg(long)]
+    /// Address of the public listener (default 127.0.0.1:8080; a host name is resolved).
+    #[arg(long, value_parser = resolve_addr)]
     listen: Option<SocketAddr>,
     /// Address of the admin listener: /metrics, /healthz, /readyz (default 127.0.0.1:9901).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = resolve_addr)]
     admin_listen: Option<SocketAddr>,
     /// Threads serving the public listener (default: one per core).
     #[arg(long, value_name = "N")]
@@ -104,10 +159,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     protogate::observe::init_tracing();
     let result = match cli.command {
-        Command::Check {
-            files,
-            expose_unannotated,
-        } => check(&files, expose_unannotated),
+        Command::Check(args) => check(&args),
+        Command::Token(args) => token(&args),
         command => tokio::runtime::Runtime::new()
             .context("cannot start the tokio runtime")
             .and_then(|runtime| runtime.block_on(run(command))),
@@ -115,10 +168,25 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", report(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each cause once: many errors already print
+/// their source (`cannot read x.yaml: No such file or directory`), and
+/// anyhow's `{:#}` would repeat it.
+fn report(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -149,7 +217,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             admin_addr,
             command,
         } => return admin(admin_addr, command).await,
-        Command::Check { .. } => unreachable!("check runs without a runtime"),
+        Command::Check(_) | Command::Token(_) => unreachable!("run without a runtime"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -197,10 +265,11 @@ async fn admin(addr: SocketAddr, command: AdminCommand) -> anyhow::Result<ExitCo
         AdminCommand::Routes => client.routes().await.map(|routes| {
             for route in routes["routes"].as_array().into_iter().flatten() {
                 println!(
-                    "{}  -> {}  @ {}",
+                    "{}  -> {}  @ {}  [{}]",
                     route["route"].as_str().unwrap_or_default(),
                     route["rpc"].as_str().unwrap_or_default(),
                     route["upstream"]["url"].as_str().unwrap_or("-"),
+                    access(&route["policy"]),
                 );
             }
         }),
@@ -215,6 +284,34 @@ async fn admin(addr: SocketAddr, command: AdminCommand) -> anyhow::Result<ExitCo
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// Who may call a route, from its `policy` in the admin API's listing.
+fn access(policy: &serde_json::Value) -> String {
+    if policy["auth"] == "off" {
+        return "auth off: anyone".to_owned();
+    }
+    let names = |key: &str| {
+        let names: Vec<&str> = policy[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|name| name.as_str())
+            .collect();
+        names.join(",")
+    };
+    let mut access = if policy["allowAnonymous"] == true {
+        "anonymous allowed".to_owned()
+    } else {
+        "token".to_owned()
+    };
+    for (key, label) in [("roles", "a role of"), ("scopes", "scopes")] {
+        let names = names(key);
+        if !names.is_empty() {
+            access.push_str(&format!("; {label} {names}"));
+        }
+    }
+    access
 }
 
 fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
@@ -245,17 +342,35 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-fn check(files: &[PathBuf], expose_unannotated: bool) -> anyhow::Result<ExitCode> {
-    let sets = files
-        .iter()
-        .map(|path| {
-            DescriptorSet::from_file(path)
-                .with_context(|| format!("cannot read {}", path.display()))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    match protogate::check(sets, expose_unannotated) {
+/// Without a config or upstreams, the sets alone; with them, all that
+/// `serve` would start (warnings on stderr), nothing bound.
+fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
+    let sets = read_sets(&args.files)?;
+    let checked = if args.config.is_none() && args.upstreams.is_empty() {
+        protogate::check(sets, args.expose_unannotated)
+            .map(Arc::new)
+            .map_err(|err| err.to_string())
+    } else {
+        let mut config = match &args.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        for spec in &args.upstreams {
+            config.override_upstream(spec)?;
+        }
+        config.descriptors.expose_unannotated |= args.expose_unannotated;
+        // Upstream channels and key refreshers need a runtime to exist in;
+        // a current-thread one never runs them, so nothing is contacted.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the tokio runtime")?;
+        let _entered = runtime.enter();
+        protogate::check_config(&config, sets).map_err(|err| err.to_string())
+    };
+    match checked {
         Ok(catalog) => {
-            print!("{}", protogate::registry::RouteTable(&catalog));
+            print!("{}", RouteTable(&catalog));
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {
@@ -263,6 +378,65 @@ fn check(files: &[PathBuf], expose_unannotated: bool) -> anyhow::Result<ExitCode
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// The sets named on the command line: a file's bytes tell a descriptor set
+/// from an archive of `.proto` files, as in an upload; `.proto` files are
+/// compiled together into one set, named after the first.
+fn read_sets(files: &[PathBuf]) -> anyhow::Result<Vec<DescriptorSet>> {
+    let (protos, others): (Vec<&PathBuf>, Vec<&PathBuf>) = files
+        .iter()
+        .partition(|path| path.extension().is_some_and(|ext| ext == "proto"));
+    let mut sets = Vec::with_capacity(others.len() + 1);
+    for path in others {
+        let set = DescriptorSet::from_file(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = UploadFormat::sniff(&set.bytes)
+            .descriptor_set(set.bytes, usize::MAX)
+            .with_context(|| path.display().to_string())?;
+        sets.push(DescriptorSet { bytes, ..set });
+    }
+    if let Some(first) = protos.first() {
+        let mut sources = ProtoSources::new(usize::MAX);
+        for path in &protos {
+            let source =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            sources.insert(&file_name(path), source)?;
+        }
+        let name = first.file_stem().unwrap_or_default();
+        sets.push(DescriptorSet {
+            name: name.to_string_lossy().into_owned(),
+            bytes: sources.compile()?,
+        });
+    }
+    Ok(sets)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn token(args: &TokenArgs) -> anyhow::Result<ExitCode> {
+    let key = SigningKey::from_file(&args.key, args.alg)?;
+    let claims = Claims {
+        issuer: args.iss.clone(),
+        subject: args.sub.clone(),
+        audiences: args.aud.clone(),
+        roles: args.roles.clone(),
+        lifetime: args.ttl,
+        extra: serde_json::Map::new(),
+    };
+    println!("{}", key.sign(&claims, args.kid.as_deref())?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_algorithm(name: &str) -> Result<jsonwebtoken::Algorithm, String> {
+    name.parse().map_err(|_| {
+        format!("`{name}` is not a JWT signing algorithm (RS256, ES256, EdDSA, HS256, ...)")
+    })
 }
 
 async fn shutdown_signal() {

@@ -245,7 +245,11 @@ async fn uploaded_service_is_served_without_restart() {
         .unwrap();
     assert_eq!(echo["rpc"], "protogate.testing.v1.TestService.Echo");
     assert_eq!(echo["upstream"]["url"], url);
-    assert_eq!(echo["policy"]["allowAnonymous"], false);
+    // No `auth` configured: every route is open, whatever its policy says.
+    assert_eq!(
+        echo["policy"],
+        json!({"auth": "off", "allowAnonymous": true, "roles": [], "scopes": [], "rateLimited": false})
+    );
 
     // Delete: the routes go, the others stay; a second delete is a 404.
     let (status, body) = setup.delete_set("protogate.testing.v1").await;
@@ -335,6 +339,83 @@ async fn upstreams_are_managed_through_the_admin_api() {
     assert_eq!(setup.delete_set("testing").await.0, 200);
     assert_eq!(delete().await.0, 200);
     assert_eq!(delete().await.0, 404);
+}
+
+/// One rule for what serves a pattern: an upstream set at run time wins over
+/// the one uploaded with a set, which wins over the configured one; deleting
+/// it falls back. The listing names the source, and traffic goes where it says.
+#[tokio::test]
+async fn an_upstream_set_at_run_time_wins_until_deleted_and_the_listing_is_what_is_served() {
+    let setup = Setup::start(&[]).await;
+    let first = setup.backend.url();
+    let second = Backend::start().await;
+    let (status, body) = setup
+        .put_set("testing", testing_bytes(), Some(&first))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let served_by = || async {
+        let (status, body) = setup.gw.get("/v1/headers").await;
+        assert_eq!(status, 200, "{body}");
+        format!("http://{}", body["metadata"][":local"].as_str().unwrap())
+    };
+    let setup = &setup;
+    let listed = |pattern: &'static str| async move {
+        let (_, list) = setup.admin_get("/admin/v1/upstreams").await;
+        let found = list["upstreams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["pattern"] == pattern)
+            .cloned();
+        found.unwrap_or_else(|| panic!("{pattern} not in {list}"))
+    };
+    let upstream = |pattern: &str| setup.admin(&format!("/admin/v1/upstreams/{pattern}"));
+    let by_set = json!({"pattern": "protogate.testing.v1", "url": first, "timeout": "30s", "source": "set", "set": "testing"});
+    assert_eq!(served_by().await, first);
+    assert_eq!(listed("protogate.testing.v1").await, by_set);
+
+    let (status, body) = setup
+        .admin_send(
+            setup
+                .gw
+                .client
+                .put(upstream("protogate.testing.v1"))
+                .body(json!({"url": second.url()}).to_string()),
+        )
+        .await;
+    assert_eq!((status, &body["changed"]), (200, &json!(true)), "{body}");
+    assert_eq!(served_by().await, second.url());
+    assert_eq!(
+        listed("protogate.testing.v1").await,
+        json!({"pattern": "protogate.testing.v1", "url": second.url(), "timeout": "30s", "source": "admin"})
+    );
+
+    let delete =
+        |pattern: &'static str| setup.admin_send(setup.gw.client.delete(upstream(pattern)));
+    assert_eq!(delete("protogate.testing.v1").await.0, 200);
+    assert_eq!(served_by().await, first);
+    assert_eq!(listed("protogate.testing.v1").await, by_set);
+    let (status, body) = delete("protogate.testing.v1").await;
+    assert_eq!(status, 404, "{body}");
+
+    // The same between the admin API and the config.
+    assert_eq!(listed("acme").await["source"], "config");
+    let (status, _) = setup
+        .admin_send(
+            setup
+                .gw
+                .client
+                .put(upstream("acme"))
+                .body(json!({"url": second.url()}).to_string()),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(listed("acme").await["url"], second.url());
+    assert_eq!(delete("acme").await.0, 200);
+    assert_eq!(
+        listed("acme").await,
+        json!({"pattern": "acme", "url": first, "timeout": "5s", "source": "config"})
+    );
 }
 
 // === refusals ===

@@ -9,10 +9,8 @@ use std::{
 };
 
 use bytes::Bytes;
-use common::process::{free_port, protogate, wait_for, Child};
+use common::process::{free_port, protogate, wait_for, Child, MANIFEST};
 use protogate::registry::DescriptorSet;
-
-const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Compiles one proto source (with the vendored google protos on the path).
 fn compile(name: &str, source: &str) -> DescriptorSet {
@@ -61,19 +59,22 @@ fn problems(sets: Vec<DescriptorSet>) -> Vec<String> {
 
 #[test]
 fn committed_descriptor_sets_match_the_protos() {
-    for name in ["acme.orders.v1", "acme.orders.v2", "acme.users.v1"] {
+    for (name, committed) in [
+        ("acme.orders.v1", "descriptor-sets/acme.orders.v1.binpb"),
+        ("acme.orders.v2", "descriptor-sets/acme.orders.v2.binpb"),
+        ("acme.users.v1", "descriptor-sets/acme.users.v1.binpb"),
+        ("acme.shop.v1", "examples/shop/shop.binpb"),
+    ] {
         let built =
             std::fs::read(Path::new(env!("OUT_DIR")).join(format!("{name}.binpb"))).unwrap();
-        let committed_path = Path::new(MANIFEST)
-            .join("descriptor-sets")
-            .join(format!("{name}.binpb"));
+        let committed_path = Path::new(MANIFEST).join(committed);
         if std::env::var_os("PROTOGATE_BLESS").is_some() {
             std::fs::write(&committed_path, &built).unwrap();
         }
-        let committed = std::fs::read(&committed_path).unwrap();
+        let committed_bytes = std::fs::read(&committed_path).unwrap();
         assert!(
-            built == committed,
-            "descriptor-sets/{name}.binpb is stale against protos/: run `PROTOGATE_BLESS=1 cargo test --test catalog`"
+            built == committed_bytes,
+            "{committed} is stale against its proto: run `PROTOGATE_BLESS=1 cargo test --test catalog`"
         );
     }
 }

@@ -153,7 +153,7 @@ async fn unknown_json_field_is_named() {
 }
 
 #[tokio::test]
-async fn wrong_content_type_is_415() {
+async fn wrong_content_type_is_400_invalid_argument() {
     let gw = Gateway::start().await;
     let request = gw
         .client
@@ -161,7 +161,7 @@ async fn wrong_content_type_is_415() {
         .header("content-type", "text/plain")
         .body("{}");
     let (status, body) = gw.send(request).await;
-    assert_eq!(status, 415);
+    assert_eq!(status, 400);
     assert_status(
         &body,
         Code::InvalidArgument,

@@ -649,7 +649,7 @@ async fn bad_value_mid_stream_is_400_and_cancels_the_upstream_call() {
 }
 
 #[tokio::test]
-async fn stream_with_a_wrong_content_type_is_415() {
+async fn stream_with_a_wrong_content_type_is_400_invalid_argument() {
     let setup = start().await;
     let gw = &setup.gw;
     let (status, body) = gw
@@ -660,7 +660,7 @@ async fn stream_with_a_wrong_content_type_is_415() {
                 .body("{}"),
         )
         .await;
-    assert_eq!(status, 415);
+    assert_eq!(status, 400);
     assert_status(
         &body,
         Code::InvalidArgument,

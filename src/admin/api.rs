@@ -37,7 +37,7 @@ use crate::{
     error::{self, Error},
     registry::{
         check_name, ApplyError, Catalog, Change, CompileError, LoadError, ProtoSources, Registry,
-        UpstreamSetting, DEFAULT_UPSTREAM_TIMEOUT,
+        UploadFormat, UpstreamSetting, UpstreamSource, DEFAULT_UPSTREAM_TIMEOUT,
     },
 };
 
@@ -185,7 +185,8 @@ async fn validate_set(
     };
     let body = match api.registry.dry_run(change).await {
         Ok(applied) => {
-            let (added, changed, removed) = route_diff(&current, &applied.catalog);
+            let (added, changed, removed) =
+                route_diff(&current, &applied.catalog, api.settings.auth);
             json!({
                 "valid": true,
                 "added": added,
@@ -260,7 +261,7 @@ async fn list_routes(State(api): State<Api>) -> Response {
     let routes: Vec<Value> = catalog
         .routes()
         .iter()
-        .map(|route| route_json(&catalog, route))
+        .map(|route| route_json(&catalog, route, api.settings.auth))
         .collect();
     json_response(
         StatusCode::OK,
@@ -268,13 +269,27 @@ async fn list_routes(State(api): State<Api>) -> Response {
     )
 }
 
+/// What serves each pattern and why: `source` is `config`, `set` (uploaded
+/// with the set named by `set`) or `admin`; for one pattern, `admin` wins
+/// over `set`, which wins over `config`.
 async fn list_upstreams(State(api): State<Api>) -> Response {
     let upstreams: Vec<Value> = api
         .registry
-        .upstreams()
+        .upstream_sources()
         .await
         .iter()
-        .map(|u| json!({ "pattern": &*u.name, "url": u.url, "timeout": humantime::format_duration(u.timeout).to_string() }))
+        .map(|(u, source)| {
+            let (source, set) = match source {
+                UpstreamSource::Config => ("config", None),
+                UpstreamSource::Set(name) => ("set", Some(name.as_str())),
+                UpstreamSource::Admin => ("admin", None),
+            };
+            let mut json = json!({ "pattern": &*u.name, "url": u.url, "timeout": humantime::format_duration(u.timeout).to_string(), "source": source });
+            if let Some(set) = set {
+                json["set"] = set.into();
+            }
+            json
+        })
         .collect();
     json_response(StatusCode::OK, &json!({ "upstreams": upstreams }))
 }
@@ -370,7 +385,9 @@ fn upstream_param(query: Option<&str>) -> Result<Option<String>, ApiError> {
 }
 
 /// The uploaded set as a serialized `FileDescriptorSet`: the body itself,
-/// or `.proto` sources (tar, zip or multipart) compiled into one.
+/// or `.proto` sources (tar, zip, gzip or multipart) compiled into one. A
+/// content type that says nothing about the bytes (none, octet-stream, or
+/// the form type curl sends with `--data-binary`) lets the bytes tell.
 async fn read_upload(name: &str, request: Request, limit: usize) -> Result<Bytes, ApiError> {
     let content_type = request
         .headers()
@@ -385,19 +402,37 @@ async fn read_upload(name: &str, request: Request, limit: usize) -> Result<Bytes
         .trim()
         .to_ascii_lowercase();
     let body = read_body(request.into_body(), limit).await?;
-    let sources = match essence.as_str() {
-        "" | "application/x-protobuf" | "application/octet-stream" => return Ok(body),
-        "application/x-tar" | "application/tar" => ProtoSources::from_tar(&body, limit),
-        "application/zip" | "application/x-zip-compressed" => ProtoSources::from_zip(&body, limit),
-        "multipart/form-data" => multipart_sources(&content_type, body, limit).await,
+    let format = match essence.as_str() {
+        "" | "application/octet-stream" | "application/x-www-form-urlencoded" => {
+            UploadFormat::sniff(&body)
+        }
+        "application/x-protobuf" => UploadFormat::DescriptorSet,
+        "application/x-tar" | "application/tar" => UploadFormat::Tar,
+        "application/zip" | "application/x-zip-compressed" => UploadFormat::Zip,
+        "application/gzip" | "application/x-gzip" => UploadFormat::Gzip,
+        "multipart/form-data" => {
+            let sources = multipart_sources(&content_type, body, limit).await;
+            return compile(name, move || sources?.compile()).await;
+        }
         other => {
             return Err(invalid(
                 "content-type",
-                format!("`{other}` is not application/x-protobuf, application/x-tar, application/zip or multipart/form-data"),
+                format!("`{other}` is not application/x-protobuf, application/x-tar, application/zip, application/gzip or multipart/form-data"),
             ))
         }
     };
-    let compiled = tokio::task::spawn_blocking(move || sources?.compile())
+    match format {
+        UploadFormat::DescriptorSet => Ok(body),
+        format => compile(name, move || format.descriptor_set(body, limit)).await,
+    }
+}
+
+/// Runs the compiler off the runtime; its error refuses the set `name`.
+async fn compile(
+    name: &str,
+    compile: impl FnOnce() -> Result<Bytes, CompileError> + Send + 'static,
+) -> Result<Bytes, ApiError> {
+    let compiled = tokio::task::spawn_blocking(compile)
         .await
         .map_err(|_| ApiError(Error::Internal("the compiler stopped".into())))?;
     compiled.map_err(|err| ApiError(Error::Rejected(LoadError::single(name, err.to_string()))))
@@ -473,7 +508,9 @@ fn set_json(catalog: &Catalog, set: &crate::registry::LoadedSet) -> Value {
     })
 }
 
-fn route_json(catalog: &Catalog, route: &crate::registry::Route) -> Value {
+/// `auth`: whether tokens are checked at all; without, every route is open
+/// whatever its policy says.
+fn route_json(catalog: &Catalog, route: &crate::registry::Route, auth: bool) -> Value {
     let method = catalog.method(route);
     let policy = &method.policy;
     json!({
@@ -484,7 +521,8 @@ fn route_json(catalog: &Catalog, route: &crate::registry::Route) -> Value {
         "kind": format!("{:?}", method.kind),
         "upstream": method.upstream.as_ref().map(|u| json!({ "pattern": &*u.name, "url": u.url })),
         "policy": {
-            "allowAnonymous": policy.allow_anonymous,
+            "auth": if auth { "jwt" } else { "off" },
+            "allowAnonymous": policy.allow_anonymous || !auth,
             "roles": policy.roles.iter().map(|r| &**r).collect::<Vec<_>>(),
             "scopes": policy.scopes.iter().map(|s| &**s).collect::<Vec<_>>(),
             "rateLimited": policy.rate_limit.per_user.is_some() || policy.rate_limit.per_ip.is_some(),
@@ -493,7 +531,11 @@ fn route_json(catalog: &Catalog, route: &crate::registry::Route) -> Value {
 }
 
 /// Routes in `after` that are new, changed (other method or upstream), or gone.
-fn route_diff(before: &Catalog, after: &Catalog) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
+fn route_diff(
+    before: &Catalog,
+    after: &Catalog,
+    auth: bool,
+) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
     // Route label → (method, upstream URL): what a client of the route sees change.
     let index = |catalog: &Catalog| -> HashMap<Box<str>, (String, Option<String>)> {
         catalog
@@ -512,9 +554,9 @@ fn route_diff(before: &Catalog, after: &Catalog) -> (Vec<Value>, Vec<Value>, Vec
     let mut changed = Vec::new();
     for route in after.routes() {
         match old.get(&route.label) {
-            None => added.push(route_json(after, route)),
+            None => added.push(route_json(after, route, auth)),
             Some(was) if Some(was) != new.get(&route.label) => {
-                changed.push(route_json(after, route));
+                changed.push(route_json(after, route, auth));
             }
             Some(_) => {}
         }
@@ -523,7 +565,7 @@ fn route_diff(before: &Catalog, after: &Catalog) -> (Vec<Value>, Vec<Value>, Vec
         .routes()
         .iter()
         .filter(|route| !new.contains_key(&route.label))
-        .map(|route| route_json(before, route))
+        .map(|route| route_json(before, route, auth))
         .collect();
     (added, changed, removed)
 }

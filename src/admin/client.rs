@@ -57,7 +57,7 @@ impl AdminClient {
     }
 
     /// Uploads a descriptor set (`.binpb`, `.pb`, `.desc`), a `.proto` file,
-    /// or a `.tar` / `.zip` of `.proto` files.
+    /// or a `.tar`, `.zip` or `.tar.gz` of `.proto` files.
     pub async fn upload(
         &self,
         file: &Path,
@@ -75,6 +75,7 @@ impl AdminClient {
         let (content_type, body) = match extension {
             "tar" => ("application/x-tar", bytes),
             "zip" => ("application/zip", bytes),
+            "gz" | "tgz" => ("application/gzip", bytes),
             "proto" => {
                 let file_name = file
                     .file_name()

@@ -4,14 +4,17 @@
 
 use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::Algorithm;
 use ring::{
     rand::SystemRandom,
     signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING},
 };
-use serde_json::json;
+use serde_json::{json, Map};
 
-use crate::config::{AuthConfig, PolicyRule, ProviderConfig, QuotaConfig, RateLimitConfig};
+use crate::{
+    config::{AuthConfig, PolicyRule, ProviderConfig, QuotaConfig, RateLimitConfig},
+    token::{Claims, SigningKey},
+};
 
 const ISSUER: &str = "protogate-demo";
 
@@ -47,14 +50,18 @@ pub(super) fn generate() -> Result<DemoAuth, String> {
     spki.extend_from_slice(pair.public_key().as_ref());
     let pem = pem_encode("PUBLIC KEY", &spki);
 
-    let signing = EncodingKey::from_ec_der(pkcs8.as_ref());
+    let signing = SigningKey::es256(pkcs8.as_ref());
     let sign = |sub: &str, roles: &[&str]| {
-        let now = jsonwebtoken::get_current_timestamp();
-        let claims = json!({
-            "iss": ISSUER, "aud": ISSUER, "sub": sub, "roles": roles, "tenant": "acme",
-            "iat": now, "exp": now + TOKEN_LIFETIME.as_secs(),
-        });
-        jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &signing)
+        let claims = Claims {
+            issuer: ISSUER.into(),
+            subject: sub.into(),
+            audiences: vec![ISSUER.into()],
+            roles: roles.iter().map(|role| (*role).to_owned()).collect(),
+            lifetime: TOKEN_LIFETIME,
+            extra: Map::from_iter([("tenant".to_owned(), json!("acme"))]),
+        };
+        signing
+            .sign(&claims, None)
             .map_err(|err| format!("cannot sign the demo token: {err}"))
     };
 

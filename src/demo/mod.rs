@@ -38,7 +38,7 @@ use crate::pb::{
     },
 };
 use crate::{
-    config::{AdminToken, DeprecationConfig},
+    config::{AdminToken, CorsConfig, DeprecationConfig},
     registry::{CompileError, DescriptorSet, ProtoSources, RouteTable},
     Config,
 };
@@ -188,9 +188,9 @@ pub async fn run(
     config.admin.listen = admin_listen;
     config.admin.token = admin_token;
     let server = crate::Server::new(&config, descriptor_sets())?;
-    let listener = TcpListener::bind(listen).await?;
+    let listener = bind(listen).await?;
     let addr = listener.local_addr()?;
-    let admin = TcpListener::bind(admin_listen).await?;
+    let admin = bind(admin_listen).await?;
     let admin_addr = admin.local_addr()?;
     println!("protogate demo: orders v1 and users on {backend_url}, orders v2 on {v2_url}, gateway on http://{addr}\n");
     println!("{}", RouteTable(&server.registry().load()));
@@ -201,7 +201,7 @@ pub async fn run(
         "try: curl -s -H \"Authorization: Bearer $PROTOGATE_DEMO_TOKEN\" http://{addr}/v1/orders/o-1"
     );
     println!("metrics: curl -s http://{admin_addr}/metrics   (also /healthz, /readyz)");
-    println!("access log: one JSON line per request on stdout; diagnostics on stderr (RUST_LOG)\n");
+    println!("access log: one JSON line per request on stderr, with the diagnostics (RUST_LOG)\n");
     server
         .with_admin_listener(admin)
         .serve(listener, shutdown)
@@ -212,6 +212,13 @@ pub async fn run(
             .map_err(|err| DemoError::Io(std::io::Error::other(err)))??;
     }
     Ok(())
+}
+
+/// A listener on `addr`, or an error that names it (as `serve` does).
+async fn bind(addr: SocketAddr) -> Result<TcpListener, DemoError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| DemoError::Listen { addr, source })
 }
 
 /// The demo's gateway config (upstreams, auth, policies, rate limits) and its tokens.
@@ -226,8 +233,15 @@ fn demo_config(
         auth: Some(demo.auth.clone()),
         policies: std::mem::take(&mut demo.policies),
         rate_limit: Some(demo.rate_limit.clone()),
+        // Browsers on any page may call it (tokens, not cookies, carry identity).
+        cors: Some(CorsConfig {
+            allowed_origins: vec!["*".to_owned()],
+            ..CorsConfig::default()
+        }),
         ..Config::default()
     };
+    // Stdout is the banner, to read and copy the tokens from.
+    config.access_log.stderr = true;
     for package in ["acme.orders.v1", "acme.users.v1"] {
         config.override_upstream(&format!("{package}={backend_url}"))?;
     }
@@ -248,6 +262,11 @@ fn demo_config(
 pub enum DemoError {
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Start(#[from] crate::StartError),
     #[error(transparent)]

@@ -141,6 +141,9 @@ impl AccessLog {
                     })?;
                 tracing_appender::non_blocking(BufWriter::new(file))
             }
+            None if config.stderr => {
+                tracing_appender::non_blocking(BufWriter::new(std::io::stderr()))
+            }
             None => tracing_appender::non_blocking(BufWriter::new(std::io::stdout())),
         };
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);

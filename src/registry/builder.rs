@@ -565,15 +565,25 @@ impl LoadError {
     }
 }
 
+/// Problems that name no set (a policy rule, a response filter, an upstream
+/// setting) are the configuration's, and listed as such.
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} problem(s) in the descriptor sets:",
-            self.problems.len()
-        )?;
-        for problem in &self.problems {
-            write!(f, "\n  - {problem}")?;
+        let (in_sets, in_config): (Vec<_>, Vec<_>) =
+            self.problems.iter().partition(|p| p.set.is_some());
+        let groups = [
+            (in_config, "the configuration"),
+            (in_sets, "the descriptor sets"),
+        ];
+        let groups = groups.iter().filter(|(problems, _)| !problems.is_empty());
+        for (i, (problems, place)) in groups.enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{} problem(s) in {place}:", problems.len())?;
+            for problem in problems {
+                write!(f, "\n  - {problem}")?;
+            }
         }
         Ok(())
     }

@@ -141,6 +141,14 @@ impl Catalog {
     pub fn method(&self, route: &Route) -> &MethodPlan {
         &self.methods[route.method]
     }
+
+    /// Whether an upstream `pattern` names a service of this catalog (one
+    /// that names none is probably a typo).
+    pub fn has_service_matching(&self, pattern: &str) -> bool {
+        self.pool
+            .services()
+            .any(|service| crate::upstream::matches(pattern, service.full_name()))
+    }
 }
 
 // === impl RouteMatch ===

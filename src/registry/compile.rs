@@ -1,9 +1,10 @@
 //! `.proto` sources → a serialized `FileDescriptorSet`, compiled in-process
 //! with protox: uploaded files first, then the vendored google/api,
 //! google/rpc and protogate protos (embedded, so the binary needs no source
-//! tree), then the well-known types. Archives (tar, zip) are read with their
-//! paths checked and their unpacked size bounded; a compile error names the
-//! file, line and column.
+//! tree), then the well-known types. Archives (tar, zip, gzip) are read with
+//! their paths checked and their unpacked size bounded; a compile error
+//! names the file, line and column. [`UploadFormat`] tells an upload's kind
+//! by its first bytes when nothing else does.
 
 use std::{
     collections::BTreeMap,
@@ -50,6 +51,16 @@ const VENDORED: &[(&str, &str)] = &[
     ),
 ];
 
+/// What an upload holds: a descriptor set, or `.proto` files in an archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadFormat {
+    DescriptorSet,
+    Tar,
+    Zip,
+    /// A gzip stream of a tar (`.tar.gz`) or of a descriptor set.
+    Gzip,
+}
+
 /// Uploaded `.proto` files by their import path.
 #[derive(Debug, Clone, Default)]
 pub struct ProtoSources {
@@ -79,6 +90,59 @@ fn position(file: &Option<String>, line: &Option<usize>, column: &Option<usize>)
         _ => String::new(),
     }
 }
+
+// === impl UploadFormat ===
+
+impl UploadFormat {
+    /// Tells the format by its magic bytes (gzip `1f 8b`, zip `PK\x03\x04`,
+    /// `ustar` at offset 257 of a tar); anything else is taken for a
+    /// descriptor set, which the build then checks.
+    pub fn sniff(bytes: &[u8]) -> Self {
+        if bytes.starts_with(&[0x1f, 0x8b]) {
+            Self::Gzip
+        } else if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
+            Self::Zip
+        } else if bytes.get(257..262) == Some(b"ustar") {
+            Self::Tar
+        } else {
+            Self::DescriptorSet
+        }
+    }
+
+    /// The upload as a serialized `FileDescriptorSet`: a descriptor set as
+    /// it is, an archive's `.proto` files compiled. A gzip stream is unpacked
+    /// (at most `limit` bytes) and what it holds told by its bytes.
+    pub fn descriptor_set(self, bytes: Bytes, limit: usize) -> Result<Bytes, CompileError> {
+        let (format, bytes) = match self {
+            Self::Gzip => {
+                let unpacked = gunzip(&bytes, limit)?;
+                (Self::sniff(&unpacked), Bytes::from(unpacked))
+            }
+            format => (format, bytes),
+        };
+        match format {
+            Self::DescriptorSet => Ok(bytes),
+            Self::Tar => ProtoSources::from_tar(&bytes, limit)?.compile(),
+            Self::Zip => ProtoSources::from_zip(&bytes, limit)?.compile(),
+            Self::Gzip => Err(general(
+                "a gzip stream inside a gzip stream is not an upload".to_owned(),
+            )),
+        }
+    }
+}
+
+fn gunzip(bytes: &[u8], limit: usize) -> Result<Vec<u8>, CompileError> {
+    let unpacked = read_bounded(flate2::read::GzDecoder::new(bytes), limit)
+        .map_err(|_| general("not a readable gzip stream".to_owned()))?;
+    if unpacked.len() > limit {
+        return Err(general(format!(
+            "the upload exceeds the limit of {limit} bytes unpacked"
+        )));
+    }
+    Ok(unpacked)
+}
+
+// === impl ProtoSources ===
 
 impl ProtoSources {
     /// Sources whose unpacked size may not exceed `limit` bytes.
@@ -347,6 +411,73 @@ mod tests {
         }
         assert!(sources.insert("./ok/x.proto", vec![b' '; 100]).is_ok());
         assert!(sources.insert("more.proto", vec![b' '; 1]).is_err());
+    }
+
+    const SHOP: &str = "syntax = \"proto3\";\npackage s.v1;\nmessage M { string id = 1; }\n";
+
+    fn tar_of(name: &str, source: &str) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(source.len() as u64);
+        header.set_mode(0o644);
+        builder
+            .append_data(&mut header, name, source.as_bytes())
+            .unwrap();
+        builder.into_inner().unwrap()
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    fn zip_of(name: &str, source: &str) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut writer = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        writer
+            .start_file(name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        writer.write_all(source.as_bytes()).unwrap();
+        writer.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn uploads_are_told_by_their_magic_bytes() {
+        let set = sources(&[("s.proto", SHOP)]).compile().unwrap();
+        let tar = tar_of("s.proto", SHOP);
+        let cases = [
+            (set.to_vec(), UploadFormat::DescriptorSet),
+            (tar.clone(), UploadFormat::Tar),
+            (zip_of("s.proto", SHOP), UploadFormat::Zip),
+            (gzip(&tar), UploadFormat::Gzip),
+            (gzip(&set), UploadFormat::Gzip),
+        ];
+        for (bytes, format) in cases {
+            assert_eq!(UploadFormat::sniff(&bytes), format);
+            let compiled = format.descriptor_set(Bytes::from(bytes), 1 << 20).unwrap();
+            assert_eq!(compiled, set, "{format:?}");
+        }
+        assert_eq!(UploadFormat::sniff(b""), UploadFormat::DescriptorSet);
+    }
+
+    #[test]
+    fn a_gzip_stream_is_bounded_and_not_nested() {
+        let bomb = gzip(&vec![0; 1 << 20]);
+        let err = UploadFormat::Gzip
+            .descriptor_set(Bytes::from(bomb), 1000)
+            .unwrap_err();
+        assert!(err.message.contains("limit of 1000 bytes"), "{err}");
+        let nested = gzip(&gzip(b"x"));
+        let err = UploadFormat::Gzip
+            .descriptor_set(Bytes::from(nested), 1000)
+            .unwrap_err();
+        assert!(err.message.contains("inside a gzip stream"), "{err}");
+        let err = UploadFormat::Gzip
+            .descriptor_set(Bytes::from_static(&[0x1f, 0x8b, 1]), 1000)
+            .unwrap_err();
+        assert!(err.message.contains("not a readable gzip"), "{err}");
     }
 
     #[test]

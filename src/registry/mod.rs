@@ -27,7 +27,7 @@ use arc_swap::ArcSwap;
 pub use builder::{BuildOptions, CatalogBuilder, DescriptorSet, LoadError, LoadProblem};
 use bytes::Bytes;
 pub use catalog::{CallKind, Catalog, LoadedSet, MethodPlan, Route, RouteMatch, RouteTable};
-pub use compile::{CompileError, ProtoSources};
+pub use compile::{CompileError, ProtoSources, UploadFormat};
 use prost::Message as _;
 pub use reload::{reload_on_sighup, watch_dir};
 pub use store::{check_name, Store, StoredSet, UpstreamSetting};
@@ -36,7 +36,7 @@ use tokio::sync::{watch, Mutex};
 use crate::{
     config::{self, Config, UpstreamConfig},
     policy::PolicyRules,
-    upstream::Upstreams,
+    upstream::{Upstream, Upstreams},
 };
 
 /// Per-call deadline of upstreams given without one through the admin API.
@@ -76,6 +76,19 @@ pub struct BuildContext {
     /// The descriptor directory; without one, admin changes last until restart.
     pub store: Option<Store>,
     pub started_at: SystemTime,
+}
+
+/// Where an upstream setting comes from. For one pattern, an upload's own
+/// upstream replaces the configured one, and one set through the admin API
+/// (`PUT /admin/v1/upstreams/PATTERN`) replaces both until it is deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamSource {
+    /// The config file or `--upstream`.
+    Config,
+    /// Uploaded with this set (`?upstream=`), for each package it brings.
+    Set(String),
+    /// Set through the admin API.
+    Admin,
 }
 
 /// One change to what is served.
@@ -198,6 +211,21 @@ impl Registry {
     /// The upstreams the current catalog calls.
     pub async fn upstreams(&self) -> Arc<Upstreams> {
         self.sources.lock().await.live.clone()
+    }
+
+    /// The upstreams the current catalog calls, each with the source of its
+    /// setting: what is listed is what is served.
+    pub async fn upstream_sources(&self) -> Vec<(Arc<Upstream>, UpstreamSource)> {
+        let sources = self.sources.lock().await;
+        let mut settings = self.context.upstream_settings(&sources);
+        sources
+            .live
+            .iter()
+            .filter_map(|upstream| {
+                let (_, source) = settings.remove(&*upstream.name)?;
+                Some((upstream.clone(), source))
+            })
+            .collect()
     }
 
     /// The descriptor directory, if any.
@@ -382,41 +410,64 @@ impl BuildContext {
         }
     }
 
-    /// The configured upstreams, then the admin-managed ones, then those
-    /// uploaded with sets (later ones replace a pattern), keeping the
-    /// channels of unchanged upstreams.
-    fn upstreams_for(&self, sources: &Sources) -> Result<Upstreams, LoadError> {
-        let mut by_pattern: BTreeMap<String, UpstreamConfig> = self
+    /// Every upstream setting by pattern, with its source: the configured
+    /// ones, replaced by those uploaded with sets, replaced by those set
+    /// through the admin API (see [`UpstreamSource`]).
+    fn upstream_settings(
+        &self,
+        sources: &Sources,
+    ) -> BTreeMap<String, (UpstreamConfig, UpstreamSource)> {
+        let mut by_pattern: BTreeMap<String, (UpstreamConfig, UpstreamSource)> = self
             .upstreams
             .iter()
-            .map(|u| (u.pattern.clone(), u.clone()))
+            .map(|u| (u.pattern.clone(), (u.clone(), UpstreamSource::Config)))
             .collect();
-        for (pattern, setting) in &sources.upstreams {
-            let upstream = UpstreamConfig {
-                pattern: pattern.clone(),
-                url: setting.url.clone(),
-                timeout: setting.timeout.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
+        let managed =
+            |pattern: &str, url: &str, timeout: Option<std::time::Duration>| UpstreamConfig {
+                pattern: pattern.to_owned(),
+                url: url.to_owned(),
+                timeout: timeout.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
                 ca_file: None,
             };
-            config::validate_upstream(&upstream)
-                .map_err(|reason| LoadError::general(format!("upstream `{pattern}`: {reason}")))?;
-            by_pattern.insert(pattern.clone(), upstream);
-        }
         for (name, set) in &sources.sets {
             let Some(url) = &set.upstream else { continue };
             for package in &set.packages {
-                let upstream = UpstreamConfig {
-                    pattern: package.clone(),
-                    url: url.clone(),
-                    timeout: DEFAULT_UPSTREAM_TIMEOUT,
-                    ca_file: None,
-                };
-                config::validate_upstream(&upstream)
-                    .map_err(|reason| LoadError::single(name, format!("upstream: {reason}")))?;
-                by_pattern.insert(package.clone(), upstream);
+                let upstream = managed(package, url, None);
+                by_pattern.insert(
+                    package.clone(),
+                    (upstream, UpstreamSource::Set(name.clone())),
+                );
             }
         }
-        let configs: Vec<UpstreamConfig> = by_pattern.into_values().collect();
+        for (pattern, setting) in &sources.upstreams {
+            let upstream = managed(pattern, &setting.url, setting.timeout);
+            by_pattern.insert(pattern.clone(), (upstream, UpstreamSource::Admin));
+        }
+        by_pattern
+    }
+
+    /// The upstreams of [`BuildContext::upstream_settings`], keeping the
+    /// channels of unchanged ones.
+    fn upstreams_for(&self, sources: &Sources) -> Result<Upstreams, LoadError> {
+        let settings = self.upstream_settings(sources);
+        for (pattern, (upstream, source)) in &settings {
+            let Err(reason) = config::validate_upstream(upstream) else {
+                continue;
+            };
+            match source {
+                // Validated with the config.
+                UpstreamSource::Config => {}
+                UpstreamSource::Set(name) => {
+                    return Err(LoadError::single(name, format!("upstream: {reason}")))
+                }
+                UpstreamSource::Admin => {
+                    return Err(LoadError::general(format!(
+                        "upstream `{pattern}`: {reason}"
+                    )))
+                }
+            }
+        }
+        let configs: Vec<UpstreamConfig> = settings.into_values().map(|(u, _)| u).collect();
         sources
             .live
             .reconfigure(&configs, self.max_response_bytes)

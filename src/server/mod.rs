@@ -19,7 +19,7 @@ use crate::{
         metrics::{self, Metrics},
     },
     policy::{Policies, SetupError},
-    registry::{self, BuildContext, DescriptorSet, LoadError, Registry},
+    registry::{self, BuildContext, Catalog, DescriptorSet, LoadError, Registry},
     transcode::TranscodeOptions,
     upstream::{UpstreamError, UpstreamHealth, Upstreams},
 };
@@ -71,17 +71,27 @@ pub struct Server {
     workers: usize,
 }
 
-impl Server {
-    /// Loads the configured descriptor sets plus `extra`, builds and validates
-    /// the catalog and the data plane. Must run inside a tokio runtime.
-    pub fn new(config: &Config, extra: Vec<DescriptorSet>) -> Result<Self, StartError> {
+/// What `serve` and `check --config` both build from a config: the policies
+/// set up (keys read), the upstreams, the admin API's settings and the first
+/// catalog; nothing bound, nothing written.
+struct Loaded {
+    registry: Registry,
+    policies: Policies,
+    health: UpstreamHealth,
+    admin_api: admin::ApiSettings,
+}
+
+impl Loaded {
+    /// Must run inside a tokio runtime. Warns of what is accepted but
+    /// probably not meant.
+    fn new(config: &Config, extra: Vec<DescriptorSet>) -> Result<Self, StartError> {
         config.validate()?;
         let upstreams = Upstreams::new(
             &config.upstreams,
             config.limits.max_response_message_bytes,
             config.workers(),
         )?;
-        let admin_api = admin::ApiSettings::new(&config.admin)?;
+        let admin_api = admin::ApiSettings::new(&config.admin, config.auth.is_some())?;
         let mut sets = Vec::new();
         for path in &config.descriptors.files {
             sets.push(DescriptorSet::from_file(path).map_err(|source| {
@@ -95,6 +105,8 @@ impl Server {
         let policies = Policies::new(config)?;
         let context = BuildContext::new(config, policies.rules.clone(), sets);
         let (stored, stored_upstreams) = match &context.store {
+            // Not there yet: `serve` creates it, and it holds nothing.
+            Some(store) if !store.dir().exists() => Default::default(),
             Some(store) => store
                 .read_sets()
                 .and_then(|sets| Ok((sets, store.read_upstreams()?)))
@@ -104,13 +116,8 @@ impl Server {
                 })?,
             None => Default::default(),
         };
-        let health = Arc::new(UpstreamHealth::new(&upstreams, &config.health));
-        let registry = Arc::new(Registry::start(
-            context,
-            upstreams,
-            stored,
-            stored_upstreams,
-        )?);
+        let health = UpstreamHealth::new(&upstreams, &config.health);
+        let registry = Registry::start(context, upstreams, stored, stored_upstreams)?;
         let catalog = registry.load();
         if policies.auth.is_none()
             && catalog
@@ -120,6 +127,52 @@ impl Server {
         {
             tracing::warn!("some methods require roles or scopes, but `auth` is not configured: nothing is enforced");
         }
+        for upstream in &config.upstreams {
+            if !catalog.has_service_matching(&upstream.pattern) {
+                tracing::warn!(
+                    "upstream pattern `{}` matches no service of the descriptor sets: a typo?",
+                    upstream.pattern
+                );
+            }
+        }
+        Ok(Self {
+            registry,
+            policies,
+            health,
+            admin_api,
+        })
+    }
+}
+
+/// Validates `config` as `serve` would start it, plus `extra` sets, without
+/// binding or writing anything: the catalog it would serve, or why not.
+/// Must run inside a tokio runtime.
+pub fn check_config(
+    config: &Config,
+    extra: Vec<DescriptorSet>,
+) -> Result<Arc<Catalog>, StartError> {
+    Ok(Loaded::new(config, extra)?.registry.load())
+}
+
+impl Server {
+    /// Loads the configured descriptor sets plus `extra`, builds and validates
+    /// the catalog and the data plane; creates the descriptor directory if
+    /// it is missing. Must run inside a tokio runtime.
+    pub fn new(config: &Config, extra: Vec<DescriptorSet>) -> Result<Self, StartError> {
+        if let Some(dir) = &config.descriptors.dir {
+            std::fs::create_dir_all(dir).map_err(|source| StartError::Descriptors {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let Loaded {
+            registry,
+            policies,
+            health,
+            admin_api,
+        } = Loaded::new(config, extra)?;
+        let registry = Arc::new(registry);
+        let health = Arc::new(health);
         let gateway = Arc::new(Gateway {
             options: TranscodeOptions::new(config),
             max_request_body: config.limits.max_request_body_bytes,

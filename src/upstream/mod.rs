@@ -139,7 +139,8 @@ fn specificity(pattern: &str) -> usize {
     }
 }
 
-fn matches(pattern: &str, service: &str) -> bool {
+/// Whether `pattern` (a package, package prefix, service or `*`) covers `service`.
+pub(crate) fn matches(pattern: &str, service: &str) -> bool {
     pattern == "*"
         || service
             .strip_prefix(pattern)

@@ -169,7 +169,8 @@ fn leak_into(nested: &mut Nested) {
 
 /// The request metadata a backend received, as a `Headers` reply.
 /// The metadata received, plus `:peer`: the address of the gateway's end of
-/// the connection (no metadata name can start with `:`).
+/// the connection, and `:local`: the backend's own (which backend served);
+/// no metadata name can start with `:`.
 fn received_headers<T>(request: &Request<T>) -> Headers {
     let mut metadata: std::collections::HashMap<String, String> = request
         .metadata()
@@ -185,6 +186,9 @@ fn received_headers<T>(request: &Request<T>) -> Headers {
         .collect();
     if let Some(peer) = request.remote_addr() {
         metadata.insert(":peer".into(), peer.to_string());
+    }
+    if let Some(local) = request.local_addr() {
+        metadata.insert(":local".into(), local.to_string());
     }
     Headers { metadata }
 }

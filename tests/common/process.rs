@@ -1,17 +1,19 @@
-//! The `protogate` binary as a child process, for what only the command
-//! line shows: flags, exit codes, the diagnostic log.
+//! The `protogate` binary as a user runs it: a command in the repository's
+//! folder, a child process killed on drop, its output read line by line.
 
 use std::{
+    io::{BufRead as _, BufReader, Read},
     process::{Command, Stdio},
+    sync::mpsc,
     time::Duration,
 };
 
-/// `protogate` run from the repository root, with no input.
+pub const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
+
+/// `protogate` run from the repository's folder, as the README's commands are.
 pub fn protogate() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_protogate"));
-    command
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::null());
+    command.current_dir(MANIFEST).stdin(Stdio::null());
     command
 }
 
@@ -37,7 +39,61 @@ impl Drop for Child {
     }
 }
 
-/// GETs `url` until the server answers (10 s at most).
+/// The lines a child writes to one of its streams, read on a thread of their own.
+pub struct Lines {
+    lines: mpsc::Receiver<String>,
+    /// Every line read so far, to show when an expected one never comes.
+    seen: Vec<String>,
+}
+
+/// Longest wait for a line; only a hung child ever reaches it.
+const HUNG: Duration = Duration::from_secs(60);
+
+impl Lines {
+    pub fn new(stream: impl Read + Send + 'static) -> Self {
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads up to the first line that `wanted` accepts, and returns it.
+    pub fn until(&mut self, what: &str, wanted: impl Fn(&str) -> bool) -> String {
+        loop {
+            match self.lines.recv_timeout(HUNG) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if wanted(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with {what}; the stream ended after:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Every line to the end of the stream (the child has exited).
+    pub fn rest(mut self) -> Vec<String> {
+        while let Ok(line) = self.lines.recv_timeout(HUNG) {
+            self.seen.push(line);
+        }
+        self.seen
+    }
+}
+
+/// Polls `url` until it answers (the child is starting).
 pub async fn wait_for(url: &str) -> reqwest::Response {
     for _ in 0..100 {
         if let Ok(response) = reqwest::get(url).await {
@@ -48,6 +104,7 @@ pub async fn wait_for(url: &str) -> reqwest::Response {
     panic!("{url} never answered");
 }
 
+/// A port that was free a moment ago, for a child to listen on.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
