@@ -418,7 +418,16 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> RawResponse {
 
 /// Reads one HTTP/1.1 response (sized by `content-length`, else up to the
 /// close); `None` when the connection closes (or is reset) before a byte.
+/// Fails the test after `HANG_GUARD` rather than wait forever.
 pub async fn read_response(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> Option<RawResponse> {
+    tokio::time::timeout(HANG_GUARD, read_response_unguarded(stream))
+        .await
+        .expect("a response or the close")
+}
+
+async fn read_response_unguarded(
     stream: &mut (impl tokio::io::AsyncRead + Unpin),
 ) -> Option<RawResponse> {
     use tokio::io::AsyncReadExt as _;
