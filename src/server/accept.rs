@@ -116,13 +116,16 @@ impl Acceptor {
         if self.failures == 0 {
             tracing::error!(%error, "accept failed; backing off until it succeeds");
         }
-        let (first, longest) = PAUSES;
-        let pause = first
-            .saturating_mul(1 << self.failures.min(16))
-            .min(longest);
+        let pause = pause_after(self.failures);
         self.failures += 1;
         tokio::time::sleep(pause).await;
     }
+}
+
+/// The pause after `failures` failed accepts in a row.
+fn pause_after(failures: u32) -> Duration {
+    let (first, longest) = PAUSES;
+    first.saturating_mul(1 << failures.min(16)).min(longest)
 }
 
 impl Drop for Slot {
@@ -175,6 +178,13 @@ mod tests {
         assert_eq!(derived_max_connections(20_000), 15_904);
         assert_eq!(derived_max_connections(1 << 20), (1 << 20) - 4096);
         assert_eq!(derived_max_connections(1), 1);
+    }
+
+    #[test]
+    fn accept_failures_in_a_row_pause_longer_up_to_a_second() {
+        let pauses: Vec<u128> = (0..10).map(|n| pause_after(n).as_millis()).collect();
+        assert_eq!(pauses, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        assert_eq!(pause_after(u32::MAX), Duration::from_secs(1));
     }
 
     #[tokio::test]
