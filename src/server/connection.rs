@@ -183,11 +183,16 @@ impl Connections {
         let io = TokioIo::new(Io {
             stream,
             progress: progress.clone(),
+            flushed: true,
             answer: None,
         });
-        let connection = builder
-            .serve_connection(io, TowerToHyperService::new(service))
-            .into_owned();
+        // On the heap on its own: moved into the task's future, it would be
+        // kept there twice (as the argument, and pinned).
+        let connection = Box::pin(
+            builder
+                .serve_connection(io, TowerToHyperService::new(service))
+                .into_owned(),
+        );
         let timeouts = self.timeouts;
         let stopping = self.stop.subscribe();
         async move {
@@ -205,9 +210,12 @@ impl Connections {
 }
 
 /// Polls `connection` to its end, closing it when [`Progress::verdict`]
-/// says so and draining it when the worker stops.
+/// says so and draining it when the worker stops. Hand-polled rather than a
+/// `select!`: once armed, the deadline is looked at only when its timer has
+/// fired, not at every wake-up of the connection (a few hundred
+/// instructions per request).
 async fn supervise<C>(
-    connection: C,
+    mut connection: Pin<Box<C>>,
     progress: &Progress,
     timeouts: Timeouts,
     mut stopping: watch::Receiver<bool>,
@@ -215,35 +223,41 @@ async fn supervise<C>(
     C: GracefulConnection,
     C::Error: std::fmt::Display,
 {
-    let mut connection = std::pin::pin!(connection);
     let deadline = tokio::time::sleep_until((progress.accepted + timeouts.header_read).into());
     let mut deadline = std::pin::pin!(deadline);
-    let mut draining = false;
-    loop {
-        tokio::select! {
-            biased;
-            ended = connection.as_mut() => {
-                if let Err(error) = ended {
-                    tracing::trace!(%error, "connection ended with an error");
-                }
-                return;
+    let mut stop = std::pin::pin!(stopping.wait_for(|stop| *stop));
+    let (mut armed, mut draining) = (false, false);
+    std::future::poll_fn(|cx| loop {
+        if let Poll::Ready(ended) = connection.as_mut().poll(cx) {
+            if let Err(error) = ended {
+                tracing::trace!(%error, "connection ended with an error");
             }
-            () = deadline.as_mut(), if !draining => {
-                match progress.verdict(Instant::now(), timeouts.header_read) {
-                    Verdict::Wait(until) => deadline.as_mut().reset(until.into()),
-                    Verdict::Close => return,
-                    Verdict::Drain => {
-                        connection.as_mut().graceful_shutdown();
-                        draining = true;
-                    }
-                }
-            }
-            _ = stopping.wait_for(|stop| *stop), if !draining => {
+            return Poll::Ready(());
+        }
+        if draining {
+            return Poll::Pending;
+        }
+        if stop.as_mut().poll(cx).is_ready() {
+            connection.as_mut().graceful_shutdown();
+            draining = true;
+            continue;
+        }
+        if armed && !deadline.is_elapsed() {
+            return Poll::Pending;
+        }
+        armed = true;
+        ready!(deadline.as_mut().poll(cx));
+        armed = false;
+        match progress.verdict(Instant::now(), timeouts.header_read) {
+            Verdict::Wait(until) => deadline.as_mut().reset(until.into()),
+            Verdict::Close => return Poll::Ready(()),
+            Verdict::Drain => {
                 connection.as_mut().graceful_shutdown();
                 draining = true;
             }
         }
-    }
+    })
+    .await;
 }
 
 // === impl Progress ===
@@ -385,26 +399,32 @@ impl Sleep for HeadSleep {}
 struct Io {
     stream: TcpStream,
     progress: Arc<Progress>,
+    /// Whether hyper flushed after its last write: its write buffer is
+    /// empty, so the next write begins something new.
+    flushed: bool,
     /// The last words being written, and how much of them is.
     answer: Option<(Vec<u8>, usize)>,
 }
 
 impl Io {
-    /// Whether `bytes`, about to be written, are to be dropped: after the
-    /// gateway's last words are set, or when they are hyper's own answer to
-    /// a head it could not parse (the only thing it writes while a head is
-    /// awaited), which the gateway answers instead.
-    fn silenced(&self, bytes: &[u8]) -> bool {
+    /// Whether `bytes`, about to be written, are to be dropped: once the
+    /// gateway's last words are set, and when they are hyper's own answer
+    /// to a head it could not parse, which the gateway gives instead. That
+    /// answer is told apart as a 4xx status line that begins a write while a
+    /// head is awaited: no response of a request can begin then, and the
+    /// rest of an earlier one still being written does not begin a write.
+    fn silenced(&mut self, bytes: &[u8]) -> bool {
+        let begins = std::mem::replace(&mut self.flushed, false);
         let progress = &self.progress;
         if progress.last_words.load(Relaxed) != 0 {
             return true;
         }
-        if !matches!(progress.phase.load(Relaxed), FIRST_HEAD | NEXT_HEAD) {
+        if !begins || !matches!(progress.phase.load(Relaxed), FIRST_HEAD | NEXT_HEAD) {
             return false;
         }
         // "HTTP/1.1 431 Request Header Fields Too Large\r\n..."
         match bytes.get(9..12).map(StatusCode::from_bytes) {
-            Some(Ok(status)) if bytes.starts_with(b"HTTP/1.") => {
+            Some(Ok(status)) if status.is_client_error() && bytes.starts_with(b"HTTP/1.") => {
                 progress.say(status);
                 true
             }
@@ -467,8 +487,10 @@ impl AsyncWrite for Io {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let first = bufs.iter().find(|buf| !buf.is_empty());
-        if first.is_some_and(|buf| self.silenced(buf)) {
+        let Some(first) = bufs.iter().find(|buf| !buf.is_empty()) else {
+            return Poll::Ready(Ok(0));
+        };
+        if self.silenced(first) {
             return Poll::Ready(Ok(bufs.iter().map(|buf| buf.len()).sum()));
         }
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
@@ -479,7 +501,9 @@ impl AsyncWrite for Io {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        ready!(Pin::new(&mut self.stream).poll_flush(cx))?;
+        self.flushed = true;
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
