@@ -55,7 +55,7 @@ use crate::{config::LimitsConfig, error, policy::X_REQUEST_ID};
 
 /// The connection deadlines, from `limits`.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Timeouts {
+pub(super) struct Timeouts {
     header_read: Duration,
     idle: Duration,
     http2_keepalive_interval: Duration,
