@@ -129,6 +129,25 @@ pub struct LimitsConfig {
     /// the 16 KiB header list tonic and h2 servers accept by default, with
     /// room for the gateway's own call headers. Default 8 KiB.
     pub max_forwarded_metadata_bytes: usize,
+    /// Longest a client may take to send a request's headers, from its first
+    /// byte (a new connection's first request: from the connect); then 408
+    /// and close. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection on which no request starts for this long is closed (one
+    /// in flight is finished first). Default 60s.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How often an HTTP/2 connection that has read nothing is pinged. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub http2_keepalive_interval: Duration,
+    /// A ping not answered within this closes the HTTP/2 connection. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub http2_keepalive_timeout: Duration,
+    /// Client connections served at once; past it new ones are refused at
+    /// once. Default: the open-file limit (raised to its hard limit at
+    /// start) less a quarter, at most 4096 kept back for everything else.
+    pub max_connections: Option<usize>,
 }
 
 /// Response and request filtering beyond what the protos mark.
@@ -361,6 +380,11 @@ impl Default for LimitsConfig {
             max_response_message_bytes: 16 << 20,
             request_timeout: Duration::from_secs(60),
             max_forwarded_metadata_bytes: 8 << 10,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(10),
+            max_connections: None,
         }
     }
 }
@@ -484,9 +508,30 @@ impl Config {
                 reason: "must be greater than 0".into(),
             });
         }
-        if self.limits.request_timeout.is_zero() {
+        let limits = &self.limits;
+        for (key, timeout) in [
+            ("limits.request_timeout", limits.request_timeout),
+            ("limits.header_read_timeout", limits.header_read_timeout),
+            ("limits.idle_timeout", limits.idle_timeout),
+            (
+                "limits.http2_keepalive_interval",
+                limits.http2_keepalive_interval,
+            ),
+            (
+                "limits.http2_keepalive_timeout",
+                limits.http2_keepalive_timeout,
+            ),
+        ] {
+            if timeout.is_zero() {
+                return Err(ConfigError::Invalid {
+                    key: key.into(),
+                    reason: "must be greater than 0".into(),
+                });
+            }
+        }
+        if limits.max_connections == Some(0) {
             return Err(ConfigError::Invalid {
-                key: "limits.request_timeout".into(),
+                key: "limits.max_connections".into(),
                 reason: "must be greater than 0".into(),
             });
         }
@@ -681,6 +726,41 @@ mod tests {
             err.contains("upstreams[0].timeout") && err.contains("line 2"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn connection_limits_parse_and_are_checked() {
+        let config = Config::from_yaml(
+            "limits: { header_read_timeout: 2s, idle_timeout: 5m, http2_keepalive_interval: 1s, \
+             http2_keepalive_timeout: 500ms, max_connections: 100 }",
+        )
+        .unwrap();
+        assert_eq!(config.limits.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(config.limits.idle_timeout, Duration::from_secs(300));
+        assert_eq!(
+            config.limits.http2_keepalive_interval,
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            config.limits.http2_keepalive_timeout,
+            Duration::from_millis(500)
+        );
+        assert_eq!(config.limits.max_connections, Some(100));
+        for (yaml, key) in [
+            (
+                "limits: { header_read_timeout: 0s }",
+                "limits.header_read_timeout",
+            ),
+            ("limits: { idle_timeout: 0s }", "limits.idle_timeout"),
+            (
+                "limits: { http2_keepalive_timeout: 0s }",
+                "limits.http2_keepalive_timeout",
+            ),
+            ("limits: { max_connections: 0 }", "limits.max_connections"),
+        ] {
+            let err = Config::from_yaml(yaml).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("{key}: ")), "{yaml}: {err}");
+        }
     }
 
     #[test]

@@ -343,16 +343,20 @@ fn generic_message(code: Code) -> &'static str {
     }
 }
 
-/// A `google.rpc.Status` JSON response for `status`; the request id is always
-/// the last detail, so a complaint can be traced.
-pub(crate) fn status_response(
-    status: StatusCode,
-    code: Code,
-    message: &str,
-    details: Vec<Json>,
-    request_id: &str,
-) -> Response {
-    json_response(status, &status_json(code, message, details, request_id))
+/// The `google.rpc.Status` body for a response that only knows its status
+/// (a timeout, a panic, a tower layer's, hyper's own): the code by the
+/// reverse mapping, the status's reason as the message.
+pub(crate) fn bare_status_json(status: StatusCode, request_id: &str) -> Json {
+    let message = status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_ascii_lowercase();
+    status_json(grpc_code(status), &message, Vec::new(), request_id)
+}
+
+/// [`bare_status_json`] as a response.
+pub(crate) fn bare_status_response(status: StatusCode, request_id: &str) -> Response {
+    json_response(status, &bare_status_json(status, request_id))
 }
 
 fn status_json(code: Code, message: &str, mut details: Vec<Json>, request_id: &str) -> Json {

@@ -6,6 +6,7 @@
 //! [`check`] and the example services in [`demo`].
 
 pub mod admin;
+mod allocator;
 mod boxed;
 pub mod config;
 pub mod demo;
@@ -36,13 +37,6 @@ pub mod upstream;
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/pb.rs"));
 }
-
-/// Every request allocates (headers, bodies, messages) on several threads:
-/// mimalloc's per-thread heaps avoid glibc's arena locks, which showed in
-/// profiles as futex waits under load. Set here so that the binary, the
-/// benchmarks and the tests all run the allocator that ships.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub use config::Config;
 use registry::{BuildOptions, Catalog, CatalogBuilder, DescriptorSet, LoadError};

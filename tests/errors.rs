@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{
     assert_status,
     process::{free_port, protogate, wait_for, Child},
-    upstream, violations, Backend, Gateway,
+    raw_exchange, upstream, violations, Backend, Gateway,
 };
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -194,6 +194,61 @@ async fn oversized_body_is_413() {
         gw.post("/v1/echo", json!({"stringValue": "ok"})).await,
         (200, json!({"stringValue": "ok"}))
     );
+}
+
+/// What hyper answers on its own to an HTTP/1.1 head it cannot take (the
+/// data plane never sees it), and the gateway's 413 beside them: each with a
+/// google.rpc.Status body and the request id in the header and the body.
+#[tokio::test]
+async fn a_refused_request_head_has_a_status_body_and_a_request_id() {
+    let gw = Gateway::start_with(|config| config.limits.max_request_body_bytes = 64).await;
+    let long_uri = format!(
+        "GET /v1/echo/{} HTTP/1.1\r\nHost: gateway\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    let many_headers = format!(
+        "GET /v1/echo/hello HTTP/1.1\r\nHost: gateway\r\n{}\r\n",
+        (0..120)
+            .map(|i| format!("x-h{i}: v\r\n"))
+            .collect::<String>()
+    );
+    let broken_header = "GET /v1/echo/hello HTTP/1.1\r\nHost gateway\r\n\r\n".to_owned();
+    let big_body = format!(
+        "POST /v1/echo HTTP/1.1\r\nHost: gateway\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"stringValue\": \"{}\"}}",
+        "x".repeat(81)
+    );
+    let cases = [
+        (long_uri, 414, Code::InvalidArgument, "uri too long"),
+        (
+            many_headers,
+            431,
+            Code::InvalidArgument,
+            "request header fields too large",
+        ),
+        (broken_header, 400, Code::InvalidArgument, "bad request"),
+        (
+            big_body,
+            413,
+            Code::ResourceExhausted,
+            "exceeds the limit of 64 bytes",
+        ),
+    ];
+    for (request, status, code, message) in cases {
+        let response = raw_exchange(gw.addr, request.as_bytes()).await;
+        assert_eq!(response.status, status, "{response:?}");
+        assert_eq!(response.header("content-type"), Some("application/json"));
+        let body = response.json();
+        assert_status(&body, code, message);
+        let id = response.header("x-request-id").expect("a request id");
+        assert_eq!(
+            body["details"].as_array().unwrap().last().unwrap()["requestId"],
+            id
+        );
+        assert_eq!(
+            gw.get("/v1/echo/ok").await,
+            (200, json!({"stringValue": "ok"}))
+        );
+    }
 }
 
 #[tokio::test]

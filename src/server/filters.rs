@@ -389,16 +389,11 @@ fn status_body(response: Response, request_id: Option<&HeaderValue>) -> Response
     {
         return response;
     }
-    let code = error::grpc_code(status);
-    let message = status
-        .canonical_reason()
-        .unwrap_or("error")
-        .to_ascii_lowercase();
     let request_id = request_id
         .and_then(|id| id.to_str().ok())
         .unwrap_or_default();
     let (parts, _) = response.into_parts();
-    let mut rebuilt = error::status_response(status, code, &message, Vec::new(), request_id);
+    let mut rebuilt = error::bare_status_response(status, request_id);
     for (name, value) in &parts.headers {
         if name != http::header::CONTENT_TYPE && name != http::header::CONTENT_LENGTH {
             rebuilt.headers_mut().insert(name, value.clone());

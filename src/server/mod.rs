@@ -1,6 +1,9 @@
 //! Assembles the data plane ([`filters`]), binds it and serves it
-//! ([`workers`]) until shutdown, with the admin listener beside it.
+//! ([`workers`]: each connection's life in [`connection`], the acceptor and
+//! its cap in [`accept`]) until shutdown, with the admin listener beside it.
 
+mod accept;
+mod connection;
 mod filters;
 mod workers;
 
@@ -9,7 +12,11 @@ use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
 use axum::{routing::get, Router};
 use tokio::{net::TcpListener, sync::watch};
 
-use self::filters::{DataPlane, Steps};
+use self::{
+    accept::Acceptor,
+    connection::Timeouts,
+    filters::{DataPlane, Steps},
+};
 use crate::{
     admin::{self, AdminState},
     config::{Config, ConfigError, HealthConfig},
@@ -69,6 +76,8 @@ pub struct Server {
     admin_api: admin::ApiSettings,
     watch_descriptors: bool,
     workers: usize,
+    timeouts: Timeouts,
+    max_connections: Option<usize>,
 }
 
 /// What `serve` and `check --config` both build from a config: the policies
@@ -216,6 +225,8 @@ impl Server {
             admin_api,
             watch_descriptors: config.descriptors.watch,
             workers: config.workers(),
+            timeouts: Timeouts::from(&config.limits),
+            max_connections: config.limits.max_connections,
         })
     }
 
@@ -278,6 +289,7 @@ impl Server {
             background.spawn(registry::watch_dir(self.registry.clone()));
         }
         background.spawn(registry::reload_on_sighup(self.registry.clone()));
+        background.spawn(crate::allocator::give_back_freed_memory());
         let (stop, stopped) = watch::channel(false);
         let admin = self.admin_listener.take().map(|listener| {
             let router = self.admin_router();
@@ -294,12 +306,14 @@ impl Server {
             shutdown.await;
             let _ = stop.send(true);
         };
+        let acceptor = Acceptor::new(listener, accept::max_connections(self.max_connections));
         let served = if self.public_routes {
-            workers::serve(listener, self.router, self.workers, shutdown).await
+            workers::serve(acceptor, self.router, self.workers, self.timeouts, shutdown).await
         } else {
             // The data plane alone: no router to pass through on every
             // request (callgrind: ~4k instructions of a GET's ~80k).
-            workers::serve(listener, self.data_plane, self.workers, shutdown).await
+            let data_plane = self.data_plane;
+            workers::serve(acceptor, data_plane, self.workers, self.timeouts, shutdown).await
         };
         if let Some(admin) = admin {
             admin.await.map_err(std::io::Error::other)??;

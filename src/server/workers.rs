@@ -11,35 +11,34 @@
 //! balance, where `SO_REUSEPORT` hashing can leave a core idle when a few
 //! keep-alive clients make all the traffic.
 
-use std::{convert::Infallible, future::Future, io, net::SocketAddr, thread, time::Duration};
+use std::{convert::Infallible, future::Future, io, net::SocketAddr, thread};
 
-use axum::{body::Body, extract::ConnectInfo, response::Response};
+use axum::{body::Body, response::Response};
 use http::Request;
-use http_body::Body as _;
-use hyper::body::Incoming;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::{conn::auto::Builder, graceful::GracefulShutdown},
-    service::TowerToHyperService,
-};
 use tokio::{
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     runtime::Runtime,
     sync::{mpsc, oneshot},
 };
-use tower::{Service, ServiceExt};
+use tower::Service;
 
+use super::{
+    accept::{Acceptor, Slot},
+    connection::{Connections, Timeouts},
+};
 use crate::{observe::access_log, upstream};
 
 /// A connection on its way from the acceptor to a worker.
-type Accepted = (std::net::TcpStream, SocketAddr);
+type Accepted = (std::net::TcpStream, SocketAddr, Slot);
 
-/// Serves `service` on `listener` with `workers` threads until `shutdown`
-/// resolves, then lets every worker drain its in-flight requests.
+/// Serves `service` on the `acceptor`'s listener with `workers` threads
+/// until `shutdown` resolves, then lets every worker drain its in-flight
+/// requests.
 pub(super) async fn serve<S>(
-    listener: TcpListener,
+    mut acceptor: Acceptor,
     service: S,
     workers: usize,
+    timeouts: Timeouts,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()>
 where
@@ -58,14 +57,14 @@ where
         thread::Builder::new()
             .name(format!("protogate-worker-{index}"))
             .spawn(move || {
-                run_worker(index, &runtime, accepted, service);
+                run_worker(index, &runtime, accepted, service, timeouts);
                 access_log::flush_thread();
                 drop(done);
             })?;
         queues.push(queue);
         drained.push(finished);
     }
-    accept(&listener, &queues, shutdown).await;
+    accept(&mut acceptor, &queues, shutdown).await;
     // Closing the queues is the workers' signal to drain and stop.
     drop(queues);
     for finished in drained {
@@ -76,22 +75,16 @@ where
 
 /// Accepts until `shutdown`, handing connections to the workers in turn.
 async fn accept(
-    listener: &TcpListener,
+    acceptor: &mut Acceptor,
     queues: &[mpsc::UnboundedSender<Accepted>],
     shutdown: impl Future<Output = ()>,
 ) {
     let mut shutdown = std::pin::pin!(shutdown);
     let mut turn = 0usize;
     loop {
-        let (stream, remote) = tokio::select! {
+        let (stream, remote, slot) = tokio::select! {
             () = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    backoff(&error).await;
-                    continue;
-                }
-            },
+            accepted = acceptor.next() => accepted,
         };
         // Small responses must not wait for the client's delayed ACK (Nagle).
         if let Err(error) = stream.set_nodelay(true) {
@@ -106,7 +99,10 @@ async fn accept(
         };
         turn = turn.wrapping_add(1);
         // A queue only closes if its worker thread died.
-        if queues[turn % queues.len()].send((stream, remote)).is_err() {
+        if queues[turn % queues.len()]
+            .send((stream, remote, slot))
+            .is_err()
+        {
             tracing::error!(
                 worker = turn % queues.len(),
                 "worker stopped; connection dropped"
@@ -115,24 +111,12 @@ async fn accept(
     }
 }
 
-/// Per-connection errors (reset before accept) are the client's; running out
-/// of file descriptors is ours and needs a pause, or the loop spins.
-async fn backoff(error: &io::Error) {
-    use io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
-    if !matches!(
-        error.kind(),
-        ConnectionAborted | ConnectionRefused | ConnectionReset
-    ) {
-        tracing::error!(%error, "accept failed; pausing for a second");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
 fn run_worker<S>(
     index: usize,
     runtime: &Runtime,
     mut accepted: mpsc::UnboundedReceiver<Accepted>,
     service: S,
+    timeouts: Timeouts,
 ) where
     S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -141,9 +125,8 @@ fn run_worker<S>(
     access_log::batch_on_this_thread();
     runtime.block_on(async move {
         tokio::spawn(access_log::flush_periodically());
-        let connections = GracefulShutdown::new();
-        let builder = Builder::new(TokioExecutor::new());
-        while let Some((stream, remote)) = accepted.recv().await {
+        let connections = Connections::new(timeouts);
+        while let Some((stream, remote, slot)) = accepted.recv().await {
             let stream = match TcpStream::from_std(stream) {
                 Ok(stream) => stream,
                 Err(error) => {
@@ -151,34 +134,8 @@ fn run_worker<S>(
                     continue;
                 }
             };
-            // What axum's `into_make_service_with_connect_info` would add.
-            let service =
-                service
-                    .clone()
-                    .map_request(move |mut request: http::Request<Incoming>| {
-                        request.extensions_mut().insert(ConnectInfo(remote));
-                        // An empty body (most GETs) needs no box.
-                        request.map(|body| {
-                            if body.is_end_stream() {
-                                Body::empty()
-                            } else {
-                                Body::new(body)
-                            }
-                        })
-                    });
-            let connection = builder
-                .serve_connection_with_upgrades(
-                    TokioIo::new(stream),
-                    TowerToHyperService::new(service),
-                )
-                .into_owned();
-            let connection = connections.watch(connection);
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::trace!(%error, "connection ended with an error");
-                }
-            });
+            tokio::spawn(connections.serve(stream, remote, slot, service.clone()));
         }
-        connections.shutdown().await;
+        connections.drain().await;
     });
 }

@@ -381,3 +381,130 @@ pub fn violations(body: &Json) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// A response read off a raw socket: for requests an HTTP client will not
+/// send (a 100 KB URI, a broken request line, a head cut short) and for
+/// what clients hide (when a connection closes).
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Json {
+        serde_json::from_slice(&self.body).unwrap_or_else(|err| {
+            panic!(
+                "{} body is not JSON ({err}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// Writes `request` on a new connection to `addr` and reads one response.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    use tokio::io::AsyncWriteExt as _;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    read_response(&mut stream)
+        .await
+        .expect("a response before the connection closed")
+}
+
+/// Reads one HTTP/1.1 response (sized by `content-length`, else up to the
+/// close); `None` when the connection closes (or is reset) before a byte.
+/// Fails the test after `HANG_GUARD` rather than wait forever.
+pub async fn read_response(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> Option<RawResponse> {
+    tokio::time::timeout(HANG_GUARD, read_response_unguarded(stream))
+        .await
+        .expect("a response or the close")
+}
+
+async fn read_response_unguarded(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> Option<RawResponse> {
+    use tokio::io::AsyncReadExt as _;
+    let mut buffer = Vec::new();
+    let head_end = loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) if buffer.is_empty() => return None,
+            Ok(0) | Err(_) => panic!(
+                "connection closed inside a response head: {}",
+                String::from_utf8_lossy(&buffer)
+            ),
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8(buffer[..head_end].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap()[9..12].parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .map(|line| {
+            let (name, value) = line.split_once(':').unwrap();
+            (name.trim().to_owned(), value.trim().to_owned())
+        })
+        .collect();
+    let mut body = buffer[head_end + 4..].to_vec();
+    let length = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.parse::<usize>().unwrap());
+    match length {
+        Some(length) => {
+            while body.len() < length {
+                let mut chunk = [0u8; 4096];
+                let n = stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "connection closed inside a response body");
+                body.extend_from_slice(&chunk[..n]);
+            }
+        }
+        None => {
+            let _ = stream.read_to_end(&mut body).await;
+        }
+    }
+    Some(RawResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Reads until the peer closes `stream` (end of stream or reset) and
+/// returns what came before; gives up after `HANG_GUARD`, failing the test,
+/// rather than hang when the gateway never closes.
+pub async fn read_until_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+    use tokio::io::AsyncReadExt as _;
+    let read = async {
+        let mut received = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return received,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(HANG_GUARD, read)
+        .await
+        .expect("the gateway closes the connection")
+}
+
+/// How long a test waits for something the gateway is configured to do far
+/// sooner, before it fails instead of hanging.
+pub const HANG_GUARD: Duration = Duration::from_secs(30);

@@ -1,0 +1,635 @@
+//! One client connection of the public listener, from accept to close: the
+//! deadlines hyper does not keep and the answers it cannot give.
+//!
+//! * A new connection has `limits.header_read_timeout` from the connect to
+//!   send its first request's headers (a silent socket, a slowloris).
+//! * Between HTTP/1.1 requests, the next request's first byte may take up to
+//!   `limits.idle_timeout`, the rest of its headers `header_read_timeout`
+//!   from that byte (Go's and Envoy's split; hyper's one header timer counts
+//!   both from the end of the last response). A head still incomplete then
+//!   is answered 408.
+//! * An HTTP/2 connection on which no request starts for `idle_timeout` is
+//!   sent GOAWAY; the streams in flight finish. Pings probe it meanwhile
+//!   (`limits.http2_keepalive_interval`, `limits.http2_keepalive_timeout`).
+//! * What hyper answers on its own to an HTTP/1.1 head it cannot take (400,
+//!   414, 431), and the 408, carry a `google.rpc.Status` body and a request
+//!   id like every other error: [`Io`] writes the gateway's answer instead.
+//!
+//! The bookkeeping is a few relaxed atomics per request; the one timer that
+//! watches for idleness is re-armed lazily (when it fires), not per request.
+
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed},
+        Arc,
+    },
+    task::{ready, Context, Poll},
+    time::{Duration, Instant},
+};
+
+use axum::{body::Body, extract::ConnectInfo, response::Response};
+use http::{Request, StatusCode, Version};
+use http_body::Body as _;
+use hyper::{
+    body::Incoming,
+    rt::{Sleep, Timer},
+};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto::Builder, graceful::GracefulConnection},
+    service::TowerToHyperService,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+    sync::watch,
+};
+use tower::{Service, ServiceExt as _};
+
+use super::accept::Slot;
+use crate::{config::LimitsConfig, error, policy::X_REQUEST_ID};
+
+/// The connection deadlines, from `limits`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Timeouts {
+    header_read: Duration,
+    idle: Duration,
+    http2_keepalive_interval: Duration,
+    http2_keepalive_timeout: Duration,
+}
+
+/// What a worker's connections share: the HTTP/1.1 and HTTP/2 settings,
+/// the deadlines and the signal to stop.
+pub(super) struct Connections {
+    builder: Builder<TokioExecutor>,
+    timeouts: Timeouts,
+    stop: watch::Sender<bool>,
+}
+
+/// How far a connection has got, shared by its [`Io`], its [`HeadClock`],
+/// its service and the task that serves it.
+#[derive(Debug)]
+struct Progress {
+    accepted: Instant,
+    idle: Duration,
+    phase: AtomicU8,
+    /// Reads that brought bytes, and their count when the HTTP/1.1 head
+    /// being awaited was asked for: a difference means the head has begun.
+    reads: AtomicU32,
+    reads_at_head: AtomicU32,
+    /// Past this (nanoseconds after `accepted`), the connection is idle.
+    idle_after: AtomicU64,
+    /// The status the gateway answers with as the connection closes; 0 for
+    /// none. Once set, whatever hyper writes is dropped.
+    last_words: AtomicU16,
+}
+
+/// [`Progress::phase`]: nothing yet (the protocol is being read, or HTTP/2
+/// before its first request) ...
+const FRESH: u8 = 0;
+/// ... HTTP/1.1 awaiting its first head, or a later one ...
+const FIRST_HEAD: u8 = 1;
+const NEXT_HEAD: u8 = 2;
+/// ... an HTTP/1.1 request being served, or HTTP/2 after its first request.
+const SERVING_HTTP1: u8 = 3;
+const SERVING_HTTP2: u8 = 4;
+
+/// What to do with a connection when its deadline passes.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Check again then.
+    Wait(Instant),
+    /// Close now (nothing in flight).
+    Close,
+    /// Let what is in flight finish, take nothing new.
+    Drain,
+}
+
+// === impl Timeouts ===
+
+impl From<&LimitsConfig> for Timeouts {
+    fn from(limits: &LimitsConfig) -> Self {
+        Self {
+            header_read: limits.header_read_timeout,
+            idle: limits.idle_timeout,
+            http2_keepalive_interval: limits.http2_keepalive_interval,
+            http2_keepalive_timeout: limits.http2_keepalive_timeout,
+        }
+    }
+}
+
+// === impl Connections ===
+
+impl Connections {
+    pub(super) fn new(timeouts: Timeouts) -> Self {
+        let mut builder = Builder::new(TokioExecutor::new());
+        // hyper's header timer is started whenever it waits for a head, so
+        // its deadline is the idle one; each connection's `HeadClock`
+        // moves it to the first byte plus `header_read` once a head begins.
+        builder.http1().header_read_timeout(timeouts.idle);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(timeouts.http2_keepalive_interval)
+            .keep_alive_timeout(timeouts.http2_keepalive_timeout);
+        let (stop, _) = watch::channel(false);
+        Self {
+            builder,
+            timeouts,
+            stop,
+        }
+    }
+
+    /// Serves `stream` with `service` until the client leaves, a deadline
+    /// passes or the worker stops; `slot` is held until then.
+    pub(super) fn serve<S>(
+        &self,
+        stream: TcpStream,
+        remote: SocketAddr,
+        slot: Slot,
+        service: S,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        S: Service<Request<Body>, Response = Response, Error = std::convert::Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let progress = Arc::new(Progress::new(self.timeouts.idle));
+        let started = progress.clone();
+        // What axum's `into_make_service_with_connect_info` would add.
+        let service = service.map_request(move |mut request: Request<Incoming>| {
+            started.request_started(request.version());
+            request.extensions_mut().insert(ConnectInfo(remote));
+            // An empty body (most GETs) needs no box.
+            request.map(|body| {
+                if body.is_end_stream() {
+                    Body::empty()
+                } else {
+                    Body::new(body)
+                }
+            })
+        });
+        let mut builder = self.builder.clone();
+        builder.http1().timer(HeadClock {
+            progress: progress.clone(),
+            header_read: self.timeouts.header_read,
+        });
+        let io = TokioIo::new(Io {
+            stream,
+            progress: progress.clone(),
+            flushed: true,
+            answer: None,
+        });
+        // On the heap on its own: moved into the task's future, it would be
+        // kept there twice (as the argument, and pinned).
+        let connection = Box::pin(
+            builder
+                .serve_connection(io, TowerToHyperService::new(service))
+                .into_owned(),
+        );
+        let timeouts = self.timeouts;
+        let stopping = self.stop.subscribe();
+        async move {
+            supervise(connection, &progress, timeouts, stopping).await;
+            drop(slot);
+        }
+    }
+
+    /// Asks every connection to finish what is in flight and close, and
+    /// waits until they have.
+    pub(super) async fn drain(self) {
+        self.stop.send_replace(true);
+        self.stop.closed().await;
+    }
+}
+
+/// Polls `connection` to its end, closing it when [`Progress::verdict`]
+/// says so and draining it when the worker stops. Hand-polled rather than a
+/// `select!`: once armed, the deadline is looked at only when its timer has
+/// fired, not at every wake-up of the connection (a few hundred
+/// instructions per request).
+async fn supervise<C>(
+    mut connection: Pin<Box<C>>,
+    progress: &Progress,
+    timeouts: Timeouts,
+    mut stopping: watch::Receiver<bool>,
+) where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    let deadline = tokio::time::sleep_until((progress.accepted + timeouts.header_read).into());
+    let mut deadline = std::pin::pin!(deadline);
+    let mut stop = std::pin::pin!(stopping.wait_for(|stop| *stop));
+    let (mut armed, mut draining) = (false, false);
+    std::future::poll_fn(|cx| loop {
+        if let Poll::Ready(ended) = connection.as_mut().poll(cx) {
+            if let Err(error) = ended {
+                tracing::trace!(%error, "connection ended with an error");
+            }
+            return Poll::Ready(());
+        }
+        if draining {
+            return Poll::Pending;
+        }
+        if stop.as_mut().poll(cx).is_ready() {
+            connection.as_mut().graceful_shutdown();
+            draining = true;
+            continue;
+        }
+        if armed && !deadline.is_elapsed() {
+            return Poll::Pending;
+        }
+        armed = true;
+        ready!(deadline.as_mut().poll(cx));
+        armed = false;
+        match progress.verdict(Instant::now(), timeouts.header_read) {
+            Verdict::Wait(until) => deadline.as_mut().reset(until.into()),
+            Verdict::Close => return Poll::Ready(()),
+            Verdict::Drain => {
+                connection.as_mut().graceful_shutdown();
+                draining = true;
+            }
+        }
+    })
+    .await;
+}
+
+// === impl Progress ===
+
+impl Progress {
+    fn new(idle: Duration) -> Self {
+        Self {
+            accepted: Instant::now(),
+            idle,
+            phase: AtomicU8::new(FRESH),
+            reads: AtomicU32::new(0),
+            reads_at_head: AtomicU32::new(0),
+            idle_after: AtomicU64::new(0),
+            last_words: AtomicU16::new(0),
+        }
+    }
+
+    /// hyper (HTTP/1.1) waits for a head; it is idle after `idle_after`.
+    fn head_awaited(&self, idle_after: Instant) {
+        let phase = match self.phase.load(Relaxed) {
+            FRESH | FIRST_HEAD => FIRST_HEAD,
+            _ => NEXT_HEAD,
+        };
+        self.phase.store(phase, Relaxed);
+        self.reads_at_head.store(self.reads.load(Relaxed), Relaxed);
+        self.idle_after.store(self.nanos(idle_after), Relaxed);
+    }
+
+    /// A request reached the service: its head is complete.
+    fn request_started(&self, version: Version) {
+        if version == Version::HTTP_2 {
+            // Streams overlap: the connection is idle `idle` after the last one began.
+            self.idle_after
+                .store(self.nanos(Instant::now() + self.idle), Relaxed);
+            self.phase.store(SERVING_HTTP2, Relaxed);
+        } else {
+            self.phase.store(SERVING_HTTP1, Relaxed);
+        }
+    }
+
+    fn head_begun(&self) -> bool {
+        self.reads.load(Relaxed) != self.reads_at_head.load(Relaxed)
+    }
+
+    /// What to do at `now`, when the connection's deadline has passed.
+    fn verdict(&self, now: Instant, header_read: Duration) -> Verdict {
+        let idle_after = self.accepted + Duration::from_nanos(self.idle_after.load(Relaxed));
+        match self.phase.load(Relaxed) {
+            // The first request's headers took longer than `header_read`.
+            FRESH => Verdict::Close,
+            FIRST_HEAD => {
+                self.say(StatusCode::REQUEST_TIMEOUT);
+                Verdict::Close
+            }
+            // The head's own clock (`HeadSleep`) is running.
+            NEXT_HEAD if self.head_begun() => Verdict::Wait(now + header_read),
+            NEXT_HEAD | SERVING_HTTP2 if now < idle_after => Verdict::Wait(idle_after),
+            NEXT_HEAD => Verdict::Close,
+            SERVING_HTTP2 => Verdict::Drain,
+            // An HTTP/1.1 request in flight is never idle.
+            _ => Verdict::Wait(now + self.idle),
+        }
+    }
+
+    /// Sets the gateway's answer to the client, unless one is set.
+    fn say(&self, status: StatusCode) {
+        let _ = self
+            .last_words
+            .compare_exchange(0, status.as_u16(), Relaxed, Relaxed);
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.accepted).as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+// === impl HeadClock ===
+
+/// hyper's HTTP/1.1 header timer, one per connection: hyper starts it
+/// whenever it waits for a request head and drops it once the head is read.
+/// The deadline hyper asks for is the idle one (it started counting at the
+/// end of the last response); the returned [`HeadSleep`] fires only once a
+/// head has begun, `header_read` after it did.
+#[derive(Debug)]
+struct HeadClock {
+    progress: Arc<Progress>,
+    header_read: Duration,
+}
+
+impl Timer for HeadClock {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Sleep>> {
+        self.sleep_until(Instant::now() + duration)
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
+        self.progress.head_awaited(deadline);
+        Box::pin(HeadSleep {
+            progress: self.progress.clone(),
+            header_read: self.header_read,
+            deadline: None,
+        })
+    }
+}
+
+/// See [`HeadClock`]. hyper polls it only while the head is incomplete,
+/// after each read: an idle connection arms no timer here (the connection's
+/// own deadline covers idleness), a head that arrives whole never does.
+struct HeadSleep {
+    progress: Arc<Progress>,
+    header_read: Duration,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Future for HeadSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let deadline = match &mut this.deadline {
+            Some(deadline) => deadline,
+            None if !this.progress.head_begun() => return Poll::Pending,
+            none => none.insert(Box::pin(tokio::time::sleep(this.header_read))),
+        };
+        ready!(deadline.as_mut().poll(cx));
+        this.progress.say(StatusCode::REQUEST_TIMEOUT);
+        Poll::Ready(())
+    }
+}
+
+impl Sleep for HeadSleep {}
+
+// === impl Io ===
+
+/// The connection's socket as hyper sees it: counts the reads that bring
+/// bytes, drops hyper's own answer to a head it could not take, and writes
+/// the gateway's [`Progress::last_words`] before the socket is shut down
+/// (hyper's way out after its own answer) or dropped (after a timeout).
+#[derive(Debug)]
+struct Io {
+    stream: TcpStream,
+    progress: Arc<Progress>,
+    /// Whether hyper flushed after its last write: its write buffer is
+    /// empty, so the next write begins something new.
+    flushed: bool,
+    /// The last words being written, and how much of them is.
+    answer: Option<(Vec<u8>, usize)>,
+}
+
+impl Io {
+    /// Whether `bytes`, about to be written, are to be dropped: once the
+    /// gateway's last words are set, and when they are hyper's own answer
+    /// to a head it could not parse, which the gateway gives instead. That
+    /// answer is told apart as a 4xx status line that begins a write while a
+    /// head is awaited: no response of a request can begin then, and the
+    /// rest of an earlier one still being written does not begin a write.
+    fn silenced(&mut self, bytes: &[u8]) -> bool {
+        let begins = std::mem::replace(&mut self.flushed, false);
+        let progress = &self.progress;
+        if progress.last_words.load(Relaxed) != 0 {
+            return true;
+        }
+        if !begins || !matches!(progress.phase.load(Relaxed), FIRST_HEAD | NEXT_HEAD) {
+            return false;
+        }
+        // "HTTP/1.1 431 Request Header Fields Too Large\r\n..."
+        match bytes.get(9..12).map(StatusCode::from_bytes) {
+            Some(Ok(status)) if status.is_client_error() && bytes.starts_with(b"HTTP/1.") => {
+                progress.say(status);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Writes the last words, if any, to the end.
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.answer.is_none() {
+            match StatusCode::from_u16(self.progress.last_words.load(Relaxed)) {
+                Ok(status) => self.answer = Some((last_words(status), 0)),
+                Err(_) => return Poll::Ready(Ok(())),
+            }
+        }
+        let Some((answer, written)) = &mut self.answer else {
+            return Poll::Ready(Ok(()));
+        };
+        while *written < answer.len() {
+            match ready!(Pin::new(&mut self.stream).poll_write(cx, &answer[*written..]))? {
+                0 => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                n => *written += n,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let filled = buf.filled().len();
+        ready!(Pin::new(&mut self.stream).poll_read(cx, buf))?;
+        if buf.filled().len() > filled {
+            // Only this connection's task reads: no read-modify-write needed.
+            let reads = &self.progress.reads;
+            reads.store(reads.load(Relaxed).wrapping_add(1), Relaxed);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.silenced(buf) {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let Some(first) = bufs.iter().find(|buf| !buf.is_empty()) else {
+            return Poll::Ready(Ok(0));
+        };
+        if self.silenced(first) {
+            return Poll::Ready(Ok(bufs.iter().map(|buf| buf.len()).sum()));
+        }
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(Pin::new(&mut self.stream).poll_flush(cx))?;
+        self.flushed = true;
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_answer(cx))?;
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl Drop for Io {
+    /// Last words not yet begun (a timeout drops the connection rather than
+    /// shut it down), without waiting: nothing else is queued on the socket
+    /// then, so a few hundred bytes fit; if they do not, it just closes.
+    fn drop(&mut self) {
+        if self.answer.is_some() {
+            return;
+        }
+        let Ok(status) = StatusCode::from_u16(self.progress.last_words.load(Relaxed)) else {
+            return;
+        };
+        let answer = last_words(status);
+        if !matches!(self.stream.try_write(&answer), Ok(written) if written == answer.len()) {
+            tracing::debug!(%status, "could not answer before closing");
+        }
+    }
+}
+
+/// A whole HTTP/1.1 response with a `google.rpc.Status` body and a minted
+/// request id, for a client whose head never reached the data plane.
+fn last_words(status: StatusCode) -> Vec<u8> {
+    let mut buffer = uuid::Uuid::encode_buffer();
+    let request_id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
+    let body = error::bare_status_json(status, request_id).to_string();
+    tracing::debug!(%status, request_id, "answered a request head the data plane never saw");
+    format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{X_REQUEST_ID}: {request_id}\r\nconnection: close\r\n\r\n{body}",
+        status.as_str(),
+        status.canonical_reason().unwrap_or_default(),
+        body.len(),
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER_READ: Duration = Duration::from_secs(10);
+    const IDLE: Duration = Duration::from_secs(60);
+
+    fn last_words(progress: &Progress) -> u16 {
+        progress.last_words.load(Relaxed)
+    }
+
+    #[test]
+    fn no_request_by_the_first_deadline_is_closed_with_408_once_a_head_began() {
+        let silent = Progress::new(IDLE);
+        assert_eq!(silent.verdict(Instant::now(), HEADER_READ), Verdict::Close);
+        assert_eq!(last_words(&silent), 0);
+
+        let slow = Progress::new(IDLE);
+        slow.head_awaited(Instant::now() + IDLE);
+        assert_eq!(slow.verdict(Instant::now(), HEADER_READ), Verdict::Close);
+        assert_eq!(last_words(&slow), 408);
+    }
+
+    #[test]
+    fn a_keep_alive_connection_is_idle_only_after_its_idle_deadline() {
+        let progress = Progress::new(IDLE);
+        progress.head_awaited(Instant::now() + IDLE);
+        progress.request_started(Version::HTTP_11);
+        let now = Instant::now();
+        // Serving: never idle, checked again an idle period later.
+        assert_eq!(
+            progress.verdict(now, HEADER_READ),
+            Verdict::Wait(now + IDLE)
+        );
+        let idle_after = now + IDLE;
+        progress.head_awaited(idle_after);
+        assert_eq!(
+            progress.verdict(now, HEADER_READ),
+            Verdict::Wait(idle_after)
+        );
+        assert_eq!(progress.verdict(idle_after, HEADER_READ), Verdict::Close);
+        assert_eq!(last_words(&progress), 0);
+    }
+
+    #[test]
+    fn a_begun_head_is_left_to_its_own_clock() {
+        let progress = Progress::new(IDLE);
+        progress.request_started(Version::HTTP_11);
+        let idle_after = Instant::now() + IDLE;
+        progress.head_awaited(idle_after);
+        progress.reads.fetch_add(1, Relaxed);
+        assert_eq!(
+            progress.verdict(idle_after, HEADER_READ),
+            Verdict::Wait(idle_after + HEADER_READ)
+        );
+    }
+
+    #[test]
+    fn http2_drains_when_no_request_started_for_the_idle_timeout() {
+        let progress = Progress::new(IDLE);
+        progress.request_started(Version::HTTP_2);
+        let now = Instant::now();
+        assert!(matches!(progress.verdict(now, HEADER_READ), Verdict::Wait(at) if at > now));
+        assert_eq!(
+            progress.verdict(now + IDLE * 2, HEADER_READ),
+            Verdict::Drain
+        );
+    }
+
+    #[test]
+    fn last_words_are_a_status_response_with_a_request_id() {
+        let answer = String::from_utf8(super::last_words(StatusCode::URI_TOO_LONG)).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{head}");
+        assert!(
+            head.contains(&format!("content-length: {}\r\n", body.len())),
+            "{head}"
+        );
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["code"], 3);
+        let id = &body["details"][0]["requestId"];
+        assert!(
+            head.contains(&format!("x-request-id: {}", id.as_str().unwrap())),
+            "{head}"
+        );
+    }
+}

@@ -1,0 +1,250 @@
+//! Client connections on the public listener: header-read and idle
+//! timeouts, HTTP/2 pings and idleness, the connection cap, and the admin
+//! listener still answering while the public one is full. Raw sockets, since
+//! these are about what happens between requests.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{read_response, read_until_closed, Gateway, RawResponse};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+use tonic::Code;
+
+const GET: &[u8] = b"GET /v1/echo/hello HTTP/1.1\r\nHost: gateway\r\n\r\n";
+
+/// A head that never ends: the start of a request, then nothing.
+const HEAD_CUT_SHORT: &[u8] = b"GET /v1/echo/hello HTTP/1.1\r\nHost: gateway\r\nX-Slow: ";
+
+async fn connect(gw: &Gateway) -> TcpStream {
+    TcpStream::connect(gw.addr).await.unwrap()
+}
+
+/// One keep-alive GET on `stream`, answered 200.
+async fn get_ok(stream: &mut TcpStream) {
+    stream.write_all(GET).await.unwrap();
+    let response = read_response(stream).await.expect("a response");
+    assert_eq!(response.status, 200, "{response:?}");
+}
+
+/// A 408 with a google.rpc.Status body whose request id is the header's.
+fn assert_request_timeout(response: &RawResponse) {
+    assert_eq!(response.status, 408, "{response:?}");
+    let body = response.json();
+    common::assert_status(&body, Code::DeadlineExceeded, "request timeout");
+    let id = response
+        .header("x-request-id")
+        .expect("a request id header");
+    assert_eq!(body["details"][0]["requestId"], id, "{body}");
+}
+
+#[tokio::test]
+async fn a_first_request_head_cut_short_is_answered_408_and_closed() {
+    let gw = Gateway::start_with(|config| {
+        config.limits.header_read_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let mut slow = connect(&gw).await;
+    slow.write_all(HEAD_CUT_SHORT).await.unwrap();
+    let response = read_response(&mut slow).await.expect("a 408");
+    assert_request_timeout(&response);
+    assert!(read_until_closed(&mut slow).await.is_empty());
+    // The gateway still serves.
+    get_ok(&mut connect(&gw).await).await;
+}
+
+#[tokio::test]
+async fn a_later_request_head_cut_short_is_answered_408_and_closed() {
+    let gw = Gateway::start_with(|config| {
+        config.limits.header_read_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let mut slow = connect(&gw).await;
+    get_ok(&mut slow).await;
+    slow.write_all(HEAD_CUT_SHORT).await.unwrap();
+    let response = read_response(&mut slow).await.expect("a 408");
+    assert_request_timeout(&response);
+    assert!(read_until_closed(&mut slow).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_head_trickled_a_byte_at_a_time_is_cut_off() {
+    let gw = Gateway::start_with(|config| {
+        config.limits.header_read_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut slow = connect(&gw).await;
+    get_ok(&mut slow).await;
+    let (mut reader, mut writer) = slow.into_split();
+    // Each byte comes well within the timeout; the head as a whole never does.
+    let trickle = tokio::spawn(async move {
+        for byte in HEAD_CUT_SHORT.iter().chain(&[b'x'; 1000]) {
+            if writer.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let response = read_response(&mut reader).await.expect("a 408");
+    assert_request_timeout(&response);
+    read_until_closed(&mut reader).await;
+    trickle.abort();
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_the_header_read_timeout() {
+    let gw = Gateway::start_with(|config| {
+        config.limits.header_read_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let mut silent = connect(&gw).await;
+    assert!(read_until_closed(&mut silent).await.is_empty());
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let gw = Gateway::start_with(|config| {
+        config.limits.idle_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut idle = connect(&gw).await;
+    get_ok(&mut idle).await;
+    get_ok(&mut idle).await;
+    // Closed without a word: nothing was asked.
+    assert!(read_until_closed(&mut idle).await.is_empty());
+}
+
+/// hyper's own header timer also runs while a keep-alive connection waits
+/// for its next request; the gateway's starts at the request's first byte.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_outlives_the_header_read_timeout() {
+    let gw = Gateway::start_with(|config| {
+        config.limits.header_read_timeout = Duration::from_millis(100);
+    })
+    .await;
+    let mut idle = connect(&gw).await;
+    get_ok(&mut idle).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    get_ok(&mut idle).await;
+}
+
+/// The connection preface and an empty SETTINGS frame: HTTP/2 with prior knowledge.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+const HEADERS: u8 = 1;
+const PING: u8 = 6;
+const GOAWAY: u8 = 7;
+
+/// Reads HTTP/2 frames until one of `kind` (not an ACK) arrives and returns
+/// its payload, or `None` when the connection closes first; answers
+/// SETTINGS so the server stays content.
+async fn await_frame(stream: &mut TcpStream, kind: u8) -> Option<Vec<u8>> {
+    let read = async {
+        loop {
+            let mut header = [0u8; 9];
+            stream.read_exact(&mut header).await.ok()?;
+            let length =
+                usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+            let mut payload = vec![0u8; length];
+            stream.read_exact(&mut payload).await.ok()?;
+            let (frame, flags) = (header[3], header[4]);
+            if frame == kind && (frame == HEADERS || flags & 1 == 0) {
+                return Some(payload);
+            }
+            if frame == 4 && flags & 1 == 0 {
+                let _ = stream.write_all(b"\0\0\0\x04\x01\0\0\0\0").await;
+            }
+        }
+    };
+    tokio::time::timeout(common::HANG_GUARD, read)
+        .await
+        .expect("a frame or the close")
+}
+
+#[tokio::test]
+async fn an_http2_connection_is_pinged_and_closed_when_it_does_not_answer() {
+    let gw = Gateway::start_with(|config| {
+        config.limits.http2_keepalive_interval = Duration::from_millis(100);
+        config.limits.http2_keepalive_timeout = Duration::from_millis(100);
+    })
+    .await;
+    let mut h2 = connect(&gw).await;
+    h2.write_all(H2_PREFACE).await.unwrap();
+    assert!(await_frame(&mut h2, PING).await.is_some(), "a ping");
+    // Never answered: the connection goes.
+    read_until_closed(&mut h2).await;
+}
+
+#[tokio::test]
+async fn an_http2_connection_without_requests_for_the_idle_timeout_is_sent_goaway() {
+    let gw = Gateway::start_with(|config| {
+        config.limits.idle_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut h2 = connect(&gw).await;
+    h2.write_all(H2_PREFACE).await.unwrap();
+    // GET /v1/echo/hello, HPACK: :method GET, :scheme http, then :path and
+    // :authority as literals with indexed names, on stream 1, END_STREAM | END_HEADERS.
+    let mut block = vec![0x82, 0x86, 0x04, 11];
+    block.extend_from_slice(b"/v1/echo/hi");
+    block.extend_from_slice(&[0x01, 7]);
+    block.extend_from_slice(b"gateway");
+    let mut headers = vec![
+        0,
+        0,
+        u8::try_from(block.len()).unwrap(),
+        1,
+        0x05,
+        0,
+        0,
+        0,
+        1,
+    ];
+    headers.extend_from_slice(&block);
+    h2.write_all(&headers).await.unwrap();
+    // :status 200, HPACK's static index 8.
+    assert_eq!(
+        await_frame(&mut h2, HEADERS).await.expect("a reply")[0],
+        0x88
+    );
+    let goaway = await_frame(&mut h2, GOAWAY).await.expect("a GOAWAY");
+    assert_eq!(goaway[4..8], [0, 0, 0, 0], "NO_ERROR");
+}
+
+#[tokio::test]
+async fn past_max_connections_new_ones_are_refused_and_the_admin_listener_answers() {
+    let gw = Gateway::start_with(|config| config.limits.max_connections = Some(8)).await;
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut stream = connect(&gw).await;
+        get_ok(&mut stream).await;
+        held.push(stream);
+    }
+    // Refused at once: closed or reset, never answered.
+    for _ in 0..3 {
+        let mut refused = connect(&gw).await;
+        let _ = refused.write_all(GET).await;
+        assert!(read_response(&mut refused).await.is_none());
+    }
+    assert_eq!(
+        gw.text(format!("http://{}/healthz", gw.admin_addr)).await,
+        "ok\n"
+    );
+    // The held ones still serve, and a freed place is taken again.
+    get_ok(&mut held[0]).await;
+    held.pop();
+    let mut admitted = None;
+    for _ in 0..100 {
+        let mut stream = connect(&gw).await;
+        stream.write_all(GET).await.unwrap();
+        if let Some(response) = read_response(&mut stream).await {
+            admitted = Some(response.status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(admitted, Some(200));
+}
