@@ -312,8 +312,14 @@ impl Server {
         } else {
             // The data plane alone: no router to pass through on every
             // request (callgrind: ~4k instructions of a GET's ~80k).
-            let data_plane = self.data_plane;
-            workers::serve(acceptor, data_plane, self.workers, self.timeouts, shutdown).await
+            workers::serve(
+                acceptor,
+                self.data_plane,
+                self.workers,
+                self.timeouts,
+                shutdown,
+            )
+            .await
         };
         if let Some(admin) = admin {
             admin.await.map_err(std::io::Error::other)??;
