@@ -7,7 +7,10 @@
 
 use std::borrow::Borrow;
 
-use prost_reflect::{DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, MapKey, Value};
+use prost_reflect::{
+    DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, MapKey, ReflectMessage as _, Value,
+};
+use prost_types::field_descriptor_proto::{Label, Type};
 
 /// Protobuf wire types.
 pub(crate) const VARINT: u32 = 0;
@@ -34,11 +37,38 @@ pub fn encode(message: &DynamicMessage, out: &mut Vec<u8>) {
     for (desc, value) in message.fields() {
         field_value(&desc, value, out);
     }
+    negative_zeros(message, out);
     for (desc, value) in message.extensions() {
         field_value(&desc, value, out);
     }
     for unknown in message.unknown_fields() {
         unknown.encode(out);
+    }
+}
+
+/// The `-0.0`s of a message's singular float and double fields without
+/// presence. prost-reflect holds them but counts them as unset (`-0.0 ==
+/// 0.0`); the protobuf runtimes test the bits, and write them. Found through
+/// the descriptor's own protos: no descriptor is built for other fields.
+fn negative_zeros(message: &DynamicMessage, out: &mut Vec<u8>) {
+    let descriptor = message.descriptor();
+    for field in &descriptor.descriptor_proto().field {
+        let float = matches!(field.r#type(), Type::Double | Type::Float);
+        let number = u32::try_from(field.number()).unwrap_or(0);
+        if !float || field.label() == Label::Repeated || message.has_field_by_number(number) {
+            continue;
+        }
+        match message.get_field_by_number(number).as_deref() {
+            Some(Value::F64(v)) if v.to_bits() == (-0.0f64).to_bits() => {
+                key(number, FIXED64, out);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            Some(Value::F32(v)) if v.to_bits() == (-0.0f32).to_bits() => {
+                key(number, FIXED32, out);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            _ => {}
+        }
     }
 }
 
@@ -230,8 +260,9 @@ fn is_default_scalar(value: &Value) -> bool {
         Value::I64(v) => *v == 0,
         Value::U32(v) => *v == 0,
         Value::U64(v) => *v == 0,
-        Value::F32(v) => *v == 0.0,
-        Value::F64(v) => *v == 0.0,
+        // By bits: a `-0.0` map value is written, as the runtimes write it.
+        Value::F32(v) => v.to_bits() == 0,
+        Value::F64(v) => v.to_bits() == 0,
         Value::String(v) => v.is_empty(),
         Value::Bytes(v) => v.is_empty(),
         Value::Message(_) | Value::List(_) | Value::Map(_) => false,

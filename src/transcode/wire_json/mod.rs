@@ -37,6 +37,9 @@ use crate::upstream::encode;
 
 mod parse;
 
+pub(crate) use parse::body_error;
+pub use parse::Declined;
+
 /// Deeper replies are left to the general decoder (which refuses them).
 const MAX_DEPTH: u32 = 100;
 
@@ -220,6 +223,14 @@ impl JsonPlans {
             .map(|message| MessagePlan::new(message, &by_name, &mut enums, rules))
             .collect();
         Self { messages, by_name }
+    }
+
+    /// Whether plan `plan` is `google.protobuf.Value`, which holds `null`.
+    fn is_value(&self, plan: usize) -> bool {
+        matches!(
+            self.messages.get(plan).map(|p| &p.form),
+            Some(Form::Dynamic(d)) if d.full_name() == "google.protobuf.Value"
+        )
     }
 
     /// The plan of a message type, resolved once per method.
@@ -1168,8 +1179,11 @@ impl Printer<'_> {
     fn is_default(&self, value: &ValueKind, entry: Entry) -> Result<bool, Unsupported> {
         let bytes = &self.buf[entry.start..entry.end];
         Ok(match value {
-            ValueKind::Scalar(Scalar::Float) => self.f32_at(entry.start, entry.end)? == 0.0,
-            ValueKind::Scalar(Scalar::Double) => self.f64_at(entry.start, entry.end)? == 0.0,
+            // By bits, as the protobuf runtimes test it: `-0.0` is set.
+            ValueKind::Scalar(Scalar::Float) => self.f32_at(entry.start, entry.end)?.to_bits() == 0,
+            ValueKind::Scalar(Scalar::Double) => {
+                self.f64_at(entry.start, entry.end)?.to_bits() == 0
+            }
             ValueKind::Scalar(Scalar::String | Scalar::Bytes) => bytes.is_empty(),
             ValueKind::Scalar(Scalar::Int32 | Scalar::Sint32 | Scalar::Uint32) => {
                 // Only the low 32 bits count, as in decoding.
