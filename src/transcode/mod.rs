@@ -22,6 +22,7 @@ pub use request::{request_message, request_wire, RequestParts};
 pub use response::{decode_reply, ReplyFilter, ReplyShape};
 pub use split::JsonSplitter;
 pub use stream::{Framer, StreamFormat};
+pub(crate) use wire_json::Masks;
 pub(crate) use wire_json::{write_json_str, write_rfc3339};
 pub use wire_json::{Declined, JsonPlans};
 

@@ -123,19 +123,26 @@ fn field_value(desc: &impl Describe, value: &Value, out: &mut Vec<u8>) {
             let Kind::Message(entry) = desc.kind() else {
                 return;
             };
-            let key_kind = entry.map_entry_key_field().kind();
-            let value_kind = entry.map_entry_value_field().kind();
-            // Entries leave out a default key or scalar value, as prost-reflect does.
+            let (key_field, value_field) =
+                (entry.map_entry_key_field(), entry.map_entry_value_field());
+            let (key_kind, value_kind) = (key_field.kind(), value_field.kind());
+            // Entries leave out a default key or scalar value, as prost-reflect
+            // does, unless those fields have presence (proto2).
+            let (all_keys, all_values) = (
+                key_field.supports_presence(),
+                value_field.supports_presence(),
+            );
             for (map_key, map_value) in entries {
                 key(number, LEN, out);
                 length_delimited(out, |out| {
                     match map_key {
-                        MapKey::String(text) if text.is_empty() => {}
+                        MapKey::String(text) if text.is_empty() && !all_keys => {}
                         MapKey::Bool(false)
                         | MapKey::I32(0)
                         | MapKey::I64(0)
                         | MapKey::U32(0)
-                        | MapKey::U64(0) => {}
+                        | MapKey::U64(0)
+                            if !all_keys => {}
                         MapKey::String(text) => {
                             key(1, LEN, out);
                             bytes(text.as_bytes(), out);
@@ -151,7 +158,7 @@ fn field_value(desc: &impl Describe, value: &Value, out: &mut Vec<u8>) {
                     }
                     match map_value {
                         Value::Message(message) => nested(2, false, message, out),
-                        _ if is_default_scalar(map_value) => {}
+                        _ if !all_values && is_default_scalar(map_value) => {}
                         _ => {
                             key(2, wire_type(&value_kind), out);
                             scalar(&value_kind, map_value, out);

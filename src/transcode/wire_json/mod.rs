@@ -632,6 +632,13 @@ impl Printer<'_> {
                 self.out.extend_from_slice(b"{}");
                 Ok(())
             }
+            // The empty `Any` (no type) is `{}`, as it parses.
+            Form::Dynamic(descriptor)
+                if start == end && descriptor.full_name() == "google.protobuf.Any" =>
+            {
+                self.out.extend_from_slice(b"{}");
+                Ok(())
+            }
             Form::Dynamic(descriptor) => {
                 let message = prost_reflect::DynamicMessage::decode(
                     descriptor.clone(),

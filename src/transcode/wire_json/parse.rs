@@ -9,7 +9,6 @@
 //! module doc of `wire_json` lists, is written here. What the plans do not
 //! cover reports [`Declined::Unsupported`], and prost-reflect parses the body
 //! (and words the error when there is one): unknown keys (unless ignored),
-//! internal or output-only fields (the general way refuses or clears them),
 //! `null` inside lists and maps, an `Any` whose `@type` is not its first key,
 //! timestamps other than `YYYY-MM-DDThh:mm:ss[.fraction]Z`, enum names that
 //! are not values, and strings that are no number for a number field.
@@ -368,11 +367,11 @@ fn fields<'de, A: MapAccess<'de>>(
             .ok()
             .and_then(|i| 1u64.checked_shl(i))
             .ok_or_else(unsupported)?;
-        if field.internal || field.output_only {
-            return Err(unsupported());
-        }
         let oneof = field.oneof.map_or(0, |oneof| 1u64 << oneof);
-        let conflict = if seen & bit != 0 {
+        let conflict = if field.internal && !ctx.options.clear_internal_input {
+            // What clients see of the message has no such field.
+            Some("unknown field")
+        } else if seen & bit != 0 {
             Some("the field is given twice")
         } else if oneofs & oneof != 0 {
             Some("another field of its oneof is set")
@@ -380,10 +379,17 @@ fn fields<'de, A: MapAccess<'de>>(
             None
         };
         seen |= bit;
+        // Internal (when cleared) and output-only values are read, then dropped.
+        let mut dropped = Vec::new();
+        let out = if field.internal || field.output_only {
+            &mut dropped
+        } else {
+            &mut *out
+        };
         let set = map.next_value_seed(FieldSeed {
             ctx,
             field,
-            out: &mut *out,
+            out,
             depth,
             conflict,
         })?;
@@ -1377,8 +1383,6 @@ mod tests {
         let fixture = fixture();
         let left = [
             r#"{"unknown":1}"#,
-            r#"{"internalValue":"x"}"#,
-            r#"{"nested":{"secret":"s"}}"#,
             r#"{"labels":{"a":null}}"#,
             r#"{"labels":[]}"#,
             r#"{"nestedById":{"x":{}}}"#,
