@@ -1693,7 +1693,7 @@ mod tests {
         }
     }
 
-    fn refused(parsed: Result<EchoMessage, Declined>) -> bool {
+    fn refused(parsed: &Result<EchoMessage, Declined>) -> bool {
         matches!(parsed, Err(Declined::Invalid(_)))
     }
 
@@ -1752,7 +1752,7 @@ mod tests {
         assert_eq!(negative(&echo.parse(json).unwrap()), [true; 3]);
         assert_eq!(negative(&echo.reference_parse(json).unwrap()), [false; 3]);
         // The encoder of the general way writes it too.
-        let decoded = DynamicMessage::decode(echo.desc.clone(), &wire[..]);
+        let decoded = DynamicMessage::decode(echo.desc, &wire[..]);
         let mut wire = Vec::new();
         encode::encode(&decoded.unwrap(), &mut wire);
         let written = EchoMessage::decode(&wire[..]).unwrap();
@@ -1783,10 +1783,10 @@ mod tests {
             "a string in exponent form"
         );
         let rounded = r#"{"int32Value":1.0000000000000000001}"#;
-        assert!(refused(echo.parse(rounded)));
+        assert!(refused(&echo.parse(rounded)));
         assert_eq!(echo.reference_parse(rounded).unwrap().int32_value, 1);
         let saturated = r#"{"int64Value":9223372036854775808.0}"#;
-        assert!(refused(echo.parse(saturated)));
+        assert!(refused(&echo.parse(saturated)));
         assert_eq!(
             echo.reference_parse(saturated).unwrap().int64_value,
             i64::MAX
@@ -1800,7 +1800,7 @@ mod tests {
         assert_eq!(echo.parse(max).unwrap().float_value, f32::MAX);
         assert!(echo.reference_parse(max).is_err());
         for beyond in [r#"{"floatValue":"1e39"}"#, r#"{"doubleValue":"1e400"}"#] {
-            assert!(refused(echo.parse(beyond)), "{beyond}");
+            assert!(refused(&echo.parse(beyond)), "{beyond}");
             let reference = echo.reference_parse(beyond).unwrap();
             assert!(reference.float_value.is_infinite() || reference.double_value.is_infinite());
         }
@@ -1824,7 +1824,7 @@ mod tests {
     fn a_key_given_twice_is_refused() {
         let echo = echo();
         let twice = r#"{"stringValue":"a","string_value":"b"}"#;
-        assert!(refused(echo.parse(twice)));
+        assert!(refused(&echo.parse(twice)));
         assert_eq!(echo.reference_parse(twice).unwrap().string_value, "b");
     }
 
