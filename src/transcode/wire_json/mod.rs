@@ -55,9 +55,6 @@
 //!   here it is refused, as is a double's `"1e400"`.
 //! * `a_key_given_twice_is_refused`: prost-reflect keeps the last value of a
 //!   key given twice; the first would be lost, so it is refused.
-//! * An internal field in a body is refused whatever its value (the field
-//!   rules, after prost-reflect, refuse only one that is set): see
-//!   `parse::tests::what_the_plans_refuse_names_the_field`.
 //!
 //! Bodies the plans leave go to prost-reflect (see `parse.rs`), whose
 //! numbers are then its own: an `Any` whose `@type` is not its first key,

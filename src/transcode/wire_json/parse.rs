@@ -9,7 +9,8 @@
 //! module doc of `wire_json` lists, is written here. What the plans do not
 //! cover reports [`Declined::Unsupported`], and prost-reflect parses the body
 //! (and words the error when there is one): unknown keys (unless ignored),
-//! `null` inside lists and maps, an `Any` whose `@type` is not its first key,
+//! internal fields (unless cleared: the field rules refuse them), `null`
+//! inside lists and maps, an `Any` whose `@type` is not its first key,
 //! timestamps other than `YYYY-MM-DDThh:mm:ss[.fraction]Z`, enum names that
 //! are not values, and strings that are no number for a number field.
 //! `Struct`, `Value`, `ListValue` and `FieldMask` values are parsed by
@@ -367,11 +368,12 @@ fn fields<'de, A: MapAccess<'de>>(
             .ok()
             .and_then(|i| 1u64.checked_shl(i))
             .ok_or_else(unsupported)?;
+        if field.internal && !ctx.options.clear_internal_input {
+            // Refused by the field rules, naming it as they name fields.
+            return Err(unsupported());
+        }
         let oneof = field.oneof.map_or(0, |oneof| 1u64 << oneof);
-        let conflict = if field.internal && !ctx.options.clear_internal_input {
-            // What clients see of the message has no such field.
-            Some("unknown field")
-        } else if seen & bit != 0 {
+        let conflict = if seen & bit != 0 {
             Some("the field is given twice")
         } else if oneofs & oneof != 0 {
             Some("another field of its oneof is set")
@@ -1383,6 +1385,8 @@ mod tests {
         let fixture = fixture();
         let left = [
             r#"{"unknown":1}"#,
+            r#"{"internalValue":"x"}"#,
+            r#"{"nested":{"secret":"s"}}"#,
             r#"{"labels":{"a":null}}"#,
             r#"{"labels":[]}"#,
             r#"{"nestedById":{"x":{}}}"#,
