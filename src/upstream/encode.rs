@@ -8,7 +8,8 @@
 use std::borrow::Borrow;
 
 use prost_reflect::{
-    DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, MapKey, ReflectMessage as _, Value,
+    DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, MapKey, MessageDescriptor,
+    ReflectMessage as _, Value,
 };
 use prost_types::field_descriptor_proto::{Label, Type};
 
@@ -34,10 +35,17 @@ trait Describe {
 /// then extensions, then unknown fields (prost-reflect interleaves those two
 /// by number; fields may come in any order on the wire).
 pub fn encode(message: &DynamicMessage, out: &mut Vec<u8>) {
+    let mut first = None;
     for (desc, value) in message.fields() {
         field_value(&desc, value, out);
+        first.get_or_insert(desc);
     }
-    negative_zeros(message, out);
+    // The message's type, from a field at hand when there is one (the
+    // message's own would be one more clone of the pool).
+    match &first {
+        Some(field) => negative_zeros(message, field.parent_message(), out),
+        None => negative_zeros(message, &message.descriptor(), out),
+    }
     for (desc, value) in message.extensions() {
         field_value(&desc, value, out);
     }
@@ -50,8 +58,7 @@ pub fn encode(message: &DynamicMessage, out: &mut Vec<u8>) {
 /// presence. prost-reflect holds them but counts them as unset (`-0.0 ==
 /// 0.0`); the protobuf runtimes test the bits, and write them. Found through
 /// the descriptor's own protos: no descriptor is built for other fields.
-fn negative_zeros(message: &DynamicMessage, out: &mut Vec<u8>) {
-    let descriptor = message.descriptor();
+fn negative_zeros(message: &DynamicMessage, descriptor: &MessageDescriptor, out: &mut Vec<u8>) {
     for field in &descriptor.descriptor_proto().field {
         let float = matches!(field.r#type(), Type::Double | Type::Float);
         let number = u32::try_from(field.number()).unwrap_or(0);

@@ -83,24 +83,33 @@ impl JsonPlans {
         out: &mut Vec<u8>,
     ) -> Result<(), Declined> {
         let (plan, number) = self.body_plan(root, field)?;
-        let ctx = Ctx::new(self, options);
         let at = out.len();
-        let mut deserializer = serde_json::Deserializer::from_slice(json);
-        let written = ctx
-            .body(plan, number, &mut deserializer, out)
-            .and_then(|()| deserializer.end());
-        if written.is_ok() {
-            return Ok(());
-        }
-        out.truncate(at);
-        if !ctx.refused.get() {
-            return Err(Declined::Unsupported);
+        let mut raw_integers = false;
+        loop {
+            let ctx = Ctx::new(self, options, raw_integers);
+            let mut deserializer = serde_json::Deserializer::from_slice(json);
+            let written = ctx
+                .body(plan, number, &mut deserializer, out)
+                .and_then(|()| deserializer.end());
+            if written.is_ok() {
+                return Ok(());
+            }
+            out.truncate(at);
+            if ctx.needs_raw_integers.get() && !raw_integers {
+                raw_integers = true;
+                continue;
+            }
+            if !ctx.refused.get() {
+                return Err(Declined::Unsupported);
+            }
+            break;
         }
         // Parsed again with the path tracked, to name the field.
         let mut track = serde_path_to_error::Track::new();
         let mut deserializer = serde_json::Deserializer::from_slice(json);
         let tracked = serde_path_to_error::Deserializer::new(&mut deserializer, &mut track);
-        match Ctx::new(self, options).body(plan, number, tracked, &mut Vec::new()) {
+        let ctx = Ctx::new(self, options, raw_integers);
+        match ctx.body(plan, number, tracked, &mut Vec::new()) {
             Err(err) => Err(Declined::Invalid(body_error(&track.path(), &err))),
             Ok(()) => Err(Declined::Unsupported),
         }
@@ -176,15 +185,21 @@ pub(crate) fn body_error(path: &serde_path_to_error::Path, err: &serde_json::Err
 struct Ctx<'a> {
     plans: &'a JsonPlans,
     options: &'a TranscodeOptions,
+    /// Integers are read from their text (see [`IntegerSeed`]).
+    raw_integers: bool,
+    /// Set when an integer came in a notation that needs its text.
+    needs_raw_integers: Cell<bool>,
     /// Set when a value is refused, not only left to the general way.
     refused: Cell<bool>,
 }
 
 impl<'a> Ctx<'a> {
-    fn new(plans: &'a JsonPlans, options: &'a TranscodeOptions) -> Self {
+    fn new(plans: &'a JsonPlans, options: &'a TranscodeOptions, raw_integers: bool) -> Self {
         Self {
             plans,
             options,
+            raw_integers,
+            needs_raw_integers: Cell::new(false),
             refused: Cell::new(false),
         }
     }
@@ -545,7 +560,13 @@ impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
                 return deserializer.deserialize_any(seed);
             }
             ValueKind::Scalar(scalar) if scalar.is_integer() => {
-                return integer(ctx, *scalar, number, deserializer, out);
+                let seed = IntegerSeed {
+                    ctx,
+                    scalar: *scalar,
+                    number,
+                    out,
+                };
+                return seed.deserialize(deserializer);
             }
             ValueKind::Scalar(scalar) => {
                 let seed = ScalarSeed {
@@ -929,44 +950,97 @@ impl Scalar {
     }
 }
 
-/// An integer field's value, read from its text (a JSON number or a string
-/// holding one) so that it is exact: `1e2`, `100.0` and `"1e2"` are 100, as
-/// proto3 JSON allows; a value that is not integral or out of range is
-/// refused. Other strings are prost-reflect's to read (or refuse).
-fn integer<'de, D: de::Deserializer<'de>>(
-    ctx: &Ctx<'_>,
+/// An integer field's value. Plain integers and strings are read as they
+/// come; a number in exponent or fractional notation (`1e2`, `100.0`) is
+/// read from its text, so that it is exact: the parse starts again in
+/// [`Ctx::raw_integers`] mode, as such numbers are rare and reading every
+/// integer's text costs.
+struct IntegerSeed<'a> {
+    ctx: &'a Ctx<'a>,
     scalar: Scalar,
     number: u32,
-    deserializer: D,
-    out: &mut Vec<u8>,
-) -> Result<(), D::Error> {
-    let raw = <&RawValue>::deserialize(deserializer)?.get();
-    let unquoted;
-    let text = match raw.as_bytes().first() {
-        Some(b'"') if !raw.contains('\\') => &raw[1..raw.len() - 1],
-        Some(b'"') => {
-            unquoted = serde_json::from_str::<String>(raw).map_err(|_| unsupported())?;
-            unquoted.as_str()
+    out: &'a mut Vec<u8>,
+}
+
+impl<'de> DeserializeSeed<'de> for IntegerSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        if !self.ctx.raw_integers {
+            return deserializer.deserialize_any(self);
         }
-        Some(b'-' | b'0'..=b'9') => raw,
-        _ => return Err(unsupported()),
-    };
-    let value = match exact_integer(text) {
-        Ok(value) => value,
-        Err(IntegerText::Malformed) => return Err(unsupported()),
-        Err(IntegerText::Fractional) => {
-            return Err(ctx.refuse(format_args!("`{text}` is not an integer")));
+        let raw = <&RawValue>::deserialize(deserializer)?.get();
+        match raw.as_bytes().first() {
+            Some(b'"') => {
+                let text: std::borrow::Cow<'_, str> =
+                    serde_json::from_str(raw).map_err(|_| unsupported())?;
+                self.text(&text)
+            }
+            Some(b'-' | b'0'..=b'9') => self.text(raw),
+            _ => Err(unsupported()),
         }
-        Err(IntegerText::Large) => None,
-    };
-    value
-        .and_then(|value| write_integer(scalar, number, value, out))
-        .ok_or_else(|| {
+    }
+}
+
+impl IntegerSeed<'_> {
+    /// `text`, a number's text, exactly: `1e2`, `100.0` and `"1e2"` are 100,
+    /// as proto3 JSON allows; a value that is not integral or out of range
+    /// is refused. Other strings are prost-reflect's to read (or refuse).
+    fn text<E: de::Error>(self, text: &str) -> Result<(), E> {
+        let value = match exact_integer(text) {
+            Ok(value) => value,
+            Err(IntegerText::Malformed) => return Err(unsupported()),
+            Err(IntegerText::Fractional) => {
+                return Err(self.ctx.refuse(format_args!("`{text}` is not an integer")));
+            }
+            Err(IntegerText::Large) => None,
+        };
+        let (ctx, scalar) = (self.ctx, self.scalar);
+        value
+            .and_then(|value| write_integer(scalar, self.number, value, self.out))
+            .ok_or_else(|| {
+                ctx.refuse(format_args!(
+                    "`{text}` is out of range for {}",
+                    scalar.range_name()
+                ))
+            })
+    }
+
+    fn exact<E: de::Error>(self, value: i128, text: impl fmt::Display) -> Result<(), E> {
+        let (ctx, scalar) = (self.ctx, self.scalar);
+        write_integer(scalar, self.number, value, self.out).ok_or_else(|| {
             ctx.refuse(format_args!(
                 "`{text}` is out of range for {}",
                 scalar.range_name()
             ))
         })
+    }
+}
+
+impl Visitor<'_> for IntegerSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an integer")
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<(), E> {
+        self.exact(i128::from(value), value)
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<(), E> {
+        self.exact(i128::from(value), value)
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<(), E> {
+        self.text(text)
+    }
+
+    /// Its text is needed: parse again reading integers as text.
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        self.ctx.needs_raw_integers.set(true);
+        Err(unsupported())
+    }
 }
 
 /// Why a text is no integer.
