@@ -802,11 +802,12 @@ fn check_reply(
             let gateway = filter.print(wire, shape_of(Some(generated.index)), &options);
             match reference {
                 Err(_) => {
+                    // The bytes of a field the masks hide are not read.
                     prop_assert!(
-                        printed.is_none(),
-                        "printed what prost-reflect cannot decode"
+                        printed.is_none() || with_omit || with_keep,
+                        "printed what prost-reflect cannot decode: {wire:?}"
                     );
-                    prop_assert!(gateway.is_err());
+                    prop_assert!(gateway.is_err() || with_omit || with_keep);
                 }
                 Ok(reference) => {
                     let reference: Json = serde_json::from_slice(&reference).unwrap();
@@ -874,9 +875,13 @@ proptest! {
                 .serialize_with_options(&mut serde_json::Serializer::new(&mut json), &options)
                 .unwrap();
             check_request(&generated, &json, Intended::default())?;
+            // What prost-reflect reads back (not its `null` for a non-finite
+            // wrapper), the plans write.
             let parsed = parse_request(&generated.plans, generated.index, &json, &TranscodeOptions::default());
+            let mut deserializer = serde_json::Deserializer::from_slice(&json);
+            let readable = DynamicMessage::deserialize(generated.root.clone(), &mut deserializer).is_ok();
             prop_assert!(
-                !matches!(parsed, Err(Declined::Unsupported)),
+                !readable || !matches!(parsed, Err(Declined::Unsupported)),
                 "left to the general way: {}", String::from_utf8_lossy(&json)
             );
         }
@@ -1431,9 +1436,12 @@ fn adversarial_nested(
                     out.push('}');
                 }
             }
-            _ => out.push_str(
-                r#"{"@type":"type.googleapis.com/google.protobuf.Int32Value","value":"1e1"}"#,
-            ),
+            _ => {
+                intended.integer_notation = true;
+                out.push_str(
+                    r#"{"@type":"type.googleapis.com/google.protobuf.Int32Value","value":"1e1"}"#,
+                );
+            }
         },
         name if name.starts_with("google.protobuf.") => {
             let value = desc.get_field_by_name("value").unwrap().kind();

@@ -53,6 +53,10 @@
 //!   prost-reflect refuses `3.4028235e38` (`f32::MAX` as printed) and reads
 //!   a float's string as an `f32` directly, making `"1e39"` an infinity;
 //!   here it is refused, as is a double's `"1e400"`.
+//! * `hidden_fields_are_not_read`: the bytes of a field the reply's filters
+//!   hide (internal, omitted, not asked for) are skipped, not decoded, so
+//!   malformed bytes there do not fail the reply; decoding the whole reply,
+//!   prost-reflect fails.
 //! * `a_key_given_twice_is_refused`: prost-reflect keeps the last value of a
 //!   key given twice; the first would be lost, so it is refused.
 //!
@@ -1623,7 +1627,9 @@ fn read_long_varint(buf: &[u8], pos: &mut usize, end: usize) -> Result<u64, Unsu
         let byte = *buf.get(*pos).filter(|_| *pos < end).ok_or(Unsupported)?;
         *pos += 1;
         value |= u64::from(byte & 0x7f) << (7 * i);
-        if byte < 0x80 {
+        // A tenth byte holds only the 64th bit: more overflows, and prost
+        // refuses the varint.
+        if byte < 0x80 && (i < 9 || byte < 2) {
             return Ok(value);
         }
     }
@@ -1815,6 +1821,49 @@ mod tests {
         }
         let string = format!(r#"{{"floatValue":"{literal}"}}"#);
         assert_ne!(echo.reference_parse(&string).unwrap().float_value, narrowed);
+    }
+
+    #[test]
+    fn hidden_fields_are_not_read() {
+        let echo = echo();
+        // Field 1 (`stringValue`), then field 17 (`nested`) holding a
+        // truncated string.
+        let wire = [
+            &[0x0a, 0x01, b's'][..],
+            &[0x8a, 0x01, 0x03, 0x0a, 0x05, b'a'],
+        ]
+        .concat();
+        let keep = MaskTree::parse(&echo.desc, ["stringValue"], |_, _| false).unwrap();
+        let masks = Masks {
+            omit: None,
+            keep: Some(&keep),
+        };
+        let options = TranscodeOptions::default();
+        let printed = echo.plans.print(echo.root, &wire, None, masks, &options);
+        assert_eq!(printed.unwrap(), br#"{"stringValue":"s"}"#);
+        assert!(DynamicMessage::decode(echo.desc.clone(), &wire[..]).is_err());
+    }
+
+    /// Found by `wire_variations_print_as_prost_reflect_decodes_them`.
+    #[test]
+    fn a_varint_past_64_bits_is_refused_as_prost_refuses_it() {
+        let echo = echo();
+        let options = TranscodeOptions::default();
+        for (last, valid) in [(0x01, true), (0x02, false), (0x7f, false)] {
+            // Field 3 (int64): nine bytes of all ones, then `last`.
+            let mut wire = vec![0x18];
+            wire.extend_from_slice(&[0xff; 9]);
+            wire.push(last);
+            let printed = echo
+                .plans
+                .print(echo.root, &wire, None, Masks::default(), &options);
+            let decoded = DynamicMessage::decode(echo.desc.clone(), &wire[..]);
+            assert_eq!(
+                (printed.is_ok(), decoded.is_ok()),
+                (valid, valid),
+                "{last:#x}"
+            );
+        }
     }
 
     #[test]

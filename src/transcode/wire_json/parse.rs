@@ -370,7 +370,8 @@ fn fields<'de, A: MapAccess<'de>>(
         .ok_or_else(unsupported)?;
     let keys = KeySeed {
         plan,
-        ignore_unknown: ctx.options.ignore_unknown_fields,
+        // prost-reflect refuses any key in an `Empty`.
+        ignore_unknown: ctx.options.ignore_unknown_fields && matches!(plan.form, Form::Fields),
     };
     let (mut seen, mut oneofs) = (0u64, 0u64);
     while let Some(index) = map.next_key_seed(keys)? {
