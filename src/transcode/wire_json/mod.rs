@@ -1841,7 +1841,7 @@ mod tests {
         let options = TranscodeOptions::default();
         let printed = echo.plans.print(echo.root, &wire, None, masks, &options);
         assert_eq!(printed.unwrap(), br#"{"stringValue":"s"}"#);
-        assert!(DynamicMessage::decode(echo.desc.clone(), &wire[..]).is_err());
+        assert!(DynamicMessage::decode(echo.desc, &wire[..]).is_err());
     }
 
     /// Found by `wire_variations_print_as_prost_reflect_decodes_them`.
