@@ -124,6 +124,7 @@ fn transcode(c: &mut Criterion) {
                 body: black_box(body),
             };
             request_message(
+                catalog.json_plans(),
                 &create_method.descriptor.input(),
                 &create.binding,
                 (catalog.field_rules(), &create_method.rules),
@@ -162,6 +163,7 @@ fn transcode(c: &mut Criterion) {
                 body: black_box(body),
             };
             let message = request_message(
+                catalog.json_plans(),
                 &create_method.descriptor.input(),
                 &create.binding,
                 (catalog.field_rules(), &create_method.rules),
@@ -177,6 +179,7 @@ fn transcode(c: &mut Criterion) {
 
     // The request message to wire bytes: one pass, or prost-reflect's encoder.
     let message = request_message(
+        catalog.json_plans(),
         &create_method.descriptor.input(),
         &create.binding,
         (catalog.field_rules(), &create_method.rules),

@@ -159,6 +159,7 @@ impl Gateway {
         body: Bytes,
     ) -> Result<DynamicMessage, Error> {
         transcode::raw_request_message(
+            matched.catalog.json_plans(),
             &matched.method().descriptor.input(),
             &matched.route().binding,
             matched.request_rules(),
@@ -201,6 +202,7 @@ impl Gateway {
             return Ok(Payload::Wire(wire));
         }
         transcode::request_message(
+            plans,
             &method.descriptor.input(),
             binding,
             matched.request_rules(),

@@ -8,6 +8,8 @@
 pub mod admin;
 mod allocator;
 mod boxed;
+#[doc(hidden)]
+pub mod codec_entry;
 pub mod config;
 pub mod demo;
 pub mod deprecation;

@@ -625,7 +625,7 @@ async fn bad_value_mid_stream_is_400_and_cancels_the_upstream_call() {
     let response = within(reply).await.unwrap().unwrap();
     assert_eq!(response.status(), 400);
     let body: Json = response.json().await.unwrap();
-    assert_status(&body, Code::InvalidArgument, "invalid JSON body");
+    assert_status(&body, Code::InvalidArgument, "invalid `index`");
     // The upstream saw the call fail, never a clean end of a half-read body.
     eventually("the upstream call is cancelled", || {
         probe.cancelled.load(SeqCst)

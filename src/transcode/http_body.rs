@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use prost_reflect::{DynamicMessage, MessageDescriptor, Value};
 
-use super::{request_message, FieldRules, MethodRules, RequestParts, TranscodeOptions};
+use super::{request_message, FieldRules, JsonPlans, MethodRules, RequestParts, TranscodeOptions};
 use crate::{
     error::Error,
     http_rule::{BindingPlan, BodyPlan},
@@ -17,6 +17,7 @@ const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 /// The request message of a binding whose body is an HttpBody (see
 /// [`BindingPlan::raw_request`]): path and query as usual, the body raw.
 pub fn raw_request_message(
+    plans: &JsonPlans,
     input: &MessageDescriptor,
     plan: &BindingPlan,
     rules: (&FieldRules, &MethodRules),
@@ -25,7 +26,7 @@ pub fn raw_request_message(
     options: &TranscodeOptions,
 ) -> Result<DynamicMessage, Error> {
     let parts = RequestParts { body: b"", ..parts };
-    let mut message = request_message(input, plan, rules, parts, options)?;
+    let mut message = request_message(plans, input, plan, rules, parts, options)?;
     let http_body = match &plan.body {
         BodyPlan::Field(field) => message.get_field_mut(field).as_message_mut(),
         BodyPlan::Whole => Some(&mut message),

@@ -22,8 +22,9 @@ pub use request::{request_message, request_wire, RequestParts};
 pub use response::{decode_reply, ReplyFilter, ReplyShape};
 pub use split::JsonSplitter;
 pub use stream::{Framer, StreamFormat};
-pub use wire_json::JsonPlans;
+pub(crate) use wire_json::Masks;
 pub(crate) use wire_json::{write_json_str, write_rfc3339};
+pub use wire_json::{Declined, JsonPlans};
 
 use crate::config::{Config, InternalInput};
 
@@ -37,6 +38,7 @@ pub struct TranscodeOptions {
     serialize: SerializeOptions,
     ignored_query: Box<[Box<str>]>,
     ignore_unknown_query: bool,
+    ignore_unknown_fields: bool,
     clear_internal_input: bool,
     emit_unpopulated: bool,
     use_proto_field_names: bool,
@@ -55,6 +57,7 @@ impl TranscodeOptions {
                 .skip_default_fields(!json.emit_unpopulated),
             ignored_query: query.ignored.iter().map(|p| p.as_str().into()).collect(),
             ignore_unknown_query: query.ignore_unknown,
+            ignore_unknown_fields: json.ignore_unknown_fields,
             clear_internal_input: config.filters.internal_input == InternalInput::Clear,
             emit_unpopulated: json.emit_unpopulated,
             use_proto_field_names: json.use_proto_field_names,

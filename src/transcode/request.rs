@@ -6,7 +6,10 @@ use prost_reflect::{
     DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage as _, Value,
 };
 
-use super::{query, scalar, update_mask, FieldRules, JsonPlans, MethodRules, TranscodeOptions};
+use super::{
+    query, scalar, update_mask, wire_json::body_error, Declined, FieldRules, JsonPlans,
+    MethodRules, TranscodeOptions,
+};
 use crate::{
     error::Error,
     http_rule::{BindingPlan, BodyPlan},
@@ -27,6 +30,7 @@ pub struct RequestParts<'a> {
 /// output-only fields cleared) before the path is bound, and `REQUIRED`
 /// fields are checked last.
 pub fn request_message(
+    plans: &JsonPlans,
     input: &MessageDescriptor,
     plan: &BindingPlan,
     (field_rules, method_rules): (&FieldRules, &MethodRules),
@@ -35,12 +39,12 @@ pub fn request_message(
 ) -> Result<DynamicMessage, Error> {
     let body = parts.body;
     let mut message = match &plan.body {
-        BodyPlan::Whole => parse_json(input, body, options)?,
+        BodyPlan::Whole => parse_json(plans, input, body, options)?,
         BodyPlan::None => DynamicMessage::new(input.clone()),
         BodyPlan::Field(field) => {
             let mut message = DynamicMessage::new(input.clone());
             if !is_blank(body) {
-                set_body_field(&mut message, field, body, options)?;
+                set_body_field(plans, &mut message, field, body, options)?;
             }
             message
         }
@@ -96,10 +100,14 @@ pub fn request_wire(
         let json = parts.body;
         match &plan.body {
             BodyPlan::None => {}
-            BodyPlan::Whole => plans.encode_json(input, None, json, &mut out).ok()?,
+            BodyPlan::Whole => plans
+                .encode_json(input, None, json, options, &mut out)
+                .ok()?,
             BodyPlan::Field(field) => {
                 let number = Some(field.number());
-                plans.encode_json(input, number, json, &mut out).ok()?;
+                plans
+                    .encode_json(input, number, json, options, &mut out)
+                    .ok()?;
             }
         }
     }
@@ -138,7 +146,11 @@ fn is_blank(body: &[u8]) -> bool {
 }
 
 /// Parses a JSON document into a message; a blank body is the empty message.
+/// The catalog's plans write it (their numbers are exact) and the bytes are
+/// decoded; prost-reflect parses what they leave. Either way an error in a
+/// value names the field by its JSON path.
 fn parse_json(
+    plans: &JsonPlans,
     desc: &MessageDescriptor,
     body: &[u8],
     options: &TranscodeOptions,
@@ -146,21 +158,33 @@ fn parse_json(
     if is_blank(body) {
         return Ok(DynamicMessage::new(desc.clone()));
     }
-    let json_error = |err: serde_json::Error| Error::InvalidJson(err.to_string().into());
+    if let Some(plan) = plans.index_of(desc) {
+        let mut wire = Vec::with_capacity(body.len());
+        match plans.encode_json(plan, None, body, options, &mut wire) {
+            Ok(()) => {
+                return DynamicMessage::decode(desc.clone(), &wire[..])
+                    .map_err(|err| Error::Internal(format!("planned bytes: {err}").into()));
+            }
+            Err(Declined::Invalid(err)) => return Err(err),
+            Err(Declined::Unsupported) => {}
+        }
+    }
+    let mut track = serde_path_to_error::Track::new();
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let message = DynamicMessage::deserialize_with_options(
-        desc.clone(),
-        &mut deserializer,
-        &options.deserialize,
-    )
-    .map_err(json_error)?;
-    deserializer.end().map_err(json_error)?;
+    let tracked = serde_path_to_error::Deserializer::new(&mut deserializer, &mut track);
+    let message =
+        DynamicMessage::deserialize_with_options(desc.clone(), tracked, &options.deserialize)
+            .map_err(|err| body_error(&track.path(), &err))?;
+    deserializer
+        .end()
+        .map_err(|err| Error::InvalidJson(err.to_string().into()))?;
     Ok(message)
 }
 
 /// `body: "field"`: a singular message field parses directly; any other field
 /// (repeated, map, scalar) parses through its parent keyed by its JSON name.
 fn set_body_field(
+    plans: &JsonPlans,
     message: &mut DynamicMessage,
     field: &FieldDescriptor,
     body: &[u8],
@@ -168,7 +192,7 @@ fn set_body_field(
 ) -> Result<(), Error> {
     let value = match field.kind() {
         Kind::Message(desc) if !field.is_list() && !field.is_map() => {
-            Value::Message(parse_json(&desc, body, options)?)
+            Value::Message(parse_json(plans, &desc, body, options)?)
         }
         _ => {
             let mut wrapped = Vec::with_capacity(body.len() + field.json_name().len() + 5);
@@ -177,7 +201,7 @@ fn set_body_field(
             wrapped.extend_from_slice(b"\":");
             wrapped.extend_from_slice(body);
             wrapped.push(b'}');
-            parse_json(&message.descriptor(), &wrapped, options)?
+            parse_json(plans, &message.descriptor(), &wrapped, options)?
                 .get_field(field)
                 .into_owned()
         }
@@ -254,7 +278,9 @@ mod tests {
                 .straight(plan, parts)
                 .unwrap_or_else(|| panic!("went the general way: {case}"));
             let rules = (&self.rules, &MethodRules::default());
-            let general = request_message(&self.echo, plan, rules, parts, &self.options).unwrap();
+            let general =
+                request_message(&self.plans, &self.echo, plan, rules, parts, &self.options)
+                    .unwrap();
             let mut expected = Vec::new();
             encode_message(&general, &mut expected);
             let expected = testing::meaning(&self.echo, &expected);

@@ -64,12 +64,15 @@ fn parse_kind(kind: &Kind, text: &str) -> Result<Value, String> {
         ),
         Kind::Double => Value::F64(parse_float(text).ok_or_else(|| expected("a number"))?),
         Kind::Float => {
+            // The nearest float of the nearest double, refused only when
+            // that overflows (`3.4028235e38`, as `f32::MAX` prints, is in).
             let value = parse_float(text).ok_or_else(|| expected("a number"))?;
-            if value.is_finite() && value.abs() > f64::from(f32::MAX) {
+            #[allow(clippy::cast_possible_truncation)]
+            let narrow = value as f32;
+            if value.is_finite() && narrow.is_infinite() {
                 return Err(expected("a 32-bit float (out of range)"));
             }
-            #[allow(clippy::cast_possible_truncation)]
-            Value::F32(value as f32)
+            Value::F32(narrow)
         }
         Kind::Bytes => Value::Bytes(
             STANDARD
@@ -179,6 +182,11 @@ mod tests {
         assert!(parse_kind(&Kind::Uint32, "-1").is_err());
         assert!(parse_kind(&Kind::Double, "nan").is_err());
         assert!(parse_kind(&Kind::Float, "1e300").is_err());
+        assert!(parse_kind(&Kind::Float, "3.4028236e38").is_err());
+        assert_eq!(
+            parse_kind(&Kind::Float, "3.4028235e38"),
+            Ok(Value::F32(f32::MAX))
+        );
         assert!(parse_kind(&Kind::Bool, "yes").is_err());
     }
 

@@ -7,7 +7,11 @@
 
 use std::borrow::Borrow;
 
-use prost_reflect::{DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, MapKey, Value};
+use prost_reflect::{
+    DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, MapKey, MessageDescriptor,
+    ReflectMessage as _, Value,
+};
+use prost_types::field_descriptor_proto::{Label, Type};
 
 /// Protobuf wire types.
 pub(crate) const VARINT: u32 = 0;
@@ -31,14 +35,47 @@ trait Describe {
 /// then extensions, then unknown fields (prost-reflect interleaves those two
 /// by number; fields may come in any order on the wire).
 pub fn encode(message: &DynamicMessage, out: &mut Vec<u8>) {
+    let mut first = None;
     for (desc, value) in message.fields() {
         field_value(&desc, value, out);
+        first.get_or_insert(desc);
+    }
+    // The message's type, from a field at hand when there is one (the
+    // message's own would be one more clone of the pool).
+    match &first {
+        Some(field) => negative_zeros(message, field.parent_message(), out),
+        None => negative_zeros(message, &message.descriptor(), out),
     }
     for (desc, value) in message.extensions() {
         field_value(&desc, value, out);
     }
     for unknown in message.unknown_fields() {
         unknown.encode(out);
+    }
+}
+
+/// The `-0.0`s of a message's singular float and double fields without
+/// presence. prost-reflect holds them but counts them as unset (`-0.0 ==
+/// 0.0`); the protobuf runtimes test the bits, and write them. Found through
+/// the descriptor's own protos: no descriptor is built for other fields.
+fn negative_zeros(message: &DynamicMessage, descriptor: &MessageDescriptor, out: &mut Vec<u8>) {
+    for field in &descriptor.descriptor_proto().field {
+        let float = matches!(field.r#type(), Type::Double | Type::Float);
+        let number = u32::try_from(field.number()).unwrap_or(0);
+        if !float || field.label() == Label::Repeated || message.has_field_by_number(number) {
+            continue;
+        }
+        match message.get_field_by_number(number).as_deref() {
+            Some(Value::F64(v)) if v.to_bits() == (-0.0f64).to_bits() => {
+                key(number, FIXED64, out);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            Some(Value::F32(v)) if v.to_bits() == (-0.0f32).to_bits() => {
+                key(number, FIXED32, out);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            _ => {}
+        }
     }
 }
 
@@ -93,19 +130,26 @@ fn field_value(desc: &impl Describe, value: &Value, out: &mut Vec<u8>) {
             let Kind::Message(entry) = desc.kind() else {
                 return;
             };
-            let key_kind = entry.map_entry_key_field().kind();
-            let value_kind = entry.map_entry_value_field().kind();
-            // Entries leave out a default key or scalar value, as prost-reflect does.
+            let (key_field, value_field) =
+                (entry.map_entry_key_field(), entry.map_entry_value_field());
+            let (key_kind, value_kind) = (key_field.kind(), value_field.kind());
+            // Entries leave out a default key or scalar value, as prost-reflect
+            // does, unless those fields have presence (proto2).
+            let (all_keys, all_values) = (
+                key_field.supports_presence(),
+                value_field.supports_presence(),
+            );
             for (map_key, map_value) in entries {
                 key(number, LEN, out);
                 length_delimited(out, |out| {
                     match map_key {
-                        MapKey::String(text) if text.is_empty() => {}
+                        MapKey::String(text) if text.is_empty() && !all_keys => {}
                         MapKey::Bool(false)
                         | MapKey::I32(0)
                         | MapKey::I64(0)
                         | MapKey::U32(0)
-                        | MapKey::U64(0) => {}
+                        | MapKey::U64(0)
+                            if !all_keys => {}
                         MapKey::String(text) => {
                             key(1, LEN, out);
                             bytes(text.as_bytes(), out);
@@ -121,7 +165,7 @@ fn field_value(desc: &impl Describe, value: &Value, out: &mut Vec<u8>) {
                     }
                     match map_value {
                         Value::Message(message) => nested(2, false, message, out),
-                        _ if is_default_scalar(map_value) => {}
+                        _ if !all_values && is_default_scalar(map_value) => {}
                         _ => {
                             key(2, wire_type(&value_kind), out);
                             scalar(&value_kind, map_value, out);
@@ -230,8 +274,9 @@ fn is_default_scalar(value: &Value) -> bool {
         Value::I64(v) => *v == 0,
         Value::U32(v) => *v == 0,
         Value::U64(v) => *v == 0,
-        Value::F32(v) => *v == 0.0,
-        Value::F64(v) => *v == 0.0,
+        // By bits: a `-0.0` map value is written, as the runtimes write it.
+        Value::F32(v) => v.to_bits() == 0,
+        Value::F64(v) => v.to_bits() == 0,
         Value::String(v) => v.is_empty(),
         Value::Bytes(v) => v.is_empty(),
         Value::Message(_) | Value::List(_) | Value::Map(_) => false,

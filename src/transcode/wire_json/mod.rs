@@ -11,15 +11,58 @@
 //! with the reply filters (internal fields, configured omissions, the
 //! client's `fields`) applied on the way.
 //!
-//! The output is the one `prost-reflect` prints for the decoded message (a
-//! test compares the two over every field kind and option), with three
-//! differences: map entries come out sorted by key, not in hash order; a
-//! `float` prints in its shortest form (prost-reflect widened it to a double
-//! when the reply was filtered); and a non-finite float wrapper prints as
-//! `"NaN"`/`"Infinity"`, as the proto3 JSON mapping says (not `null`). What
-//! the plans do not cover (`Any`, `Struct`, extensions, groups, repeated
-//! copies of a singular message, conflicting oneof members, malformed bytes)
-//! reports [`Unsupported`], and the caller decodes the reply the general way.
+//! The output is the one `prost-reflect` prints for the decoded message, and
+//! a parsed body means what prost-reflect parses, but for the differences
+//! below (`tests/codec_properties.rs` compares both ways over generated
+//! descriptor shapes). What the printer does not cover (extensions, groups,
+//! repeated copies of a singular message, conflicting oneof members,
+//! malformed bytes) reports [`Unsupported`], and the caller decodes the reply
+//! the general way.
+//!
+//! # Where protogate differs from prost-reflect, by design
+//!
+//! Each has a test of its name in this module's tests (`response.rs` for
+//! the non-finite wrappers).
+//!
+//! * `map_entries_print_sorted_by_key`: not in hash order, so that one reply
+//!   always prints the same.
+//! * `floats_print_in_their_own_shortest_form`: a `float` prints as the
+//!   shortest literal of its `f32` (`0.1`); prost-reflect widens it to a
+//!   double when it builds a JSON tree for a filtered reply
+//!   (`0.10000000149011612`).
+//! * `non_finite_wrappers_print_as_strings`: a `FloatValue` or `DoubleValue`
+//!   holding NaN or an infinity prints as `"NaN"`, `"Infinity"`, as the
+//!   proto3 JSON mapping says; prost-reflect prints `null`.
+//! * `negative_zero_is_kept_both_ways`: a `-0.0` in a field without
+//!   presence is printed, and written to the upstream (by the parser and by
+//!   `upstream/encode.rs`). prost-reflect compares with `0.0` and leaves it
+//!   out; the protobuf runtimes test the bits, so a client's `-0.0` would
+//!   otherwise reach the backend altered.
+//! * `the_empty_any_is_braces_both_ways`: `{}` parses as the empty `Any`, as
+//!   proto3 JSON reads it, and prints back as `{}`; prost-reflect refuses
+//!   both ways.
+//! * `integers_in_any_notation_are_exact`: an integer field takes a number in
+//!   exponent or fractional notation, or a string of one, when its value is
+//!   integral (`1e2`, `100.0`, `"1e2"`), read exactly from its text.
+//!   prost-reflect refuses such strings and reads numbers through a double:
+//!   `1.0000000000000000001` became 1, `9223372036854775808.0` became
+//!   `i64::MAX`. Here those are refused (not integral, out of range).
+//! * `floats_are_the_nearest_f32_of_the_nearest_double`: every number is
+//!   the nearest double of its text (`str::parse::<f64>`), narrowed to `f32`
+//!   for a `float`, which is refused only when that overflows.
+//!   prost-reflect refuses `3.4028235e38` (`f32::MAX` as printed) and reads
+//!   a float's string as an `f32` directly, making `"1e39"` an infinity;
+//!   here it is refused, as is a double's `"1e400"`.
+//! * `hidden_fields_are_not_read`: the bytes of a field the reply's filters
+//!   hide (internal, omitted, not asked for) are skipped, not decoded, so
+//!   malformed bytes there do not fail the reply; decoding the whole reply,
+//!   prost-reflect fails.
+//! * `a_key_given_twice_is_refused`: prost-reflect keeps the last value of a
+//!   key given twice; the first would be lost, so it is refused.
+//!
+//! Bodies the plans leave go to prost-reflect (see `parse.rs`), whose
+//! numbers are then its own: an `Any` whose `@type` is not its first key,
+//! a timestamp not in UTC, a message with extensions or groups.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -36,6 +79,9 @@ use super::{field_mask::MaskTree, field_rules::FieldRules, TranscodeOptions};
 use crate::upstream::encode;
 
 mod parse;
+
+pub(crate) use parse::body_error;
+pub use parse::Declined;
 
 /// Deeper replies are left to the general decoder (which refuses them).
 const MAX_DEPTH: u32 = 100;
@@ -220,6 +266,14 @@ impl JsonPlans {
             .map(|message| MessagePlan::new(message, &by_name, &mut enums, rules))
             .collect();
         Self { messages, by_name }
+    }
+
+    /// Whether plan `plan` is `google.protobuf.Value`, which holds `null`.
+    fn is_value(&self, plan: usize) -> bool {
+        matches!(
+            self.messages.get(plan).map(|p| &p.form),
+            Some(Form::Dynamic(d)) if d.full_name() == "google.protobuf.Value"
+        )
     }
 
     /// The plan of a message type, resolved once per method.
@@ -618,6 +672,13 @@ impl Printer<'_> {
                 }
             }
             Form::Empty => {
+                self.out.extend_from_slice(b"{}");
+                Ok(())
+            }
+            // The empty `Any` (no type) is `{}`, as it parses.
+            Form::Dynamic(descriptor)
+                if start == end && descriptor.full_name() == "google.protobuf.Any" =>
+            {
                 self.out.extend_from_slice(b"{}");
                 Ok(())
             }
@@ -1168,8 +1229,11 @@ impl Printer<'_> {
     fn is_default(&self, value: &ValueKind, entry: Entry) -> Result<bool, Unsupported> {
         let bytes = &self.buf[entry.start..entry.end];
         Ok(match value {
-            ValueKind::Scalar(Scalar::Float) => self.f32_at(entry.start, entry.end)? == 0.0,
-            ValueKind::Scalar(Scalar::Double) => self.f64_at(entry.start, entry.end)? == 0.0,
+            // By bits, as the protobuf runtimes test it: `-0.0` is set.
+            ValueKind::Scalar(Scalar::Float) => self.f32_at(entry.start, entry.end)?.to_bits() == 0,
+            ValueKind::Scalar(Scalar::Double) => {
+                self.f64_at(entry.start, entry.end)?.to_bits() == 0
+            }
             ValueKind::Scalar(Scalar::String | Scalar::Bytes) => bytes.is_empty(),
             ValueKind::Scalar(Scalar::Int32 | Scalar::Sint32 | Scalar::Uint32) => {
                 // Only the low 32 bits count, as in decoding.
@@ -1563,7 +1627,9 @@ fn read_long_varint(buf: &[u8], pos: &mut usize, end: usize) -> Result<u64, Unsu
         let byte = *buf.get(*pos).filter(|_| *pos < end).ok_or(Unsupported)?;
         *pos += 1;
         value |= u64::from(byte & 0x7f) << (7 * i);
-        if byte < 0x80 {
+        // A tenth byte holds only the 64th bit: more overflows, and prost
+        // refuses the varint.
+        if byte < 0x80 && (i < 9 || byte < 2) {
             return Ok(value);
         }
     }
@@ -1572,7 +1638,241 @@ fn read_long_varint(buf: &[u8], pos: &mut usize, end: usize) -> Result<u64, Unsu
 
 #[cfg(test)]
 mod tests {
+    use prost::Message as _;
+    use prost_reflect::DynamicMessage;
+
     use super::*;
+    use crate::{pb::protogate::testing::v1::EchoMessage, transcode::Declined};
+
+    /// The test protos' `EchoMessage` and its plans.
+    struct Echo {
+        desc: MessageDescriptor,
+        plans: JsonPlans,
+        root: usize,
+    }
+
+    fn echo() -> Echo {
+        let pool = crate::testing::pool();
+        let plans = JsonPlans::new(&pool, &FieldRules::new(&pool));
+        let desc = pool
+            .get_message_by_name("protogate.testing.v1.EchoMessage")
+            .unwrap();
+        let root = plans.index_of(&desc).unwrap();
+        Echo { desc, plans, root }
+    }
+
+    impl Echo {
+        fn print(&self, reply: &EchoMessage) -> String {
+            self.print_wire(&reply.encode_to_vec())
+        }
+
+        fn print_wire(&self, wire: &[u8]) -> String {
+            let options = TranscodeOptions::default();
+            let printed = self
+                .plans
+                .print(self.root, wire, None, Masks::default(), &options);
+            String::from_utf8(printed.unwrap()).unwrap()
+        }
+
+        /// prost-reflect's JSON of the same reply, as a JSON tree.
+        fn reference(&self, wire: &[u8]) -> serde_json::Value {
+            let decoded = DynamicMessage::decode(self.desc.clone(), wire);
+            serde_json::to_value(decoded.unwrap()).unwrap()
+        }
+
+        fn parse(&self, json: &str) -> Result<EchoMessage, Declined> {
+            let mut wire = Vec::new();
+            let options = TranscodeOptions::default();
+            self.plans
+                .encode_json(self.root, None, json.as_bytes(), &options, &mut wire)?;
+            Ok(EchoMessage::decode(&wire[..]).unwrap())
+        }
+
+        /// What prost-reflect parses, written by prost.
+        fn reference_parse(&self, json: &str) -> Result<EchoMessage, serde_json::Error> {
+            let mut deserializer = serde_json::Deserializer::from_str(json);
+            let message = DynamicMessage::deserialize(self.desc.clone(), &mut deserializer)?;
+            Ok(EchoMessage::decode(&message.encode_to_vec()[..]).unwrap())
+        }
+    }
+
+    fn refused(parsed: &Result<EchoMessage, Declined>) -> bool {
+        matches!(parsed, Err(Declined::Invalid(_)))
+    }
+
+    #[test]
+    fn map_entries_print_sorted_by_key() {
+        let echo = echo();
+        let labels = [("b", "2"), ("c", "3"), ("a", "1")];
+        let reply = EchoMessage {
+            labels: labels.map(|(k, v)| (k.into(), v.into())).into(),
+            ..EchoMessage::default()
+        };
+        assert_eq!(
+            echo.print(&reply),
+            r#"{"labels":{"a":"1","b":"2","c":"3"}}"#
+        );
+    }
+
+    #[test]
+    fn floats_print_in_their_own_shortest_form() {
+        let echo = echo();
+        let reply = EchoMessage {
+            float_value: 0.1,
+            ..EchoMessage::default()
+        };
+        assert_eq!(echo.print(&reply), r#"{"floatValue":0.1}"#);
+        // A JSON tree holds a double: how prost-reflect prints a filtered reply.
+        let reference = echo.reference(&reply.encode_to_vec());
+        assert_eq!(reference["floatValue"], 0.10000000149011612);
+    }
+
+    #[test]
+    fn negative_zero_is_kept_both_ways() {
+        let echo = echo();
+        // Fields 12 (float) and 13 (double) as a runtime writes them; prost,
+        // like prost-reflect, would leave them out.
+        let mut wire = Vec::new();
+        encode::key(12, encode::FIXED32, &mut wire);
+        wire.extend_from_slice(&(-0.0f32).to_le_bytes());
+        encode::key(13, encode::FIXED64, &mut wire);
+        wire.extend_from_slice(&(-0.0f64).to_le_bytes());
+        assert_eq!(
+            echo.print_wire(&wire),
+            r#"{"floatValue":-0.0,"doubleValue":-0.0}"#
+        );
+        assert_eq!(echo.reference(&wire), serde_json::json!({}));
+
+        let json = r#"{"doubleValue":-0.0,"floatWrapper":-0.0,"doubleByKey":{"k":-0.0}}"#;
+        let negative = |m: &EchoMessage| {
+            [
+                m.double_value,
+                f64::from(m.float_wrapper.unwrap_or(1.0)),
+                m.double_by_key["k"],
+            ]
+            .map(|v| v.to_bits() == (-0.0f64).to_bits())
+        };
+        assert_eq!(negative(&echo.parse(json).unwrap()), [true; 3]);
+        assert_eq!(negative(&echo.reference_parse(json).unwrap()), [false; 3]);
+        // The encoder of the general way writes it too.
+        let decoded = DynamicMessage::decode(echo.desc, &wire[..]);
+        let mut wire = Vec::new();
+        encode::encode(&decoded.unwrap(), &mut wire);
+        let written = EchoMessage::decode(&wire[..]).unwrap();
+        assert_eq!(written.double_value.to_bits(), (-0.0f64).to_bits());
+    }
+
+    #[test]
+    fn the_empty_any_is_braces_both_ways() {
+        let echo = echo();
+        let parsed = echo.parse(r#"{"any":{}}"#).unwrap();
+        assert_eq!(parsed.any, Some(prost_types::Any::default()));
+        assert!(echo.reference_parse(r#"{"any":{}}"#).is_err());
+        assert_eq!(echo.print(&parsed), r#"{"any":{}}"#);
+    }
+
+    #[test]
+    fn integers_in_any_notation_are_exact() {
+        let echo = echo();
+        let json =
+            r#"{"int64Value":"1e3","int32Value":100.0,"uint64Value":1.8446744073709551615e19}"#;
+        let parsed = echo.parse(json).unwrap();
+        assert_eq!(
+            (parsed.int64_value, parsed.int32_value, parsed.uint64_value),
+            (1_000, 100, u64::MAX)
+        );
+        assert!(
+            echo.reference_parse(json).is_err(),
+            "a string in exponent form"
+        );
+        let rounded = r#"{"int32Value":1.0000000000000000001}"#;
+        assert!(refused(&echo.parse(rounded)));
+        assert_eq!(echo.reference_parse(rounded).unwrap().int32_value, 1);
+        let saturated = r#"{"int64Value":9223372036854775808.0}"#;
+        assert!(refused(&echo.parse(saturated)));
+        assert_eq!(
+            echo.reference_parse(saturated).unwrap().int64_value,
+            i64::MAX
+        );
+    }
+
+    #[test]
+    fn floats_are_the_nearest_f32_of_the_nearest_double() {
+        let echo = echo();
+        let max = r#"{"floatValue":3.4028235e38}"#;
+        assert_eq!(echo.parse(max).unwrap().float_value, f32::MAX);
+        assert!(echo.reference_parse(max).is_err());
+        for beyond in [r#"{"floatValue":"1e39"}"#, r#"{"doubleValue":"1e400"}"#] {
+            assert!(refused(&echo.parse(beyond)), "{beyond}");
+            let reference = echo.reference_parse(beyond).unwrap();
+            assert!(reference.float_value.is_infinite() || reference.double_value.is_infinite());
+        }
+        // Just above the midpoint of two floats, whose nearest double is
+        // that midpoint: the double's nearest float (ties to even) is 1.0.
+        let literal = "1.000000059604644776";
+        let narrowed = literal.parse::<f64>().unwrap() as f32;
+        assert_eq!(narrowed, 1.0);
+        assert_ne!(literal.parse::<f32>().unwrap(), narrowed);
+        for json in [
+            format!(r#"{{"floatValue":{literal}}}"#),
+            format!(r#"{{"floatValue":"{literal}"}}"#),
+        ] {
+            assert_eq!(echo.parse(&json).unwrap().float_value, narrowed, "{json}");
+        }
+        let string = format!(r#"{{"floatValue":"{literal}"}}"#);
+        assert_ne!(echo.reference_parse(&string).unwrap().float_value, narrowed);
+    }
+
+    #[test]
+    fn hidden_fields_are_not_read() {
+        let echo = echo();
+        // Field 1 (`stringValue`), then field 17 (`nested`) holding a
+        // truncated string.
+        let wire = [
+            &[0x0a, 0x01, b's'][..],
+            &[0x8a, 0x01, 0x03, 0x0a, 0x05, b'a'],
+        ]
+        .concat();
+        let keep = MaskTree::parse(&echo.desc, ["stringValue"], |_, _| false).unwrap();
+        let masks = Masks {
+            omit: None,
+            keep: Some(&keep),
+        };
+        let options = TranscodeOptions::default();
+        let printed = echo.plans.print(echo.root, &wire, None, masks, &options);
+        assert_eq!(printed.unwrap(), br#"{"stringValue":"s"}"#);
+        assert!(DynamicMessage::decode(echo.desc, &wire[..]).is_err());
+    }
+
+    /// Found by `wire_variations_print_as_prost_reflect_decodes_them`.
+    #[test]
+    fn a_varint_past_64_bits_is_refused_as_prost_refuses_it() {
+        let echo = echo();
+        let options = TranscodeOptions::default();
+        for (last, valid) in [(0x01, true), (0x02, false), (0x7f, false)] {
+            // Field 3 (int64): nine bytes of all ones, then `last`.
+            let mut wire = vec![0x18];
+            wire.extend_from_slice(&[0xff; 9]);
+            wire.push(last);
+            let printed = echo
+                .plans
+                .print(echo.root, &wire, None, Masks::default(), &options);
+            let decoded = DynamicMessage::decode(echo.desc.clone(), &wire[..]);
+            assert_eq!(
+                (printed.is_ok(), decoded.is_ok()),
+                (valid, valid),
+                "{last:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused() {
+        let echo = echo();
+        let twice = r#"{"stringValue":"a","string_value":"b"}"#;
+        assert!(refused(&echo.parse(twice)));
+        assert_eq!(echo.reference_parse(twice).unwrap().string_value, "b");
+    }
 
     #[test]
     fn json_strings_match_serde_json() {
