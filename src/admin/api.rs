@@ -35,7 +35,7 @@ use crate::{
     config::{self, AdminToken, UpstreamConfig},
     error::{self, Error},
     registry::{
-        check_name, ApplyError, Catalog, Change, CompileError, LoadError, ProtoSources, Registry,
+        check_name, ApplyError, Catalog, Change, LoadError, ProtoSources, Registry,
         UpstreamSetting, DEFAULT_UPSTREAM_TIMEOUT,
     },
 };
@@ -388,7 +388,7 @@ async fn read_upload(name: &str, request: Request, limit: usize) -> Result<Bytes
         "" | "application/x-protobuf" | "application/octet-stream" => return Ok(body),
         "application/x-tar" | "application/tar" => ProtoSources::from_tar(&body, limit),
         "application/zip" | "application/x-zip-compressed" => ProtoSources::from_zip(&body, limit),
-        "multipart/form-data" => multipart_sources(&content_type, body, limit).await,
+        "multipart/form-data" => ProtoSources::from_multipart(&content_type, body, limit).await,
         other => {
             return Err(invalid(
                 "content-type",
@@ -400,41 +400,6 @@ async fn read_upload(name: &str, request: Request, limit: usize) -> Result<Bytes
         .await
         .map_err(|_| ApiError(Error::Internal("the compiler stopped".into())))?;
     compiled.map_err(|err| ApiError(Error::Rejected(LoadError::single(name, err.to_string()))))
-}
-
-/// Every part with a `.proto` file name; other parts are ignored.
-async fn multipart_sources(
-    content_type: &str,
-    body: Bytes,
-    limit: usize,
-) -> Result<ProtoSources, CompileError> {
-    let boundary = multer::parse_boundary(content_type).map_err(|err| multipart_error(&err))?;
-    let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) });
-    let mut multipart = multer::Multipart::new(stream, boundary);
-    let mut sources = ProtoSources::new(limit);
-    while let Some(field) = multipart
-        .next_field()
-        .await
-        .map_err(|err| multipart_error(&err))?
-    {
-        let Some(file_name) = field.file_name().map(str::to_owned) else {
-            continue;
-        };
-        if file_name.ends_with(".proto") {
-            let source = field.bytes().await.map_err(|err| multipart_error(&err))?;
-            sources.insert(&file_name, source.to_vec())?;
-        }
-    }
-    Ok(sources)
-}
-
-fn multipart_error(err: &multer::Error) -> CompileError {
-    CompileError {
-        file: None,
-        line: None,
-        column: None,
-        message: format!("not a readable multipart body: {err}"),
-    }
 }
 
 /// The whole body, or 413 past `limit`.

@@ -1,9 +1,9 @@
 //! `.proto` sources → a serialized `FileDescriptorSet`, compiled in-process
 //! with protox: uploaded files first, then the vendored google/api,
 //! google/rpc and protogate protos (embedded, so the binary needs no source
-//! tree), then the well-known types. Archives (tar, zip) are read with their
-//! paths checked and their unpacked size bounded; a compile error names the
-//! file, line and column.
+//! tree), then the well-known types. Archives (tar, zip) and multipart
+//! bodies are read with their paths checked and their unpacked size
+//! bounded; a compile error names the file, line and column.
 
 use std::{
     collections::BTreeMap,
@@ -143,6 +143,31 @@ impl ProtoSources {
             let name = file.name().to_owned();
             let source = read_bounded(file, sources.remaining())?;
             sources.insert(&name, source)?;
+        }
+        Ok(sources)
+    }
+
+    /// Every part of a `multipart/form-data` body with a `.proto` file
+    /// name; other parts are ignored.
+    pub async fn from_multipart(
+        content_type: &str,
+        body: Bytes,
+        limit: usize,
+    ) -> Result<Self, CompileError> {
+        let unreadable =
+            |err: multer::Error| general(format!("not a readable multipart body: {err}"));
+        let boundary = multer::parse_boundary(content_type).map_err(unreadable)?;
+        let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) });
+        let mut multipart = multer::Multipart::new(stream, boundary);
+        let mut sources = Self::new(limit);
+        while let Some(field) = multipart.next_field().await.map_err(unreadable)? {
+            let Some(file_name) = field.file_name().map(str::to_owned) else {
+                continue;
+            };
+            if file_name.ends_with(".proto") {
+                let source = field.bytes().await.map_err(unreadable)?;
+                sources.insert(&file_name, source.to_vec())?;
+            }
         }
         Ok(sources)
     }
