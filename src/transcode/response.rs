@@ -88,8 +88,9 @@ impl ReplyFilter {
         self.encode(&mut message, shape, options)
     }
 
-    /// Filters a decoded reply and encodes it (or its `response_body` field).
-    fn encode(
+    /// Filters a decoded reply and encodes it (or its `response_body` field):
+    /// the general way, which [`Self::print`] must agree with.
+    pub(crate) fn encode(
         &self,
         reply: &mut DynamicMessage,
         shape: ReplyShape<'_>,
