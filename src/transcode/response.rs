@@ -658,6 +658,11 @@ mod tests {
             vec![0x0a, 0x05, b'a'],       // truncated
             field(1, 0, &[1]),            // wrong wire type
             vec![0x80, 0x80, 0x80, 0x80], // unterminated tag
+            field(
+                2,
+                0,
+                &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02],
+            ), // past 64 bits
         ] {
             let err = ReplyFilter::default()
                 .print(&bytes, shape, &options)

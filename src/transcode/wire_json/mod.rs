@@ -1564,7 +1564,13 @@ fn read_long_varint(buf: &[u8], pos: &mut usize, end: usize) -> Result<u64, Unsu
         *pos += 1;
         value |= u64::from(byte & 0x7f) << (7 * i);
         if byte < 0x80 {
-            return Ok(value);
+            // A tenth byte holds bit 63 only: more is an overflow, which
+            // prost refuses to decode.
+            return if i == 9 && byte > 1 {
+                Err(Unsupported)
+            } else {
+                Ok(value)
+            };
         }
     }
     Err(Unsupported)
