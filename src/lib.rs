@@ -14,6 +14,9 @@ pub mod config;
 pub mod demo;
 pub mod deprecation;
 pub mod error;
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod fuzz_logic;
 mod gateway;
 pub mod http_rule;
 pub mod observe;
@@ -22,7 +25,7 @@ pub mod registry;
 pub mod router;
 pub mod server;
 mod streaming;
-#[cfg(test)]
+#[cfg(any(test, fuzzing))]
 mod testing;
 pub mod token;
 pub mod transcode;

@@ -1,15 +1,21 @@
-//! What unit tests share: the test protos' descriptors, and how to compare
-//! two encodings of a message by what they mean.
+//! What unit tests and the fuzz targets share: the test protos'
+//! descriptors, and how to compare two encodings of a message by what they
+//! mean.
 
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
+use prost_reflect::{DynamicMessage, MessageDescriptor};
+
+/// The descriptor set of `protos/protogate/testing`, with its imports.
+pub(crate) const SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/protogate.testing.v1.binpb"));
 
 /// Every type of `protos/protogate/testing`, with its imports.
-pub(crate) fn pool() -> DescriptorPool {
-    let set = include_bytes!(concat!(env!("OUT_DIR"), "/protogate.testing.v1.binpb"));
-    DescriptorPool::decode(&set[..]).expect("the test protos' descriptor set decodes")
+#[cfg(test)]
+pub(crate) fn pool() -> prost_reflect::DescriptorPool {
+    prost_reflect::DescriptorPool::decode(SET).expect("the test protos' descriptor set decodes")
 }
 
 /// A message type of [`pool`] by its full name.
+#[cfg(test)]
 pub(crate) fn message(name: &str) -> MessageDescriptor {
     pool()
         .get_message_by_name(name)

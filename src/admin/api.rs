@@ -411,7 +411,7 @@ async fn read_upload(name: &str, request: Request, limit: usize) -> Result<Bytes
         "application/zip" | "application/x-zip-compressed" => UploadFormat::Zip,
         "application/gzip" | "application/x-gzip" => UploadFormat::Gzip,
         "multipart/form-data" => {
-            let sources = multipart_sources(&content_type, body, limit).await;
+            let sources = ProtoSources::from_multipart(&content_type, body, limit).await;
             return compile(name, move || sources?.compile()).await;
         }
         other => {
@@ -436,41 +436,6 @@ async fn compile(
         .await
         .map_err(|_| ApiError(Error::Internal("the compiler stopped".into())))?;
     compiled.map_err(|err| ApiError(Error::Rejected(LoadError::single(name, err.to_string()))))
-}
-
-/// Every part with a `.proto` file name; other parts are ignored.
-async fn multipart_sources(
-    content_type: &str,
-    body: Bytes,
-    limit: usize,
-) -> Result<ProtoSources, CompileError> {
-    let boundary = multer::parse_boundary(content_type).map_err(|err| multipart_error(&err))?;
-    let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) });
-    let mut multipart = multer::Multipart::new(stream, boundary);
-    let mut sources = ProtoSources::new(limit);
-    while let Some(field) = multipart
-        .next_field()
-        .await
-        .map_err(|err| multipart_error(&err))?
-    {
-        let Some(file_name) = field.file_name().map(str::to_owned) else {
-            continue;
-        };
-        if file_name.ends_with(".proto") {
-            let source = field.bytes().await.map_err(|err| multipart_error(&err))?;
-            sources.insert(&file_name, source.to_vec())?;
-        }
-    }
-    Ok(sources)
-}
-
-fn multipart_error(err: &multer::Error) -> CompileError {
-    CompileError {
-        file: None,
-        line: None,
-        column: None,
-        message: format!("not a readable multipart body: {err}"),
-    }
 }
 
 /// The whole body, or 413 past `limit`.

@@ -1,10 +1,10 @@
 //! `.proto` sources → a serialized `FileDescriptorSet`, compiled in-process
 //! with protox: uploaded files first, then the vendored google/api,
 //! google/rpc and protogate protos (embedded, so the binary needs no source
-//! tree), then the well-known types. Archives (tar, zip, gzip) are read with
-//! their paths checked and their unpacked size bounded; a compile error
-//! names the file, line and column. [`UploadFormat`] tells an upload's kind
-//! by its first bytes when nothing else does.
+//! tree), then the well-known types. Archives (tar, zip, gzip) and multipart
+//! bodies are read with their paths checked and their unpacked size
+//! bounded; a compile error names the file, line and column. [`UploadFormat`]
+//! tells an upload's kind by its first bytes when nothing else does.
 
 use std::{
     collections::BTreeMap,
@@ -60,6 +60,13 @@ pub enum UploadFormat {
     /// A gzip stream of a tar (`.tar.gz`) or of a descriptor set.
     Gzip,
 }
+
+/// Deepest nesting of `{}` and `<>` a source may have. protox parses nested
+/// messages and option values (text format) recursively, and an upload
+/// nested a few hundred levels deep overflowed the compiling thread's stack,
+/// aborting the process. Nothing nested this deep could load anyway: prost
+/// decodes descriptors nested at most 100 levels.
+const MAX_NESTING: usize = 64;
 
 /// Uploaded `.proto` files by their import path.
 #[derive(Debug, Clone, Default)]
@@ -165,6 +172,12 @@ impl ProtoSources {
         }
         let source = String::from_utf8(source)
             .map_err(|_| in_file(&name, "is not valid UTF-8".to_owned()))?;
+        if nesting(&source) > MAX_NESTING {
+            return Err(in_file(
+                &name,
+                format!("nests braces deeper than {MAX_NESTING} levels"),
+            ));
+        }
         self.files.insert(name, source);
         Ok(())
     }
@@ -207,6 +220,31 @@ impl ProtoSources {
             let name = file.name().to_owned();
             let source = read_bounded(file, sources.remaining())?;
             sources.insert(&name, source)?;
+        }
+        Ok(sources)
+    }
+
+    /// Every part of a `multipart/form-data` body with a `.proto` file
+    /// name; other parts are ignored.
+    pub async fn from_multipart(
+        content_type: &str,
+        body: Bytes,
+        limit: usize,
+    ) -> Result<Self, CompileError> {
+        let unreadable =
+            |err: multer::Error| general(format!("not a readable multipart body: {err}"));
+        let boundary = multer::parse_boundary(content_type).map_err(unreadable)?;
+        let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) });
+        let mut multipart = multer::Multipart::new(stream, boundary);
+        let mut sources = Self::new(limit);
+        while let Some(field) = multipart.next_field().await.map_err(unreadable)? {
+            let Some(file_name) = field.file_name().map(str::to_owned) else {
+                continue;
+            };
+            if file_name.ends_with(".proto") {
+                let source = field.bytes().await.map_err(unreadable)?;
+                sources.insert(&file_name, source.to_vec())?;
+            }
         }
         Ok(sources)
     }
@@ -271,6 +309,79 @@ fn line_column(source: &str, offset: usize) -> (usize, usize) {
         .map_or(0, |text| text.chars().count())
         + 1;
     (line, column)
+}
+
+/// The deepest nesting of `{}` and `<>` in `source` outside comments and
+/// string literals, as protox's lexer reads them: `//` and `#` comments to
+/// the end of the line; `/* */` comments, which nest (one left open at the
+/// end of the file ends at its last `*/`); strings in `"` or `'`, with
+/// backslash escapes, ending at their quote or at a line break.
+fn nesting(source: &str) -> usize {
+    let bytes = source.as_bytes();
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut at = 0;
+    while let Some(&byte) = bytes.get(at) {
+        at += 1;
+        match byte {
+            b'{' | b'<' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b'>' => depth = depth.saturating_sub(1),
+            b'#' => at = line_end(bytes, at),
+            b'/' if bytes.get(at) == Some(&b'/') => at = line_end(bytes, at),
+            b'/' if bytes.get(at) == Some(&b'*') => at = block_comment_end(bytes, at + 1),
+            b'"' | b'\'' => at = string_end(bytes, at, byte),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+fn line_end(bytes: &[u8], from: usize) -> usize {
+    bytes[from..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(bytes.len(), |i| from + i + 1)
+}
+
+/// Where a block comment whose `/*` ends at `from` ends.
+fn block_comment_end(bytes: &[u8], from: usize) -> usize {
+    let (mut depth, mut last_close) = (1usize, None);
+    let mut at = from;
+    while at < bytes.len() {
+        match &bytes[at..] {
+            [b'*', b'/', ..] => {
+                at += 2;
+                depth -= 1;
+                if depth == 0 {
+                    return at;
+                }
+                last_close = Some(at);
+            }
+            [b'/', b'*', ..] => {
+                at += 2;
+                depth += 1;
+            }
+            _ => at += 1,
+        }
+    }
+    last_close.unwrap_or(bytes.len())
+}
+
+/// Where a string opened by `quote` just before `from` ends.
+fn string_end(bytes: &[u8], from: usize, quote: u8) -> usize {
+    let mut at = from;
+    while let Some(&byte) = bytes.get(at) {
+        at += 1;
+        match byte {
+            b'\n' => return at,
+            b'\\' if bytes.get(at) != Some(&b'\n') => at += 1,
+            _ if byte == quote => return at,
+            _ => {}
+        }
+    }
+    at
 }
 
 /// A relative path of normal components ending in `.proto`.
@@ -478,6 +589,55 @@ mod tests {
             .descriptor_set(Bytes::from_static(&[0x1f, 0x8b, 1]), 1000)
             .unwrap_err();
         assert!(err.message.contains("not a readable gzip"), "{err}");
+    }
+
+    /// A file nested past the limit is refused by name before protox
+    /// recurses into it (it once overflowed the stack and aborted).
+    #[test]
+    fn deeply_nested_sources_are_refused() {
+        let messages = |depth: usize| {
+            let open: String = (0..depth).map(|i| format!("message M{i} {{ ")).collect();
+            format!("syntax = \"proto3\";\n{open}{}", "}".repeat(depth))
+        };
+        let mut sources = ProtoSources::new(1 << 20);
+        let err = sources
+            .insert("deep.proto", messages(1000).into_bytes())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "deep.proto: nests braces deeper than 64 levels"
+        );
+        sources
+            .insert("ok.proto", messages(MAX_NESTING).into_bytes())
+            .unwrap();
+        sources.compile().unwrap();
+        let options = format!(
+            "syntax = \"proto3\";\nimport \"google/api/annotations.proto\";\n\
+             message M {{}}\nservice S {{ rpc A(M) returns (M) {{ option (google.api.http) = \
+             {{ get: \"/a\" {}{} }}; }} }}\n",
+            "additional_bindings < get: \"/b\" ".repeat(100),
+            ">".repeat(100)
+        );
+        assert!(ProtoSources::new(1 << 20)
+            .insert("options.proto", options.into_bytes())
+            .is_err());
+    }
+
+    #[test]
+    fn nesting_is_counted_as_protox_reads_tokens() {
+        for (source, depth) in [
+            ("message A { message B { } }", 2),
+            ("map<string, M> m = 1; { <", 2),
+            ("{ // }\n { # }\n {", 3),
+            ("{ /* } /* } */ } */ {", 2),
+            ("{ /* /* } */ { ", 2),
+            ("{ \"}\\\"}\" { '}\"' {", 3),
+            ("{ \"open\n } {", 1),
+            ("{ \"a\\\n } {", 1),
+            ("} } {", 1),
+        ] {
+            assert_eq!(nesting(source), depth, "{source:?}");
+        }
     }
 
     #[test]

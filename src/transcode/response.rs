@@ -99,8 +99,9 @@ impl ReplyFilter {
         self.encode(&mut message, shape, options)
     }
 
-    /// Filters a decoded reply and encodes it (or its `response_body` field).
-    fn encode(
+    /// Filters a decoded reply and encodes it (or its `response_body` field):
+    /// the general way, which [`Self::print`] must agree with.
+    pub(crate) fn encode(
         &self,
         reply: &mut DynamicMessage,
         shape: ReplyShape<'_>,
@@ -671,6 +672,11 @@ mod tests {
             vec![0x0a, 0x05, b'a'],       // truncated
             field(1, 0, &[1]),            // wrong wire type
             vec![0x80, 0x80, 0x80, 0x80], // unterminated tag
+            field(
+                2,
+                0,
+                &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02],
+            ), // past 64 bits
         ] {
             let err = ReplyFilter::default()
                 .print(&bytes, shape, &options)
