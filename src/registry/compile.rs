@@ -14,6 +14,8 @@ use std::{
 use bytes::Bytes;
 use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver};
 
+use crate::nesting::{self, MAX_DEPTH};
+
 /// The vendored protos every upload may import.
 const VENDORED: &[(&str, &str)] = &[
     (
@@ -157,6 +159,17 @@ impl ProtoSources {
         if self.files.is_empty() {
             return Err(general("no .proto files in the upload".to_owned()));
         }
+        for (name, source) in &self.files {
+            if let Some(offset) = too_deep_at(source) {
+                let (line, column) = line_column(source, offset);
+                return Err(CompileError {
+                    file: Some(name.clone()),
+                    line: Some(line),
+                    column: Some(column),
+                    message: nesting::too_deep("the source"),
+                });
+            }
+        }
         let mut resolver = ChainFileResolver::new();
         resolver.add(Sources(self.files.clone()));
         resolver.add(Vendored);
@@ -195,6 +208,70 @@ impl ProtoSources {
             message: err.to_string(),
         }
     }
+}
+
+/// The byte offset where `source` opens more than [`MAX_DEPTH`] braces,
+/// brackets or angle brackets inside one another (messages in messages,
+/// option values), outside comments and strings: protox parses them
+/// recursively, so they are refused before it runs.
+fn too_deep_at(source: &str) -> Option<usize> {
+    enum State {
+        Code,
+        LineComment,
+        /// Opened by the `/*` at this offset.
+        BlockComment(usize),
+        Text {
+            quote: u8,
+            escaped: bool,
+        },
+    }
+    let bytes = source.as_bytes();
+    let mut state = State::Code;
+    let mut depth = 0usize;
+    for (at, &byte) in bytes.iter().enumerate() {
+        state = match state {
+            State::Code => match byte {
+                b'/' if bytes.get(at + 1) == Some(&b'/') => State::LineComment,
+                b'/' if bytes.get(at + 1) == Some(&b'*') => State::BlockComment(at),
+                b'"' | b'\'' => State::Text {
+                    quote: byte,
+                    escaped: false,
+                },
+                b'{' | b'[' | b'<' => {
+                    depth += 1;
+                    if depth > MAX_DEPTH {
+                        return Some(at);
+                    }
+                    State::Code
+                }
+                b'}' | b']' | b'>' => {
+                    depth = depth.saturating_sub(1);
+                    State::Code
+                }
+                _ => State::Code,
+            },
+            State::LineComment if byte == b'\n' => State::Code,
+            State::BlockComment(opened)
+                if byte == b'/' && at > opened + 2 && bytes[at - 1] == b'*' =>
+            {
+                State::Code
+            }
+            State::Text { quote, escaped } => match byte {
+                _ if escaped => State::Text {
+                    quote,
+                    escaped: false,
+                },
+                b'\\' => State::Text {
+                    quote,
+                    escaped: true,
+                },
+                _ if byte == quote || byte == b'\n' => State::Code,
+                _ => State::Text { quote, escaped },
+            },
+            other => other,
+        };
+    }
+    None
 }
 
 /// 1-based line and column (in characters) of a byte offset.
@@ -347,6 +424,41 @@ mod tests {
         }
         assert!(sources.insert("./ok/x.proto", vec![b' '; 100]).is_ok());
         assert!(sources.insert("more.proto", vec![b' '; 1]).is_err());
+    }
+
+    #[test]
+    fn nesting_is_counted_outside_comments_and_strings() {
+        let deep = |open: &str, close: &str| {
+            format!(
+                "{}{}",
+                open.repeat(MAX_DEPTH + 1),
+                close.repeat(MAX_DEPTH + 1)
+            )
+        };
+        assert_eq!(too_deep_at(&deep("{", "}")), Some(MAX_DEPTH));
+        assert_eq!(too_deep_at(&deep("[<", ">]")), Some(MAX_DEPTH));
+        assert_eq!(too_deep_at(&"{}".repeat(1000)), None);
+        let hidden = format!(
+            "// {}\n/* {} */\n\"{}\" '{}\\'{}'",
+            "{".repeat(200),
+            "{".repeat(200),
+            "{".repeat(200),
+            "{".repeat(200),
+            "{".repeat(200)
+        );
+        assert_eq!(too_deep_at(&hidden), None);
+        let err = sources(&[(
+            "deep.proto",
+            &format!("syntax = \"proto3\";\n{}", deep("message M {\n", "}\n")),
+        )])
+        .compile()
+        .unwrap_err();
+        assert_eq!(
+            (err.line, err.column),
+            (Some(MAX_DEPTH + 2), Some(11)),
+            "{err}"
+        );
+        assert!(err.message.contains("the limit of 100 levels"), "{err}");
     }
 
     #[test]

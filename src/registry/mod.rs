@@ -405,6 +405,9 @@ impl BuildContext {
             .policies(&self.policies)
             .add_sets(self.fixed.iter().cloned().chain(managed))
             .build(generation)?;
+        for warning in catalog.warnings() {
+            tracing::warn!(generation, "{warning}");
+        }
         for loaded in catalog.sets.iter_mut() {
             match sources.sets.get(&loaded.name) {
                 Some(set) => {

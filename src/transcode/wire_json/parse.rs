@@ -11,7 +11,9 @@
 //! output-only fields (the general way refuses or clears them), `Any`,
 //! `Struct`, `Value`, `ListValue` and `FieldMask`, timestamps other than
 //! `YYYY-MM-DDThh:mm:ss[.fraction]Z`, integers written as floats, floats
-//! written as strings, enum numbers, and base64 that is not canonical.
+//! written as strings, enum numbers, base64 that is not canonical, and
+//! objects and arrays nested more than the limit deep (which the general way
+//! refuses naming it).
 //!
 //! Repeated numbers are written unpacked, which every protobuf parser
 //! accepts for packed fields too.
@@ -24,10 +26,11 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
 use super::{
     duration_in_range, EnumPlan, FieldPlan, Form, JsonPlans, Scalar, Shape, Unsupported, ValueKind,
-    MAX_DEPTH, MAX_TIMESTAMP, MIN_TIMESTAMP,
+    MAX_TIMESTAMP, MIN_TIMESTAMP,
 };
-use crate::upstream::encode::{
-    bytes, key, length_delimited, varint, FIXED32, FIXED64, LEN, VARINT,
+use crate::{
+    nesting::MAX_DEPTH,
+    upstream::encode::{bytes, key, length_delimited, varint, FIXED32, FIXED64, LEN, VARINT},
 };
 
 impl JsonPlans {
@@ -83,7 +86,8 @@ impl JsonPlans {
     /// The fields a query parameter's dotted `key` names from message
     /// `root`, as `query.rs` resolves them (proto names first), into `path`:
     /// singular plain messages down to a scalar or enum field, none of them
-    /// internal or output-only. Anything else is for the general way.
+    /// internal or output-only, at most [`MAX_DEPTH`] of them. Anything else
+    /// is for the general way.
     pub fn query_path<'p>(
         &'p self,
         root: usize,
@@ -93,6 +97,9 @@ impl JsonPlans {
         let mut current = root;
         let mut parts = key.split('.').peekable();
         while let Some(part) = parts.next() {
+            if path.len() == MAX_DEPTH {
+                return Err(Unsupported);
+            }
             let message = self
                 .messages
                 .get(current)
@@ -124,7 +131,7 @@ struct MessageSeed<'a> {
     plans: &'a JsonPlans,
     plan: usize,
     out: &'a mut Vec<u8>,
-    depth: u32,
+    depth: usize,
 }
 
 /// A JSON key, as the index of the field it names.
@@ -135,7 +142,7 @@ struct FieldSeed<'a> {
     plans: &'a JsonPlans,
     field: &'a FieldPlan,
     out: &'a mut Vec<u8>,
-    depth: u32,
+    depth: usize,
 }
 
 /// One value of field `number`, with its key.
@@ -144,7 +151,7 @@ struct ValueSeed<'a> {
     kind: &'a ValueKind,
     number: u32,
     out: &'a mut Vec<u8>,
-    depth: u32,
+    depth: usize,
 }
 
 /// A JSON object as the entries of a map field.
@@ -153,7 +160,7 @@ struct MapSeed<'a> {
     key: Scalar,
     field: &'a FieldPlan,
     out: &'a mut Vec<u8>,
-    depth: u32,
+    depth: usize,
 }
 
 /// A map key, written as field 1 of its entry.
@@ -261,7 +268,9 @@ impl Visitor<'_> for KeySeed<'_> {
 impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
     type Value = ();
 
+    // An array or a map's object is one level deeper, like a message's.
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        let nested = self.depth + 1;
         match self.field.shape {
             Shape::Single => ValueSeed {
                 plans: self.plans,
@@ -271,13 +280,17 @@ impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
                 depth: self.depth,
             }
             .deserialize(deserializer),
-            Shape::List => deserializer.deserialize_seq(self),
+            _ if nested >= MAX_DEPTH => Err(unsupported()),
+            Shape::List => deserializer.deserialize_seq(FieldSeed {
+                depth: nested,
+                ..self
+            }),
             Shape::Map(key) => deserializer.deserialize_map(MapSeed {
                 plans: self.plans,
                 key,
                 field: self.field,
                 out: self.out,
-                depth: self.depth,
+                depth: nested,
             }),
         }
     }
@@ -696,7 +709,7 @@ mod tests {
 
     fn fixture() -> Fixture {
         let pool = testing::pool();
-        let plans = JsonPlans::new(&pool, &FieldRules::new(&pool));
+        let plans = JsonPlans::new(&pool, &FieldRules::new(&pool, &[]));
         let echo = pool
             .get_message_by_name("protogate.testing.v1.EchoMessage")
             .unwrap();
