@@ -160,6 +160,10 @@ pub struct FiltersConfig {
     /// Field-mask paths omitted from the responses of matching methods; they
     /// add up with the fields the protos mark internal.
     pub responses: Vec<ResponseFilterConfig>,
+    /// Fields that never leave, by type (`acme.orders.v1.LineItem.unit_price_cents`):
+    /// treated exactly as if the proto marked them `(protogate.v1.field).internal`,
+    /// in every reply and request where their message appears.
+    pub fields: Vec<String>,
 }
 
 /// See [`FiltersConfig::internal_input`].

@@ -374,7 +374,10 @@ fn json_response(status: StatusCode, body: &Json) -> Response {
 }
 
 /// Decodes `grpc-status-details-bin` (a `google.rpc.Status`) into JSON details.
-/// Internal fields are removed; types the pool does not know are passed as `{"@type", "value": base64}`.
+/// Internal fields are removed; types the pool does not know are passed as
+/// `{"@type", "value": base64}`, and details of a type it knows that do not
+/// decode (malformed, or nested deeper than protobuf's limit) are left out:
+/// their internal fields could not be removed.
 fn upstream_details(bytes: &[u8], catalog: Option<&Catalog>) -> Vec<Json> {
     if bytes.is_empty() {
         return Vec::new();
@@ -386,29 +389,33 @@ fn upstream_details(bytes: &[u8], catalog: Option<&Catalog>) -> Vec<Json> {
     status
         .details
         .iter()
-        .map(|any| any_to_json(any, catalog))
+        .filter_map(|any| any_to_json(any, catalog))
         .collect()
 }
 
-fn any_to_json(any: &prost_types::Any, catalog: Option<&Catalog>) -> Json {
+fn any_to_json(any: &prost_types::Any, catalog: Option<&Catalog>) -> Option<Json> {
     let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
-    let decoded = catalog.and_then(|catalog| {
+    let known = catalog.and_then(|catalog| {
         let desc = catalog.pool().get_message_by_name(type_name)?;
-        let mut message = DynamicMessage::decode(desc, any.value.as_slice()).ok()?;
-        catalog.field_rules().redact(&mut message);
-        serde_json::to_value(&message).ok()
+        Some((catalog, desc))
     });
-    let mut object = match decoded {
-        Some(Json::Object(object)) => object,
-        // Well-known types with a non-object JSON form go under "value", as in Any's JSON.
-        Some(other) => Map::from_iter([("value".to_owned(), other)]),
+    let mut object = match known {
+        Some((catalog, desc)) => {
+            let mut message = DynamicMessage::decode(desc, any.value.as_slice()).ok()?;
+            catalog.field_rules().redact(&mut message);
+            match serde_json::to_value(&message).ok()? {
+                Json::Object(object) => object,
+                // Well-known types with a non-object JSON form go under "value", as in Any's JSON.
+                other => Map::from_iter([("value".to_owned(), other)]),
+            }
+        }
         None => Map::from_iter([(
             "value".to_owned(),
             Json::String(base64::engine::general_purpose::STANDARD.encode(&any.value)),
         )]),
     };
     object.insert("@type".to_owned(), Json::String(any.type_url.clone()));
-    Json::Object(object)
+    Some(Json::Object(object))
 }
 
 #[cfg(test)]
@@ -449,7 +456,7 @@ mod tests {
         };
         assert_eq!(
             any_to_json(&any, None),
-            json!({"@type": "type.googleapis.com/x.Unknown", "value": "AQI="})
+            Some(json!({"@type": "type.googleapis.com/x.Unknown", "value": "AQI="}))
         );
     }
 }

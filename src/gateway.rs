@@ -19,6 +19,7 @@ use crate::{
     error::Error,
     http_rule::BodyPlan,
     observe::RequestContext,
+    percent,
     policy::{UpstreamHeaders, X_REQUEST_ID},
     registry::{CallKind, RouteMatch},
     streaming,
@@ -243,22 +244,31 @@ impl Gateway {
 /// replies: the `fields` query parameter (when the route reserves it), else
 /// the `x-fields` header.
 pub(crate) fn reply_filter(matched: &RouteMatch, parts: &Parts) -> Result<ReplyFilter, Error> {
+    // Other parameters that do not decode are refused with the request.
     let from_query = parts
         .uri
         .query()
         .filter(|_| matched.route().binding.fields_param)
         .and_then(|query| {
-            form_urlencoded::parse(query.as_bytes())
-                .find(|(key, _)| key == transcode::FIELDS_PARAM)
-                .map(|(_, value)| value)
-        });
-    let fields = from_query.or_else(|| {
-        parts
-            .headers
-            .get("x-fields")
-            .and_then(|v| v.to_str().ok())
-            .map(Cow::Borrowed)
-    });
+            percent::query_pairs(query).find_map(|pair| match pair {
+                Ok((key, value)) if key == transcode::FIELDS_PARAM => Some(Ok(value)),
+                Err((key, reason)) if key == transcode::FIELDS_PARAM => {
+                    Some(Err(Error::invalid_field(key, reason.to_string())))
+                }
+                _ => None,
+            })
+        })
+        .transpose()?;
+    let fields = match from_query {
+        Some(fields) => Some(fields),
+        None => match parts.headers.get("x-fields").map(HeaderValue::to_str) {
+            Some(Ok(fields)) => Some(Cow::Borrowed(fields)),
+            Some(Err(_)) => {
+                return Err(Error::invalid_field("x-fields", "not visible ASCII"));
+            }
+            None => None,
+        },
+    };
     ReplyFilter::new(
         matched.reply_shape(),
         &matched.method().descriptor.output(),

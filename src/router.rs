@@ -11,18 +11,28 @@
 //!   non-empty segment), then `**` (all remaining segments, possibly none);
 //!   the first complete match in that order wins, backtracking as needed.
 //! - Literals are compared with the percent-decoded path segment.
+//! - Variables are percent-decoded exactly: a value with a malformed escape
+//!   or that is not UTF-8 once decoded is [`Lookup::Undecodable`].
 //! - If the last segment contains `:`, the text after the last `:` is treated
 //!   as a verb only if some route registers that verb; if matching with the
 //!   verb fails, the whole path is matched again without a verb.
 //! - `HEAD` falls back to `GET`; when only other methods match, the result is
-//!   [`Lookup::MethodNotAllowed`].
+//!   [`Lookup::MethodNotAllowed`], unless the path ends in a `:suffix` no
+//!   route registers where this method has routes with a verb: a misspelt
+//!   verb is [`Lookup::NotFound`].
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    borrow::Cow,
+    collections::{HashMap, HashSet},
+};
 
 use http::Method;
 use percent_encoding::percent_decode_str;
 
-use crate::http_rule::template::{PathTemplate, Segment};
+use crate::{
+    http_rule::template::{PathTemplate, Segment},
+    percent::{self, Undecodable},
+};
 
 /// Caller-chosen identifier of a route (e.g. an index into a method table).
 pub type RouteId = u32;
@@ -122,34 +132,52 @@ impl Trie {
     /// the route index and the path body the captures refer to.
     fn find<'p>(&self, target: &Target<'p>) -> Option<(usize, &'p str)> {
         if let Some((body, verb)) = target.verb {
-            if let Some(route) = self.walk(ROOT, Some(body), Some(verb)) {
+            if let Some(route) = self.walk(ROOT, Some(body), &|node| node.leaf(Some(verb))) {
                 return Some((route, body));
             }
         }
-        self.walk(ROOT, Some(target.body), None)
+        self.walk(ROOT, Some(target.body), &|node| node.leaf(None))
             .map(|route| (route, target.body))
     }
 
+    /// Whether some route with a verb matches `body`, the path before a
+    /// `:suffix` that no route registers: the client then misspelt a verb.
+    fn has_verb_at(&self, body: &str) -> bool {
+        let any_verb = |node: &Node| {
+            node.leaves
+                .iter()
+                .find(|(verb, _)| verb.is_some())
+                .map(|&(_, route)| route)
+        };
+        self.walk(ROOT, Some(body), &any_verb).is_some()
+    }
+
     /// Depth-first match of the remaining segments `rest` (`None` once all
-    /// segments are consumed) in precedence order literal, `*`, `**`.
-    /// Each node is visited at most once per call, so this is linear in the
-    /// trie size.
-    fn walk(&self, node: NodeId, rest: Option<&str>, verb: Option<&str>) -> Option<usize> {
+    /// segments are consumed) in precedence order literal, `*`, `**`, to a
+    /// node where `leaf` finds a route. Each node is visited at most once
+    /// per call, so this is linear in the trie size; it recurses once per
+    /// segment of a template, of which there are at most `MAX_DEPTH`.
+    fn walk(
+        &self,
+        node: NodeId,
+        rest: Option<&str>,
+        leaf: &impl Fn(&Node) -> Option<usize>,
+    ) -> Option<usize> {
         let node = &self.nodes[node];
-        let double_wildcard = || node.double_wildcard.and_then(|d| self.nodes[d].leaf(verb));
+        let double_wildcard = || node.double_wildcard.and_then(|d| leaf(&self.nodes[d]));
         let Some(rest) = rest else {
-            return node.leaf(verb).or_else(double_wildcard);
+            return leaf(node).or_else(double_wildcard);
         };
         let (segment, tail) = match position(rest, b'/') {
             Some(slash) => (&rest[..slash], Some(&rest[slash + 1..])),
             None => (rest, None),
         };
         node.literal_child(segment)
-            .and_then(|child| self.walk(child, tail, verb))
+            .and_then(|child| self.walk(child, tail, leaf))
             .or_else(|| {
                 node.wildcard
                     .filter(|_| !segment.is_empty())
-                    .and_then(|child| self.walk(child, tail, verb))
+                    .and_then(|child| self.walk(child, tail, leaf))
             })
             .or_else(double_wildcard)
     }
@@ -206,41 +234,24 @@ struct Route {
 }
 
 impl Route {
-    fn captures(&self, body: &str) -> Vec<Capture> {
+    /// The values of the variables, percent-decoded; the first that does
+    /// not decode exactly is refused with its variable index.
+    fn captures(&self, body: &str) -> Result<Vec<Capture>, (usize, Undecodable)> {
         self.vars
             .iter()
             .enumerate()
             .map(|(var, span)| {
                 let raw = span.raw(body);
                 let value = if span.multi_segment {
-                    decode_keeping_slashes(raw)
+                    percent::decode_keeping_slashes(raw)
                 } else {
-                    percent_decode_str(raw).decode_utf8_lossy().into_owned()
+                    percent::decode(raw).map(Cow::into_owned)
                 };
-                Capture { var, value }
+                value
+                    .map(|value| Capture { var, value })
+                    .map_err(|reason| (var, reason))
             })
             .collect()
-    }
-}
-
-/// Percent-decodes `raw` except for `%2F`/`%2f`, which are kept verbatim so
-/// a multi-segment value still distinguishes encoded slashes from separators.
-fn decode_keeping_slashes(raw: &str) -> String {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut rest = raw;
-    while let Some(i) = rest
-        .as_bytes()
-        .windows(3)
-        .position(|w| w[0] == b'%' && w[1] == b'2' && matches!(w[2], b'F' | b'f'))
-    {
-        out.extend(percent_decode_str(&rest[..i]));
-        out.extend_from_slice(&rest.as_bytes()[i..i + 3]);
-        rest = &rest[i + 3..];
-    }
-    out.extend(percent_decode_str(rest));
-    match String::from_utf8(out) {
-        Ok(value) => value,
-        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
     }
 }
 
@@ -251,20 +262,32 @@ struct Target<'p> {
     /// `(body before the last ':', verb)` when the last segment ends in a
     /// registered verb.
     verb: Option<(&'p str, &'p str)>,
+    /// The body before the last `:` of the last segment when what follows
+    /// is no registered verb.
+    before_unknown_verb: Option<&'p str>,
 }
 
 impl<'p> Target<'p> {
     fn new(body: &'p str, verbs: &HashSet<Box<str>>) -> Self {
         let last_segment = body.bytes().rposition(|b| b == b'/').map_or(0, |i| i + 1);
-        let verb = body[last_segment..]
+        let colon = body[last_segment..]
             .bytes()
             .rposition(|b| b == b':')
-            .map(|i| last_segment + i)
-            .and_then(|colon| {
-                let verb = &body[colon + 1..];
-                verbs.contains(verb).then(|| (&body[..colon], verb))
-            });
-        Self { body, verb }
+            .map(|i| last_segment + i);
+        let (mut verb, mut before_unknown_verb) = (None, None);
+        if let Some(colon) = colon {
+            let (before, suffix) = (&body[..colon], &body[colon + 1..]);
+            if verbs.contains(suffix) {
+                verb = Some((before, suffix));
+            } else {
+                before_unknown_verb = Some(before);
+            }
+        }
+        Self {
+            body,
+            verb,
+            before_unknown_verb,
+        }
     }
 }
 
@@ -373,6 +396,13 @@ pub enum Lookup {
         /// One capture per template variable, ordered by `var`.
         captures: Vec<Capture>,
     },
+    /// A route matched, but the value of its variable `var` does not decode
+    /// exactly: refused naming the variable, never altered.
+    Undecodable {
+        route: RouteId,
+        var: usize,
+        reason: Undecodable,
+    },
     /// The path matches routes of other methods only.
     MethodNotAllowed {
         /// Sorted, deduplicated; includes `HEAD` whenever `GET` is present.
@@ -399,10 +429,28 @@ impl Router {
         });
         if let Some((route, body)) = found {
             let route = &self.routes[route];
-            return Lookup::Found {
-                route: route.id,
-                captures: route.captures(body),
+            return match route.captures(body) {
+                Ok(captures) => Lookup::Found {
+                    route: route.id,
+                    captures,
+                },
+                Err((var, reason)) => Lookup::Undecodable {
+                    route: route.id,
+                    var,
+                    reason,
+                },
             };
+        }
+        if let Some(before) = target.before_unknown_verb {
+            // `POST /v1/orders/o-1:cancle`: the routes of other methods that
+            // take `o-1:cancle` as an id are not what the client meant.
+            let misspelt = self.tries.iter().any(|trie| {
+                (trie.method == *method || (*method == Method::HEAD && trie.method == Method::GET))
+                    && trie.has_verb_at(before)
+            });
+            if misspelt {
+                return Lookup::NotFound;
+            }
         }
         let mut allow: Vec<Method> = self
             .tries
@@ -684,12 +732,27 @@ mod tests {
     }
 
     #[test]
-    fn invalid_utf8_is_decoded_lossily() {
-        let r = router(&[(Method::GET, "/v1/{id}", 1), (Method::GET, "/v2/{p=**}", 2)]);
-        assert_eq!(r.lookup(&Method::GET, "/v1/a%FF"), found(1, &["a\u{FFFD}"]));
+    fn values_that_do_not_decode_exactly_are_refused_naming_the_variable() {
+        let r = router(&[
+            (Method::GET, "/v1/{id}", 1),
+            (Method::GET, "/v2/{a}/{p=**}", 2),
+        ]);
+        let undecodable = |route, var, reason| Lookup::Undecodable { route, var, reason };
         assert_eq!(
-            r.lookup(&Method::GET, "/v2/%FF/x"),
-            found(2, &["\u{FFFD}/x"])
+            r.lookup(&Method::GET, "/v1/a%FF"),
+            undecodable(1, 0, Undecodable::NotUtf8)
+        );
+        assert_eq!(
+            r.lookup(&Method::GET, "/v1/%zz"),
+            undecodable(1, 0, Undecodable::MalformedEscape)
+        );
+        assert_eq!(
+            r.lookup(&Method::GET, "/v2/a/%FF/x"),
+            undecodable(2, 1, Undecodable::NotUtf8)
+        );
+        assert_eq!(
+            r.lookup(&Method::GET, "/v2/a/b%4"),
+            undecodable(2, 1, Undecodable::MalformedEscape)
         );
     }
 
@@ -762,6 +825,39 @@ mod tests {
     }
 
     #[test]
+    fn a_misspelt_verb_is_not_found_where_the_method_has_verbs() {
+        let r = router(&[
+            (Method::POST, "/v1/orders/{id}:cancel", 1),
+            (Method::GET, "/v1/orders/{id}", 2),
+            (Method::DELETE, "/v1/orders/{id}", 3),
+            (Method::POST, "/v1/{name=files/**}:undelete", 4),
+            (Method::GET, "/v1/{name=files/**}", 5),
+        ]);
+        assert_eq!(
+            r.lookup(&Method::POST, "/v1/orders/o-1:cancle"),
+            Lookup::NotFound
+        );
+        assert_eq!(
+            r.lookup(&Method::POST, "/v1/files/a/b:undelet"),
+            Lookup::NotFound
+        );
+        // Without a verb: the path is another method's resource.
+        assert_eq!(
+            r.lookup(&Method::POST, "/v1/orders/o-1"),
+            Lookup::MethodNotAllowed {
+                allow: vec![Method::DELETE, Method::GET, Method::HEAD]
+            }
+        );
+        // A method with no verb there: `o-1:x` is an id other methods take.
+        assert_eq!(
+            r.lookup(&Method::PUT, "/v1/orders/o-1:x"),
+            Lookup::MethodNotAllowed {
+                allow: vec![Method::DELETE, Method::GET, Method::HEAD]
+            }
+        );
+    }
+
+    #[test]
     fn not_found_when_no_method_matches() {
         let r = router(&[(Method::GET, "/v1/{id}", 1), (Method::POST, "/v2", 2)]);
         assert_eq!(r.lookup(&Method::POST, "/v3"), Lookup::NotFound);
@@ -820,14 +916,6 @@ mod tests {
         assert_send_sync::<Router>();
     }
 
-    #[test]
-    fn decode_keeping_slashes_edge_cases() {
-        assert_eq!(decode_keeping_slashes("a%2Fb%2fc"), "a%2Fb%2fc");
-        assert_eq!(decode_keeping_slashes("%%2F%41"), "%%2FA");
-        assert_eq!(decode_keeping_slashes("%252F"), "%2F");
-        assert_eq!(decode_keeping_slashes("%2"), "%2");
-    }
-
     // ---- Randomised comparison against a naive linear matcher ----
 
     /// Deterministic linear congruential generator.
@@ -881,7 +969,9 @@ mod tests {
         Some(key)
     }
 
-    fn naive_captures(t: &PathTemplate, segments: &[&str]) -> Vec<Capture> {
+    /// The captures, or the first variable whose value is not UTF-8 once
+    /// decoded (the random paths hold no malformed escape).
+    fn naive_captures(t: &PathTemplate, segments: &[&str]) -> Result<Vec<Capture>, usize> {
         t.variables
             .iter()
             .enumerate()
@@ -892,12 +982,22 @@ mod tests {
                     v.end
                 };
                 let raw = segments.get(v.start..end).unwrap_or(&[]).join("/");
-                let value = if v.is_multi_segment() {
-                    decode_keeping_slashes(&raw)
+                let decoded = if v.is_multi_segment() {
+                    // `%2F` kept: the decoded text with its escapes put back.
+                    let mut out = Vec::new();
+                    for (i, part) in raw.split("%2F").enumerate() {
+                        if i > 0 {
+                            out.extend_from_slice(b"%2F");
+                        }
+                        out.extend(decode(part));
+                    }
+                    out
                 } else {
-                    String::from_utf8_lossy(&decode(&raw)).into_owned()
+                    decode(&raw)
                 };
-                Capture { var, value }
+                String::from_utf8(decoded)
+                    .map(|value| Capture { var, value })
+                    .map_err(|_| var)
             })
             .collect()
     }
@@ -925,9 +1025,16 @@ mod tests {
                 .filter_map(|r| naive_match(&r.1, &segments).map(|key| (key, r)))
                 .min_by(|a, b| a.0.cmp(&b.0));
             if let Some((_, (_, t, id))) = best {
-                return Some(Lookup::Found {
-                    route: *id,
-                    captures: naive_captures(t, &segments),
+                return Some(match naive_captures(t, &segments) {
+                    Ok(captures) => Lookup::Found {
+                        route: *id,
+                        captures,
+                    },
+                    Err(var) => Lookup::Undecodable {
+                        route: *id,
+                        var,
+                        reason: Undecodable::NotUtf8,
+                    },
                 });
             }
         }
@@ -942,6 +1049,9 @@ mod tests {
         });
         if let Some(found) = found {
             return found;
+        }
+        if naive_misspelt_verb(routes, method, path) {
+            return Lookup::NotFound;
         }
         let mut allow: Vec<Method> = routes
             .iter()
@@ -958,6 +1068,29 @@ mod tests {
         } else {
             Lookup::MethodNotAllowed { allow }
         }
+    }
+
+    /// The path ends in a `:suffix` no route registers, and a route of the
+    /// method (or of GET for HEAD) with a verb matches what comes before it.
+    fn naive_misspelt_verb(routes: &[NaiveRoute], method: &Method, path: &str) -> bool {
+        let Some(body) = path.strip_prefix('/') else {
+            return false;
+        };
+        let last = body.rsplit('/').next().unwrap_or_default();
+        let Some(colon) = last.rfind(':') else {
+            return false;
+        };
+        let suffix = &last[colon + 1..];
+        if routes.iter().any(|r| r.1.verb.as_deref() == Some(suffix)) {
+            return false;
+        }
+        let before = &body[..body.len() - last.len() + colon];
+        let segments: Vec<&str> = before.split('/').collect();
+        routes.iter().any(|(m, t, _)| {
+            (m == method || (*method == Method::HEAD && *m == Method::GET))
+                && t.verb.is_some()
+                && naive_match(t, &segments).is_some()
+        })
     }
 
     fn random_template(rng: &mut Lcg) -> String {

@@ -29,3 +29,27 @@ pub(crate) fn meaning(message: &MessageDescriptor, wire: &[u8]) -> serde_json::V
     let decoded = DynamicMessage::decode(message.clone(), wire).expect("valid wire bytes");
     serde_json::to_value(&decoded).expect("a decoded message prints as JSON")
 }
+
+/// A `protogate.testing.v1.Deep` with `levels` messages nested below the
+/// root (each in field 1), the innermost holding `s: "bottom"`. Written front
+/// to back with its lengths computed inside out: no encoder recurses once
+/// per level.
+pub(crate) fn deep_wire(levels: usize) -> Vec<u8> {
+    let innermost: &[u8] = b"\x12\x06bottom";
+    let varint_len = |value: usize| {
+        let mut buf = Vec::new();
+        prost::encoding::encode_varint(value as u64, &mut buf);
+        buf.len()
+    };
+    let mut lengths = vec![innermost.len(); levels + 1];
+    for level in (0..levels).rev() {
+        lengths[level] = 1 + varint_len(lengths[level + 1]) + lengths[level + 1];
+    }
+    let mut out = Vec::with_capacity(lengths[0]);
+    for inner in &lengths[1..] {
+        out.push(0x0a);
+        prost::encoding::encode_varint(*inner as u64, &mut out);
+    }
+    out.extend_from_slice(innermost);
+    out
+}

@@ -36,7 +36,7 @@ use protogate::{
     http_rule::{BindingPlan, BodyPlan},
     pb::protogate::testing::v1::{
         test_service_server::{TestService, TestServiceServer},
-        EchoMessage, FailRequest, Headers, SleepRequest, UpdateResourceRequest,
+        Deep, EchoMessage, FailRequest, Headers, SleepRequest, UpdateResourceRequest,
     },
     transcode::{
         request_message, Declined, FieldRules, JsonPlans, MaskTree, ReplyFilter, ReplyShape,
@@ -650,7 +650,7 @@ impl Generated {
             .methods()
             .next()
             .unwrap();
-        let rules = FieldRules::new(&pool);
+        let rules = FieldRules::new(&pool, &[]);
         let plans = JsonPlans::new(&pool, &rules);
         let index = plans.index_of(&root).unwrap();
         Self {
@@ -1634,7 +1634,7 @@ impl Echo {
         let desc = pool
             .get_message_by_name("protogate.testing.v1.EchoMessage")
             .unwrap();
-        let rules = FieldRules::new(&pool);
+        let rules = FieldRules::new(&pool, &[]);
         let plans = JsonPlans::new(&pool, &rules);
         let index = plans.index_of(&desc).unwrap();
         Self {
@@ -1790,6 +1790,9 @@ impl TestService for Recorder {
     }
     async fn leak(&self, request: Request<EchoMessage>) -> Result<Response<EchoMessage>, Status> {
         Testing.leak(request).await
+    }
+    async fn echo_deep(&self, request: Request<Deep>) -> Result<Response<Deep>, Status> {
+        Testing.echo_deep(request).await
     }
     async fn fail(&self, request: Request<FailRequest>) -> Result<Response<()>, Status> {
         Testing.fail(request).await

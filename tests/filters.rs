@@ -5,7 +5,11 @@
 mod common;
 
 use common::{assert_status, violations, Gateway};
-use protogate::config::{InternalInput, ResponseFilterConfig};
+use protogate::{
+    config::{InternalInput, ResponseFilterConfig},
+    registry::{BuildOptions, CatalogBuilder},
+    upstream::Upstreams,
+};
 use reqwest::Method;
 use serde_json::{json, Value as Json};
 use tonic::Code;
@@ -157,6 +161,122 @@ async fn an_unknown_configured_path_is_a_load_error_naming_it() {
         err.contains("filters.responses[0]: unknown field path `items.nope` in the replies of the methods `acme.orders.v1.OrderService.GetOrder` selects (e.g. acme.orders.v1.Order)"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn configured_fields_are_internal_wherever_their_message_appears() {
+    let gw = Gateway::start_with(|config| {
+        config.filters.fields = vec!["acme.orders.v1.LineItem.unit_price_cents".into()];
+    })
+    .await;
+    // GetOrder (both bindings) and ListOrders: a reply rooted elsewhere.
+    for path in [
+        "/v1/orders/o-1",
+        "/v1/customers/c-1/orders/o-1",
+        "/v1/orders",
+    ] {
+        let (status, body) = gw.get(path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        let mut found = Vec::new();
+        keys(&body, &mut found);
+        assert!(found.iter().any(|k| k == "sku"), "{path}: {body}");
+        assert!(
+            !found.iter().any(|k| k == "unitPriceCents"),
+            "{path}: {body}"
+        );
+    }
+    // Absent from `fields` like any internal field.
+    for fields in ["items.unitPriceCents", "orders.items.unit_price_cents"] {
+        let path = if fields.starts_with("orders") {
+            format!("/v1/orders?fields={fields}")
+        } else {
+            format!("/v1/orders/o-1?fields={fields}")
+        };
+        let (status, body) = gw.get(&path).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(violations(&body)[0].0, "fields", "{body}");
+    }
+    // Refused on input, naming it.
+    let (status, body) = gw
+        .post(
+            "/v1/orders",
+            json!({"customerId": "c-9", "items": [{"sku": "pen", "quantity": 1, "unitPriceCents": "250"}]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        violations(&body),
+        [(
+            "order.items[0].unit_price_cents".into(),
+            "unknown field".into()
+        )]
+    );
+}
+
+#[tokio::test]
+async fn a_configured_field_that_does_not_exist_is_a_load_error_naming_it() {
+    let mut config = protogate::Config::default();
+    config
+        .upstreams
+        .push(common::upstream("acme", "http://127.0.0.1:1"));
+    config.filters.fields = vec![
+        "acme.orders.v1.LineItem.unit_price".into(),
+        "acme.orders.v1.Lineitem.sku".into(),
+        "sku".into(),
+    ];
+    let err = protogate::Server::new(&config, common::example_sets())
+        .unwrap_err()
+        .to_string();
+    for problem in [
+        "filters.fields[0]: `acme.orders.v1.LineItem.unit_price`: `acme.orders.v1.LineItem` has no field `unit_price`",
+        "filters.fields[1]: `acme.orders.v1.Lineitem.sku`: unknown message type `acme.orders.v1.Lineitem`",
+        "filters.fields[2]: `sku`: unknown message type ``",
+    ] {
+        assert!(err.contains(problem), "{err}");
+    }
+}
+
+#[test]
+fn a_response_rule_that_reaches_only_some_methods_warns_naming_them() {
+    let mut config = protogate::Config::default();
+    config.filters.responses.push(ResponseFilterConfig {
+        methods: "acme.orders.v1.*".into(),
+        omit: vec!["items.unit_price_cents".into(), "orders".into()],
+    });
+    config.filters.responses.push(ResponseFilterConfig {
+        methods: "acme.orders.v1.OrderService.GetOrder".into(),
+        omit: vec!["items.unit_price_cents".into()],
+    });
+    let options = BuildOptions {
+        require_upstreams: false,
+        ..BuildOptions::from_config(&config)
+    };
+    let catalog = CatalogBuilder::new(options, &Upstreams::default())
+        .add_sets(common::example_sets())
+        .build(1)
+        .unwrap();
+    let warnings = catalog.warnings();
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    let (prices, orders) = (&warnings[0], &warnings[1]);
+    assert!(
+        prices.starts_with(
+            "filters.responses[0]: `items.unit_price_cents` is omitted from the replies of "
+        ),
+        "{prices}"
+    );
+    for applies in ["GetOrder", "CreateOrder", "UpdateOrder", "CancelOrder"] {
+        let name = format!("acme.orders.v1.OrderService.{applies}");
+        let (before, _) = prices.split_once("but not").unwrap();
+        assert!(before.contains(&name), "{prices}");
+    }
+    let (_, missed) = prices.split_once("but not from those of ").unwrap();
+    assert!(
+        missed.contains("acme.orders.v1.OrderService.ListOrders"),
+        "{prices}"
+    );
+    assert!(!missed.contains(".GetOrder"), "{prices}");
+    assert!(prices.ends_with("list it in filters.fields"), "{prices}");
+    assert!(orders.starts_with("filters.responses[0]: `orders` is omitted from the replies of acme.orders.v1.OrderService.ListOrders but not"), "{orders}");
 }
 
 #[tokio::test]

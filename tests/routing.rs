@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_status, Gateway};
+use common::{assert_status, violations, Gateway};
 use serde_json::json;
 use tonic::Code;
 
@@ -40,6 +40,38 @@ async fn single_segment_variable_decodes_everything() {
     assert_eq!(
         gw.get("/v1/echo/caf%C3%A9").await,
         (200, json!({"stringValue": "café"}))
+    );
+}
+
+#[tokio::test]
+async fn path_values_that_do_not_decode_exactly_are_refused_naming_the_variable() {
+    let gw = Gateway::start().await;
+    let cases = [
+        ("/v1/echo/%FF%FE", "string_value", "not UTF-8"),
+        ("/v1/echo/caf%C3", "string_value", "not UTF-8"),
+        ("/v1/echo/%zz", "string_value", "malformed percent-encoding"),
+        (
+            "/v1/echo/abc%4",
+            "string_value",
+            "malformed percent-encoding",
+        ),
+        ("/v1/echo/files/files/a/%FF", "string_value", "not UTF-8"),
+        ("/v1/echo/nested/n%E2%82/1", "nested.name", "not UTF-8"),
+        ("/v1/orders/o%zz1", "id", "malformed percent-encoding"),
+    ];
+    for (path, variable, reason) in cases {
+        let (status, body) = gw.get(path).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_status(&body, Code::InvalidArgument, variable);
+        let found = violations(&body);
+        assert_eq!(found.len(), 1, "{path}: {body}");
+        assert_eq!(found[0].0, variable, "{path}");
+        assert!(found[0].1.contains(reason), "{path}: {}", found[0].1);
+    }
+    // Well-formed escapes still decode, `%25` to a literal `%`.
+    assert_eq!(
+        gw.get("/v1/echo/100%25%20caf%C3%A9").await,
+        (200, json!({"stringValue": "100% café"}))
     );
 }
 
@@ -102,6 +134,22 @@ async fn wrong_method_is_405_with_allow() {
         .await
         .unwrap();
     assert_eq!(response.headers()["allow"], "DELETE, GET, HEAD, PATCH");
+}
+
+#[tokio::test]
+async fn a_misspelt_verb_is_404_not_405() {
+    let gw = Gateway::start().await;
+    // POST has `/v1/orders/{id}:cancel`; no route registers `:cancle`.
+    let (status, body) = gw.post("/v1/orders/o-1:cancle", json!({})).await;
+    assert_eq!(status, 404, "{body}");
+    assert_status(
+        &body,
+        Code::NotFound,
+        "no route for POST /v1/orders/o-1:cancle",
+    );
+    // The verb spelt right still cancels.
+    let (status, body) = gw.post("/v1/orders/o-2:cancel", json!({})).await;
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test]

@@ -133,17 +133,32 @@ async fn query_parameters_that_name_no_settable_field_are_refused() {
         (
             "/v1/echo?stringValu=x",
             "stringValu",
-            "has no field `stringValu`",
+            "unknown query parameter",
         ),
         (
             "/v1/echo?nested.nope=x",
             "nested.nope",
-            "has no field `nope`",
+            "`nested` has no field `nope`",
+        ),
+        (
+            "/v1/echo?nested.child.nope=x",
+            "nested.child.nope",
+            "`nested.child` has no field `nope`",
         ),
         (
             "/v1/echo?stringValue.x=1",
             "stringValue.x",
-            "has no subfields",
+            "`stringValue` has no fields",
+        ),
+        (
+            "/v1/echo?timestamp.seconds.x=1",
+            "timestamp.seconds.x",
+            "`timestamp.seconds` has no fields",
+        ),
+        (
+            "/v1/orders?stauts=PAID",
+            "stauts",
+            "unknown query parameter",
         ),
         ("/v1/echo?labels=x", "labels", "is a map"),
         ("/v1/echo?nested=x", "nested", "is a message"),
@@ -172,6 +187,11 @@ async fn query_parameters_that_name_no_settable_field_are_refused() {
         assert_eq!(found.len(), 1, "{path}: {body}");
         assert_eq!(found[0].0, field, "{path}");
         assert!(found[0].1.contains(reason), "{path}: {}", found[0].1);
+        // Only what the client wrote: no proto type names.
+        let text = format!("{} {}", body["message"], found[0].1);
+        for internal in ["protogate.testing", "acme.orders", "Request", "Message"] {
+            assert!(!text.contains(internal), "{path}: {text}");
+        }
     }
     let (status, body) = gw.post("/v1/echo?int32Value=1", json!({})).await;
     assert_eq!(status, 400, "query with body \"*\": {body}");
@@ -186,7 +206,10 @@ async fn query_values_that_do_not_parse_name_the_parameter_and_the_form() {
         ("uint64Value=-1", "`-1` is not an unsigned 64-bit integer"),
         ("boolValue=yes", "`yes` is not a boolean"),
         ("bytesValue=%25%25", "is not base64"),
-        ("color=BLUE", "is not a value of protogate.testing.v1.Color"),
+        (
+            "color=BLUE",
+            "`BLUE` is not one of COLOR_UNSPECIFIED, RED, GREEN",
+        ),
         ("timestamp=yesterday", "is not an RFC 3339 timestamp"),
         ("duration=5", "is not a duration"),
         ("int32Wrapper=x", "`x` is not a 32-bit integer"),
@@ -198,6 +221,113 @@ async fn query_values_that_do_not_parse_name_the_parameter_and_the_form() {
         let name = query.split('=').next().unwrap();
         let found = violations(&body);
         assert_eq!(found[0].0, name, "{query}");
+        assert!(found[0].1.contains(reason), "{query}: {}", found[0].1);
+    }
+}
+
+#[tokio::test]
+async fn query_text_that_does_not_decode_exactly_is_refused_naming_the_parameter() {
+    let gw = Gateway::start().await;
+    let cases = [
+        ("stringValue=%FF", "stringValue", "not UTF-8"),
+        (
+            "stringValue=ok&repeatedString=a%C3",
+            "repeatedString",
+            "not UTF-8",
+        ),
+        (
+            "stringValue=%zz",
+            "stringValue",
+            "malformed percent-encoding",
+        ),
+        (
+            "stringValue=abc%4",
+            "stringValue",
+            "malformed percent-encoding",
+        ),
+        ("nested.name=%", "nested.name", "malformed percent-encoding"),
+        ("%FF=1", "%FF", "not UTF-8"),
+        (
+            "string%zzValue=1",
+            "string%zzValue",
+            "malformed percent-encoding",
+        ),
+        ("fields=%FF", "fields", "not UTF-8"),
+    ];
+    for (query, parameter, reason) in cases {
+        let (status, body) = gw.get(&format!("/v1/echo?{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        let found = violations(&body);
+        assert_eq!(found.len(), 1, "{query}: {body}");
+        assert_eq!(found[0].0, parameter, "{query}");
+        assert!(found[0].1.contains(reason), "{query}: {}", found[0].1);
+    }
+    // The header that says what `fields` says: not altered either.
+    let value = reqwest::header::HeaderValue::from_bytes(b"string\xffValue").unwrap();
+    let (status, body) = gw
+        .send(gw.client.get(gw.url("/v1/echo")).header("x-fields", value))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(violations(&body)[0].0, "x-fields");
+    // Form decoding: `+` is a space, `%2B` a plus; a `bytes` field takes
+    // base64 (here of 0xFF 0xEF), whatever bytes it holds.
+    assert_eq!(
+        gw.get("/v1/echo?stringValue=a+b%2Bc%C3%A9&bytesValue=%2F%2B8%3D")
+            .await,
+        (200, json!({"stringValue": "a b+cé", "bytesValue": "/+8="}))
+    );
+}
+
+#[tokio::test]
+async fn timestamps_and_durations_are_set_by_their_fields_or_whole() {
+    let gw = Gateway::start().await;
+    assert_eq!(
+        gw.get("/v1/echo?timestamp.seconds=5&timestamp.nanos=6&duration.seconds=-3&duration.nanos=-500000000")
+            .await,
+        (
+            200,
+            json!({"timestamp": "1970-01-01T00:00:05.000000006Z", "duration": "-3.500s"})
+        )
+    );
+    assert_eq!(
+        gw.get("/v1/echo?timestamp.seconds=1714557600").await,
+        (200, json!({"timestamp": "2024-05-01T10:00:00Z"}))
+    );
+    let refused = [
+        (
+            "timestamp=2024-05-01T10:00:00Z&timestamp.nanos=6",
+            "timestamp",
+            "not both",
+        ),
+        ("duration.seconds=1&duration=1s", "duration", "not both"),
+        (
+            "timestamp.nanos=1000000000",
+            "timestamp",
+            "`nanos` within 0 to 999999999",
+        ),
+        (
+            "timestamp.seconds=-62135596801",
+            "timestamp",
+            "years 1 to 9999",
+        ),
+        (
+            "duration.seconds=1&duration.nanos=-1",
+            "duration",
+            "of the same sign",
+        ),
+        ("duration.seconds=315576000001", "duration", "±315576000000"),
+        (
+            "timestamp.seconds=soon",
+            "timestamp.seconds",
+            "not a 64-bit integer",
+        ),
+    ];
+    for (query, parameter, reason) in refused {
+        let (status, body) = gw.get(&format!("/v1/echo?{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        let found = violations(&body);
+        assert_eq!(found.len(), 1, "{query}: {body}");
+        assert_eq!(found[0].0, parameter, "{query}");
         assert!(found[0].1.contains(reason), "{query}: {}", found[0].1);
     }
 }

@@ -10,7 +10,10 @@ use http::Method;
 use prost_reflect::MethodDescriptor;
 
 use self::template::PathTemplate;
-use crate::pb::google::api::{http_rule::Pattern, HttpRule};
+use crate::{
+    nesting,
+    pb::google::api::{http_rule::Pattern, HttpRule},
+};
 
 /// One REST binding of a gRPC method: the primary rule or one additional binding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,10 +110,11 @@ fn binding(rule: &HttpRule) -> Result<HttpBinding, String> {
 
 /// Parses the binding's template and resolves its fields against `method`'s types.
 pub fn resolve(binding: HttpBinding, method: &MethodDescriptor) -> Result<ResolvedBinding, String> {
-    let template = PathTemplate::parse(&binding.path)
-        .map_err(|err| format!("template `{}` {err}", binding.path))?;
+    let shown = nesting::shortened(&binding.path);
+    let template =
+        PathTemplate::parse(&binding.path).map_err(|err| format!("template `{shown}` {err}"))?;
     let plan = BindingPlan::new(&template, &binding.body, &binding.response_body, method)
-        .map_err(|err| format!("template `{}`: {err}", binding.path))?;
+        .map_err(|err| format!("template `{shown}`: {err}"))?;
     Ok(ResolvedBinding {
         binding,
         template,

@@ -24,8 +24,12 @@
 //! - Variables cannot nest; `{x}` is shorthand for `{x=*}`.
 //! - A field path may be bound by at most one variable.
 //! - `:` is only allowed to introduce the verb after the last segment.
+//! - At most [`MAX_DEPTH`] segments, and fields in a field path: routing
+//!   and binding walk them one level at a time.
 
 use std::fmt;
+
+use crate::nesting::{self, MAX_DEPTH};
 
 /// A parsed path template, flattened so that routing only has to deal with
 /// segments while variables remember which segments they capture.
@@ -279,6 +283,9 @@ impl Parser {
 
     // Segment = "*" | "**" | LITERAL | Variable ;
     fn parse_segment(&mut self) -> Result<(), TemplateError> {
+        if self.segments.len() == MAX_DEPTH {
+            return Err(self.error(nesting::too_deep("the template")));
+        }
         if let Some(column) = self.double_wildcard {
             return Err(TemplateError::new(
                 column,
@@ -373,6 +380,9 @@ impl Parser {
     fn parse_field_path(&mut self) -> Result<Vec<String>, TemplateError> {
         let mut path = vec![self.parse_ident()?];
         while self.eat('.') {
+            if path.len() == MAX_DEPTH {
+                return Err(self.error(nesting::too_deep("the field path")));
+            }
             path.push(self.parse_ident()?);
         }
         Ok(path)

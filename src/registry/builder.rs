@@ -2,13 +2,13 @@
 //! that lists every problem found (not just the first), each naming the set,
 //! the method and the route at fault.
 
-use std::{collections::HashMap, fmt, path::Path, sync::LazyLock};
+use std::{collections::BTreeMap, fmt, path::Path, sync::LazyLock};
 
 use bytes::Bytes;
 use globset::{Glob, GlobMatcher};
 use http::uri::PathAndQuery;
 use prost::Message as _;
-use prost_reflect::{DescriptorPool, MethodDescriptor, ServiceDescriptor};
+use prost_reflect::{DescriptorPool, FieldDescriptor, MethodDescriptor, ServiceDescriptor};
 use sha2::{Digest as _, Sha256};
 
 use super::{
@@ -19,6 +19,7 @@ use crate::{
     config::Config,
     deprecation::DeprecationRules,
     http_rule::{self, ResolvedBinding},
+    nesting,
     policy::PolicyRules,
     router::{RouteId, RouterBuilder},
     transcode::{FieldRules, JsonPlans, MaskTree},
@@ -49,6 +50,9 @@ pub struct BuildOptions {
     pub require_upstreams: bool,
     /// Response paths to omit, per method glob (`filters.responses`).
     pub omit: Vec<OmitRule>,
+    /// Fields internal wherever their message appears (`filters.fields`):
+    /// `package.Message.field`.
+    pub internal_fields: Vec<String>,
     /// Configured deprecations (`deprecations`), over the proto's `deprecated`.
     pub deprecations: DeprecationRules,
 }
@@ -78,6 +82,7 @@ impl BuildOptions {
                     })
                 })
                 .collect(),
+            internal_fields: config.filters.fields.clone(),
             deprecations: DeprecationRules::new(&config.deprecations),
         }
     }
@@ -111,12 +116,21 @@ impl BuildOptions {
     }
 }
 
-/// Where each configured omit path resolved: a path must exist in the reply
-/// of at least one method its rule selects, or it is a typo.
+/// Where each configured omit path resolved, per method its rule selects:
+/// a path that no selected reply has is a typo (refused), one that only
+/// some have still leaves through the others (warned).
 #[derive(Debug, Default)]
 struct OmitUsage {
-    /// (rule, path) → the first reply type tried, and whether any had the path.
-    seen: HashMap<(usize, usize), (String, bool)>,
+    /// (rule, path) → where it applies and where it does not.
+    seen: BTreeMap<(usize, usize), PathUsage>,
+}
+
+#[derive(Debug, Default)]
+struct PathUsage {
+    /// Methods whose replies have the path.
+    applies: Vec<String>,
+    /// Methods whose replies do not, with their reply type.
+    misses: Vec<(String, String)>,
 }
 
 /// Builds one catalog; pure and synchronous.
@@ -238,7 +252,7 @@ impl<'a> CatalogBuilder<'a> {
             let files = match prost_types::FileDescriptorSet::decode(set.bytes.as_ref()) {
                 Ok(files) => files,
                 Err(err) => {
-                    problems.push(problem(format!("not a FileDescriptorSet: {err}")));
+                    problems.push(problem(undecodable(&err)));
                     continue;
                 }
             };
@@ -287,7 +301,8 @@ impl<'a> CatalogBuilder<'a> {
             .filter_map(|(set, name)| Some((set, pool.get_service_by_name(&name)?)))
             .collect();
 
-        let field_rules = FieldRules::new(&pool);
+        let internal_fields = self.internal_fields(&pool, &mut problems);
+        let field_rules = FieldRules::new(&pool, &internal_fields);
         let json_plans = JsonPlans::new(&pool, &field_rules);
         let mut omit_usage = OmitUsage::default();
         let mut methods = Vec::new();
@@ -402,6 +417,7 @@ impl<'a> CatalogBuilder<'a> {
         }
 
         problems.extend(self.unused_omit_paths(&omit_usage));
+        let warnings = self.partial_omit_paths(&omit_usage);
         if !problems.is_empty() {
             return Err(LoadError {
                 problems: problems.into_boxed_slice(),
@@ -416,6 +432,7 @@ impl<'a> CatalogBuilder<'a> {
             router: router.build(),
             field_rules,
             json_plans,
+            warnings: warnings.into_boxed_slice(),
         })
     }
 
@@ -426,13 +443,13 @@ impl<'a> CatalogBuilder<'a> {
         let mut paths = Vec::new();
         for (rule, index, path) in self.options.omitted_paths(method) {
             let resolves = MaskTree::parse(&output, [path], |_, _| false).is_ok();
-            let entry = usage
-                .seen
-                .entry((rule, index))
-                .or_insert_with(|| (output.full_name().to_owned(), false));
-            entry.1 |= resolves;
+            let entry = usage.seen.entry((rule, index)).or_default();
+            let name = method.full_name().to_owned();
             if resolves {
+                entry.applies.push(name);
                 paths.push(path);
+            } else {
+                entry.misses.push((name, output.full_name().to_owned()));
             }
         }
         MaskTree::parse(&output, paths, |_, _| false)
@@ -442,18 +459,72 @@ impl<'a> CatalogBuilder<'a> {
 
     /// A problem for every omit path that no selected method's reply has.
     fn unused_omit_paths(&self, usage: &OmitUsage) -> impl Iterator<Item = LoadProblem> + '_ {
-        let mut unresolved: Vec<_> = usage.seen.iter().filter(|(_, (_, found))| !found).collect();
-        unresolved.sort_by_key(|(key, _)| **key);
-        unresolved.into_iter().map(|((rule, index), (example, _))| LoadProblem {
+        let unresolved: Vec<_> = usage
+            .seen
+            .iter()
+            .filter(|(_, used)| used.applies.is_empty())
+            .collect();
+        unresolved.into_iter().map(|((rule, index), used)| LoadProblem {
             set: None,
             method: None,
             reason: format!(
-                "filters.responses[{rule}]: unknown field path `{}` in the replies of the methods `{}` selects (e.g. {example})",
+                "filters.responses[{rule}]: unknown field path `{}` in the replies of the methods `{}` selects (e.g. {})",
                 self.options.omit[*rule].paths[*index],
                 self.options.omit[*rule].methods.glob(),
+                used.misses.first().map_or("", |(_, reply)| reply.as_str()),
             ),
             conflicts_with_set: None,
         }).collect::<Vec<_>>().into_iter()
+    }
+
+    /// A warning for every omit path that some selected methods' replies
+    /// have and others do not: the field still leaves through the others.
+    fn partial_omit_paths(&self, usage: &OmitUsage) -> Vec<String> {
+        usage
+            .seen
+            .iter()
+            .filter(|(_, used)| !used.applies.is_empty() && !used.misses.is_empty())
+            .map(|((rule, index), used)| {
+                let missed: Vec<&str> = used.misses.iter().map(|(m, _)| m.as_str()).collect();
+                format!(
+                    "filters.responses[{rule}]: `{}` is omitted from the replies of {} but not from those of {}, which have no such path; \
+                     to remove a field wherever its message appears, list it in filters.fields",
+                    self.options.omit[*rule].paths[*index],
+                    used.applies.join(", "),
+                    missed.join(", "),
+                )
+            })
+            .collect()
+    }
+
+    /// The fields `filters.fields` names (`package.Message.field`), each
+    /// resolved in `pool`; a problem for each that names no such field.
+    fn internal_fields(
+        &self,
+        pool: &DescriptorPool,
+        problems: &mut Vec<LoadProblem>,
+    ) -> Vec<FieldDescriptor> {
+        let mut fields = Vec::with_capacity(self.options.internal_fields.len());
+        for (i, name) in self.options.internal_fields.iter().enumerate() {
+            let (message, field) = name.rsplit_once('.').unwrap_or(("", name));
+            let found = match pool.get_message_by_name(message) {
+                None => Err(format!("unknown message type `{message}`")),
+                Some(message) => message
+                    .get_field_by_name(field)
+                    .or_else(|| message.get_field_by_json_name(field))
+                    .ok_or_else(|| format!("`{}` has no field `{field}`", message.full_name())),
+            };
+            match found {
+                Ok(field) => fields.push(field),
+                Err(reason) => problems.push(LoadProblem {
+                    set: None,
+                    method: None,
+                    reason: format!("filters.fields[{i}]: `{name}`: {reason}"),
+                    conflicts_with_set: None,
+                }),
+            }
+        }
+        fields
     }
 
     /// The method's resolved bindings; every problem with them, if any.
@@ -508,6 +579,18 @@ pub(super) fn check_definitions(
         })
         .collect();
     (definitions, refused)
+}
+
+/// Why a set does not decode. One nested deeper than protobuf's recursion
+/// limit (which is the gateway's) says so, instead of naming the field at
+/// each of its hundred levels.
+fn undecodable(err: &prost::DecodeError) -> String {
+    let text = err.to_string();
+    if text.ends_with("recursion limit reached") {
+        nesting::too_deep("the set")
+    } else {
+        format!("not a FileDescriptorSet: {text}")
+    }
 }
 
 /// The full name of the method at `index`, which may be the one being added.

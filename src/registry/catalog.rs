@@ -28,6 +28,8 @@ pub struct Catalog {
     pub(super) router: Router,
     pub(super) field_rules: FieldRules,
     pub(super) json_plans: JsonPlans,
+    /// What the build accepted but an operator should hear about.
+    pub(super) warnings: Box<[String]>,
 }
 
 /// A descriptor set as loaded: what an operator lists and compares.
@@ -119,6 +121,12 @@ impl Catalog {
 
     pub fn json_plans(&self) -> &JsonPlans {
         &self.json_plans
+    }
+
+    /// What the build accepted but an operator should hear about (logged
+    /// whenever the catalog is built).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     pub fn sets(&self) -> &[LoadedSet] {

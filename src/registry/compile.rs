@@ -15,6 +15,8 @@ use std::{
 use bytes::Bytes;
 use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver};
 
+use crate::nesting::{self, MAX_DEPTH};
+
 /// The vendored protos every upload may import.
 const VENDORED: &[(&str, &str)] = &[
     (
@@ -60,13 +62,6 @@ pub enum UploadFormat {
     /// A gzip stream of a tar (`.tar.gz`) or of a descriptor set.
     Gzip,
 }
-
-/// Deepest nesting of `{}` and `<>` a source may have. protox parses nested
-/// messages and option values (text format) recursively, and an upload
-/// nested a few hundred levels deep overflowed the compiling thread's stack,
-/// aborting the process. Nothing nested this deep could load anyway: prost
-/// decodes descriptors nested at most 100 levels.
-const MAX_NESTING: usize = 64;
 
 /// Uploaded `.proto` files by their import path.
 #[derive(Debug, Clone, Default)]
@@ -172,12 +167,6 @@ impl ProtoSources {
         }
         let source = String::from_utf8(source)
             .map_err(|_| in_file(&name, "is not valid UTF-8".to_owned()))?;
-        if nesting(&source) > MAX_NESTING {
-            return Err(in_file(
-                &name,
-                format!("nests braces deeper than {MAX_NESTING} levels"),
-            ));
-        }
         self.files.insert(name, source);
         Ok(())
     }
@@ -259,6 +248,17 @@ impl ProtoSources {
         if self.files.is_empty() {
             return Err(general("no .proto files in the upload".to_owned()));
         }
+        for (name, source) in &self.files {
+            if let Some(offset) = too_deep_at(source) {
+                let (line, column) = line_column(source, offset);
+                return Err(CompileError {
+                    file: Some(name.clone()),
+                    line: Some(line),
+                    column: Some(column),
+                    message: nesting::too_deep("the source"),
+                });
+            }
+        }
         let mut resolver = ChainFileResolver::new();
         resolver.add(Sources(self.files.clone()));
         resolver.add(Vendored);
@@ -299,6 +299,70 @@ impl ProtoSources {
     }
 }
 
+/// The byte offset where `source` opens more than [`MAX_DEPTH`] braces,
+/// brackets or angle brackets inside one another (messages in messages,
+/// option values), outside comments and strings: protox parses them
+/// recursively, so they are refused before it runs.
+fn too_deep_at(source: &str) -> Option<usize> {
+    enum State {
+        Code,
+        LineComment,
+        /// Opened by the `/*` at this offset.
+        BlockComment(usize),
+        Text {
+            quote: u8,
+            escaped: bool,
+        },
+    }
+    let bytes = source.as_bytes();
+    let mut state = State::Code;
+    let mut depth = 0usize;
+    for (at, &byte) in bytes.iter().enumerate() {
+        state = match state {
+            State::Code => match byte {
+                b'/' if bytes.get(at + 1) == Some(&b'/') => State::LineComment,
+                b'/' if bytes.get(at + 1) == Some(&b'*') => State::BlockComment(at),
+                b'"' | b'\'' => State::Text {
+                    quote: byte,
+                    escaped: false,
+                },
+                b'{' | b'[' | b'<' => {
+                    depth += 1;
+                    if depth > MAX_DEPTH {
+                        return Some(at);
+                    }
+                    State::Code
+                }
+                b'}' | b']' | b'>' => {
+                    depth = depth.saturating_sub(1);
+                    State::Code
+                }
+                _ => State::Code,
+            },
+            State::LineComment if byte == b'\n' => State::Code,
+            State::BlockComment(opened)
+                if byte == b'/' && at > opened + 2 && bytes[at - 1] == b'*' =>
+            {
+                State::Code
+            }
+            State::Text { quote, escaped } => match byte {
+                _ if escaped => State::Text {
+                    quote,
+                    escaped: false,
+                },
+                b'\\' => State::Text {
+                    quote,
+                    escaped: true,
+                },
+                _ if byte == quote || byte == b'\n' => State::Code,
+                _ => State::Text { quote, escaped },
+            },
+            other => other,
+        };
+    }
+    None
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 fn line_column(source: &str, offset: usize) -> (usize, usize) {
     let before = source.get(..offset.min(source.len())).unwrap_or(source);
@@ -309,79 +373,6 @@ fn line_column(source: &str, offset: usize) -> (usize, usize) {
         .map_or(0, |text| text.chars().count())
         + 1;
     (line, column)
-}
-
-/// The deepest nesting of `{}` and `<>` in `source` outside comments and
-/// string literals, as protox's lexer reads them: `//` and `#` comments to
-/// the end of the line; `/* */` comments, which nest (one left open at the
-/// end of the file ends at its last `*/`); strings in `"` or `'`, with
-/// backslash escapes, ending at their quote or at a line break.
-fn nesting(source: &str) -> usize {
-    let bytes = source.as_bytes();
-    let (mut depth, mut deepest) = (0usize, 0usize);
-    let mut at = 0;
-    while let Some(&byte) = bytes.get(at) {
-        at += 1;
-        match byte {
-            b'{' | b'<' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b'}' | b'>' => depth = depth.saturating_sub(1),
-            b'#' => at = line_end(bytes, at),
-            b'/' if bytes.get(at) == Some(&b'/') => at = line_end(bytes, at),
-            b'/' if bytes.get(at) == Some(&b'*') => at = block_comment_end(bytes, at + 1),
-            b'"' | b'\'' => at = string_end(bytes, at, byte),
-            _ => {}
-        }
-    }
-    deepest
-}
-
-fn line_end(bytes: &[u8], from: usize) -> usize {
-    bytes[from..]
-        .iter()
-        .position(|&b| b == b'\n')
-        .map_or(bytes.len(), |i| from + i + 1)
-}
-
-/// Where a block comment whose `/*` ends at `from` ends.
-fn block_comment_end(bytes: &[u8], from: usize) -> usize {
-    let (mut depth, mut last_close) = (1usize, None);
-    let mut at = from;
-    while at < bytes.len() {
-        match &bytes[at..] {
-            [b'*', b'/', ..] => {
-                at += 2;
-                depth -= 1;
-                if depth == 0 {
-                    return at;
-                }
-                last_close = Some(at);
-            }
-            [b'/', b'*', ..] => {
-                at += 2;
-                depth += 1;
-            }
-            _ => at += 1,
-        }
-    }
-    last_close.unwrap_or(bytes.len())
-}
-
-/// Where a string opened by `quote` just before `from` ends.
-fn string_end(bytes: &[u8], from: usize, quote: u8) -> usize {
-    let mut at = from;
-    while let Some(&byte) = bytes.get(at) {
-        at += 1;
-        match byte {
-            b'\n' => return at,
-            b'\\' if bytes.get(at) != Some(&b'\n') => at += 1,
-            _ if byte == quote => return at,
-            _ => {}
-        }
-    }
-    at
 }
 
 /// A relative path of normal components ending in `.proto`.
@@ -591,53 +582,39 @@ mod tests {
         assert!(err.message.contains("not a readable gzip"), "{err}");
     }
 
-    /// A file nested past the limit is refused by name before protox
-    /// recurses into it (it once overflowed the stack and aborted).
     #[test]
-    fn deeply_nested_sources_are_refused() {
-        let messages = |depth: usize| {
-            let open: String = (0..depth).map(|i| format!("message M{i} {{ ")).collect();
-            format!("syntax = \"proto3\";\n{open}{}", "}".repeat(depth))
+    fn nesting_is_counted_outside_comments_and_strings() {
+        let deep = |open: &str, close: &str| {
+            format!(
+                "{}{}",
+                open.repeat(MAX_DEPTH + 1),
+                close.repeat(MAX_DEPTH + 1)
+            )
         };
-        let mut sources = ProtoSources::new(1 << 20);
-        let err = sources
-            .insert("deep.proto", messages(1000).into_bytes())
-            .unwrap_err();
+        assert_eq!(too_deep_at(&deep("{", "}")), Some(MAX_DEPTH));
+        assert_eq!(too_deep_at(&deep("[<", ">]")), Some(MAX_DEPTH));
+        assert_eq!(too_deep_at(&"{}".repeat(1000)), None);
+        let hidden = format!(
+            "// {}\n/* {} */\n\"{}\" '{}\\'{}'",
+            "{".repeat(200),
+            "{".repeat(200),
+            "{".repeat(200),
+            "{".repeat(200),
+            "{".repeat(200)
+        );
+        assert_eq!(too_deep_at(&hidden), None);
+        let err = sources(&[(
+            "deep.proto",
+            &format!("syntax = \"proto3\";\n{}", deep("message M {\n", "}\n")),
+        )])
+        .compile()
+        .unwrap_err();
         assert_eq!(
-            err.to_string(),
-            "deep.proto: nests braces deeper than 64 levels"
+            (err.line, err.column),
+            (Some(MAX_DEPTH + 2), Some(11)),
+            "{err}"
         );
-        sources
-            .insert("ok.proto", messages(MAX_NESTING).into_bytes())
-            .unwrap();
-        sources.compile().unwrap();
-        let options = format!(
-            "syntax = \"proto3\";\nimport \"google/api/annotations.proto\";\n\
-             message M {{}}\nservice S {{ rpc A(M) returns (M) {{ option (google.api.http) = \
-             {{ get: \"/a\" {}{} }}; }} }}\n",
-            "additional_bindings < get: \"/b\" ".repeat(100),
-            ">".repeat(100)
-        );
-        assert!(ProtoSources::new(1 << 20)
-            .insert("options.proto", options.into_bytes())
-            .is_err());
-    }
-
-    #[test]
-    fn nesting_is_counted_as_protox_reads_tokens() {
-        for (source, depth) in [
-            ("message A { message B { } }", 2),
-            ("map<string, M> m = 1; { <", 2),
-            ("{ // }\n { # }\n {", 3),
-            ("{ /* } /* } */ } */ {", 2),
-            ("{ /* /* } */ { ", 2),
-            ("{ \"}\\\"}\" { '}\"' {", 3),
-            ("{ \"open\n } {", 1),
-            ("{ \"a\\\n } {", 1),
-            ("} } {", 1),
-        ] {
-            assert_eq!(nesting(source), depth, "{source:?}");
-        }
+        assert!(err.message.contains("the limit of 100 levels"), "{err}");
     }
 
     #[test]

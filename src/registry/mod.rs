@@ -488,6 +488,9 @@ impl BuildContext {
             .add_sets(self.sets(sources))
             .checked_last(incoming)
             .build(generation)?;
+        for warning in catalog.warnings() {
+            tracing::warn!(generation, "{warning}");
+        }
         for loaded in catalog.sets.iter_mut() {
             match sources.sets.get(&loaded.name) {
                 Some(set) => {

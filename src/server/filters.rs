@@ -297,11 +297,13 @@ impl Inner {
         }
     }
 
-    /// The route of `request`, or the 404 or 405 that says there is none.
+    /// The route of `request`, or the 404 or 405 that says there is none (or
+    /// the 400 for a path variable that does not decode).
     fn matched(&self, request: &Request) -> Result<RouteMatch, Error> {
         let catalog = self.registry.load();
         let (route, captures) = match catalog.lookup(request.method(), request.uri().path()) {
-            Lookup::Found { route, captures } => (route, captures),
+            Lookup::Found { route, captures } => (route, Ok(captures)),
+            Lookup::Undecodable { route, var, reason } => (route, Err((var, reason))),
             Lookup::MethodNotAllowed { allow } => {
                 let allow = allow
                     .iter()
@@ -323,6 +325,11 @@ impl Inner {
         if let Some(context) = RequestContext::of(request) {
             context.set_route(&catalog, route);
         }
+        let captures = captures.map_err(|(var, reason)| {
+            let variable = catalog.route(route).template.variables.get(var);
+            let name = variable.map(|v| v.field_path_string()).unwrap_or_default();
+            Error::invalid_field(name, reason.to_string())
+        })?;
         Ok(RouteMatch {
             catalog,
             route,

@@ -8,6 +8,7 @@ use prost_reflect::{DynamicMessage, FieldDescriptor, MessageDescriptor, ReflectM
 use serde_json::Value as Json;
 
 use super::field_rules::{child_type, for_each_json, for_each_message, FieldRules};
+use crate::nesting::{self, MAX_DEPTH};
 
 /// Resolved paths as a tree; a node without children stands for the whole field.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -18,7 +19,8 @@ pub struct MaskTree {
 impl MaskTree {
     /// Resolves `paths` (proto or lowerCamelCase names, dot-separated; a path
     /// through a repeated or map field applies to each element) against
-    /// `message`. `hidden` says which fields must read as unknown.
+    /// `message`. `hidden` says which fields must read as unknown. A path of
+    /// more than [`MAX_DEPTH`] fields is refused: the tree's walks recurse.
     pub fn parse<'p>(
         message: &MessageDescriptor,
         paths: impl IntoIterator<Item = &'p str>,
@@ -26,10 +28,14 @@ impl MaskTree {
     ) -> Result<Self, String> {
         let mut tree = Self::default();
         for path in paths.into_iter().map(str::trim).filter(|p| !p.is_empty()) {
+            let shown = || nesting::shortened(path);
+            if path.split('.').nth(MAX_DEPTH).is_some() {
+                return Err(nesting::too_deep(&format!("field path `{}`", shown())));
+            }
             let mut node = &mut tree;
             let mut current = Some(message.clone());
             for part in path.split('.') {
-                let unknown = || format!("unknown field path `{path}`");
+                let unknown = || format!("unknown field path `{}`", shown());
                 let parent = current.take().ok_or_else(unknown)?;
                 let field = parent
                     .get_field_by_name(part)

@@ -1,5 +1,6 @@
 //! Field rules read from the protos: `(protogate.v1.field).internal` and
-//! `google.api.field_behavior` (`OUTPUT_ONLY`, `REQUIRED`).
+//! `google.api.field_behavior` (`OUTPUT_ONLY`, `REQUIRED`); fields the
+//! config names internal (`filters.fields`) are internal like marked ones.
 //!
 //! Each rule becomes a [`FieldGraph`] over the pool's message types, built
 //! once per catalog: a node per type that has marked fields or leads to one,
@@ -56,7 +57,9 @@ struct Node {
 // === impl FieldRules ===
 
 impl FieldRules {
-    pub fn new(pool: &DescriptorPool) -> Self {
+    /// The rules of `pool`'s types; `internal` fields count as marked
+    /// `(protogate.v1.field).internal`.
+    pub fn new(pool: &DescriptorPool, internal: &[FieldDescriptor]) -> Self {
         let internal_ext = pool.get_extension_by_name("protogate.v1.field");
         let behavior_ext = pool.get_extension_by_name("google.api.field_behavior");
         let behaviors = |field: &FieldDescriptor| -> Vec<i32> {
@@ -74,6 +77,9 @@ impl FieldRules {
         };
         Self {
             internal: FieldGraph::build(pool, |field| {
+                if internal.contains(field) {
+                    return true;
+                }
                 let Some(ext) = &internal_ext else {
                     return false;
                 };
@@ -252,26 +258,27 @@ impl FieldGraph {
             .enumerate()
             .map(|(i, m)| (m.full_name(), i))
             .collect();
-        // Fixpoint: a type is in the graph when it marks a field or leads to a type that is.
-        let mut included: Vec<bool> = marked.iter().map(|fields| !fields.is_empty()).collect();
-        loop {
-            let mut changed = false;
-            for (i, message) in messages.iter().enumerate() {
-                if included[i] {
-                    continue;
-                }
-                let leads = message.fields().any(|field| {
-                    child_type(&field)
-                        .and_then(|child| index.get(child.full_name()).copied())
-                        .is_some_and(|c| included[c])
-                });
-                if leads {
-                    included[i] = true;
-                    changed = true;
+        // A type is in the graph when it marks a field or leads to a type
+        // that is: found from the marked types back along the fields that
+        // lead to them, each type and field visited once, however long the
+        // chains of types or however they recurse.
+        let mut leading_to: Vec<Vec<usize>> = vec![Vec::new(); messages.len()];
+        for (i, message) in messages.iter().enumerate() {
+            for field in message.fields() {
+                let child = child_type(&field).and_then(|child| index.get(child.full_name()));
+                if let Some(&child) = child {
+                    leading_to[child].push(i);
                 }
             }
-            if !changed {
-                break;
+        }
+        let mut included: Vec<bool> = marked.iter().map(|fields| !fields.is_empty()).collect();
+        let mut pending: Vec<usize> = (0..messages.len()).filter(|&i| included[i]).collect();
+        while let Some(child) = pending.pop() {
+            for &parent in &leading_to[child] {
+                if !included[parent] {
+                    included[parent] = true;
+                    pending.push(parent);
+                }
             }
         }
         let mut node_of = vec![usize::MAX; messages.len()];
@@ -437,4 +444,70 @@ fn push_map_key(path: &mut String, key: &MapKey) {
         MapKey::U64(v) => write!(path, "[{v}]"),
         MapKey::String(v) => write!(path, "[{v}]"),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use prost_types::{
+        field_descriptor_proto::{Label, Type},
+        DescriptorProto, FieldDescriptorProto, FileDescriptorProto, FileDescriptorSet,
+    };
+
+    use super::*;
+
+    /// `M0 { M1 next; }` … `Mn { string secret; }`, declared from the end:
+    /// every type leads to the marked field, the first through all the others.
+    fn chain(length: usize) -> DescriptorPool {
+        let field = |name: &str, kind: Type, type_name: Option<String>| FieldDescriptorProto {
+            name: Some(name.into()),
+            number: Some(1),
+            label: Some(Label::Optional as i32),
+            r#type: Some(kind as i32),
+            type_name,
+            ..Default::default()
+        };
+        let message_type = (0..=length)
+            .rev()
+            .map(|i| DescriptorProto {
+                name: Some(format!("M{i}")),
+                field: vec![if i == length {
+                    field("secret", Type::String, None)
+                } else {
+                    field("next", Type::Message, Some(format!(".chain.M{}", i + 1)))
+                }],
+                ..Default::default()
+            })
+            .collect();
+        let file = FileDescriptorProto {
+            name: Some("chain.proto".into()),
+            package: Some("chain".into()),
+            message_type,
+            syntax: Some("proto3".into()),
+            ..Default::default()
+        };
+        DescriptorPool::from_file_descriptor_set(FileDescriptorSet { file: vec![file] }).unwrap()
+    }
+
+    #[test]
+    fn every_type_of_a_long_chain_leads_to_its_marked_field() {
+        let length = 10_000;
+        let pool = chain(length);
+        let graph = FieldGraph::build(&pool, |field| field.name() == "secret");
+        for i in [0, length / 2, length] {
+            let message = pool.get_message_by_name(&format!("chain.M{i}")).unwrap();
+            assert!(graph.root(&message).is_some(), "M{i}");
+        }
+    }
+
+    #[test]
+    fn recursive_types_are_in_the_graph_once() {
+        let pool = crate::testing::pool();
+        let graph = FieldGraph::build(&pool, |field| field.name() == "x");
+        let deep = pool
+            .get_message_by_name("protogate.testing.v1.Deep")
+            .unwrap();
+        let node = &graph.nodes[graph.root(&deep).unwrap()];
+        assert_eq!(node.marked.len(), 1);
+        assert_eq!(node.children.len(), 1, "`d` leads back to Deep");
+    }
 }

@@ -13,6 +13,7 @@ use super::{
 use crate::{
     error::Error,
     http_rule::{BindingPlan, BodyPlan},
+    nesting::{self, MAX_DEPTH},
     router::Capture,
     upstream::encode,
 };
@@ -38,6 +39,9 @@ pub fn request_message(
     options: &TranscodeOptions,
 ) -> Result<DynamicMessage, Error> {
     let body = parts.body;
+    if plan.body != BodyPlan::None && nests_too_deep(body) {
+        return Err(Error::InvalidJson(nesting::too_deep("the document").into()));
+    }
     let mut message = match &plan.body {
         BodyPlan::Whole => parse_json(plans, input, body, options)?,
         BodyPlan::None => DynamicMessage::new(input.clone()),
@@ -141,6 +145,36 @@ pub(super) fn parent_mut<'m>(
     })
 }
 
+/// Whether JSON `text` holds more than [`MAX_DEPTH`] objects and arrays
+/// inside one another: measured in one pass, before a parser recurses into
+/// it (serde_json's own limit is 128, and is not the one shared limit).
+fn nests_too_deep(text: &[u8]) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in text {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 fn is_blank(body: &[u8]) -> bool {
     body.iter().all(u8::is_ascii_whitespace)
 }
@@ -229,7 +263,7 @@ mod tests {
             let echo = pool
                 .get_message_by_name("protogate.testing.v1.EchoMessage")
                 .unwrap();
-            let rules = FieldRules::new(&pool);
+            let rules = FieldRules::new(&pool, &[]);
             let plans = JsonPlans::new(&pool, &rules);
             let options = TranscodeOptions::default();
             Self {
@@ -398,6 +432,85 @@ mod tests {
             };
             let written = fixture.straight(plan, parts).is_some();
             assert_eq!(written, straight, "{query:?} {body}");
+        }
+    }
+
+    /// Objects and arrays count alike both ways: the limit's JSON is
+    /// written straight, one more level is refused the general way.
+    #[test]
+    fn json_at_the_limit_is_read_both_ways_and_one_more_level_refused() {
+        let fixture = Fixture::new();
+        let whole = fixture.binding(BodyPlan::Whole, &[]);
+        // The root, a list, then objects: `containers` in all.
+        let json = |containers: usize| {
+            let objects = containers - 3;
+            format!(
+                r#"{{"repeatedNested":[{}{{}}{}]}}"#,
+                r#"{"child":"#.repeat(objects),
+                "}".repeat(objects)
+            )
+        };
+        let (at_limit, deeper) = (json(MAX_DEPTH), json(MAX_DEPTH + 1));
+        fixture.assert_both_ways(&whole, body_only(&at_limit), "at the limit");
+        assert_eq!(fixture.straight(&whole, body_only(&deeper)), None);
+        let rules = (&fixture.rules, &MethodRules::default());
+        let err = request_message(
+            &fixture.plans,
+            &fixture.echo,
+            &whole,
+            rules,
+            body_only(&deeper),
+            &fixture.options,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("the limit of 100 levels"), "{err}");
+    }
+
+    fn body_only(body: &str) -> RequestParts<'_> {
+        RequestParts {
+            captures: &[],
+            query: None,
+            body: body.as_bytes(),
+        }
+    }
+
+    /// A query path or JSON body 100,000 levels deep: left by the plans and
+    /// refused the general way naming the limit, neither recursing per level.
+    #[test]
+    fn input_nested_deeper_than_the_limit_is_refused_both_ways() {
+        let fixture = Fixture::new();
+        let no_body = fixture.binding(BodyPlan::None, &[]);
+        let whole = fixture.binding(BodyPlan::Whole, &[]);
+        let levels = 100_000;
+        let query = format!("nested{}.name=x", ".child".repeat(levels));
+        let json = format!(
+            r#"{{"nested":{}{{}}{}}}"#,
+            r#"{"child":"#.repeat(levels),
+            "}".repeat(levels)
+        );
+        let cases = [
+            (&no_body, Some(query.as_str()), ""),
+            (&whole, None, json.as_str()),
+        ];
+        for (plan, query, body) in cases {
+            let parts = RequestParts {
+                captures: &[],
+                query,
+                body: body.as_bytes(),
+            };
+            assert_eq!(fixture.straight(plan, parts), None);
+            let rules = (&fixture.rules, &MethodRules::default());
+            let err = request_message(
+                &fixture.plans,
+                &fixture.echo,
+                plan,
+                rules,
+                parts,
+                &fixture.options,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("the limit of 100 levels"), "{err}");
         }
     }
 }

@@ -273,7 +273,7 @@ mod tests {
             .methods()
             .find(|m| m.name() == "Echo")
             .unwrap();
-        let rules = FieldRules::new(&pool);
+        let rules = FieldRules::new(&pool, &[]);
         let plans = JsonPlans::new(&pool, &rules);
         Fixture { echo, rules, plans }
     }
@@ -687,5 +687,56 @@ mod tests {
             );
             assert_eq!(err.http_status(), http::StatusCode::BAD_GATEWAY);
         }
+    }
+
+    /// A reply nested past the limit is refused by both ways, neither
+    /// recursing once per level; one at the limit prints.
+    #[test]
+    fn a_reply_nested_deeper_than_the_limit_is_refused() {
+        let pool = crate::testing::pool();
+        let method = pool
+            .get_service_by_name("protogate.testing.v1.TestService")
+            .unwrap()
+            .methods()
+            .find(|m| m.name() == "EchoDeep")
+            .unwrap();
+        let rules = FieldRules::new(&pool, &[]);
+        let plans = JsonPlans::new(&pool, &rules);
+        let method_rules = rules.for_method(&method);
+        let binding = BindingPlan {
+            vars: Box::new([]),
+            body: BodyPlan::None,
+            response_body: None,
+            update_mask: None,
+            fields_param: true,
+            raw_request: false,
+            raw_response: false,
+        };
+        let shape = ReplyShape {
+            rules: &rules,
+            method: &method_rules,
+            omit: None,
+            plan: &binding,
+            method_descriptor: &method,
+            plans: &plans,
+            reply_plan: plans.index_of(&method.output()),
+        };
+        let options = TranscodeOptions::default();
+        let print = |levels| {
+            ReplyFilter::default().print(&crate::testing::deep_wire(levels), shape, &options)
+        };
+        let printed: Json =
+            serde_json::from_slice(&print(crate::nesting::MAX_DEPTH).unwrap()).unwrap();
+        assert_eq!(
+            printed
+                .pointer(&"/d".repeat(crate::nesting::MAX_DEPTH))
+                .unwrap(),
+            &json!({"s": "bottom"})
+        );
+        let err = print(100_000).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidReply(cause) if cause.contains("recursion limit")),
+            "{err:?}"
+        );
     }
 }

@@ -85,11 +85,7 @@ fn parse_kind(kind: &Kind, text: &str) -> Result<Value, String> {
             Some(value) => Value::EnumNumber(value.number()),
             None => Value::EnumNumber(text.parse().map_err(|_| {
                 let names: Vec<String> = desc.values().map(|v| v.name().to_owned()).collect();
-                format!(
-                    "`{text}` is not a value of {} (one of {})",
-                    desc.full_name(),
-                    names.join(", ")
-                )
+                format!("`{text}` is not one of {} (or a number)", names.join(", "))
             })?),
         },
         Kind::Message(message) => Value::Message(parse_message(message, text)?),

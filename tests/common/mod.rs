@@ -16,7 +16,7 @@ use protogate::{
         protogate::testing::v1::{
             echo_message::Choice,
             test_service_server::{TestService, TestServiceServer},
-            EchoMessage, FailRequest, Headers, Nested, SleepRequest, UpdateResourceRequest,
+            Deep, EchoMessage, FailRequest, Headers, Nested, SleepRequest, UpdateResourceRequest,
         },
     },
     registry::DescriptorSet,
@@ -73,6 +73,22 @@ impl TestService for Testing {
     async fn fail(&self, request: Request<FailRequest>) -> Result<Response<()>, Status> {
         let request = request.into_inner();
         let code = Code::from_i32(request.code);
+        if request.detail_depth > 0 {
+            let levels = usize::try_from(request.detail_depth).unwrap_or_default();
+            let status = RpcStatus {
+                code: request.code,
+                message: request.message.clone(),
+                details: vec![prost_types::Any {
+                    type_url: "type.googleapis.com/protogate.testing.v1.Deep".into(),
+                    value: nested_wire(levels, b"", 1, &deep_bottom()),
+                }],
+            };
+            return Err(Status::with_details(
+                code,
+                request.message,
+                Bytes::from(status.encode_to_vec()),
+            ));
+        }
         if !request.with_details {
             return Err(Status::new(code, request.message));
         }
@@ -154,9 +170,57 @@ impl TestService for Testing {
         Ok(Response::new(request.into_inner()))
     }
 
+    async fn echo_deep(&self, request: Request<Deep>) -> Result<Response<Deep>, Status> {
+        Ok(Response::new(request.into_inner()))
+    }
+
     async fn hidden(&self, request: Request<EchoMessage>) -> Result<Response<EchoMessage>, Status> {
         Ok(Response::new(request.into_inner()))
     }
+}
+
+/// The innermost `Deep` of [`nested_wire`] chains: a value and an internal field.
+pub fn deep_bottom() -> Vec<u8> {
+    Deep {
+        s: "bottom".into(),
+        x: "internal".into(),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// Wire bytes nested `levels` deep: each level is `prefix` followed by field
+/// `number` (length-delimited) holding the next level, the last holding
+/// `innermost`. Written front to back, its lengths computed inside out, so
+/// that no encoder recurses (or copies) once per level.
+pub fn nested_wire(levels: usize, prefix: &[u8], number: u32, innermost: &[u8]) -> Vec<u8> {
+    fn varint(mut value: u64, out: &mut Vec<u8>) {
+        while value >= 0x80 {
+            out.push((value as u8) | 0x80);
+            value >>= 7;
+        }
+        out.push(value as u8);
+    }
+    let key = u64::from(number << 3 | 2);
+    let len_of = |value: u64| {
+        let mut out = Vec::new();
+        varint(value, &mut out);
+        out.len()
+    };
+    // lengths[i]: the length of level i's content (what its key holds).
+    let mut lengths = vec![innermost.len(); levels + 1];
+    for level in (0..levels).rev() {
+        let inner = lengths[level + 1] as u64;
+        lengths[level] = prefix.len() + len_of(key) + len_of(inner) + lengths[level + 1];
+    }
+    let mut out = Vec::with_capacity(lengths[0]);
+    for inner in &lengths[1..] {
+        out.extend_from_slice(prefix);
+        varint(key, &mut out);
+        varint(*inner as u64, &mut out);
+    }
+    out.extend_from_slice(innermost);
+    out
 }
 
 /// Sets `secret` on a nested message and all its descendants.

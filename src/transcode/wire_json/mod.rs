@@ -76,15 +76,12 @@ use prost_reflect::{
 use serde::Serializer as _;
 
 use super::{field_mask::MaskTree, field_rules::FieldRules, TranscodeOptions};
-use crate::upstream::encode;
+use crate::{nesting::MAX_DEPTH, upstream::encode};
 
 mod parse;
 
 pub(crate) use parse::body_error;
 pub use parse::Declined;
-
-/// Deeper replies are left to the general decoder (which refuses them).
-const MAX_DEPTH: u32 = 100;
 
 const MAX_FIELD_NUMBER: u32 = (1 << 29) - 1;
 
@@ -93,8 +90,8 @@ const DENSE_NUMBERS: u32 = 256;
 
 /// `Timestamp` seconds of years 1 to 9999, the range prost-reflect prints
 /// and parses.
-const MIN_TIMESTAMP: i64 = -62_135_596_800;
-const MAX_TIMESTAMP: i64 = 253_402_300_799;
+pub(super) const MIN_TIMESTAMP: i64 = -62_135_596_800;
+pub(super) const MAX_TIMESTAMP: i64 = 253_402_300_799;
 /// `Duration` seconds within ±10,000 years, as prost-reflect checks.
 const MAX_DURATION_SECONDS: u64 = 315_576_000_000;
 
@@ -643,7 +640,8 @@ struct Printer<'a> {
     entries: Vec<Entry>,
     /// Stack of the entries of the maps being printed.
     map_entries: Vec<MapEntry>,
-    depth: u32,
+    /// Deeper replies are left to the general decoder (which refuses them).
+    depth: usize,
 }
 
 type Printed = Result<(), Unsupported>;
@@ -1566,7 +1564,7 @@ fn push_quoted(bytes: &[u8], out: &mut Vec<u8>) {
 
 /// A `Duration` prost-reflect accepts: within ±10,000 years, its nanos
 /// within a second.
-fn duration_in_range(seconds: i64, nanos: i32) -> bool {
+pub(super) fn duration_in_range(seconds: i64, nanos: i32) -> bool {
     seconds.unsigned_abs() <= MAX_DURATION_SECONDS && nanos.unsigned_abs() <= 999_999_999
 }
 
@@ -1656,7 +1654,7 @@ mod tests {
 
     fn echo() -> Echo {
         let pool = crate::testing::pool();
-        let plans = JsonPlans::new(&pool, &FieldRules::new(&pool));
+        let plans = JsonPlans::new(&pool, &FieldRules::new(&pool, &[]));
         let desc = pool
             .get_message_by_name("protogate.testing.v1.EchoMessage")
             .unwrap();

@@ -140,7 +140,8 @@ impl JsonPlans {
     /// The fields a query parameter's dotted `key` names from message
     /// `root`, as `query.rs` resolves them (proto names first), into `path`:
     /// singular plain messages down to a scalar or enum field, none of them
-    /// internal or output-only. Anything else is for the general way.
+    /// internal or output-only, at most [`MAX_DEPTH`] of them. Anything else
+    /// is for the general way.
     pub fn query_path<'p>(
         &'p self,
         root: usize,
@@ -150,6 +151,9 @@ impl JsonPlans {
         let mut current = root;
         let mut parts = key.split('.').peekable();
         while let Some(part) = parts.next() {
+            if path.len() == MAX_DEPTH {
+                return Err(Unsupported);
+            }
             let message = self
                 .messages
                 .get(current)
@@ -248,7 +252,7 @@ struct MessageSeed<'a> {
     ctx: &'a Ctx<'a>,
     plan: usize,
     out: &'a mut Vec<u8>,
-    depth: u32,
+    depth: usize,
 }
 
 /// A JSON key, as the index of the field it names (`None`: an unknown key
@@ -265,7 +269,7 @@ struct FieldSeed<'a> {
     ctx: &'a Ctx<'a>,
     field: &'a FieldPlan,
     out: &'a mut Vec<u8>,
-    depth: u32,
+    depth: usize,
     /// Set when the field may not be set here: refused with this reason.
     conflict: Option<&'static str>,
 }
@@ -276,7 +280,7 @@ struct ValueSeed<'a> {
     kind: &'a ValueKind,
     number: u32,
     out: &'a mut Vec<u8>,
-    depth: u32,
+    depth: usize,
 }
 
 /// A JSON object as the entries of a map field.
@@ -285,7 +289,7 @@ struct MapSeed<'a> {
     key: Scalar,
     field: &'a FieldPlan,
     out: &'a mut Vec<u8>,
-    depth: u32,
+    depth: usize,
 }
 
 /// A map key, written as field 1 of its entry.
@@ -299,7 +303,7 @@ struct AnySeed<'a> {
     ctx: &'a Ctx<'a>,
     number: u32,
     out: &'a mut Vec<u8>,
-    depth: u32,
+    depth: usize,
 }
 
 /// A `Timestamp` or `Duration` string, written as its message.
@@ -359,7 +363,7 @@ fn fields<'de, A: MapAccess<'de>>(
     plan: usize,
     map: &mut A,
     out: &mut Vec<u8>,
-    depth: u32,
+    depth: usize,
 ) -> Result<(), A::Error> {
     let plan = ctx
         .plans
@@ -509,7 +513,7 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
                 key,
                 field: self.field,
                 out: self.out,
-                depth: self.depth,
+                depth: self.depth + 1,
             })?,
         }
         Ok(true)
@@ -534,7 +538,8 @@ impl<'de> Visitor<'de> for ListSeed<'_> {
                 kind: &list.field.value,
                 number: list.field.number,
                 out: &mut *list.out,
-                depth: list.depth,
+                // An array is one level deeper, as serde_json counts it.
+                depth: list.depth + 1,
             };
             if items.next_element_seed(item)?.is_none() {
                 return Ok(());
@@ -664,7 +669,7 @@ fn any_fields<'de, A: MapAccess<'de>>(
     ctx: &Ctx<'_>,
     map: &mut A,
     out: &mut Vec<u8>,
-    depth: u32,
+    depth: usize,
 ) -> Result<(), A::Error> {
     match map.next_key::<&str>()? {
         None => return Ok(()),
@@ -1283,7 +1288,7 @@ mod tests {
 
     fn fixture() -> Fixture {
         let pool = testing::pool();
-        let plans = JsonPlans::new(&pool, &FieldRules::new(&pool));
+        let plans = JsonPlans::new(&pool, &FieldRules::new(&pool, &[]));
         let echo = pool
             .get_message_by_name("protogate.testing.v1.EchoMessage")
             .unwrap();
