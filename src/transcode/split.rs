@@ -197,7 +197,9 @@ impl JsonSplitter {
 fn step(scan: Scan, byte: u8, at: usize) -> (Scan, Option<usize>) {
     match scan {
         Scan::Bare => {
-            let ends = byte.is_ascii_whitespace() || matches!(byte, b',' | b']' | b'[' | b'{');
+            // A string may follow at once (`1"a"`), as for serde_json.
+            let ends =
+                byte.is_ascii_whitespace() || matches!(byte, b',' | b']' | b'[' | b'{' | b'"');
             (scan, ends.then_some(at))
         }
         Scan::String { escaped } => match byte {
@@ -301,6 +303,11 @@ mod tests {
         assert_eq!(
             split_every_way("1 2\n\"x\" 3").unwrap(),
             ["1", "2", "\"x\"", "3"]
+        );
+        // Found by the split fuzz target: a string right after a bare value.
+        assert_eq!(
+            split_every_way("1\"x\"true\"y\"").unwrap(),
+            ["1", "\"x\"", "true", "\"y\""]
         );
     }
 
