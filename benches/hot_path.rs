@@ -177,6 +177,28 @@ fn transcode(c: &mut Criterion) {
         });
     });
 
+    // A GET's query string straight to wire bytes (decoded, resolved, written).
+    let list = route("GET /v1/orders");
+    let list_method = catalog.method(list);
+    c.bench_function("query_to_wire/list_orders", |b| {
+        b.iter(|| {
+            let parts = RequestParts {
+                captures: &[],
+                query: Some(black_box("status=PAID&pageSize=20&customerId=c%2D1")),
+                body: b"",
+            };
+            request_wire(
+                catalog.json_plans(),
+                list_method.request_plan,
+                &list.binding,
+                &list_method.rules,
+                parts,
+                &options,
+            )
+            .unwrap()
+        });
+    });
+
     // The request message to wire bytes: one pass, or prost-reflect's encoder.
     let message = request_message(
         catalog.json_plans(),

@@ -31,7 +31,9 @@ impl std::error::Error for Undecodable {}
 
 /// `raw` fully percent-decoded; borrowed when it holds no escape.
 pub fn decode(raw: &str) -> Result<Cow<'_, str>, Undecodable> {
-    check_escapes(raw)?;
+    if !has_escapes(raw)? {
+        return Ok(Cow::Borrowed(raw));
+    }
     percent_decode_str(raw)
         .decode_utf8()
         .map_err(|_| Undecodable::NotUtf8)
@@ -40,7 +42,9 @@ pub fn decode(raw: &str) -> Result<Cow<'_, str>, Undecodable> {
 /// `raw` percent-decoded except for `%2F`/`%2f`, which stay as written so
 /// that a multi-segment value still tells encoded slashes from separators.
 pub fn decode_keeping_slashes(raw: &str) -> Result<String, Undecodable> {
-    check_escapes(raw)?;
+    if !has_escapes(raw)? {
+        return Ok(raw.to_owned());
+    }
     let mut out = Vec::with_capacity(raw.len());
     let mut rest = raw;
     while let Some(i) = rest
@@ -89,20 +93,21 @@ fn form_decode(raw: &str) -> Result<Cow<'_, str>, Undecodable> {
     Ok(Cow::Owned(decoded.unwrap_or(spaced)))
 }
 
-/// Every `%` starts an escape of two hex digits.
-fn check_escapes(raw: &str) -> Result<(), Undecodable> {
+/// Whether `raw` holds escapes; an error when a `%` does not start one of
+/// two hex digits. (Text without any is already UTF-8: nothing to check.)
+fn has_escapes(raw: &str) -> Result<bool, Undecodable> {
     let bytes = raw.as_bytes();
-    let mut at = 0;
+    let (mut at, mut found) = (0, false);
     while let Some(offset) = bytes[at..].iter().position(|b| *b == b'%') {
         let escape = at + offset;
         match bytes.get(escape + 1..escape + 3) {
             Some([high, low]) if high.is_ascii_hexdigit() && low.is_ascii_hexdigit() => {
-                at = escape + 3;
+                (at, found) = (escape + 3, true);
             }
             _ => return Err(Undecodable::MalformedEscape),
         }
     }
-    Ok(())
+    Ok(found)
 }
 
 #[cfg(test)]

@@ -237,21 +237,18 @@ impl Route {
     /// The values of the variables, percent-decoded; the first that does
     /// not decode exactly is refused with its variable index.
     fn captures(&self, body: &str) -> Result<Vec<Capture>, (usize, Undecodable)> {
-        self.vars
-            .iter()
-            .enumerate()
-            .map(|(var, span)| {
-                let raw = span.raw(body);
-                let value = if span.multi_segment {
-                    percent::decode_keeping_slashes(raw)
-                } else {
-                    percent::decode(raw).map(Cow::into_owned)
-                };
-                value
-                    .map(|value| Capture { var, value })
-                    .map_err(|reason| (var, reason))
-            })
-            .collect()
+        let mut captures = Vec::with_capacity(self.vars.len());
+        for (var, span) in self.vars.iter().enumerate() {
+            let raw = span.raw(body);
+            let value = if span.multi_segment {
+                percent::decode_keeping_slashes(raw)
+            } else {
+                percent::decode(raw).map(Cow::into_owned)
+            };
+            let value = value.map_err(|reason| (var, reason))?;
+            captures.push(Capture { var, value });
+        }
+        Ok(captures)
     }
 }
 
