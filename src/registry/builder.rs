@@ -224,6 +224,20 @@ impl<'a> CatalogBuilder<'a> {
                     continue;
                 }
             };
+            // prost-reflect panics on a syntax it does not know (0.16.5):
+            // refuse one before it decodes the set.
+            if let Some(file) = files
+                .file
+                .iter()
+                .find(|f| !matches!(f.syntax(), "" | "proto2" | "proto3"))
+            {
+                problems.push(problem(format!(
+                    "{}: unknown syntax `{}`",
+                    file.name(),
+                    file.syntax()
+                )));
+                continue;
+            }
             let file_names: Vec<String> = files.file.iter().map(|f| f.name().to_owned()).collect();
             let new_files: Vec<String> = file_names
                 .into_iter()
