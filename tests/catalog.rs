@@ -208,6 +208,23 @@ fn garbage_bytes_are_not_a_descriptor_set() {
     );
 }
 
+/// prost-reflect panicked on a syntax it does not know (found by the upload
+/// fuzz target): the file is refused by name before it decodes the set.
+#[test]
+fn an_unknown_syntax_is_refused_naming_the_file() {
+    let file = prost_types::FileDescriptorProto {
+        name: Some("x.proto".into()),
+        syntax: Some("editions".into()),
+        ..Default::default()
+    };
+    let set = prost_types::FileDescriptorSet { file: vec![file] };
+    let found = problems(vec![DescriptorSet {
+        name: "new".into(),
+        bytes: Bytes::from(prost::Message::encode_to_vec(&set)),
+    }]);
+    assert_eq!(found, ["set `new`: x.proto: unknown syntax `editions`"]);
+}
+
 #[tokio::test]
 async fn a_service_without_upstream_is_refused_at_start() {
     let config = protogate::Config::default();

@@ -23,6 +23,14 @@ use std::{
 
 use upload::Upload;
 
+/// Builds what the targets share (the fixed catalog, the token issuer), for
+/// a harness to call once before it forks: afl then starts each child with
+/// them built, also after a crash.
+pub fn prepare() {
+    fixture::catalog();
+    fixture::authenticator();
+}
+
 /// A path template: `parse(display(t)) == t`.
 pub fn template(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {

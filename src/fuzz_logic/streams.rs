@@ -68,13 +68,14 @@ pub(super) fn stream(accept: &[u8], messages: &[&[u8]], error: Option<&[u8]>) {
         headers.insert(header::ACCEPT, accept);
     }
     let format = StreamFormat::negotiate(&headers);
-    // Compact JSON, as the reply printer writes it.
+    // Compact JSON, as the reply printer writes it, and the value a client
+    // reads from that text (serde_json's floats need not survive printing
+    // and reading again).
     let compact = |json: &[u8]| {
         let value: Json = serde_json::from_slice(json).ok()?;
-        Some((
-            serde_json::to_vec(&value).expect("a JSON value prints"),
-            value,
-        ))
+        let text = serde_json::to_vec(&value).expect("a JSON value prints");
+        let value = serde_json::from_slice(&text).expect("printed JSON reads");
+        Some((text, value))
     };
     let messages: Vec<(Vec<u8>, Json)> = messages.iter().filter_map(|m| compact(m)).collect();
     let error = error.and_then(compact);

@@ -256,6 +256,20 @@ impl<'a> CatalogBuilder<'a> {
                     continue;
                 }
             };
+            // prost-reflect panics on a syntax it does not know (0.16.5):
+            // refuse one before it decodes the set.
+            if let Some(file) = files
+                .file
+                .iter()
+                .find(|f| !matches!(f.syntax(), "" | "proto2" | "proto3"))
+            {
+                problems.push(problem(format!(
+                    "{}: unknown syntax `{}`",
+                    file.name(),
+                    file.syntax()
+                )));
+                continue;
+            }
             // A file shared by several sets is listed under the first to serve it.
             let own_files: Vec<&str> = files
                 .file
