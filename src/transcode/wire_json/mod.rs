@@ -19,6 +19,12 @@
 //! malformed bytes) reports [`Unsupported`], and the caller decodes the reply
 //! the general way.
 //!
+//! What is read but not printed (the fields the filters hide, the siblings
+//! of a `response_body`, a value a later occurrence replaces, an `Empty`'s
+//! bytes) is still checked as decoding checks it: wire structure, UTF-8 of
+//! strings, nested messages by their plans. A reply prost-reflect cannot
+//! decode is then never printed; the general way refuses it.
+//!
 //! # Where protogate differs from prost-reflect, by design
 //!
 //! Each has a test of its name in this module's tests (`response.rs` for
@@ -53,10 +59,6 @@
 //!   prost-reflect refuses `3.4028235e38` (`f32::MAX` as printed) and reads
 //!   a float's string as an `f32` directly, making `"1e39"` an infinity;
 //!   here it is refused, as is a double's `"1e400"`.
-//! * `hidden_fields_are_not_read`: the bytes of a field the reply's filters
-//!   hide (internal, omitted, not asked for) are skipped, not decoded, so
-//!   malformed bytes there do not fail the reply; decoding the whole reply,
-//!   prost-reflect fails.
 //! * `a_key_given_twice_is_refused`: prost-reflect keeps the last value of a
 //!   key given twice; the first would be lost, so it is refused.
 //!
@@ -663,13 +665,14 @@ impl Printer<'_> {
             Form::Timestamp => self.timestamp(start, end),
             Form::Duration => self.duration(start, end),
             Form::Wrapper(scalar) => {
-                let value = self.last_of(start, end, 1, scalar.wire())?;
+                let value = self.wrapped(*scalar, start, end)?;
                 match value {
                     Some((start, end)) => self.scalar(*scalar, start, end),
                     None => self.default_scalar(*scalar),
                 }
             }
             Form::Empty => {
+                self.check_message(plan, start, end, self.depth + 1)?;
                 self.out.extend_from_slice(b"{}");
                 Ok(())
             }
@@ -851,7 +854,9 @@ impl Printer<'_> {
             let field = &plan.fields[usize::from(entry.field)];
             if field.shape == Shape::Single && field.oneof.is_none() && masks.is_empty() {
                 // What `field` decides for most fields, without the entry stack.
-                if !field.internal {
+                if field.internal {
+                    self.check_entry(field, entry, self.depth + 1)?;
+                } else {
                     self.single(field, entry, masks, &mut first)?;
                 }
                 continue;
@@ -935,11 +940,8 @@ impl Printer<'_> {
             }
             *oneofs |= 1 << bit;
         }
-        if field.internal {
-            return Ok(());
-        }
-        let Some(inner) = field_masks(field, masks) else {
-            return Ok(());
+        let Some(inner) = field_masks(field, masks).filter(|_| !field.internal) else {
+            return self.check_run(field, run, next);
         };
         if run == next {
             if self.options.emit_unpopulated && !field.presence {
@@ -955,6 +957,7 @@ impl Printer<'_> {
                     // Repeated copies of a message merge.
                     return Err(Unsupported);
                 }
+                self.check_run(field, run, next - 1)?;
                 self.single(field, last, inner, first)
             }
             Shape::List => {
@@ -1015,6 +1018,12 @@ impl Printer<'_> {
         while next < top && usize::from(self.entries[next].field) == index {
             next += 1;
         }
+        // The fields beside the body are not printed, but decoding reads
+        // them (their messages are on level 2, below the reply).
+        for i in (base..run).chain(next..top) {
+            let entry = self.entries[i];
+            self.check_entry(&plan.fields[usize::from(entry.field)], entry, 2)?;
+        }
         match field.shape {
             Shape::List => self.list(field, run, next, masks)?,
             Shape::Map(key) => self.map(key, &field.value, run, next, masks)?,
@@ -1026,6 +1035,7 @@ impl Printer<'_> {
                 if matches!(field.value, ValueKind::Message(_)) && next - run > 1 {
                     return Err(Unsupported);
                 }
+                self.check_run(field, run, next - 1)?;
                 let last = self.entries[next - 1];
                 self.value(&field.value, last.wire, last.start, last.end, masks)?;
             }
@@ -1088,7 +1098,7 @@ impl Printer<'_> {
         let base = self.map_entries.len();
         for i in run..next {
             let entry = self.entries[i];
-            let parsed = self.map_entry(entry.start, entry.end, key.wire(), value)?;
+            let parsed = self.map_entry(entry.start, entry.end, key, value, self.depth + 1)?;
             self.map_entries.push(parsed);
         }
         // Sorted by key, the last of equal keys kept (as decoding would).
@@ -1101,6 +1111,10 @@ impl Printer<'_> {
         for i in base..top {
             let entry = self.map_entries[i];
             if i + 1 < top && key_bytes(&self.map_entries[i + 1]) == key_bytes(&entry) {
+                // Replaced by the later entry of the same key, but decoded.
+                if let Some((_, start, end)) = entry.value {
+                    self.check_value(value, start, end, self.depth + 1)?;
+                }
                 continue;
             }
             self.comma(&mut first);
@@ -1119,13 +1133,17 @@ impl Printer<'_> {
         Ok(())
     }
 
+    /// A map entry's key and value; a key or value it holds twice is
+    /// checked before the later one replaces it.
     fn map_entry(
         &self,
         start: usize,
         end: usize,
-        key_wire: u8,
+        key: Scalar,
         value: &ValueKind,
+        depth: usize,
     ) -> Result<MapEntry, Unsupported> {
+        let key_wire = key.wire();
         let value_wire = value.wire();
         let value_is_message = matches!(value, ValueKind::Message(_));
         let mut entry = MapEntry {
@@ -1136,15 +1154,17 @@ impl Printer<'_> {
         while pos < end {
             let (number, wire) = read_tag(self.buf, &mut pos, end)?;
             let (value_start, value_end) = self.value_range(wire, &mut pos, end)?;
-            let slot = match number {
-                1 if wire == key_wire => &mut entry.key,
+            let (slot, kind) = match number {
+                1 if wire == key_wire => (&mut entry.key, &ValueKind::Scalar(key)),
                 // Repeated copies of a message value merge: left to the decoder.
                 2 if value_is_message && entry.value.is_some() => return Err(Unsupported),
-                2 if wire == value_wire => &mut entry.value,
+                2 if wire == value_wire => (&mut entry.value, value),
                 1 | 2 => return Err(Unsupported),
                 _ => continue,
             };
-            *slot = Some((wire, value_start, value_end));
+            if let Some((_, start, end)) = slot.replace((wire, value_start, value_end)) {
+                self.check_value(kind, start, end, depth)?;
+            }
         }
         Ok(entry)
     }
@@ -1448,24 +1468,26 @@ impl Printer<'_> {
         Ok((seconds, nanos))
     }
 
-    /// The last occurrence of field `number` in a message's bytes.
-    fn last_of(
+    /// The last occurrence of a wrapper's field 1 in its bytes; those it
+    /// replaces are checked.
+    fn wrapped(
         &self,
+        scalar: Scalar,
         start: usize,
         end: usize,
-        number: u32,
-        expected: u8,
     ) -> Result<Option<(usize, usize)>, Unsupported> {
         let mut found = None;
         let mut pos = start;
         while pos < end {
-            let (tag_number, wire) = read_tag(self.buf, &mut pos, end)?;
+            let (number, wire) = read_tag(self.buf, &mut pos, end)?;
             let range = self.value_range(wire, &mut pos, end)?;
-            if tag_number == number {
-                if wire != expected {
+            if number == 1 {
+                if wire != scalar.wire() {
                     return Err(Unsupported);
                 }
-                found = Some(range);
+                if let Some((start, end)) = found.replace(range) {
+                    self.check_value(&ValueKind::Scalar(scalar), start, end, 0)?;
+                }
             }
         }
         Ok(found)
@@ -1486,6 +1508,75 @@ impl Printer<'_> {
 
     fn f64_at(&self, start: usize, end: usize) -> Result<f64, Unsupported> {
         Ok(f64::from_le_bytes(self.fixed(start, end)?))
+    }
+}
+
+// === Checking what is not printed ===
+
+impl Printer<'_> {
+    /// The entries `run..next` of a field that is not printed.
+    fn check_run(&self, field: &FieldPlan, run: usize, next: usize) -> Printed {
+        for i in run..next {
+            self.check_entry(field, self.entries[i], self.depth + 1)?;
+        }
+        Ok(())
+    }
+
+    /// One occurrence of `field`, read as decoding reads it; `depth` is the
+    /// nesting of a message it holds.
+    fn check_entry(&self, field: &FieldPlan, entry: Entry, depth: usize) -> Printed {
+        let one = field.value.wire();
+        match field.shape {
+            Shape::Map(key) => {
+                let parsed = self.map_entry(entry.start, entry.end, key, &field.value, depth)?;
+                if let Some((_, start, end)) = parsed.key {
+                    self.check_value(&ValueKind::Scalar(key), start, end, depth)?;
+                }
+                if let Some((_, start, end)) = parsed.value {
+                    self.check_value(&field.value, start, end, depth)?;
+                }
+                Ok(())
+            }
+            Shape::List if entry.wire == LEN && one != LEN => {
+                let mut pos = entry.start;
+                while pos < entry.end {
+                    self.value_range(one, &mut pos, entry.end)?;
+                }
+                Ok(())
+            }
+            _ => self.check_value(&field.value, entry.start, entry.end, depth),
+        }
+    }
+
+    /// A value whose bytes [`Self::value_range`] delimited: numbers need
+    /// nothing more; strings must be UTF-8, messages decode.
+    fn check_value(&self, value: &ValueKind, start: usize, end: usize, depth: usize) -> Printed {
+        match value {
+            ValueKind::Scalar(Scalar::String) => std::str::from_utf8(&self.buf[start..end])
+                .map(drop)
+                .map_err(|_| Unsupported),
+            ValueKind::Message(plan) => {
+                let plan = self.plans.messages.get(*plan).ok_or(Unsupported)?;
+                self.check_message(plan, start, end, depth)
+            }
+            ValueKind::Scalar(_) | ValueKind::Enum(_) => Ok(()),
+        }
+    }
+
+    /// A message's bytes, by its fields whatever its form, down to the
+    /// shared nesting limit (decoding stops there too).
+    fn check_message(&self, plan: &MessagePlan, start: usize, end: usize, depth: usize) -> Printed {
+        if depth > MAX_DEPTH || matches!(plan.form, Form::Unsupported) {
+            return Err(Unsupported);
+        }
+        let mut pos = start;
+        while pos < end {
+            if let Some(entry) = self.entry_at(plan, &mut pos, end)? {
+                let field = &plan.fields[usize::from(entry.field)];
+                self.check_entry(field, entry, depth + 1)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1824,16 +1915,144 @@ mod tests {
         assert_ne!(echo.reference_parse(&string).unwrap().float_value, narrowed);
     }
 
+    /// What the printer reads but does not print is checked as decoding
+    /// checks it (the fuzz findings `fuzz/corpus/reply/*-not-*`): each reply
+    /// below prints when its payload is sound, and is refused, as
+    /// prost-reflect refuses to decode it, when the payload is not UTF-8
+    /// (or, for `Empty`, not a field).
     #[test]
-    fn hidden_fields_are_not_read() {
+    fn what_is_not_printed_is_still_checked() {
         let echo = echo();
-        // Field 1 (`stringValue`), then field 17 (`nested`) holding a
-        // truncated string.
-        let wire = [
-            &[0x0a, 0x01, b's'][..],
-            &[0x8a, 0x01, 0x03, 0x0a, 0x05, b'a'],
-        ]
-        .concat();
+        let field = |number: u32, value: &[u8]| {
+            let mut out = Vec::new();
+            encode::key(number, encode::LEN, &mut out);
+            encode::bytes(value, &mut out);
+            out
+        };
+        let text = |sound: bool| if sound { &b"ok"[..] } else { &[b'o', 0xff][..] };
+        let nested_name = |sound| field(17, &field(1, text(sound)));
+        let keep = MaskTree::parse(&echo.desc, ["stringValue"], |_, _| false).unwrap();
+        let omit = MaskTree::parse(&echo.desc, ["nested"], |_, _| false).unwrap();
+        let kept = Masks {
+            omit: None,
+            keep: Some(&keep),
+        };
+        let omitted = Masks {
+            omit: Some(&omit),
+            keep: None,
+        };
+        let body = echo.desc.get_field_by_name("nested").unwrap();
+        type Reply<'a> = Box<dyn Fn(bool) -> Vec<u8> + 'a>;
+        let cases: [(&str, Reply<'_>, Masks<'_>, Option<&FieldDescriptor>); 11] = [
+            (
+                "an Empty's bytes",
+                Box::new(|sound| field(40, if sound { &[0x08, 0x01] } else { &[0x08] })),
+                Masks::default(),
+                None,
+            ),
+            (
+                "an internal field",
+                Box::new(|sound| field(47, text(sound))),
+                Masks::default(),
+                None,
+            ),
+            (
+                "an internal field after a printed one",
+                Box::new(|sound| [field(1, b"a"), field(47, text(sound))].concat()),
+                Masks::default(),
+                None,
+            ),
+            (
+                "an internal field of a nested message",
+                Box::new(|sound| field(17, &field(5, text(sound)))),
+                Masks::default(),
+                None,
+            ),
+            (
+                "a field the client's fields leave out",
+                Box::new(|sound| [field(1, b"a"), nested_name(sound)].concat()),
+                kept,
+                None,
+            ),
+            (
+                "a configured omission",
+                Box::new(nested_name),
+                omitted,
+                None,
+            ),
+            (
+                "a field beside the response_body",
+                Box::new(|sound| [field(1, text(sound)), field(17, &[])].concat()),
+                Masks::default(),
+                Some(&body),
+            ),
+            (
+                "a singular value a later one replaces, out of order",
+                Box::new(|sound| {
+                    [vec![0x10, 0x01], field(1, text(sound)), field(1, b"b")].concat()
+                }),
+                Masks::default(),
+                None,
+            ),
+            (
+                "a map value a later entry of its key replaces",
+                Box::new(|sound| {
+                    let entry =
+                        |value: &[u8]| field(22, &[field(1, b"k"), field(2, value)].concat());
+                    [entry(text(sound)), entry(b"b")].concat()
+                }),
+                Masks::default(),
+                None,
+            ),
+            (
+                "a map entry's value given twice",
+                Box::new(|sound| {
+                    field(
+                        22,
+                        &[field(1, b"k"), field(2, text(sound)), field(2, b"b")].concat(),
+                    )
+                }),
+                Masks::default(),
+                None,
+            ),
+            (
+                "a wrapper's value given twice",
+                Box::new(|sound| field(34, &[field(1, text(sound)), field(1, b"b")].concat())),
+                Masks::default(),
+                None,
+            ),
+        ];
+        let options = TranscodeOptions::default();
+        for (what, reply, masks, body) in cases {
+            for sound in [true, false] {
+                let wire = reply(sound);
+                let printed = echo.plans.print(echo.root, &wire, body, masks, &options);
+                let decoded = DynamicMessage::decode(echo.desc.clone(), &wire[..]);
+                assert_eq!(
+                    (printed.is_ok(), decoded.is_ok()),
+                    (sound, sound),
+                    "{what}, sound {sound}: {wire:?}"
+                );
+            }
+        }
+    }
+
+    /// A hidden message is checked by its plan down to the nesting limit,
+    /// not further: deeper bytes are declined, and decoding refuses them.
+    #[test]
+    fn hidden_messages_are_checked_without_unbounded_recursion() {
+        let echo = echo();
+        // `nested.child.child...` far past the limit, hidden from the client.
+        let mut nested = Vec::new();
+        for _ in 0..10 * MAX_DEPTH {
+            let mut outer = Vec::new();
+            encode::key(4, encode::LEN, &mut outer);
+            encode::bytes(&nested, &mut outer);
+            nested = outer;
+        }
+        let mut wire = Vec::new();
+        encode::key(17, encode::LEN, &mut wire);
+        encode::bytes(&nested, &mut wire);
         let keep = MaskTree::parse(&echo.desc, ["stringValue"], |_, _| false).unwrap();
         let masks = Masks {
             omit: None,
@@ -1841,7 +2060,7 @@ mod tests {
         };
         let options = TranscodeOptions::default();
         let printed = echo.plans.print(echo.root, &wire, None, masks, &options);
-        assert_eq!(printed.unwrap(), br#"{"stringValue":"s"}"#);
+        assert_eq!(printed, Err(Unsupported));
         assert!(DynamicMessage::decode(echo.desc, &wire[..]).is_err());
     }
 
