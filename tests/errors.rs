@@ -595,6 +595,21 @@ async fn a_reply_that_is_not_a_valid_message_is_502_on_both_client_paths() {
 }
 
 #[tokio::test]
+async fn a_reply_whose_hidden_field_does_not_decode_is_502_not_printed_without_it() {
+    // The order's id, then its internal note (field 10, never shown to
+    // clients) holding bytes that are not UTF-8: prost-reflect refuses to
+    // decode the reply, so the gateway must not print the rest as 200.
+    let url = upstream_replying(b"\x0a\x03o-1\x52\x02a\xff").await;
+    let gw = Gateway::start_with(|config| {
+        config.upstreams.push(upstream("acme.orders.v1", &url));
+    })
+    .await;
+    let (status, body) = gw.get("/v1/orders/o-1").await;
+    assert_eq!(status, 502, "{body}");
+    assert_status(&body, Code::Internal, "upstream sent an invalid reply");
+}
+
+#[tokio::test]
 async fn the_cause_of_a_5xx_is_logged_at_warn_with_the_request_id_and_the_upstream() {
     let backend = Backend::start().await;
     let dir = tempfile::tempdir().unwrap();
