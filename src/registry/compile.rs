@@ -249,13 +249,13 @@ impl ProtoSources {
             return Err(general("no .proto files in the upload".to_owned()));
         }
         for (name, source) in &self.files {
-            if let Some(offset) = too_deep_at(source) {
+            if let Some((offset, message)) = refused_at(source) {
                 let (line, column) = line_column(source, offset);
                 return Err(CompileError {
                     file: Some(name.clone()),
                     line: Some(line),
                     column: Some(column),
-                    message: nesting::too_deep("the source"),
+                    message,
                 });
             }
         }
@@ -299,13 +299,22 @@ impl ProtoSources {
     }
 }
 
-/// The byte offset where `source` opens more than [`MAX_DEPTH`] braces,
-/// brackets or angle brackets inside one another (messages in messages,
-/// option values), outside comments and strings: protox parses them
-/// recursively, so they are refused before it runs.
-fn too_deep_at(source: &str) -> Option<usize> {
+/// What `source` holds, outside comments and strings, that protox must
+/// not see, and its byte offset:
+/// - more than [`MAX_DEPTH`] braces, brackets or angle brackets inside one
+///   another (messages in messages, option values), which protox parses
+///   recursively;
+/// - an integer with a leading zero and a digit 8 or 9 (`019`), which no
+///   `.proto` file may hold: protox-parse 0.9 asserts that such a literal
+///   can only overflow, so a build with debug assertions panics on it
+///   (release builds report "integer out of range").
+fn refused_at(source: &str) -> Option<(usize, String)> {
     enum State {
         Code,
+        /// An identifier: digits in it start no number.
+        Word,
+        /// A number literal starting at this offset.
+        Number(usize),
         LineComment,
         /// Opened by the `/*` at this offset.
         BlockComment(usize),
@@ -318,6 +327,20 @@ fn too_deep_at(source: &str) -> Option<usize> {
     let mut state = State::Code;
     let mut depth = 0usize;
     for (at, &byte) in bytes.iter().enumerate() {
+        // A word or a number ends at the first byte that cannot continue
+        // it, which is then read as code.
+        state = match state {
+            State::Word if is_word(byte) => continue,
+            State::Number(start) if continues_number(&bytes[start..at], byte) => continue,
+            State::Number(start) => {
+                if let Some(problem) = not_octal(&source[start..at]) {
+                    return Some((start, problem));
+                }
+                State::Code
+            }
+            State::Word => State::Code,
+            other => other,
+        };
         state = match state {
             State::Code => match byte {
                 b'/' if bytes.get(at + 1) == Some(&b'/') => State::LineComment,
@@ -329,7 +352,7 @@ fn too_deep_at(source: &str) -> Option<usize> {
                 b'{' | b'[' | b'<' => {
                     depth += 1;
                     if depth > MAX_DEPTH {
-                        return Some(at);
+                        return Some((at, nesting::too_deep("the source")));
                     }
                     State::Code
                 }
@@ -337,6 +360,9 @@ fn too_deep_at(source: &str) -> Option<usize> {
                     depth = depth.saturating_sub(1);
                     State::Code
                 }
+                b'0'..=b'9' => State::Number(at),
+                b'.' if bytes.get(at + 1).is_some_and(u8::is_ascii_digit) => State::Number(at),
+                _ if is_word(byte) => State::Word,
                 _ => State::Code,
             },
             State::LineComment if byte == b'\n' => State::Code,
@@ -360,7 +386,36 @@ fn too_deep_at(source: &str) -> Option<usize> {
             other => other,
         };
     }
-    None
+    match state {
+        State::Number(start) => not_octal(&source[start..]).map(|problem| (start, problem)),
+        _ => None,
+    }
+}
+
+fn is_word(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || byte == b'_'
+}
+
+/// Whether `byte` continues the number literal `number` (`1.5e-3`, `0x1F`).
+fn continues_number(number: &[u8], byte: u8) -> bool {
+    let hex = number.len() >= 2 && number[0] == b'0' && matches!(number[1], b'x' | b'X');
+    is_word(byte)
+        || byte == b'.'
+        || (matches!(byte, b'+' | b'-') && !hex && matches!(number.last(), Some(b'e' | b'E')))
+}
+
+/// Why `number` is refused: its leading zero makes it octal, yet it holds
+/// an 8 or a 9 (a float such as `09.5` or `09e1` is fine).
+fn not_octal(number: &str) -> Option<String> {
+    let digits = number.bytes().take_while(u8::is_ascii_digit).count();
+    let integer = &number[..digits];
+    let octal = integer.len() >= 2 && integer.starts_with('0');
+    let float = matches!(number.as_bytes().get(digits), Some(b'.' | b'e' | b'E'));
+    (octal && !float && integer.contains(['8', '9'])).then(|| {
+        format!(
+            "invalid integer `{integer}`: a leading zero makes it octal, whose digits are 0 to 7"
+        )
+    })
 }
 
 /// 1-based line and column (in characters) of a byte offset.
@@ -582,6 +637,43 @@ mod tests {
         assert!(err.message.contains("not a readable gzip"), "{err}");
     }
 
+    /// The fuzz finding `upload/protox-debug-assertion-octal` (`009`):
+    /// protox-parse asserts on such a literal, so builds with debug
+    /// assertions (the test suite's) panicked in the compiler.
+    #[test]
+    fn an_integer_with_a_leading_zero_and_an_8_or_9_is_refused_before_protox() {
+        for (source, line, column) in [
+            ("009", 1, 1),
+            (
+                "syntax = \"proto3\";\nmessage M {\n  int32 a = 019;\n}\n",
+                3,
+                13,
+            ),
+            (
+                "syntax = \"proto3\";\nmessage M { int32 a = 1 [(x) = 0789f]; }",
+                2,
+                32,
+            ),
+        ] {
+            let err = sources(&[("a.proto", source)]).compile().unwrap_err();
+            assert_eq!(
+                (err.line, err.column),
+                (Some(line), Some(column)),
+                "{source}: {err}"
+            );
+            assert!(err.message.contains("leading zero"), "{err}");
+        }
+        // Not in comments, strings, names, hex, exponents or floats.
+        let fine = "syntax = \"proto2\";\n// 019\n/* 0789 */\nmessage M019 {\n  \
+            optional string s = 1 [default = \"019\"];\n  \
+            optional double d = 2 [default = 1e-009];\n  \
+            optional double e = 3 [default = 09.5];\n  \
+            optional int32 h = 4 [default = 0x0089];\n  \
+            optional int32 o = 5 [default = 017];\n}\n";
+        assert_eq!(refused_at(fine), None);
+        sources(&[("fine.proto", fine)]).compile().unwrap();
+    }
+
     #[test]
     fn nesting_is_counted_outside_comments_and_strings() {
         let deep = |open: &str, close: &str| {
@@ -591,9 +683,15 @@ mod tests {
                 close.repeat(MAX_DEPTH + 1)
             )
         };
-        assert_eq!(too_deep_at(&deep("{", "}")), Some(MAX_DEPTH));
-        assert_eq!(too_deep_at(&deep("[<", ">]")), Some(MAX_DEPTH));
-        assert_eq!(too_deep_at(&"{}".repeat(1000)), None);
+        assert_eq!(
+            refused_at(&deep("{", "}")).map(|(at, _)| at),
+            Some(MAX_DEPTH)
+        );
+        assert_eq!(
+            refused_at(&deep("[<", ">]")).map(|(at, _)| at),
+            Some(MAX_DEPTH)
+        );
+        assert_eq!(refused_at(&"{}".repeat(1000)), None);
         let hidden = format!(
             "// {}\n/* {} */\n\"{}\" '{}\\'{}'",
             "{".repeat(200),
@@ -602,7 +700,7 @@ mod tests {
             "{".repeat(200),
             "{".repeat(200)
         );
-        assert_eq!(too_deep_at(&hidden), None);
+        assert_eq!(refused_at(&hidden), None);
         let err = sources(&[(
             "deep.proto",
             &format!("syntax = \"proto3\";\n{}", deep("message M {\n", "}\n")),
