@@ -57,6 +57,10 @@ pub enum Error {
         limit: usize,
         largest: HeaderName,
     },
+    /// An HTTP/2 request's header list is over the limit the gateway
+    /// answers for itself (h2 answers, without a body, only past its cap).
+    #[error("request header fields too large: {size} bytes, over the limit of {limit} (names, values and 32 bytes a field, as HTTP/2 counts them)")]
+    HeadersTooLarge { size: usize, limit: usize },
     #[error("upstream `{upstream}` is unavailable: {cause}")]
     UpstreamUnavailable { upstream: Arc<str>, cause: Box<str> },
     /// A reply that gRPC or the method's type does not allow (not a valid
@@ -127,7 +131,8 @@ impl Error {
             | Self::InvalidField { .. }
             | Self::BodyRead(_)
             | Self::UnsupportedMediaType(_)
-            | Self::MetadataTooLarge { .. } => Code::InvalidArgument,
+            | Self::MetadataTooLarge { .. }
+            | Self::HeadersTooLarge { .. } => Code::InvalidArgument,
             Self::PayloadTooLarge { .. } | Self::ResponseTooLarge { .. } => Code::ResourceExhausted,
             Self::UpstreamUnavailable { .. } => Code::Unavailable,
             Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
@@ -152,7 +157,9 @@ impl Error {
         match self {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::MetadataTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::MetadataTooLarge { .. } | Self::HeadersTooLarge { .. } => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
             Self::ResponseTooLarge { .. } | Self::InvalidReply(_) => StatusCode::BAD_GATEWAY,
             _ => http_status(self.code()),
         }
@@ -168,6 +175,7 @@ impl Error {
             | Self::UnsupportedMediaType(_)
             | Self::PayloadTooLarge { .. }
             | Self::MetadataTooLarge { .. }
+            | Self::HeadersTooLarge { .. }
             | Self::Unauthenticated(_)
             | Self::PermissionDenied(_)
             | Self::RateLimited(_)

@@ -299,6 +299,59 @@ async fn a_refused_request_head_has_a_status_body_and_a_request_id() {
     }
 }
 
+/// HTTP/2 header lists over 16 KiB: h2 takes them (up to its cap) so that
+/// the gateway answers, with a body and a request id like HTTP/1.1's 431,
+/// where h2 used to answer a bare 431 itself.
+#[tokio::test]
+async fn an_http2_header_list_over_the_limit_has_a_status_body_and_a_request_id() {
+    let gw = Gateway::start().await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let url = gw.url("/v1/echo/hello");
+    let response = client
+        .get(&url)
+        .header("x-large", "a".repeat(20_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 431);
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_status(
+        &body,
+        Code::InvalidArgument,
+        "request header fields too large",
+    );
+    assert!(body["message"].to_string().contains("16384"), "{body}");
+    assert_eq!(
+        body["details"].as_array().unwrap().last().unwrap()["requestId"],
+        id
+    );
+    // Under the limit, on the same connection.
+    let response = client
+        .get(&url)
+        .header("x-large", "a".repeat(10_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // Past h2's cap (64 KiB), h2's own answer stands: a 431 without a body.
+    let response = client
+        .get(&url)
+        .header("x-large", "a".repeat(70_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 431);
+    assert!(response.headers().get("x-request-id").is_none());
+}
+
 #[tokio::test]
 async fn unreachable_upstream_is_503_without_leaking_its_address() {
     // Bind then drop: a loopback port that refuses connections.

@@ -61,6 +61,12 @@ const MAX_ID_LEN: usize = 128;
 /// list (RFC 9113 §6.5.2).
 const ENTRY_OVERHEAD: usize = 32;
 
+/// The largest header list an HTTP/2 request may bring, as HTTP/2 sizes it
+/// (pseudo-headers included): hyper's default `SETTINGS_MAX_HEADER_LIST_SIZE`,
+/// which h2 enforced on its own until it was raised to the connection's hard
+/// cap so that the gateway answers this limit with a body.
+pub const MAX_HEADER_LIST_BYTES: usize = 16 * 1024;
+
 /// The header decisions, compiled at start.
 #[derive(Debug)]
 pub struct HeaderPolicy {
@@ -110,6 +116,41 @@ pub fn sanitize(policy: &HeaderPolicy, request: &mut Request) {
     request
         .extensions_mut()
         .insert(RequestStart(SystemTime::now()));
+}
+
+/// Step 8: an HTTP/2 request whose header list is over
+/// [`MAX_HEADER_LIST_BYTES`] is refused (431), counted as h2 counts it.
+/// HTTP/1.1 heads are bounded by hyper, whose refusals the connection
+/// answers with a body itself.
+pub fn check_header_list(request: &Request) -> Result<(), Error> {
+    if request.version() != http::Version::HTTP_2 {
+        return Ok(());
+    }
+    let uri = request.uri();
+    let pseudo = [
+        (":method", request.method().as_str()),
+        (":scheme", uri.scheme_str().unwrap_or_default()),
+        (":authority", uri.authority().map_or("", |a| a.as_str())),
+        (":path", uri.path_and_query().map_or("", |p| p.as_str())),
+    ];
+    let size = pseudo
+        .iter()
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(name, value)| name.len() + value.len() + ENTRY_OVERHEAD)
+        .chain(
+            request
+                .headers()
+                .iter()
+                .map(|(name, value)| name.as_str().len() + value.len() + ENTRY_OVERHEAD),
+        )
+        .sum();
+    if size <= MAX_HEADER_LIST_BYTES {
+        return Ok(());
+    }
+    Err(Error::HeadersTooLarge {
+        size,
+        limit: MAX_HEADER_LIST_BYTES,
+    })
 }
 
 /// 1–128 characters of letters, digits and `-_.:/+=`: safe to log and echo.

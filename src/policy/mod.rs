@@ -37,7 +37,7 @@ pub(crate) use self::{
 pub use self::{
     auth::{authenticate, AuthError, Authenticator, Identity},
     client_ip::ClientIp,
-    headers::{sanitize, HeaderPolicy, UpstreamHeaders},
+    headers::{check_header_list, sanitize, HeaderPolicy, UpstreamHeaders, MAX_HEADER_LIST_BYTES},
     rate_limit::{
         count_failed_authentication, rate_limit, BucketId, ClientKey, Decision, Limiter,
         LocalLimiter, RateLimiting, RateLimits,

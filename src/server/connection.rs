@@ -14,6 +14,9 @@
 //! * What hyper answers on its own to an HTTP/1.1 head it cannot take (400,
 //!   414, 431), and the 408, carry a `google.rpc.Status` body and a request
 //!   id like every other error: [`Io`] writes the gateway's answer instead.
+//!   HTTP/2 header lists are taken up to [`HTTP2_HEADER_LIST_CAP`], so that
+//!   the data plane answers the 16 KiB limit (step 8) with a body; past the
+//!   cap h2 answers 431 on its own, without one.
 //!
 //! The bookkeeping is a few relaxed atomics per request; the one timer that
 //! watches for idleness is re-armed lazily (when it fires), not per request.
@@ -51,7 +54,17 @@ use tokio::{
 use tower::{Service, ServiceExt as _};
 
 use super::accept::Slot;
-use crate::{config::LimitsConfig, error, policy::X_REQUEST_ID};
+use crate::{
+    config::LimitsConfig,
+    error,
+    policy::{MAX_HEADER_LIST_BYTES, X_REQUEST_ID},
+};
+
+/// The header list h2 takes from a client: four times the limit the
+/// gateway answers itself ([`MAX_HEADER_LIST_BYTES`], with a
+/// `google.rpc.Status` body), so that h2's own 431, without a body, is left
+/// only for lists past this cap. h2 buffers a header list whole, hence a cap.
+pub(crate) const HTTP2_HEADER_LIST_CAP: u32 = 4 * MAX_HEADER_LIST_BYTES as u32;
 
 /// The connection deadlines, from `limits`.
 #[derive(Debug, Clone, Copy)]
@@ -133,6 +146,7 @@ impl Connections {
         builder.http1().header_read_timeout(timeouts.idle);
         builder
             .http2()
+            .max_header_list_size(HTTP2_HEADER_LIST_CAP)
             .timer(TokioTimer::new())
             .keep_alive_interval(timeouts.http2_keepalive_interval)
             .keep_alive_timeout(timeouts.http2_keepalive_timeout);

@@ -13,6 +13,7 @@
 //! 7. CORS (tower-http): preflights never reach the router or an upstream
 //! 5. a `google.rpc.Status` body for responses that only know a status
 //! 6. a panic is a 500, never a dropped connection
+//! 8. an HTTP/2 header list over 16 KiB is a 431 (h2 takes up to its cap)
 //! 9. the overall request deadline (per-upstream ones travel as `grpc-timeout`)
 //! 10. the route, matched once against the current catalog
 //! 11. authentication and the method's policy
@@ -273,8 +274,8 @@ impl Serve for Inner {
 }
 
 impl Inner {
-    /// Step 10: matches once against the current catalog and pins the
-    /// request to it.
+    /// Step 8, the size of an HTTP/2 request's header list; then step 10:
+    /// matches once against the current catalog and pins the request to it.
     #[allow(
         clippy::manual_async_fn,
         reason = "an `async fn` keeps its arguments twice"
@@ -282,6 +283,9 @@ impl Inner {
     fn route(&self, request: Request) -> impl Future<Output = Response> + Send + '_ {
         // All inside the future: the unwind guard around it covers it.
         async move {
+            if let Err(err) = policy::check_header_list(&request) {
+                return err.into_response(error::request_id(request.headers()), None);
+            }
             let matched = match self.matched(&request) {
                 Ok(matched) => matched,
                 Err(err) => return err.into_response(error::request_id(request.headers()), None),
