@@ -225,6 +225,65 @@ fn an_unknown_syntax_is_refused_naming_the_file() {
     assert_eq!(found, ["set `new`: x.proto: unknown syntax `editions`"]);
 }
 
+/// prost-reflect took a map entry without its value field and panicked
+/// when the catalog asked for it (found by the upload fuzz target): the set
+/// is refused naming the entry.
+#[test]
+fn a_map_entry_without_its_value_field_is_refused_naming_it() {
+    use prost_types::{
+        field_descriptor_proto::{Label, Type},
+        DescriptorProto, FieldDescriptorProto, FileDescriptorProto, MessageOptions,
+    };
+    let field = |name: &str, number, label: Label, kind: Type, type_name: Option<&str>| {
+        FieldDescriptorProto {
+            name: Some(name.into()),
+            json_name: Some(name.into()),
+            number: Some(number),
+            label: Some(label as i32),
+            r#type: Some(kind as i32),
+            type_name: type_name.map(Into::into),
+            ..Default::default()
+        }
+    };
+    let entry = DescriptorProto {
+        name: Some("LabelsEntry".into()),
+        field: vec![field("key", 1, Label::Optional, Type::String, None)],
+        options: Some(MessageOptions {
+            map_entry: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let message = DescriptorProto {
+        name: Some("M".into()),
+        field: vec![field(
+            "labels",
+            1,
+            Label::Repeated,
+            Type::Message,
+            Some(".x.M.LabelsEntry"),
+        )],
+        nested_type: vec![entry],
+        ..Default::default()
+    };
+    let file = FileDescriptorProto {
+        name: Some("x.proto".into()),
+        package: Some("x".into()),
+        syntax: Some("proto3".into()),
+        message_type: vec![message],
+        ..Default::default()
+    };
+    let set = prost_types::FileDescriptorSet { file: vec![file] };
+    let found = problems(vec![DescriptorSet {
+        name: "new".into(),
+        bytes: Bytes::from(prost::Message::encode_to_vec(&set)),
+    }]);
+    assert_eq!(
+        found,
+        ["set `new`: x.proto: map entry `LabelsEntry` lacks its key (1) or value (2) field"]
+    );
+}
+
 #[tokio::test]
 async fn a_service_without_upstream_is_refused_at_start() {
     let config = protogate::Config::default();

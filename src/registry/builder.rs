@@ -270,6 +270,14 @@ impl<'a> CatalogBuilder<'a> {
                 )));
                 continue;
             }
+            // prost-reflect takes a map entry without its key or value field
+            // and panics when asked for it (0.16.5).
+            if let Some((file, entry)) = incomplete_map_entry(&files) {
+                problems.push(problem(format!(
+                    "{file}: map entry `{entry}` lacks its key (1) or value (2) field"
+                )));
+                continue;
+            }
             // A file shared by several sets is listed under the first to serve it.
             let own_files: Vec<&str> = files
                 .file
@@ -696,4 +704,21 @@ impl fmt::Display for LoadProblem {
         }
         f.write_str(&self.reason)
     }
+}
+
+/// The file and name of a message marked as a map entry without field 1 or
+/// 2, walked with a stack: an upload decides how deep messages nest.
+fn incomplete_map_entry(files: &prost_types::FileDescriptorSet) -> Option<(&str, &str)> {
+    for file in &files.file {
+        let mut messages: Vec<&prost_types::DescriptorProto> = file.message_type.iter().collect();
+        while let Some(message) = messages.pop() {
+            let is_entry = message.options.as_ref().is_some_and(|o| o.map_entry());
+            let has = |number| message.field.iter().any(|f| f.number() == number);
+            if is_entry && !(has(1) && has(2)) {
+                return Some((file.name(), message.name()));
+            }
+            messages.extend(&message.nested_type);
+        }
+    }
+    None
 }

@@ -304,17 +304,14 @@ impl ProtoSources {
 /// - more than [`MAX_DEPTH`] braces, brackets or angle brackets inside one
 ///   another (messages in messages, option values), which protox parses
 ///   recursively;
-/// - an integer with a leading zero and a digit 8 or 9 (`019`), which no
-///   `.proto` file may hold: protox-parse 0.9 asserts that such a literal
-///   can only overflow, so a build with debug assertions panics on it
-///   (release builds report "integer out of range").
+/// - an integer with a leading zero, octal digits and then an 8 or 9 (`019`),
+///   which no `.proto` file may hold: protox-parse 0.9's lexer hands it to
+///   its octal parser, which asserts that it can only overflow, so a build
+///   with debug assertions panics (release builds report "integer out of
+///   range").
 fn refused_at(source: &str) -> Option<(usize, String)> {
     enum State {
         Code,
-        /// An identifier: digits in it start no number.
-        Word,
-        /// A number literal starting at this offset.
-        Number(usize),
         LineComment,
         /// Opened by the `/*` at this offset.
         BlockComment(usize),
@@ -326,21 +323,12 @@ fn refused_at(source: &str) -> Option<(usize, String)> {
     let bytes = source.as_bytes();
     let mut state = State::Code;
     let mut depth = 0usize;
+    // Names and numbers are read whole; the bytes up to here belong to one.
+    let mut token_end = 0;
     for (at, &byte) in bytes.iter().enumerate() {
-        // A word or a number ends at the first byte that cannot continue
-        // it, which is then read as code.
-        state = match state {
-            State::Word if is_word(byte) => continue,
-            State::Number(start) if continues_number(&bytes[start..at], byte) => continue,
-            State::Number(start) => {
-                if let Some(problem) = not_octal(&source[start..at]) {
-                    return Some((start, problem));
-                }
-                State::Code
-            }
-            State::Word => State::Code,
-            other => other,
-        };
+        if at < token_end {
+            continue;
+        }
         state = match state {
             State::Code => match byte {
                 b'/' if bytes.get(at + 1) == Some(&b'/') => State::LineComment,
@@ -360,9 +348,21 @@ fn refused_at(source: &str) -> Option<(usize, String)> {
                     depth = depth.saturating_sub(1);
                     State::Code
                 }
-                b'0'..=b'9' => State::Number(at),
-                b'.' if bytes.get(at + 1).is_some_and(u8::is_ascii_digit) => State::Number(at),
-                _ if is_word(byte) => State::Word,
+                b'0'..=b'9' | b'.' => {
+                    let number = number_literal(&source[at..]);
+                    if let Some(problem) = not_octal(number) {
+                        return Some((at, problem));
+                    }
+                    token_end = at + number.len();
+                    State::Code
+                }
+                _ if byte.is_ascii_alphabetic() || byte == b'_' => {
+                    let name = bytes[at..]
+                        .iter()
+                        .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_');
+                    token_end = at + name.count();
+                    State::Code
+                }
                 _ => State::Code,
             },
             State::LineComment if byte == b'\n' => State::Code,
@@ -386,34 +386,68 @@ fn refused_at(source: &str) -> Option<(usize, String)> {
             other => other,
         };
     }
-    match state {
-        State::Number(start) => not_octal(&source[start..]).map(|problem| (start, problem)),
-        _ => None,
+    None
+}
+
+/// The number literal `text` starts with, as protox-parse's lexer takes
+/// it: a float when a fraction or an exponent completes it (or an `f`
+/// suffix after `0` or a decimal), else the run of digits (or hex digits
+/// after `0x`). Empty for a `.` that starts no number.
+fn number_literal(text: &str) -> &str {
+    let bytes = text.as_bytes();
+    let digits = |from: usize| {
+        from + bytes[from.min(bytes.len())..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count()
+    };
+    if matches!(bytes, [b'0', b'x' | b'X', hex, ..] if hex.is_ascii_hexdigit()) {
+        let hex = bytes[2..]
+            .iter()
+            .take_while(|b| b.is_ascii_hexdigit())
+            .count();
+        return &text[..2 + hex];
     }
+    let integer = digits(0);
+    let mut end = integer;
+    let mut float = false;
+    if bytes.get(end) == Some(&b'.')
+        && (integer > 0 || bytes.get(1).is_some_and(u8::is_ascii_digit))
+    {
+        end = digits(end + 1);
+        float = true;
+    }
+    if integer == 0 && !float {
+        return "";
+    }
+    // An exponent counts only with its digits.
+    if let Some(b'e' | b'E') = bytes.get(end) {
+        let sign = usize::from(matches!(bytes.get(end + 1), Some(b'+' | b'-')));
+        let exponent = digits(end + 1 + sign);
+        if exponent > end + 1 + sign {
+            end = exponent;
+            float = true;
+        }
+    }
+    let suffixed = float || &text[..integer] == "0" || !text.starts_with('0');
+    if suffixed && matches!(bytes.get(end), Some(b'f' | b'F')) {
+        end += 1;
+    }
+    &text[..end]
 }
 
-fn is_word(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || byte == b'_'
-}
-
-/// Whether `byte` continues the number literal `number` (`1.5e-3`, `0x1F`).
-fn continues_number(number: &[u8], byte: u8) -> bool {
-    let hex = number.len() >= 2 && number[0] == b'0' && matches!(number[1], b'x' | b'X');
-    is_word(byte)
-        || byte == b'.'
-        || (matches!(byte, b'+' | b'-') && !hex && matches!(number.last(), Some(b'e' | b'E')))
-}
-
-/// Why `number` is refused: its leading zero makes it octal, yet it holds
-/// an 8 or a 9 (a float such as `09.5` or `09e1` is fine).
+/// Why the number literal `number` is refused: a leading zero and octal
+/// digits make it octal, yet an 8 or a 9 follows (`019`; `09` lexes as `0`
+/// and `9`, `019.5` and `019e1` as floats, which protox takes).
 fn not_octal(number: &str) -> Option<String> {
-    let digits = number.bytes().take_while(u8::is_ascii_digit).count();
-    let integer = &number[..digits];
-    let octal = integer.len() >= 2 && integer.starts_with('0');
-    let float = matches!(number.as_bytes().get(digits), Some(b'.' | b'e' | b'E'));
-    (octal && !float && integer.contains(['8', '9'])).then(|| {
+    let bytes = number.as_bytes();
+    let octal = bytes.len() >= 2
+        && bytes[0] == b'0'
+        && (b'0'..=b'7').contains(&bytes[1])
+        && bytes.iter().all(u8::is_ascii_digit);
+    (octal && bytes.iter().any(|b| matches!(b, b'8' | b'9'))).then(|| {
         format!(
-            "invalid integer `{integer}`: a leading zero makes it octal, whose digits are 0 to 7"
+            "invalid integer `{number}`: a leading zero makes it octal, whose digits are 0 to 7"
         )
     })
 }
@@ -654,6 +688,11 @@ mod tests {
                 2,
                 32,
             ),
+            // Found by the upload campaign: after a float that ends in `f`
+            // (`90F`, `0f`), and before an exponent without digits.
+            ("90F009", 1, 4),
+            ("0f00904", 1, 3),
+            ("019essage M {}", 1, 1),
         ] {
             let err = sources(&[("a.proto", source)]).compile().unwrap_err();
             assert_eq!(
