@@ -14,8 +14,8 @@ use serde::{Deserialize, Deserializer};
 
 pub use crate::deprecation::DeprecationConfig;
 pub use crate::policy::config::{
-    AuthConfig, CorsConfig, HeadersConfig, PolicyRule, ProviderConfig, QuotaConfig, QuotasConfig,
-    RateLimitConfig,
+    AuthConfig, CorsConfig, HeadersConfig, OnRedisError, PolicyRule, ProviderConfig, QuotaConfig,
+    QuotasConfig, RateLimitConfig, RateLimitPolicy,
 };
 
 /// The whole configuration file.
@@ -54,6 +54,49 @@ pub struct Config {
     /// Methods answered with `Deprecation`, `Sunset` and `Link` headers, on
     /// top of those the protos mark `deprecated`; the first match wins.
     pub deprecations: Vec<DeprecationConfig>,
+    /// The Redis that several instances share (quotas, registry); none by default.
+    pub redis: Option<RedisConfig>,
+    pub registry: RegistryConfig,
+}
+
+/// The Redis shared by several gateway instances: `rate_limit.policy: redis`
+/// counts quotas there, `registry.store: redis` keeps the managed
+/// descriptor sets and upstreams there.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
+    pub url: String,
+    /// Put in front of every key and channel, so that several gateways (or
+    /// other programs) can share one Redis. Default `protogate:`.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// Longest wait for one command; past it the command counts as a Redis
+    /// error. Default 50ms.
+    #[serde(default = "default_redis_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Name of the environment variable holding the password, when it is
+    /// not in the URL. Default: none.
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+/// Where the descriptor sets and upstreams managed at run time are kept.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// `directory` (default): `descriptors.dir`; `redis`: in Redis, shared by
+    /// every instance, with `descriptors.dir` as this instance's copy.
+    pub store: RegistryStore,
+}
+
+/// See [`RegistryConfig::store`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryStore {
+    #[default]
+    Directory,
+    Redis,
 }
 
 /// Which descriptor sets to load at start.
@@ -293,6 +336,14 @@ fn default_upstream_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
+fn default_key_prefix() -> String {
+    "protogate:".to_owned()
+}
+
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(50)
+}
+
 // === impl Config ===
 
 impl Default for Config {
@@ -317,6 +368,8 @@ impl Default for Config {
             access_log: AccessLogConfig::default(),
             health: HealthConfig::default(),
             deprecations: Vec::new(),
+            redis: None,
+            registry: RegistryConfig::default(),
         }
     }
 }
@@ -546,7 +599,61 @@ impl Config {
             })?;
         }
         crate::policy::config::validate(self)?;
+        self.validate_redis()?;
         self.validate_observability()
+    }
+
+    /// Sets `redis.url` (`serve --redis URL`), keeping the other `redis` keys.
+    pub fn override_redis_url(&mut self, url: &str) {
+        match &mut self.redis {
+            Some(redis) => url.clone_into(&mut redis.url),
+            None => {
+                self.redis = Some(RedisConfig {
+                    url: url.to_owned(),
+                    key_prefix: default_key_prefix(),
+                    timeout: default_redis_timeout(),
+                    password_env: None,
+                });
+            }
+        }
+    }
+
+    fn validate_redis(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            key: key.to_owned(),
+            reason,
+        };
+        if self.registry.store == RegistryStore::Redis {
+            if self.redis.is_none() {
+                return Err(invalid(
+                    "registry.store",
+                    "`redis` needs `redis.url` (or `serve --redis URL`)".into(),
+                ));
+            }
+            if self.descriptors.dir.is_none() {
+                return Err(invalid(
+                    "registry.store",
+                    "`redis` needs `descriptors.dir`: this instance's copy of the registry, served while Redis is away".into(),
+                ));
+            }
+        }
+        let Some(redis) = &self.redis else {
+            return Ok(());
+        };
+        crate::redis_client::check_url(&redis.url)
+            .map_err(|reason| invalid("redis.url", reason))?;
+        if redis.timeout.is_zero() {
+            return Err(invalid("redis.timeout", "must be greater than 0".into()));
+        }
+        if let Some(name) = &redis.password_env {
+            if std::env::var_os(name).is_none() {
+                return Err(invalid(
+                    "redis.password_env",
+                    format!("the environment variable `{name}` is not set"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_observability(&self) -> Result<(), ConfigError> {

@@ -23,6 +23,7 @@ mod nesting;
 pub mod observe;
 mod percent;
 pub mod policy;
+mod redis_client;
 pub mod registry;
 pub mod router;
 pub mod server;

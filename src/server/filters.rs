@@ -49,8 +49,7 @@ use crate::{
         trace_context, RequestContext,
     },
     policy::{
-        self, Authenticator, HeaderPolicy, LocalLimiter, RateLimiting, X_CORRELATION_ID,
-        X_REQUEST_ID,
+        self, Authenticator, HeaderPolicy, QuotaStore, RateLimiting, X_CORRELATION_ID, X_REQUEST_ID,
     },
     registry::{Registry, RouteMatch},
     router::Lookup,
@@ -76,7 +75,7 @@ pub(super) struct Steps {
     pub(super) request_timeout: Duration,
     pub(super) registry: Arc<Registry>,
     pub(super) auth: Option<Arc<Authenticator>>,
-    pub(super) rate_limit: Option<Arc<RateLimiting<Arc<LocalLimiter>>>>,
+    pub(super) rate_limit: Option<Arc<RateLimiting<QuotaStore>>>,
     pub(super) gateway: Arc<Gateway>,
 }
 
@@ -93,7 +92,7 @@ pub(super) struct Inner {
     request_timeout: Duration,
     registry: Arc<Registry>,
     auth: Option<Arc<Authenticator>>,
-    rate_limit: Option<Arc<RateLimiting<Arc<LocalLimiter>>>>,
+    rate_limit: Option<Arc<RateLimiting<QuotaStore>>>,
     headers: Arc<HeaderPolicy>,
     gateway: Arc<Gateway>,
 }

@@ -19,14 +19,15 @@ use self::{
 };
 use crate::{
     admin::{self, AdminState},
-    config::{Config, ConfigError, HealthConfig},
+    config::{Config, ConfigError, HealthConfig, RegistryStore},
     gateway::Gateway,
     observe::{
         access_log::{AccessLog, AccessLogError},
         metrics::{self, Metrics},
     },
     policy::{Policies, SetupError},
-    registry::{self, BuildContext, Catalog, DescriptorSet, LoadError, Registry},
+    redis_client::Redis,
+    registry::{self, BuildContext, Catalog, DescriptorSet, LoadError, Registry, SharedRegistry},
     transcode::TranscodeOptions,
     upstream::{UpstreamError, UpstreamHealth, Upstreams},
 };
@@ -56,6 +57,8 @@ pub enum StartError {
     },
     #[error("the admin listener {0} is not a loopback address: set PROTOGATE_ADMIN_TOKEN or admin.token_file")]
     AdminUnprotected(SocketAddr),
+    #[error("{0}")]
+    Redis(String),
 }
 
 /// A gateway ready to serve: its catalog is built and its channels exist.
@@ -74,6 +77,8 @@ pub struct Server {
     admin_listen: SocketAddr,
     admin_listener: Option<TcpListener>,
     admin_api: admin::ApiSettings,
+    /// The shared Redis, when configured.
+    redis: Option<Arc<Redis>>,
     watch_descriptors: bool,
     workers: usize,
     timeouts: Timeouts,
@@ -92,8 +97,12 @@ struct Loaded {
 
 impl Loaded {
     /// Must run inside a tokio runtime. Warns of what is accepted but
-    /// probably not meant.
-    fn new(config: &Config, extra: Vec<DescriptorSet>) -> Result<Self, StartError> {
+    /// probably not meant. Connects to nothing: `redis` connects on first use.
+    fn new(
+        config: &Config,
+        extra: Vec<DescriptorSet>,
+        redis: Option<&Arc<Redis>>,
+    ) -> Result<Self, StartError> {
         config.validate()?;
         let upstreams = Upstreams::new(
             &config.upstreams,
@@ -111,14 +120,27 @@ impl Loaded {
             })?);
         }
         sets.extend(extra);
-        let policies = Policies::new(config)?;
-        let context = BuildContext::new(config, policies.rules.clone(), sets);
-        let (stored, stored_upstreams) = match &context.store {
+        let policies = Policies::new(config, redis)?;
+        let mut context = BuildContext::new(config, policies.rules.clone(), sets);
+        if config.registry.store == RegistryStore::Redis {
+            let redis = redis.ok_or_else(|| {
+                StartError::Redis("registry.store: `redis` needs `redis.url`".into())
+            })?;
+            context.shared = Some(Arc::new(SharedRegistry::new(redis.clone())));
+        }
+        let (stored, stored_upstreams, generation) = match &context.store {
             // Not there yet: `serve` creates it, and it holds nothing.
             Some(store) if !store.dir().exists() => Default::default(),
             Some(store) => store
                 .read_sets()
-                .and_then(|sets| Ok((sets, store.read_upstreams()?)))
+                .and_then(|sets| {
+                    // Only a copy of the shared registry has a generation.
+                    let generation = match context.shared {
+                        Some(_) => store.read_generation()?,
+                        None => 0,
+                    };
+                    Ok((sets, store.read_upstreams()?, generation))
+                })
                 .map_err(|source| StartError::Descriptors {
                     path: store.dir().to_owned(),
                     source,
@@ -126,7 +148,7 @@ impl Loaded {
             None => Default::default(),
         };
         let health = UpstreamHealth::new(&upstreams, &config.health);
-        let registry = Registry::start(context, upstreams, stored, stored_upstreams)?;
+        let registry = Registry::start(context, upstreams, stored, stored_upstreams, generation)?;
         let catalog = registry.load();
         if policies.auth.is_none()
             && catalog
@@ -160,7 +182,13 @@ pub fn check_config(
     config: &Config,
     extra: Vec<DescriptorSet>,
 ) -> Result<Arc<Catalog>, StartError> {
-    Ok(Loaded::new(config, extra)?.registry.load())
+    let redis = config
+        .redis
+        .as_ref()
+        .map(|redis| Redis::new(redis, None).map(Arc::new))
+        .transpose()
+        .map_err(StartError::Redis)?;
+    Ok(Loaded::new(config, extra, redis.as_ref())?.registry.load())
 }
 
 impl Server {
@@ -174,12 +202,19 @@ impl Server {
                 source,
             })?;
         }
+        let metrics = Metrics::new(&config.metrics)?;
+        let redis = config
+            .redis
+            .as_ref()
+            .map(|redis| Redis::new(redis, Some(&metrics)).map(Arc::new))
+            .transpose()
+            .map_err(StartError::Redis)?;
         let Loaded {
             registry,
             policies,
             health,
             admin_api,
-        } = Loaded::new(config, extra)?;
+        } = Loaded::new(config, extra, redis.as_ref())?;
         let registry = Arc::new(registry);
         let health = Arc::new(health);
         let gateway = Arc::new(Gateway {
@@ -187,7 +222,6 @@ impl Server {
             max_request_body: config.limits.max_request_body_bytes,
             upstream_headers_returned: !config.headers.response.is_empty(),
         });
-        let metrics = Metrics::new(&config.metrics)?;
         let data_plane = DataPlane::new(Steps {
             headers: policies.headers,
             access_log: if config.access_log.enabled {
@@ -223,7 +257,10 @@ impl Server {
             admin_listen: config.admin.listen,
             admin_listener: None,
             admin_api,
-            watch_descriptors: config.descriptors.watch,
+            // The directory is a copy of the shared registry, written by it.
+            watch_descriptors: config.descriptors.watch
+                && config.registry.store != RegistryStore::Redis,
+            redis,
             workers: config.workers(),
             timeouts: Timeouts::from(&config.limits),
             max_connections: config.limits.max_connections,
@@ -258,6 +295,7 @@ impl Server {
             metrics: self.metrics.clone(),
             health: self.health.clone(),
             api: self.admin_api.clone(),
+            redis: self.redis.clone(),
         })
     }
 
@@ -289,6 +327,15 @@ impl Server {
             background.spawn(registry::watch_dir(self.registry.clone()));
         }
         background.spawn(registry::reload_on_sighup(self.registry.clone()));
+        if let Some(redis) = &self.redis {
+            background.spawn(redis.clone().keep_watch());
+        }
+        if let Some(shared) = self.registry.shared() {
+            background.spawn(registry::keep_in_sync(
+                self.registry.clone(),
+                shared.clone(),
+            ));
+        }
         background.spawn(crate::allocator::give_back_freed_memory());
         let (stop, stopped) = watch::channel(false);
         let admin = self.admin_listener.take().map(|listener| {
