@@ -20,10 +20,12 @@ use std::{
 
 use common::{example_sets, upstream, Backend, Gateway};
 use protogate::{
-    config::{QuotaConfig, RateLimitConfig, RateLimitPolicy, RedisConfig, RegistryStore},
+    config::{
+        OnRedisError, QuotaConfig, RateLimitConfig, RateLimitPolicy, RedisConfig, RegistryStore,
+    },
     Config, Server,
 };
-use serde_json::Value as Json;
+use serde_json::{json, Value as Json};
 use tokio::sync::RwLock;
 use tonic::Code;
 
@@ -645,4 +647,57 @@ async fn serve_takes_the_redis_url_from_the_command_line() {
         .unwrap();
     assert!(keys.starts_with("*1\r\n"), "{keys}");
     drop(child);
+}
+
+#[tokio::test]
+async fn without_redis_quotas_follow_on_redis_error_and_readyz_says_so() {
+    // Nothing listens on port 1: Redis is away from the start.
+    for (on_error, statuses) in [
+        (OnRedisError::Local, [200, 429, 429]),
+        (OnRedisError::Allow, [200, 200, 200]),
+        (OnRedisError::Deny, [429, 429, 429]),
+    ] {
+        let gw = Gateway::start_with(|config| {
+            config.redis = Some(RedisConfig {
+                url: "redis://127.0.0.1:1/0".into(),
+                key_prefix: "away:".into(),
+                timeout: Duration::from_millis(50),
+                password_env: None,
+            });
+            config.rate_limit = Some(RateLimitConfig {
+                per_ip: Some(QuotaConfig {
+                    requests: 1,
+                    per: Duration::from_secs(3600),
+                }),
+                policy: RateLimitPolicy::Redis,
+                on_redis_error: on_error,
+                ..RateLimitConfig::default()
+            });
+        })
+        .await;
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let response = gw
+                .client
+                .get(gw.url("/v2/orders/o-1"))
+                .send()
+                .await
+                .unwrap();
+            seen.push(response.status().as_u16());
+            if response.status() == 429 {
+                assert!(response.headers().contains_key("retry-after"));
+                assert_eq!(response.headers()["ratelimit-limit"], "1");
+            }
+        }
+        assert_eq!(seen, statuses, "{on_error:?}");
+        let admin = |path: &str| format!("http://{}{path}", gw.admin_addr);
+        let (status, ready) = gw.send(gw.client.get(admin("/readyz"))).await;
+        assert_eq!((status, &ready["redis"]), (200, &json!("down")), "{ready}");
+        let metrics = gw.text(admin("/metrics")).await;
+        assert!(metrics.contains("protogate_redis_up 0"), "{metrics}");
+        assert!(
+            metrics.contains("protogate_redis_errors_total{op=\"rate_limit\"} 1\n"),
+            "one failed command, then no more tries until the probe finds Redis: {metrics}"
+        );
+    }
 }
