@@ -364,6 +364,10 @@ fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         for spec in &args.upstreams {
             config.override_upstream(spec)?;
         }
+        // As `serve` reads it: an admin listener off loopback needs it.
+        if let Ok(token) = std::env::var(ADMIN_TOKEN_ENV) {
+            config.admin.token = Some(AdminToken(token));
+        }
         config.descriptors.expose_unannotated |= args.expose_unannotated;
         // Upstream channels and key refreshers need a runtime to exist in;
         // a current-thread one never runs them, so nothing is contacted.

@@ -701,3 +701,111 @@ async fn without_redis_quotas_follow_on_redis_error_and_readyz_says_so() {
         );
     }
 }
+
+// === examples/deploy ===
+
+fn deploy_file(name: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/examples/deploy/{name}",
+        common::process::MANIFEST
+    ))
+    .unwrap_or_else(|err| panic!("examples/deploy/{name}: {err}"))
+}
+
+#[test]
+fn the_deploy_examples_parse_and_their_config_checks() {
+    use serde::Deserialize as _;
+    use serde_yaml::Value;
+
+    let documents: Vec<Value> = serde_yaml::Deserializer::from_str(&deploy_file("kubernetes.yaml"))
+        .map(|document| Value::deserialize(document).unwrap())
+        .collect();
+    let find = |kind: &str, name: &str| {
+        documents
+            .iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+    };
+    let gateway = find("Deployment", "protogate");
+    assert_eq!(gateway["spec"]["replicas"], 3);
+    let pod = &gateway["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let container = &pod["containers"][0];
+    let admin_port = container["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["containerPort"] == 9901)
+        .expect("the admin listener's port")["name"]
+        .clone();
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert_eq!(container[probe]["httpGet"]["path"], path);
+        assert_eq!(container[probe]["httpGet"]["port"], admin_port);
+    }
+    let labels = &gateway["spec"]["template"]["metadata"]["labels"];
+    let budget = find("PodDisruptionBudget", "protogate");
+    assert_eq!(&budget["spec"]["selector"]["matchLabels"], labels);
+    assert_eq!(find("Service", "redis")["spec"]["ports"][0]["port"], 6379);
+    let config = find("ConfigMap", "protogate")["data"]["protogate.yaml"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        config,
+        deploy_file("protogate.yaml"),
+        "the ConfigMap holds protogate.yaml"
+    );
+
+    let mut compose: Value = serde_yaml::from_str(&deploy_file("docker-compose.yaml")).unwrap();
+    compose.apply_merge().unwrap();
+    let services = compose["services"].as_mapping().unwrap();
+    assert!(services.contains_key("redis"));
+    let instances: Vec<&Value> = services
+        .iter()
+        .filter(|(name, _)| name.as_str().is_some_and(|n| n.starts_with("protogate-")))
+        .map(|(_, service)| service)
+        .collect();
+    assert_eq!(instances.len(), 3);
+    for instance in instances {
+        assert_eq!(
+            instance["build"]["dockerfile"],
+            "examples/deploy/Dockerfile"
+        );
+        assert_eq!(
+            instance["volumes"][0],
+            "./protogate.yaml:/etc/protogate/protogate.yaml:ro"
+        );
+    }
+
+    let dockerfile = deploy_file("Dockerfile");
+    let stages: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert_eq!(stages.len(), 2, "a build stage and a runtime stage");
+    assert!(stages[0].ends_with(" AS build"), "{stages:?}");
+    assert!(dockerfile.contains("cargo build --release --locked"));
+    assert!(dockerfile.contains("COPY --from=build "));
+    let user = dockerfile
+        .lines()
+        .rfind(|l| l.starts_with("USER "))
+        .unwrap();
+    assert!(!user.contains("root") && !user.contains(" 0"), "{user}");
+
+    // The ConfigMap's config, as `serve` would start it (the admin token
+    // from its secret), without contacting Redis.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("protogate.yaml");
+    std::fs::write(&path, &config).unwrap();
+    let output = common::process::protogate()
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("PROTOGATE_ADMIN_TOKEN", "from-the-secret")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
