@@ -221,8 +221,11 @@ impl Redis {
     }
 
     /// Probes a Redis that went away, with back-off, until it answers;
-    /// then waits for the next failure. Runs as long as the gateway serves.
+    /// then waits for the next failure. Runs as long as the gateway serves;
+    /// starts with one command, so that a Redis away from the start shows
+    /// (in `/readyz`) before any request needs it.
     pub async fn keep_watch(self: Arc<Self>) {
+        let _ = self.query::<()>(Op::Ping, &redis::cmd("PING")).await;
         let connection_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(self.timeout));
