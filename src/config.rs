@@ -640,8 +640,7 @@ impl Config {
         let Some(redis) = &self.redis else {
             return Ok(());
         };
-        crate::redis_client::check_url(&redis.url)
-            .map_err(|reason| invalid("redis.url", reason))?;
+        check_redis_url(&redis.url).map_err(|reason| invalid("redis.url", reason))?;
         if redis.timeout.is_zero() {
             return Err(invalid("redis.timeout", "must be greater than 0".into()));
         }
@@ -706,6 +705,30 @@ pub fn resolve_addr(text: &str) -> Result<SocketAddr, String> {
 fn deserialize_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
     let text = String::deserialize(deserializer)?;
     resolve_addr(&text).map_err(serde::de::Error::custom)
+}
+
+/// `redis://` or `rediss://` (TLS), with host, port, database, user and
+/// password as the URL gives them.
+fn check_redis_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(format!(
+            "`{}` must be redis://host:port[/db] or rediss://host:port[/db]",
+            redacted(url)
+        ));
+    }
+    redis::IntoConnectionInfo::into_connection_info(url)
+        .map(drop)
+        .map_err(|err| format!("`{}` is not a Redis URL: {err}", redacted(url)))
+}
+
+/// The URL without its password, for messages.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***{}", &url[..scheme], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 pub(crate) fn validate_upstream(upstream: &UpstreamConfig) -> Result<(), String> {
@@ -937,6 +960,18 @@ mod tests {
         assert_eq!(provider.jwks_file, Some(folder.join("keys/jwks.json")));
         assert_eq!(config.admin.token_file, Some(folder.join("token")));
         assert_eq!(config.access_log.file, Some(folder.join("../access.log")));
+    }
+
+    #[test]
+    fn redis_urls_are_checked_and_passwords_never_shown() {
+        assert!(check_redis_url("redis://127.0.0.1:6379/0").is_ok());
+        assert!(check_redis_url("rediss://cache.example:6380").is_ok());
+        let err = check_redis_url("http://user:secret@127.0.0.1:6379").unwrap_err();
+        assert!(err.contains("redis://") && !err.contains("secret"), "{err}");
+        let err = check_redis_url("redis://:secret@127.0.0.1:6379/x").unwrap_err();
+        assert!(!err.contains("secret"), "{err}");
+        let err = Config::from_yaml("redis: { url: 'redis://h:1', timeout: 0s }").unwrap_err();
+        assert!(err.to_string().starts_with("redis.timeout: "), "{err}");
     }
 
     #[test]

@@ -84,30 +84,6 @@ thread_local! {
     static CONNECTIONS: RefCell<Vec<(u64, u64, ConnectionManager)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `redis://` or `rediss://` (TLS), with host, port, database, user and
-/// password as the URL gives them.
-pub fn check_url(url: &str) -> Result<(), String> {
-    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-        return Err(format!(
-            "`{}` must be redis://host:port[/db] or rediss://host:port[/db]",
-            redacted(url)
-        ));
-    }
-    url.into_connection_info()
-        .map(drop)
-        .map_err(|err| format!("`{}` is not a Redis URL: {err}", redacted(url)))
-}
-
-/// The URL without its password, for messages.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***{}", &url[..scheme], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
 // === impl Op ===
 
 impl Op {
@@ -351,20 +327,5 @@ impl RedisMetrics {
             errors: Op::ALL.map(|_| Counter::noop()),
             duration: Op::ALL.map(|_| Histogram::noop()),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_are_checked_and_passwords_never_shown() {
-        assert!(check_url("redis://127.0.0.1:6379/0").is_ok());
-        assert!(check_url("rediss://cache.example:6380").is_ok());
-        let err = check_url("http://user:secret@127.0.0.1:6379").unwrap_err();
-        assert!(err.contains("redis://") && !err.contains("secret"), "{err}");
-        let err = check_url("redis://:secret@127.0.0.1:6379/x").unwrap_err();
-        assert!(!err.contains("secret"), "{err}");
     }
 }

@@ -182,13 +182,22 @@ pub fn check_config(
     config: &Config,
     extra: Vec<DescriptorSet>,
 ) -> Result<Arc<Catalog>, StartError> {
-    let redis = config
+    let redis = redis_client(config, None)?;
+    Ok(Loaded::new(config, extra, redis.as_ref())?.registry.load())
+}
+
+/// The shared Redis's client, when `redis.url` is set; it connects on
+/// first use. `metrics`: where it counts, none for `check`.
+fn redis_client(
+    config: &Config,
+    metrics: Option<&Metrics>,
+) -> Result<Option<Arc<Redis>>, StartError> {
+    config
         .redis
         .as_ref()
-        .map(|redis| Redis::new(redis, None).map(Arc::new))
+        .map(|redis| Redis::new(redis, metrics).map(Arc::new))
         .transpose()
-        .map_err(StartError::Redis)?;
-    Ok(Loaded::new(config, extra, redis.as_ref())?.registry.load())
+        .map_err(StartError::Redis)
 }
 
 impl Server {
@@ -203,12 +212,7 @@ impl Server {
             })?;
         }
         let metrics = Metrics::new(&config.metrics)?;
-        let redis = config
-            .redis
-            .as_ref()
-            .map(|redis| Redis::new(redis, Some(&metrics)).map(Arc::new))
-            .transpose()
-            .map_err(StartError::Redis)?;
+        let redis = redis_client(config, Some(&metrics))?;
         let Loaded {
             registry,
             policies,
