@@ -114,14 +114,13 @@ impl SharedRegistry {
         Ok(generation.unwrap_or(0))
     }
 
-    /// What Redis holds, or why it cannot be used.
-    async fn read(&self) -> Result<Snapshot, String> {
+    /// What Redis holds, or why it cannot be used (inside: what it holds is not a registry).
+    async fn read(&self) -> Result<Result<Snapshot, String>, crate::redis_client::Unavailable> {
         let fields: HashMap<String, Vec<u8>> = self
             .redis
             .query(Op::RegistryRead, redis::cmd("HGETALL").arg(&self.key))
-            .await
-            .map_err(|err| err.to_string())?;
-        snapshot_from_fields(fields)
+            .await?;
+        Ok(snapshot_from_fields(fields))
     }
 
     /// Stores `change` over `current`, the registry this instance serves:
@@ -263,21 +262,26 @@ pub async fn keep_in_sync(registry: Arc<Registry>, shared: Arc<SharedRegistry>) 
             }
             None => tokio::time::sleep(POLL_INTERVAL).await,
         }
-        if ended {
+        // A subscription does not outlive the connection Redis dropped.
+        if !sync_once(&registry, &shared, &mut refused).await || ended {
             subscription = None;
         }
-        sync_once(&registry, &shared, &mut refused).await;
     }
 }
 
-/// One comparison of generations, and what it calls for.
-async fn sync_once(registry: &Registry, shared: &SharedRegistry, refused: &mut Option<u64>) {
+/// One comparison of generations, and what it calls for; false when Redis
+/// did not answer.
+async fn sync_once(
+    registry: &Registry,
+    shared: &SharedRegistry,
+    refused: &mut Option<u64>,
+) -> bool {
     let Ok(remote) = shared.generation().await else {
-        return;
+        return false;
     };
     let local = registry.load().generation();
     if remote == local || Some(remote) == *refused {
-        return;
+        return true;
     }
     if remote < local {
         // Redis forgot (restarted empty) or holds an older copy: write this
@@ -285,7 +289,7 @@ async fn sync_once(registry: &Registry, shared: &SharedRegistry, refused: &mut O
         // makes this a conflict; the higher generation ends up in Redis.
         let snapshot = registry.snapshot().await;
         if snapshot.generation <= remote {
-            return;
+            return true;
         }
         if shared.write(remote, &snapshot).await.is_ok() {
             tracing::info!(
@@ -293,18 +297,19 @@ async fn sync_once(registry: &Registry, shared: &SharedRegistry, refused: &mut O
                 "the shared registry held generation {remote}: re-seeded it from this instance's copy"
             );
         }
-        return;
+        return true;
     }
     let snapshot = match shared.read().await {
-        Ok(snapshot) => snapshot,
-        Err(reason) => {
+        Ok(Ok(snapshot)) => snapshot,
+        Ok(Err(reason)) => {
             tracing::error!(
                 generation = remote,
                 "cannot read the shared registry: {reason}"
             );
             *refused = Some(remote);
-            return;
+            return true;
         }
+        Err(_) => return false,
     };
     let generation = snapshot.generation;
     match registry.apply(Change::Sync(snapshot)).await {
@@ -318,6 +323,7 @@ async fn sync_once(registry: &Registry, shared: &SharedRegistry, refused: &mut O
             *refused = Some(generation);
         }
     }
+    true
 }
 
 #[cfg(test)]
