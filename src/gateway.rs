@@ -20,8 +20,9 @@ use crate::{
     http_rule::BodyPlan,
     observe::RequestContext,
     percent,
-    policy::{UpstreamHeaders, X_REQUEST_ID},
+    policy::UpstreamHeaders,
     registry::{CallKind, RouteMatch},
+    request_ids::X_REQUEST_ID,
     streaming,
     transcode::{self, ReplyFilter, RequestParts, TranscodeOptions},
     upstream::{self, Deadline, Payload},
@@ -67,7 +68,7 @@ pub fn handle(
                 let upstream = method.upstream.as_ref().map_or("none", |u| &*u.name);
                 tracing::warn!(request_id = id, upstream, rpc = %method.grpc_path, error = %err, "request failed");
             }
-            err.into_response(id, Some(&catalog))
+            err.into_response(id, Some(catalog.detail_types()))
         })
     }
 }

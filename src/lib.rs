@@ -24,6 +24,7 @@ pub mod observe;
 mod percent;
 pub mod policy;
 pub mod registry;
+pub mod request_ids;
 pub mod router;
 pub mod server;
 mod streaming;

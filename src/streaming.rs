@@ -27,10 +27,11 @@ use tokio::sync::oneshot;
 use tonic::metadata::MetadataMap;
 
 use crate::{
-    error::{self, Error},
+    error::Error,
     gateway::{check_json_content_type, reply_filter, Gateway},
     http_rule::BodyPlan,
     registry::{CallKind, RouteMatch},
+    request_ids,
     transcode::{self, Framer, JsonSplitter, ReplyFilter, StreamFormat},
     upstream::{self, Deadline, Outgoing, Payload, ReplyStream},
 };
@@ -55,7 +56,7 @@ pub(crate) async fn call(
     let filter = reply_filter(&matched, &parts)?;
     // Checked on every kind; only a client stream has a deadline to shorten.
     let asked = upstream::asked_timeout(&parts.headers)?;
-    let request_id = error::request_id(&parts.headers).to_owned();
+    let request_id = request_ids::request_id(&parts.headers).to_owned();
     let format = StreamFormat::negotiate(&parts.headers);
 
     if kind == CallKind::ServerStreaming {
@@ -400,7 +401,7 @@ impl ReplyBody {
         let Some(framer) = &mut self.framer else {
             return Err(StreamAborted(err));
         };
-        let status = err.status_json(&self.request_id, Some(&self.matched.catalog));
+        let status = err.status_json(&self.request_id, Some(self.matched.catalog.detail_types()));
         Ok(framer.error(status.to_string().as_bytes()))
     }
 }

@@ -39,10 +39,9 @@ use protogate::{
         Deep, EchoMessage, FailRequest, Headers, SleepRequest, UpdateResourceRequest,
     },
     transcode::{
-        request_message, Declined, FieldRules, JsonPlans, MaskTree, ReplyFilter, ReplyShape,
-        RequestParts, TranscodeOptions,
+        encode_message, request_message, Declined, FieldRules, JsonPlans, MaskTree, ReplyFilter,
+        ReplyShape, RequestParts, TranscodeOptions,
     },
-    upstream::encode_message,
 };
 use serde_json::{value::RawValue, Value as Json};
 use tonic::{Request, Response, Status};

@@ -23,17 +23,15 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::metadata::MetadataMap;
 
-use super::{
-    config::{AuthConfig, HeadersConfig, DEFAULT_CLAIM_HEADERS},
-    Identity,
-};
+use super::Identity;
 use crate::{
+    config::{AuthConfig, HeadersConfig, DEFAULT_CLAIM_HEADERS},
     error::Error,
-    observe::trace_context::{TRACEPARENT, TRACESTATE},
+    request_ids::{
+        trace_context::{TRACEPARENT, TRACESTATE},
+        X_CORRELATION_ID, X_REQUEST_ID,
+    },
 };
-
-pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub(crate) const X_CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
 
 /// Sent by the gateway itself; a client's copies are replaced, never forwarded.
 const IDS: [HeaderName; 2] = [X_REQUEST_ID, X_CORRELATION_ID];

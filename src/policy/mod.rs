@@ -16,7 +16,6 @@
 
 mod auth;
 mod client_ip;
-pub mod config;
 pub mod cors;
 mod headers;
 mod jwks;
@@ -28,12 +27,6 @@ use globset::{Glob, GlobMatcher};
 use prost_reflect::MethodDescriptor;
 use tower_http::cors::CorsLayer;
 
-use self::config::QuotaConfig;
-pub(crate) use self::{
-    auth::www_authenticate,
-    headers::{X_CORRELATION_ID, X_REQUEST_ID},
-    rate_limit::ceil_secs,
-};
 pub use self::{
     auth::{authenticate, AuthError, Authenticator, Identity},
     client_ip::ClientIp,
@@ -43,6 +36,7 @@ pub use self::{
         LocalLimiter, RateLimiting, RateLimits,
     },
 };
+use crate::config::QuotaConfig;
 use crate::{pb::protogate::v1::Policy as PolicyOption, Config};
 
 /// The policy of one gRPC method, resolved at catalog build.

@@ -18,6 +18,7 @@ use super::{
 use crate::{
     config::Config,
     deprecation::DeprecationRules,
+    error::{Error, Violation},
     http_rule::{self, ResolvedBinding},
     nesting,
     policy::PolicyRules,
@@ -659,6 +660,28 @@ impl LoadError {
     /// [`LoadProblem::conflicts_with_set`]).
     pub fn is_conflict(&self) -> bool {
         self.problems.iter().any(|p| p.conflicts_with_set.is_some())
+    }
+}
+
+/// A refused change as the request-path error: each problem a violation
+/// naming its method, else its set.
+impl From<LoadError> for Error {
+    fn from(err: LoadError) -> Self {
+        let conflict = err.is_conflict();
+        let problems = err
+            .problems
+            .iter()
+            .map(|problem| Violation {
+                field: problem
+                    .method
+                    .as_deref()
+                    .or(problem.set.as_deref())
+                    .unwrap_or_default()
+                    .into(),
+                description: problem.to_string().into(),
+            })
+            .collect();
+        Self::Rejected { conflict, problems }
     }
 }
 

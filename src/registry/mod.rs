@@ -35,6 +35,7 @@ use tokio::sync::{watch, Mutex};
 
 use crate::{
     config::{self, Config, UpstreamConfig},
+    observe::metrics::CatalogFigures,
     policy::PolicyRules,
     upstream::{Upstream, Upstreams},
 };
@@ -248,6 +249,21 @@ impl Registry {
     /// How the changes applied so far ended.
     pub fn reloads(&self) -> &ReloadCounts {
         &self.reloads
+    }
+
+    /// The current catalog's figures, for a metrics scrape.
+    pub fn figures(&self) -> CatalogFigures {
+        let catalog = self.load();
+        let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        CatalogFigures {
+            generation: catalog.generation(),
+            routes: catalog.routes().len(),
+            reloads: [
+                ("applied", count(&self.reloads.applied)),
+                ("unchanged", count(&self.reloads.unchanged)),
+                ("refused", count(&self.reloads.refused)),
+            ],
+        }
     }
 
     /// Builds and validates `change` without persisting or swapping it.

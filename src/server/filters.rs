@@ -33,7 +33,7 @@ use std::{
 
 use axum::{extract::Request, response::Response};
 use futures_util::{future::BoxFuture, FutureExt as _};
-use http::{header::Entry, HeaderValue, StatusCode};
+use http::{HeaderValue, StatusCode};
 use tower::{Service, ServiceExt as _};
 use tower_http::cors::{Cors, CorsLayer};
 use tracing::Instrument as _;
@@ -46,13 +46,11 @@ use crate::{
         self,
         access_log::{self, AccessLog},
         metrics::Metrics,
-        trace_context, RequestContext,
+        RequestContext,
     },
-    policy::{
-        self, Authenticator, HeaderPolicy, LocalLimiter, RateLimiting, X_CORRELATION_ID,
-        X_REQUEST_ID,
-    },
+    policy::{self, Authenticator, HeaderPolicy, LocalLimiter, RateLimiting},
     registry::{Registry, RouteMatch},
+    request_ids::{self, RequestIds, X_REQUEST_ID},
     router::Lookup,
 };
 
@@ -96,13 +94,6 @@ pub(super) struct Inner {
     rate_limit: Option<Arc<RateLimiting<Arc<LocalLimiter>>>>,
     headers: Arc<HeaderPolicy>,
     gateway: Arc<Gateway>,
-}
-
-/// The ids decided at step 1, echoed on the response.
-struct Ids {
-    request_id: HeaderValue,
-    correlation_id: HeaderValue,
-    traceparent: HeaderValue,
 }
 
 // === impl Chain ===
@@ -165,7 +156,8 @@ impl<T: Serve> Service<Request> for Chain<T> {
 // starts.
 impl Serve for Edge {
     fn serve(&self, mut request: Request) -> impl Future<Output = Response> + Send + '_ {
-        let ids = Ids::decide(&self.headers, &mut request);
+        policy::sanitize(&self.headers, &mut request);
+        let ids = RequestIds::decide(&mut request);
         let span = observe::request_span(&request);
         async move {
             let mut response = self.observed(request, &ids).instrument(span).await;
@@ -180,12 +172,12 @@ impl Edge {
     fn observed(
         &self,
         mut request: Request,
-        ids: &Ids,
+        ids: &RequestIds,
     ) -> impl Future<Output = Response> + Send + '_ {
         let logged = self
             .access_log
             .as_ref()
-            .map(|_| access_log::begin(&mut request, &ids.request_id, &ids.correlation_id));
+            .map(|_| access_log::begin(&mut request, ids.request_id(), ids.correlation_id()));
         let counted = self.metrics.as_ref().map(|_| Metrics::begin(&mut request));
         async move {
             let mut response = match &self.cors {
@@ -204,46 +196,6 @@ impl Edge {
             }
             response
         }
-    }
-}
-
-// === impl Ids ===
-
-impl Ids {
-    /// Step 1: malformed ids and spoofed identity headers go first; then
-    /// `x-request-id` (minted when absent), `x-correlation-id` (the client's,
-    /// else the request id) and this hop's `traceparent`, each set on the
-    /// request for the upstream.
-    fn decide(headers: &HeaderPolicy, request: &mut Request) -> Self {
-        policy::sanitize(headers, request);
-        // Entries: one lookup per id, whether it is kept or set.
-        let request_id = match request.headers_mut().entry(X_REQUEST_ID) {
-            Entry::Occupied(id) => id.get().clone(),
-            Entry::Vacant(slot) => {
-                let mut buffer = uuid::Uuid::encode_buffer();
-                let minted = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
-                let id = HeaderValue::from_str(minted).unwrap_or(HeaderValue::from_static(""));
-                slot.insert(id).clone()
-            }
-        };
-        let correlation_id = match request.headers_mut().entry(X_CORRELATION_ID) {
-            Entry::Occupied(id) => id.get().clone(),
-            Entry::Vacant(slot) => slot.insert(request_id.clone()).clone(),
-        };
-        let traceparent = trace_context::start(request);
-        Self {
-            request_id,
-            correlation_id,
-            traceparent,
-        }
-    }
-
-    /// The ids on the response (an upstream's own `x-request-id` is kept).
-    fn echo(self, response: &mut Response) {
-        let out = response.headers_mut();
-        out.entry(X_REQUEST_ID).or_insert(self.request_id);
-        out.insert(X_CORRELATION_ID, self.correlation_id);
-        out.insert(trace_context::TRACEPARENT.clone(), self.traceparent);
     }
 }
 
@@ -284,7 +236,9 @@ impl Inner {
         async move {
             let matched = match self.matched(&request) {
                 Ok(matched) => matched,
-                Err(err) => return err.into_response(error::request_id(request.headers()), None),
+                Err(err) => {
+                    return err.into_response(request_ids::request_id(request.headers()), None)
+                }
             };
             // The catalog and route again after the call: cheaper to hold
             // than the method's deprecation itself.
@@ -323,7 +277,7 @@ impl Inner {
             }
         };
         if let Some(context) = RequestContext::of(request) {
-            context.set_route(&catalog, route);
+            context.set_route(catalog.clone(), route);
         }
         let captures = captures.map_err(|(var, reason)| {
             let variable = catalog.route(route).template.variables.get(var);
@@ -349,26 +303,38 @@ impl Inner {
     ) -> impl Future<Output = Response> + Send + '_ {
         async move {
             if let Some(auth) = &self.auth {
-                if let Err(mut err) = policy::authenticate(auth, &matched, &mut request).await {
+                if let Err(mut err) =
+                    policy::authenticate(auth, &matched.method().policy, &mut request).await
+                {
                     if let Some(limits) = &self.rate_limit {
-                        err = policy::count_failed_authentication(limits, &matched, &request, err)
-                            .await;
+                        err = policy::count_failed_authentication(
+                            limits,
+                            &matched.method().policy,
+                            &request,
+                            err,
+                        )
+                        .await;
                     }
-                    return err.into_response(error::request_id(request.headers()), None);
+                    return err.into_response(request_ids::request_id(request.headers()), None);
                 }
             }
             let decision = match &self.rate_limit {
-                Some(limits) => match policy::rate_limit(limits, &matched, &request).await {
-                    Ok(decision) => decision,
-                    Err(err) => {
-                        return err.into_response(error::request_id(request.headers()), None)
+                Some(limits) => {
+                    match policy::rate_limit(limits, &matched.method().policy, &request).await {
+                        Ok(decision) => decision,
+                        Err(err) => {
+                            return err
+                                .into_response(request_ids::request_id(request.headers()), None)
+                        }
                     }
-                },
+                }
                 None => None,
             };
             let metadata = match self.headers.upstream_metadata(&request) {
                 Ok(metadata) => metadata,
-                Err(err) => return err.into_response(error::request_id(request.headers()), None),
+                Err(err) => {
+                    return err.into_response(request_ids::request_id(request.headers()), None)
+                }
             };
             let mut response = gateway::handle(&self.gateway, matched, metadata, request).await;
             self.headers.return_upstream_headers(&mut response);

@@ -18,7 +18,7 @@ use self::{
     filters::{DataPlane, Steps},
 };
 use crate::{
-    admin::{self, AdminState},
+    admin::{self, AdminSetupError, AdminState},
     config::{Config, ConfigError, HealthConfig},
     gateway::Gateway,
     observe::{
@@ -49,13 +49,8 @@ pub enum StartError {
     Policy(#[from] SetupError),
     #[error(transparent)]
     AccessLog(#[from] AccessLogError),
-    #[error("cannot read the admin token from {path}: {source}")]
-    AdminToken {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("the admin listener {0} is not a loopback address: set PROTOGATE_ADMIN_TOKEN or admin.token_file")]
-    AdminUnprotected(SocketAddr),
+    #[error(transparent)]
+    Admin(#[from] AdminSetupError),
 }
 
 /// A gateway ready to serve: its catalog is built and its channels exist.
@@ -208,7 +203,7 @@ impl Server {
             // Beside the data plane, so none of its steps apply.
             router = router.route(
                 "/metrics",
-                get(metrics::scrape).with_state((metrics.clone(), registry.clone())),
+                get(admin::scrape).with_state((metrics.clone(), registry.clone())),
             );
         }
         Ok(Self {

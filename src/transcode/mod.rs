@@ -2,6 +2,7 @@
 //! the proto3 JSON mapping and the `google.api.http` binding rules; the
 //! framing of streamed replies and the splitting of streamed requests.
 
+pub(crate) mod encode;
 mod field_mask;
 mod field_rules;
 mod http_body;
@@ -14,6 +15,7 @@ mod stream;
 mod update_mask;
 mod wire_json;
 
+pub use encode::encode as encode_message;
 pub use field_mask::{client_fields, MaskTree};
 pub use field_rules::{FieldRules, MethodRules};
 pub use http_body::{raw_reply, raw_request_message};

@@ -7,13 +7,14 @@ use prost_reflect::{
     SerializeOptions, Value,
 };
 
+use super::encode_message;
 use super::{
     field_mask::{client_fields, MaskTree},
     field_rules::{child_type, for_each_json, for_each_message, FieldRules, MethodRules},
     wire_json::{JsonPlans, Masks},
     TranscodeOptions,
 };
-use crate::{error::Error, http_rule::BindingPlan, upstream::encode_message};
+use crate::{error::Error, http_rule::BindingPlan};
 
 /// What a route's replies are filtered by, resolved per method when the
 /// catalog was built: internal fields (proto marks) and configured omissions.

@@ -21,9 +21,9 @@ use tonic::{metadata::MetadataMap, transport::Channel, Code, Status, TimeoutExpi
 use super::{
     codec::{DynamicCodec, Payload},
     connection::{Connection, Direct},
-    encode, Upstream,
+    Upstream,
 };
-use crate::error::Error;
+use crate::{error::Error, transcode::encode};
 
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");

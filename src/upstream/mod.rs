@@ -8,7 +8,6 @@
 mod call;
 mod codec;
 mod connection;
-pub(crate) mod encode;
 mod health;
 mod stream;
 
@@ -21,7 +20,6 @@ use std::{
 
 pub use call::{asked_timeout, unary, Deadline};
 pub use codec::{Outgoing, Payload};
-pub use encode::encode as encode_message;
 pub use health::{HealthState, UpstreamHealth};
 pub use stream::{bidi_streaming, client_streaming, server_streaming, ReplyStream};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};

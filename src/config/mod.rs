@@ -12,11 +12,14 @@ use std::{
 
 use serde::{Deserialize, Deserializer};
 
-pub use crate::deprecation::DeprecationConfig;
-pub use crate::policy::config::{
+mod policy;
+
+pub(crate) use self::policy::DEFAULT_CLAIM_HEADERS;
+pub use self::policy::{
     AuthConfig, CorsConfig, HeadersConfig, PolicyRule, ProviderConfig, QuotaConfig, QuotasConfig,
     RateLimitConfig,
 };
+pub use crate::deprecation::DeprecationConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -545,7 +548,7 @@ impl Config {
                 reason,
             })?;
         }
-        crate::policy::config::validate(self)?;
+        policy::validate(self)?;
         self.validate_observability()
     }
 

@@ -9,7 +9,7 @@ use http::{HeaderName, HeaderValue, Method};
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use super::ConfigError;
 
 /// JWT authentication: on when this key is present.
 #[derive(Debug, Clone, Deserialize)]
