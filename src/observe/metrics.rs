@@ -15,7 +15,7 @@
 //! | `protogate_catalog_reloads_total` | counter | result (`applied`, `unchanged`, `refused`) |
 //! | `protogate_rate_limited_total` | counter | route, key_kind (`user` or `ip`) |
 //! | `protogate_auth_failures_total` | counter | reason |
-//! | `protogate_auth_refused_total` | counter | reason (of [`AuthError::reason`](crate::policy::AuthError::reason)) |
+//! | `protogate_auth_refused_total` | counter | reason (of `policy::AuthError::reason`) |
 
 use std::{
     fmt,

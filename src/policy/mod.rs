@@ -1,7 +1,7 @@
 //! Edge policies: what every service would otherwise re-implement, enforced
 //! once before a request reaches a backend. Each is a step of the data plane
-//! (src/server/filters.rs), after the route step, so it reads the matched
-//! [`RouteMatch`](crate::registry::RouteMatch) instead of matching again:
+//! after the route step, and reads the matched method's [`RoutePolicy`]
+//! instead of matching again:
 //! * [`sanitize`] -- ids well-formed, spoofable identity headers removed, request start noted (every request);
 //! * [`authenticate`] -- JWT → [`Identity`]; the method's [`RoutePolicy`] → 401/403;
 //! * [`rate_limit`] -- per consumer or client IP → 429 with `Retry-After`/`RateLimit-*`;
@@ -37,7 +37,7 @@ pub use self::{
     },
 };
 use crate::config::QuotaConfig;
-use crate::{pb::protogate::v1::Policy as PolicyOption, Config};
+use crate::{config::Config, pb::protogate::v1::Policy as PolicyOption};
 
 /// The policy of one gRPC method, resolved at catalog build.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -26,9 +26,12 @@ use http::{header, request::Parts, HeaderMap, HeaderValue};
 use tokio::sync::oneshot;
 use tonic::metadata::MetadataMap;
 
+use super::{
+    payload::{check_json_content_type, reply_filter, upstream_of},
+    Gateway,
+};
 use crate::{
     error::Error,
-    gateway::{check_json_content_type, reply_filter, Gateway},
     http_rule::BodyPlan,
     registry::{CallKind, RouteMatch},
     request_ids,
@@ -45,11 +48,7 @@ pub(crate) async fn call(
 ) -> Result<Response, Error> {
     let route = matched.route();
     let method = matched.catalog.method(route);
-    let Some(upstream) = method.upstream.clone() else {
-        return Err(Error::Internal(
-            format!("{} has no upstream", method.grpc_path).into(),
-        ));
-    };
+    let upstream = upstream_of(method)?.clone();
     let path = method.grpc_path.clone();
     let kind = method.kind;
     let (parts, body) = request.into_parts();
