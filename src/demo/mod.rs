@@ -8,8 +8,8 @@
 //! through one version is visible through the other.
 
 mod auth;
-mod order_streams;
 mod orders_v1;
+mod orders_v1_streaming;
 mod orders_v2;
 mod store;
 mod users;

@@ -96,7 +96,7 @@ static AUTHENTICATOR: LazyLock<Authenticator> = LazyLock::new(|| {
 pub(super) fn build_options(config: &Config) -> BuildOptions {
     BuildOptions {
         require_upstreams: false,
-        ..BuildOptions::from_config(config)
+        ..BuildOptions::new(&config.descriptors, &config.filters, &config.deprecations)
     }
 }
 
@@ -133,7 +133,7 @@ pub(super) fn options(bits: u8) -> TranscodeOptions {
     if bits & 64 != 0 {
         config.query.ignored = vec!["access_token".into()];
     }
-    TranscodeOptions::new(&config)
+    TranscodeOptions::new(&config.json, &config.query, &config.filters)
 }
 
 pub(super) fn authenticator() -> &'static Authenticator {

@@ -1,4 +1,4 @@
-//! JWT authentication and coarse authorization (step 11).
+//! JWT authentication and coarse authorization (step 10).
 //!
 //! `Authorization: Bearer <jwt>` → the provider named by the token's `iss` →
 //! its key (by `kid`) → signature, `exp`, `nbf`, `iss`, `aud` and required
@@ -126,7 +126,7 @@ impl AuthError {
     }
 }
 
-/// Step 11: who calls, and may they call the matched method? A verified
+/// Step 10: who calls, and may they call the matched method? A verified
 /// caller's [`Identity`] goes into the request (and its subject into the
 /// request context) for the steps after.
 pub async fn authenticate(

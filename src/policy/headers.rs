@@ -6,7 +6,7 @@
 //! identity cannot be spoofed, and notes when the request arrived.
 //!
 //! [`HeaderPolicy::upstream_metadata`] and [`HeaderPolicy::return_upstream_headers`]
-//! (step 13, matched routes): computes the upstream
+//! (step 12, matched routes): computes the upstream
 //! metadata once -- ids, request start, `traceparent`/`tracestate`, static
 //! headers, allow-listed client headers, the verified identity's claims --
 //! refusing it (431) over `limits.max_forwarded_metadata_bytes`, and on the
@@ -128,7 +128,7 @@ fn never_crosses(name: &HeaderName) -> bool {
 // === impl HeaderPolicy ===
 
 impl HeaderPolicy {
-    /// Step 13, on the way out: the allow-listed upstream response metadata,
+    /// Step 12, on the way out: the allow-listed upstream response metadata,
     /// as HTTP headers.
     pub fn return_upstream_headers(&self, response: &mut Response) {
         if let Some(UpstreamHeaders(upstream)) =
@@ -182,7 +182,7 @@ impl HeaderPolicy {
         }
     }
 
-    /// Step 13, on the way in: the upstream metadata, decided once and
+    /// Step 12, on the way in: the upstream metadata, decided once and
     /// handed to the gateway step; refused when over the limit, so that an
     /// upstream never refuses (and words) a header list the gateway made.
     pub fn upstream_metadata(&self, request: &Request) -> Result<MetadataMap, Error> {

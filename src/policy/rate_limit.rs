@@ -1,4 +1,4 @@
-//! Rate limiting (step 12): authenticated calls are counted per consumer (the
+//! Rate limiting (step 11): authenticated calls are counted per consumer (the
 //! token's issuer and subject), anonymous ones and failed authentications per
 //! client IP, each in the bucket the method's policy names. Over the limit →
 //! 429 with `Retry-After`, `RateLimit-*` and a `google.rpc.RetryInfo`;
@@ -82,14 +82,14 @@ pub trait Limiter: Send + Sync + 'static {
     fn check(&self, bucket: BucketId, key: &ClientKey) -> impl Future<Output = Decision> + Send;
 }
 
-/// What step 12 needs: the limiter and how to find the client's IP.
+/// What step 11 needs: the limiter and how to find the client's IP.
 #[derive(Debug)]
 pub struct RateLimiting<L> {
     pub limiter: L,
     pub client_ip: ClientIp,
 }
 
-/// Step 12: counts the call against the matched method's bucket for its
+/// Step 11: counts the call against the matched method's bucket for its
 /// consumer (the verified subject, else the client IP); over the limit is
 /// 429. The decision's `RateLimit-*` headers go on the response.
 pub fn rate_limit<'a, L: Limiter>(

@@ -16,7 +16,7 @@ use super::{
     definitions::Definitions,
 };
 use crate::{
-    config::Config,
+    config::{DeprecationConfig, DescriptorsConfig, FiltersConfig},
     deprecation::DeprecationRules,
     error::{Error, Violation},
     http_rule::{self, ResolvedBinding},
@@ -67,12 +67,15 @@ pub struct OmitRule {
 
 impl BuildOptions {
     /// The options a serving gateway builds with.
-    pub fn from_config(config: &Config) -> Self {
+    pub fn new(
+        descriptors: &DescriptorsConfig,
+        filters: &FiltersConfig,
+        deprecations: &[DeprecationConfig],
+    ) -> Self {
         Self {
-            expose_unannotated: config.descriptors.expose_unannotated,
+            expose_unannotated: descriptors.expose_unannotated,
             require_upstreams: true,
-            omit: config
-                .filters
+            omit: filters
                 .responses
                 .iter()
                 .filter_map(|filter| {
@@ -83,8 +86,8 @@ impl BuildOptions {
                     })
                 })
                 .collect(),
-            internal_fields: config.filters.fields.clone(),
-            deprecations: DeprecationRules::new(&config.deprecations),
+            internal_fields: filters.fields.clone(),
+            deprecations: DeprecationRules::new(deprecations),
         }
     }
 

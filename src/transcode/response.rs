@@ -511,7 +511,11 @@ mod tests {
             config.json.emit_unpopulated = bits & 1 != 0;
             config.json.use_proto_field_names = bits & 2 != 0;
             config.json.enums_as_numbers = bits & 4 != 0;
-            all.push(TranscodeOptions::new(&config));
+            all.push(TranscodeOptions::new(
+                &config.json,
+                &config.query,
+                &config.filters,
+            ));
         }
         all
     }

@@ -6,10 +6,10 @@
 //! that a reload never reconnects them.
 
 mod call;
+mod channel_calls;
 mod codec;
 mod connection;
 mod health;
-mod stream;
 
 use std::{
     cell::Cell,
@@ -19,9 +19,9 @@ use std::{
 };
 
 pub use call::{asked_timeout, unary, Deadline};
+pub use channel_calls::{bidi_streaming, client_streaming, server_streaming, ReplyStream};
 pub use codec::{Outgoing, Payload};
 pub use health::{HealthState, UpstreamHealth};
-pub use stream::{bidi_streaming, client_streaming, server_streaming, ReplyStream};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use self::connection::{Connection, Direct};
