@@ -2,7 +2,7 @@
 //!
 //! Every field has a default, so an empty file (or none) is a valid config and
 //! a gateway can run from flags alone. Unknown keys and bad values are errors
-//! that name the key and its line (serde_yaml's path + location).
+//! that name the key and its line (serde_yaml_ng's path + location).
 
 use std::{
     net::{SocketAddr, ToSocketAddrs as _},
@@ -439,7 +439,7 @@ impl Config {
         let config: Self = if text.trim().is_empty() {
             Self::default()
         } else {
-            serde_yaml::from_str(text).map_err(|err| ConfigError::Parse {
+            serde_yaml_ng::from_str(text).map_err(|err| ConfigError::Parse {
                 path: PathBuf::from("<config>"),
                 message: err.to_string(),
             })?

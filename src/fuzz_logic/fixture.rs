@@ -9,7 +9,6 @@ use base64::{engine::general_purpose::STANDARD, Engine as _};
 use bytes::Bytes;
 use http::Method;
 use jsonwebtoken::{Algorithm, EncodingKey};
-use ring::signature::{Ed25519KeyPair, KeyPair as _};
 
 use crate::{
     config::{AuthConfig, Config, InternalInput, ProviderConfig},
@@ -152,12 +151,12 @@ pub(super) fn signing_key() -> EncodingKey {
 }
 
 fn public_key_pem() -> String {
-    let pair = Ed25519KeyPair::from_seed_unchecked(&SEED).expect("a 32-byte seed");
+    let public = ed25519_dalek::SigningKey::from_bytes(&SEED).verifying_key();
     // SubjectPublicKeyInfo of an Ed25519 key (RFC 8410).
     let mut spki = vec![
         0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
     ];
-    spki.extend_from_slice(pair.public_key().as_ref());
+    spki.extend_from_slice(public.as_bytes());
     format!(
         "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
         STANDARD.encode(spki)

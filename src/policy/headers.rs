@@ -297,7 +297,7 @@ mod tests {
     use super::*;
 
     fn policy(yaml: &str) -> HeaderPolicy {
-        let config: HeadersConfig = serde_yaml::from_str(yaml).unwrap();
+        let config: HeadersConfig = serde_yaml_ng::from_str(yaml).unwrap();
         HeaderPolicy::new(&config, None, 8 << 10)
     }
 
