@@ -30,7 +30,7 @@ use redis::{
 };
 use tokio::sync::Notify;
 
-use crate::{config::RedisConfig, observe::metrics::Metrics};
+use crate::config::RedisConfig;
 
 /// First wait before probing a Redis that went away; it doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -72,11 +72,13 @@ pub struct Redis {
 }
 
 /// The handles of `protogate_redis_up`, `protogate_redis_errors_total{op}`
-/// and `protogate_redis_command_duration_seconds{op}`, indexed by [`Op`].
-struct RedisMetrics {
-    up: Gauge,
-    errors: [Counter; Op::ALL.len()],
-    duration: [Histogram; Op::ALL.len()],
+/// and `protogate_redis_command_duration_seconds{op}`, indexed by [`Op`]:
+/// given by the server, whose metrics they are.
+#[derive(Debug)]
+pub struct RedisMetrics {
+    pub up: Gauge,
+    pub errors: [Counter; Op::ALL.len()],
+    pub duration: [Histogram; Op::ALL.len()],
 }
 
 thread_local! {
@@ -111,7 +113,7 @@ impl Op {
 impl Redis {
     /// A client for `config`; connects on first use, so that a gateway starts
     /// (and `check` runs) without Redis. `metrics`: where to count, none for `check`.
-    pub fn new(config: &RedisConfig, metrics: Option<&Metrics>) -> Result<Self, String> {
+    pub fn new(config: &RedisConfig, metrics: Option<RedisMetrics>) -> Result<Self, String> {
         static IDS: AtomicU64 = AtomicU64::new(0);
         let mut info = config
             .url
@@ -133,14 +135,7 @@ impl Redis {
             .set_min_delay(MIN_BACKOFF)
             .set_max_delay(MAX_BACKOFF)
             .set_number_of_retries(2);
-        let metrics = metrics.map_or_else(RedisMetrics::noop, |metrics| {
-            let (up, errors, duration) = metrics.redis(&Op::ALL.map(Op::label));
-            RedisMetrics {
-                up,
-                errors,
-                duration,
-            }
-        });
+        let metrics = metrics.unwrap_or_else(RedisMetrics::noop);
         metrics.up.set(1.0);
         Ok(Self {
             id: IDS.fetch_add(1, Ordering::Relaxed),

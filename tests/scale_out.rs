@@ -753,11 +753,12 @@ fn deploy_file(name: &str) -> String {
 #[test]
 fn the_deploy_examples_parse_and_their_config_checks() {
     use serde::Deserialize as _;
-    use serde_yaml::Value;
+    use serde_yaml_ng::Value;
 
-    let documents: Vec<Value> = serde_yaml::Deserializer::from_str(&deploy_file("kubernetes.yaml"))
-        .map(|document| Value::deserialize(document).unwrap())
-        .collect();
+    let documents: Vec<Value> =
+        serde_yaml_ng::Deserializer::from_str(&deploy_file("kubernetes.yaml"))
+            .map(|document| Value::deserialize(document).unwrap())
+            .collect();
     let find = |kind: &str, name: &str| {
         documents
             .iter()
@@ -794,7 +795,7 @@ fn the_deploy_examples_parse_and_their_config_checks() {
         "the ConfigMap holds protogate.yaml"
     );
 
-    let mut compose: Value = serde_yaml::from_str(&deploy_file("docker-compose.yaml")).unwrap();
+    let mut compose: Value = serde_yaml_ng::from_str(&deploy_file("docker-compose.yaml")).unwrap();
     compose.apply_merge().unwrap();
     let services = compose["services"].as_mapping().unwrap();
     assert!(services.contains_key("redis"));

@@ -14,11 +14,11 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use redis::Script;
 
-use super::{
+use super::rate_limit::{BucketId, ClientKey, Decision, Limiter, LocalLimiter};
+use crate::{
     config::{OnRedisError, QuotaConfig},
-    rate_limit::{BucketId, ClientKey, Decision, Limiter, LocalLimiter},
+    redis_client::{Op, Redis},
 };
-use crate::redis_client::{Op, Redis};
 
 /// GCRA over one key holding the bucket's theoretical arrival time (µs,
 /// Redis' clock). `ARGV[1]`: the emission interval `t` (µs per request);

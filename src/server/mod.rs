@@ -1,10 +1,10 @@
-//! Assembles the data plane ([`filters`]), binds it and serves it
+//! Assembles the data plane ([`steps`]), binds it and serves it
 //! ([`workers`]: each connection's life in [`connection`], the acceptor and
 //! its cap in [`accept`]) until shutdown, with the admin listener beside it.
 
 mod accept;
 mod connection;
-mod filters;
+mod steps;
 mod workers;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
@@ -15,19 +15,22 @@ use tokio::{net::TcpListener, sync::watch};
 use self::{
     accept::Acceptor,
     connection::Timeouts,
-    filters::{DataPlane, Steps},
+    steps::{DataPlane, StepParts},
 };
 use crate::{
-    admin::{self, AdminState},
+    admin::{self, AdminSetupError, AdminState},
     config::{Config, ConfigError, HealthConfig, RegistryStore},
     gateway::Gateway,
     observe::{
         access_log::{AccessLog, AccessLogError},
         metrics::{self, Metrics},
     },
-    policy::{Policies, SetupError},
-    redis_client::Redis,
-    registry::{self, BuildContext, Catalog, DescriptorSet, LoadError, Registry, SharedRegistry},
+    policy::{Policies, PolicySettings, SetupError},
+    redis_client::{Op, Redis, RedisMetrics},
+    registry::{
+        self, BuildContext, BuildOptions, Catalog, DescriptorSet, LoadError, Registry,
+        SharedRegistry, Store,
+    },
     transcode::TranscodeOptions,
     upstream::{UpstreamError, UpstreamHealth, Upstreams},
 };
@@ -50,13 +53,8 @@ pub enum StartError {
     Policy(#[from] SetupError),
     #[error(transparent)]
     AccessLog(#[from] AccessLogError),
-    #[error("cannot read the admin token from {path}: {source}")]
-    AdminToken {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("the admin listener {0} is not a loopback address: set PROTOGATE_ADMIN_TOKEN or admin.token_file")]
-    AdminUnprotected(SocketAddr),
+    #[error(transparent)]
+    Admin(#[from] AdminSetupError),
     #[error("{0}")]
     Redis(String),
 }
@@ -120,8 +118,26 @@ impl Loaded {
             })?);
         }
         sets.extend(extra);
-        let policies = Policies::new(config, redis)?;
-        let mut context = BuildContext::new(config, policies.rules.clone(), sets);
+        let policies = Policies::new(
+            PolicySettings {
+                auth: config.auth.as_ref(),
+                rules: &config.policies,
+                rate_limit: config.rate_limit.as_ref(),
+                trusted_proxies: &config.trusted_proxies,
+                headers: &config.headers,
+                max_forwarded_metadata_bytes: config.limits.max_forwarded_metadata_bytes,
+                cors: config.cors.as_ref(),
+            },
+            redis,
+        )?;
+        let mut context = BuildContext::new(
+            BuildOptions::new(&config.descriptors, &config.filters, &config.deprecations),
+            policies.rules.clone(),
+            config.upstreams.clone(),
+            config.limits.max_response_message_bytes,
+            config.descriptors.dir.clone().map(Store::new),
+            sets,
+        );
         if config.registry.store == RegistryStore::Redis {
             let redis = redis.ok_or_else(|| {
                 StartError::Redis("registry.store: `redis` needs `redis.url`".into())
@@ -192,10 +208,18 @@ fn redis_client(
     config: &Config,
     metrics: Option<&Metrics>,
 ) -> Result<Option<Arc<Redis>>, StartError> {
+    let handles = metrics.map(|metrics| {
+        let (up, errors, duration) = metrics.redis(&Op::ALL.map(Op::label));
+        RedisMetrics {
+            up,
+            errors,
+            duration,
+        }
+    });
     config
         .redis
         .as_ref()
-        .map(|redis| Redis::new(redis, metrics).map(Arc::new))
+        .map(|redis| Redis::new(redis, handles).map(Arc::new))
         .transpose()
         .map_err(StartError::Redis)
 }
@@ -222,11 +246,11 @@ impl Server {
         let registry = Arc::new(registry);
         let health = Arc::new(health);
         let gateway = Arc::new(Gateway {
-            options: TranscodeOptions::new(config),
+            options: TranscodeOptions::new(&config.json, &config.query, &config.filters),
             max_request_body: config.limits.max_request_body_bytes,
             upstream_headers_returned: !config.headers.response.is_empty(),
         });
-        let data_plane = DataPlane::new(Steps {
+        let data_plane = DataPlane::new(StepParts {
             headers: policies.headers,
             access_log: if config.access_log.enabled {
                 Some(Arc::new(AccessLog::new(&config.access_log)?))
@@ -246,7 +270,7 @@ impl Server {
             // Beside the data plane, so none of its steps apply.
             router = router.route(
                 "/metrics",
-                get(metrics::scrape).with_state((metrics.clone(), registry.clone())),
+                get(admin::scrape).with_state((metrics.clone(), registry.clone())),
             );
         }
         Ok(Self {

@@ -2,7 +2,7 @@
 //!
 //! Every field has a default, so an empty file (or none) is a valid config and
 //! a gateway can run from flags alone. Unknown keys and bad values are errors
-//! that name the key and its line (serde_yaml's path + location).
+//! that name the key and its line (serde_yaml_ng's path + location).
 
 use std::{
     net::{SocketAddr, ToSocketAddrs as _},
@@ -12,11 +12,14 @@ use std::{
 
 use serde::{Deserialize, Deserializer};
 
-pub use crate::deprecation::DeprecationConfig;
-pub use crate::policy::config::{
+mod policy;
+
+pub(crate) use self::policy::DEFAULT_CLAIM_HEADERS;
+pub use self::policy::{
     AuthConfig, CorsConfig, HeadersConfig, OnRedisError, PolicyRule, ProviderConfig, QuotaConfig,
     QuotasConfig, RateLimitConfig, RateLimitPolicy,
 };
+pub use crate::deprecation::DeprecationConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -489,7 +492,7 @@ impl Config {
         let config: Self = if text.trim().is_empty() {
             Self::default()
         } else {
-            serde_yaml::from_str(text).map_err(|err| ConfigError::Parse {
+            serde_yaml_ng::from_str(text).map_err(|err| ConfigError::Parse {
                 path: PathBuf::from("<config>"),
                 message: err.to_string(),
             })?
@@ -598,7 +601,7 @@ impl Config {
                 reason,
             })?;
         }
-        crate::policy::config::validate(self)?;
+        policy::validate(self)?;
         self.validate_redis()?;
         self.validate_observability()
     }
