@@ -7,7 +7,8 @@
 //! a worker's rate-limit decisions share one connection and are never handed
 //! to another thread.
 //!
-//! Every command gets `redis.timeout`. A command that fails for want of
+//! Every command gets `redis.timeout` (registry commands, which carry whole
+//! descriptor sets, at least 2 s). A command that fails for want of
 //! Redis (refused, dropped, timed out) marks it down: one log line, and from
 //! then on callers are answered at once, without waiting, until the probe
 //! ([`Redis::keep_watch`]) finds it again with back-off (one more log line);
