@@ -6,7 +6,7 @@
 //! identity cannot be spoofed, and notes when the request arrived.
 //!
 //! [`HeaderPolicy::upstream_metadata`] and [`HeaderPolicy::return_upstream_headers`]
-//! (step 13, matched routes): computes the upstream
+//! (step 12, matched routes): computes the upstream
 //! metadata once -- ids, request start, `traceparent`/`tracestate`, static
 //! headers, allow-listed client headers, the verified identity's claims --
 //! refusing it (431) over `limits.max_forwarded_metadata_bytes`, and on the
@@ -23,17 +23,15 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::metadata::MetadataMap;
 
-use super::{
-    config::{AuthConfig, HeadersConfig, DEFAULT_CLAIM_HEADERS},
-    Identity,
-};
+use super::Identity;
 use crate::{
+    config::{AuthConfig, HeadersConfig, DEFAULT_CLAIM_HEADERS},
     error::Error,
-    observe::trace_context::{TRACEPARENT, TRACESTATE},
+    request_ids::{
+        trace_context::{TRACEPARENT, TRACESTATE},
+        X_CORRELATION_ID, X_REQUEST_ID,
+    },
 };
-
-pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub(crate) const X_CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
 
 /// Sent by the gateway itself; a client's copies are replaced, never forwarded.
 const IDS: [HeaderName; 2] = [X_REQUEST_ID, X_CORRELATION_ID];
@@ -118,7 +116,7 @@ pub fn sanitize(policy: &HeaderPolicy, request: &mut Request) {
         .insert(RequestStart(SystemTime::now()));
 }
 
-/// Step 8: an HTTP/2 request whose header list is over
+/// Step 9, first: an HTTP/2 request whose header list is over
 /// [`MAX_HEADER_LIST_BYTES`] is refused (431), counted as h2 counts it.
 /// HTTP/1.1 heads are bounded by hyper, whose refusals the connection
 /// answers with a body itself.
@@ -171,7 +169,7 @@ fn never_crosses(name: &HeaderName) -> bool {
 // === impl HeaderPolicy ===
 
 impl HeaderPolicy {
-    /// Step 13, on the way out: the allow-listed upstream response metadata,
+    /// Step 12, on the way out: the allow-listed upstream response metadata,
     /// as HTTP headers.
     pub fn return_upstream_headers(&self, response: &mut Response) {
         if let Some(UpstreamHeaders(upstream)) =
@@ -225,7 +223,7 @@ impl HeaderPolicy {
         }
     }
 
-    /// Step 13, on the way in: the upstream metadata, decided once and
+    /// Step 12, on the way in: the upstream metadata, decided once and
     /// handed to the gateway step; refused when over the limit, so that an
     /// upstream never refuses (and words) a header list the gateway made.
     pub fn upstream_metadata(&self, request: &Request) -> Result<MetadataMap, Error> {
@@ -340,7 +338,7 @@ mod tests {
     use super::*;
 
     fn policy(yaml: &str) -> HeaderPolicy {
-        let config: HeadersConfig = serde_yaml::from_str(yaml).unwrap();
+        let config: HeadersConfig = serde_yaml_ng::from_str(yaml).unwrap();
         HeaderPolicy::new(&config, None, 8 << 10)
     }
 

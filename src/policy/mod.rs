@@ -1,7 +1,7 @@
 //! Edge policies: what every service would otherwise re-implement, enforced
 //! once before a request reaches a backend. Each is a step of the data plane
-//! (src/server/filters.rs), after the route step, so it reads the matched
-//! [`RouteMatch`](crate::registry::RouteMatch) instead of matching again:
+//! after the route step, and reads the matched method's [`RoutePolicy`]
+//! instead of matching again:
 //! * [`sanitize`] -- ids well-formed, spoofable identity headers removed, request start noted (every request);
 //! * [`authenticate`] -- JWT → [`Identity`]; the method's [`RoutePolicy`] → 401/403;
 //! * [`rate_limit`] -- per consumer or client IP → 429 with `Retry-After`/`RateLimit-*`;
@@ -16,11 +16,11 @@
 
 mod auth;
 mod client_ip;
-pub mod config;
 pub mod cors;
 mod headers;
 mod jwks;
 mod rate_limit;
+mod redis_limiter;
 
 use std::sync::Arc;
 
@@ -28,12 +28,6 @@ use globset::{Glob, GlobMatcher};
 use prost_reflect::MethodDescriptor;
 use tower_http::cors::CorsLayer;
 
-use self::config::QuotaConfig;
-pub(crate) use self::{
-    auth::www_authenticate,
-    headers::{X_CORRELATION_ID, X_REQUEST_ID},
-    rate_limit::ceil_secs,
-};
 pub use self::{
     auth::{authenticate, AuthError, Authenticator, Identity},
     client_ip::ClientIp,
@@ -42,8 +36,15 @@ pub use self::{
         count_failed_authentication, rate_limit, BucketId, ClientKey, Decision, Limiter,
         LocalLimiter, RateLimiting, RateLimits,
     },
+    redis_limiter::RedisLimiter,
 };
-use crate::{pb::protogate::v1::Policy as PolicyOption, Config};
+use ipnet::IpNet;
+
+use crate::config::{
+    AuthConfig, CorsConfig, HeadersConfig, PolicyRule, QuotaConfig, RateLimitConfig,
+    RateLimitPolicy,
+};
+use crate::{pb::protogate::v1::Policy as PolicyOption, redis_client::Redis};
 
 /// The policy of one gRPC method, resolved at catalog build.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -83,10 +84,45 @@ pub struct Policies {
     /// `None` when `auth` is not configured.
     pub auth: Option<Arc<Authenticator>>,
     /// `None` when no quota is configured.
-    pub rate_limit: Option<Arc<RateLimiting<Arc<LocalLimiter>>>>,
+    pub rate_limit: Option<Arc<RateLimiting<QuotaStore>>>,
     pub headers: Arc<HeaderPolicy>,
     /// `None` when `cors` is not configured.
     pub cors: Option<CorsLayer>,
+}
+
+/// Where quotas are counted (`rate_limit.policy`).
+#[derive(Debug, Clone)]
+pub enum QuotaStore {
+    Local(Arc<LocalLimiter>),
+    Redis(Arc<RedisLimiter>),
+}
+
+impl Limiter for QuotaStore {
+    fn check(
+        &self,
+        bucket: BucketId,
+        key: &ClientKey,
+    ) -> impl std::future::Future<Output = Decision> + Send {
+        use futures_util::future::Either;
+        match self {
+            Self::Local(local) => Either::Left(local.check(bucket, key)),
+            Self::Redis(shared) => Either::Right(shared.check(bucket, key)),
+        }
+    }
+}
+
+/// The settings the policies are built from: the config's `auth`,
+/// `policies`, `rate_limit`, `trusted_proxies`, `headers` and `cors`, and
+/// `limits.max_forwarded_metadata_bytes`.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicySettings<'a> {
+    pub auth: Option<&'a AuthConfig>,
+    pub rules: &'a [PolicyRule],
+    pub rate_limit: Option<&'a RateLimitConfig>,
+    pub trusted_proxies: &'a [IpNet],
+    pub headers: &'a HeadersConfig,
+    pub max_forwarded_metadata_bytes: usize,
+    pub cors: Option<&'a CorsConfig>,
 }
 
 /// A policy setting that cannot be put to work (a key that cannot be read, a
@@ -102,23 +138,35 @@ pub struct SetupError {
 
 impl Policies {
     /// Reads keys, compiles names and globs, and starts the JWKS refreshers.
+    /// `redis` counts the quotas when `rate_limit.policy` is `redis`.
     /// Must run inside a tokio runtime.
-    pub fn new(config: &Config) -> Result<Self, SetupError> {
-        let rules = PolicyRules::new(config);
+    pub fn new(config: PolicySettings<'_>, redis: Option<&Arc<Redis>>) -> Result<Self, SetupError> {
+        let rules = PolicyRules::new(config.rules, config.rate_limit);
         let auth = config
             .auth
-            .as_ref()
             .map(Authenticator::new)
             .transpose()?
             .map(Arc::new);
         let rate_limit = if rules.buckets.is_empty() {
             None
         } else {
-            let max_keys = config.rate_limit.as_ref().map_or(100_000, |r| r.max_keys);
-            let limiter = LocalLimiter::new(&rules.buckets, max_keys)?;
+            let limits = config.rate_limit.cloned().unwrap_or_default();
+            let local = LocalLimiter::new(&rules.buckets, limits.max_keys)?;
+            let limiter = match (limits.policy, redis) {
+                (RateLimitPolicy::Redis, Some(redis)) => QuotaStore::Redis(Arc::new(
+                    RedisLimiter::new(redis.clone(), &rules.buckets, limits.on_redis_error, local),
+                )),
+                (RateLimitPolicy::Redis, None) => {
+                    return Err(SetupError {
+                        key: "rate_limit.policy".into(),
+                        reason: "`redis` needs `redis.url`".into(),
+                    })
+                }
+                (RateLimitPolicy::Local, _) => QuotaStore::Local(local),
+            };
             Some(Arc::new(RateLimiting {
                 limiter,
-                client_ip: ClientIp::new(config.trusted_proxies.clone()),
+                client_ip: ClientIp::new(config.trusted_proxies.to_vec()),
             }))
         };
         Ok(Self {
@@ -126,11 +174,11 @@ impl Policies {
             auth,
             rate_limit,
             headers: Arc::new(HeaderPolicy::new(
-                &config.headers,
-                config.auth.as_ref(),
-                config.limits.max_forwarded_metadata_bytes,
+                config.headers,
+                config.auth,
+                config.max_forwarded_metadata_bytes,
             )),
-            cors: config.cors.as_ref().map(cors::layer),
+            cors: config.cors.map(cors::layer),
         })
     }
 }
@@ -138,8 +186,9 @@ impl Policies {
 // === impl PolicyRules ===
 
 impl PolicyRules {
-    /// Compiles the rules (validated by `Config::validate`) and numbers the buckets.
-    pub fn new(config: &Config) -> Self {
+    /// Compiles the rules (validated by `Config::validate`) and numbers the
+    /// buckets: the `rate_limit` defaults first.
+    pub fn new(rules: &[PolicyRule], rate_limit: Option<&RateLimitConfig>) -> Self {
         let mut buckets = Vec::new();
         let mut bucket = |quota: Option<QuotaConfig>| {
             quota.map(|quota| {
@@ -147,17 +196,14 @@ impl PolicyRules {
                 BucketId(buckets.len() - 1)
             })
         };
-        let defaults = config
-            .rate_limit
-            .as_ref()
+        let defaults = rate_limit
             .map(|limits| RateLimits {
                 per_user: bucket(limits.per_user),
                 per_ip: bucket(limits.per_ip),
             })
             .unwrap_or_default();
         let boxed = |names: &Vec<String>| names.iter().map(|n| n.as_str().into()).collect();
-        let rules = config
-            .policies
+        let rules = rules
             .iter()
             .filter_map(|rule| {
                 let matcher = Glob::new(&rule.method).ok()?.compile_matcher();
@@ -284,7 +330,8 @@ mod tests {
     }
 
     fn rules(yaml: &str) -> PolicyRules {
-        PolicyRules::new(&Config::from_yaml(yaml).unwrap())
+        let config = crate::config::Config::from_yaml(yaml).unwrap();
+        PolicyRules::new(&config.policies, config.rate_limit.as_ref())
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //!   414, 431), and the 408, carry a `google.rpc.Status` body and a request
 //!   id like every other error: [`Io`] writes the gateway's answer instead.
 //!   HTTP/2 header lists are taken up to [`HTTP2_HEADER_LIST_CAP`], so that
-//!   the data plane answers the 16 KiB limit (step 8) with a body; past the
+//!   the data plane answers the 16 KiB limit (step 9) with a body; past the
 //!   cap h2 answers 431 on its own, without one.
 //!
 //! The bookkeeping is a few relaxed atomics per request; the one timer that
@@ -55,9 +55,7 @@ use tower::{Service, ServiceExt as _};
 
 use super::accept::Slot;
 use crate::{
-    config::LimitsConfig,
-    error,
-    policy::{MAX_HEADER_LIST_BYTES, X_REQUEST_ID},
+    config::LimitsConfig, error, policy::MAX_HEADER_LIST_BYTES, request_ids::X_REQUEST_ID,
 };
 
 /// The header list h2 takes from a client: four times the limit the

@@ -1,10 +1,10 @@
-//! Assembles the data plane ([`filters`]), binds it and serves it
+//! Assembles the data plane ([`steps`]), binds it and serves it
 //! ([`workers`]: each connection's life in [`connection`], the acceptor and
 //! its cap in [`accept`]) until shutdown, with the admin listener beside it.
 
 mod accept;
 mod connection;
-mod filters;
+mod steps;
 mod workers;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
@@ -15,18 +15,22 @@ use tokio::{net::TcpListener, sync::watch};
 use self::{
     accept::Acceptor,
     connection::Timeouts,
-    filters::{DataPlane, Steps},
+    steps::{DataPlane, StepParts},
 };
 use crate::{
-    admin::{self, AdminState},
-    config::{Config, ConfigError, HealthConfig},
+    admin::{self, AdminSetupError, AdminState},
+    config::{Config, ConfigError, HealthConfig, RegistryStore},
     gateway::Gateway,
     observe::{
         access_log::{AccessLog, AccessLogError},
         metrics::{self, Metrics},
     },
-    policy::{Policies, SetupError},
-    registry::{self, BuildContext, Catalog, DescriptorSet, LoadError, Registry},
+    policy::{Policies, PolicySettings, SetupError},
+    redis_client::{Op, Redis, RedisMetrics},
+    registry::{
+        self, BuildContext, BuildOptions, Catalog, DescriptorSet, LoadError, Registry,
+        SharedRegistry, Store,
+    },
     transcode::TranscodeOptions,
     upstream::{UpstreamError, UpstreamHealth, Upstreams},
 };
@@ -49,13 +53,10 @@ pub enum StartError {
     Policy(#[from] SetupError),
     #[error(transparent)]
     AccessLog(#[from] AccessLogError),
-    #[error("cannot read the admin token from {path}: {source}")]
-    AdminToken {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("the admin listener {0} is not a loopback address: set PROTOGATE_ADMIN_TOKEN or admin.token_file")]
-    AdminUnprotected(SocketAddr),
+    #[error(transparent)]
+    Admin(#[from] AdminSetupError),
+    #[error("{0}")]
+    Redis(String),
 }
 
 /// A gateway ready to serve: its catalog is built and its channels exist.
@@ -74,6 +75,8 @@ pub struct Server {
     admin_listen: SocketAddr,
     admin_listener: Option<TcpListener>,
     admin_api: admin::ApiSettings,
+    /// The shared Redis, when configured.
+    redis: Option<Arc<Redis>>,
     watch_descriptors: bool,
     workers: usize,
     timeouts: Timeouts,
@@ -92,8 +95,12 @@ struct Loaded {
 
 impl Loaded {
     /// Must run inside a tokio runtime. Warns of what is accepted but
-    /// probably not meant.
-    fn new(config: &Config, extra: Vec<DescriptorSet>) -> Result<Self, StartError> {
+    /// probably not meant. Connects to nothing: `redis` connects on first use.
+    fn new(
+        config: &Config,
+        extra: Vec<DescriptorSet>,
+        redis: Option<&Arc<Redis>>,
+    ) -> Result<Self, StartError> {
         config.validate()?;
         let upstreams = Upstreams::new(
             &config.upstreams,
@@ -111,14 +118,45 @@ impl Loaded {
             })?);
         }
         sets.extend(extra);
-        let policies = Policies::new(config)?;
-        let context = BuildContext::new(config, policies.rules.clone(), sets);
-        let (stored, stored_upstreams) = match &context.store {
+        let policies = Policies::new(
+            PolicySettings {
+                auth: config.auth.as_ref(),
+                rules: &config.policies,
+                rate_limit: config.rate_limit.as_ref(),
+                trusted_proxies: &config.trusted_proxies,
+                headers: &config.headers,
+                max_forwarded_metadata_bytes: config.limits.max_forwarded_metadata_bytes,
+                cors: config.cors.as_ref(),
+            },
+            redis,
+        )?;
+        let mut context = BuildContext::new(
+            BuildOptions::new(&config.descriptors, &config.filters, &config.deprecations),
+            policies.rules.clone(),
+            config.upstreams.clone(),
+            config.limits.max_response_message_bytes,
+            config.descriptors.dir.clone().map(Store::new),
+            sets,
+        );
+        if config.registry.store == RegistryStore::Redis {
+            let redis = redis.ok_or_else(|| {
+                StartError::Redis("registry.store: `redis` needs `redis.url`".into())
+            })?;
+            context.shared = Some(Arc::new(SharedRegistry::new(redis.clone())));
+        }
+        let (stored, stored_upstreams, generation) = match &context.store {
             // Not there yet: `serve` creates it, and it holds nothing.
             Some(store) if !store.dir().exists() => Default::default(),
             Some(store) => store
                 .read_sets()
-                .and_then(|sets| Ok((sets, store.read_upstreams()?)))
+                .and_then(|sets| {
+                    // Only a copy of the shared registry has a generation.
+                    let generation = match context.shared {
+                        Some(_) => store.read_generation()?,
+                        None => 0,
+                    };
+                    Ok((sets, store.read_upstreams()?, generation))
+                })
                 .map_err(|source| StartError::Descriptors {
                     path: store.dir().to_owned(),
                     source,
@@ -126,7 +164,7 @@ impl Loaded {
             None => Default::default(),
         };
         let health = UpstreamHealth::new(&upstreams, &config.health);
-        let registry = Registry::start(context, upstreams, stored, stored_upstreams)?;
+        let registry = Registry::start(context, upstreams, stored, stored_upstreams, generation)?;
         let catalog = registry.load();
         if policies.auth.is_none()
             && catalog
@@ -160,7 +198,30 @@ pub fn check_config(
     config: &Config,
     extra: Vec<DescriptorSet>,
 ) -> Result<Arc<Catalog>, StartError> {
-    Ok(Loaded::new(config, extra)?.registry.load())
+    let redis = redis_client(config, None)?;
+    Ok(Loaded::new(config, extra, redis.as_ref())?.registry.load())
+}
+
+/// The shared Redis's client, when `redis.url` is set; it connects on
+/// first use. `metrics`: where it counts, none for `check`.
+fn redis_client(
+    config: &Config,
+    metrics: Option<&Metrics>,
+) -> Result<Option<Arc<Redis>>, StartError> {
+    let handles = metrics.map(|metrics| {
+        let (up, errors, duration) = metrics.redis(&Op::ALL.map(Op::label));
+        RedisMetrics {
+            up,
+            errors,
+            duration,
+        }
+    });
+    config
+        .redis
+        .as_ref()
+        .map(|redis| Redis::new(redis, handles).map(Arc::new))
+        .transpose()
+        .map_err(StartError::Redis)
 }
 
 impl Server {
@@ -174,21 +235,22 @@ impl Server {
                 source,
             })?;
         }
+        let metrics = Metrics::new(&config.metrics)?;
+        let redis = redis_client(config, Some(&metrics))?;
         let Loaded {
             registry,
             policies,
             health,
             admin_api,
-        } = Loaded::new(config, extra)?;
+        } = Loaded::new(config, extra, redis.as_ref())?;
         let registry = Arc::new(registry);
         let health = Arc::new(health);
         let gateway = Arc::new(Gateway {
-            options: TranscodeOptions::new(config),
+            options: TranscodeOptions::new(&config.json, &config.query, &config.filters),
             max_request_body: config.limits.max_request_body_bytes,
             upstream_headers_returned: !config.headers.response.is_empty(),
         });
-        let metrics = Metrics::new(&config.metrics)?;
-        let data_plane = DataPlane::new(Steps {
+        let data_plane = DataPlane::new(StepParts {
             headers: policies.headers,
             access_log: if config.access_log.enabled {
                 Some(Arc::new(AccessLog::new(&config.access_log)?))
@@ -208,7 +270,7 @@ impl Server {
             // Beside the data plane, so none of its steps apply.
             router = router.route(
                 "/metrics",
-                get(metrics::scrape).with_state((metrics.clone(), registry.clone())),
+                get(admin::scrape).with_state((metrics.clone(), registry.clone())),
             );
         }
         Ok(Self {
@@ -223,7 +285,10 @@ impl Server {
             admin_listen: config.admin.listen,
             admin_listener: None,
             admin_api,
-            watch_descriptors: config.descriptors.watch,
+            // The directory is a copy of the shared registry, written by it.
+            watch_descriptors: config.descriptors.watch
+                && config.registry.store != RegistryStore::Redis,
+            redis,
             workers: config.workers(),
             timeouts: Timeouts::from(&config.limits),
             max_connections: config.limits.max_connections,
@@ -258,6 +323,7 @@ impl Server {
             metrics: self.metrics.clone(),
             health: self.health.clone(),
             api: self.admin_api.clone(),
+            redis: self.redis.clone(),
         })
     }
 
@@ -289,6 +355,15 @@ impl Server {
             background.spawn(registry::watch_dir(self.registry.clone()));
         }
         background.spawn(registry::reload_on_sighup(self.registry.clone()));
+        if let Some(redis) = &self.redis {
+            background.spawn(redis.clone().keep_watch());
+        }
+        if let Some(shared) = self.registry.shared() {
+            background.spawn(registry::keep_in_sync(
+                self.registry.clone(),
+                shared.clone(),
+            ));
+        }
         background.spawn(crate::allocator::give_back_freed_memory());
         let (stop, stopped) = watch::channel(false);
         let admin = self.admin_listener.take().map(|listener| {

@@ -4,7 +4,10 @@
 //! * `GET /metrics` -- Prometheus text exposition of this server's metrics
 //! * `GET /healthz` -- 200 while the process serves
 //! * `GET /readyz` -- 200 when the catalog is loaded and every upstream is
-//!   healthy or within its grace period, else 503; the body lists each upstream
+//!   healthy or within its grace period, else 503; the body lists each
+//!   upstream, and says whether the shared Redis answers (`"redis": "up"`
+//!   or `"down"`: reported, not required, since the data plane serves
+//!   without it)
 //! * `/admin/v1/...` -- the admin API ([`api`]): descriptor sets, upstreams, routes
 //!
 //! Only the admin API requires the bearer token: probes and Prometheus
@@ -19,6 +22,7 @@ mod client;
 
 use std::{
     net::{IpAddr, SocketAddr},
+    path::PathBuf,
     sync::Arc,
 };
 
@@ -36,10 +40,11 @@ use tower_http::request_id::{MakeRequestUuid, SetRequestIdLayer};
 pub use self::client::{AdminClient, ClientError};
 use crate::{
     config::{AdminConfig, AdminToken},
-    error::{self, Error},
-    observe::metrics::{self, Metrics},
+    error::Error,
+    observe::metrics::Metrics,
+    redis_client::Redis,
     registry::Registry,
-    server::StartError,
+    request_ids,
     upstream::{HealthState, UpstreamHealth},
 };
 
@@ -50,6 +55,8 @@ pub struct AdminState {
     pub metrics: Metrics,
     pub health: Arc<UpstreamHealth>,
     pub api: ApiSettings,
+    /// The shared Redis, when configured: `/readyz` says whether it answers.
+    pub redis: Option<Arc<Redis>>,
 }
 
 /// How the admin API is protected and what it accepts, resolved at start.
@@ -63,15 +70,27 @@ pub struct ApiSettings {
     pub auth: bool,
 }
 
+/// Why the admin API cannot be served as configured.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminSetupError {
+    #[error("cannot read the admin token from {path}: {source}")]
+    Token {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the admin listener {0} is not a loopback address: set PROTOGATE_ADMIN_TOKEN or admin.token_file")]
+    Unprotected(SocketAddr),
+}
+
 impl ApiSettings {
     /// Reads the token (`admin.token`, else `admin.token_file`); refuses an
     /// open admin API on a non-loopback address.
-    pub fn new(config: &AdminConfig, auth: bool) -> Result<Self, StartError> {
+    pub fn new(config: &AdminConfig, auth: bool) -> Result<Self, AdminSetupError> {
         let token = match (&config.token, &config.token_file) {
             (Some(token), _) => Some(token.clone()),
             (None, Some(path)) => {
                 let text =
-                    std::fs::read_to_string(path).map_err(|source| StartError::AdminToken {
+                    std::fs::read_to_string(path).map_err(|source| AdminSetupError::Token {
                         path: path.clone(),
                         source,
                     })?;
@@ -81,7 +100,7 @@ impl ApiSettings {
         }
         .filter(|token| !token.0.is_empty());
         if token.is_none() && !is_loopback(config.listen) {
-            return Err(StartError::AdminUnprotected(config.listen));
+            return Err(AdminSetupError::Unprotected(config.listen));
         }
         Ok(Self {
             token: token.map(Arc::new),
@@ -89,6 +108,21 @@ impl ApiSettings {
             auth,
         })
     }
+}
+
+/// `GET /metrics`: the Prometheus text exposition (also on the public
+/// listener with `metrics.on_public_listener`).
+pub(crate) async fn scrape(
+    State((metrics, registry)): State<(Metrics, Arc<Registry>)>,
+) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        metrics.render(&registry.figures()),
+    )
+        .into_response()
 }
 
 fn is_loopback(addr: SocketAddr) -> bool {
@@ -102,7 +136,7 @@ pub fn router(state: AdminState) -> Router {
         .merge(api::router(state.registry.clone(), state.api.clone()))
         .route(
             "/metrics",
-            get(metrics::scrape).with_state((state.metrics.clone(), state.registry.clone())),
+            get(scrape).with_state((state.metrics.clone(), state.registry.clone())),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz).with_state(state));
@@ -130,7 +164,7 @@ async fn loopback_host_only(request: Request, next: Next) -> Response {
     let refused = Error::PermissionDenied(
         format!("without an admin token only requests for localhost, 127.0.0.1 or [::1] are answered, not for `{host}`").into(),
     );
-    refused.into_response(error::request_id(request.headers()), None)
+    refused.into_response(request_ids::request_id(request.headers()), None)
 }
 
 fn is_loopback_host(host: &str) -> bool {
@@ -169,7 +203,11 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({ "ready": ready, "generation": generation, "upstreams": upstreams });
+    let mut body = json!({ "ready": ready, "generation": generation, "upstreams": upstreams });
+    // Reported, not required: without Redis the data plane still serves.
+    if let Some(redis) = &state.redis {
+        body["redis"] = Value::from(if redis.is_up() { "up" } else { "down" });
+    }
     (
         status,
         [(
