@@ -62,7 +62,7 @@ use crate::{
 /// gateway answers itself ([`MAX_HEADER_LIST_BYTES`], with a
 /// `google.rpc.Status` body), so that h2's own 431, without a body, is left
 /// only for lists past this cap. h2 buffers a header list whole, hence a cap.
-pub(crate) const HTTP2_HEADER_LIST_CAP: u32 = 4 * MAX_HEADER_LIST_BYTES as u32;
+const HTTP2_HEADER_LIST_CAP: u32 = 4 * MAX_HEADER_LIST_BYTES as u32;
 
 /// The connection deadlines, from `limits`.
 #[derive(Debug, Clone, Copy)]
