@@ -5,7 +5,8 @@
 //! * `GET /healthz` -- 200 while the process serves
 //! * `GET /readyz` -- 200 when the catalog is loaded and every upstream is
 //!   healthy or within its grace period, else 503; the body lists each upstream
-//! * `/admin/v1/...` -- the admin API ([`api`]): descriptor sets, upstreams, routes
+//! * `/admin/v1/...` -- the admin API ([`api`]): descriptor sets, upstreams,
+//!   routes, TLS certificate reload
 //!
 //! Only the admin API requires the bearer token: probes and Prometheus
 //! scrapes read nothing secret and must work without credentials. Without a
@@ -50,6 +51,8 @@ pub struct AdminState {
     pub metrics: Metrics,
     pub health: Arc<UpstreamHealth>,
     pub api: ApiSettings,
+    /// The HTTPS listener's certificates, reloaded by `POST /admin/v1/tls/reload`.
+    pub tls: Option<Arc<crate::tls::Termination>>,
 }
 
 /// How the admin API is protected and what it accepts, resolved at start.
@@ -99,7 +102,11 @@ fn is_loopback(addr: SocketAddr) -> bool {
 pub fn router(state: AdminState) -> Router {
     let open = state.api.token.is_none();
     let router = Router::new()
-        .merge(api::router(state.registry.clone(), state.api.clone()))
+        .merge(api::router(
+            state.registry.clone(),
+            state.api.clone(),
+            state.tls.clone(),
+        ))
         .route(
             "/metrics",
             get(metrics::scrape).with_state((state.metrics.clone(), state.registry.clone())),

@@ -54,6 +54,84 @@ pub struct Config {
     /// Methods answered with `Deprecation`, `Sunset` and `Link` headers, on
     /// top of those the protos mark `deprecated`; the first match wins.
     pub deprecations: Vec<DeprecationConfig>,
+    /// HTTPS on a listener of its own, beside the cleartext `listen`; off when absent.
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS termination (rustls: TLS 1.2 and 1.3; ALPN `h2` and `http/1.1`).
+/// The certificate and CA files are read again when they change, on SIGHUP
+/// and on `POST /admin/v1/tls/reload`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Address of the HTTPS listener (a host name is resolved). Default `127.0.0.1:8443`.
+    #[serde(default = "default_tls_listen", deserialize_with = "deserialize_addr")]
+    pub listen: SocketAddr,
+    /// Certificates chosen by the client's SNI among their DNS names; the
+    /// first one serves clients whose name matches none (or that send none).
+    pub certificates: Vec<CertificateConfig>,
+    /// PEM file of the CAs whose client certificates are accepted (mutual
+    /// TLS). Default: none, no client certificate is asked for.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// With `client_ca_file`: `required` (default; a handshake without a
+    /// valid client certificate fails) or `optional` (one is asked for, and
+    /// verified when sent).
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// Which field of a verified client certificate names the caller (it
+    /// becomes `x-user-id` and the per-user rate-limit key): `subject_cn`
+    /// (default), `san_dns`, `san_uri` (SPIFFE ids) or `san_email`; the
+    /// first such value.
+    #[serde(default)]
+    pub client_identity: ClientIdentityField,
+}
+
+/// One certificate of the TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM chain: the server's certificate first, then its intermediates.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1): RSA, ECDSA or Ed25519.
+    pub key_file: PathBuf,
+}
+
+/// See [`TlsConfig::client_auth`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    Optional,
+    #[default]
+    Required,
+}
+
+/// See [`TlsConfig::client_identity`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientIdentityField {
+    #[default]
+    SubjectCn,
+    SanDns,
+    SanUri,
+    SanEmail,
+}
+
+fn default_tls_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8443))
+}
+
+impl TlsConfig {
+    /// `certificates` on the default address, without client certificates.
+    pub fn new(certificates: Vec<CertificateConfig>) -> Self {
+        Self {
+            listen: default_tls_listen(),
+            certificates,
+            client_ca_file: None,
+            client_auth: ClientAuth::default(),
+            client_identity: ClientIdentityField::default(),
+        }
+    }
 }
 
 /// Which descriptor sets to load at start.
@@ -73,7 +151,7 @@ pub struct DescriptorsConfig {
 }
 
 /// One upstream: the gRPC server for a package or a fully-qualified service.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// A proto package (`acme.orders.v1`), a package prefix (`acme`) or a
@@ -87,6 +165,18 @@ pub struct UpstreamConfig {
     /// PEM file with the CA certificates trusted for `https://`; default: the system roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain presented to an `https://` upstream that asks
+    /// for one (mutual TLS); needs `client_key_file`. Default: none.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key (RSA, ECDSA or Ed25519) of `client_cert_file`.
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+    /// The name sent as SNI, checked against the upstream's certificate and
+    /// sent as `:authority`, when it is not the URL's host (a mesh address
+    /// dialled by IP). Default: the URL's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 /// The proto3 JSON print and parse options.
@@ -317,6 +407,7 @@ impl Default for Config {
             access_log: AccessLogConfig::default(),
             health: HealthConfig::default(),
             deprecations: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -419,7 +510,16 @@ impl Config {
         let providers = self.auth.iter_mut().flat_map(|auth| &mut auth.providers);
         let paths = (self.descriptors.dir.iter_mut())
             .chain(&mut self.descriptors.files)
-            .chain(self.upstreams.iter_mut().flat_map(|u| &mut u.ca_file))
+            .chain(self.upstreams.iter_mut().flat_map(|u| {
+                (u.ca_file.iter_mut())
+                    .chain(&mut u.client_cert_file)
+                    .chain(&mut u.client_key_file)
+            }))
+            .chain(self.tls.iter_mut().flat_map(|tls| {
+                (tls.certificates.iter_mut())
+                    .flat_map(|c| [&mut c.cert_file, &mut c.key_file])
+                    .chain(&mut tls.client_ca_file)
+            }))
             .chain(providers.flat_map(|p| p.jwks_file.iter_mut().chain(&mut p.public_key_file)))
             .chain(&mut self.admin.token_file)
             .chain(&mut self.access_log.file);
@@ -460,6 +560,9 @@ impl Config {
             url: url.trim().to_owned(),
             timeout: default_upstream_timeout(),
             ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            server_name: None,
         };
         validate_upstream(&upstream).map_err(|reason| invalid(&reason))?;
         self.upstreams.retain(|u| u.pattern != upstream.pattern);
@@ -546,7 +649,28 @@ impl Config {
             })?;
         }
         crate::policy::config::validate(self)?;
+        self.validate_tls()?;
         self.validate_observability()
+    }
+
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let Some(tls) = &self.tls else {
+            return Ok(());
+        };
+        let invalid = |key: &str, reason: &str| ConfigError::Invalid {
+            key: key.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if tls.certificates.is_empty() {
+            return Err(invalid("tls.certificates", "at least one is needed"));
+        }
+        if tls.listen == self.listen {
+            return Err(invalid(
+                "tls.listen",
+                "must differ from `listen`, the cleartext listener",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_observability(&self) -> Result<(), ConfigError> {
@@ -629,6 +753,23 @@ pub(crate) fn validate_upstream(upstream: &UpstreamConfig) -> Result<(), String>
     }
     if upstream.timeout.is_zero() {
         return Err("timeout must be greater than 0".into());
+    }
+    if upstream.client_cert_file.is_some() != upstream.client_key_file.is_some() {
+        return Err("client_cert_file and client_key_file go together".into());
+    }
+    let tls_only = [
+        ("ca_file", upstream.ca_file.is_some()),
+        ("client_cert_file", upstream.client_cert_file.is_some()),
+        ("server_name", upstream.server_name.is_some()),
+    ];
+    if let Some((key, _)) = tls_only.iter().find(|(_, set)| *set) {
+        if uri.scheme_str() != Some("https") {
+            return Err(format!("{key} needs an https:// url"));
+        }
+    }
+    if let Some(name) = &upstream.server_name {
+        rustls::pki_types::ServerName::try_from(name.as_str())
+            .map_err(|_| format!("server_name `{name}` is not a DNS name or IP address"))?;
     }
     Ok(())
 }

@@ -29,6 +29,7 @@ pub mod server;
 mod streaming;
 #[cfg(any(test, fuzzing))]
 mod testing;
+pub mod tls;
 pub mod token;
 pub mod transcode;
 pub mod upstream;

@@ -196,6 +196,7 @@ fn rule(method: &str, adjust: impl FnOnce(&mut PolicyRule)) -> PolicyRule {
         allow_anonymous: None,
         roles: None,
         scopes: None,
+        client_certificate: None,
         rate_limit: None,
     };
     adjust(&mut rule);

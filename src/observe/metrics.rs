@@ -16,6 +16,7 @@
 //! | `protogate_rate_limited_total` | counter | route, key_kind (`user` or `ip`) |
 //! | `protogate_auth_failures_total` | counter | reason |
 //! | `protogate_auth_refused_total` | counter | reason (of [`AuthError::reason`](crate::policy::AuthError::reason)) |
+//! | `protogate_tls_certificate_expiry_timestamp_seconds` | gauge | certificate (the configured `cert_file`) |
 
 use std::{
     fmt,
@@ -56,6 +57,7 @@ const RELOADS: &str = "protogate_catalog_reloads_total";
 const RATE_LIMITED: &str = "protogate_rate_limited_total";
 const AUTH_FAILURES: &str = "protogate_auth_failures_total";
 const AUTH_REFUSED: &str = "protogate_auth_refused_total";
+const CERTIFICATE_EXPIRY: &str = "protogate_tls_certificate_expiry_timestamp_seconds";
 
 /// Body size buckets: 64 B to 16 MiB, by fours.
 const SIZE_BUCKETS: [f64; 10] = [
@@ -170,6 +172,14 @@ impl Metrics {
         self.record(|| {
             gauge!(UPSTREAM_HEALTHY, "upstream" => upstream.clone())
                 .set(f64::from(u8::from(healthy)));
+        });
+    }
+
+    /// When the certificate served from `cert_file` expires (Unix seconds).
+    pub fn set_certificate_expiry(&self, cert_file: &std::path::Path, expires: i64) {
+        let certificate = cert_file.display().to_string();
+        self.record(|| {
+            gauge!(CERTIFICATE_EXPIRY, "certificate" => certificate).set(expires as f64);
         });
     }
 
@@ -324,6 +334,11 @@ fn describe() {
     );
     describe_gauge!(CATALOG_GENERATION, "generation of the catalog being served");
     describe_gauge!(ROUTES, "REST routes in the catalog being served");
+    describe_gauge!(
+        CERTIFICATE_EXPIRY,
+        Unit::Seconds,
+        "when each certificate of the TLS listener being served expires (Unix time)"
+    );
 }
 
 /// The HTTP method as a bounded label: the standard ones, else `other`

@@ -27,6 +27,7 @@ use crate::{
     },
     policy::{Policies, SetupError},
     registry::{self, BuildContext, Catalog, DescriptorSet, LoadError, Registry},
+    tls::{Termination, TlsError},
     transcode::TranscodeOptions,
     upstream::{UpstreamError, UpstreamHealth, Upstreams},
 };
@@ -56,6 +57,8 @@ pub enum StartError {
     },
     #[error("the admin listener {0} is not a loopback address: set PROTOGATE_ADMIN_TOKEN or admin.token_file")]
     AdminUnprotected(SocketAddr),
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A gateway ready to serve: its catalog is built and its channels exist.
@@ -78,6 +81,10 @@ pub struct Server {
     workers: usize,
     timeouts: Timeouts,
     max_connections: Option<usize>,
+    /// The HTTPS listener's certificates, when `tls` is configured.
+    tls: Option<Arc<Termination>>,
+    tls_listen: Option<SocketAddr>,
+    tls_listener: Option<TcpListener>,
 }
 
 /// What `serve` and `check --config` both build from a config: the policies
@@ -188,6 +195,10 @@ impl Server {
             upstream_headers_returned: !config.headers.response.is_empty(),
         });
         let metrics = Metrics::new(&config.metrics)?;
+        let tls = match &config.tls {
+            Some(tls) => Some(Arc::new(Termination::new(tls, metrics.clone())?)),
+            None => None,
+        };
         let data_plane = DataPlane::new(Steps {
             headers: policies.headers,
             access_log: if config.access_log.enabled {
@@ -227,6 +238,9 @@ impl Server {
             workers: config.workers(),
             timeouts: Timeouts::from(&config.limits),
             max_connections: config.limits.max_connections,
+            tls,
+            tls_listen: config.tls.as_ref().map(|tls| tls.listen),
+            tls_listener: None,
         })
     }
 
@@ -237,6 +251,24 @@ impl Server {
     /// The configured listen address.
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// The configured HTTPS listen address, when `tls` is configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_listen
+    }
+
+    /// The TLS listener's certificates, when `tls` is configured.
+    pub fn tls(&self) -> Option<&Arc<Termination>> {
+        self.tls.as_ref()
+    }
+
+    /// Also serve HTTPS on `listener` (`tls` must be configured: without it
+    /// the listener is not served).
+    #[must_use]
+    pub fn with_tls_listener(mut self, listener: TcpListener) -> Self {
+        self.tls_listener = Some(listener);
+        self
     }
 
     /// The configured admin listen address.
@@ -258,6 +290,7 @@ impl Server {
             metrics: self.metrics.clone(),
             health: self.health.clone(),
             api: self.admin_api.clone(),
+            tls: self.tls.clone(),
         })
     }
 
@@ -289,6 +322,9 @@ impl Server {
             background.spawn(registry::watch_dir(self.registry.clone()));
         }
         background.spawn(registry::reload_on_sighup(self.registry.clone()));
+        if let Some(tls) = &self.tls {
+            background.spawn(tls.clone().reload_on_change());
+        }
         background.spawn(crate::allocator::give_back_freed_memory());
         let (stop, stopped) = watch::channel(false);
         let admin = self.admin_listener.take().map(|listener| {
@@ -307,13 +343,32 @@ impl Server {
             let _ = stop.send(true);
         };
         let acceptor = Acceptor::new(listener, accept::max_connections(self.max_connections));
+        let tls = match (self.tls_listener.take(), &self.tls) {
+            (Some(listener), Some(termination)) => {
+                Some((Acceptor::beside(listener, &acceptor), termination.clone()))
+            }
+            (Some(_), None) => {
+                tracing::warn!("an HTTPS listener without `tls` configured is not served");
+                None
+            }
+            _ => None,
+        };
         let served = if self.public_routes {
-            workers::serve(acceptor, self.router, self.workers, self.timeouts, shutdown).await
+            workers::serve(
+                acceptor,
+                tls,
+                self.router,
+                self.workers,
+                self.timeouts,
+                shutdown,
+            )
+            .await
         } else {
             // The data plane alone: no router to pass through on every
             // request (callgrind: ~4k instructions of a GET's ~80k).
             workers::serve(
                 acceptor,
+                tls,
                 self.data_plane,
                 self.workers,
                 self.timeouts,

@@ -515,6 +515,9 @@ mod tests {
             url,
             timeout: Duration::from_secs(5),
             ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            server_name: None,
         };
         super::super::bind_worker(0);
         let upstream = Upstream::new(&config, limit, 1).unwrap();

@@ -11,10 +11,10 @@ mod connection;
 pub(crate) mod encode;
 mod health;
 mod stream;
+mod tls;
 
 use std::{
     cell::Cell,
-    path::PathBuf,
     sync::{Arc, OnceLock},
     time::Duration,
 };
@@ -24,9 +24,12 @@ pub use codec::{Outgoing, Payload};
 pub use encode::encode as encode_message;
 pub use health::{HealthState, UpstreamHealth};
 pub use stream::{bidi_streaming, client_streaming, server_streaming, ReplyStream};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 
-use self::connection::{Connection, Direct};
+use self::{
+    connection::{Connection, Direct},
+    tls::UpstreamTls,
+};
 
 use crate::config::UpstreamConfig;
 
@@ -42,8 +45,11 @@ pub struct Upstream {
     pub max_response_bytes: usize,
     /// `timeout` as the `grpc-timeout` value.
     grpc_timeout: http::HeaderValue,
-    ca_file: Option<PathBuf>,
+    /// As configured: a reload keeps the connections when it is unchanged.
+    config: UpstreamConfig,
     endpoint: Endpoint,
+    /// For an `https://` upstream: how a worker connection starts TLS.
+    tls: Option<UpstreamTls>,
     /// One connection per serving worker, made on the worker's runtime at its
     /// first call, so that it is driven by the thread that uses it (and one
     /// connection's task and stream lock do not carry every call).
@@ -109,13 +115,10 @@ impl Upstreams {
         let mut by_length = configs
             .iter()
             .map(|config| {
-                let kept = self.by_length.iter().find(|u| {
-                    *u.name == *config.pattern
-                        && u.url == config.url
-                        && u.timeout == config.timeout
-                        && u.ca_file == config.ca_file
-                        && u.max_response_bytes == max_response_bytes
-                });
+                let kept = self
+                    .by_length
+                    .iter()
+                    .find(|u| u.config == *config && u.max_response_bytes == max_response_bytes);
                 match kept {
                     Some(upstream) => Ok(upstream.clone()),
                     None => Upstream::new(config, max_response_bytes, self.workers).map(Arc::new),
@@ -163,20 +166,27 @@ impl Upstream {
             .map_err(|err| error(format!("invalid url `{}`: {err}", config.url)))?
             .connect_timeout(connect_timeout(config.timeout))
             .tcp_nodelay(true);
-        if config.url.starts_with("https://") {
-            let mut tls = ClientTlsConfig::new();
-            tls = match &config.ca_file {
-                Some(path) => {
-                    let pem = std::fs::read(path).map_err(|err| {
-                        error(format!("cannot read CA file {}: {err}", path.display()))
-                    })?;
-                    tls.ca_certificate(Certificate::from_pem(pem))
-                }
-                None => tls.with_native_roots(),
-            };
+        let mut tls = None;
+        if endpoint.uri().scheme_str() == Some("https") {
+            let uri = endpoint.uri().clone();
+            let host = uri.host().unwrap_or_default();
+            tls = Some(self::tls::connector(config, host).map_err(error)?);
+            let channel_tls = self::tls::channel(config).map_err(error)?;
             endpoint = endpoint
-                .tls_config(tls)
+                .tls_config(channel_tls)
                 .map_err(|err| error(format!("TLS setup failed: {err}")))?;
+            let authority = uri
+                .authority()
+                .and_then(|url| self::tls::authority(config, url));
+            if let Some(authority) = authority {
+                let origin = http::Uri::builder()
+                    .scheme("https")
+                    .authority(authority)
+                    .path_and_query("/")
+                    .build()
+                    .map_err(|err| error(format!("server_name: {err}")))?;
+                endpoint = endpoint.origin(origin);
+            }
         }
         Ok(Self {
             name: Arc::from(config.pattern.as_str()),
@@ -184,10 +194,11 @@ impl Upstream {
             timeout: config.timeout,
             grpc_timeout: call::grpc_timeout(config.timeout),
             max_response_bytes,
-            ca_file: config.ca_file.clone(),
+            config: config.clone(),
             shared: endpoint.connect_lazy(),
             per_worker: (0..workers).map(|_| OnceLock::new()).collect(),
             endpoint,
+            tls,
         })
     }
 
@@ -199,22 +210,23 @@ impl Upstream {
         }
     }
 
-    /// The channel for a streaming call or a probe: the worker's own for a TLS
-    /// upstream, else the shared one.
+    /// The channel for a streaming call or a probe.
     pub(crate) fn channel(&self) -> Channel {
-        match self.connection() {
-            Connection::Channel(channel) => channel,
-            Connection::Direct(_) => self.shared.clone(),
-        }
+        self.shared.clone()
     }
 
-    /// h2c goes direct; TLS through a channel of the worker's own.
+    /// h2c and TLS alike go direct, on a connection of the worker's own.
     fn worker_connection(&self) -> Connection {
         let uri = self.endpoint.uri();
-        let direct = (uri.scheme_str() == Some("http"))
-            .then(|| Direct::new(uri, connect_timeout(self.timeout)))
-            .flatten();
-        match direct {
+        let authority = uri
+            .authority()
+            .and_then(|url| self::tls::authority(&self.config, url));
+        match Direct::new(
+            uri,
+            authority,
+            self.tls.clone(),
+            connect_timeout(self.timeout),
+        ) {
             Some(direct) => Connection::Direct(Arc::new(direct)),
             None => Connection::Channel(self.endpoint.connect_lazy()),
         }

@@ -297,6 +297,9 @@ pub fn upstream(pattern: &str, url: &str) -> UpstreamConfig {
         url: url.into(),
         timeout: Duration::from_secs(5),
         ca_file: None,
+        client_cert_file: None,
+        client_key_file: None,
+        server_name: None,
     }
 }
 
