@@ -85,6 +85,10 @@ pub struct TlsConfig {
     /// first such value.
     #[serde(default)]
     pub client_identity: ClientIdentityField,
+    /// Reload when one of the files changes (SIGHUP and the admin API always
+    /// reload). Default `true`.
+    #[serde(default = "default_true")]
+    pub watch: bool,
 }
 
 /// One certificate of the TLS listener.
@@ -130,8 +134,13 @@ impl TlsConfig {
             client_ca_file: None,
             client_auth: ClientAuth::default(),
             client_identity: ClientIdentityField::default(),
+            watch: true,
         }
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Which descriptor sets to load at start.

@@ -68,6 +68,7 @@ pub struct LoadedCertificate {
 /// How long the files must be quiet after a change before they are read:
 /// a certificate and its key are written one after the other.
 const SETTLE: Duration = Duration::from_millis(200);
+const FILE_CHANGE: &str = "file change";
 
 // === impl TlsError ===
 
@@ -143,14 +144,21 @@ impl Termination {
         Ok((stream, identity))
     }
 
-    /// Reloads when a configured file changes and on SIGHUP, until dropped.
+    /// Reloads when a configured file changes (with `tls.watch`) and on
+    /// SIGHUP, until dropped.
     pub async fn reload_on_change(self: Arc<Self>) {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let _watcher = self.watch_files(tx.clone());
+        let _watcher = self
+            .config
+            .watch
+            .then(|| self.watch_files(tx.clone()))
+            .flatten();
         tokio::spawn(hangups(tx));
         while let Some(trigger) = rx.recv().await {
-            // Wait until the files are quiet, then reload once.
-            while let Ok(Some(_)) = tokio::time::timeout(SETTLE, rx.recv()).await {}
+            if trigger == FILE_CHANGE {
+                // Wait until the files are quiet, then reload once.
+                while let Ok(Some(_)) = tokio::time::timeout(SETTLE, rx.recv()).await {}
+            }
             let _ = self.reload_logged(trigger);
         }
     }
@@ -174,7 +182,7 @@ impl Termination {
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
             if !event.kind.is_access() && event.paths.iter().any(|p| watched.contains(p)) {
-                let _ = tx.send("file change");
+                let _ = tx.send(FILE_CHANGE);
             }
         });
         let watching = watcher.and_then(|mut watcher| {

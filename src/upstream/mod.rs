@@ -253,6 +253,28 @@ pub(crate) fn bind_worker(index: usize) {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn unary_calls_to_https_upstreams_take_the_workers_own_connection() {
+        let config = UpstreamConfig {
+            pattern: "acme".into(),
+            url: "https://127.0.0.1:1".into(),
+            timeout: Duration::from_secs(1),
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            server_name: Some("backend.test".into()),
+        };
+        let upstream = Upstream::new(&config, 1 << 20, 1).unwrap();
+        bind_worker(0);
+        match upstream.connection() {
+            Connection::Direct(direct) => {
+                let direct = format!("{direct:?}");
+                assert!(direct.contains("backend.test:1"), "{direct}");
+            }
+            Connection::Channel(_) => panic!("a tonic channel, not the worker's h2 connection"),
+        }
+    }
+
     #[test]
     fn longest_pattern_wins() {
         assert!(matches("acme", "acme.orders.v1.OrderService"));
