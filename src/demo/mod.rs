@@ -224,6 +224,9 @@ pub async fn run(
         .serve(listener, shutdown)
         .await?;
     let _ = stop_backend.send(true);
+    if let Some(dir) = ca_file.as_deref().and_then(std::path::Path::parent) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     for task in [backend_task, v2_task] {
         task.await
             .map_err(|err| DemoError::Io(std::io::Error::other(err)))??;

@@ -1,6 +1,7 @@
 //! `protogate demo --tls`: a CA and a `localhost` certificate it signs,
-//! generated at start and written to a fresh folder, so that curl can be
-//! told to trust the CA (`--cacert`) instead of being told to trust nothing.
+//! generated at start and written to a folder of their own (removed when
+//! the demo stops), so that curl can be told to trust the CA (`--cacert`)
+//! instead of being told to trust nothing.
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -9,7 +10,8 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use super::DemoError;
 use crate::config::{CertificateConfig, TlsConfig};
 
-/// The demo's TLS settings on `listen`, and the CA file a client trusts.
+/// The demo's TLS settings on `listen`, and the CA file a client trusts,
+/// alone in its folder.
 pub(super) fn generate(listen: SocketAddr) -> Result<(TlsConfig, PathBuf), DemoError> {
     let keys = |err: rcgen::Error| DemoError::Keys(err.to_string());
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(keys)?;
