@@ -813,7 +813,12 @@ async fn the_demo_serves_https_and_says_how_to_trust_its_certificate() {
     let tls_port = free_port();
     let mut demo = Child(
         protogate()
-            .args(["demo", "--tls", "--listen", &format!("127.0.0.1:{}", to.public)])
+            .args([
+                "demo",
+                "--tls",
+                "--listen",
+                &format!("127.0.0.1:{}", to.public),
+            ])
             .args(["--admin-listen", &format!("127.0.0.1:{}", to.admin)])
             .args(["--tls-listen", &format!("127.0.0.1:{tls_port}")])
             .stdout(Stdio::piped())
