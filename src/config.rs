@@ -830,6 +830,72 @@ mod tests {
     }
 
     #[test]
+    fn tls_keys_parse_and_are_checked() {
+        let config = Config::from_yaml(
+            "tls:\n\
+             \x20 listen: 127.0.0.1:9443\n\
+             \x20 certificates: [{ cert_file: a.pem, key_file: a-key.pem }]\n\
+             \x20 client_ca_file: ca.pem\n\
+             \x20 client_auth: optional\n\
+             \x20 client_identity: san_uri\n\
+             upstreams:\n\
+             - { pattern: acme, url: 'https://10.0.0.1:443', server_name: orders.mesh, client_cert_file: c.pem, client_key_file: k.pem }\n",
+        )
+        .unwrap();
+        let tls = config.tls.unwrap();
+        assert_eq!(tls.listen.port(), 9443);
+        assert_eq!(tls.certificates[0].key_file, Path::new("a-key.pem"));
+        assert_eq!(tls.client_auth, ClientAuth::Optional);
+        assert_eq!(tls.client_identity, ClientIdentityField::SanUri);
+        assert!(tls.watch);
+        assert_eq!(
+            config.upstreams[0].server_name.as_deref(),
+            Some("orders.mesh")
+        );
+
+        for (yaml, key, reason) in [
+            (
+                "tls: { certificates: [] }",
+                "tls.certificates",
+                "at least one",
+            ),
+            (
+                "listen: 127.0.0.1:8443\ntls: { certificates: [{ cert_file: a, key_file: b }] }",
+                "tls.listen",
+                "must differ",
+            ),
+            (
+                "upstreams: [{ pattern: acme, url: 'http://h:1', server_name: x }]",
+                "upstreams[0]",
+                "server_name needs an https:// url",
+            ),
+            (
+                "upstreams: [{ pattern: acme, url: 'https://h:1', client_cert_file: c.pem }]",
+                "upstreams[0]",
+                "go together",
+            ),
+            (
+                "upstreams: [{ pattern: acme, url: 'https://h:1', server_name: 'not a name' }]",
+                "upstreams[0]",
+                "not a DNS name",
+            ),
+        ] {
+            match Config::from_yaml(yaml) {
+                Err(ConfigError::Invalid { key: k, reason: r }) => {
+                    assert_eq!(k, key, "{yaml}");
+                    assert!(r.contains(reason), "{yaml}: {r}");
+                }
+                other => panic!("{yaml}: {other:?}"),
+            }
+        }
+        let unknown = Config::from_yaml("tls: { certificates: [], client_auth: sometimes }");
+        assert!(
+            matches!(unknown, Err(ConfigError::Parse { ref message, .. }) if message.contains("client_auth")),
+            "{unknown:?}"
+        );
+    }
+
+    #[test]
     fn observability_keys_parse_and_are_checked() {
         let config = Config::from_yaml(
             "admin: { listen: 0.0.0.0:9000 }\n\
