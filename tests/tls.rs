@@ -58,7 +58,7 @@ impl Ca {
     }
 
     /// A certificate for the DNS `names` with the common name `cn`.
-    fn sign(&self, names: &[&str], cn: &str, key: KeyPair) -> Leaf {
+    fn sign(&self, names: &[&str], cn: &str, key: &KeyPair) -> Leaf {
         self.sign_with(names, cn, key, |_| {})
     }
 
@@ -66,14 +66,14 @@ impl Ca {
         &self,
         names: &[&str],
         cn: &str,
-        key: KeyPair,
+        key: &KeyPair,
         adjust: impl FnOnce(&mut CertificateParams),
     ) -> Leaf {
         let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
         let mut params = CertificateParams::new(names).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
         adjust(&mut params);
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let cert = params.signed_by(key, &self.issuer).unwrap();
         Leaf {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
@@ -170,7 +170,7 @@ async fn json(response: reqwest::Response) -> Json {
 async fn http2_and_http1_are_served_over_alpn_and_cleartext_beside() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("test CA");
-    let leaf = ca.sign(&["localhost"], "localhost", ecdsa());
+    let leaf = ca.sign(&["localhost"], "localhost", &ecdsa());
     let gateway = tls_gateway(vec![leaf.write(dir.path(), "localhost")], |_| {}).await;
     let url = https(&gateway, "localhost", "/v1/echo/over-tls");
 
@@ -218,11 +218,11 @@ async fn sni_chooses_among_rsa_ecdsa_and_ed25519_certificates_with_the_first_as_
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("test CA");
     let leaves = [
-        ("rsa.test", ca.sign(&["rsa.test"], "rsa", rsa())),
-        ("ecdsa.test", ca.sign(&["ecdsa.test"], "ecdsa", ecdsa())),
+        ("rsa.test", ca.sign(&["rsa.test"], "rsa", &rsa())),
+        ("ecdsa.test", ca.sign(&["ecdsa.test"], "ecdsa", &ecdsa())),
         (
             "ed25519.test",
-            ca.sign(&["*.ed25519.test"], "ed25519", ed25519()),
+            ca.sign(&["*.ed25519.test"], "ed25519", &ed25519()),
         ),
     ];
     let configs = leaves
@@ -265,7 +265,7 @@ async fn sni_chooses_among_rsa_ecdsa_and_ed25519_certificates_with_the_first_as_
 async fn a_handshake_not_finished_within_the_header_read_timeout_is_closed() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("test CA");
-    let leaf = ca.sign(&["localhost"], "localhost", ecdsa());
+    let leaf = ca.sign(&["localhost"], "localhost", &ecdsa());
     let gateway = tls_gateway(vec![leaf.write(dir.path(), "localhost")], |config| {
         config.limits.header_read_timeout = Duration::from_millis(300);
     })
@@ -294,7 +294,7 @@ struct Load {
 }
 
 impl Load {
-    fn start(clients: Vec<reqwest::Client>, url: String) -> Self {
+    fn start(clients: Vec<reqwest::Client>, url: &str) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicUsize::new(0));
         let failed = Arc::new(AtomicUsize::new(0));
@@ -302,7 +302,7 @@ impl Load {
             .into_iter()
             .map(|client| {
                 let (stop, done, failed, url) =
-                    (stop.clone(), done.clone(), failed.clone(), url.clone());
+                    (stop.clone(), done.clone(), failed.clone(), url.to_owned());
                 tokio::spawn(async move {
                     let mut failures = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
@@ -359,8 +359,8 @@ async fn reload(gateway: &Gateway) -> (u16, Json) {
 async fn certificates_rotate_under_load_with_no_failed_request_and_bad_ones_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (old_ca, new_ca) = (Ca::new("old CA"), Ca::new("new CA"));
-    let old = old_ca.sign(&["localhost"], "localhost", ecdsa());
-    let new = new_ca.sign_with(&["localhost"], "localhost", ed25519(), |params| {
+    let old = old_ca.sign(&["localhost"], "localhost", &ecdsa());
+    let new = new_ca.sign_with(&["localhost"], "localhost", &ed25519(), |params| {
         params.not_after = rcgen::date_time_ymd(2031, 1, 2);
     });
     let files = old.write(dir.path(), "localhost");
@@ -381,7 +381,7 @@ async fn certificates_rotate_under_load_with_no_failed_request_and_bad_ones_are_
             trusting().http1_only().build().unwrap(),
             kept.clone(),
         ],
-        url.clone(),
+        &url,
     );
     load.advance(20).await;
     new.write(dir.path(), "localhost");
@@ -417,8 +417,8 @@ async fn certificates_rotate_under_load_with_no_failed_request_and_bad_ones_are_
     assert_eq!(value.parse::<f64>().unwrap(), expected as f64);
 
     // Bad files are refused, naming what is wrong; the new certificate keeps serving.
-    let other = new_ca.sign(&["localhost"], "localhost", ecdsa());
-    let expired = new_ca.sign_with(&["localhost"], "localhost", ecdsa(), |params| {
+    let other = new_ca.sign(&["localhost"], "localhost", &ecdsa());
+    let expired = new_ca.sign_with(&["localhost"], "localhost", &ecdsa(), |params| {
         params.not_before = rcgen::date_time_ymd(2001, 1, 1);
         params.not_after = rcgen::date_time_ymd(2002, 1, 1);
     });
@@ -446,8 +446,8 @@ async fn certificates_rotate_under_load_with_no_failed_request_and_bad_ones_are_
 async fn changed_certificate_files_are_picked_up_without_a_signal() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("test CA");
-    let old = ca.sign(&["localhost"], "localhost", ecdsa());
-    let new = ca.sign(&["localhost"], "localhost", ecdsa());
+    let old = ca.sign(&["localhost"], "localhost", &ecdsa());
+    let new = ca.sign(&["localhost"], "localhost", &ecdsa());
     let gateway = tls_gateway(vec![old.write(dir.path(), "localhost")], |_| {}).await;
     let url = https(&gateway, "localhost", "/v1/echo/watched");
     let fresh = client(&gateway, "localhost", &[&ca])
@@ -476,8 +476,8 @@ async fn sighup_reloads_the_certificates() {
     let _hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("test CA");
-    let old = ca.sign(&["localhost"], "localhost", ecdsa());
-    let new = ca.sign(&["localhost"], "localhost", ecdsa());
+    let old = ca.sign(&["localhost"], "localhost", &ecdsa());
+    let new = ca.sign(&["localhost"], "localhost", &ecdsa());
     let files = old.write(dir.path(), "localhost");
     let gateway = tls_gateway(vec![files], |config| {
         config.tls.as_mut().unwrap().watch = false;
@@ -523,7 +523,7 @@ async fn required_client_certificates_are_verified_and_name_the_caller() {
         Ca::new("client CA"),
         Ca::new("other CA"),
     );
-    let server = server_ca.sign(&["localhost"], "localhost", ecdsa());
+    let server = server_ca.sign(&["localhost"], "localhost", &ecdsa());
     let ca_file = client_ca.write(&dir.path().join("clients.pem"));
     let gateway = tls_gateway(
         vec![server.write(dir.path(), "localhost")],
@@ -536,14 +536,14 @@ async fn required_client_certificates_are_verified_and_name_the_caller() {
         .build()
         .unwrap();
     assert!(anonymous.get(&url).send().await.is_err(), "no certificate");
-    let stranger = stranger_ca.sign(&[], "mallory", ecdsa());
+    let stranger = stranger_ca.sign(&[], "mallory", &ecdsa());
     let stranger = client(&gateway, "localhost", &[&server_ca])
         .identity(stranger.identity())
         .build()
         .unwrap();
     assert!(stranger.get(&url).send().await.is_err(), "an unknown CA");
 
-    let alice = client_ca.sign(&[], "alice", ecdsa());
+    let alice = client_ca.sign(&[], "alice", &ecdsa());
     let alice = client(&gateway, "localhost", &[&server_ca])
         .identity(alice.identity())
         .build()
@@ -562,7 +562,7 @@ async fn required_client_certificates_are_verified_and_name_the_caller() {
 async fn optional_client_certificates_satisfy_policies_that_accept_them_and_key_rate_limits() {
     let dir = tempfile::tempdir().unwrap();
     let (server_ca, client_ca) = (Ca::new("server CA"), Ca::new("client CA"));
-    let server = server_ca.sign(&["localhost"], "localhost", ecdsa());
+    let server = server_ca.sign(&["localhost"], "localhost", &ecdsa());
     let ca_file = client_ca.write(&dir.path().join("clients.pem"));
     let key = EcKey::generate("k1");
     let auth: AuthConfig = serde_json::from_value(json!({
@@ -591,7 +591,7 @@ async fn optional_client_certificates_satisfy_policies_that_accept_them_and_key_
     let url = https(&gateway, "localhost", "/v1/headers");
     let spiffe = |name: &str| {
         let uri = format!("spiffe://mesh.test/{name}");
-        let leaf = client_ca.sign_with(&[], name, ecdsa(), |params| {
+        let leaf = client_ca.sign_with(&[], name, &ecdsa(), |params| {
             params
                 .subject_alt_names
                 .push(rcgen::SanType::URI(uri.as_str().try_into().unwrap()));
@@ -669,11 +669,11 @@ async fn mutual_tls_backend(server: &Leaf, client_ca: &Ca) -> std::net::SocketAd
 async fn upstreams_are_called_over_mutual_tls_with_a_server_name_override() {
     let dir = tempfile::tempdir().unwrap();
     let (mesh_ca, gateway_ca) = (Ca::new("mesh CA"), Ca::new("gateway client CA"));
-    let backend = mesh_ca.sign(&["backend.test"], "backend", ecdsa());
+    let backend = mesh_ca.sign(&["backend.test"], "backend", &ecdsa());
     let addr = mutual_tls_backend(&backend, &gateway_ca).await;
     let mesh_ca_file = mesh_ca.write(&dir.path().join("mesh-ca.pem"));
     let client_files = gateway_ca
-        .sign(&[], "protogate", ed25519())
+        .sign(&[], "protogate", &ed25519())
         .write(dir.path(), "client");
     let url = format!("https://{addr}");
 

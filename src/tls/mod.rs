@@ -178,10 +178,9 @@ impl Termination {
             .collect();
         folders.sort();
         folders.dedup();
-        let watched = files.clone();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
-            if !event.kind.is_access() && event.paths.iter().any(|p| watched.contains(p)) {
+            if !event.kind.is_access() && event.paths.iter().any(|p| files.contains(p)) {
                 let _ = tx.send(FILE_CHANGE);
             }
         });
