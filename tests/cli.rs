@@ -827,8 +827,10 @@ async fn the_demo_serves_https_and_says_how_to_trust_its_certificate() {
             .unwrap(),
     );
     let mut stdout = Lines::new(demo.0.stdout.take().unwrap());
-    let hint = tokio::task::spawn_blocking(move || {
-        stdout.until("the curl command", |line| line.contains("curl --cacert "))
+    // Kept to the end: the demo goes on printing its banner.
+    let (_stdout, hint) = tokio::task::spawn_blocking(move || {
+        let hint = stdout.until("the curl command", |line| line.contains("curl --cacert "));
+        (stdout, hint)
     })
     .await
     .unwrap();
