@@ -155,7 +155,7 @@ async fn reload_tls(State(api): State<Api>) -> Reply {
             "TLS is not configured (no `tls` key)".into(),
         )));
     };
-    match tls.reload_logged("admin API") {
+    match tls.reload("admin API") {
         Ok(loaded) => Ok(json_response(StatusCode::OK, &json!(loaded))),
         Err(err) => Err(ApiError(Error::FailedPrecondition(
             format!("TLS reload refused, the current certificates keep serving: {err}").into(),

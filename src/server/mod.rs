@@ -258,11 +258,6 @@ impl Server {
         self.tls_listen
     }
 
-    /// The TLS listener's certificates, when `tls` is configured.
-    pub fn tls(&self) -> Option<&Arc<Termination>> {
-        self.tls.as_ref()
-    }
-
     /// Also serve HTTPS on `listener` (`tls` must be configured: without it
     /// the listener is not served).
     #[must_use]

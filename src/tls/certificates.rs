@@ -3,7 +3,7 @@
 //! client's SNI among the DNS names of each certificate, the first one when
 //! none matches.
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc};
+use std::{collections::HashMap, sync::Arc};
 
 use rustls::{
     crypto::CryptoProvider,
@@ -12,7 +12,7 @@ use rustls::{
 };
 use x509_parser::{certificate::X509Certificate, extensions::GeneralName};
 
-use super::{pem, TlsError};
+use super::{pem, LoadedCertificate, TlsError};
 use crate::config::CertificateConfig;
 
 /// The certificates of one load, immutable; a reload builds new ones.
@@ -23,8 +23,8 @@ pub(crate) struct Certificates {
     /// `*.example.com` under `example.com`: one label of any name.
     wildcard: HashMap<Box<str>, Arc<CertifiedKey>>,
     default: Arc<CertifiedKey>,
-    /// Each certificate file and when its leaf expires (Unix seconds).
-    pub(crate) expiries: Box<[(PathBuf, i64)]>,
+    /// Each certificate file and when its leaf expires.
+    pub(super) loaded: Box<[LoadedCertificate]>,
 }
 
 // === impl Certificates ===
@@ -41,7 +41,7 @@ impl Certificates {
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
         let mut default = None;
-        let mut expiries = Vec::with_capacity(configs.len());
+        let mut loaded = Vec::with_capacity(configs.len());
         for config in configs {
             let path = &config.cert_file;
             let chain = pem::certificates(path)?;
@@ -71,14 +71,17 @@ impl Certificates {
                 map.entry(name.into()).or_insert_with(|| certified.clone());
             }
             default.get_or_insert_with(|| certified.clone());
-            expiries.push((path.clone(), expires));
+            loaded.push(LoadedCertificate {
+                cert_file: path.clone(),
+                expires,
+            });
         }
         let default = default.ok_or_else(|| TlsError::Config("no certificate".into()))?;
         Ok(Self {
             exact,
             wildcard,
             default,
-            expiries: expiries.into_boxed_slice(),
+            loaded: loaded.into_boxed_slice(),
         })
     }
 
@@ -162,7 +165,7 @@ mod tests {
         assert_eq!(leaf("web.example.test"), any);
         assert_eq!(leaf("a.b.example.test"), first, "one label only");
         assert_eq!(leaf("other.test"), first);
-        assert_eq!(loaded.expiries.len(), 3);
+        assert_eq!(loaded.loaded.len(), 3);
     }
 
     #[test]

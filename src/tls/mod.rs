@@ -99,30 +99,28 @@ impl Termination {
     }
 
     /// Reads the files again and serves them to new handshakes, or keeps
-    /// the current ones and says why not.
-    pub fn reload(&self) -> Result<Loaded, TlsError> {
-        let (server, loaded) = server_config(&self.config, &self.provider)?;
-        self.current.store(Arc::new(server));
-        self.record(&loaded);
-        Ok(loaded)
-    }
-
-    /// [`Self::reload`], logged as caused by `trigger`.
-    pub fn reload_logged(&self, trigger: &str) -> Result<Loaded, TlsError> {
-        let reloaded = self.reload();
-        match &reloaded {
-            Ok(loaded) => tracing::info!(
-                trigger,
-                certificates = loaded.certificates.len(),
-                "TLS certificates reloaded"
-            ),
-            Err(error) => tracing::error!(
-                trigger,
-                %error,
-                "TLS reload refused; the current certificates keep serving"
-            ),
+    /// the current ones; either is logged as caused by `trigger`.
+    pub fn reload(&self, trigger: &str) -> Result<Loaded, TlsError> {
+        match server_config(&self.config, &self.provider) {
+            Ok((server, loaded)) => {
+                self.current.store(Arc::new(server));
+                self.record(&loaded);
+                tracing::info!(
+                    trigger,
+                    certificates = loaded.certificates.len(),
+                    "TLS certificates reloaded"
+                );
+                Ok(loaded)
+            }
+            Err(error) => {
+                tracing::error!(
+                    trigger,
+                    %error,
+                    "TLS reload refused; the current certificates keep serving"
+                );
+                Err(error)
+            }
         }
-        reloaded
     }
 
     /// The TLS handshake on `tcp` with the current configuration, and the
@@ -159,7 +157,7 @@ impl Termination {
                 // Wait until the files are quiet, then reload once.
                 while let Ok(Some(_)) = tokio::time::timeout(SETTLE, rx.recv()).await {}
             }
-            let _ = self.reload_logged(trigger);
+            let _ = self.reload(trigger);
         }
     }
 
@@ -240,12 +238,7 @@ fn server_config(
         });
     let certificates = Certificates::load(&config.certificates, provider, now)?;
     let loaded = Loaded {
-        certificates: (certificates.expiries.iter())
-            .map(|(cert_file, expires)| LoadedCertificate {
-                cert_file: cert_file.clone(),
-                expires: *expires,
-            })
-            .collect(),
+        certificates: certificates.loaded.to_vec(),
     };
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])

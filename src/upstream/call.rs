@@ -113,7 +113,7 @@ pub fn unary(
     }
 }
 
-/// The call through a tonic `Channel` (TLS upstreams).
+/// The call through a tonic `Channel` (calls from other threads than the workers).
 async fn channel_unary(
     upstream: &Upstream,
     channel: Channel,

@@ -1,14 +1,15 @@
 //! The transport of an upstream call. A serving worker's upstream, h2c
-//! (`http://`) or TLS (`https://`, ALPN `h2`), is one HTTP/2 connection (the
-//! `h2` crate) that the worker owns and drives: a unary call opens a stream on it, sends its
-//! one frame and reads the reply in the calling task. Through hyper's client
-//! each call would be handed to the connection task over a channel and spawn
-//! two tasks of its own (one to wait for send capacity, one for the reply);
-//! through tonic's `Channel`, a buffer task and origin, user-agent, timeout
-//! and reconnect layers come on top -- machinery for sharing a connection
-//! across threads, which a connection that never leaves its thread does not
-//! need (callgrind, instructions per GET: ~10k for tonic's channel layers,
-//! then ~21k for hyper's per-call tasks and tonic's codec streams).
+//! (`http://`) or TLS (`https://`, ALPN `h2`), is one HTTP/2 connection
+//! (the `h2` crate) that the worker owns and drives: a unary call opens a
+//! stream on it, sends its one frame and reads the reply in the calling
+//! task. Through hyper's client each call would be handed to the connection
+//! task over a channel and spawn two tasks of its own (one to wait for send
+//! capacity, one for the reply); through tonic's `Channel`, a buffer task
+//! and origin, user-agent, timeout and reconnect layers come on top --
+//! machinery for sharing a connection across threads, which a connection
+//! that never leaves its thread does not need (callgrind, instructions per
+//! GET: ~10k for tonic's channel layers, then ~21k for hyper's per-call
+//! tasks and tonic's codec streams).
 //! Streaming calls and calls from other threads (health probes, embedders)
 //! use tonic `Channel`s.
 
@@ -67,10 +68,9 @@ struct Open {
 
 impl Direct {
     /// For `url` (`http://host:port`, or `https://` with `tls`), connecting
-    /// within `connect_timeout`; calls name `authority`, else the URL's.
+    /// within `connect_timeout`; calls name the `tls` authority, else the URL's.
     pub(crate) fn new(
         url: &Uri,
-        authority: Option<Authority>,
         tls: Option<UpstreamTls>,
         connect_timeout: Duration,
     ) -> Option<Self> {
@@ -79,6 +79,7 @@ impl Direct {
         if (scheme == Scheme::HTTPS) != tls.is_some() {
             return None;
         }
+        let authority = tls.as_ref().and_then(|tls| tls.authority.clone());
         Some(Self {
             scheme,
             authority: authority.unwrap_or_else(|| address.clone()),
@@ -220,7 +221,7 @@ mod tests {
         let uri: Uri = format!("http://{}", listener.local_addr().unwrap())
             .parse()
             .unwrap();
-        let direct = Direct::new(&uri, None, None, Duration::from_secs(1)).unwrap();
+        let direct = Direct::new(&uri, None, Duration::from_secs(1)).unwrap();
         let accept_one = || tokio::time::timeout(Duration::from_millis(200), listener.accept());
 
         // Eight calls arrive before the first connection is made: one connect.

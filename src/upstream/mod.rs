@@ -167,18 +167,15 @@ impl Upstream {
             .connect_timeout(connect_timeout(config.timeout))
             .tcp_nodelay(true);
         let mut tls = None;
-        if endpoint.uri().scheme_str() == Some("https") {
-            let uri = endpoint.uri().clone();
-            let host = uri.host().unwrap_or_default();
-            tls = Some(self::tls::connector(config, host).map_err(error)?);
+        if let (Some("https"), Some(url)) =
+            (endpoint.uri().scheme_str(), endpoint.uri().authority())
+        {
+            let connector = self::tls::connector(config, url).map_err(error)?;
             let channel_tls = self::tls::channel(config).map_err(error)?;
             endpoint = endpoint
                 .tls_config(channel_tls)
                 .map_err(|err| error(format!("TLS setup failed: {err}")))?;
-            let authority = uri
-                .authority()
-                .and_then(|url| self::tls::authority(config, url));
-            if let Some(authority) = authority {
+            if let Some(authority) = connector.authority.clone() {
                 let origin = http::Uri::builder()
                     .scheme("https")
                     .authority(authority)
@@ -187,6 +184,7 @@ impl Upstream {
                     .map_err(|err| error(format!("server_name: {err}")))?;
                 endpoint = endpoint.origin(origin);
             }
+            tls = Some(connector);
         }
         Ok(Self {
             name: Arc::from(config.pattern.as_str()),
@@ -218,15 +216,7 @@ impl Upstream {
     /// h2c and TLS alike go direct, on a connection of the worker's own.
     fn worker_connection(&self) -> Connection {
         let uri = self.endpoint.uri();
-        let authority = uri
-            .authority()
-            .and_then(|url| self::tls::authority(&self.config, url));
-        match Direct::new(
-            uri,
-            authority,
-            self.tls.clone(),
-            connect_timeout(self.timeout),
-        ) {
+        match Direct::new(uri, self.tls.clone(), connect_timeout(self.timeout)) {
             Some(direct) => Connection::Direct(Arc::new(direct)),
             None => Connection::Channel(self.endpoint.connect_lazy()),
         }

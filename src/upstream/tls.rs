@@ -13,11 +13,14 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::{config::UpstreamConfig, tls::pem};
 
-/// How a worker connection to the upstream starts TLS.
+/// How a worker connection to the upstream starts TLS, and what its calls
+/// name as `:authority`.
 #[derive(Clone)]
 pub(crate) struct UpstreamTls {
     pub(crate) connector: tokio_rustls::TlsConnector,
     pub(crate) server_name: ServerName<'static>,
+    /// `server_name` with the URL's port, when `server_name` is set.
+    pub(crate) authority: Option<Authority>,
 }
 
 impl std::fmt::Debug for UpstreamTls {
@@ -28,8 +31,8 @@ impl std::fmt::Debug for UpstreamTls {
     }
 }
 
-/// The worker connections' TLS for `config`, whose URL is `https://` with `host`.
-pub(super) fn connector(config: &UpstreamConfig, host: &str) -> Result<UpstreamTls, String> {
+/// The worker connections' TLS for `config`, whose URL is `https://` at `url`.
+pub(super) fn connector(config: &UpstreamConfig, url: &Authority) -> Result<UpstreamTls, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = match &config.ca_file {
         Some(path) => pem::roots(path).map_err(|err| err.to_string())?,
@@ -50,14 +53,24 @@ pub(super) fn connector(config: &UpstreamConfig, host: &str) -> Result<UpstreamT
         _ => builder.with_no_client_auth(),
     };
     client.alpn_protocols = vec![b"h2".to_vec()];
-    let name = config.server_name.as_deref().unwrap_or(host);
+    let name = config.server_name.as_deref().unwrap_or(url.host());
     // An IPv6 host comes bracketed in a URL.
     let name = name.trim_start_matches('[').trim_end_matches(']');
     let server_name = ServerName::try_from(name.to_owned())
         .map_err(|_| format!("`{name}` is not a DNS name or IP address for TLS"))?;
+    let authority = match (&config.server_name, url.port()) {
+        (None, _) => None,
+        (Some(name), Some(port)) => Some(format!("{name}:{port}")),
+        (Some(name), None) => Some(name.clone()),
+    };
+    let authority = authority
+        .map(|authority| authority.parse())
+        .transpose()
+        .map_err(|err| format!("server_name: {err}"))?;
     Ok(UpstreamTls {
         connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
         server_name,
+        authority,
     })
 }
 
@@ -78,16 +91,6 @@ pub(super) fn channel(config: &UpstreamConfig) -> Result<ClientTlsConfig, String
         tls = tls.domain_name(name);
     }
     Ok(tls)
-}
-
-/// The `:authority` of calls: `server_name` with the URL's port, when set.
-pub(super) fn authority(config: &UpstreamConfig, url: &Authority) -> Option<Authority> {
-    let name = config.server_name.as_deref()?;
-    let authority = match url.port() {
-        Some(port) => format!("{name}:{port}"),
-        None => name.to_owned(),
-    };
-    authority.parse().ok()
 }
 
 /// The system's CAs; those it cannot read are logged and left out.
