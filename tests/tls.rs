@@ -281,6 +281,50 @@ async fn a_handshake_not_finished_within_the_header_read_timeout_is_closed() {
     assert!(matches!(read, Ok(0) | Err(_)), "closed: {read:?}");
 }
 
+#[tokio::test]
+async fn tls_connections_count_against_the_same_max_connections_as_cleartext_ones() {
+    use tokio::io::AsyncWriteExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("test CA");
+    let leaf = ca.sign(&["localhost"], "localhost", &ecdsa());
+    let gateway = tls_gateway(vec![leaf.write(dir.path(), "localhost")], |config| {
+        config.limits.max_connections = Some(2);
+    })
+    .await;
+    // Two cleartext connections, answered and kept open.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+        stream
+            .write_all(b"GET /v1/echo/held HTTP/1.1\r\nhost: gw\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buffer = [0u8; 1024];
+        let read = stream.read(&mut buffer).await.unwrap();
+        assert!(buffer[..read].starts_with(b"HTTP/1.1 200"));
+        held.push(stream);
+    }
+    let url = https(&gateway, "localhost", "/v1/echo/tls");
+    let fresh = client(&gateway, "localhost", &[&ca])
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    assert!(
+        fresh.get(&url).send().await.is_err(),
+        "refused past the cap"
+    );
+
+    drop(held.pop());
+    for _ in 0..100 {
+        if let Ok(response) = fresh.get(&url).send().await {
+            assert_eq!(response.status(), 200);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the freed place was never taken by a TLS connection");
+}
+
 // === rotation ===
 
 /// Load on the HTTPS listener until stopped: a new connection per request
