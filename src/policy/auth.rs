@@ -1,4 +1,4 @@
-//! JWT authentication and coarse authorization (step 11).
+//! JWT authentication and coarse authorization (step 10).
 //!
 //! `Authorization: Bearer <jwt>` → the provider named by the token's `iss` →
 //! its key (by `kid`) → signature, `exp`, `nbf`, `iss`, `aud` and required
@@ -18,11 +18,14 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use serde_json::{Map, Value as Json};
 
 use super::{
-    config::{AuthConfig, ProviderConfig},
     jwks::{JwksCache, KeySet, Keys},
     RoutePolicy, SetupError,
 };
-use crate::{error::Error, observe::RequestContext, registry::RouteMatch};
+use crate::{
+    config::{AuthConfig, ProviderConfig},
+    error::Error,
+    observe::RequestContext,
+};
 
 /// The claims JWT libraries call registered; jsonwebtoken checks their presence itself.
 const SPEC_CLAIMS: [&str; 5] = ["exp", "nbf", "aud", "iss", "sub"];
@@ -123,24 +126,23 @@ impl AuthError {
     }
 }
 
-/// Step 11: who calls, and may they call the matched method? A verified
+/// Step 10: who calls, and may they call the matched method? A verified
 /// caller's [`Identity`] goes into the request (and its subject into the
 /// request context) for the steps after. Without a token, the identity of
 /// a verified client certificate (put there by the TLS listener) stands in
 /// where the method's policy accepts it; a token always wins.
 pub async fn authenticate(
     auth: &Authenticator,
-    matched: &RouteMatch,
+    policy: &RoutePolicy,
     request: &mut Request,
 ) -> Result<(), Error> {
-    let policy = &matched.catalog.method(matched.route()).policy;
     let identity = match auth.identify(request.headers()).await {
         Ok(identity) => identity.map(Arc::new),
         Err(refused) => {
             if let Some(context) = RequestContext::of(request) {
                 context.set_refused_token(refused.reason());
             }
-            return Err(Error::Unauthenticated(refused));
+            return Err(refused.into());
         }
     };
     let identity = identity.or_else(|| {
@@ -165,7 +167,7 @@ fn authorize(policy: &RoutePolicy, identity: Option<&Identity>) -> Result<(), Er
         return if policy.allow_anonymous {
             Ok(())
         } else {
-            Err(Error::Unauthenticated(AuthError::Missing))
+            Err(AuthError::Missing.into())
         };
     };
     if !policy.roles.is_empty() && !policy.roles.iter().any(|r| identity.roles.contains(r)) {
@@ -553,8 +555,19 @@ fn header_value(value: &Json) -> Option<HeaderValue> {
     HeaderValue::from_str(&utf8_percent_encode(&text, CLAIM_VALUE_ESCAPES).to_string()).ok()
 }
 
+/// A refused token is a 401 that names the refusal in `WWW-Authenticate`.
+impl From<AuthError> for Error {
+    fn from(refused: AuthError) -> Self {
+        Self::Unauthenticated {
+            challenge: www_authenticate(&refused),
+            reason: refused.reason(),
+            message: refused.to_string().into(),
+        }
+    }
+}
+
 /// `WWW-Authenticate` for a 401 (RFC 6750 §3): no error code when no token was sent.
-pub(crate) fn www_authenticate(err: &AuthError) -> HeaderValue {
+fn www_authenticate(err: &AuthError) -> HeaderValue {
     if *err == AuthError::Missing {
         return HeaderValue::from_static(r#"Bearer realm="protogate""#);
     }

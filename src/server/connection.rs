@@ -56,10 +56,7 @@ use tower::{Service, ServiceExt as _};
 
 use super::accept::Slot;
 use crate::{
-    config::LimitsConfig,
-    error,
-    policy::{Identity, X_REQUEST_ID},
-    tls::Termination,
+    config::LimitsConfig, error, policy::Identity, request_ids::X_REQUEST_ID, tls::Termination,
 };
 
 /// The connection deadlines, from `limits`.

@@ -12,8 +12,8 @@ use rustls::{
 };
 use x509_parser::{certificate::X509Certificate, extensions::GeneralName};
 
-use super::{pem, LoadedCertificate, TlsError};
-use crate::config::CertificateConfig;
+use super::{LoadedCertificate, TlsError};
+use crate::{config::CertificateConfig, pem};
 
 /// The certificates of one load, immutable; a reload builds new ones.
 #[derive(Debug)]

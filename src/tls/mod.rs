@@ -1,6 +1,5 @@
 //! TLS termination for the public HTTPS listener (rustls with ring; TLS 1.2
-//! and 1.3; ALPN `h2` and `http/1.1`), and the PEM reading the upstream
-//! connector shares.
+//! and 1.3; ALPN `h2` and `http/1.1`).
 //!
 //! [`Termination`] keeps the current rustls `ServerConfig` behind one
 //! `ArcSwap`: each handshake loads it once, so a reload (a file change,
@@ -11,7 +10,6 @@
 
 mod certificates;
 mod peer;
-pub(crate) mod pem;
 
 use std::{
     io,
@@ -26,17 +24,19 @@ use tokio::{net::TcpStream, sync::mpsc};
 use tokio_rustls::{server::TlsStream, TlsAcceptor};
 
 use self::certificates::Certificates;
+pub use crate::pem::FileError;
 use crate::{
     config::{ClientAuth, TlsConfig},
     observe::metrics::Metrics,
+    pem,
     policy::Identity,
 };
 
 /// A certificate, key or CA that cannot be used.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TlsError {
-    #[error("{path}: {reason}")]
-    File { path: PathBuf, reason: String },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{0}")]
     Config(String),
 }
@@ -74,10 +74,7 @@ const FILE_CHANGE: &str = "file change";
 
 impl TlsError {
     pub(crate) fn file(path: &Path, reason: impl Into<String>) -> Self {
-        Self::File {
-            path: path.to_owned(),
-            reason: reason.into(),
-        }
+        Self::File(FileError::new(path, reason))
     }
 }
 

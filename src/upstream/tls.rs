@@ -11,7 +11,7 @@ use http::uri::Authority;
 use rustls::{pki_types::ServerName, ClientConfig, RootCertStore};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
-use crate::{config::UpstreamConfig, tls::pem};
+use crate::{config::UpstreamConfig, pem};
 
 /// How a worker connection to the upstream starts TLS, and what its calls
 /// name as `:authority`.
