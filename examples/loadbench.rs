@@ -16,6 +16,7 @@
 //! cargo run --release --example loadbench -- --tls                              # clients over TLS (ALPN), keep-alive
 //! cargo run --release --example loadbench -- --tls-upstream                     # the gateway calls the backend over TLS
 //! cargo run --release --example loadbench -- --tls --handshakes 5000 --workers 1  # new TLS handshakes on one core
+//! cargo run --release --example loadbench -- --only get --rate-limit redis      # quotas counted in a redis-server it starts
 //! ```
 //!
 //! With `--tls` or `--tls-upstream` a CA and `localhost`
@@ -126,8 +127,20 @@ struct Args {
     /// handshake, and what that makes per core and second.
     #[arg(long, default_value_t = 0, requires = "tls")]
     handshakes: usize,
+    /// Count a quota on every request of the started gateway (one far
+    /// above the load, so every request passes): `local` in process, or
+    /// `redis` in a `redis-server` this benchmark starts on loopback.
+    #[arg(long, value_enum)]
+    rate_limit: Option<QuotaPolicy>,
     #[command(subcommand)]
     role: Option<Role>,
+}
+
+/// `rate_limit.policy` of the started gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum QuotaPolicy {
+    Local,
+    Redis,
 }
 
 /// The processes this binary re-executes itself as.
@@ -173,6 +186,11 @@ enum Role {
         key: Option<std::path::PathBuf>,
         #[arg(long)]
         ca: Option<std::path::PathBuf>,
+        #[arg(long, value_enum)]
+        rate_limit: Option<QuotaPolicy>,
+        /// With `--rate-limit redis`.
+        #[arg(long)]
+        redis: Option<String>,
     },
 }
 
@@ -245,6 +263,8 @@ fn main() -> Result<(), BoxError> {
             cert,
             key,
             ca,
+            rate_limit,
+            redis,
         }) => runtime.block_on(serve_gateway(
             GatewayArgs {
                 listen,
@@ -252,6 +272,7 @@ fn main() -> Result<(), BoxError> {
                 descriptor_set,
                 access_log,
                 workers,
+                rate_limit: rate_limit.map(|policy| (policy, redis)),
             },
             TlsFiles {
                 listen: tls_listen,
@@ -270,6 +291,7 @@ struct GatewayArgs {
     descriptor_set: Option<std::path::PathBuf>,
     access_log: bool,
     workers: usize,
+    rate_limit: Option<(QuotaPolicy, Option<String>)>,
 }
 
 /// The started gateway's HTTPS listener and the CA of an `https://` upstream.
@@ -287,6 +309,7 @@ async fn serve_gateway(args: GatewayArgs, tls: TlsFiles) -> Result<(), BoxError>
         descriptor_set,
         access_log,
         workers,
+        rate_limit,
     } = args;
     // As the `protogate` binary runs: with its diagnostic log (and so the
     // request span) on.
@@ -298,6 +321,20 @@ async fn serve_gateway(args: GatewayArgs, tls: TlsFiles) -> Result<(), BoxError>
     };
     config.access_log.enabled = access_log;
     config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    if let Some((policy, redis)) = rate_limit {
+        let mut yaml =
+            "rate_limit: { per_ip: { requests: 1000000000, per: 1s }, policy: ".to_owned();
+        yaml.push_str(match policy {
+            QuotaPolicy::Local => "local }",
+            QuotaPolicy::Redis => "redis }",
+        });
+        if let Some(url) = redis {
+            yaml.push_str(&format!("\nredis: {{ url: '{url}' }}"));
+        }
+        let quotas = Config::from_yaml(&yaml)?;
+        config.rate_limit = quotas.rate_limit;
+        config.redis = quotas.redis;
+    }
     for package in [
         "acme.orders.v1",
         "acme.orders.v2",
@@ -1111,6 +1148,25 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
     } else {
         None
     };
+    let redis = match args.rate_limit {
+        Some(QuotaPolicy::Redis) => {
+            let addr = free_port()?;
+            let child = Command::new("redis-server")
+                .args(["--port", &addr.port().to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .spawn()
+                .map_err(|err| {
+                    format!(
+                        "cannot start redis-server (Debian: apt-get install redis-server): {err}"
+                    )
+                })?;
+            let redis = Process(child);
+            wait_for(addr).await?;
+            Some((redis, addr))
+        }
+        _ => None,
+    };
     let backend_addr = free_port()?;
     let mut backend_args = vec!["backend".into(), backend_addr.to_string()];
     let mut backend = Endpoint::from_shared(format!("http://{backend_addr}"))?;
@@ -1159,6 +1215,13 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
                 gateway_args.push(format!("--key={}", pki.key.display()));
                 gateway_args.push(format!("--ca={}", pki.ca.display()));
             }
+            if let Some(policy) = args.rate_limit {
+                gateway_args.push("--rate-limit".into());
+                gateway_args.push(format!("{policy:?}").to_lowercase());
+            }
+            if let Some(redis) = &redis {
+                gateway_args.push(format!("--redis=redis://{}/0", redis.1));
+            }
             let process = Process::spawn(&gateway_args)?;
             wait_for(addr).await?;
             if let Some(tls_addr) = tls_addr {
@@ -1192,8 +1255,15 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
         (true, false) => "HTTP/2 (h2c)",
         (true, true) => "HTTP/2 over TLS",
     };
+    let quotas = match (args.rate_limit, &redis) {
+        (Some(QuotaPolicy::Local), _) => ", a quota counted in process".to_owned(),
+        (Some(QuotaPolicy::Redis), Some((_, addr))) => {
+            format!(", a quota counted in the redis-server at {addr}")
+        }
+        _ => String::new(),
+    };
     println!(
-        "{} requests per workload, {} keep-alive {client} connections{pace}; gateway {} → backend {backend_url}\n",
+        "{} requests per workload, {} keep-alive {client} connections{pace}{quotas}; gateway {} → backend {backend_url}\n",
         args.requests, args.concurrency, gateway_addr
     );
     // What any proxy in a process of its own adds at the least: one more

@@ -168,6 +168,9 @@ struct ServeArgs {
     /// Address of the HTTPS listener (default 127.0.0.1:8443).
     #[arg(long, value_name = "ADDR", value_parser = resolve_addr)]
     tls_listen: Option<SocketAddr>,
+    /// The Redis several instances share (`redis.url`): redis://host:port/db or rediss://.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -381,6 +384,9 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
             }
         }
     }
+    if let Some(url) = &args.redis {
+        config.override_redis_url(url);
+    }
     config.validate()?;
     Ok(config)
 }
@@ -400,6 +406,10 @@ fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         };
         for spec in &args.upstreams {
             config.override_upstream(spec)?;
+        }
+        // As `serve` reads it: an admin listener off loopback needs it.
+        if let Ok(token) = std::env::var(ADMIN_TOKEN_ENV) {
+            config.admin.token = Some(AdminToken(token));
         }
         config.descriptors.expose_unannotated |= args.expose_unannotated;
         // Upstream channels and key refreshers need a runtime to exist in;

@@ -17,6 +17,9 @@
 //! | `protogate_auth_failures_total` | counter | reason |
 //! | `protogate_auth_refused_total` | counter | reason (of `policy::AuthError::reason`) |
 //! | `protogate_tls_certificate_expiry_timestamp_seconds` | gauge | certificate (the configured `cert_file`) |
+//! | `protogate_redis_up` | gauge | |
+//! | `protogate_redis_errors_total` | counter | op (`rate_limit`, `registry_read`, `registry_write`, `subscribe`, `ping`) |
+//! | `protogate_redis_command_duration_seconds` | histogram | op |
 
 use std::{
     fmt,
@@ -29,7 +32,7 @@ use axum::{body::Body, extract::Request, response::Response};
 use http::Method;
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
-    Histogram, Recorder, Unit,
+    Gauge, Histogram, Recorder, Unit,
 };
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
@@ -60,6 +63,14 @@ const RATE_LIMITED: &str = "protogate_rate_limited_total";
 const AUTH_FAILURES: &str = "protogate_auth_failures_total";
 const AUTH_REFUSED: &str = "protogate_auth_refused_total";
 const CERTIFICATE_EXPIRY: &str = "protogate_tls_certificate_expiry_timestamp_seconds";
+const REDIS_UP: &str = "protogate_redis_up";
+const REDIS_ERRORS: &str = "protogate_redis_errors_total";
+const REDIS_DURATION: &str = "protogate_redis_command_duration_seconds";
+
+/// Redis command buckets: 100 µs to 1 s (loopback answers in tens of µs).
+const REDIS_BUCKETS: [f64; 9] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 1.0,
+];
 
 /// Body size buckets: 64 B to 16 MiB, by fours.
 const SIZE_BUCKETS: [f64; 10] = [
@@ -119,6 +130,7 @@ impl Metrics {
             (UPSTREAM_DURATION, &config.duration_buckets[..]),
             (REQUEST_SIZE, &SIZE_BUCKETS[..]),
             (RESPONSE_SIZE, &SIZE_BUCKETS[..]),
+            (REDIS_DURATION, &REDIS_BUCKETS[..]),
         ] {
             builder = builder
                 .set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)
@@ -177,6 +189,21 @@ impl Metrics {
         self.record(|| {
             gauge!(CERTIFICATE_EXPIRY, "certificate" => certificate).set(expires as f64);
         });
+    }
+
+    /// The Redis metrics' handles: `up`, and an error counter and a
+    /// duration histogram for each of `ops`.
+    pub fn redis<const N: usize>(
+        &self,
+        ops: &[&'static str; N],
+    ) -> (Gauge, [Counter; N], [Histogram; N]) {
+        self.record(|| {
+            (
+                gauge!(REDIS_UP),
+                ops.map(|op| counter!(REDIS_ERRORS, "op" => op)),
+                ops.map(|op| histogram!(REDIS_DURATION, "op" => op)),
+            )
+        })
     }
 
     fn request_finished(
@@ -335,6 +362,15 @@ fn describe() {
         Unit::Seconds,
         "when each certificate of the TLS listener being served expires (Unix time)"
     );
+    describe_gauge!(
+        REDIS_UP,
+        "1 while the shared Redis answers, 0 while it is away"
+    );
+    describe_counter!(
+        REDIS_ERRORS,
+        "Redis commands that failed or timed out (redis.timeout), by purpose"
+    );
+    describe_histogram!(REDIS_DURATION, Unit::Seconds, "Redis commands, by purpose");
 }
 
 /// The HTTP method as a bounded label: the standard ones, else `other`

@@ -49,7 +49,7 @@ use crate::{
         metrics::Metrics,
         RequestContext,
     },
-    policy::{self, Authenticator, HeaderPolicy, LocalLimiter, RateLimiting},
+    policy::{self, Authenticator, HeaderPolicy, QuotaStore, RateLimiting},
     registry::{Registry, RouteMatch},
     request_ids::{self, RequestIds, X_REQUEST_ID},
     router::Lookup,
@@ -75,7 +75,7 @@ pub(super) struct StepParts {
     pub(super) request_timeout: Duration,
     pub(super) registry: Arc<Registry>,
     pub(super) auth: Option<Arc<Authenticator>>,
-    pub(super) rate_limit: Option<Arc<RateLimiting<Arc<LocalLimiter>>>>,
+    pub(super) rate_limit: Option<Arc<RateLimiting<QuotaStore>>>,
     pub(super) gateway: Arc<Gateway>,
 }
 
@@ -93,7 +93,7 @@ pub(super) struct Answering {
     request_timeout: Duration,
     registry: Arc<Registry>,
     auth: Option<Arc<Authenticator>>,
-    rate_limit: Option<Arc<RateLimiting<Arc<LocalLimiter>>>>,
+    rate_limit: Option<Arc<RateLimiting<QuotaStore>>>,
     headers: Arc<HeaderPolicy>,
     gateway: Arc<Gateway>,
 }
