@@ -22,6 +22,7 @@ pub mod http_rule;
 mod nesting;
 pub mod observe;
 pub mod pb;
+mod pem;
 mod percent;
 pub mod policy;
 mod redis_client;
@@ -31,6 +32,7 @@ pub mod router;
 pub mod server;
 #[cfg(any(test, fuzzing))]
 mod testing;
+pub mod tls;
 pub mod token;
 pub mod transcode;
 pub mod upstream;
