@@ -138,6 +138,9 @@ pub(super) fn reply(route: u8, options: u8, fields: &str, wire: &[u8]) {
                 matched.route().label
             );
         }
+        // The documented difference: an empty `Any` prints as `{}` where
+        // prost-reflect refuses its empty type URL.
+        (Ok(_), Err(err)) if err.to_string().contains("type url ''") => {}
         (printed, expected) => assert_eq!(
             printed.is_ok(),
             expected.is_ok(),
