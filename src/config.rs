@@ -13,6 +13,7 @@ use std::{
 use serde::{Deserialize, Deserializer};
 
 pub use crate::deprecation::DeprecationConfig;
+pub use crate::openapi::OpenApiConfig;
 pub use crate::policy::config::{
     AuthConfig, CorsConfig, HeadersConfig, PolicyRule, ProviderConfig, QuotaConfig, QuotasConfig,
     RateLimitConfig,
@@ -54,6 +55,8 @@ pub struct Config {
     /// Methods answered with `Deprecation`, `Sunset` and `Link` headers, on
     /// top of those the protos mark `deprecated`; the first match wins.
     pub deprecations: Vec<DeprecationConfig>,
+    /// The published OpenAPI document and reference page.
+    pub openapi: OpenApiConfig,
 }
 
 /// Which descriptor sets to load at start.
@@ -317,6 +320,7 @@ impl Default for Config {
             access_log: AccessLogConfig::default(),
             health: HealthConfig::default(),
             deprecations: Vec::new(),
+            openapi: OpenApiConfig::default(),
         }
     }
 }
@@ -545,6 +549,12 @@ impl Config {
                 reason,
             })?;
         }
+        self.openapi
+            .validate()
+            .map_err(|(key, reason)| ConfigError::Invalid {
+                key: key.into(),
+                reason,
+            })?;
         crate::policy::config::validate(self)?;
         self.validate_observability()
     }

@@ -194,6 +194,10 @@ pub async fn run(
     let admin_addr = admin.local_addr()?;
     println!("protogate demo: orders v1 and users on {backend_url}, orders v2 on {v2_url}, gateway on http://{addr}\n");
     println!("{}", RouteTable(&server.registry().load()));
+    println!(
+        "API reference: http://{addr}{}   (OpenAPI 3.1: http://{addr}{})\n",
+        config.openapi.docs_path, config.openapi.path
+    );
     println!("GET /v1/orders is public, DELETE /v1/orders/{{id}} needs the admin role, the rest a token (valid 24h):\n");
     println!("export PROTOGATE_DEMO_TOKEN={}", tokens.user_token);
     println!("export PROTOGATE_DEMO_ADMIN_TOKEN={}\n", tokens.admin_token);

@@ -14,7 +14,8 @@
 //! 5. a `google.rpc.Status` body for responses that only know a status
 //! 6. a panic is a 500, never a dropped connection
 //! 9. the overall request deadline (per-upstream ones travel as `grpc-timeout`)
-//! 10. the route, matched once against the current catalog
+//! 10. the published API (`openapi`: the document and the reference page),
+//!     else the route, matched once against the current catalog
 //! 11. authentication and the method's policy
 //! 12. rate limit: the consumer's issuer and subject, else the client IP
 //!     (a failed authentication at 11 counts against the client IP too)
@@ -48,6 +49,7 @@ use crate::{
         metrics::Metrics,
         trace_context, RequestContext,
     },
+    openapi::Published,
     policy::{
         self, Authenticator, HeaderPolicy, LocalLimiter, RateLimiting, X_CORRELATION_ID,
         X_REQUEST_ID,
@@ -78,6 +80,8 @@ pub(super) struct Steps {
     pub(super) auth: Option<Arc<Authenticator>>,
     pub(super) rate_limit: Option<Arc<RateLimiting<Arc<LocalLimiter>>>>,
     pub(super) gateway: Arc<Gateway>,
+    /// The OpenAPI document and reference page; `None` when off.
+    pub(super) published: Option<Arc<Published>>,
 }
 
 pub(super) struct Edge {
@@ -96,6 +100,7 @@ pub(super) struct Inner {
     rate_limit: Option<Arc<RateLimiting<Arc<LocalLimiter>>>>,
     headers: Arc<HeaderPolicy>,
     gateway: Arc<Gateway>,
+    published: Option<Arc<Published>>,
 }
 
 /// The ids decided at step 1, echoed on the response.
@@ -116,6 +121,7 @@ impl DataPlane {
             rate_limit: steps.rate_limit,
             headers: steps.headers.clone(),
             gateway: steps.gateway,
+            published: steps.published,
         });
         Self(Arc::new(Edge {
             headers: steps.headers,
@@ -282,6 +288,11 @@ impl Inner {
     fn route(&self, request: Request) -> impl Future<Output = Response> + Send + '_ {
         // All inside the future: the unwind guard around it covers it.
         async move {
+            if let Some(published) = &self.published {
+                if let Some(response) = published.respond(&request, &self.registry) {
+                    return response;
+                }
+            }
             let matched = match self.matched(&request) {
                 Ok(matched) => matched,
                 Err(err) => return err.into_response(error::request_id(request.headers()), None),

@@ -25,6 +25,7 @@ use crate::{
         access_log::{AccessLog, AccessLogError},
         metrics::{self, Metrics},
     },
+    openapi::Published,
     policy::{Policies, SetupError},
     registry::{self, BuildContext, Catalog, DescriptorSet, LoadError, Registry},
     transcode::TranscodeOptions,
@@ -202,6 +203,7 @@ impl Server {
             auth: policies.auth,
             rate_limit: policies.rate_limit,
             gateway,
+            published: Published::new(config).map(Arc::new),
         });
         let mut router = Router::new().fallback_service(data_plane.clone());
         if config.metrics.on_public_listener {

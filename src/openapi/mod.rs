@@ -1,0 +1,340 @@
+//! The published API: an OpenAPI 3.1 document of the live catalog and an
+//! interactive reference page, on the public listener (`openapi` config):
+//! * `GET /openapi.json`, `GET /openapi.yaml` -- the document, `?package=P`
+//!   for one package; built once per catalog generation (at the first
+//!   request for it), then served from memory with an `ETag`
+//! * `GET /docs` -- Swagger UI, its assets embedded in the binary, under a
+//!   strict `Content-Security-Policy`
+//!
+//! `protogate openapi` writes the same document offline ([`document`]).
+
+mod comments;
+mod document;
+mod page;
+mod schema;
+
+use std::{collections::HashMap, sync::Arc};
+
+use arc_swap::ArcSwapOption;
+use axum::{body::Body, extract::Request, response::Response};
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, StatusCode};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+
+use self::page::Page;
+pub use self::{
+    comments::set_has_comments,
+    document::{document, packages, DocumentOptions, ServerConfig},
+    schema::JsonNames,
+};
+use crate::{
+    error::{self, Error},
+    percent,
+    registry::{Catalog, Registry},
+    Config,
+};
+
+/// The `openapi` config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenApiConfig {
+    /// Serve the document and the docs page. Default `true`.
+    pub enabled: bool,
+    /// Where the JSON document is served; it must end in `.json`, and the
+    /// YAML one is served beside it (`.yaml`). Default `/openapi.json`.
+    pub path: String,
+    /// The reference page; its assets are served below it. Default `/docs`.
+    pub docs_path: String,
+    /// `info.title`. Default `protogate`.
+    pub title: String,
+    /// `info.version`. Default: the catalog generation.
+    pub version: Option<String>,
+    /// `servers`: URLs, or `{url, description}`. Default: none (clients
+    /// call the origin that served the document).
+    pub servers: Vec<ServerConfig>,
+}
+
+impl Default for OpenApiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: "/openapi.json".to_owned(),
+            docs_path: "/docs".to_owned(),
+            title: "protogate".to_owned(),
+            version: None,
+            servers: Vec::new(),
+        }
+    }
+}
+
+impl OpenApiConfig {
+    /// The key at fault and why: paths go into the page's HTML and script,
+    /// so they are held to plain URL characters.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let plain = |path: &str| {
+            path.starts_with('/')
+                && path.len() > 1
+                && !path.ends_with('/')
+                && path
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b))
+        };
+        if !plain(&self.path) || !self.path.ends_with(".json") {
+            return Err((
+                "openapi.path",
+                format!(
+                    "`{}` is not an absolute path ending in `.json` (letters, digits, `/-_.~`)",
+                    self.path
+                ),
+            ));
+        }
+        if !plain(&self.docs_path) {
+            return Err((
+                "openapi.docs_path",
+                format!(
+                    "`{}` is not an absolute path (letters, digits, `/-_.~`, no final `/`)",
+                    self.docs_path
+                ),
+            ));
+        }
+        if self.docs_path == self.path || self.docs_path == yaml_path(&self.path) {
+            return Err(("openapi.docs_path", "is the document's own path".to_owned()));
+        }
+        for server in &self.servers {
+            if server.url().parse::<http::Uri>().is_err() {
+                return Err((
+                    "openapi.servers",
+                    format!("`{}` is not a URL", server.url()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// What the document says beyond the catalog, from the whole config.
+    pub fn document_options(config: &Config) -> DocumentOptions {
+        let openapi = &config.openapi;
+        DocumentOptions {
+            title: openapi.title.clone(),
+            version: openapi.version.clone(),
+            servers: openapi.servers.clone(),
+            names: JsonNames {
+                proto_names: config.json.use_proto_field_names,
+                enums_as_numbers: config.json.enums_as_numbers,
+            },
+            auth: config.auth.is_some(),
+        }
+    }
+}
+
+/// `/openapi.json` → `/openapi.yaml`.
+fn yaml_path(json: &str) -> String {
+    format!("{}.yaml", json.strip_suffix(".json").unwrap_or(json))
+}
+
+/// The routes of the published API and what they serve.
+#[derive(Debug)]
+pub struct Published {
+    json_path: Box<str>,
+    yaml_path: Box<str>,
+    page: Page,
+    options: DocumentOptions,
+    /// The documents of the latest generation asked for.
+    cache: ArcSwapOption<Documents>,
+}
+
+/// The documents of one catalog generation: the whole API and each package.
+#[derive(Debug)]
+struct Documents {
+    generation: u64,
+    by_package: HashMap<Option<String>, Rendered>,
+}
+
+/// One document, in both forms.
+#[derive(Debug)]
+struct Rendered {
+    json: Representation,
+    yaml: Representation,
+}
+
+#[derive(Debug)]
+struct Representation {
+    bytes: Bytes,
+    etag: HeaderValue,
+}
+
+impl Published {
+    /// `None` when `openapi.enabled` is off.
+    pub fn new(config: &Config) -> Option<Self> {
+        let openapi = &config.openapi;
+        openapi.enabled.then(|| Self {
+            json_path: openapi.path.as_str().into(),
+            yaml_path: yaml_path(&openapi.path).into(),
+            page: Page::new(openapi),
+            options: OpenApiConfig::document_options(config),
+            cache: ArcSwapOption::empty(),
+        })
+    }
+
+    /// The answer when `request` is for one of the published routes; `None`
+    /// lets the request go on to the catalog's routes.
+    pub fn respond(&self, request: &Request, registry: &Registry) -> Option<Response> {
+        let path = request.uri().path();
+        let yaml = if path == &*self.json_path {
+            false
+        } else if path == &*self.yaml_path {
+            true
+        } else {
+            return self.page.respond(request);
+        };
+        let request_id = error::request_id(request.headers());
+        if let Err(err) = readable(request.method()) {
+            return Some(err.into_response(request_id, None));
+        }
+        let package = match package_parameter(request.uri().query().unwrap_or("")) {
+            Ok(package) => package,
+            Err(err) => return Some(err.into_response(request_id, None)),
+        };
+        let catalog = registry.load();
+        let documents = self.documents(&catalog);
+        let Some(rendered) = documents.by_package.get(&package) else {
+            let served = packages(&catalog).join(", ");
+            let err = Error::invalid_field(
+                "package",
+                format!(
+                    "no served package `{}` (served: {served})",
+                    package.unwrap_or_default()
+                ),
+            );
+            return Some(err.into_response(request_id, None));
+        };
+        let (representation, content_type) = if yaml {
+            (&rendered.yaml, "application/yaml")
+        } else {
+            (&rendered.json, "application/json")
+        };
+        Some(cached(
+            request,
+            &representation.bytes,
+            &representation.etag,
+            content_type,
+        ))
+    }
+
+    /// The documents of `catalog`'s generation, built now if they are not yet.
+    fn documents(&self, catalog: &Catalog) -> Arc<Documents> {
+        if let Some(documents) = self.cache.load_full() {
+            if documents.generation == catalog.generation() {
+                return documents;
+            }
+        }
+        let mut by_package = HashMap::new();
+        let scopes = packages(catalog).into_iter().map(Some).chain([None]);
+        for package in scopes {
+            let document = document(catalog, &self.options, package.as_deref());
+            by_package.insert(package, Rendered::new(&document));
+        }
+        let documents = Arc::new(Documents {
+            generation: catalog.generation(),
+            by_package,
+        });
+        self.cache.store(Some(documents.clone()));
+        documents
+    }
+}
+
+impl Rendered {
+    fn new(document: &serde_json::Value) -> Self {
+        // Serializing a `Value` cannot fail: its keys are strings.
+        let json = serde_json::to_vec_pretty(document).unwrap_or_default();
+        let yaml = serde_yaml::to_string(document).unwrap_or_default();
+        Self {
+            json: Representation::new(json.into()),
+            yaml: Representation::new(yaml.into()),
+        }
+    }
+}
+
+impl Representation {
+    fn new(bytes: Bytes) -> Self {
+        Self {
+            etag: etag(&bytes),
+            bytes,
+        }
+    }
+}
+
+/// A strong validator: the content's SHA-256, shortened.
+fn etag(bytes: &[u8]) -> HeaderValue {
+    let digest = Sha256::digest(bytes);
+    HeaderValue::from_str(&format!("\"{}\"", hex::encode(&digest[..16])))
+        .unwrap_or(HeaderValue::from_static("\"\""))
+}
+
+/// GET and HEAD only.
+fn readable(method: &Method) -> Result<(), Error> {
+    if method == Method::GET || method == Method::HEAD {
+        Ok(())
+    } else {
+        Err(Error::MethodNotAllowed {
+            method: method.clone(),
+            allow: HeaderValue::from_static("GET, HEAD"),
+        })
+    }
+}
+
+/// `?package=P`, the only parameter; refused when it repeats or does not decode.
+fn package_parameter(query: &str) -> Result<Option<String>, Error> {
+    let mut package = None;
+    for pair in percent::query_pairs(query) {
+        let (key, value) = pair
+            .map_err(|(key, reason)| Error::invalid_field(key.into_owned(), reason.to_string()))?;
+        if key != "package" {
+            return Err(Error::invalid_field(
+                key.into_owned(),
+                "unknown query parameter (the only one is `package`)",
+            ));
+        }
+        if package.replace(value.into_owned()).is_some() {
+            return Err(Error::invalid_field("package", "given twice"));
+        }
+    }
+    Ok(package)
+}
+
+/// `bytes` with its `ETag`, or a 304 when the client has them; no body for HEAD.
+fn cached(
+    request: &Request,
+    bytes: &Bytes,
+    etag: &HeaderValue,
+    content_type: &'static str,
+) -> Response {
+    let fresh = request
+        .headers()
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|tag| {
+            let tag = tag.trim();
+            tag == "*" || tag.trim_start_matches("W/") == etag
+        });
+    let (status, body) = if fresh {
+        (StatusCode::NOT_MODIFIED, Body::empty())
+    } else if request.method() == Method::HEAD {
+        (StatusCode::OK, Body::empty())
+    } else {
+        (StatusCode::OK, Body::from(bytes.clone()))
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::ETAG, etag.clone());
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if !fresh {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    }
+    response
+}
