@@ -550,7 +550,7 @@ impl Config {
             })?;
         }
         self.openapi
-            .validate()
+            .validate(self.auth.is_some())
             .map_err(|(key, reason)| ConfigError::Invalid {
                 key: key.into(),
                 reason,

@@ -12,9 +12,9 @@ use std::{
 
 use common::{
     process::{free_port, protogate, readme_block, wait_for, Child, Lines, MANIFEST},
-    upstream, Backend, Gateway,
+    tokens, upstream, Backend, Gateway,
 };
-use protogate::{registry::DescriptorSet, Config};
+use protogate::{openapi::DocumentPolicy, registry::DescriptorSet, Config};
 use serde_json::{json, Value as Json};
 
 /// The official OpenAPI 3.1 schema (vendored: see tests/fixtures/openapi/README.md).
@@ -502,6 +502,55 @@ async fn the_config_moves_or_turns_off_the_published_routes() {
         let (status, _) = off.get(path).await;
         assert_eq!(status, 404, "{path}");
     }
+}
+
+/// `openapi.policy`: the document needs a token with the role; the page, a
+/// static shell, stays public.
+#[tokio::test]
+async fn a_policy_can_require_a_token_for_the_document() {
+    let key = tokens::EcKey::generate("docs");
+    let pem = key.public_pem();
+    let gateway = Gateway::start_with(|config| {
+        config.auth = Some(
+            serde_yaml::from_str(&format!(
+                "providers: [{{issuer: '{}', public_key_pem: {pem:?}}}]",
+                tokens::ISSUER
+            ))
+            .unwrap(),
+        );
+        config.openapi.policy = Some(DocumentPolicy {
+            roles: vec!["docs".into()],
+            scopes: Vec::new(),
+        });
+    })
+    .await;
+    let get = |token: Option<String>| {
+        let mut request = gateway.client.get(gateway.url("/openapi.json"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        gateway.send(request)
+    };
+    let (status, body) = get(None).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = get(Some(key.sign(&tokens::claims("ann", &["customer"])))).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = get(Some(key.sign(&tokens::claims("ann", &["docs"])))).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["openapi"], "3.1.0");
+    let page = gateway
+        .client
+        .get(gateway.url("/docs"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+
+    // Without `auth`, there is nothing to check the token with.
+    let mut config = Config::default();
+    config.openapi.policy = Some(DocumentPolicy::default());
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("openapi.policy"), "{err}");
 }
 
 #[test]

@@ -31,6 +31,7 @@ pub use self::{
 use crate::{
     error::{self, Error},
     percent,
+    policy::{self, Authenticator, RoutePolicy},
     registry::{Catalog, Registry},
     Config,
 };
@@ -53,6 +54,18 @@ pub struct OpenApiConfig {
     /// `servers`: URLs, or `{url, description}`. Default: none (clients
     /// call the origin that served the document).
     pub servers: Vec<ServerConfig>,
+    /// Who may read the document: when set, a valid token (needs `auth`)
+    /// with these roles and scopes. Default: none, the document is public.
+    pub policy: Option<DocumentPolicy>,
+}
+
+/// `openapi.policy`: a token is required, and with it one of `roles` (if
+/// any) and every one of `scopes`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DocumentPolicy {
+    pub roles: Vec<String>,
+    pub scopes: Vec<String>,
 }
 
 impl Default for OpenApiConfig {
@@ -64,6 +77,7 @@ impl Default for OpenApiConfig {
             title: "protogate".to_owned(),
             version: None,
             servers: Vec::new(),
+            policy: None,
         }
     }
 }
@@ -71,7 +85,13 @@ impl Default for OpenApiConfig {
 impl OpenApiConfig {
     /// The key at fault and why: paths go into the page's HTML and script,
     /// so they are held to plain URL characters.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub fn validate(&self, auth: bool) -> Result<(), (&'static str, String)> {
+        if self.policy.is_some() && !auth {
+            return Err((
+                "openapi.policy",
+                "requires a token, but `auth` is not configured".to_owned(),
+            ));
+        }
         let plain = |path: &str| {
             path.starts_with('/')
                 && path.len() > 1
@@ -139,6 +159,8 @@ pub struct Published {
     json_path: Box<str>,
     yaml_path: Box<str>,
     page: Page,
+    /// Who may read the document (the page, a static shell, is public).
+    guard: Option<(Arc<Authenticator>, RoutePolicy)>,
     options: DocumentOptions,
     /// The documents of the latest generation asked for.
     cache: ArcSwapOption<Documents>,
@@ -165,56 +187,88 @@ struct Representation {
 }
 
 impl Published {
-    /// `None` when `openapi.enabled` is off.
-    pub fn new(config: &Config) -> Option<Self> {
+    /// `None` when `openapi.enabled` is off. `auth` checks the tokens
+    /// `openapi.policy` asks for.
+    pub fn new(config: &Config, auth: Option<&Arc<Authenticator>>) -> Option<Self> {
         let openapi = &config.openapi;
+        let guard = openapi.policy.as_ref().zip(auth).map(|(policy, auth)| {
+            let names = |names: &[String]| names.iter().map(|n| n.as_str().into()).collect();
+            let policy = RoutePolicy {
+                allow_anonymous: false,
+                roles: names(&policy.roles),
+                scopes: names(&policy.scopes),
+                ..RoutePolicy::default()
+            };
+            (auth.clone(), policy)
+        });
         openapi.enabled.then(|| Self {
             json_path: openapi.path.as_str().into(),
             yaml_path: yaml_path(&openapi.path).into(),
             page: Page::new(openapi),
+            guard,
             options: OpenApiConfig::document_options(config),
             cache: ArcSwapOption::empty(),
         })
     }
 
-    /// The answer when `request` is for one of the published routes; `None`
-    /// lets the request go on to the catalog's routes.
-    pub fn respond(&self, request: &Request, registry: &Registry) -> Option<Response> {
+    /// Whether `request` is for one of the published routes (else it goes
+    /// on to the catalog's).
+    pub fn serves(&self, request: &Request) -> bool {
+        let path = request.uri().path();
+        path == &*self.json_path || path == &*self.yaml_path || self.page.serves(path)
+    }
+
+    /// The answer to a request [`Published::serves`].
+    pub async fn respond(&self, mut request: Request, registry: &Registry) -> Response {
         let path = request.uri().path();
         let yaml = if path == &*self.json_path {
             false
         } else if path == &*self.yaml_path {
             true
         } else {
-            return self.page.respond(request);
+            return self.page.respond(&request);
         };
-        let request_id = error::request_id(request.headers());
+        let request_id = error::request_id(request.headers()).to_owned();
         if let Err(err) = readable(request.method()) {
-            return Some(err.into_response(request_id, None));
+            return err.into_response(&request_id, None);
         }
-        let package = match package_parameter(request.uri().query().unwrap_or("")) {
-            Ok(package) => package,
-            Err(err) => return Some(err.into_response(request_id, None)),
-        };
+        if let Some((auth, policy)) = &self.guard {
+            if let Err(err) = policy::authenticate(auth, policy, &mut request).await {
+                return err.into_response(&request_id, None);
+            }
+        }
+        match self.document(&request, registry, yaml) {
+            Ok(response) => response,
+            Err(err) => err.into_response(&request_id, None),
+        }
+    }
+
+    /// The document in the form asked for, of the package asked for.
+    fn document(
+        &self,
+        request: &Request,
+        registry: &Registry,
+        yaml: bool,
+    ) -> Result<Response, Error> {
+        let package = package_parameter(request.uri().query().unwrap_or(""))?;
         let catalog = registry.load();
         let documents = self.documents(&catalog);
         let Some(rendered) = documents.by_package.get(&package) else {
             let served = packages(&catalog).join(", ");
-            let err = Error::invalid_field(
+            return Err(Error::invalid_field(
                 "package",
                 format!(
                     "no served package `{}` (served: {served})",
                     package.unwrap_or_default()
                 ),
-            );
-            return Some(err.into_response(request_id, None));
+            ));
         };
         let (representation, content_type) = if yaml {
             (&rendered.yaml, "application/yaml")
         } else {
             (&rendered.json, "application/json")
         };
-        Some(cached(
+        Ok(cached(
             request,
             &representation.bytes,
             &representation.etag,

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue};
 
 use super::{cached, etag, readable, OpenApiConfig, ServerConfig};
-use crate::error;
+use crate::error::{self, Error};
 
 const BUNDLE: &[u8] = include_bytes!("../../assets/swagger-ui/swagger-ui-bundle.js");
 const STYLES: &[u8] = include_bytes!("../../assets/swagger-ui/swagger-ui.css");
@@ -73,12 +73,23 @@ impl Page {
         }
     }
 
-    /// The page or one of its assets, when `request` is for one.
-    pub(super) fn respond(&self, request: &Request) -> Option<Response> {
+    pub(super) fn serves(&self, path: &str) -> bool {
+        self.files.iter().any(|asset| &*asset.path == path)
+    }
+
+    /// The page or one of its assets; a 404 for another path.
+    pub(super) fn respond(&self, request: &Request) -> Response {
+        let request_id = error::request_id(request.headers());
         let path = request.uri().path();
-        let asset = self.files.iter().find(|asset| &*asset.path == path)?;
+        let Some(asset) = self.files.iter().find(|asset| &*asset.path == path) else {
+            let err = Error::RouteNotFound {
+                method: request.method().clone(),
+                path: path.into(),
+            };
+            return err.into_response(request_id, None);
+        };
         if let Err(err) = readable(request.method()) {
-            return Some(err.into_response(error::request_id(request.headers()), None));
+            return err.into_response(request_id, None);
         }
         let mut response = cached(request, &asset.bytes, &asset.etag, asset.content_type);
         let headers = response.headers_mut();
@@ -91,7 +102,7 @@ impl Page {
             header::REFERRER_POLICY,
             HeaderValue::from_static("no-referrer"),
         );
-        Some(response)
+        response
     }
 }
 

@@ -22,7 +22,7 @@ use super::{
     jwks::{JwksCache, KeySet, Keys},
     RoutePolicy, SetupError,
 };
-use crate::{error::Error, observe::RequestContext, registry::RouteMatch};
+use crate::{error::Error, observe::RequestContext};
 
 /// The claims JWT libraries call registered; jsonwebtoken checks their presence itself.
 const SPEC_CLAIMS: [&str; 5] = ["exp", "nbf", "aud", "iss", "sub"];
@@ -123,15 +123,14 @@ impl AuthError {
     }
 }
 
-/// Step 11: who calls, and may they call the matched method? A verified
-/// caller's [`Identity`] goes into the request (and its subject into the
-/// request context) for the steps after.
+/// Step 11: who calls, and may they call what `policy` guards (the matched
+/// method, or the published API)? A verified caller's [`Identity`] goes into
+/// the request (and its subject into the request context) for the steps after.
 pub async fn authenticate(
     auth: &Authenticator,
-    matched: &RouteMatch,
+    policy: &RoutePolicy,
     request: &mut Request,
 ) -> Result<(), Error> {
-    let policy = &matched.catalog.method(matched.route()).policy;
     let identity = match auth.identify(request.headers()).await {
         Ok(identity) => identity,
         Err(refused) => {

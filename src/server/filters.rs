@@ -288,10 +288,9 @@ impl Inner {
     fn route(&self, request: Request) -> impl Future<Output = Response> + Send + '_ {
         // All inside the future: the unwind guard around it covers it.
         async move {
-            if let Some(published) = &self.published {
-                if let Some(response) = published.respond(&request, &self.registry) {
-                    return response;
-                }
+            if let Some(published) = self.published.as_ref().filter(|p| p.serves(&request)) {
+                // Boxed: a cold path, kept out of every request's future.
+                return Box::pin(published.respond(request, &self.registry)).await;
             }
             let matched = match self.matched(&request) {
                 Ok(matched) => matched,
@@ -360,7 +359,9 @@ impl Inner {
     ) -> impl Future<Output = Response> + Send + '_ {
         async move {
             if let Some(auth) = &self.auth {
-                if let Err(mut err) = policy::authenticate(auth, &matched, &mut request).await {
+                if let Err(mut err) =
+                    policy::authenticate(auth, &matched.method().policy, &mut request).await
+                {
                     if let Some(limits) = &self.rate_limit {
                         err = policy::count_failed_authentication(limits, &matched, &request, err)
                             .await;

@@ -189,6 +189,7 @@ impl Server {
             upstream_headers_returned: !config.headers.response.is_empty(),
         });
         let metrics = Metrics::new(&config.metrics)?;
+        let published = Published::new(config, policies.auth.as_ref()).map(Arc::new);
         let data_plane = DataPlane::new(Steps {
             headers: policies.headers,
             access_log: if config.access_log.enabled {
@@ -203,7 +204,7 @@ impl Server {
             auth: policies.auth,
             rate_limit: policies.rate_limit,
             gateway,
-            published: Published::new(config).map(Arc::new),
+            published,
         });
         let mut router = Router::new().fallback_service(data_plane.clone());
         if config.metrics.on_public_listener {
