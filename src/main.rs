@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use prost::Message as _;
 use protogate::{
     admin::AdminClient,
-    config::{resolve_addr, AdminToken, OpenApiConfig},
+    config::{resolve_addr, AdminToken},
     openapi,
     registry::{Catalog, DescriptorSet, ProtoSources, RouteTable, UploadFormat},
     token::{Claims, SigningKey},
@@ -442,7 +442,7 @@ fn openapi(args: &OpenapiArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     }
-    let options = OpenApiConfig::document_options(&config.unwrap_or_default());
+    let options = openapi::DocumentOptions::new(&config.unwrap_or_default());
     let document = openapi::document(&catalog, &options, args.package.as_deref());
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, &document)?;

@@ -20,6 +20,10 @@ use crate::{
 };
 
 const BEARER: &str = "bearerAuth";
+
+/// Most query parameters listed per operation: a wide tree of nested
+/// messages (an upload's) could otherwise list exponentially many paths.
+const MAX_QUERY_PARAMETERS: usize = 1000;
 const STATUS: &str = "google.rpc.Status";
 
 /// What a document says beyond the catalog, from the config.
@@ -333,7 +337,8 @@ impl Operation<'_> {
     /// Every field the gateway binds from the query: fields not bound by the
     /// path or the body, by dotted path into singular messages; none with
     /// `body: "*"`. Walked from a stack, at most [`MAX_DEPTH`] deep, not
-    /// into a type already on the path (recursive types).
+    /// into a type already on the path (recursive types), at most
+    /// [`MAX_QUERY_PARAMETERS`].
     fn query_parameters(&self, schemas: &mut Schemas<'_>) -> Vec<Json> {
         let binding = &self.route.binding;
         if binding.body == BodyPlan::Whole {
@@ -344,6 +349,9 @@ impl Operation<'_> {
         let mut stack: Vec<(Vec<FieldDescriptor>, MessageDescriptor)> =
             vec![(Vec::new(), self.method.descriptor.input())];
         while let Some((prefix, message)) = stack.pop() {
+            if parameters.len() >= MAX_QUERY_PARAMETERS {
+                break;
+            }
             for field in message.fields().collect::<Vec<_>>().into_iter().rev() {
                 if rules.is_internal(&message, &field)
                     || rules.is_output_only(&message, &field)

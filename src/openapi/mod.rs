@@ -131,11 +131,14 @@ impl OpenApiConfig {
         }
         Ok(())
     }
+}
 
-    /// What the document says beyond the catalog, from the whole config.
-    pub fn document_options(config: &Config) -> DocumentOptions {
+impl DocumentOptions {
+    /// What the document says beyond the catalog: the `openapi` keys, the
+    /// JSON names and whether `auth` is on.
+    pub fn new(config: &Config) -> Self {
         let openapi = &config.openapi;
-        DocumentOptions {
+        Self {
             title: openapi.title.clone(),
             version: openapi.version.clone(),
             servers: openapi.servers.clone(),
@@ -189,8 +192,11 @@ struct Representation {
 impl Published {
     /// `None` when `openapi.enabled` is off. `auth` checks the tokens
     /// `openapi.policy` asks for.
-    pub fn new(config: &Config, auth: Option<&Arc<Authenticator>>) -> Option<Self> {
-        let openapi = &config.openapi;
+    pub fn new(
+        openapi: &OpenApiConfig,
+        options: DocumentOptions,
+        auth: Option<&Arc<Authenticator>>,
+    ) -> Option<Self> {
         let guard = openapi.policy.as_ref().zip(auth).map(|(policy, auth)| {
             let names = |names: &[String]| names.iter().map(|n| n.as_str().into()).collect();
             let policy = RoutePolicy {
@@ -206,7 +212,7 @@ impl Published {
             yaml_path: yaml_path(&openapi.path).into(),
             page: Page::new(openapi),
             guard,
-            options: OpenApiConfig::document_options(config),
+            options,
             cache: ArcSwapOption::empty(),
         })
     }

@@ -25,7 +25,7 @@ use crate::{
         access_log::{AccessLog, AccessLogError},
         metrics::{self, Metrics},
     },
-    openapi::Published,
+    openapi::{DocumentOptions, Published},
     policy::{Policies, SetupError},
     registry::{self, BuildContext, Catalog, DescriptorSet, LoadError, Registry},
     transcode::TranscodeOptions,
@@ -189,7 +189,12 @@ impl Server {
             upstream_headers_returned: !config.headers.response.is_empty(),
         });
         let metrics = Metrics::new(&config.metrics)?;
-        let published = Published::new(config, policies.auth.as_ref()).map(Arc::new);
+        let published = Published::new(
+            &config.openapi,
+            DocumentOptions::new(config),
+            policies.auth.as_ref(),
+        )
+        .map(Arc::new);
         let data_plane = DataPlane::new(Steps {
             headers: policies.headers,
             access_log: if config.access_log.enabled {
