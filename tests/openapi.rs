@@ -298,6 +298,84 @@ async fn schemas_follow_the_json_mapping_of_the_well_known_types_maps_and_oneofs
     assert!(properties.get("internalValue").is_none(), "{echo}");
     let exclusive = echo["not"]["anyOf"].as_array().expect("a oneof");
     assert!(!exclusive.is_empty());
+    // REQUIRED is required, OUTPUT_ONLY read-only.
+    let resource = component(&document, "protogate.testing.v1.Resource");
+    assert_eq!(resource["required"], json!(["title"]), "{resource}");
+    assert_eq!(
+        resource["properties"]["etag"]["readOnly"], true,
+        "{resource}"
+    );
+    assert!(resource["properties"].get("secret").is_none(), "{resource}");
+}
+
+/// Deprecated fields, recursive types (a `$ref` to itself, and query
+/// parameters that stop where the type repeats), comments as descriptions.
+#[test]
+fn recursive_types_and_deprecated_fields_of_an_uploaded_proto() {
+    let dir = tempfile::tempdir().unwrap();
+    let proto = dir.path().join("tree.proto");
+    std::fs::write(
+        &proto,
+        r#"syntax = "proto3";
+package acme.tree.v1;
+import "google/api/annotations.proto";
+
+// Trees of nodes.
+service TreeService {
+  // Returns one node.
+  //
+  // With its children.
+  rpc GetNode(GetNodeRequest) returns (Node) {
+    option (google.api.http) = { get: "/v1/nodes/{id}" };
+  }
+}
+
+message GetNodeRequest {
+  string id = 1;
+  // Only nodes like this one.
+  Node like = 2;
+  string old = 3 [deprecated = true];
+}
+
+message Node {
+  string id = 1;
+  repeated Node children = 2;
+  Node parent = 3;
+  string legacy = 4 [deprecated = true];
+}
+"#,
+    )
+    .unwrap();
+    let output = protogate().arg("openapi").arg(&proto).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let document: Json = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(openapi_violations(&document), Vec::<String>::new());
+    let get = operation(&document, "/v1/nodes/{id}", "get");
+    assert_eq!(get["summary"], "Returns one node.");
+    assert_eq!(
+        get["description"],
+        "Returns one node.\n\nWith its children."
+    );
+    assert_eq!(document["tags"][0]["description"], "Trees of nodes.");
+    let node = component(&document, "acme.tree.v1.Node");
+    assert_eq!(
+        node["properties"]["children"]["items"]["$ref"],
+        "#/components/schemas/acme.tree.v1.Node"
+    );
+    assert_eq!(node["properties"]["legacy"]["deprecated"], true);
+    let names: Vec<&str> = get["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["in"] == "query")
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["old", "like.id", "like.legacy", "fields"]);
+    assert_eq!(parameter(get, "old").unwrap()["deprecated"], true);
 }
 
 #[tokio::test]
@@ -696,6 +774,8 @@ fn check_warns_of_a_set_without_comments() {
 /// `protogate demo` on free ports, until dropped.
 struct Demo {
     _child: Child,
+    /// Read to the end: the demo must not write into a closed pipe.
+    _stdout: Lines,
     base: String,
     docs: String,
     token: String,
@@ -720,7 +800,7 @@ impl Demo {
                 .unwrap(),
         );
         let mut stdout = Lines::new(child.0.stdout.take().unwrap());
-        let (docs, token, admin_token) = tokio::task::spawn_blocking(move || {
+        let (docs, token, admin_token, stdout) = tokio::task::spawn_blocking(move || {
             let docs = stdout.until("the docs URL", |line| line.starts_with("API reference: "));
             let token = stdout.until("the user token", |line| {
                 line.starts_with("export PROTOGATE_DEMO_TOKEN=")
@@ -728,7 +808,7 @@ impl Demo {
             let admin = stdout.until("the admin token", |line| {
                 line.starts_with("export PROTOGATE_DEMO_ADMIN_TOKEN=")
             });
-            (docs, token, admin)
+            (docs, token, admin, stdout)
         })
         .await
         .unwrap();
@@ -744,6 +824,7 @@ impl Demo {
         wait_for(&format!("{base}/openapi.json")).await;
         Self {
             _child: child,
+            _stdout: stdout,
             base,
             docs,
             token: token["export PROTOGATE_DEMO_TOKEN=".len()..].to_owned(),

@@ -352,7 +352,9 @@ impl Operation<'_> {
             if parameters.len() >= MAX_QUERY_PARAMETERS {
                 break;
             }
-            for field in message.fields().collect::<Vec<_>>().into_iter().rev() {
+            // A message's own fields first, in order; then those below it.
+            let mut below = Vec::new();
+            for field in message.fields() {
                 if rules.is_internal(&message, &field)
                     || rules.is_output_only(&message, &field)
                     || field.is_map()
@@ -376,7 +378,7 @@ impl Operation<'_> {
                         .any(|f| matches!(f.kind(), Kind::Message(m) if m == inner))
                         || inner == self.method.descriptor.input();
                     if !field.is_list() && !cycle && path.len() < MAX_DEPTH {
-                        stack.push((path, inner));
+                        below.push((path, inner));
                     }
                     continue;
                 }
@@ -385,6 +387,7 @@ impl Operation<'_> {
                 }
                 parameters.push(self.query_parameter(schemas, &path));
             }
+            stack.extend(below.into_iter().rev());
         }
         parameters
     }
