@@ -424,7 +424,9 @@ async fn security_quotas_and_deprecation_come_from_the_policies() {
     // v1 is deprecated with a sunset; v2 is not.
     assert_eq!(get["deprecated"], true);
     assert_eq!(get["x-sunset"], "Wed, 30 Jun 2027 00:00:00 GMT");
-    assert!(get["responses"]["200"]["headers"]["Sunset"].is_object());
+    let headers = &get["responses"]["200"]["headers"];
+    assert!(headers["Sunset"].is_object(), "{headers}");
+    assert!(headers["Link"].is_object(), "{headers}");
     let v2 = operation(&document, "/v2/orders/{id}", "get");
     assert!(v2.get("deprecated").is_none());
 }

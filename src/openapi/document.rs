@@ -220,7 +220,7 @@ impl Operation<'_> {
                 .find(|(variable, _)| variable.start == segment);
             if let Some((variable, field_path)) = variable {
                 let name = variable.field_path_string();
-                let mut schema = schemas.kind(&field_path.leaf().kind());
+                let schema = schemas.kind(&field_path.leaf().kind());
                 let bound = &template.segments[variable.start..variable.end];
                 let description = if variable.is_multi_segment() || bound != [Segment::Wildcard] {
                     let pattern: Vec<String> = bound.iter().map(segment_text).collect();
@@ -231,9 +231,6 @@ impl Operation<'_> {
                 } else {
                     "one path segment, percent-decoded".to_owned()
                 };
-                if let Some(schema) = schema.as_object_mut() {
-                    schema.remove("pattern");
-                }
                 path.push_str(&format!("{{{name}}}"));
                 parameters.push(json!({
                     "name": name,
@@ -552,7 +549,9 @@ impl Operation<'_> {
                     header("when it stops being served (RFC 8594)"),
                 );
             }
-            headers.insert("Link".into(), header("the successor version"));
+            if deprecation.has_link() {
+                headers.insert("Link".into(), header("the successor version"));
+            }
         }
         let description = if streamed {
             "a stream of replies, each written as the upstream sends it, in the format `Accept` asks for: NDJSON lines `{\"result\": message}` (the default), SSE `data:` events, or one JSON array of those envelopes; a failure after the first reply ends the stream with `{\"error\": google.rpc.Status}` (SSE: `event: error`)"
