@@ -243,22 +243,22 @@ impl Published {
                 return err.into_response(&request_id, None);
             }
         }
-        match self.document(&request, registry, yaml) {
+        match self.document(request, registry, yaml).await {
             Ok(response) => response,
             Err(err) => err.into_response(&request_id, None),
         }
     }
 
     /// The document in the form asked for, of the package asked for.
-    fn document(
+    async fn document(
         &self,
-        request: &Request,
+        request: Request,
         registry: &Registry,
         yaml: bool,
     ) -> Result<Response, Error> {
         let package = package_parameter(request.uri().query().unwrap_or(""))?;
         let catalog = registry.load();
-        let documents = self.documents(&catalog);
+        let documents = self.documents(catalog.clone()).await?;
         let Some(rendered) = documents.by_package.get(&package) else {
             let served = packages(&catalog).join(", ");
             return Err(Error::invalid_field(
@@ -275,32 +275,46 @@ impl Published {
             (&rendered.json, "application/json")
         };
         Ok(cached(
-            request,
+            &request,
             &representation.bytes,
             &representation.etag,
             content_type,
         ))
     }
 
-    /// The documents of `catalog`'s generation, built now if they are not yet.
-    fn documents(&self, catalog: &Catalog) -> Arc<Documents> {
+    /// The documents of `catalog`'s generation, built now (off the
+    /// runtime, as catalogs are) if they are not yet.
+    async fn documents(&self, catalog: Arc<Catalog>) -> Result<Arc<Documents>, Error> {
         if let Some(documents) = self.cache.load_full() {
             if documents.generation == catalog.generation() {
-                return documents;
+                return Ok(documents);
             }
         }
-        let mut by_package = HashMap::new();
+        let options = self.options.clone();
+        let documents = tokio::task::spawn_blocking(move || Documents::new(&catalog, &options))
+            .await
+            .map_err(|err| {
+                Error::Internal(format!("building the OpenAPI document: {err}").into())
+            })?;
+        let documents = Arc::new(documents);
+        self.cache.store(Some(documents.clone()));
+        Ok(documents)
+    }
+}
+
+impl Documents {
+    fn new(catalog: &Catalog, options: &DocumentOptions) -> Self {
         let scopes = packages(catalog).into_iter().map(Some).chain([None]);
-        for package in scopes {
-            let document = document(catalog, &self.options, package.as_deref());
-            by_package.insert(package, Rendered::new(&document));
-        }
-        let documents = Arc::new(Documents {
+        let by_package = scopes
+            .map(|package| {
+                let document = document(catalog, options, package.as_deref());
+                (package, Rendered::new(&document))
+            })
+            .collect();
+        Self {
             generation: catalog.generation(),
             by_package,
-        });
-        self.cache.store(Some(documents.clone()));
-        documents
+        }
     }
 }
 
