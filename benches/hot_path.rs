@@ -14,10 +14,10 @@ use protogate::{
     pb::acme::orders::v1::{LineItem, ListOrdersResponse, Order},
     registry::{Catalog, DescriptorSet},
     router::{Lookup, RouterBuilder},
+    transcode::encode_message,
     transcode::{
         request_message, request_wire, ReplyFilter, ReplyShape, RequestParts, TranscodeOptions,
     },
-    upstream::encode_message,
 };
 
 /// Realistic templates: collection, nested resource names, custom verbs.

@@ -14,17 +14,13 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use base64::Engine as _;
-use http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use prost::Message as _;
-use prost_reflect::DynamicMessage;
+use prost_reflect::{DescriptorPool, DynamicMessage};
 use serde_json::{json, Map, Value as Json};
 use tonic::Code;
 
-use crate::{
-    pb::google::rpc,
-    policy::{AuthError, Decision},
-    registry::{Catalog, LoadError},
-};
+use crate::pb::google::rpc;
 
 const BAD_REQUEST_TYPE: &str = "type.googleapis.com/google.rpc.BadRequest";
 const REQUEST_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RequestInfo";
@@ -78,18 +74,32 @@ pub enum Error {
     Unimplemented(Box<str>),
     #[error("internal error: {0}")]
     Internal(Box<str>),
-    /// No valid token where one is needed; answered with `WWW-Authenticate`.
-    #[error("{0}")]
-    Unauthenticated(AuthError),
+    /// No valid token where one is needed; answered with `challenge` as
+    /// `WWW-Authenticate`. `reason` is a bounded label for metrics.
+    #[error("{message}")]
+    Unauthenticated {
+        message: Box<str>,
+        reason: &'static str,
+        challenge: HeaderValue,
+    },
     #[error("permission denied: {0}")]
     PermissionDenied(Box<str>),
-    /// Over a quota; answered with `Retry-After`, `RateLimit-*` and a `google.rpc.RetryInfo`.
-    #[error("rate limit exceeded: {} requests per {}s", .0.limit, crate::policy::ceil_secs(.0.window))]
-    RateLimited(Decision),
+    /// Over a quota; answered with `headers` (`Retry-After`, `RateLimit-*`)
+    /// and a `google.rpc.RetryInfo` of `retry_after`.
+    #[error("rate limit exceeded: {limit} requests per {window_secs}s")]
+    RateLimited {
+        limit: u32,
+        window_secs: u64,
+        retry_after: Duration,
+        headers: Box<HeaderMap>,
+    },
     /// A descriptor change the registry refused: 409 when it collides with
     /// another set, else 400; every problem is a field violation.
-    #[error("refused: {}", .0.problems().iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
-    Rejected(LoadError),
+    #[error("refused: {}", .problems.iter().map(|p| &*p.description).collect::<Vec<_>>().join("; "))]
+    Rejected {
+        conflict: bool,
+        problems: Box<[Violation]>,
+    },
     /// An admin resource (descriptor set, upstream) that does not exist.
     #[error("{0}")]
     NotFound(Box<str>),
@@ -99,6 +109,23 @@ pub enum Error {
     #[error("missing or invalid admin token")]
     AdminUnauthenticated,
 }
+
+/// One problem of a refused change: what it concerns (a method or a set,
+/// else empty) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub field: Box<str>,
+    pub description: Box<str>,
+}
+
+/// Removes the internal fields of a message decoded from an upstream's
+/// error details, before a client sees it (the catalog's field rules).
+pub trait Redact {
+    fn redact(&self, message: &mut DynamicMessage);
+}
+
+/// The types an upstream's `Any` details may name, and how to redact them.
+pub type DetailTypes<'a> = (&'a DescriptorPool, &'a dyn Redact);
 
 /// Whose fault a failure was, for logs and metrics (pingora's `ErrorSource`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,11 +160,11 @@ impl Error {
             Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             Self::Upstream(status) => status.code(),
             Self::Internal(_) | Self::InvalidReply(_) => Code::Internal,
-            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::Unauthenticated { .. } => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
-            Self::RateLimited(_) => Code::ResourceExhausted,
-            Self::Rejected(err) if err.is_conflict() => Code::AlreadyExists,
-            Self::Rejected(_) => Code::InvalidArgument,
+            Self::RateLimited { .. } => Code::ResourceExhausted,
+            Self::Rejected { conflict: true, .. } => Code::AlreadyExists,
+            Self::Rejected { .. } => Code::InvalidArgument,
             Self::NotFound(_) => Code::NotFound,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::AdminUnauthenticated => Code::Unauthenticated,
@@ -168,10 +195,10 @@ impl Error {
             | Self::UnsupportedMediaType(_)
             | Self::PayloadTooLarge { .. }
             | Self::MetadataTooLarge { .. }
-            | Self::Unauthenticated(_)
+            | Self::Unauthenticated { .. }
             | Self::PermissionDenied(_)
-            | Self::RateLimited(_)
-            | Self::Rejected(_)
+            | Self::RateLimited { .. }
+            | Self::Rejected { .. }
             | Self::NotFound(_)
             | Self::FailedPrecondition(_)
             | Self::AdminUnauthenticated => Fault::Client,
@@ -184,28 +211,25 @@ impl Error {
         }
     }
 
-    /// Renders the `google.rpc.Status` response. `catalog` resolves the `Any`
+    /// Renders the `google.rpc.Status` response. `types` resolves the `Any`
     /// details an upstream sent; the error itself rides in the extensions.
-    pub fn into_response(self, request_id: &str, catalog: Option<&Catalog>) -> Response {
+    pub fn into_response(self, request_id: &str, types: Option<DetailTypes<'_>>) -> Response {
         let status = self.http_status();
-        let body = self.status_json(request_id, catalog);
+        let body = self.status_json(request_id, types);
         let mut response = json_response(status, &body);
         match &self {
             Self::MethodNotAllowed { allow, .. } => {
                 response.headers_mut().insert(header::ALLOW, allow.clone());
             }
-            Self::Unauthenticated(err) => {
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    crate::policy::www_authenticate(err),
-                );
-            }
-            Self::RateLimited(decision) => {
-                let retry_after = crate::policy::ceil_secs(decision.retry_after).max(1);
+            Self::Unauthenticated { challenge, .. } => {
                 response
                     .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-                decision.write_headers(response.headers_mut());
+                    .insert(header::WWW_AUTHENTICATE, challenge.clone());
+            }
+            Self::RateLimited { headers, .. } => {
+                for (name, value) in headers.iter() {
+                    response.headers_mut().insert(name, value.clone());
+                }
             }
             Self::AdminUnauthenticated => {
                 response.headers_mut().insert(
@@ -221,7 +245,7 @@ impl Error {
 
     /// The `google.rpc.Status` JSON body alone: what [`Error::into_response`]
     /// sends, and what a stream ends with once its HTTP status is sent.
-    pub fn status_json(&self, request_id: &str, catalog: Option<&Catalog>) -> Json {
+    pub fn status_json(&self, request_id: &str, types: Option<DetailTypes<'_>>) -> Json {
         let status = self.http_status();
         let code = self.code();
         let mut details = Vec::new();
@@ -236,7 +260,7 @@ impl Error {
         } else {
             match &self {
                 Self::Upstream(upstream) => {
-                    details = upstream_details(upstream.details(), catalog);
+                    details = upstream_details(upstream.details(), types);
                     upstream.message().to_owned()
                 }
                 Self::InvalidField { field, reason } => {
@@ -246,18 +270,10 @@ impl Error {
                     }));
                     self.to_string()
                 }
-                Self::Rejected(err) => {
-                    let violations: Vec<Json> = err
-                        .problems()
+                Self::Rejected { problems, .. } => {
+                    let violations: Vec<Json> = problems
                         .iter()
-                        .map(|problem| {
-                            let field = problem
-                                .method
-                                .as_deref()
-                                .or(problem.set.as_deref())
-                                .unwrap_or_default();
-                            json!({ "field": field, "description": problem.to_string() })
-                        })
+                        .map(|p| json!({ "field": p.field, "description": p.description }))
                         .collect();
                     details.push(json!({
                         "@type": BAD_REQUEST_TYPE,
@@ -265,10 +281,10 @@ impl Error {
                     }));
                     self.to_string()
                 }
-                Self::RateLimited(decision) => {
+                Self::RateLimited { retry_after, .. } => {
                     details.push(json!({
                         "@type": RETRY_INFO_TYPE,
-                        "retryDelay": proto_json_duration(decision.retry_after),
+                        "retryDelay": proto_json_duration(*retry_after),
                     }));
                     self.to_string()
                 }
@@ -277,14 +293,6 @@ impl Error {
         };
         status_json(code, &message, details, request_id)
     }
-}
-
-/// The request id set by the id step (`x-request-id`), for error bodies.
-pub fn request_id(headers: &http::HeaderMap) -> &str {
-    headers
-        .get(crate::policy::X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
 }
 
 /// The canonical gRPC → HTTP status mapping (google.rpc.Code's documentation).
@@ -378,7 +386,7 @@ fn json_response(status: StatusCode, body: &Json) -> Response {
 /// `{"@type", "value": base64}`, and details of a type it knows that do not
 /// decode (malformed, or nested deeper than protobuf's limit) are left out:
 /// their internal fields could not be removed.
-fn upstream_details(bytes: &[u8], catalog: Option<&Catalog>) -> Vec<Json> {
+fn upstream_details(bytes: &[u8], types: Option<DetailTypes<'_>>) -> Vec<Json> {
     if bytes.is_empty() {
         return Vec::new();
     }
@@ -389,20 +397,20 @@ fn upstream_details(bytes: &[u8], catalog: Option<&Catalog>) -> Vec<Json> {
     status
         .details
         .iter()
-        .filter_map(|any| any_to_json(any, catalog))
+        .filter_map(|any| any_to_json(any, types))
         .collect()
 }
 
-fn any_to_json(any: &prost_types::Any, catalog: Option<&Catalog>) -> Option<Json> {
+fn any_to_json(any: &prost_types::Any, types: Option<DetailTypes<'_>>) -> Option<Json> {
     let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
-    let known = catalog.and_then(|catalog| {
-        let desc = catalog.pool().get_message_by_name(type_name)?;
-        Some((catalog, desc))
+    let known = types.and_then(|(pool, redact)| {
+        let desc = pool.get_message_by_name(type_name)?;
+        Some((redact, desc))
     });
     let mut object = match known {
-        Some((catalog, desc)) => {
+        Some((redact, desc)) => {
             let mut message = DynamicMessage::decode(desc, any.value.as_slice()).ok()?;
-            catalog.field_rules().redact(&mut message);
+            redact.redact(&mut message);
             match serde_json::to_value(&message).ok()? {
                 Json::Object(object) => object,
                 // Well-known types with a non-object JSON form go under "value", as in Any's JSON.

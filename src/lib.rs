@@ -22,29 +22,18 @@ pub mod http_rule;
 mod nesting;
 pub mod observe;
 pub mod openapi;
+pub mod pb;
 mod percent;
 pub mod policy;
 pub mod registry;
+pub mod request_ids;
 pub mod router;
 pub mod server;
-mod streaming;
 #[cfg(any(test, fuzzing))]
 mod testing;
 pub mod token;
 pub mod transcode;
 pub mod upstream;
-
-/// Generated protobuf types: google.api, google.rpc and the example services.
-#[allow(
-    missing_docs,
-    missing_debug_implementations,
-    unreachable_pub,
-    clippy::all,
-    clippy::pedantic
-)]
-pub mod pb {
-    include!(concat!(env!("OUT_DIR"), "/pb.rs"));
-}
 
 pub use config::Config;
 use registry::{BuildOptions, Catalog, CatalogBuilder, DescriptorSet, LoadError};

@@ -442,7 +442,9 @@ fn openapi(args: &OpenapiArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     }
-    let options = openapi::DocumentOptions::new(&config.unwrap_or_default());
+    let config = config.unwrap_or_default();
+    let options =
+        openapi::DocumentOptions::new(&config.openapi, &config.json, config.auth.is_some());
     let document = openapi::document(&catalog, &options, args.package.as_deref());
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, &document)?;

@@ -187,7 +187,7 @@ async fn admin_commands_take_the_address_anywhere_and_say_who_may_call() {
 
 /// A provider for the test tokens' issuer; `fields` adds its key source.
 fn provider(fields: &str) -> ProviderConfig {
-    serde_yaml::from_str(&format!("{{ issuer: '{}', {fields} }}", tokens::ISSUER)).unwrap()
+    serde_yaml_ng::from_str(&format!("{{ issuer: '{}', {fields} }}", tokens::ISSUER)).unwrap()
 }
 
 fn rule(method: &str, adjust: impl FnOnce(&mut PolicyRule)) -> PolicyRule {

@@ -39,10 +39,9 @@ use protogate::{
         Deep, EchoMessage, FailRequest, Headers, SleepRequest, UpdateResourceRequest,
     },
     transcode::{
-        request_message, Declined, FieldRules, JsonPlans, MaskTree, ReplyFilter, ReplyShape,
-        RequestParts, TranscodeOptions,
+        encode_message, request_message, Declined, FieldRules, JsonPlans, MaskTree, ReplyFilter,
+        ReplyShape, RequestParts, TranscodeOptions,
     },
-    upstream::encode_message,
 };
 use serde_json::{value::RawValue, Value as Json};
 use tonic::{Request, Response, Status};
@@ -671,7 +670,7 @@ fn options() -> Vec<TranscodeOptions> {
             config.json.use_proto_field_names = bits & 2 != 0;
             config.json.enums_as_numbers = bits & 4 != 0;
             config.json.ignore_unknown_fields = bits & 8 != 0;
-            TranscodeOptions::new(&config)
+            TranscodeOptions::new(&config.json, &config.query, &config.filters)
         })
         .collect()
 }
@@ -1105,7 +1104,7 @@ fn check_request(
     for ignore_unknown in [false, true] {
         let mut config = Config::default();
         config.json.ignore_unknown_fields = ignore_unknown;
-        let options = TranscodeOptions::new(&config);
+        let options = TranscodeOptions::new(&config.json, &config.query, &config.filters);
         let reference = {
             let mut deserializer = serde_json::Deserializer::from_slice(json);
             let options = DeserializeOptions::new().deny_unknown_fields(!ignore_unknown);

@@ -249,7 +249,7 @@ fn a_response_rule_that_reaches_only_some_methods_warns_naming_them() {
     });
     let options = BuildOptions {
         require_upstreams: false,
-        ..BuildOptions::from_config(&config)
+        ..BuildOptions::new(&config.descriptors, &config.filters, &config.deprecations)
     };
     let catalog = CatalogBuilder::new(options, &Upstreams::default())
         .add_sets(common::example_sets())

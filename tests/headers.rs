@@ -174,7 +174,7 @@ async fn upstream_metadata_stays_behind_by_default() {
 }
 
 fn cors(yaml: &str) -> Option<CorsConfig> {
-    Some(serde_yaml::from_str(yaml).unwrap())
+    Some(serde_yaml_ng::from_str(yaml).unwrap())
 }
 
 /// The upstream is down, so only an answer from the gateway itself can be 200.

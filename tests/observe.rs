@@ -699,7 +699,7 @@ async fn refusals_are_counted_and_the_consumer_is_logged() {
         config.access_log.enabled = true;
         config.access_log.file = Some(file);
         config.auth = Some(
-            serde_yaml::from_str(&format!(
+            serde_yaml_ng::from_str(&format!(
                 "providers: [{{ issuer: '{}', algorithms: [ES256], public_key_pem: {:?} }}]",
                 common::tokens::ISSUER,
                 pem
@@ -707,7 +707,7 @@ async fn refusals_are_counted_and_the_consumer_is_logged() {
             .unwrap(),
         );
         config.rate_limit =
-            Some(serde_yaml::from_str("per_user: { requests: 1, per: 1h }").unwrap());
+            Some(serde_yaml_ng::from_str("per_user: { requests: 1, per: 1h }").unwrap());
     })
     .await;
     let token = key.sign(&common::tokens::claims("alice", &[]));

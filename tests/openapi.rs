@@ -14,7 +14,7 @@ use common::{
     process::{free_port, protogate, readme_block, wait_for, Child, Lines, MANIFEST},
     tokens, upstream, Backend, Gateway,
 };
-use protogate::{openapi::DocumentPolicy, registry::DescriptorSet, Config};
+use protogate::{config::DocumentPolicy, registry::DescriptorSet, Config};
 use serde_json::{json, Value as Json};
 
 /// The official OpenAPI 3.1 schema (vendored: see tests/fixtures/openapi/README.md).
@@ -96,7 +96,7 @@ fn component<'d>(document: &'d Json, name: &str) -> &'d Json {
 #[tokio::test]
 async fn the_documents_of_the_test_catalogs_are_valid_openapi_3_1() {
     let gateway = Gateway::start_with(|config| {
-        config.filters.responses = serde_yaml::from_str(
+        config.filters.responses = serde_yaml_ng::from_str(
             "[{methods: acme.orders.v1.OrderService.GetOrder, omit: [items.unit_price_cents]}]",
         )
         .unwrap();
@@ -123,7 +123,7 @@ async fn the_documents_of_the_test_catalogs_are_valid_openapi_3_1() {
         .unwrap();
     assert_eq!(yaml.status(), 200);
     assert_eq!(yaml.headers()["content-type"], "application/yaml");
-    let yaml: Json = serde_yaml::from_str(&yaml.text().await.unwrap()).unwrap();
+    let yaml: Json = serde_yaml_ng::from_str(&yaml.text().await.unwrap()).unwrap();
     assert_eq!(yaml, whole);
 }
 
@@ -154,7 +154,7 @@ fn the_validity_check_catches_a_broken_document() {
 #[tokio::test]
 async fn operations_say_what_the_gateway_does_with_each_route() {
     let gateway = Gateway::start_with(|config| {
-        config.filters.responses = serde_yaml::from_str(
+        config.filters.responses = serde_yaml_ng::from_str(
             "[{methods: acme.orders.v1.OrderService.GetOrder, omit: [items.unit_price_cents]}]",
         )
         .unwrap();
@@ -529,7 +529,7 @@ async fn the_config_moves_or_turns_off_the_published_routes() {
         config.openapi.docs_path = "/api/reference".into();
         config.openapi.title = "Acme <APIs>".into();
         config.openapi.version = Some("2026.1".into());
-        config.openapi.servers = serde_yaml::from_str(
+        config.openapi.servers = serde_yaml_ng::from_str(
             "[https://api.example.com, {url: 'https://eu.example.com', description: Europe}]",
         )
         .unwrap();
@@ -592,7 +592,7 @@ async fn a_policy_can_require_a_token_for_the_document() {
     let pem = key.public_pem();
     let gateway = Gateway::start_with(|config| {
         config.auth = Some(
-            serde_yaml::from_str(&format!(
+            serde_yaml_ng::from_str(&format!(
                 "providers: [{{issuer: '{}', public_key_pem: {pem:?}}}]",
                 tokens::ISSUER
             ))
@@ -643,11 +643,11 @@ fn bad_openapi_paths_are_refused_naming_the_key() {
         ("openapi: {docs_path: /openapi.json}", "openapi.docs_path"),
         ("openapi: {servers: ['not a url']}", "openapi.servers"),
     ] {
-        let config: Config = serde_yaml::from_str(yaml).unwrap();
+        let config: Config = serde_yaml_ng::from_str(yaml).unwrap();
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains(key), "{yaml}: {err}");
     }
-    let err = serde_yaml::from_str::<Config>("openapi: {enable: true}").unwrap_err();
+    let err = serde_yaml_ng::from_str::<Config>("openapi: {enable: true}").unwrap_err();
     assert!(err.to_string().contains("enable"), "{err}");
 }
 

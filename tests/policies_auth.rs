@@ -81,7 +81,7 @@ impl JwksServer {
 }
 
 fn auth_config(yaml: &str) -> AuthConfig {
-    serde_yaml::from_str(yaml).unwrap_or_else(|err| panic!("{err}: {yaml}"))
+    serde_yaml_ng::from_str(yaml).unwrap_or_else(|err| panic!("{err}: {yaml}"))
 }
 
 /// The HMAC secret: cargo sets `CARGO_PKG_NAME` for test processes, so it
@@ -421,7 +421,7 @@ async fn config_rules_override_the_proto_option() {
     let key = EcKey::generate("k1");
     let jwks = JwksServer::start(tokens::jwks(&[&key])).await;
     let gw = gateway_with(two_providers(&jwks.url, "0s"), |config| {
-        config.policies = serde_yaml::from_str(
+        config.policies = serde_yaml_ng::from_str(
             "- { method: protogate.testing.v1.TestService.Echo, roles: [editor] }\n\
              - { method: '*.PublicHeaders', allow_anonymous: false }\n\
              - { method: 'protogate.testing.v1.*.Fail', allow_anonymous: true }\n\
@@ -480,7 +480,7 @@ async fn config_rules_override_the_proto_option() {
 #[tokio::test]
 async fn a_rule_that_matches_no_method_is_refused_at_start() {
     let config = Config {
-        policies: serde_yaml::from_str("[{ method: 'acme.nothing.*', allow_anonymous: true }]")
+        policies: serde_yaml_ng::from_str("[{ method: 'acme.nothing.*', allow_anonymous: true }]")
             .unwrap(),
         ..Config::default()
     };
@@ -553,7 +553,7 @@ async fn nested_claims_map_to_configured_headers() {
     let key = EcKey::generate("k1");
     let jwks = JwksServer::start(tokens::jwks(&[&key])).await;
     let mut auth = two_providers(&jwks.url, "0s");
-    auth.claim_headers = serde_yaml::from_str(
+    auth.claim_headers = serde_yaml_ng::from_str(
         "{ sub: x-user-id, 'realm_access.roles': x-user-roles, email: x-user-email }",
     )
     .unwrap();

@@ -16,7 +16,7 @@ use serde_json::Value as Json;
 use tonic::Code;
 
 fn limits(yaml: &str) -> Option<RateLimitConfig> {
-    Some(serde_yaml::from_str(yaml).unwrap())
+    Some(serde_yaml_ng::from_str(yaml).unwrap())
 }
 
 async fn send(request: RequestBuilder) -> (u16, HeaderMap, Json) {
@@ -38,7 +38,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
 /// HS256 tokens from the `hmac-issuer` provider, secret in `CARGO_PKG_NAME`.
 fn hmac_auth() -> Option<AuthConfig> {
     Some(
-        serde_yaml::from_str(
+        serde_yaml_ng::from_str(
             "providers: [{ issuer: hmac-issuer, hmac_secret_env: CARGO_PKG_NAME }]",
         )
         .unwrap(),
@@ -132,7 +132,7 @@ async fn users_are_counted_by_subject_and_anonymous_callers_by_ip() {
 async fn users_of_two_issuers_with_the_same_subject_have_buckets_of_their_own() {
     let gw = Gateway::start_with(|config| {
         config.auth = Some(
-            serde_yaml::from_str(
+            serde_yaml_ng::from_str(
                 "providers:\n\
                  - { issuer: hmac-issuer, hmac_secret_env: CARGO_PKG_NAME }\n\
                  - { issuer: other-issuer, hmac_secret_env: CARGO_PKG_NAME }\n",
@@ -206,7 +206,7 @@ async fn bad_tokens_spend_the_client_ip_quota_then_get_429() {
 async fn a_rule_gives_methods_a_quota_of_their_own() {
     let gw = Gateway::start_with(|config| {
         config.rate_limit = limits("per_ip: { requests: 100, per: 1h }");
-        config.policies = serde_yaml::from_str(
+        config.policies = serde_yaml_ng::from_str(
             "[{ method: '*.EchoHeaders', rate_limit: { per_ip: { requests: 1, per: 1h } } }]",
         )
         .unwrap();

@@ -34,11 +34,12 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use super::ApiSettings;
 use crate::{
     config::{self, AdminToken, UpstreamConfig},
-    error::{self, Error},
+    error::Error,
     registry::{
         check_name, ApplyError, Catalog, Change, CompileError, LoadError, ProtoSources, Registry,
         UploadFormat, UpstreamSetting, UpstreamSource, DEFAULT_UPSTREAM_TIMEOUT,
     },
+    request_ids,
 };
 
 /// Largest JSON body of an upstream change.
@@ -85,7 +86,7 @@ pub(super) fn router(registry: Arc<Registry>, settings: ApiSettings) -> Router {
 
 /// Renders handler errors with the request id in their `RequestInfo` detail.
 async fn with_request_id(request: Request, next: Next) -> Response {
-    let request_id = error::request_id(request.headers()).to_owned();
+    let request_id = request_ids::request_id(request.headers()).to_owned();
     let response = next.run(request).await;
     let Some(err) = response.extensions().get::<Arc<Error>>().cloned() else {
         return response;
@@ -435,7 +436,7 @@ async fn compile(
     let compiled = tokio::task::spawn_blocking(compile)
         .await
         .map_err(|_| ApiError(Error::Internal("the compiler stopped".into())))?;
-    compiled.map_err(|err| ApiError(Error::Rejected(LoadError::single(name, err.to_string()))))
+    compiled.map_err(|err| ApiError(LoadError::single(name, err.to_string()).into()))
 }
 
 /// The whole body, or 413 past `limit`.
@@ -550,7 +551,7 @@ impl IntoResponse for ApiError {
 impl From<ApplyError> for ApiError {
     fn from(err: ApplyError) -> Self {
         Self(match err {
-            ApplyError::Load(err) => Error::Rejected(err),
+            ApplyError::Load(err) => err.into(),
             ApplyError::InvalidName(reason) => Error::invalid_field("name", reason),
             ApplyError::EmptySet(_) => Error::invalid_field("body", err.to_string()),
             ApplyError::UnknownSet(_) | ApplyError::UnknownUpstream(_) => {

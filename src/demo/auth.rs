@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
-use ring::{
-    rand::SystemRandom,
-    signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING},
+use p256::{
+    pkcs8::{EncodePrivateKey as _, EncodePublicKey as _, LineEnding},
+    SecretKey,
 };
 use serde_json::{json, Map};
 
@@ -20,12 +20,6 @@ const ISSUER: &str = "protogate-demo";
 
 /// How long the printed tokens stay valid.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
-
-/// The DER prefix of a P-256 SubjectPublicKeyInfo; the public point follows.
-const P256_SPKI_PREFIX: [u8; 26] = [
-    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
-    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
-];
 
 /// What the demo configures and prints.
 #[derive(Debug)]
@@ -41,16 +35,17 @@ pub(super) struct DemoAuth {
 
 /// Generates the key and signs the tokens.
 pub(super) fn generate() -> Result<DemoAuth, String> {
-    let rng = SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-        .map_err(|_| "cannot generate a P-256 key".to_owned())?;
-    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-        .map_err(|_| "cannot read the generated key".to_owned())?;
-    let mut spki = P256_SPKI_PREFIX.to_vec();
-    spki.extend_from_slice(pair.public_key().as_ref());
-    let pem = pem_encode("PUBLIC KEY", &spki);
+    // p256 is the JWT stack's own (jsonwebtoken's `rust_crypto`).
+    let key = SecretKey::random(&mut rand_core::OsRng);
+    let pkcs8 = key
+        .to_pkcs8_der()
+        .map_err(|err| format!("cannot encode the demo key: {err}"))?;
+    let pem = key
+        .public_key()
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(|err| format!("cannot encode the demo key: {err}"))?;
 
-    let signing = SigningKey::es256(pkcs8.as_ref());
+    let signing = SigningKey::es256(pkcs8.as_bytes());
     let sign = |sub: &str, roles: &[&str]| {
         let claims = Claims {
             issuer: ISSUER.into(),
@@ -115,16 +110,4 @@ pub(super) fn generate() -> Result<DemoAuth, String> {
         user_token: sign("demo-user", &["customer"])?,
         admin_token: sign("demo-admin", &["customer", "admin"])?,
     })
-}
-
-fn pem_encode(label: &str, der: &[u8]) -> String {
-    use base64::Engine as _;
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut pem = format!("-----BEGIN {label}-----\n");
-    for line in body.as_bytes().chunks(64) {
-        pem.push_str(&String::from_utf8_lossy(line));
-        pem.push('\n');
-    }
-    pem.push_str(&format!("-----END {label}-----\n"));
-    pem
 }

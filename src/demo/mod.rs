@@ -8,8 +8,8 @@
 //! through one version is visible through the other.
 
 mod auth;
-mod order_streams;
 mod orders_v1;
+mod orders_v1_streaming;
 mod orders_v2;
 mod store;
 mod users;
@@ -187,7 +187,7 @@ pub async fn run(
     let (mut config, tokens) = demo_config(listen, &backend_url, &v2_url)?;
     config.admin.listen = admin_listen;
     config.admin.token = admin_token;
-    let server = crate::Server::new(&config, descriptor_sets())?;
+    let server = crate::server::Server::new(&config, descriptor_sets())?;
     let listener = bind(listen).await?;
     let addr = listener.local_addr()?;
     let admin = bind(admin_listen).await?;
@@ -272,7 +272,7 @@ pub enum DemoError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Start(#[from] crate::StartError),
+    Start(#[from] crate::server::StartError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("example services failed: {0}")]
@@ -544,7 +544,7 @@ mod tests {
         }
         let (config, tokens) =
             demo_config(SocketAddr::from(([127, 0, 0, 1], 0)), &urls[0], &urls[1]).unwrap();
-        let server = crate::Server::new(&config, descriptor_sets()).unwrap();
+        let server = crate::server::Server::new(&config, descriptor_sets()).unwrap();
         let router = server.router();
         let send = |method: &str, path: &str, token: Option<&str>| {
             let mut request = http::Request::builder().method(method).uri(path);

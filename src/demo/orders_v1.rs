@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{
     failed_precondition, invalid_argument, not_found,
-    order_streams::{self, Replies},
+    orders_v1_streaming::{self, Replies},
     require,
     store::{item_violations, Store},
     violation, PageRequest,
@@ -238,14 +238,14 @@ impl OrderService for OrdersV1 {
         request: Request<WatchOrdersRequest>,
     ) -> Result<Response<Self::WatchOrdersStream>, Status> {
         let customer_id = request.into_inner().customer_id;
-        order_streams::watch(&self.store, customer_id).map(Response::new)
+        orders_v1_streaming::watch(&self.store, customer_id).map(Response::new)
     }
 
     async fn import_orders(
         &self,
         request: Request<Streaming<CreateOrderRequest>>,
     ) -> Result<Response<ImportOrdersResponse>, Status> {
-        order_streams::import(&self.store, request.into_inner())
+        orders_v1_streaming::import(&self.store, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -256,7 +256,7 @@ impl OrderService for OrdersV1 {
         &self,
         request: Request<Streaming<GetOrderRequest>>,
     ) -> Result<Response<Self::LookupOrdersStream>, Status> {
-        Ok(Response::new(order_streams::lookup(
+        Ok(Response::new(orders_v1_streaming::lookup(
             Arc::clone(&self.store),
             request.into_inner(),
         )))
@@ -269,14 +269,14 @@ impl OrderService for OrdersV1 {
         request: Request<ExportOrdersRequest>,
     ) -> Result<Response<Self::ExportOrdersStream>, Status> {
         let customer_id = request.into_inner().customer_id;
-        order_streams::export(&self.store, &customer_id).map(Response::new)
+        orders_v1_streaming::export(&self.store, &customer_id).map(Response::new)
     }
 
     async fn import_orders_csv(
         &self,
         request: Request<ImportOrdersCsvRequest>,
     ) -> Result<Response<ImportOrdersResponse>, Status> {
-        order_streams::import_csv(&self.store, request.into_inner().csv).map(Response::new)
+        orders_v1_streaming::import_csv(&self.store, request.into_inner().csv).map(Response::new)
     }
 }
 

@@ -9,7 +9,6 @@ use base64::{engine::general_purpose::STANDARD, Engine as _};
 use bytes::Bytes;
 use http::Method;
 use jsonwebtoken::{Algorithm, EncodingKey};
-use ring::signature::{Ed25519KeyPair, KeyPair as _};
 
 use crate::{
     config::{AuthConfig, Config, InternalInput, ProviderConfig},
@@ -96,7 +95,7 @@ static AUTHENTICATOR: LazyLock<Authenticator> = LazyLock::new(|| {
 pub(super) fn build_options(config: &Config) -> BuildOptions {
     BuildOptions {
         require_upstreams: false,
-        ..BuildOptions::from_config(config)
+        ..BuildOptions::new(&config.descriptors, &config.filters, &config.deprecations)
     }
 }
 
@@ -133,7 +132,7 @@ pub(super) fn options(bits: u8) -> TranscodeOptions {
     if bits & 64 != 0 {
         config.query.ignored = vec!["access_token".into()];
     }
-    TranscodeOptions::new(&config)
+    TranscodeOptions::new(&config.json, &config.query, &config.filters)
 }
 
 pub(super) fn authenticator() -> &'static Authenticator {
@@ -152,12 +151,12 @@ pub(super) fn signing_key() -> EncodingKey {
 }
 
 fn public_key_pem() -> String {
-    let pair = Ed25519KeyPair::from_seed_unchecked(&SEED).expect("a 32-byte seed");
+    let public = ed25519_dalek::SigningKey::from_bytes(&SEED).verifying_key();
     // SubjectPublicKeyInfo of an Ed25519 key (RFC 8410).
     let mut spki = vec![
         0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
     ];
-    spki.extend_from_slice(pair.public_key().as_ref());
+    spki.extend_from_slice(public.as_bytes());
     format!(
         "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
         STANDARD.encode(spki)

@@ -12,8 +12,8 @@ use crate::{
     http_rule::BodyPlan,
     registry::RouteMatch,
     testing::meaning,
+    transcode::encode_message,
     transcode::{self, ReplyFilter, RequestParts, TranscodeOptions},
-    upstream::encode_message,
 };
 
 /// A query string bound to the request of the route `route` picks.

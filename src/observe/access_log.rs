@@ -38,9 +38,10 @@ use axum::{
 use http::{header, HeaderValue, Method, Uri};
 use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
 
-use super::{body::Observed, code_name, fault_name, trace_context, Outcome, RequestContext};
+use super::{body::Observed, code_name, fault_name, Outcome, RequestContext};
 use crate::{
     config::{AccessLogConfig, AccessLogFormat},
+    request_ids::trace_context,
     transcode::{write_json_str, write_rfc3339},
 };
 

@@ -1,4 +1,4 @@
-//! Prometheus metrics, owned by one [`Server`](crate::Server): its own
+//! Prometheus metrics, owned by one `Server`: its own
 //! recorder and exposition handle, so that gateways sharing a process (the
 //! tests run many) never mix their counts. Labels are bounded: the route
 //! template or `unmatched`, the upstream pattern, the RPC path.
@@ -15,21 +15,17 @@
 //! | `protogate_catalog_reloads_total` | counter | result (`applied`, `unchanged`, `refused`) |
 //! | `protogate_rate_limited_total` | counter | route, key_kind (`user` or `ip`) |
 //! | `protogate_auth_failures_total` | counter | reason |
-//! | `protogate_auth_refused_total` | counter | reason (of [`AuthError::reason`](crate::policy::AuthError::reason)) |
+//! | `protogate_auth_refused_total` | counter | reason (of `policy::AuthError::reason`) |
 
 use std::{
     fmt,
     hash::BuildHasher as _,
-    sync::{atomic::Ordering, Arc, OnceLock, PoisonError, RwLock},
+    sync::{Arc, OnceLock, PoisonError, RwLock},
     time::Duration,
 };
 
-use axum::{
-    body::Body,
-    extract::{Request, State},
-    response::{IntoResponse, Response},
-};
-use http::{header, HeaderValue, Method};
+use axum::{body::Body, extract::Request, response::Response};
+use http::Method;
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
     Histogram, Recorder, Unit,
@@ -39,10 +35,16 @@ use metrics_exporter_prometheus::{
 };
 
 use super::{body::Observed, code_name, Outcome, Refusal, RequestContext, RouteLabels};
-use crate::{
-    config::{ConfigError, MetricsConfig},
-    registry::Registry,
-};
+use crate::config::{ConfigError, MetricsConfig};
+
+/// The catalog's figures at a scrape: its generation, its routes, and the
+/// changes applied, unchanged and refused so far.
+#[derive(Debug, Clone, Copy)]
+pub struct CatalogFigures {
+    pub generation: u64,
+    pub routes: usize,
+    pub reloads: [(&'static str, u64); 3],
+}
 
 const REQUESTS: &str = "protogate_http_requests_total";
 const REQUEST_DURATION: &str = "protogate_http_request_duration_seconds";
@@ -142,19 +144,13 @@ impl Metrics {
         metrics::with_local_recorder(&self.inner.recorder as &dyn Recorder, f)
     }
 
-    /// The exposition text, with the catalog gauges read now.
-    pub fn render(&self, registry: &Registry) -> String {
-        let catalog = registry.load();
+    /// The exposition text, with the catalog's figures as read now.
+    pub fn render(&self, catalog: &CatalogFigures) -> String {
         self.record(|| {
-            gauge!(CATALOG_GENERATION).set(catalog.generation() as f64);
-            gauge!(ROUTES).set(catalog.routes().len() as f64);
-            let reloads = registry.reloads();
-            for (result, count) in [
-                ("applied", &reloads.applied),
-                ("unchanged", &reloads.unchanged),
-                ("refused", &reloads.refused),
-            ] {
-                counter!(RELOADS, "result" => result).absolute(count.load(Ordering::Relaxed));
+            gauge!(CATALOG_GENERATION).set(catalog.generation as f64);
+            gauge!(ROUTES).set(catalog.routes as f64);
+            for (result, count) in catalog.reloads {
+                counter!(RELOADS, "result" => result).absolute(count);
             }
         });
         self.inner.handle.render()
@@ -367,18 +363,6 @@ impl Metrics {
         }));
         Response::from_parts(parts, body)
     }
-}
-
-/// `GET /metrics`: the Prometheus text exposition.
-pub async fn scrape(State((metrics, registry)): State<(Metrics, Arc<Registry>)>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
-        )],
-        metrics.render(&registry),
-    )
-        .into_response()
 }
 
 /// How often histogram samples are drained between scrapes.

@@ -3,12 +3,10 @@
 //!
 //! * [`metrics`] -- Prometheus metrics, labelled by route template, never raw path
 //! * [`access_log`] -- one structured line per finished request
-//! * [`trace_context`] -- W3C `traceparent`/`tracestate`, kept or minted, forwarded
 
 pub mod access_log;
 mod body;
 pub mod metrics;
-pub mod trace_context;
 
 use std::{
     io::IsTerminal as _,
@@ -28,7 +26,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::{
     error::{self, Error, Fault},
-    registry::Catalog,
+    request_ids::{self, trace_context},
     router::RouteId,
 };
 
@@ -51,11 +49,17 @@ pub fn init_tracing() {
 pub struct RequestContext {
     started: Instant,
     bytes_in: AtomicU64,
-    route: OnceLock<(Arc<Catalog>, RouteId)>,
+    route: OnceLock<(Arc<dyn LabelledRoutes>, RouteId)>,
     upstream_latency: OnceLock<Duration>,
     consumer: OnceLock<Arc<str>>,
     /// Why the request's token was refused, as a bounded label.
     refused_token: OnceLock<&'static str>,
+}
+
+/// Where a matched route's labels are read (the catalog it was matched
+/// in), kept by the request until its log line and metrics are written.
+pub trait LabelledRoutes: Send + Sync + std::fmt::Debug {
+    fn labels(&self, route: RouteId) -> RouteLabels<'_>;
 }
 
 /// The bounded labels of a request: route template, upstream and RPC.
@@ -122,9 +126,9 @@ impl RequestContext {
     }
 
     /// Records the matched route (route step), also on the request span.
-    pub(crate) fn set_route(&self, catalog: &Arc<Catalog>, route: RouteId) {
-        Span::current().record("route", &*catalog.route(route).label);
-        let _ = self.route.set((catalog.clone(), route));
+    pub(crate) fn set_route(&self, routes: Arc<dyn LabelledRoutes>, route: RouteId) {
+        Span::current().record("route", routes.labels(route).route);
+        let _ = self.route.set((routes, route));
     }
 
     /// Records how long the upstream call took (gateway).
@@ -168,15 +172,7 @@ impl RequestContext {
 
     pub fn labels(&self) -> RouteLabels<'_> {
         match self.route.get() {
-            Some((catalog, id)) => {
-                let route = catalog.route(*id);
-                let method = catalog.method(route);
-                RouteLabels {
-                    route: &route.label,
-                    upstream: method.upstream.as_ref().map_or("none", |u| &u.name),
-                    rpc: method.grpc_path.as_str(),
-                }
-            }
+            Some((routes, id)) => routes.labels(*id),
             None => RouteLabels {
                 route: "unmatched",
                 upstream: "none",
@@ -197,8 +193,8 @@ impl Outcome {
                 code: err.code(),
                 fault: Some(err.fault()),
                 refusal: match err.as_ref() {
-                    Error::RateLimited(_) => Some(Refusal::RateLimited),
-                    Error::Unauthenticated(reason) => Some(Refusal::Auth(reason.reason())),
+                    Error::RateLimited { .. } => Some(Refusal::RateLimited),
+                    Error::Unauthenticated { reason, .. } => Some(Refusal::Auth(reason)),
                     Error::PermissionDenied(_) => Some(Refusal::Auth("permission_denied")),
                     _ => None,
                 },
@@ -232,11 +228,7 @@ pub fn request_span(request: &http::Request<Body>) -> Span {
         "request",
         method = %request.method(),
         path = request.uri().path(),
-        request_id = request
-            .headers()
-            .get(crate::policy::X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default(),
+        request_id = request_ids::request_id(request.headers()),
         trace_id = %trace_context::trace_id(request),
         route = tracing::field::Empty,
     )

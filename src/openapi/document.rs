@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, HashMap};
 
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
-use serde::Deserialize;
 use serde_json::{json, Map, Value as Json};
 
 use super::{
@@ -13,6 +12,7 @@ use super::{
     schema::{is_deprecated, reference, JsonNames, Schemas},
 };
 use crate::{
+    config::ServerConfig,
     http_rule::{template::Segment, BodyPlan},
     nesting::MAX_DEPTH,
     registry::{CallKind, Catalog, MethodPlan, Route},
@@ -37,26 +37,6 @@ pub struct DocumentOptions {
     pub names: JsonNames,
     /// Whether `auth` is configured: the bearer scheme, 401 and 403.
     pub auth: bool,
-}
-
-/// One entry of `openapi.servers`: a URL, or a URL with a description.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(untagged)]
-pub enum ServerConfig {
-    Url(String),
-    Described {
-        url: String,
-        #[serde(default)]
-        description: Option<String>,
-    },
-}
-
-impl ServerConfig {
-    pub fn url(&self) -> &str {
-        match self {
-            Self::Url(url) | Self::Described { url, .. } => url,
-        }
-    }
 }
 
 /// The packages a document can be limited to: those of the served routes.

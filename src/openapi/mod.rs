@@ -19,141 +19,38 @@ use arc_swap::ArcSwapOption;
 use axum::{body::Body, extract::Request, response::Response};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
-use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use self::page::Page;
 pub use self::{
     comments::set_has_comments,
-    document::{document, packages, DocumentOptions, ServerConfig},
+    document::{document, packages, DocumentOptions},
     schema::JsonNames,
 };
 use crate::{
-    error::{self, Error},
+    config::{JsonConfig, OpenApiConfig},
+    error::Error,
     percent,
     policy::{self, Authenticator, RoutePolicy},
     registry::{Catalog, Registry},
-    Config,
+    request_ids,
 };
-
-/// The `openapi` config.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OpenApiConfig {
-    /// Serve the document and the docs page. Default `true`.
-    pub enabled: bool,
-    /// Where the JSON document is served; it must end in `.json`, and the
-    /// YAML one is served beside it (`.yaml`). Default `/openapi.json`.
-    pub path: String,
-    /// The reference page; its assets are served below it. Default `/docs`.
-    pub docs_path: String,
-    /// `info.title`. Default `protogate`.
-    pub title: String,
-    /// `info.version`. Default: the catalog generation.
-    pub version: Option<String>,
-    /// `servers`: URLs, or `{url, description}`. Default: none (clients
-    /// call the origin that served the document).
-    pub servers: Vec<ServerConfig>,
-    /// Who may read the document: when set, a valid token (needs `auth`)
-    /// with these roles and scopes. Default: none, the document is public.
-    pub policy: Option<DocumentPolicy>,
-}
-
-/// `openapi.policy`: a token is required, and with it one of `roles` (if
-/// any) and every one of `scopes`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DocumentPolicy {
-    pub roles: Vec<String>,
-    pub scopes: Vec<String>,
-}
-
-impl Default for OpenApiConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            path: "/openapi.json".to_owned(),
-            docs_path: "/docs".to_owned(),
-            title: "protogate".to_owned(),
-            version: None,
-            servers: Vec::new(),
-            policy: None,
-        }
-    }
-}
-
-impl OpenApiConfig {
-    /// The key at fault and why: paths go into the page's HTML and script,
-    /// so they are held to plain URL characters.
-    pub fn validate(&self, auth: bool) -> Result<(), (&'static str, String)> {
-        if self.policy.is_some() && !auth {
-            return Err((
-                "openapi.policy",
-                "requires a token, but `auth` is not configured".to_owned(),
-            ));
-        }
-        let plain = |path: &str| {
-            path.starts_with('/')
-                && path.len() > 1
-                && !path.ends_with('/')
-                && path
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b))
-        };
-        if !plain(&self.path) || !self.path.ends_with(".json") {
-            return Err((
-                "openapi.path",
-                format!(
-                    "`{}` is not an absolute path ending in `.json` (letters, digits, `/-_.~`)",
-                    self.path
-                ),
-            ));
-        }
-        if !plain(&self.docs_path) {
-            return Err((
-                "openapi.docs_path",
-                format!(
-                    "`{}` is not an absolute path (letters, digits, `/-_.~`, no final `/`)",
-                    self.docs_path
-                ),
-            ));
-        }
-        if self.docs_path == self.path || self.docs_path == yaml_path(&self.path) {
-            return Err(("openapi.docs_path", "is the document's own path".to_owned()));
-        }
-        for server in &self.servers {
-            if server.url().parse::<http::Uri>().is_err() {
-                return Err((
-                    "openapi.servers",
-                    format!("`{}` is not a URL", server.url()),
-                ));
-            }
-        }
-        Ok(())
-    }
-}
 
 impl DocumentOptions {
     /// What the document says beyond the catalog: the `openapi` keys, the
-    /// JSON names and whether `auth` is on.
-    pub fn new(config: &Config) -> Self {
-        let openapi = &config.openapi;
+    /// JSON names, and whether `auth` is on.
+    pub fn new(openapi: &OpenApiConfig, json: &JsonConfig, auth: bool) -> Self {
         Self {
             title: openapi.title.clone(),
             version: openapi.version.clone(),
             servers: openapi.servers.clone(),
             names: JsonNames {
-                proto_names: config.json.use_proto_field_names,
-                enums_as_numbers: config.json.enums_as_numbers,
+                proto_names: json.use_proto_field_names,
+                enums_as_numbers: json.enums_as_numbers,
             },
-            auth: config.auth.is_some(),
+            auth,
         }
     }
-}
-
-/// `/openapi.json` → `/openapi.yaml`.
-fn yaml_path(json: &str) -> String {
-    format!("{}.yaml", json.strip_suffix(".json").unwrap_or(json))
 }
 
 /// The routes of the published API and what they serve.
@@ -209,7 +106,7 @@ impl Published {
         });
         openapi.enabled.then(|| Self {
             json_path: openapi.path.as_str().into(),
-            yaml_path: yaml_path(&openapi.path).into(),
+            yaml_path: openapi.yaml_path().into(),
             page: Page::new(openapi),
             guard,
             options,
@@ -234,7 +131,7 @@ impl Published {
         } else {
             return self.page.respond(&request);
         };
-        let request_id = error::request_id(request.headers()).to_owned();
+        let request_id = request_ids::request_id(request.headers()).to_owned();
         if let Err(err) = readable(request.method()) {
             return err.into_response(&request_id, None);
         }
@@ -322,7 +219,7 @@ impl Rendered {
     fn new(document: &serde_json::Value) -> Self {
         // Serializing a `Value` cannot fail: its keys are strings.
         let json = serde_json::to_vec_pretty(document).unwrap_or_default();
-        let yaml = serde_yaml::to_string(document).unwrap_or_default();
+        let yaml = serde_yaml_ng::to_string(document).unwrap_or_default();
         Self {
             json: Representation::new(json.into()),
             yaml: Representation::new(yaml.into()),

@@ -8,8 +8,12 @@ use axum::{extract::Request, response::Response};
 use bytes::Bytes;
 use http::{header, HeaderValue};
 
-use super::{cached, etag, readable, OpenApiConfig, ServerConfig};
-use crate::error::{self, Error};
+use super::{cached, etag, readable};
+use crate::{
+    config::{OpenApiConfig, ServerConfig},
+    error::Error,
+    request_ids,
+};
 
 const BUNDLE: &[u8] = include_bytes!("../../assets/swagger-ui/swagger-ui-bundle.js");
 const STYLES: &[u8] = include_bytes!("../../assets/swagger-ui/swagger-ui.css");
@@ -79,7 +83,7 @@ impl Page {
 
     /// The page or one of its assets; a 404 for another path.
     pub(super) fn respond(&self, request: &Request) -> Response {
-        let request_id = error::request_id(request.headers());
+        let request_id = request_ids::request_id(request.headers());
         let path = request.uri().path();
         let Some(asset) = self.files.iter().find(|asset| &*asset.path == path) else {
             let err = Error::RouteNotFound {

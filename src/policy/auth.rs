@@ -1,4 +1,4 @@
-//! JWT authentication and coarse authorization (step 11).
+//! JWT authentication and coarse authorization (step 10).
 //!
 //! `Authorization: Bearer <jwt>` → the provider named by the token's `iss` →
 //! its key (by `kid`) → signature, `exp`, `nbf`, `iss`, `aud` and required
@@ -18,11 +18,14 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use serde_json::{Map, Value as Json};
 
 use super::{
-    config::{AuthConfig, ProviderConfig},
     jwks::{JwksCache, KeySet, Keys},
     RoutePolicy, SetupError,
 };
-use crate::{error::Error, observe::RequestContext};
+use crate::{
+    config::{AuthConfig, ProviderConfig},
+    error::Error,
+    observe::RequestContext,
+};
 
 /// The claims JWT libraries call registered; jsonwebtoken checks their presence itself.
 const SPEC_CLAIMS: [&str; 5] = ["exp", "nbf", "aud", "iss", "sub"];
@@ -123,7 +126,7 @@ impl AuthError {
     }
 }
 
-/// Step 11: who calls, and may they call what `policy` guards (the matched
+/// Step 10: who calls, and may they call what `policy` guards (the matched
 /// method, or the published API)? A verified caller's [`Identity`] goes into
 /// the request (and its subject into the request context) for the steps after.
 pub async fn authenticate(
@@ -137,7 +140,7 @@ pub async fn authenticate(
             if let Some(context) = RequestContext::of(request) {
                 context.set_refused_token(refused.reason());
             }
-            return Err(Error::Unauthenticated(refused));
+            return Err(refused.into());
         }
     };
     authorize(policy, identity.as_ref())?;
@@ -156,7 +159,7 @@ fn authorize(policy: &RoutePolicy, identity: Option<&Identity>) -> Result<(), Er
         return if policy.allow_anonymous {
             Ok(())
         } else {
-            Err(Error::Unauthenticated(AuthError::Missing))
+            Err(AuthError::Missing.into())
         };
     };
     if !policy.roles.is_empty() && !policy.roles.iter().any(|r| identity.roles.contains(r)) {
@@ -544,8 +547,19 @@ fn header_value(value: &Json) -> Option<HeaderValue> {
     HeaderValue::from_str(&utf8_percent_encode(&text, CLAIM_VALUE_ESCAPES).to_string()).ok()
 }
 
+/// A refused token is a 401 that names the refusal in `WWW-Authenticate`.
+impl From<AuthError> for Error {
+    fn from(refused: AuthError) -> Self {
+        Self::Unauthenticated {
+            challenge: www_authenticate(&refused),
+            reason: refused.reason(),
+            message: refused.to_string().into(),
+        }
+    }
+}
+
 /// `WWW-Authenticate` for a 401 (RFC 6750 §3): no error code when no token was sent.
-pub(crate) fn www_authenticate(err: &AuthError) -> HeaderValue {
+fn www_authenticate(err: &AuthError) -> HeaderValue {
     if *err == AuthError::Missing {
         return HeaderValue::from_static(r#"Bearer realm="protogate""#);
     }

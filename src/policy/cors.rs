@@ -6,7 +6,7 @@
 use http::{HeaderName, HeaderValue, Method};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use super::config::CorsConfig;
+use crate::config::CorsConfig;
 
 /// The layer for `config` (validated by `Config::validate`; invalid entries are skipped).
 pub fn layer(config: &CorsConfig) -> CorsLayer {

@@ -6,7 +6,7 @@
 //! identity cannot be spoofed, and notes when the request arrived.
 //!
 //! [`HeaderPolicy::upstream_metadata`] and [`HeaderPolicy::return_upstream_headers`]
-//! (step 13, matched routes): computes the upstream
+//! (step 12, matched routes): computes the upstream
 //! metadata once -- ids, request start, `traceparent`/`tracestate`, static
 //! headers, allow-listed client headers, the verified identity's claims --
 //! refusing it (431) over `limits.max_forwarded_metadata_bytes`, and on the
@@ -23,17 +23,15 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::metadata::MetadataMap;
 
-use super::{
-    config::{AuthConfig, HeadersConfig, DEFAULT_CLAIM_HEADERS},
-    Identity,
-};
+use super::Identity;
 use crate::{
+    config::{AuthConfig, HeadersConfig, DEFAULT_CLAIM_HEADERS},
     error::Error,
-    observe::trace_context::{TRACEPARENT, TRACESTATE},
+    request_ids::{
+        trace_context::{TRACEPARENT, TRACESTATE},
+        X_CORRELATION_ID, X_REQUEST_ID,
+    },
 };
-
-pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub(crate) const X_CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
 
 /// Sent by the gateway itself; a client's copies are replaced, never forwarded.
 const IDS: [HeaderName; 2] = [X_REQUEST_ID, X_CORRELATION_ID];
@@ -130,7 +128,7 @@ fn never_crosses(name: &HeaderName) -> bool {
 // === impl HeaderPolicy ===
 
 impl HeaderPolicy {
-    /// Step 13, on the way out: the allow-listed upstream response metadata,
+    /// Step 12, on the way out: the allow-listed upstream response metadata,
     /// as HTTP headers.
     pub fn return_upstream_headers(&self, response: &mut Response) {
         if let Some(UpstreamHeaders(upstream)) =
@@ -184,7 +182,7 @@ impl HeaderPolicy {
         }
     }
 
-    /// Step 13, on the way in: the upstream metadata, decided once and
+    /// Step 12, on the way in: the upstream metadata, decided once and
     /// handed to the gateway step; refused when over the limit, so that an
     /// upstream never refuses (and words) a header list the gateway made.
     pub fn upstream_metadata(&self, request: &Request) -> Result<MetadataMap, Error> {
@@ -299,7 +297,7 @@ mod tests {
     use super::*;
 
     fn policy(yaml: &str) -> HeaderPolicy {
-        let config: HeadersConfig = serde_yaml::from_str(yaml).unwrap();
+        let config: HeadersConfig = serde_yaml_ng::from_str(yaml).unwrap();
         HeaderPolicy::new(&config, None, 8 << 10)
     }
 

@@ -1,7 +1,7 @@
 //! Edge policies: what every service would otherwise re-implement, enforced
 //! once before a request reaches a backend. Each is a step of the data plane
-//! (src/server/filters.rs), after the route step, so it reads the matched
-//! [`RouteMatch`](crate::registry::RouteMatch) instead of matching again:
+//! after the route step, and reads the matched method's [`RoutePolicy`]
+//! instead of matching again:
 //! * [`sanitize`] -- ids well-formed, spoofable identity headers removed, request start noted (every request);
 //! * [`authenticate`] -- JWT → [`Identity`]; the method's [`RoutePolicy`] → 401/403;
 //! * [`rate_limit`] -- per consumer or client IP → 429 with `Retry-After`/`RateLimit-*`;
@@ -16,7 +16,6 @@
 
 mod auth;
 mod client_ip;
-pub mod config;
 pub mod cors;
 mod headers;
 mod jwks;
@@ -28,12 +27,6 @@ use globset::{Glob, GlobMatcher};
 use prost_reflect::MethodDescriptor;
 use tower_http::cors::CorsLayer;
 
-use self::config::QuotaConfig;
-pub(crate) use self::{
-    auth::www_authenticate,
-    headers::{X_CORRELATION_ID, X_REQUEST_ID},
-    rate_limit::ceil_secs,
-};
 pub use self::{
     auth::{authenticate, AuthError, Authenticator, Identity},
     client_ip::ClientIp,
@@ -43,7 +36,12 @@ pub use self::{
         LocalLimiter, RateLimiting, RateLimits,
     },
 };
-use crate::{pb::protogate::v1::Policy as PolicyOption, Config};
+use ipnet::IpNet;
+
+use crate::config::{
+    AuthConfig, CorsConfig, HeadersConfig, PolicyRule, QuotaConfig, RateLimitConfig,
+};
+use crate::pb::protogate::v1::Policy as PolicyOption;
 
 /// The policy of one gRPC method, resolved at catalog build.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -89,6 +87,20 @@ pub struct Policies {
     pub cors: Option<CorsLayer>,
 }
 
+/// The settings the policies are built from: the config's `auth`,
+/// `policies`, `rate_limit`, `trusted_proxies`, `headers` and `cors`, and
+/// `limits.max_forwarded_metadata_bytes`.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicySettings<'a> {
+    pub auth: Option<&'a AuthConfig>,
+    pub rules: &'a [PolicyRule],
+    pub rate_limit: Option<&'a RateLimitConfig>,
+    pub trusted_proxies: &'a [IpNet],
+    pub headers: &'a HeadersConfig,
+    pub max_forwarded_metadata_bytes: usize,
+    pub cors: Option<&'a CorsConfig>,
+}
+
 /// A policy setting that cannot be put to work (a key that cannot be read, a
 /// quota out of range), naming the config key.
 #[derive(Debug, thiserror::Error)]
@@ -103,22 +115,21 @@ pub struct SetupError {
 impl Policies {
     /// Reads keys, compiles names and globs, and starts the JWKS refreshers.
     /// Must run inside a tokio runtime.
-    pub fn new(config: &Config) -> Result<Self, SetupError> {
-        let rules = PolicyRules::new(config);
+    pub fn new(config: PolicySettings<'_>) -> Result<Self, SetupError> {
+        let rules = PolicyRules::new(config.rules, config.rate_limit);
         let auth = config
             .auth
-            .as_ref()
             .map(Authenticator::new)
             .transpose()?
             .map(Arc::new);
         let rate_limit = if rules.buckets.is_empty() {
             None
         } else {
-            let max_keys = config.rate_limit.as_ref().map_or(100_000, |r| r.max_keys);
+            let max_keys = config.rate_limit.map_or(100_000, |r| r.max_keys);
             let limiter = LocalLimiter::new(&rules.buckets, max_keys)?;
             Some(Arc::new(RateLimiting {
                 limiter,
-                client_ip: ClientIp::new(config.trusted_proxies.clone()),
+                client_ip: ClientIp::new(config.trusted_proxies.to_vec()),
             }))
         };
         Ok(Self {
@@ -126,11 +137,11 @@ impl Policies {
             auth,
             rate_limit,
             headers: Arc::new(HeaderPolicy::new(
-                &config.headers,
-                config.auth.as_ref(),
-                config.limits.max_forwarded_metadata_bytes,
+                config.headers,
+                config.auth,
+                config.max_forwarded_metadata_bytes,
             )),
-            cors: config.cors.as_ref().map(cors::layer),
+            cors: config.cors.map(cors::layer),
         })
     }
 }
@@ -138,8 +149,9 @@ impl Policies {
 // === impl PolicyRules ===
 
 impl PolicyRules {
-    /// Compiles the rules (validated by `Config::validate`) and numbers the buckets.
-    pub fn new(config: &Config) -> Self {
+    /// Compiles the rules (validated by `Config::validate`) and numbers the
+    /// buckets: the `rate_limit` defaults first.
+    pub fn new(rules: &[PolicyRule], rate_limit: Option<&RateLimitConfig>) -> Self {
         let mut buckets = Vec::new();
         let mut bucket = |quota: Option<QuotaConfig>| {
             quota.map(|quota| {
@@ -147,17 +159,14 @@ impl PolicyRules {
                 BucketId(buckets.len() - 1)
             })
         };
-        let defaults = config
-            .rate_limit
-            .as_ref()
+        let defaults = rate_limit
             .map(|limits| RateLimits {
                 per_user: bucket(limits.per_user),
                 per_ip: bucket(limits.per_ip),
             })
             .unwrap_or_default();
         let boxed = |names: &Vec<String>| names.iter().map(|n| n.as_str().into()).collect();
-        let rules = config
-            .policies
+        let rules = rules
             .iter()
             .filter_map(|rule| {
                 let matcher = Glob::new(&rule.method).ok()?.compile_matcher();
@@ -284,7 +293,8 @@ mod tests {
     }
 
     fn rules(yaml: &str) -> PolicyRules {
-        PolicyRules::new(&Config::from_yaml(yaml).unwrap())
+        let config = crate::config::Config::from_yaml(yaml).unwrap();
+        PolicyRules::new(&config.policies, config.rate_limit.as_ref())
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Rate limiting (step 12): authenticated calls are counted per consumer (the
+//! Rate limiting (step 11): authenticated calls are counted per consumer (the
 //! token's issuer and subject), anonymous ones and failed authentications per
 //! client IP, each in the bucket the method's policy names. Over the limit →
 //! 429 with `Retry-After`, `RateLimit-*` and a `google.rpc.RetryInfo`;
@@ -32,8 +32,9 @@ use governor::{
 };
 use http::{HeaderMap, HeaderValue};
 
-use super::{client_ip::ClientIp, config::QuotaConfig, Identity, SetupError};
-use crate::{error::Error, registry::RouteMatch};
+use super::RoutePolicy;
+use super::{client_ip::ClientIp, Identity, SetupError};
+use crate::{config::QuotaConfig, error::Error};
 
 /// How often full buckets are forgotten.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -81,23 +82,23 @@ pub trait Limiter: Send + Sync + 'static {
     fn check(&self, bucket: BucketId, key: &ClientKey) -> impl Future<Output = Decision> + Send;
 }
 
-/// What step 12 needs: the limiter and how to find the client's IP.
+/// What step 11 needs: the limiter and how to find the client's IP.
 #[derive(Debug)]
 pub struct RateLimiting<L> {
     pub limiter: L,
     pub client_ip: ClientIp,
 }
 
-/// Step 12: counts the call against the matched method's bucket for its
+/// Step 11: counts the call against the matched method's bucket for its
 /// consumer (the verified subject, else the client IP); over the limit is
 /// 429. The decision's `RateLimit-*` headers go on the response.
 pub fn rate_limit<'a, L: Limiter>(
     limits: &'a RateLimiting<L>,
-    matched: &RouteMatch,
+    policy: &RoutePolicy,
     request: &Request,
 ) -> impl Future<Output = Result<Option<Decision>, Error>> + Send + 'a {
     // The key is read now: the future must not hold the request.
-    let policy = matched.catalog.method(matched.route()).policy.rate_limit;
+    let policy = policy.rate_limit;
     let counted = match request.extensions().get::<Arc<Identity>>() {
         Some(identity) => policy.per_user.map(|bucket| {
             let key = ClientKey::User {
@@ -116,7 +117,7 @@ pub fn rate_limit<'a, L: Limiter>(
         if decision.allowed {
             Ok(Some(decision))
         } else {
-            Err(Error::RateLimited(decision))
+            Err(decision.refusal())
         }
     }
 }
@@ -126,12 +127,12 @@ pub fn rate_limit<'a, L: Limiter>(
 /// of bad tokens is throttled like anonymous traffic. Other errors pass.
 pub fn count_failed_authentication<'a, L: Limiter>(
     limits: &'a RateLimiting<L>,
-    matched: &RouteMatch,
+    policy: &RoutePolicy,
     request: &Request,
     refused: Error,
 ) -> impl Future<Output = Error> + Send + 'a {
-    let policy = matched.catalog.method(matched.route()).policy.rate_limit;
-    let counted = matches!(refused, Error::Unauthenticated(_))
+    let policy = policy.rate_limit;
+    let counted = matches!(refused, Error::Unauthenticated { .. })
         .then(|| anonymous(limits, policy, request))
         .flatten();
     async move {
@@ -142,7 +143,7 @@ pub fn count_failed_authentication<'a, L: Limiter>(
         if decision.allowed {
             refused
         } else {
-            Error::RateLimited(decision)
+            decision.refusal()
         }
     }
 }
@@ -163,6 +164,21 @@ fn anonymous<L>(
 // === impl Decision ===
 
 impl Decision {
+    /// The 429 for a refused call: `Retry-After` (whole seconds, at least
+    /// one) and the `RateLimit-*` headers ride in the error.
+    fn refusal(&self) -> Error {
+        let mut headers = HeaderMap::new();
+        let retry_after = ceil_secs(self.retry_after).max(1);
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
+        self.write_headers(&mut headers);
+        Error::RateLimited {
+            limit: self.limit,
+            window_secs: ceil_secs(self.window),
+            retry_after: self.retry_after,
+            headers: Box::new(headers),
+        }
+    }
+
     /// `RateLimit-Limit`, `-Remaining`, `-Reset` (seconds, rounded up) and
     /// `RateLimit-Policy` (IETF httpapi-ratelimit-headers).
     pub fn write_headers(&self, headers: &mut HeaderMap) {
@@ -178,7 +194,7 @@ impl Decision {
     }
 }
 
-pub(crate) fn ceil_secs(duration: Duration) -> u64 {
+fn ceil_secs(duration: Duration) -> u64 {
     duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
 }
 

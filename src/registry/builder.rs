@@ -2,7 +2,12 @@
 //! that lists every problem found (not just the first), each naming the set,
 //! the method and the route at fault.
 
-use std::{collections::BTreeMap, fmt, path::Path, sync::LazyLock};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    path::Path,
+    sync::{Arc, LazyLock},
+};
 
 use bytes::Bytes;
 use globset::{Glob, GlobMatcher};
@@ -16,14 +21,15 @@ use super::{
     definitions::Definitions,
 };
 use crate::{
-    config::Config,
+    config::{DeprecationConfig, DescriptorsConfig, FiltersConfig},
     deprecation::DeprecationRules,
+    error::{Error, Violation},
     http_rule::{self, ResolvedBinding},
     nesting,
-    policy::PolicyRules,
+    policy::{PolicyRules, RoutePolicy},
     router::{RouteId, RouterBuilder},
     transcode::{FieldRules, JsonPlans, MaskTree},
-    upstream::Upstreams,
+    upstream::{Upstream, Upstreams},
 };
 
 /// google.api, google.rpc and the well-known types: known to every catalog,
@@ -66,12 +72,15 @@ pub struct OmitRule {
 
 impl BuildOptions {
     /// The options a serving gateway builds with.
-    pub fn from_config(config: &Config) -> Self {
+    pub fn new(
+        descriptors: &DescriptorsConfig,
+        filters: &FiltersConfig,
+        deprecations: &[DeprecationConfig],
+    ) -> Self {
         Self {
-            expose_unannotated: config.descriptors.expose_unannotated,
+            expose_unannotated: descriptors.expose_unannotated,
             require_upstreams: true,
-            omit: config
-                .filters
+            omit: filters
                 .responses
                 .iter()
                 .filter_map(|filter| {
@@ -82,11 +91,33 @@ impl BuildOptions {
                     })
                 })
                 .collect(),
-            internal_fields: config.filters.fields.clone(),
-            deprecations: DeprecationRules::new(&config.deprecations),
+            internal_fields: filters.fields.clone(),
+            deprecations: DeprecationRules::new(deprecations),
         }
     }
 
+    /// The configured paths to omit from the method's replies: those that
+    /// exist in its output type.
+    fn omit_tree(&self, method: &MethodDescriptor, usage: &mut OmitUsage) -> Option<MaskTree> {
+        let output = method.output();
+        let mut paths = Vec::new();
+        for (rule, index, path) in self.omitted_paths(method) {
+            let resolves = MaskTree::parse(&output, [path], |_, _| false).is_ok();
+            let entry = usage.seen.entry((rule, index)).or_default();
+            let name = method.full_name().to_owned();
+            if resolves {
+                entry.applies.push(name);
+                paths.push(path);
+            } else {
+                entry.misses.push((name, output.full_name().to_owned()));
+            }
+        }
+        MaskTree::parse(&output, paths, |_, _| false)
+            .ok()
+            .filter(|tree| !tree.is_empty())
+    }
+
+    /// A problem for every omit path that no selected method's reply has.
     /// The omitted paths configured for `method` as (rule, path index, path):
     /// a rule's glob may name the method, its service or its package.
     fn omitted_paths<'s>(
@@ -235,98 +266,30 @@ impl<'a> CatalogBuilder<'a> {
         self
     }
 
-    /// Validates everything and freezes the result.
+    /// Validates everything and freezes the result: the sets decoded into
+    /// one pool, then each service's methods planned and routed, then what
+    /// the config names and nothing used.
     pub fn build(self, generation: u64) -> Result<Catalog, LoadError> {
         let (definitions, mut problems) = check_definitions(&self.sets, &self.checked_last);
-        let mut pool = BASE_POOL.clone();
-        let mut loaded = Vec::with_capacity(self.sets.len());
-        let mut services = Vec::new();
-        let refused: Vec<String> = problems.iter().filter_map(|p| p.set.clone()).collect();
-        for set in self.sets.iter().filter(|set| !refused.contains(&set.name)) {
-            let problem = |reason: String| LoadProblem {
-                set: Some(set.name.clone()),
-                method: None,
-                reason,
-                conflicts_with_set: None,
-            };
-            let files = match prost_types::FileDescriptorSet::decode(set.bytes.as_ref()) {
-                Ok(files) => files,
-                Err(err) => {
-                    problems.push(problem(undecodable(&err)));
-                    continue;
-                }
-            };
-            // prost-reflect panics on a syntax it does not know (0.16.5):
-            // refuse one before it decodes the set.
-            if let Some(file) = files
-                .file
-                .iter()
-                .find(|f| !matches!(f.syntax(), "" | "proto2" | "proto3"))
-            {
-                problems.push(problem(format!(
-                    "{}: unknown syntax `{}`",
-                    file.name(),
-                    file.syntax()
-                )));
-                continue;
-            }
-            // A file shared by several sets is listed under the first to serve it.
-            let own_files: Vec<&str> = files
-                .file
-                .iter()
-                .map(|f| f.name())
-                .filter(|name| definitions.owner(name) == Some(set.name.as_str()))
-                .collect();
-            // Decode again through prost-reflect: prost_types drops the unknown
-            // fields that hold custom options such as google.api.http.
-            if let Err(err) = pool.decode_file_descriptor_set(set.bytes.as_ref()) {
-                problems.push(problem(format!("invalid descriptors: {err}")));
-                continue;
-            }
-            // Names only: descriptors taken now would pin this intermediate
-            // pool, and compare unequal to those of the final one.
-            let set_services: Vec<String> = own_files
-                .iter()
-                .filter_map(|name| pool.get_file_by_name(name))
-                .flat_map(|file| {
-                    file.services()
-                        .map(|s| s.full_name().to_owned())
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            services.extend(
-                set_services
-                    .iter()
-                    .map(|service| (set.name.clone(), service.clone())),
-            );
-            loaded.push(LoadedSet {
-                name: set.name.clone(),
-                digest: hex::encode(Sha256::digest(&set.bytes)),
-                size: set.bytes.len(),
-                services: set_services,
-                bytes: set.bytes.clone(),
-                loaded_at: std::time::SystemTime::now(),
-                upstream: None,
-                managed: false,
-            });
-        }
-        let services: Vec<(String, ServiceDescriptor)> = services
-            .into_iter()
-            .filter_map(|(set, name)| Some((set, pool.get_service_by_name(&name)?)))
-            .collect();
+        let DecodedSets {
+            pool,
+            loaded,
+            services,
+        } = self.decode_sets(&definitions, &mut problems);
 
         let internal_fields = self.internal_fields(&pool, &mut problems);
         let field_rules = FieldRules::new(&pool, &internal_fields);
         let json_plans = JsonPlans::new(&pool, &field_rules);
-        let mut omit_usage = OmitUsage::default();
-        let mut methods = Vec::new();
-        let mut routes: Vec<Route> = Vec::new();
-        // The set each route came from, to tell a clash between sets.
-        let mut route_sets: Vec<String> = Vec::new();
-        let mut router = RouterBuilder::default();
         let no_rules = PolicyRules::default();
-        let rules = self.policies.unwrap_or(&no_rules);
-        let mut rules_used = vec![false; rules.len()];
+        let mut planner = MethodPlanner {
+            options: &self.options,
+            field_rules: &field_rules,
+            json_plans: &json_plans,
+            policies: PolicyUse::new(self.policies.unwrap_or(&no_rules)),
+            omit_usage: OmitUsage::default(),
+            methods: Vec::new(),
+            routes: RouteTable::default(),
+        };
         for (set, service) in &services {
             let upstream = self.upstreams.resolve(service.full_name());
             if upstream.is_none() && self.options.require_upstreams {
@@ -338,98 +301,32 @@ impl<'a> CatalogBuilder<'a> {
                 });
             }
             for method in service.methods() {
-                let problem = |reason: String| LoadProblem {
-                    set: Some(set.clone()),
-                    method: Some(method.full_name().to_owned()),
-                    reason,
-                    conflicts_with_set: None,
-                };
                 let bindings = match self.method_bindings(&method) {
                     Ok(bindings) => bindings,
                     Err(reasons) => {
-                        problems.extend(reasons.into_iter().map(problem));
+                        let method = Some(method.full_name().to_owned());
+                        problems.extend(reasons.into_iter().map(|reason| LoadProblem {
+                            set: Some(set.clone()),
+                            method: method.clone(),
+                            reason,
+                            conflicts_with_set: None,
+                        }));
                         continue;
                     }
                 };
-                if bindings.is_empty() {
-                    continue;
+                if !bindings.is_empty() {
+                    planner.add(set, method, bindings, upstream.as_ref(), &mut problems);
                 }
-                let grpc_path = format!("/{}/{}", service.full_name(), method.name());
-                let Ok(grpc_path) = PathAndQuery::try_from(grpc_path) else {
-                    problems.push(problem(
-                        "the method name does not form a valid gRPC path".into(),
-                    ));
-                    continue;
-                };
-                let policy = match rules.resolve(&method, &mut rules_used) {
-                    Ok(policy) => policy,
-                    Err(reason) => {
-                        problems.push(problem(reason));
-                        continue;
-                    }
-                };
-                let method_index = methods.len();
-                for ResolvedBinding {
-                    binding,
-                    template,
-                    plan,
-                } in bindings
-                {
-                    let label: Box<str> = format!("{} {}", binding.method, binding.path).into();
-                    let id = RouteId::try_from(routes.len()).unwrap_or(RouteId::MAX);
-                    if let Err(existing) = router.insert(binding.method.clone(), &template, id) {
-                        let other = &routes[existing as usize];
-                        let other_set = &route_sets[existing as usize];
-                        let other_set = (other_set != set).then(|| other_set.clone());
-                        let mut conflict = problem(format!(
-                            "route `{label}` conflicts with `{}` of {}{}",
-                            other.label,
-                            methods_name(&methods, other.method, &method),
-                            other_set
-                                .as_ref()
-                                .map(|s| format!(" in set `{s}`"))
-                                .unwrap_or_default(),
-                        ));
-                        conflict.conflicts_with_set = other_set;
-                        problems.push(conflict);
-                        continue;
-                    }
-                    route_sets.push(set.clone());
-                    routes.push(Route {
-                        method: method_index,
-                        http_method: binding.method,
-                        template,
-                        label,
-                        binding: plan,
-                    });
-                }
-                let omit = self.omit_tree(&method, &mut omit_usage);
-                methods.push(MethodPlan {
-                    kind: call_kind(&method),
-                    grpc_path,
-                    upstream: upstream.clone(),
-                    rules: field_rules.for_method(&method),
-                    omit,
-                    request_plan: json_plans.index_of(&method.input()),
-                    reply_plan: json_plans.index_of(&method.output()),
-                    policy,
-                    deprecation: self.options.deprecations.resolve(&method),
-                    descriptor: method,
-                });
             }
         }
-        for (i, _) in rules_used.iter().enumerate().filter(|(_, used)| !**used) {
-            problems.push(LoadProblem {
-                set: None,
-                method: None,
-                reason: format!(
-                    "policies[{i}]: `{}` matches no served method",
-                    rules.pattern(i)
-                ),
-                conflicts_with_set: None,
-            });
-        }
-
+        let MethodPlanner {
+            policies,
+            omit_usage,
+            methods,
+            routes,
+            ..
+        } = planner;
+        problems.extend(policies.unused());
         problems.extend(self.unused_omit_paths(&omit_usage));
         let warnings = self.partial_omit_paths(&omit_usage);
         if !problems.is_empty() {
@@ -442,36 +339,51 @@ impl<'a> CatalogBuilder<'a> {
             pool,
             sets: loaded.into_boxed_slice(),
             methods: methods.into_boxed_slice(),
-            routes: routes.into_boxed_slice(),
-            router: router.build(),
+            routes: routes.routes.into_boxed_slice(),
+            router: routes.router.build(),
             field_rules,
             json_plans,
             warnings: warnings.into_boxed_slice(),
         })
     }
 
-    /// The configured paths to omit from the method's replies: those that
-    /// exist in its output type.
-    fn omit_tree(&self, method: &MethodDescriptor, usage: &mut OmitUsage) -> Option<MaskTree> {
-        let output = method.output();
-        let mut paths = Vec::new();
-        for (rule, index, path) in self.options.omitted_paths(method) {
-            let resolves = MaskTree::parse(&output, [path], |_, _| false).is_ok();
-            let entry = usage.seen.entry((rule, index)).or_default();
-            let name = method.full_name().to_owned();
-            if resolves {
-                entry.applies.push(name);
-                paths.push(path);
-            } else {
-                entry.misses.push((name, output.full_name().to_owned()));
+    /// Decodes every set not refused already into one pool, each set's
+    /// services listed under it (a file shared by several sets under the
+    /// first to serve it).
+    fn decode_sets(
+        &self,
+        definitions: &Definitions,
+        problems: &mut Vec<LoadProblem>,
+    ) -> DecodedSets {
+        let mut pool = BASE_POOL.clone();
+        let mut loaded = Vec::with_capacity(self.sets.len());
+        let refused: Vec<String> = problems.iter().filter_map(|p| p.set.clone()).collect();
+        for set in self.sets.iter().filter(|set| !refused.contains(&set.name)) {
+            match decode_set(set, definitions, &mut pool) {
+                Ok(set) => loaded.push(set),
+                Err(reason) => problems.push(LoadProblem {
+                    set: Some(set.name.clone()),
+                    method: None,
+                    reason,
+                    conflicts_with_set: None,
+                }),
             }
         }
-        MaskTree::parse(&output, paths, |_, _| false)
-            .ok()
-            .filter(|tree| !tree.is_empty())
+        let services = loaded
+            .iter()
+            .flat_map(|set| {
+                set.services
+                    .iter()
+                    .filter_map(|name| Some((set.name.clone(), pool.get_service_by_name(name)?)))
+            })
+            .collect();
+        DecodedSets {
+            pool,
+            loaded,
+            services,
+        }
     }
 
-    /// A problem for every omit path that no selected method's reply has.
     fn unused_omit_paths(&self, usage: &OmitUsage) -> impl Iterator<Item = LoadProblem> + '_ {
         let unresolved: Vec<_> = usage
             .seen
@@ -624,6 +536,238 @@ fn call_kind(method: &MethodDescriptor) -> CallKind {
     }
 }
 
+/// The sets of a build, decoded into one pool.
+struct DecodedSets {
+    pool: DescriptorPool,
+    loaded: Vec<LoadedSet>,
+    /// Every served service, with the set that serves it.
+    services: Vec<(String, ServiceDescriptor)>,
+}
+
+/// Decodes one set into `pool`: its own services by name (descriptors
+/// taken now would pin this intermediate pool, and compare unequal to those
+/// of the final one), or why it cannot be served.
+fn decode_set(
+    set: &DescriptorSet,
+    definitions: &Definitions,
+    pool: &mut DescriptorPool,
+) -> Result<LoadedSet, String> {
+    let files = prost_types::FileDescriptorSet::decode(set.bytes.as_ref())
+        .map_err(|err| undecodable(&err))?;
+    // prost-reflect panics on a syntax it does not know (0.16.5): refuse
+    // one before it decodes the set.
+    if let Some(file) = files
+        .file
+        .iter()
+        .find(|f| !matches!(f.syntax(), "" | "proto2" | "proto3"))
+    {
+        return Err(format!(
+            "{}: unknown syntax `{}`",
+            file.name(),
+            file.syntax()
+        ));
+    }
+    // A file shared by several sets is listed under the first to serve it.
+    let own_files: Vec<&str> = files
+        .file
+        .iter()
+        .map(|f| f.name())
+        .filter(|name| definitions.owner(name) == Some(set.name.as_str()))
+        .collect();
+    // Decode again through prost-reflect: prost_types drops the unknown
+    // fields that hold custom options such as google.api.http.
+    pool.decode_file_descriptor_set(set.bytes.as_ref())
+        .map_err(|err| format!("invalid descriptors: {err}"))?;
+    let services = own_files
+        .iter()
+        .filter_map(|name| pool.get_file_by_name(name))
+        .flat_map(|file| {
+            file.services()
+                .map(|s| s.full_name().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    Ok(LoadedSet {
+        name: set.name.clone(),
+        digest: hex::encode(Sha256::digest(&set.bytes)),
+        size: set.bytes.len(),
+        services,
+        bytes: set.bytes.clone(),
+        loaded_at: std::time::SystemTime::now(),
+        upstream: None,
+        managed: false,
+    })
+}
+
+/// Plans each served method and routes its bindings, keeping the policy
+/// and omit-path bookkeeping of the whole build.
+struct MethodPlanner<'b> {
+    options: &'b BuildOptions,
+    field_rules: &'b FieldRules,
+    json_plans: &'b JsonPlans,
+    policies: PolicyUse<'b>,
+    omit_usage: OmitUsage,
+    methods: Vec<MethodPlan>,
+    routes: RouteTable,
+}
+
+impl MethodPlanner<'_> {
+    /// Plans `method` of `set` and routes its bindings; a problem refuses
+    /// the method, a route conflict only that route.
+    fn add(
+        &mut self,
+        set: &str,
+        method: MethodDescriptor,
+        bindings: Vec<ResolvedBinding>,
+        upstream: Option<&Arc<Upstream>>,
+        problems: &mut Vec<LoadProblem>,
+    ) {
+        let problem = |reason: String| LoadProblem {
+            set: Some(set.to_owned()),
+            method: Some(method.full_name().to_owned()),
+            reason,
+            conflicts_with_set: None,
+        };
+        let grpc_path = format!("/{}/{}", method.parent_service().full_name(), method.name());
+        let Ok(grpc_path) = PathAndQuery::try_from(grpc_path) else {
+            problems.push(problem(
+                "the method name does not form a valid gRPC path".into(),
+            ));
+            return;
+        };
+        let policy = match self.policies.resolve(&method) {
+            Ok(policy) => policy,
+            Err(reason) => {
+                problems.push(problem(reason));
+                return;
+            }
+        };
+        let method_index = self.methods.len();
+        for binding in bindings {
+            if let Err(reason) = self
+                .routes
+                .add(set, method_index, binding, &self.methods, &method)
+            {
+                let mut conflict = problem(reason.reason);
+                conflict.conflicts_with_set = reason.other_set;
+                problems.push(conflict);
+            }
+        }
+        let omit = self.options.omit_tree(&method, &mut self.omit_usage);
+        self.methods.push(MethodPlan {
+            kind: call_kind(&method),
+            grpc_path,
+            upstream: upstream.cloned(),
+            rules: self.field_rules.for_method(&method),
+            omit,
+            request_plan: self.json_plans.index_of(&method.input()),
+            reply_plan: self.json_plans.index_of(&method.output()),
+            policy,
+            deprecation: self.options.deprecations.resolve(&method),
+            descriptor: method,
+        });
+    }
+}
+
+/// The routes of a build and the router over them; a route that clashes
+/// with one before it is refused, naming both (and the other set, when the
+/// clash is between sets).
+#[derive(Default)]
+struct RouteTable {
+    routes: Vec<Route>,
+    /// The set each route came from, to tell a clash between sets.
+    route_sets: Vec<String>,
+    router: RouterBuilder,
+}
+
+/// A route that clashes with an earlier one.
+struct RouteConflict {
+    reason: String,
+    other_set: Option<String>,
+}
+
+impl RouteTable {
+    fn add(
+        &mut self,
+        set: &str,
+        method_index: usize,
+        ResolvedBinding {
+            binding,
+            template,
+            plan,
+        }: ResolvedBinding,
+        methods: &[MethodPlan],
+        method: &MethodDescriptor,
+    ) -> Result<(), RouteConflict> {
+        let label: Box<str> = format!("{} {}", binding.method, binding.path).into();
+        let id = RouteId::try_from(self.routes.len()).unwrap_or(RouteId::MAX);
+        if let Err(existing) = self.router.insert(binding.method.clone(), &template, id) {
+            let other = &self.routes[existing as usize];
+            let other_set = &self.route_sets[existing as usize];
+            let other_set = (other_set != set).then(|| other_set.clone());
+            return Err(RouteConflict {
+                reason: format!(
+                    "route `{label}` conflicts with `{}` of {}{}",
+                    other.label,
+                    methods_name(methods, other.method, method),
+                    other_set
+                        .as_ref()
+                        .map(|s| format!(" in set `{s}`"))
+                        .unwrap_or_default(),
+                ),
+                other_set,
+            });
+        }
+        self.route_sets.push(set.to_owned());
+        self.routes.push(Route {
+            method: method_index,
+            http_method: binding.method,
+            template,
+            label,
+            binding: plan,
+        });
+        Ok(())
+    }
+}
+
+/// The config's policy rules and which of them matched a served method: a
+/// rule that matches none is a typo.
+struct PolicyUse<'r> {
+    rules: &'r PolicyRules,
+    used: Vec<bool>,
+}
+
+impl<'r> PolicyUse<'r> {
+    fn new(rules: &'r PolicyRules) -> Self {
+        Self {
+            rules,
+            used: vec![false; rules.len()],
+        }
+    }
+
+    fn resolve(&mut self, method: &MethodDescriptor) -> Result<RoutePolicy, String> {
+        self.rules.resolve(method, &mut self.used)
+    }
+
+    /// A problem for each rule that matched no served method.
+    fn unused(self) -> impl Iterator<Item = LoadProblem> + 'r {
+        let rules = self.rules;
+        self.used
+            .into_iter()
+            .enumerate()
+            .filter(|(_, used)| !used)
+            .map(move |(i, _)| LoadProblem {
+                set: None,
+                method: None,
+                reason: format!(
+                    "policies[{i}]: `{}` matches no served method",
+                    rules.pattern(i)
+                ),
+                conflicts_with_set: None,
+            })
+    }
+}
+
 // === impl LoadError ===
 
 impl LoadError {
@@ -659,6 +803,28 @@ impl LoadError {
     /// [`LoadProblem::conflicts_with_set`]).
     pub fn is_conflict(&self) -> bool {
         self.problems.iter().any(|p| p.conflicts_with_set.is_some())
+    }
+}
+
+/// A refused change as the request-path error: each problem a violation
+/// naming its method, else its set.
+impl From<LoadError> for Error {
+    fn from(err: LoadError) -> Self {
+        let conflict = err.is_conflict();
+        let problems = err
+            .problems
+            .iter()
+            .map(|problem| Violation {
+                field: problem
+                    .method
+                    .as_deref()
+                    .or(problem.set.as_deref())
+                    .unwrap_or_default()
+                    .into(),
+                description: problem.to_string().into(),
+            })
+            .collect();
+        Self::Rejected { conflict, problems }
     }
 }
 

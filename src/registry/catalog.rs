@@ -10,7 +10,9 @@ use prost_reflect::{DescriptorPool, MethodDescriptor};
 
 use crate::{
     deprecation::Deprecation,
+    error::DetailTypes,
     http_rule::{template::PathTemplate, BindingPlan},
+    observe::{LabelledRoutes, RouteLabels},
     policy::RoutePolicy,
     router::{Capture, Lookup, RouteId, Router},
     transcode::{FieldRules, JsonPlans, MaskTree, MethodRules, ReplyShape},
@@ -119,6 +121,11 @@ impl Catalog {
         &self.field_rules
     }
 
+    /// What resolves and redacts the `Any` details of an upstream's error.
+    pub fn detail_types(&self) -> DetailTypes<'_> {
+        (&self.pool, &self.field_rules)
+    }
+
     pub fn json_plans(&self) -> &JsonPlans {
         &self.json_plans
     }
@@ -156,6 +163,19 @@ impl Catalog {
         self.pool
             .services()
             .any(|service| crate::upstream::matches(pattern, service.full_name()))
+    }
+}
+
+/// A request keeps the catalog it was matched in for its labels.
+impl LabelledRoutes for Catalog {
+    fn labels(&self, id: RouteId) -> RouteLabels<'_> {
+        let route = self.route(id);
+        let method = self.method(route);
+        RouteLabels {
+            route: &route.label,
+            upstream: method.upstream.as_ref().map_or("none", |u| &u.name),
+            rpc: method.grpc_path.as_str(),
+        }
     }
 }
 

@@ -34,7 +34,8 @@ pub use store::{check_name, Store, StoredSet, UpstreamSetting};
 use tokio::sync::{watch, Mutex};
 
 use crate::{
-    config::{self, Config, UpstreamConfig},
+    config::{self, UpstreamConfig},
+    observe::metrics::CatalogFigures,
     policy::PolicyRules,
     upstream::{Upstream, Upstreams},
 };
@@ -250,6 +251,21 @@ impl Registry {
         &self.reloads
     }
 
+    /// The current catalog's figures, for a metrics scrape.
+    pub fn figures(&self) -> CatalogFigures {
+        let catalog = self.load();
+        let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        CatalogFigures {
+            generation: catalog.generation(),
+            routes: catalog.routes().len(),
+            reloads: [
+                ("applied", count(&self.reloads.applied)),
+                ("unchanged", count(&self.reloads.unchanged)),
+                ("refused", count(&self.reloads.refused)),
+            ],
+        }
+    }
+
     /// Builds and validates `change` without persisting or swapping it.
     pub async fn dry_run(&self, change: Change) -> Result<Applied, ApplyError> {
         self.run(change, false).await
@@ -397,15 +413,23 @@ fn persist(store: &Store, change: &Change, sources: &Sources) -> std::io::Result
 // === impl BuildContext ===
 
 impl BuildContext {
-    /// The context a serving gateway builds with.
-    pub fn new(config: &Config, policies: PolicyRules, fixed: Vec<DescriptorSet>) -> Self {
+    /// The context a serving gateway builds with: `fixed` sets and the
+    /// configured `upstreams`, the sets in `store` laid over them.
+    pub fn new(
+        options: BuildOptions,
+        policies: PolicyRules,
+        upstreams: Vec<UpstreamConfig>,
+        max_response_bytes: usize,
+        store: Option<Store>,
+        fixed: Vec<DescriptorSet>,
+    ) -> Self {
         Self {
-            options: BuildOptions::from_config(config),
+            options,
             policies,
-            upstreams: config.upstreams.clone(),
-            max_response_bytes: config.limits.max_response_message_bytes,
+            upstreams,
+            max_response_bytes,
             fixed,
-            store: config.descriptors.dir.clone().map(Store::new),
+            store,
             started_at: SystemTime::now(),
         }
     }

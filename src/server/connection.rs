@@ -51,7 +51,7 @@ use tokio::{
 use tower::{Service, ServiceExt as _};
 
 use super::accept::Slot;
-use crate::{config::LimitsConfig, error, policy::X_REQUEST_ID};
+use crate::{config::LimitsConfig, error, request_ids::X_REQUEST_ID};
 
 /// The connection deadlines, from `limits`.
 #[derive(Debug, Clone, Copy)]

@@ -1,10 +1,10 @@
-//! Assembles the data plane ([`filters`]), binds it and serves it
+//! Assembles the data plane ([`steps`]), binds it and serves it
 //! ([`workers`]: each connection's life in [`connection`], the acceptor and
 //! its cap in [`accept`]) until shutdown, with the admin listener beside it.
 
 mod accept;
 mod connection;
-mod filters;
+mod steps;
 mod workers;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
@@ -15,10 +15,10 @@ use tokio::{net::TcpListener, sync::watch};
 use self::{
     accept::Acceptor,
     connection::Timeouts,
-    filters::{DataPlane, Steps},
+    steps::{DataPlane, StepParts},
 };
 use crate::{
-    admin::{self, AdminState},
+    admin::{self, AdminSetupError, AdminState},
     config::{Config, ConfigError, HealthConfig},
     gateway::Gateway,
     observe::{
@@ -26,8 +26,10 @@ use crate::{
         metrics::{self, Metrics},
     },
     openapi::{DocumentOptions, Published},
-    policy::{Policies, SetupError},
-    registry::{self, BuildContext, Catalog, DescriptorSet, LoadError, Registry},
+    policy::{Policies, PolicySettings, SetupError},
+    registry::{
+        self, BuildContext, BuildOptions, Catalog, DescriptorSet, LoadError, Registry, Store,
+    },
     transcode::TranscodeOptions,
     upstream::{UpstreamError, UpstreamHealth, Upstreams},
 };
@@ -50,13 +52,8 @@ pub enum StartError {
     Policy(#[from] SetupError),
     #[error(transparent)]
     AccessLog(#[from] AccessLogError),
-    #[error("cannot read the admin token from {path}: {source}")]
-    AdminToken {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("the admin listener {0} is not a loopback address: set PROTOGATE_ADMIN_TOKEN or admin.token_file")]
-    AdminUnprotected(SocketAddr),
+    #[error(transparent)]
+    Admin(#[from] AdminSetupError),
 }
 
 /// A gateway ready to serve: its catalog is built and its channels exist.
@@ -112,8 +109,23 @@ impl Loaded {
             })?);
         }
         sets.extend(extra);
-        let policies = Policies::new(config)?;
-        let context = BuildContext::new(config, policies.rules.clone(), sets);
+        let policies = Policies::new(PolicySettings {
+            auth: config.auth.as_ref(),
+            rules: &config.policies,
+            rate_limit: config.rate_limit.as_ref(),
+            trusted_proxies: &config.trusted_proxies,
+            headers: &config.headers,
+            max_forwarded_metadata_bytes: config.limits.max_forwarded_metadata_bytes,
+            cors: config.cors.as_ref(),
+        })?;
+        let context = BuildContext::new(
+            BuildOptions::new(&config.descriptors, &config.filters, &config.deprecations),
+            policies.rules.clone(),
+            config.upstreams.clone(),
+            config.limits.max_response_message_bytes,
+            config.descriptors.dir.clone().map(Store::new),
+            sets,
+        );
         let (stored, stored_upstreams) = match &context.store {
             // Not there yet: `serve` creates it, and it holds nothing.
             Some(store) if !store.dir().exists() => Default::default(),
@@ -184,18 +196,18 @@ impl Server {
         let registry = Arc::new(registry);
         let health = Arc::new(health);
         let gateway = Arc::new(Gateway {
-            options: TranscodeOptions::new(config),
+            options: TranscodeOptions::new(&config.json, &config.query, &config.filters),
             max_request_body: config.limits.max_request_body_bytes,
             upstream_headers_returned: !config.headers.response.is_empty(),
         });
         let metrics = Metrics::new(&config.metrics)?;
         let published = Published::new(
             &config.openapi,
-            DocumentOptions::new(config),
+            DocumentOptions::new(&config.openapi, &config.json, config.auth.is_some()),
             policies.auth.as_ref(),
         )
         .map(Arc::new);
-        let data_plane = DataPlane::new(Steps {
+        let data_plane = DataPlane::new(StepParts {
             headers: policies.headers,
             access_log: if config.access_log.enabled {
                 Some(Arc::new(AccessLog::new(&config.access_log)?))
@@ -216,7 +228,7 @@ impl Server {
             // Beside the data plane, so none of its steps apply.
             router = router.route(
                 "/metrics",
-                get(metrics::scrape).with_state((metrics.clone(), registry.clone())),
+                get(admin::scrape).with_state((metrics.clone(), registry.clone())),
             );
         }
         Ok(Self {

@@ -16,7 +16,10 @@ use prost_reflect::{
 
 use serde_json::Value as Json;
 
-use crate::{error::Error, pb::google::api::FieldBehavior};
+use crate::{
+    error::{Error, Redact},
+    pb::google::api::FieldBehavior,
+};
 
 /// The rules of every message type in a catalog's pool.
 #[derive(Debug, Default)]
@@ -55,6 +58,12 @@ struct Node {
 }
 
 // === impl FieldRules ===
+
+impl Redact for FieldRules {
+    fn redact(&self, message: &mut DynamicMessage) {
+        FieldRules::redact(self, message);
+    }
+}
 
 impl FieldRules {
     /// The rules of `pool`'s types; `internal` fields count as marked

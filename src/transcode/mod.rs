@@ -2,31 +2,33 @@
 //! the proto3 JSON mapping and the `google.api.http` binding rules; the
 //! framing of streamed replies and the splitting of streamed requests.
 
+pub(crate) mod encode;
 mod field_mask;
 mod field_rules;
 mod http_body;
 mod query;
+mod reply_framing;
 mod request;
 mod response;
 pub mod scalar;
 mod split;
-mod stream;
 mod update_mask;
 mod wire_json;
 
+pub use encode::encode as encode_message;
 pub use field_mask::{client_fields, MaskTree};
 pub use field_rules::{FieldRules, MethodRules};
 pub use http_body::{raw_reply, raw_request_message};
 use prost_reflect::{DeserializeOptions, SerializeOptions};
+pub use reply_framing::{Framer, StreamFormat};
 pub use request::{request_message, request_wire, RequestParts};
 pub use response::{decode_reply, ReplyFilter, ReplyShape};
 pub use split::JsonSplitter;
-pub use stream::{Framer, StreamFormat};
 pub(crate) use wire_json::Masks;
 pub(crate) use wire_json::{write_json_str, write_rfc3339};
 pub use wire_json::{Declined, JsonPlans};
 
-use crate::config::{Config, InternalInput};
+use crate::config::{FiltersConfig, InternalInput, JsonConfig, QueryConfig};
 
 /// The query parameter (and, as `x-fields`, the header) that asks for a partial response.
 pub const FIELDS_PARAM: &str = "fields";
@@ -46,8 +48,7 @@ pub struct TranscodeOptions {
 }
 
 impl TranscodeOptions {
-    pub fn new(config: &Config) -> Self {
-        let (json, query) = (&config.json, &config.query);
+    pub fn new(json: &JsonConfig, query: &QueryConfig, filters: &FiltersConfig) -> Self {
         Self {
             deserialize: DeserializeOptions::new().deny_unknown_fields(!json.ignore_unknown_fields),
             serialize: SerializeOptions::new()
@@ -58,7 +59,7 @@ impl TranscodeOptions {
             ignored_query: query.ignored.iter().map(|p| p.as_str().into()).collect(),
             ignore_unknown_query: query.ignore_unknown,
             ignore_unknown_fields: json.ignore_unknown_fields,
-            clear_internal_input: config.filters.internal_input == InternalInput::Clear,
+            clear_internal_input: filters.internal_input == InternalInput::Clear,
             emit_unpopulated: json.emit_unpopulated,
             use_proto_field_names: json.use_proto_field_names,
             enums_as_numbers: json.enums_as_numbers,
@@ -68,6 +69,10 @@ impl TranscodeOptions {
 
 impl Default for TranscodeOptions {
     fn default() -> Self {
-        Self::new(&Config::default())
+        Self::new(
+            &JsonConfig::default(),
+            &QueryConfig::default(),
+            &FiltersConfig::default(),
+        )
     }
 }

@@ -11,8 +11,7 @@ use prost_reflect::{
 };
 
 use super::{
-    request::parent_mut,
-    scalar,
+    encode, scalar,
     wire_json::{duration_in_range, MAX_TIMESTAMP, MIN_TIMESTAMP},
     JsonPlans, TranscodeOptions,
 };
@@ -21,7 +20,6 @@ use crate::{
     http_rule::{BindingPlan, BodyPlan},
     nesting::{self, MAX_DEPTH},
     percent,
-    upstream::encode,
 };
 
 /// A `Timestamp` or `Duration` the query sets, and how.
@@ -269,4 +267,19 @@ fn check_time_fields(message: &mut DynamicMessage, time: &TimeParameter) -> Resu
     } else {
         Err(Error::invalid_field(time.name.as_str(), reason))
     }
+}
+
+/// The message holding the last field of a path, creating parents on the way.
+pub(super) fn parent_mut<'m>(
+    message: &'m mut DynamicMessage,
+    parents: &[FieldDescriptor],
+) -> Result<&'m mut DynamicMessage, Error> {
+    parents.iter().try_fold(message, |current, field| {
+        current
+            .get_field_mut(field)
+            .as_message_mut()
+            .ok_or_else(|| {
+                Error::Internal(format!("`{}` is not a message field", field.name()).into())
+            })
+    })
 }

@@ -7,15 +7,17 @@ use prost_reflect::{
 };
 
 use super::{
-    query, scalar, update_mask, wire_json::body_error, Declined, FieldRules, JsonPlans,
-    MethodRules, TranscodeOptions,
+    encode,
+    query::{self, parent_mut},
+    scalar, update_mask,
+    wire_json::body_error,
+    Declined, FieldRules, JsonPlans, MethodRules, TranscodeOptions,
 };
 use crate::{
     error::Error,
     http_rule::{BindingPlan, BodyPlan},
     nesting::{self, MAX_DEPTH},
     router::Capture,
-    upstream::encode,
 };
 
 /// What a request brings besides its route.
@@ -130,21 +132,6 @@ pub fn request_wire(
     Some(out)
 }
 
-/// The message holding the last field of a path, creating parents on the way.
-pub(super) fn parent_mut<'m>(
-    message: &'m mut DynamicMessage,
-    parents: &[FieldDescriptor],
-) -> Result<&'m mut DynamicMessage, Error> {
-    parents.iter().try_fold(message, |current, field| {
-        current
-            .get_field_mut(field)
-            .as_message_mut()
-            .ok_or_else(|| {
-                Error::Internal(format!("`{}` is not a message field", field.name()).into())
-            })
-    })
-}
-
 /// Whether JSON `text` holds more than [`MAX_DEPTH`] objects and arrays
 /// inside one another: measured in one pass, before a parser recurses into
 /// it (serde_json's own limit is 128, and is not the one shared limit).
@@ -247,7 +234,7 @@ fn set_body_field(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{http_rule::FieldPath, testing, upstream::encode_message};
+    use crate::{http_rule::FieldPath, testing, transcode::encode_message};
 
     /// `EchoMessage` of the test protos, with the catalog parts both ways need.
     struct Fixture {

@@ -7,13 +7,14 @@ use prost_reflect::{
     SerializeOptions, Value,
 };
 
+use super::encode_message;
 use super::{
     field_mask::{client_fields, MaskTree},
     field_rules::{child_type, for_each_json, for_each_message, FieldRules, MethodRules},
     wire_json::{JsonPlans, Masks},
     TranscodeOptions,
 };
-use crate::{error::Error, http_rule::BindingPlan, upstream::encode_message};
+use crate::{error::Error, http_rule::BindingPlan};
 
 /// What a route's replies are filtered by, resolved per method when the
 /// catalog was built: internal fields (proto marks) and configured omissions.
@@ -510,7 +511,11 @@ mod tests {
             config.json.emit_unpopulated = bits & 1 != 0;
             config.json.use_proto_field_names = bits & 2 != 0;
             config.json.enums_as_numbers = bits & 4 != 0;
-            all.push(TranscodeOptions::new(&config));
+            all.push(TranscodeOptions::new(
+                &config.json,
+                &config.query,
+                &config.filters,
+            ));
         }
         all
     }

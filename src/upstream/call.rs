@@ -21,9 +21,9 @@ use tonic::{metadata::MetadataMap, transport::Channel, Code, Status, TimeoutExpi
 use super::{
     codec::{DynamicCodec, Payload},
     connection::{Connection, Direct},
-    encode, Upstream,
+    Upstream,
 };
-use crate::error::Error;
+use crate::{error::Error, transcode::encode};
 
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
@@ -76,13 +76,9 @@ impl Deadline {
 /// Calls `path` on `upstream` with `message` and waits for the encoded reply
 /// (with the upstream's response headers and trailers), at most until the
 /// `deadline` (which is also sent as `grpc-timeout`).
-///
-/// A plain function returning an `async move` block, as the call's other
-/// steps are (see `server::filters`): an `async fn` would keep each argument
-/// twice in the request's future.
 #[allow(
     clippy::manual_async_fn,
-    reason = "an `async fn` keeps its arguments twice"
+    reason = "the request's future stays small: docs/architecture.md"
 )]
 pub fn unary(
     upstream: &Upstream,

@@ -8,7 +8,7 @@ use tonic::{
     Status,
 };
 
-use super::encode;
+use crate::transcode::encode;
 
 /// Encodes request messages; replies stay encoded ([`Bytes`]), to be printed
 /// as JSON straight from the wire by the reply plans.

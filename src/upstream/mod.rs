@@ -6,11 +6,10 @@
 //! that a reload never reconnects them.
 
 mod call;
+mod channel_calls;
 mod codec;
 mod connection;
-pub(crate) mod encode;
 mod health;
-mod stream;
 
 use std::{
     cell::Cell,
@@ -20,10 +19,9 @@ use std::{
 };
 
 pub use call::{asked_timeout, unary, Deadline};
+pub use channel_calls::{bidi_streaming, client_streaming, server_streaming, ReplyStream};
 pub use codec::{Outgoing, Payload};
-pub use encode::encode as encode_message;
 pub use health::{HealthState, UpstreamHealth};
-pub use stream::{bidi_streaming, client_streaming, server_streaming, ReplyStream};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use self::connection::{Connection, Direct};

@@ -1,14 +1,11 @@
-//! Signed test tokens: EC P-256 keys generated per test (ring), the RSA
+//! Signed test tokens: EC P-256 keys generated per test (p256), the RSA
 //! fixture key, HMAC secrets, and the claims a token usually carries.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use ring::{
-    rand::SystemRandom,
-    signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING},
-};
+use p256::{elliptic_curve::sec1::ToEncodedPoint as _, pkcs8::EncodePrivateKey as _};
 use serde_json::{json, Value as Json};
 
 pub const ISSUER: &str = "https://issuer.test";
@@ -23,14 +20,12 @@ pub struct EcKey {
 
 impl EcKey {
     pub fn generate(kid: &str) -> Self {
-        let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-            .unwrap();
+        let key = p256::SecretKey::random(&mut rand_core::OsRng);
+        let pkcs8 = key.to_pkcs8_der().unwrap();
         Self {
             kid: kid.into(),
-            encoding: EncodingKey::from_ec_der(pkcs8.as_ref()),
-            point: pair.public_key().as_ref().to_vec(),
+            encoding: EncodingKey::from_ec_der(pkcs8.as_bytes()),
+            point: key.public_key().to_encoded_point(false).as_bytes().to_vec(),
         }
     }
 

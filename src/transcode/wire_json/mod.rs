@@ -75,8 +75,9 @@ use prost_reflect::{
 };
 use serde::Serializer as _;
 
+use super::encode;
 use super::{field_mask::MaskTree, field_rules::FieldRules, TranscodeOptions};
-use crate::{nesting::MAX_DEPTH, upstream::encode};
+use crate::nesting::MAX_DEPTH;
 
 mod parse;
 

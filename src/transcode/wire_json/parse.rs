@@ -43,8 +43,10 @@ use super::{
 };
 use crate::{
     error::Error,
+    transcode::encode::{
+        self, bytes, key, length_delimited, varint, FIXED32, FIXED64, LEN, VARINT,
+    },
     transcode::TranscodeOptions,
-    upstream::encode::{self, bytes, key, length_delimited, varint, FIXED32, FIXED64, LEN, VARINT},
 };
 
 /// Why the plans did not write a body.
@@ -1278,7 +1280,10 @@ mod tests {
     use prost_reflect::{DeserializeOptions, DynamicMessage, MessageDescriptor};
 
     use super::*;
-    use crate::{testing, transcode::FieldRules, upstream::encode::encode};
+    use crate::{
+        testing,
+        transcode::{encode::encode, FieldRules},
+    };
 
     struct Fixture {
         plans: JsonPlans,

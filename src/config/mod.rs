@@ -2,7 +2,7 @@
 //!
 //! Every field has a default, so an empty file (or none) is a valid config and
 //! a gateway can run from flags alone. Unknown keys and bad values are errors
-//! that name the key and its line (serde_yaml's path + location).
+//! that name the key and its line (serde_yaml_ng's path + location).
 
 use std::{
     net::{SocketAddr, ToSocketAddrs as _},
@@ -12,12 +12,16 @@ use std::{
 
 use serde::{Deserialize, Deserializer};
 
-pub use crate::deprecation::DeprecationConfig;
-pub use crate::openapi::OpenApiConfig;
-pub use crate::policy::config::{
+mod openapi;
+mod policy;
+
+pub use self::openapi::{DocumentPolicy, OpenApiConfig, ServerConfig};
+pub(crate) use self::policy::DEFAULT_CLAIM_HEADERS;
+pub use self::policy::{
     AuthConfig, CorsConfig, HeadersConfig, PolicyRule, ProviderConfig, QuotaConfig, QuotasConfig,
     RateLimitConfig,
 };
+pub use crate::deprecation::DeprecationConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -440,7 +444,7 @@ impl Config {
         let config: Self = if text.trim().is_empty() {
             Self::default()
         } else {
-            serde_yaml::from_str(text).map_err(|err| ConfigError::Parse {
+            serde_yaml_ng::from_str(text).map_err(|err| ConfigError::Parse {
                 path: PathBuf::from("<config>"),
                 message: err.to_string(),
             })?
@@ -555,7 +559,7 @@ impl Config {
                 key: key.into(),
                 reason,
             })?;
-        crate::policy::config::validate(self)?;
+        policy::validate(self)?;
         self.validate_observability()
     }
 

@@ -1,118 +1,42 @@
-//! The innermost service: the matched route → request message → upstream
-//! call → JSON reply. Errors become `google.rpc.Status` responses here, where
-//! the catalog's pool can resolve the details an upstream sent. Streaming
-//! methods are served by [`crate::streaming`].
+//! The payload helpers both kinds of call share: the request message from
+//! the body, path and query; the reply as a response; the client's field
+//! selection; the body's checks (content type, size).
 
-use std::{borrow::Cow, future::Future, sync::Arc, time::Instant};
+use std::{borrow::Cow, sync::Arc};
 
 use axum::{
     body::{Body, Bytes},
-    extract::Request,
     response::{IntoResponse, Response},
 };
 use http::{header, request::Parts, HeaderMap, HeaderValue};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use prost_reflect::DynamicMessage;
-use tonic::metadata::MetadataMap;
 
+use super::Gateway;
 use crate::{
     error::Error,
     http_rule::BodyPlan,
-    observe::RequestContext,
     percent,
-    policy::{UpstreamHeaders, X_REQUEST_ID},
-    registry::{CallKind, RouteMatch},
-    streaming,
-    transcode::{self, ReplyFilter, RequestParts, TranscodeOptions},
-    upstream::{self, Deadline, Payload},
+    registry::{MethodPlan, RouteMatch},
+    transcode::{self, ReplyFilter, RequestParts},
+    upstream::{Payload, Upstream},
 };
 
-/// What the gateway service needs besides the matched route.
-#[derive(Debug)]
-pub struct Gateway {
-    pub options: TranscodeOptions,
-    pub max_request_body: usize,
-    /// Whether the header policy returns any upstream response metadata:
-    /// when not, a reply's metadata is dropped here rather than carried.
-    pub upstream_headers_returned: bool,
-}
-
-/// The last step of the data plane, after the route and the policies.
-/// (Plain functions returning `async move` blocks here, as in
-/// `server::filters`: an `async fn` would keep the request twice.)
-pub fn handle(
-    gateway: &Arc<Gateway>,
-    matched: RouteMatch,
-    metadata: MetadataMap,
-    request: Request,
-) -> impl Future<Output = Response> + Send + '_ {
-    let request_id = request.headers().get(X_REQUEST_ID).cloned();
-    async move {
-        let (catalog, route) = (matched.catalog.clone(), matched.route);
-        let result = match matched.method().kind {
-            CallKind::Unary => gateway.call(matched, metadata, request).await,
-            // Boxed: the streaming future is larger than the unary one, and
-            // would otherwise set the size (and the cost of every move) of
-            // every unary request's future.
-            _ => Box::pin(streaming::call(gateway, matched, metadata, request)).await,
-        };
-        result.unwrap_or_else(|err| {
-            let id = request_id
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            if err.http_status().is_server_error() {
-                // The client sees a generic message: the cause is told here.
-                let method = catalog.method(catalog.route(route));
-                let upstream = method.upstream.as_ref().map_or("none", |u| &*u.name);
-                tracing::warn!(request_id = id, upstream, rpc = %method.grpc_path, error = %err, "request failed");
-            }
-            err.into_response(id, Some(&catalog))
-        })
-    }
+/// The upstream of a method; every method of a served catalog has one,
+/// unless it was built only to be checked.
+pub(super) fn upstream_of(method: &MethodPlan) -> Result<&Arc<Upstream>, Error> {
+    method
+        .upstream
+        .as_ref()
+        .ok_or_else(|| Error::Internal(format!("{} has no upstream", method.grpc_path).into()))
 }
 
 impl Gateway {
-    fn call(
-        &self,
-        matched: RouteMatch,
-        metadata: MetadataMap,
-        request: Request,
-    ) -> impl Future<Output = Result<Response, Error>> + Send + '_ {
-        let (parts, body) = request.into_parts();
-        async move {
-            let method = matched.method();
-            let Some(upstream) = &method.upstream else {
-                return Err(Error::Internal(
-                    format!("{} has no upstream", method.grpc_path).into(),
-                ));
-            };
-            let filter = reply_filter(&matched, &parts)?;
-            let asked = upstream::asked_timeout(&parts.headers)?;
-            let message = self.request_payload(&matched, &parts, body).await?;
-            let started = Instant::now();
-            let deadline = Deadline::start(upstream, asked);
-            let path = method.grpc_path.clone();
-            let reply = upstream::unary(upstream, path, message, metadata, deadline).await;
-            if let Some(context) = parts.extensions.get::<Arc<RequestContext>>() {
-                context.set_upstream_latency(started.elapsed());
-            }
-            let (reply_metadata, reply, _) = reply?.into_parts();
-            let mut response = self.reply_response(&reply, &matched, &filter)?;
-            if self.upstream_headers_returned {
-                response
-                    .extensions_mut()
-                    .insert(UpstreamHeaders(reply_metadata.into_headers()));
-            }
-            Ok(response)
-        }
-    }
-
     /// The one request of a unary or server-streaming call, from the whole
     /// body (within the limit): its wire bytes written straight from the
     /// JSON when the catalog's plans cover it, else the message built the
     /// general way (or raw, for an `HttpBody`).
-    pub(crate) async fn request_payload(
+    pub(super) async fn request_payload(
         &self,
         matched: &RouteMatch,
         parts: &Parts,
@@ -152,7 +76,7 @@ impl Gateway {
     }
 
     /// The request of a route that takes its body raw (`google.api.HttpBody`).
-    pub(crate) fn raw_message(
+    pub(super) fn raw_message(
         &self,
         matched: &RouteMatch,
         query: Option<&str>,
@@ -178,7 +102,7 @@ impl Gateway {
     /// a whole body) plus the route's path and query bindings: its wire bytes
     /// written straight from the JSON when the catalog's plans cover it, else
     /// the message built the general way (which also words every error).
-    pub(crate) fn json_payload(
+    pub(super) fn json_payload(
         &self,
         matched: &RouteMatch,
         query: Option<&str>,
@@ -214,7 +138,7 @@ impl Gateway {
     }
 
     /// The response for a single encoded reply: filtered JSON, or raw for an `HttpBody`.
-    pub(crate) fn reply_response(
+    pub(super) fn reply_response(
         &self,
         reply: &[u8],
         matched: &RouteMatch,
@@ -243,7 +167,7 @@ impl Gateway {
 /// The client's partial-response selection, resolved against the route's
 /// replies: the `fields` query parameter (when the route reserves it), else
 /// the `x-fields` header.
-pub(crate) fn reply_filter(matched: &RouteMatch, parts: &Parts) -> Result<ReplyFilter, Error> {
+pub(super) fn reply_filter(matched: &RouteMatch, parts: &Parts) -> Result<ReplyFilter, Error> {
     // Other parameters that do not decode are refused with the request.
     let from_query = parts
         .uri
@@ -286,7 +210,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, Error> {
 
 /// JSON bodies only: `application/json` or `application/*+json`; a body
 /// without a content type is taken as JSON.
-pub(crate) fn check_json_content_type(headers: &HeaderMap) -> Result<(), Error> {
+pub(super) fn check_json_content_type(headers: &HeaderMap) -> Result<(), Error> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return Ok(());
     };

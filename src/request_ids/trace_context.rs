@@ -3,7 +3,7 @@
 //! The gateway is one hop of the trace: it keeps the caller's trace id (or
 //! mints one when `traceparent` is absent or invalid), gives itself a new
 //! parent id, forwards both headers to the upstream as gRPC metadata (the
-//! header policy's step 13) and returns its `traceparent` to the client, so that a client without
+//! header policy's step 12) and returns its `traceparent` to the client, so that a client without
 //! tracing still learns the trace id to quote.
 
 use std::fmt;

@@ -1,26 +1,27 @@
 //! The data plane: the steps every request goes through, outermost first,
 //! run by one future per request (two with CORS on). Each step is plain code
-//! of its module (`policy`, `observe`, `gateway`) called in order here; a
-//! stack of middleware layers would box a future and clone the stack below
-//! it at every layer of every request (measured: a quarter of the gateway's
-//! CPU on a GET).
+//! of its module (`request_ids`, `observe`, `policy`, `gateway`) called in
+//! order here; a stack of middleware layers would box a future and clone
+//! the stack below it at every layer of every request (measured: a quarter
+//! of the gateway's CPU on a GET).
 //!
 //! 1. ids: malformed ids and spoofed identity headers dropped; request and
 //!    correlation ids and this hop's `traceparent`, kept or minted
-//! 2. the request span, carrying the ids (the route is recorded at 10)
+//! 2. the request span, carrying the ids (the route is recorded at 9)
 //! 3. access log and 4. metrics: outside everything that can fail, so that
 //!    every final response is logged and counted (404, 405, timeouts, 5xx)
-//! 7. CORS (tower-http): preflights never reach the router or an upstream
-//! 5. a `google.rpc.Status` body for responses that only know a status
-//! 6. a panic is a 500, never a dropped connection
-//! 9. the overall request deadline (per-upstream ones travel as `grpc-timeout`)
-//! 10. the published API (`openapi`: the document and the reference page),
-//!     else the route, matched once against the current catalog
-//! 11. authentication and the method's policy
-//! 12. rate limit: the consumer's issuer and subject, else the client IP
-//!     (a failed authentication at 11 counts against the client IP too)
-//! 13. the upstream metadata, decided once; allow-listed upstream headers back
-//! 14. the gateway: transcode, call, answer
+//! 5. CORS (tower-http): preflights never reach the router or an upstream
+//! 6. a `google.rpc.Status` body for responses that only know a status
+//! 7. a panic is a 500, never a dropped connection
+//! 8. the overall request deadline (per-upstream ones travel as `grpc-timeout`)
+//! 9. the published API (`openapi`: the document and the reference page),
+//!    else the route, matched once against the current catalog (its
+//!    deprecation headers go on the response)
+//! 10. authentication and the method's policy
+//! 11. rate limit: the consumer's issuer and subject, else the client IP
+//!     (a failed authentication at 10 counts against the client IP too)
+//! 12. the upstream metadata, decided once; allow-listed upstream headers back
+//! 13. the gateway: the body read within its limit, transcode, call, answer
 
 use std::{
     convert::Infallible,
@@ -34,7 +35,7 @@ use std::{
 
 use axum::{extract::Request, response::Response};
 use futures_util::{future::BoxFuture, FutureExt as _};
-use http::{header::Entry, HeaderValue, StatusCode};
+use http::{HeaderValue, StatusCode};
 use tower::{Service, ServiceExt as _};
 use tower_http::cors::{Cors, CorsLayer};
 use tracing::Instrument as _;
@@ -47,30 +48,28 @@ use crate::{
         self,
         access_log::{self, AccessLog},
         metrics::Metrics,
-        trace_context, RequestContext,
+        RequestContext,
     },
     openapi::Published,
-    policy::{
-        self, Authenticator, HeaderPolicy, LocalLimiter, RateLimiting, X_CORRELATION_ID,
-        X_REQUEST_ID,
-    },
+    policy::{self, Authenticator, HeaderPolicy, LocalLimiter, RateLimiting},
     registry::{Registry, RouteMatch},
+    request_ids::{self, RequestIds, X_REQUEST_ID},
     router::Lookup,
 };
 
 /// A run of steps as a tower service: one future per request, boxed in place.
-pub(super) struct Chain<T>(Arc<T>);
+pub(super) struct StepService<T>(Arc<T>);
 
-/// What a [`Chain`] runs.
-pub(super) trait Serve: Send + Sync + 'static {
-    fn serve(&self, request: Request) -> impl Future<Output = Response> + Send + '_;
+/// What a [`StepService`] runs.
+pub(super) trait RunSteps: Send + Sync + 'static {
+    fn run(&self, request: Request) -> impl Future<Output = Response> + Send + '_;
 }
 
-/// Steps 1–4 and 7, then [`Inner`]: the data-plane service.
-pub(super) type DataPlane = Chain<Edge>;
+/// Steps 1–5, then [`Answering`]: the data-plane service.
+pub(super) type DataPlane = StepService<Observing>;
 
 /// What the steps need, built once at start.
-pub(super) struct Steps {
+pub(super) struct StepParts {
     pub(super) headers: Arc<HeaderPolicy>,
     pub(super) access_log: Option<Arc<AccessLog>>,
     pub(super) metrics: Option<Metrics>,
@@ -84,16 +83,17 @@ pub(super) struct Steps {
     pub(super) published: Option<Arc<Published>>,
 }
 
-pub(super) struct Edge {
+/// Steps 1–5: the ids, the span, the log and metrics, CORS.
+pub(super) struct Observing {
     headers: Arc<HeaderPolicy>,
     access_log: Option<Arc<AccessLog>>,
     metrics: Option<Metrics>,
-    cors: Option<Cors<Chain<Inner>>>,
-    inner: Arc<Inner>,
+    cors: Option<Cors<StepService<Answering>>>,
+    answering: Arc<Answering>,
 }
 
-/// Steps 5–14, behind CORS.
-pub(super) struct Inner {
+/// Steps 6–13, behind CORS: the answer.
+pub(super) struct Answering {
     request_timeout: Duration,
     registry: Arc<Registry>,
     auth: Option<Arc<Authenticator>>,
@@ -103,18 +103,11 @@ pub(super) struct Inner {
     published: Option<Arc<Published>>,
 }
 
-/// The ids decided at step 1, echoed on the response.
-struct Ids {
-    request_id: HeaderValue,
-    correlation_id: HeaderValue,
-    traceparent: HeaderValue,
-}
-
-// === impl Chain ===
+// === impl StepService ===
 
 impl DataPlane {
-    pub(super) fn new(steps: Steps) -> Self {
-        let inner = Arc::new(Inner {
+    pub(super) fn new(steps: StepParts) -> Self {
+        let answering = Arc::new(Answering {
             request_timeout: steps.request_timeout,
             registry: steps.registry,
             auth: steps.auth,
@@ -123,31 +116,31 @@ impl DataPlane {
             gateway: steps.gateway,
             published: steps.published,
         });
-        Self(Arc::new(Edge {
+        Self(Arc::new(Observing {
             headers: steps.headers,
             access_log: steps.access_log,
             metrics: steps.metrics,
             cors: steps
                 .cors
-                .map(|cors| tower::Layer::layer(&cors, Chain(inner.clone()))),
-            inner,
+                .map(|cors| tower::Layer::layer(&cors, StepService(answering.clone()))),
+            answering,
         }))
     }
 }
 
-impl<T> fmt::Debug for Chain<T> {
+impl<T> fmt::Debug for StepService<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Chain").finish_non_exhaustive()
+        f.debug_struct("StepService").finish_non_exhaustive()
     }
 }
 
-impl<T> Clone for Chain<T> {
+impl<T> Clone for StepService<T> {
     fn clone(&self) -> Self {
         Self(self.0.clone())
     }
 }
 
-impl<T: Serve> Service<Request> for Chain<T> {
+impl<T: RunSteps> Service<Request> for StepService<T> {
     type Response = Response;
     type Error = Infallible;
     type Future = BoxFuture<'static, Result<Response, Infallible>>;
@@ -158,20 +151,18 @@ impl<T: Serve> Service<Request> for Chain<T> {
 
     fn call(&mut self, request: Request) -> Self::Future {
         let steps = self.0.clone();
-        boxed::in_place(|| async move { Ok(steps.serve(request).await) })
+        boxed::in_place(|| async move { Ok(steps.run(request).await) })
     }
 }
 
-// === impl Edge ===
+// === impl Observing ===
 
-// The steps here, as the ones below, are plain functions that do what they
-// can before returning an `async move` block: an `async fn` keeps its
-// arguments (the 240-byte request) beside the locals they move into, and
-// the request's future, which nests every step, is copied whole as it
-// starts.
-impl Serve for Edge {
-    fn serve(&self, mut request: Request) -> impl Future<Output = Response> + Send + '_ {
-        let ids = Ids::decide(&self.headers, &mut request);
+// Plain functions returning `async move` blocks, not `async fn`s: see
+// "Keep the request's future small" in docs/architecture.md.
+impl RunSteps for Observing {
+    fn run(&self, mut request: Request) -> impl Future<Output = Response> + Send + '_ {
+        policy::sanitize(&self.headers, &mut request);
+        let ids = RequestIds::decide(&mut request);
         let span = observe::request_span(&request);
         async move {
             let mut response = self.observed(request, &ids).instrument(span).await;
@@ -181,17 +172,17 @@ impl Serve for Edge {
     }
 }
 
-impl Edge {
-    /// Steps 3, 4 and 7.
+impl Observing {
+    /// Steps 3, 4 and 5.
     fn observed(
         &self,
         mut request: Request,
-        ids: &Ids,
+        ids: &RequestIds,
     ) -> impl Future<Output = Response> + Send + '_ {
         let logged = self
             .access_log
             .as_ref()
-            .map(|_| access_log::begin(&mut request, &ids.request_id, &ids.correlation_id));
+            .map(|_| access_log::begin(&mut request, ids.request_id(), ids.correlation_id()));
         let counted = self.metrics.as_ref().map(|_| Metrics::begin(&mut request));
         async move {
             let mut response = match &self.cors {
@@ -200,7 +191,7 @@ impl Edge {
                     Ok(response) => response,
                     Err(never) => match never {},
                 },
-                None => self.inner.serve(request).await,
+                None => self.answering.run(request).await,
             };
             if let (Some(metrics), Some(counted)) = (&self.metrics, counted) {
                 response = metrics.finish(counted, response);
@@ -213,51 +204,11 @@ impl Edge {
     }
 }
 
-// === impl Ids ===
+// === impl Answering ===
 
-impl Ids {
-    /// Step 1: malformed ids and spoofed identity headers go first; then
-    /// `x-request-id` (minted when absent), `x-correlation-id` (the client's,
-    /// else the request id) and this hop's `traceparent`, each set on the
-    /// request for the upstream.
-    fn decide(headers: &HeaderPolicy, request: &mut Request) -> Self {
-        policy::sanitize(headers, request);
-        // Entries: one lookup per id, whether it is kept or set.
-        let request_id = match request.headers_mut().entry(X_REQUEST_ID) {
-            Entry::Occupied(id) => id.get().clone(),
-            Entry::Vacant(slot) => {
-                let mut buffer = uuid::Uuid::encode_buffer();
-                let minted = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
-                let id = HeaderValue::from_str(minted).unwrap_or(HeaderValue::from_static(""));
-                slot.insert(id).clone()
-            }
-        };
-        let correlation_id = match request.headers_mut().entry(X_CORRELATION_ID) {
-            Entry::Occupied(id) => id.get().clone(),
-            Entry::Vacant(slot) => slot.insert(request_id.clone()).clone(),
-        };
-        let traceparent = trace_context::start(request);
-        Self {
-            request_id,
-            correlation_id,
-            traceparent,
-        }
-    }
-
-    /// The ids on the response (an upstream's own `x-request-id` is kept).
-    fn echo(self, response: &mut Response) {
-        let out = response.headers_mut();
-        out.entry(X_REQUEST_ID).or_insert(self.request_id);
-        out.insert(X_CORRELATION_ID, self.correlation_id);
-        out.insert(trace_context::TRACEPARENT.clone(), self.traceparent);
-    }
-}
-
-// === impl Inner ===
-
-impl Serve for Inner {
-    /// Steps 5, 6 and 9 around the rest.
-    fn serve(&self, request: Request) -> impl Future<Output = Response> + Send + '_ {
+impl RunSteps for Answering {
+    /// Steps 6, 7 and 8 around the rest.
+    fn run(&self, request: Request) -> impl Future<Output = Response> + Send + '_ {
         let request_id = request.headers().get(X_REQUEST_ID).cloned();
         // On the heap once: the timeout and the unwind guard then move a
         // pointer, not the whole request future.
@@ -278,12 +229,12 @@ impl Serve for Inner {
     }
 }
 
-impl Inner {
-    /// Step 10: matches once against the current catalog and pins the
+impl Answering {
+    /// Step 9: matches once against the current catalog and pins the
     /// request to it.
     #[allow(
         clippy::manual_async_fn,
-        reason = "an `async fn` keeps its arguments twice"
+        reason = "the request's future stays small: docs/architecture.md"
     )]
     fn route(&self, request: Request) -> impl Future<Output = Response> + Send + '_ {
         // All inside the future: the unwind guard around it covers it.
@@ -294,7 +245,9 @@ impl Inner {
             }
             let matched = match self.matched(&request) {
                 Ok(matched) => matched,
-                Err(err) => return err.into_response(error::request_id(request.headers()), None),
+                Err(err) => {
+                    return err.into_response(request_ids::request_id(request.headers()), None)
+                }
             };
             // The catalog and route again after the call: cheaper to hold
             // than the method's deprecation itself.
@@ -333,7 +286,7 @@ impl Inner {
             }
         };
         if let Some(context) = RequestContext::of(request) {
-            context.set_route(&catalog, route);
+            context.set_route(catalog.clone(), route);
         }
         let captures = captures.map_err(|(var, reason)| {
             let variable = catalog.route(route).template.variables.get(var);
@@ -347,10 +300,10 @@ impl Inner {
         })
     }
 
-    /// Steps 11–14.
+    /// Steps 10–13.
     #[allow(
         clippy::manual_async_fn,
-        reason = "an `async fn` keeps its arguments twice"
+        reason = "the request's future stays small: docs/architecture.md"
     )]
     fn admit(
         &self,
@@ -363,24 +316,34 @@ impl Inner {
                     policy::authenticate(auth, &matched.method().policy, &mut request).await
                 {
                     if let Some(limits) = &self.rate_limit {
-                        err = policy::count_failed_authentication(limits, &matched, &request, err)
-                            .await;
+                        err = policy::count_failed_authentication(
+                            limits,
+                            &matched.method().policy,
+                            &request,
+                            err,
+                        )
+                        .await;
                     }
-                    return err.into_response(error::request_id(request.headers()), None);
+                    return err.into_response(request_ids::request_id(request.headers()), None);
                 }
             }
             let decision = match &self.rate_limit {
-                Some(limits) => match policy::rate_limit(limits, &matched, &request).await {
-                    Ok(decision) => decision,
-                    Err(err) => {
-                        return err.into_response(error::request_id(request.headers()), None)
+                Some(limits) => {
+                    match policy::rate_limit(limits, &matched.method().policy, &request).await {
+                        Ok(decision) => decision,
+                        Err(err) => {
+                            return err
+                                .into_response(request_ids::request_id(request.headers()), None)
+                        }
                     }
-                },
+                }
                 None => None,
             };
             let metadata = match self.headers.upstream_metadata(&request) {
                 Ok(metadata) => metadata,
-                Err(err) => return err.into_response(error::request_id(request.headers()), None),
+                Err(err) => {
+                    return err.into_response(request_ids::request_id(request.headers()), None)
+                }
             };
             let mut response = gateway::handle(&self.gateway, matched, metadata, request).await;
             self.headers.return_upstream_headers(&mut response);
@@ -399,7 +362,7 @@ fn bare(status: StatusCode) -> Response {
     response
 }
 
-/// Step 5: gives a `google.rpc.Status` body to an error response that has
+/// Step 6: gives a `google.rpc.Status` body to an error response that has
 /// none of ours (a timeout, a panic, a status from a tower layer).
 fn status_body(response: Response, request_id: Option<&HeaderValue>) -> Response {
     let status = response.status();

@@ -19,6 +19,7 @@ mod client;
 
 use std::{
     net::{IpAddr, SocketAddr},
+    path::PathBuf,
     sync::Arc,
 };
 
@@ -36,10 +37,10 @@ use tower_http::request_id::{MakeRequestUuid, SetRequestIdLayer};
 pub use self::client::{AdminClient, ClientError};
 use crate::{
     config::{AdminConfig, AdminToken},
-    error::{self, Error},
-    observe::metrics::{self, Metrics},
+    error::Error,
+    observe::metrics::Metrics,
     registry::Registry,
-    server::StartError,
+    request_ids,
     upstream::{HealthState, UpstreamHealth},
 };
 
@@ -63,15 +64,27 @@ pub struct ApiSettings {
     pub auth: bool,
 }
 
+/// Why the admin API cannot be served as configured.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminSetupError {
+    #[error("cannot read the admin token from {path}: {source}")]
+    Token {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the admin listener {0} is not a loopback address: set PROTOGATE_ADMIN_TOKEN or admin.token_file")]
+    Unprotected(SocketAddr),
+}
+
 impl ApiSettings {
     /// Reads the token (`admin.token`, else `admin.token_file`); refuses an
     /// open admin API on a non-loopback address.
-    pub fn new(config: &AdminConfig, auth: bool) -> Result<Self, StartError> {
+    pub fn new(config: &AdminConfig, auth: bool) -> Result<Self, AdminSetupError> {
         let token = match (&config.token, &config.token_file) {
             (Some(token), _) => Some(token.clone()),
             (None, Some(path)) => {
                 let text =
-                    std::fs::read_to_string(path).map_err(|source| StartError::AdminToken {
+                    std::fs::read_to_string(path).map_err(|source| AdminSetupError::Token {
                         path: path.clone(),
                         source,
                     })?;
@@ -81,7 +94,7 @@ impl ApiSettings {
         }
         .filter(|token| !token.0.is_empty());
         if token.is_none() && !is_loopback(config.listen) {
-            return Err(StartError::AdminUnprotected(config.listen));
+            return Err(AdminSetupError::Unprotected(config.listen));
         }
         Ok(Self {
             token: token.map(Arc::new),
@@ -89,6 +102,21 @@ impl ApiSettings {
             auth,
         })
     }
+}
+
+/// `GET /metrics`: the Prometheus text exposition (also on the public
+/// listener with `metrics.on_public_listener`).
+pub(crate) async fn scrape(
+    State((metrics, registry)): State<(Metrics, Arc<Registry>)>,
+) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        metrics.render(&registry.figures()),
+    )
+        .into_response()
 }
 
 fn is_loopback(addr: SocketAddr) -> bool {
@@ -102,7 +130,7 @@ pub fn router(state: AdminState) -> Router {
         .merge(api::router(state.registry.clone(), state.api.clone()))
         .route(
             "/metrics",
-            get(metrics::scrape).with_state((state.metrics.clone(), state.registry.clone())),
+            get(scrape).with_state((state.metrics.clone(), state.registry.clone())),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz).with_state(state));
@@ -130,7 +158,7 @@ async fn loopback_host_only(request: Request, next: Next) -> Response {
     let refused = Error::PermissionDenied(
         format!("without an admin token only requests for localhost, 127.0.0.1 or [::1] are answered, not for `{host}`").into(),
     );
-    refused.into_response(error::request_id(request.headers()), None)
+    refused.into_response(request_ids::request_id(request.headers()), None)
 }
 
 fn is_loopback_host(host: &str) -> bool {

@@ -26,11 +26,15 @@ use http::{header, request::Parts, HeaderMap, HeaderValue};
 use tokio::sync::oneshot;
 use tonic::metadata::MetadataMap;
 
+use super::{
+    payload::{check_json_content_type, reply_filter, upstream_of},
+    Gateway,
+};
 use crate::{
-    error::{self, Error},
-    gateway::{check_json_content_type, reply_filter, Gateway},
+    error::Error,
     http_rule::BodyPlan,
     registry::{CallKind, RouteMatch},
+    request_ids,
     transcode::{self, Framer, JsonSplitter, ReplyFilter, StreamFormat},
     upstream::{self, Deadline, Outgoing, Payload, ReplyStream},
 };
@@ -44,18 +48,14 @@ pub(crate) async fn call(
 ) -> Result<Response, Error> {
     let route = matched.route();
     let method = matched.catalog.method(route);
-    let Some(upstream) = method.upstream.clone() else {
-        return Err(Error::Internal(
-            format!("{} has no upstream", method.grpc_path).into(),
-        ));
-    };
+    let upstream = upstream_of(method)?.clone();
     let path = method.grpc_path.clone();
     let kind = method.kind;
     let (parts, body) = request.into_parts();
     let filter = reply_filter(&matched, &parts)?;
     // Checked on every kind; only a client stream has a deadline to shorten.
     let asked = upstream::asked_timeout(&parts.headers)?;
-    let request_id = error::request_id(&parts.headers).to_owned();
+    let request_id = request_ids::request_id(&parts.headers).to_owned();
     let format = StreamFormat::negotiate(&parts.headers);
 
     if kind == CallKind::ServerStreaming {
@@ -400,7 +400,7 @@ impl ReplyBody {
         let Some(framer) = &mut self.framer else {
             return Err(StreamAborted(err));
         };
-        let status = err.status_json(&self.request_id, Some(&self.matched.catalog));
+        let status = err.status_json(&self.request_id, Some(self.matched.catalog.detail_types()));
         Ok(framer.error(status.to_string().as_bytes()))
     }
 }

@@ -9,7 +9,7 @@ use http::{HeaderName, HeaderValue, Method};
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use super::ConfigError;
 
 /// JWT authentication: on when this key is present.
 #[derive(Debug, Clone, Deserialize)]
@@ -308,7 +308,7 @@ impl QuotaConfig {
 }
 
 /// Checks what serde cannot; each error names its key.
-pub(crate) fn validate(config: &crate::Config) -> Result<(), ConfigError> {
+pub(crate) fn validate(config: &super::Config) -> Result<(), ConfigError> {
     let invalid = |key: String, reason: String| ConfigError::Invalid { key, reason };
     if let Some(auth) = &config.auth {
         if auth.providers.is_empty() {
@@ -449,7 +449,7 @@ fn check_header_name(name: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use crate::Config;
+    use crate::config::Config;
 
     fn error(yaml: &str) -> String {
         Config::from_yaml(yaml).unwrap_err().to_string()

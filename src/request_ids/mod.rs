@@ -1,0 +1,73 @@
+//! The ids a request carries: `x-request-id`, `x-correlation-id` and this
+//! hop's W3C `traceparent` ([`trace_context`]). Decided once, at the first
+//! step, set on the request for the upstream and echoed on the response;
+//! everything after reads them from the request's headers.
+
+pub mod trace_context;
+
+use axum::{extract::Request, response::Response};
+use http::{header::Entry, HeaderMap, HeaderName, HeaderValue};
+
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
+
+/// The ids decided at the first step, echoed on the response.
+pub(crate) struct RequestIds {
+    request_id: HeaderValue,
+    correlation_id: HeaderValue,
+    traceparent: HeaderValue,
+}
+
+impl RequestIds {
+    /// `x-request-id` (minted when absent), `x-correlation-id` (the client's,
+    /// else the request id) and this hop's `traceparent`, each set on the
+    /// request for the upstream. Malformed ids must be gone already
+    /// (`policy::sanitize`).
+    pub(crate) fn decide(request: &mut Request) -> Self {
+        // Entries: one lookup per id, whether it is kept or set.
+        let request_id = match request.headers_mut().entry(X_REQUEST_ID) {
+            Entry::Occupied(id) => id.get().clone(),
+            Entry::Vacant(slot) => {
+                let mut buffer = uuid::Uuid::encode_buffer();
+                let minted = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
+                let id = HeaderValue::from_str(minted).unwrap_or(HeaderValue::from_static(""));
+                slot.insert(id).clone()
+            }
+        };
+        let correlation_id = match request.headers_mut().entry(X_CORRELATION_ID) {
+            Entry::Occupied(id) => id.get().clone(),
+            Entry::Vacant(slot) => slot.insert(request_id.clone()).clone(),
+        };
+        let traceparent = trace_context::start(request);
+        Self {
+            request_id,
+            correlation_id,
+            traceparent,
+        }
+    }
+
+    pub(crate) fn request_id(&self) -> &HeaderValue {
+        &self.request_id
+    }
+
+    pub(crate) fn correlation_id(&self) -> &HeaderValue {
+        &self.correlation_id
+    }
+
+    /// The ids on the response (an upstream's own `x-request-id` is kept).
+    pub(crate) fn echo(self, response: &mut Response) {
+        let out = response.headers_mut();
+        out.entry(X_REQUEST_ID).or_insert(self.request_id);
+        out.insert(X_CORRELATION_ID, self.correlation_id);
+        out.insert(trace_context::TRACEPARENT.clone(), self.traceparent);
+    }
+}
+
+/// The request id set at the first step, for error bodies and logs (empty
+/// before that step, or when it is not text).
+pub fn request_id(headers: &HeaderMap) -> &str {
+    headers
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
