@@ -12,6 +12,7 @@
 //! cargo run --release --example loadbench -- --rounds 5                         # the median of 5 rounds
 //! cargo run --release --example loadbench -- --rate 2000                        # paced: 2,000 requests/s in all
 //! cargo run --release --example loadbench -- --only get --floor                 # and the floor of any such gateway
+//! cargo run --release --example loadbench -- --only get --rate-limit redis      # quotas counted in a redis-server it starts
 //! ```
 //!
 //! CPU per request comes from `/proc/<pid>/stat` (user + system time) before
@@ -96,8 +97,20 @@ struct Args {
     /// the kernel cost any gateway built on them.
     #[arg(long)]
     floor: bool,
+    /// Count a quota on every request of the started gateway (one far
+    /// above the load, so every request passes): `local` in process, or
+    /// `redis` in a `redis-server` this benchmark starts on loopback.
+    #[arg(long, value_enum)]
+    rate_limit: Option<QuotaPolicy>,
     #[command(subcommand)]
     role: Option<Role>,
+}
+
+/// `rate_limit.policy` of the started gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum QuotaPolicy {
+    Local,
+    Redis,
 }
 
 /// The processes this binary re-executes itself as.
@@ -125,6 +138,11 @@ enum Role {
         access_log: bool,
         #[arg(long, default_value_t = 0)]
         workers: usize,
+        #[arg(long, value_enum)]
+        rate_limit: Option<QuotaPolicy>,
+        /// With `--rate-limit redis`.
+        #[arg(long)]
+        redis: Option<String>,
     },
 }
 
@@ -188,12 +206,15 @@ fn main() -> Result<(), BoxError> {
             descriptor_set,
             access_log,
             workers,
+            rate_limit,
+            redis,
         }) => runtime.block_on(serve_gateway(
             listen,
             upstream,
             descriptor_set,
             access_log,
             workers,
+            rate_limit.map(|policy| (policy, redis)),
         )),
         None => runtime.block_on(bench(&args)),
     }
@@ -205,6 +226,7 @@ async fn serve_gateway(
     descriptor_set: Option<std::path::PathBuf>,
     access_log: bool,
     workers: usize,
+    rate_limit: Option<(QuotaPolicy, Option<String>)>,
 ) -> Result<(), BoxError> {
     // As the `protogate` binary runs: with its diagnostic log (and so the
     // request span) on.
@@ -216,6 +238,20 @@ async fn serve_gateway(
     };
     config.access_log.enabled = access_log;
     config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    if let Some((policy, redis)) = rate_limit {
+        let mut yaml =
+            "rate_limit: { per_ip: { requests: 1000000000, per: 1s }, policy: ".to_owned();
+        yaml.push_str(match policy {
+            QuotaPolicy::Local => "local }",
+            QuotaPolicy::Redis => "redis }",
+        });
+        if let Some(url) = redis {
+            yaml.push_str(&format!("\nredis: {{ url: '{url}' }}"));
+        }
+        let quotas = Config::from_yaml(&yaml)?;
+        config.rate_limit = quotas.rate_limit;
+        config.redis = quotas.redis;
+    }
     for package in [
         "acme.orders.v1",
         "acme.orders.v2",
@@ -820,6 +856,25 @@ async fn round(
 }
 
 async fn bench(args: &Args) -> Result<(), BoxError> {
+    let redis = match args.rate_limit {
+        Some(QuotaPolicy::Redis) => {
+            let addr = free_port()?;
+            let child = Command::new("redis-server")
+                .args(["--port", &addr.port().to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .spawn()
+                .map_err(|err| {
+                    format!(
+                        "cannot start redis-server (Debian: apt-get install redis-server): {err}"
+                    )
+                })?;
+            let redis = Process(child);
+            wait_for(addr).await?;
+            Some((redis, addr))
+        }
+        _ => None,
+    };
     let backend_addr = free_port()?;
     let backend = Process::spawn(&["backend".into(), backend_addr.to_string()])?;
     wait_for(backend_addr).await?;
@@ -847,6 +902,13 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
                 gateway_args.push("--access-log".into());
             }
             gateway_args.push(format!("--workers={}", args.workers));
+            if let Some(policy) = args.rate_limit {
+                gateway_args.push("--rate-limit".into());
+                gateway_args.push(format!("{policy:?}").to_lowercase());
+            }
+            if let Some(redis) = &redis {
+                gateway_args.push(format!("--redis=redis://{}/0", redis.1));
+            }
             let process = Process::spawn(&gateway_args)?;
             wait_for(addr).await?;
             if args.services > 0 {
@@ -861,8 +923,15 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
     let pace = args
         .rate
         .map_or_else(String::new, |rate| format!(", paced at {rate} requests/s"));
+    let quotas = match (args.rate_limit, &redis) {
+        (Some(QuotaPolicy::Local), _) => ", a quota counted in process".to_owned(),
+        (Some(QuotaPolicy::Redis), Some((_, addr))) => {
+            format!(", a quota counted in the redis-server at {addr}")
+        }
+        _ => String::new(),
+    };
     println!(
-        "{} requests per workload, {} connections{pace}; gateway {} → backend {backend_addr}\n",
+        "{} requests per workload, {} connections{pace}{quotas}; gateway {} → backend {backend_addr}\n",
         args.requests, args.concurrency, gateway_addr
     );
     // What any proxy in a process of its own adds at the least: one more

@@ -108,6 +108,14 @@ pub enum Error {
     /// The admin API's bearer token is missing or wrong.
     #[error("missing or invalid admin token")]
     AdminUnauthenticated,
+    /// An admin change that lost a race with another instance's change (the
+    /// shared registry moved on): 409, retry it.
+    #[error("{0}")]
+    Aborted(Box<str>),
+    /// An admin change that cannot be stored now (the shared registry's Redis
+    /// is away): 503, with the message (it names no address).
+    #[error("{0}")]
+    Unavailable(Box<str>),
 }
 
 /// One problem of a refused change: what it concerns (a method or a set,
@@ -168,6 +176,8 @@ impl Error {
             Self::NotFound(_) => Code::NotFound,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::AdminUnauthenticated => Code::Unauthenticated,
+            Self::Aborted(_) => Code::Aborted,
+            Self::Unavailable(_) => Code::Unavailable,
         }
     }
 
@@ -201,13 +211,14 @@ impl Error {
             | Self::Rejected { .. }
             | Self::NotFound(_)
             | Self::FailedPrecondition(_)
-            | Self::AdminUnauthenticated => Fault::Client,
+            | Self::AdminUnauthenticated
+            | Self::Aborted(_) => Fault::Client,
             Self::UpstreamUnavailable { .. }
             | Self::DeadlineExceeded { .. }
             | Self::ResponseTooLarge { .. }
             | Self::InvalidReply(_)
             | Self::Upstream(_) => Fault::Upstream,
-            Self::Unimplemented(_) | Self::Internal(_) => Fault::Gateway,
+            Self::Unimplemented(_) | Self::Internal(_) | Self::Unavailable(_) => Fault::Gateway,
         }
     }
 
@@ -249,7 +260,10 @@ impl Error {
         let status = self.http_status();
         let code = self.code();
         let mut details = Vec::new();
-        let shows_cause = matches!(self, Self::Unimplemented(_) | Self::ResponseTooLarge { .. });
+        let shows_cause = matches!(
+            self,
+            Self::Unimplemented(_) | Self::ResponseTooLarge { .. } | Self::Unavailable(_)
+        );
         let message = if status.is_server_error() && !shows_cause {
             // Never leak the cause of a 5xx; it is logged with the request id.
             match self {

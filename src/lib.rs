@@ -25,6 +25,7 @@ pub mod openapi;
 pub mod pb;
 mod percent;
 pub mod policy;
+mod redis_client;
 pub mod registry;
 pub mod request_ids;
 pub mod router;

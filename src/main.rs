@@ -173,6 +173,9 @@ struct ServeArgs {
     /// Where a package or service is served, as PATTERN=URL; repeatable.
     #[arg(long = "upstream", value_name = "PATTERN=URL")]
     upstreams: Vec<String>,
+    /// The Redis several instances share (`redis.url`): redis://host:port/db or rediss://.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -361,6 +364,9 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
     for spec in &args.upstreams {
         config.override_upstream(spec)?;
     }
+    if let Some(url) = &args.redis {
+        config.override_redis_url(url);
+    }
     config.validate()?;
     Ok(config)
 }
@@ -374,6 +380,10 @@ fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     if let Some(config) = &mut config {
         for spec in &args.upstreams {
             config.override_upstream(spec)?;
+        }
+        // As `serve` reads it: an admin listener off loopback needs it.
+        if let Ok(token) = std::env::var(ADMIN_TOKEN_ENV) {
+            config.admin.token = Some(AdminToken(token));
         }
         config.descriptors.expose_unannotated |= args.expose_unannotated;
     }

@@ -558,6 +558,8 @@ impl From<ApplyError> for ApiError {
                 Error::NotFound(err.to_string().into())
             }
             ApplyError::FixedSet(_) => Error::FailedPrecondition(err.to_string().into()),
+            ApplyError::Conflict(_) => Error::Aborted(err.to_string().into()),
+            ApplyError::SharedUnavailable => Error::Unavailable(err.to_string().into()),
             ApplyError::Store(_) | ApplyError::Interrupted => {
                 tracing::error!(error = %err, "admin change failed");
                 Error::Internal(err.to_string().into())

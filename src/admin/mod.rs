@@ -4,7 +4,10 @@
 //! * `GET /metrics` -- Prometheus text exposition of this server's metrics
 //! * `GET /healthz` -- 200 while the process serves
 //! * `GET /readyz` -- 200 when the catalog is loaded and every upstream is
-//!   healthy or within its grace period, else 503; the body lists each upstream
+//!   healthy or within its grace period, else 503; the body lists each
+//!   upstream, and says whether the shared Redis answers (`"redis": "up"`
+//!   or `"down"`: reported, not required, since the data plane serves
+//!   without it)
 //! * `/admin/v1/...` -- the admin API ([`api`]): descriptor sets, upstreams, routes
 //!
 //! Only the admin API requires the bearer token: probes and Prometheus
@@ -39,6 +42,7 @@ use crate::{
     config::{AdminConfig, AdminToken},
     error::Error,
     observe::metrics::Metrics,
+    redis_client::Redis,
     registry::Registry,
     request_ids,
     upstream::{HealthState, UpstreamHealth},
@@ -51,6 +55,8 @@ pub struct AdminState {
     pub metrics: Metrics,
     pub health: Arc<UpstreamHealth>,
     pub api: ApiSettings,
+    /// The shared Redis, when configured: `/readyz` says whether it answers.
+    pub redis: Option<Arc<Redis>>,
 }
 
 /// How the admin API is protected and what it accepts, resolved at start.
@@ -197,7 +203,11 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({ "ready": ready, "generation": generation, "upstreams": upstreams });
+    let mut body = json!({ "ready": ready, "generation": generation, "upstreams": upstreams });
+    // Reported, not required: without Redis the data plane still serves.
+    if let Some(redis) = &state.redis {
+        body["redis"] = Value::from(if redis.is_up() { "up" } else { "down" });
+    }
     (
         status,
         [(

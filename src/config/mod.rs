@@ -18,8 +18,8 @@ mod policy;
 pub use self::openapi::{DocumentPolicy, OpenApiConfig, ServerConfig};
 pub(crate) use self::policy::DEFAULT_CLAIM_HEADERS;
 pub use self::policy::{
-    AuthConfig, CorsConfig, HeadersConfig, PolicyRule, ProviderConfig, QuotaConfig, QuotasConfig,
-    RateLimitConfig,
+    AuthConfig, CorsConfig, HeadersConfig, OnRedisError, PolicyRule, ProviderConfig, QuotaConfig,
+    QuotasConfig, RateLimitConfig, RateLimitPolicy,
 };
 pub use crate::deprecation::DeprecationConfig;
 
@@ -61,6 +61,49 @@ pub struct Config {
     pub deprecations: Vec<DeprecationConfig>,
     /// The published OpenAPI document and reference page.
     pub openapi: OpenApiConfig,
+    /// The Redis that several instances share (quotas, registry); none by default.
+    pub redis: Option<RedisConfig>,
+    pub registry: RegistryConfig,
+}
+
+/// The Redis shared by several gateway instances: `rate_limit.policy: redis`
+/// counts quotas there, `registry.store: redis` keeps the managed
+/// descriptor sets and upstreams there.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
+    pub url: String,
+    /// Put in front of every key and channel, so that several gateways (or
+    /// other programs) can share one Redis. Default `protogate:`.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// Longest wait for one command; past it the command counts as a Redis
+    /// error. Default 50ms.
+    #[serde(default = "default_redis_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Name of the environment variable holding the password, when it is
+    /// not in the URL. Default: none.
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+/// Where the descriptor sets and upstreams managed at run time are kept.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// `directory` (default): `descriptors.dir`; `redis`: in Redis, shared by
+    /// every instance, with `descriptors.dir` as this instance's copy.
+    pub store: RegistryStore,
+}
+
+/// See [`RegistryConfig::store`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryStore {
+    #[default]
+    Directory,
+    Redis,
 }
 
 /// Which descriptor sets to load at start.
@@ -300,6 +343,14 @@ fn default_upstream_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
+fn default_key_prefix() -> String {
+    "protogate:".to_owned()
+}
+
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(50)
+}
+
 // === impl Config ===
 
 impl Default for Config {
@@ -325,6 +376,8 @@ impl Default for Config {
             health: HealthConfig::default(),
             deprecations: Vec::new(),
             openapi: OpenApiConfig::default(),
+            redis: None,
+            registry: RegistryConfig::default(),
         }
     }
 }
@@ -560,7 +613,60 @@ impl Config {
                 reason,
             })?;
         policy::validate(self)?;
+        self.validate_redis()?;
         self.validate_observability()
+    }
+
+    /// Sets `redis.url` (`serve --redis URL`), keeping the other `redis` keys.
+    pub fn override_redis_url(&mut self, url: &str) {
+        match &mut self.redis {
+            Some(redis) => url.clone_into(&mut redis.url),
+            None => {
+                self.redis = Some(RedisConfig {
+                    url: url.to_owned(),
+                    key_prefix: default_key_prefix(),
+                    timeout: default_redis_timeout(),
+                    password_env: None,
+                });
+            }
+        }
+    }
+
+    fn validate_redis(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            key: key.to_owned(),
+            reason,
+        };
+        if self.registry.store == RegistryStore::Redis {
+            if self.redis.is_none() {
+                return Err(invalid(
+                    "registry.store",
+                    "`redis` needs `redis.url` (or `serve --redis URL`)".into(),
+                ));
+            }
+            if self.descriptors.dir.is_none() {
+                return Err(invalid(
+                    "registry.store",
+                    "`redis` needs `descriptors.dir`: this instance's copy of the registry, served while Redis is away".into(),
+                ));
+            }
+        }
+        let Some(redis) = &self.redis else {
+            return Ok(());
+        };
+        check_redis_url(&redis.url).map_err(|reason| invalid("redis.url", reason))?;
+        if redis.timeout.is_zero() {
+            return Err(invalid("redis.timeout", "must be greater than 0".into()));
+        }
+        if let Some(name) = &redis.password_env {
+            if std::env::var_os(name).is_none() {
+                return Err(invalid(
+                    "redis.password_env",
+                    format!("the environment variable `{name}` is not set"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_observability(&self) -> Result<(), ConfigError> {
@@ -613,6 +719,30 @@ pub fn resolve_addr(text: &str) -> Result<SocketAddr, String> {
 fn deserialize_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
     let text = String::deserialize(deserializer)?;
     resolve_addr(&text).map_err(serde::de::Error::custom)
+}
+
+/// `redis://` or `rediss://` (TLS), with host, port, database, user and
+/// password as the URL gives them.
+fn check_redis_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(format!(
+            "`{}` must be redis://host:port[/db] or rediss://host:port[/db]",
+            redacted(url)
+        ));
+    }
+    redis::IntoConnectionInfo::into_connection_info(url)
+        .map(drop)
+        .map_err(|err| format!("`{}` is not a Redis URL: {err}", redacted(url)))
+}
+
+/// The URL without its password, for messages.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***{}", &url[..scheme], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 pub(crate) fn validate_upstream(upstream: &UpstreamConfig) -> Result<(), String> {
@@ -844,6 +974,18 @@ mod tests {
         assert_eq!(provider.jwks_file, Some(folder.join("keys/jwks.json")));
         assert_eq!(config.admin.token_file, Some(folder.join("token")));
         assert_eq!(config.access_log.file, Some(folder.join("../access.log")));
+    }
+
+    #[test]
+    fn redis_urls_are_checked_and_passwords_never_shown() {
+        assert!(check_redis_url("redis://127.0.0.1:6379/0").is_ok());
+        assert!(check_redis_url("rediss://cache.example:6380").is_ok());
+        let err = check_redis_url("http://user:secret@127.0.0.1:6379").unwrap_err();
+        assert!(err.contains("redis://") && !err.contains("secret"), "{err}");
+        let err = check_redis_url("redis://:secret@127.0.0.1:6379/x").unwrap_err();
+        assert!(!err.contains("secret"), "{err}");
+        let err = Config::from_yaml("redis: { url: 'redis://h:1', timeout: 0s }").unwrap_err();
+        assert!(err.to_string().starts_with("redis.timeout: "), "{err}");
     }
 
     #[test]

@@ -99,6 +99,31 @@ pub struct RateLimitConfig {
     pub per_ip: Option<QuotaConfig>,
     /// Most clients remembered per bucket; beyond it new clients share one key. Default 100000.
     pub max_keys: usize,
+    /// Where the buckets are counted: `local` (this instance, default) or
+    /// `redis` (shared by every instance; needs `redis.url`).
+    pub policy: RateLimitPolicy,
+    /// With `policy: redis`, what a decision is while Redis does not answer:
+    /// `local` (this instance's own buckets, default), `allow` or `deny`.
+    pub on_redis_error: OnRedisError,
+}
+
+/// See [`RateLimitConfig::policy`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitPolicy {
+    #[default]
+    Local,
+    Redis,
+}
+
+/// See [`RateLimitConfig::on_redis_error`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRedisError {
+    #[default]
+    Local,
+    Allow,
+    Deny,
 }
 
 /// The quotas a policy rule overrides.
@@ -193,6 +218,8 @@ impl Default for RateLimitConfig {
             per_user: None,
             per_ip: None,
             max_keys: 100_000,
+            policy: RateLimitPolicy::Local,
+            on_redis_error: OnRedisError::Local,
         }
     }
 }
@@ -361,6 +388,12 @@ pub(crate) fn validate(config: &super::Config) -> Result<(), ConfigError> {
             return Err(invalid(
                 "rate_limit.max_keys".into(),
                 "must be greater than 0".into(),
+            ));
+        }
+        if limits.policy == RateLimitPolicy::Redis && config.redis.is_none() {
+            return Err(invalid(
+                "rate_limit.policy".into(),
+                "`redis` needs `redis.url` (or `serve --redis URL`)".into(),
             ));
         }
     }

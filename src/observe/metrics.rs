@@ -16,6 +16,9 @@
 //! | `protogate_rate_limited_total` | counter | route, key_kind (`user` or `ip`) |
 //! | `protogate_auth_failures_total` | counter | reason |
 //! | `protogate_auth_refused_total` | counter | reason (of `policy::AuthError::reason`) |
+//! | `protogate_redis_up` | gauge | |
+//! | `protogate_redis_errors_total` | counter | op (`rate_limit`, `registry_read`, `registry_write`, `subscribe`, `ping`) |
+//! | `protogate_redis_command_duration_seconds` | histogram | op |
 
 use std::{
     fmt,
@@ -28,7 +31,7 @@ use axum::{body::Body, extract::Request, response::Response};
 use http::Method;
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
-    Histogram, Recorder, Unit,
+    Gauge, Histogram, Recorder, Unit,
 };
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
@@ -58,6 +61,14 @@ const RELOADS: &str = "protogate_catalog_reloads_total";
 const RATE_LIMITED: &str = "protogate_rate_limited_total";
 const AUTH_FAILURES: &str = "protogate_auth_failures_total";
 const AUTH_REFUSED: &str = "protogate_auth_refused_total";
+const REDIS_UP: &str = "protogate_redis_up";
+const REDIS_ERRORS: &str = "protogate_redis_errors_total";
+const REDIS_DURATION: &str = "protogate_redis_command_duration_seconds";
+
+/// Redis command buckets: 100 µs to 1 s (loopback answers in tens of µs).
+const REDIS_BUCKETS: [f64; 9] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 1.0,
+];
 
 /// Body size buckets: 64 B to 16 MiB, by fours.
 const SIZE_BUCKETS: [f64; 10] = [
@@ -117,6 +128,7 @@ impl Metrics {
             (UPSTREAM_DURATION, &config.duration_buckets[..]),
             (REQUEST_SIZE, &SIZE_BUCKETS[..]),
             (RESPONSE_SIZE, &SIZE_BUCKETS[..]),
+            (REDIS_DURATION, &REDIS_BUCKETS[..]),
         ] {
             builder = builder
                 .set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)
@@ -167,6 +179,21 @@ impl Metrics {
             gauge!(UPSTREAM_HEALTHY, "upstream" => upstream.clone())
                 .set(f64::from(u8::from(healthy)));
         });
+    }
+
+    /// The Redis metrics' handles: `up`, and an error counter and a
+    /// duration histogram for each of `ops`.
+    pub fn redis<const N: usize>(
+        &self,
+        ops: &[&'static str; N],
+    ) -> (Gauge, [Counter; N], [Histogram; N]) {
+        self.record(|| {
+            (
+                gauge!(REDIS_UP),
+                ops.map(|op| counter!(REDIS_ERRORS, "op" => op)),
+                ops.map(|op| histogram!(REDIS_DURATION, "op" => op)),
+            )
+        })
     }
 
     fn request_finished(
@@ -320,6 +347,15 @@ fn describe() {
     );
     describe_gauge!(CATALOG_GENERATION, "generation of the catalog being served");
     describe_gauge!(ROUTES, "REST routes in the catalog being served");
+    describe_gauge!(
+        REDIS_UP,
+        "1 while the shared Redis answers, 0 while it is away"
+    );
+    describe_counter!(
+        REDIS_ERRORS,
+        "Redis commands that failed or timed out (redis.timeout), by purpose"
+    );
+    describe_histogram!(REDIS_DURATION, Unit::Seconds, "Redis commands, by purpose");
 }
 
 /// The HTTP method as a bounded label: the standard ones, else `other`

@@ -20,6 +20,7 @@ pub mod cors;
 mod headers;
 mod jwks;
 mod rate_limit;
+mod redis_limiter;
 
 use std::sync::Arc;
 
@@ -35,13 +36,15 @@ pub use self::{
         count_failed_authentication, rate_limit, BucketId, ClientKey, Decision, Limiter,
         LocalLimiter, RateLimiting, RateLimits,
     },
+    redis_limiter::RedisLimiter,
 };
 use ipnet::IpNet;
 
 use crate::config::{
     AuthConfig, CorsConfig, HeadersConfig, PolicyRule, QuotaConfig, RateLimitConfig,
+    RateLimitPolicy,
 };
-use crate::pb::protogate::v1::Policy as PolicyOption;
+use crate::{pb::protogate::v1::Policy as PolicyOption, redis_client::Redis};
 
 /// The policy of one gRPC method, resolved at catalog build.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -81,10 +84,31 @@ pub struct Policies {
     /// `None` when `auth` is not configured.
     pub auth: Option<Arc<Authenticator>>,
     /// `None` when no quota is configured.
-    pub rate_limit: Option<Arc<RateLimiting<Arc<LocalLimiter>>>>,
+    pub rate_limit: Option<Arc<RateLimiting<QuotaStore>>>,
     pub headers: Arc<HeaderPolicy>,
     /// `None` when `cors` is not configured.
     pub cors: Option<CorsLayer>,
+}
+
+/// Where quotas are counted (`rate_limit.policy`).
+#[derive(Debug, Clone)]
+pub enum QuotaStore {
+    Local(Arc<LocalLimiter>),
+    Redis(Arc<RedisLimiter>),
+}
+
+impl Limiter for QuotaStore {
+    fn check(
+        &self,
+        bucket: BucketId,
+        key: &ClientKey,
+    ) -> impl std::future::Future<Output = Decision> + Send {
+        use futures_util::future::Either;
+        match self {
+            Self::Local(local) => Either::Left(local.check(bucket, key)),
+            Self::Redis(shared) => Either::Right(shared.check(bucket, key)),
+        }
+    }
 }
 
 /// The settings the policies are built from: the config's `auth`,
@@ -114,8 +138,9 @@ pub struct SetupError {
 
 impl Policies {
     /// Reads keys, compiles names and globs, and starts the JWKS refreshers.
+    /// `redis` counts the quotas when `rate_limit.policy` is `redis`.
     /// Must run inside a tokio runtime.
-    pub fn new(config: PolicySettings<'_>) -> Result<Self, SetupError> {
+    pub fn new(config: PolicySettings<'_>, redis: Option<&Arc<Redis>>) -> Result<Self, SetupError> {
         let rules = PolicyRules::new(config.rules, config.rate_limit);
         let auth = config
             .auth
@@ -125,8 +150,20 @@ impl Policies {
         let rate_limit = if rules.buckets.is_empty() {
             None
         } else {
-            let max_keys = config.rate_limit.map_or(100_000, |r| r.max_keys);
-            let limiter = LocalLimiter::new(&rules.buckets, max_keys)?;
+            let limits = config.rate_limit.cloned().unwrap_or_default();
+            let local = LocalLimiter::new(&rules.buckets, limits.max_keys)?;
+            let limiter = match (limits.policy, redis) {
+                (RateLimitPolicy::Redis, Some(redis)) => QuotaStore::Redis(Arc::new(
+                    RedisLimiter::new(redis.clone(), &rules.buckets, limits.on_redis_error, local),
+                )),
+                (RateLimitPolicy::Redis, None) => {
+                    return Err(SetupError {
+                        key: "rate_limit.policy".into(),
+                        reason: "`redis` needs `redis.url`".into(),
+                    })
+                }
+                (RateLimitPolicy::Local, _) => QuotaStore::Local(local),
+            };
             Some(Arc::new(RateLimiting {
                 limiter,
                 client_ip: ClientIp::new(config.trusted_proxies.to_vec()),

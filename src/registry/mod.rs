@@ -12,6 +12,7 @@ mod catalog;
 mod compile;
 mod definitions;
 mod reload;
+mod shared;
 mod store;
 
 use std::{
@@ -30,6 +31,7 @@ pub use catalog::{CallKind, Catalog, LoadedSet, MethodPlan, Route, RouteMatch, R
 pub use compile::{CompileError, ProtoSources, UploadFormat};
 use prost::Message as _;
 pub use reload::{reload_on_sighup, watch_dir};
+pub use shared::{keep_in_sync, SharedRegistry, SharedSet, Snapshot};
 pub use store::{check_name, Store, StoredSet, UpstreamSetting};
 use tokio::sync::{watch, Mutex};
 
@@ -75,7 +77,10 @@ pub struct BuildContext {
     /// Sets from the config's `files` and the embedding program: served, not managed.
     pub fixed: Vec<DescriptorSet>,
     /// The descriptor directory; without one, admin changes last until restart.
+    /// With `shared`, this instance's copy of it.
     pub store: Option<Store>,
+    /// `registry.store: redis`: every change is stored there first.
+    pub shared: Option<Arc<SharedRegistry>>,
     pub started_at: SystemTime,
 }
 
@@ -109,6 +114,8 @@ pub enum Change {
         setting: UpstreamSetting,
     },
     DeleteUpstream(String),
+    /// Take what the shared registry holds, at its generation.
+    Sync(Snapshot),
 }
 
 /// The result of a change.
@@ -139,6 +146,11 @@ pub enum ApplyError {
     Store(#[from] std::io::Error),
     #[error("the catalog build was interrupted")]
     Interrupted,
+    /// Another instance changed the shared registry first.
+    #[error("the shared registry changed through another instance (now at generation {0}): nothing was changed; retry")]
+    Conflict(u64),
+    #[error("the shared registry (Redis) is unavailable: admin changes are refused until it is back; the gateway serves its current catalog")]
+    SharedUnavailable,
 }
 
 /// The managed sources: the part of what is served that changes at run time.
@@ -170,6 +182,7 @@ impl Registry {
         upstreams: Upstreams,
         stored: Vec<StoredSet>,
         stored_upstreams: BTreeMap<String, UpstreamSetting>,
+        generation: u64,
     ) -> Result<Self, LoadError> {
         let mut sources = Sources {
             sets: BTreeMap::new(),
@@ -188,7 +201,7 @@ impl Registry {
         let context = Arc::new(context);
         let live = context.upstreams_for(&sources)?;
         sources.live = Arc::new(live);
-        let catalog = context.build(&sources, 1, Vec::new())?;
+        let catalog = context.build(&sources, generation.max(1), Vec::new())?;
         let (changed, _) = watch::channel(catalog.generation());
         Ok(Self {
             current: ArcSwap::from_pointee(catalog),
@@ -232,6 +245,17 @@ impl Registry {
     /// The descriptor directory, if any.
     pub fn store(&self) -> Option<&Store> {
         self.context.store.as_ref()
+    }
+
+    /// The shared registry, with `registry.store: redis`.
+    pub fn shared(&self) -> Option<&Arc<SharedRegistry>> {
+        self.context.shared.as_ref()
+    }
+
+    /// The managed sets and upstreams, at the current catalog's generation.
+    pub async fn snapshot(&self) -> Snapshot {
+        let sources = self.sources.lock().await;
+        sources.snapshot(self.load().generation())
     }
 
     /// Builds, validates, persists and swaps in `change`.
@@ -291,16 +315,25 @@ impl Registry {
             // As at start: a file in the directory cannot take another set's place.
             self.context.leave_out_refused(&mut candidate, &incoming);
         }
-        if candidate.same_as(&sources) {
+        let generation = match &change {
+            Change::Sync(snapshot) => snapshot.generation,
+            _ => current.generation() + 1,
+        };
+        if candidate.same_as(&sources) && !matches!(change, Change::Sync(_)) {
             return Ok(Applied {
                 catalog: current,
                 changed: false,
             });
         }
+        if let Change::Sync(snapshot) = &change {
+            // Raced by a write through this instance, which is newer.
+            if snapshot.generation <= current.generation() {
+                return Err(ApplyError::Conflict(current.generation()));
+            }
+        }
         let mut candidate = candidate;
         candidate.live = Arc::new(self.context.upstreams_for(&candidate)?);
         let context = self.context.clone();
-        let generation = current.generation() + 1;
         let (candidate, catalog) = tokio::task::spawn_blocking(move || {
             let catalog = context.build(&candidate, generation, incoming);
             (candidate, catalog)
@@ -314,11 +347,30 @@ impl Registry {
                 changed: true,
             });
         }
+        if let (Some(shared), false) = (&self.context.shared, matches!(change, Change::Sync(_))) {
+            // Stored there first: a change Redis did not take is no change.
+            let before = sources.snapshot(current.generation());
+            shared
+                .write_change(&before, &candidate.snapshot(generation))
+                .await
+                .map_err(|err| match err {
+                    shared::WriteError::Conflict(found) => ApplyError::Conflict(found),
+                    shared::WriteError::Unavailable(_) => ApplyError::SharedUnavailable,
+                })?;
+        }
         if let Some(store) = self.context.store.clone() {
             let persisted = candidate.clone();
-            tokio::task::spawn_blocking(move || persist(&store, &change, &persisted))
-                .await
-                .map_err(|_| ApplyError::Interrupted)??;
+            let before = sources.clone();
+            let shared = self.context.shared.is_some();
+            tokio::task::spawn_blocking(move || {
+                persist(&store, &change, &before, &persisted)?;
+                if shared {
+                    store.write_generation(generation)?;
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await
+            .map_err(|_| ApplyError::Interrupted)??;
         }
         *sources = candidate;
         let catalog = Arc::new(catalog);
@@ -389,15 +441,56 @@ impl Registry {
                     return Err(ApplyError::UnknownUpstream(pattern.clone()));
                 }
             }
+            Change::Sync(snapshot) => {
+                candidate.sets = snapshot
+                    .sets
+                    .iter()
+                    .map(|(name, set)| {
+                        let loaded_at = match sources.sets.get(name) {
+                            Some(old) if old.bytes == set.bytes => old.loaded_at,
+                            _ => SystemTime::now(),
+                        };
+                        let managed =
+                            ManagedSet::new(set.bytes.clone(), set.upstream.clone(), loaded_at);
+                        (name.clone(), managed)
+                    })
+                    .collect();
+                candidate.upstreams.clone_from(&snapshot.upstreams);
+            }
         }
         Ok(candidate)
     }
 }
 
-/// Writes what `change` changed into the store.
-fn persist(store: &Store, change: &Change, sources: &Sources) -> std::io::Result<()> {
+/// Writes what `change` changed (from `before` to `sources`) into the store.
+fn persist(
+    store: &Store,
+    change: &Change,
+    before: &Sources,
+    sources: &Sources,
+) -> std::io::Result<()> {
     match change {
         Change::Reload => Ok(()),
+        Change::Sync(_) => {
+            for (name, set) in &sources.sets {
+                let same = before
+                    .sets
+                    .get(name)
+                    .is_some_and(|old| old.bytes == set.bytes && old.upstream == set.upstream);
+                if !same {
+                    store.write_set(name, &set.bytes, set.upstream.as_deref())?;
+                }
+            }
+            for name in before.sets.keys() {
+                if !sources.sets.contains_key(name) {
+                    store.remove_set(name)?;
+                }
+            }
+            if before.upstreams != sources.upstreams {
+                store.write_upstreams(&sources.upstreams)?;
+            }
+            Ok(())
+        }
         Change::PutSet {
             name,
             bytes,
@@ -430,6 +523,7 @@ impl BuildContext {
             max_response_bytes,
             fixed,
             store,
+            shared: None,
             started_at: SystemTime::now(),
         }
     }
@@ -555,6 +649,24 @@ impl BuildContext {
 // === impl Sources ===
 
 impl Sources {
+    fn snapshot(&self, generation: u64) -> Snapshot {
+        Snapshot {
+            generation,
+            sets: self
+                .sets
+                .iter()
+                .map(|(name, set)| {
+                    let shared = SharedSet {
+                        bytes: set.bytes.clone(),
+                        upstream: set.upstream.clone(),
+                    };
+                    (name.clone(), shared)
+                })
+                .collect(),
+            upstreams: self.upstreams.clone(),
+        }
+    }
+
     /// Same sets and upstream settings: nothing to rebuild.
     fn same_as(&self, other: &Self) -> bool {
         self.upstreams == other.upstreams

@@ -21,6 +21,9 @@ use super::DescriptorSet;
 
 /// The file of admin-managed upstreams in the descriptor directory.
 const UPSTREAMS_FILE: &str = "upstreams.json";
+/// With `registry.store: redis`: the generation of the shared registry this
+/// copy is of (highest wins when Redis is re-seeded).
+const GENERATION_FILE: &str = "registry-generation";
 
 /// The descriptor directory.
 #[derive(Debug, Clone)]
@@ -128,6 +131,30 @@ impl Store {
         }
         remove_if_present(&self.dir.join(sidecar_name(name)))?;
         sync_dir(&self.dir)
+    }
+
+    /// The generation of the shared registry this directory is a copy of; 0 when none.
+    pub fn read_generation(&self) -> io::Result<u64> {
+        match fs::read_to_string(self.dir.join(GENERATION_FILE)) {
+            Ok(text) => text.trim().parse().map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: not a generation number",
+                        self.dir.join(GENERATION_FILE).display()
+                    ),
+                )
+            }),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(err) => Err(err),
+        }
+    }
+
+    pub fn write_generation(&self, generation: u64) -> io::Result<()> {
+        write_atomic(
+            &self.dir.join(GENERATION_FILE),
+            generation.to_string().as_bytes(),
+        )
     }
 
     pub fn write_upstreams(&self, upstreams: &BTreeMap<String, UpstreamSetting>) -> io::Result<()> {

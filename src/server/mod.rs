@@ -19,7 +19,7 @@ use self::{
 };
 use crate::{
     admin::{self, AdminSetupError, AdminState},
-    config::{Config, ConfigError, HealthConfig},
+    config::{Config, ConfigError, HealthConfig, RegistryStore},
     gateway::Gateway,
     observe::{
         access_log::{AccessLog, AccessLogError},
@@ -27,8 +27,10 @@ use crate::{
     },
     openapi::{DocumentOptions, Published},
     policy::{Policies, PolicySettings, SetupError},
+    redis_client::{Op, Redis, RedisMetrics},
     registry::{
-        self, BuildContext, BuildOptions, Catalog, DescriptorSet, LoadError, Registry, Store,
+        self, BuildContext, BuildOptions, Catalog, DescriptorSet, LoadError, Registry,
+        SharedRegistry, Store,
     },
     transcode::TranscodeOptions,
     upstream::{UpstreamError, UpstreamHealth, Upstreams},
@@ -54,6 +56,8 @@ pub enum StartError {
     AccessLog(#[from] AccessLogError),
     #[error(transparent)]
     Admin(#[from] AdminSetupError),
+    #[error("{0}")]
+    Redis(String),
 }
 
 /// A gateway ready to serve: its catalog is built and its channels exist.
@@ -72,6 +76,8 @@ pub struct Server {
     admin_listen: SocketAddr,
     admin_listener: Option<TcpListener>,
     admin_api: admin::ApiSettings,
+    /// The shared Redis, when configured.
+    redis: Option<Arc<Redis>>,
     watch_descriptors: bool,
     workers: usize,
     timeouts: Timeouts,
@@ -90,8 +96,12 @@ struct Loaded {
 
 impl Loaded {
     /// Must run inside a tokio runtime. Warns of what is accepted but
-    /// probably not meant.
-    fn new(config: &Config, extra: Vec<DescriptorSet>) -> Result<Self, StartError> {
+    /// probably not meant. Connects to nothing: `redis` connects on first use.
+    fn new(
+        config: &Config,
+        extra: Vec<DescriptorSet>,
+        redis: Option<&Arc<Redis>>,
+    ) -> Result<Self, StartError> {
         config.validate()?;
         let upstreams = Upstreams::new(
             &config.upstreams,
@@ -109,16 +119,19 @@ impl Loaded {
             })?);
         }
         sets.extend(extra);
-        let policies = Policies::new(PolicySettings {
-            auth: config.auth.as_ref(),
-            rules: &config.policies,
-            rate_limit: config.rate_limit.as_ref(),
-            trusted_proxies: &config.trusted_proxies,
-            headers: &config.headers,
-            max_forwarded_metadata_bytes: config.limits.max_forwarded_metadata_bytes,
-            cors: config.cors.as_ref(),
-        })?;
-        let context = BuildContext::new(
+        let policies = Policies::new(
+            PolicySettings {
+                auth: config.auth.as_ref(),
+                rules: &config.policies,
+                rate_limit: config.rate_limit.as_ref(),
+                trusted_proxies: &config.trusted_proxies,
+                headers: &config.headers,
+                max_forwarded_metadata_bytes: config.limits.max_forwarded_metadata_bytes,
+                cors: config.cors.as_ref(),
+            },
+            redis,
+        )?;
+        let mut context = BuildContext::new(
             BuildOptions::new(&config.descriptors, &config.filters, &config.deprecations),
             policies.rules.clone(),
             config.upstreams.clone(),
@@ -126,12 +139,25 @@ impl Loaded {
             config.descriptors.dir.clone().map(Store::new),
             sets,
         );
-        let (stored, stored_upstreams) = match &context.store {
+        if config.registry.store == RegistryStore::Redis {
+            let redis = redis.ok_or_else(|| {
+                StartError::Redis("registry.store: `redis` needs `redis.url`".into())
+            })?;
+            context.shared = Some(Arc::new(SharedRegistry::new(redis.clone())));
+        }
+        let (stored, stored_upstreams, generation) = match &context.store {
             // Not there yet: `serve` creates it, and it holds nothing.
             Some(store) if !store.dir().exists() => Default::default(),
             Some(store) => store
                 .read_sets()
-                .and_then(|sets| Ok((sets, store.read_upstreams()?)))
+                .and_then(|sets| {
+                    // Only a copy of the shared registry has a generation.
+                    let generation = match context.shared {
+                        Some(_) => store.read_generation()?,
+                        None => 0,
+                    };
+                    Ok((sets, store.read_upstreams()?, generation))
+                })
                 .map_err(|source| StartError::Descriptors {
                     path: store.dir().to_owned(),
                     source,
@@ -139,7 +165,7 @@ impl Loaded {
             None => Default::default(),
         };
         let health = UpstreamHealth::new(&upstreams, &config.health);
-        let registry = Registry::start(context, upstreams, stored, stored_upstreams)?;
+        let registry = Registry::start(context, upstreams, stored, stored_upstreams, generation)?;
         let catalog = registry.load();
         if policies.auth.is_none()
             && catalog
@@ -173,7 +199,30 @@ pub fn check_config(
     config: &Config,
     extra: Vec<DescriptorSet>,
 ) -> Result<Arc<Catalog>, StartError> {
-    Ok(Loaded::new(config, extra)?.registry.load())
+    let redis = redis_client(config, None)?;
+    Ok(Loaded::new(config, extra, redis.as_ref())?.registry.load())
+}
+
+/// The shared Redis's client, when `redis.url` is set; it connects on
+/// first use. `metrics`: where it counts, none for `check`.
+fn redis_client(
+    config: &Config,
+    metrics: Option<&Metrics>,
+) -> Result<Option<Arc<Redis>>, StartError> {
+    let handles = metrics.map(|metrics| {
+        let (up, errors, duration) = metrics.redis(&Op::ALL.map(Op::label));
+        RedisMetrics {
+            up,
+            errors,
+            duration,
+        }
+    });
+    config
+        .redis
+        .as_ref()
+        .map(|redis| Redis::new(redis, handles).map(Arc::new))
+        .transpose()
+        .map_err(StartError::Redis)
 }
 
 impl Server {
@@ -187,12 +236,14 @@ impl Server {
                 source,
             })?;
         }
+        let metrics = Metrics::new(&config.metrics)?;
+        let redis = redis_client(config, Some(&metrics))?;
         let Loaded {
             registry,
             policies,
             health,
             admin_api,
-        } = Loaded::new(config, extra)?;
+        } = Loaded::new(config, extra, redis.as_ref())?;
         let registry = Arc::new(registry);
         let health = Arc::new(health);
         let gateway = Arc::new(Gateway {
@@ -200,7 +251,6 @@ impl Server {
             max_request_body: config.limits.max_request_body_bytes,
             upstream_headers_returned: !config.headers.response.is_empty(),
         });
-        let metrics = Metrics::new(&config.metrics)?;
         let published = Published::new(
             &config.openapi,
             DocumentOptions::new(&config.openapi, &config.json, config.auth.is_some()),
@@ -243,7 +293,10 @@ impl Server {
             admin_listen: config.admin.listen,
             admin_listener: None,
             admin_api,
-            watch_descriptors: config.descriptors.watch,
+            // The directory is a copy of the shared registry, written by it.
+            watch_descriptors: config.descriptors.watch
+                && config.registry.store != RegistryStore::Redis,
+            redis,
             workers: config.workers(),
             timeouts: Timeouts::from(&config.limits),
             max_connections: config.limits.max_connections,
@@ -278,6 +331,7 @@ impl Server {
             metrics: self.metrics.clone(),
             health: self.health.clone(),
             api: self.admin_api.clone(),
+            redis: self.redis.clone(),
         })
     }
 
@@ -309,6 +363,15 @@ impl Server {
             background.spawn(registry::watch_dir(self.registry.clone()));
         }
         background.spawn(registry::reload_on_sighup(self.registry.clone()));
+        if let Some(redis) = &self.redis {
+            background.spawn(redis.clone().keep_watch());
+        }
+        if let Some(shared) = self.registry.shared() {
+            background.spawn(registry::keep_in_sync(
+                self.registry.clone(),
+                shared.clone(),
+            ));
+        }
         background.spawn(crate::allocator::give_back_freed_memory());
         let (stop, stopped) = watch::channel(false);
         let admin = self.admin_listener.take().map(|listener| {
