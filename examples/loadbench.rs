@@ -12,8 +12,15 @@
 //! cargo run --release --example loadbench -- --rounds 5                         # the median of 5 rounds
 //! cargo run --release --example loadbench -- --rate 2000                        # paced: 2,000 requests/s in all
 //! cargo run --release --example loadbench -- --only get --floor                 # and the floor of any such gateway
+//! cargo run --release --example loadbench -- --http2                            # HTTP/2 clients (h2c) instead of HTTP/1.1
+//! cargo run --release --example loadbench -- --tls                              # clients over TLS (ALPN), keep-alive
+//! cargo run --release --example loadbench -- --tls-upstream                     # the gateway calls the backend over TLS
+//! cargo run --release --example loadbench -- --tls --handshakes 5000 --workers 1  # new TLS handshakes on one core
 //! cargo run --release --example loadbench -- --only get --rate-limit redis      # quotas counted in a redis-server it starts
 //! ```
+//!
+//! With `--tls` or `--tls-upstream` a CA and `localhost`
+//! certificates (ECDSA P-256) are made at start with rcgen.
 //!
 //! CPU per request comes from `/proc/<pid>/stat` (user + system time) before
 //! and after each workload; peak RSS from `/proc/<pid>/status` (`VmHWM`).
@@ -30,8 +37,11 @@ use std::{
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use http_body_util::{BodyExt as _, Full};
-use hyper::{client::conn::http1, Request};
-use hyper_util::rt::TokioIo;
+use hyper::{
+    client::conn::{http1, http2},
+    Request,
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message as _;
 use protogate::{
     demo,
@@ -43,9 +53,14 @@ use protogate::{
     Config, Server,
 };
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
 };
+use tokio_rustls::{
+    rustls::{self, pki_types::pem::PemObject as _},
+    TlsConnector,
+};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -97,6 +112,21 @@ struct Args {
     /// the kernel cost any gateway built on them.
     #[arg(long)]
     floor: bool,
+    /// Clients speak HTTP/2 (one stream at a time per connection) instead
+    /// of HTTP/1.1: h2c with prior knowledge, or ALPN `h2` with `--tls`.
+    #[arg(long)]
+    http2: bool,
+    /// Clients reach the started gateway over TLS (its HTTPS listener).
+    #[arg(long)]
+    tls: bool,
+    /// The backend serves TLS and the gateway calls it at `https://`.
+    #[arg(long)]
+    tls_upstream: bool,
+    /// Then this many new TLS handshakes (no request) against the HTTPS
+    /// listener, over `--concurrency` tasks: the gateway's CPU per
+    /// handshake, and what that makes per core and second.
+    #[arg(long, default_value_t = 0, requires = "tls")]
+    handshakes: usize,
     /// Count a quota on every request of the started gateway (one far
     /// above the load, so every request passes): `local` in process, or
     /// `redis` in a `redis-server` this benchmark starts on loopback.
@@ -117,7 +147,14 @@ enum QuotaPolicy {
 #[derive(Debug, Subcommand)]
 enum Role {
     #[command(hide = true)]
-    Backend { listen: SocketAddr },
+    Backend {
+        listen: SocketAddr,
+        /// Serve TLS with these PEM files.
+        #[arg(long, requires = "key")]
+        cert: Option<std::path::PathBuf>,
+        #[arg(long)]
+        key: Option<std::path::PathBuf>,
+    },
     /// Echoes what it reads: the machine's own cost of a round trip
     /// between two processes over loopback TCP.
     #[command(hide = true)]
@@ -138,6 +175,17 @@ enum Role {
         access_log: bool,
         #[arg(long, default_value_t = 0)]
         workers: usize,
+        /// Also serve HTTPS here, with `--cert` and `--key`.
+        #[arg(long, requires = "cert")]
+        tls_listen: Option<SocketAddr>,
+        /// The PEM files of the HTTPS listener (and the CA of an
+        /// `https://` upstream, as `--ca`).
+        #[arg(long)]
+        cert: Option<std::path::PathBuf>,
+        #[arg(long)]
+        key: Option<std::path::PathBuf>,
+        #[arg(long)]
+        ca: Option<std::path::PathBuf>,
         #[arg(long, value_enum)]
         rate_limit: Option<QuotaPolicy>,
         /// With `--rate-limit redis`.
@@ -193,10 +241,15 @@ fn main() -> Result<(), BoxError> {
     let args = Args::parse();
     let runtime = tokio::runtime::Runtime::new()?;
     match args.role {
-        Some(Role::Backend { listen }) => runtime.block_on(async {
+        Some(Role::Backend { listen, cert, key }) => runtime.block_on(async {
             let listener = TcpListener::bind(listen).await?;
-            demo::serve_examples(listener, std::future::pending()).await?;
-            Ok(())
+            match cert.zip(key) {
+                Some((cert, key)) => serve_tls_backend(listener, &cert, &key).await,
+                None => {
+                    demo::serve_examples(listener, std::future::pending()).await?;
+                    Ok(())
+                }
+            }
         }),
         Some(Role::Echo { listen }) => runtime.block_on(serve_echo(listen)),
         Some(Role::Floor { listen, upstream }) => serve_floor(listen, upstream),
@@ -206,28 +259,58 @@ fn main() -> Result<(), BoxError> {
             descriptor_set,
             access_log,
             workers,
+            tls_listen,
+            cert,
+            key,
+            ca,
             rate_limit,
             redis,
         }) => runtime.block_on(serve_gateway(
-            listen,
-            upstream,
-            descriptor_set,
-            access_log,
-            workers,
-            rate_limit.map(|policy| (policy, redis)),
+            GatewayArgs {
+                listen,
+                upstream,
+                descriptor_set,
+                access_log,
+                workers,
+                rate_limit: rate_limit.map(|policy| (policy, redis)),
+            },
+            TlsFiles {
+                listen: tls_listen,
+                cert,
+                key,
+                ca,
+            },
         )),
         None => runtime.block_on(bench(&args)),
     }
 }
 
-async fn serve_gateway(
+struct GatewayArgs {
     listen: SocketAddr,
     upstream: String,
     descriptor_set: Option<std::path::PathBuf>,
     access_log: bool,
     workers: usize,
     rate_limit: Option<(QuotaPolicy, Option<String>)>,
-) -> Result<(), BoxError> {
+}
+
+/// The started gateway's HTTPS listener and the CA of an `https://` upstream.
+struct TlsFiles {
+    listen: Option<SocketAddr>,
+    cert: Option<std::path::PathBuf>,
+    key: Option<std::path::PathBuf>,
+    ca: Option<std::path::PathBuf>,
+}
+
+async fn serve_gateway(args: GatewayArgs, tls: TlsFiles) -> Result<(), BoxError> {
+    let GatewayArgs {
+        listen,
+        upstream,
+        descriptor_set,
+        access_log,
+        workers,
+        rate_limit,
+    } = args;
     // As the `protogate` binary runs: with its diagnostic log (and so the
     // request span) on.
     protogate::observe::init_tracing();
@@ -260,6 +343,21 @@ async fn serve_gateway(
     ] {
         config.override_upstream(&format!("{package}={upstream}"))?;
     }
+    for upstream in &mut config.upstreams {
+        if upstream.url.starts_with("https://") {
+            upstream.ca_file.clone_from(&tls.ca);
+            upstream.server_name = Some("localhost".into());
+        }
+    }
+    if let (Some(tls_listen), Some(cert_file), Some(key_file)) = (tls.listen, tls.cert, tls.key) {
+        config.tls = Some(protogate::config::TlsConfig {
+            listen: tls_listen,
+            ..protogate::config::TlsConfig::new(vec![protogate::config::CertificateConfig {
+                cert_file,
+                key_file,
+            }])
+        });
+    }
     let mut sets = demo::descriptor_sets();
     if let Some(path) = descriptor_set {
         sets.push(DescriptorSet {
@@ -267,10 +365,90 @@ async fn serve_gateway(
             bytes: std::fs::read(path)?.into(),
         });
     }
-    let server = Server::new(&config, sets)?;
+    let mut server = Server::new(&config, sets)?;
     let listener = TcpListener::bind(listen).await?;
+    if let Some(addr) = server.tls_addr() {
+        server = server.with_tls_listener(TcpListener::bind(addr).await?);
+    }
     server.serve(listener, std::future::pending()).await?;
     Ok(())
+}
+
+/// The example services over TLS (tonic's rustls server).
+async fn serve_tls_backend(
+    listener: TcpListener,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<(), BoxError> {
+    let identity = tonic::transport::Identity::from_pem(std::fs::read(cert)?, std::fs::read(key)?);
+    tonic::transport::Server::builder()
+        .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?
+        .add_routes(demo::example_routes())
+        .serve_with_incoming(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        )
+        .await?;
+    Ok(())
+}
+
+/// A CA and the `localhost` certificate it signs, as PEM files in a
+/// folder of their own, and a rustls client config that trusts the CA.
+struct BenchPki {
+    dir: std::path::PathBuf,
+    ca: std::path::PathBuf,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    ca_pem: Vec<u8>,
+}
+
+impl BenchPki {
+    fn generate() -> Result<Self, BoxError> {
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate()?;
+        let ca_pem = ca.self_signed(&ca_key)?.pem();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate()?;
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?
+            .signed_by(&key, &issuer)?;
+        let dir = std::env::temp_dir().join(format!("loadbench-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let pki = Self {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("localhost.pem"),
+            key: dir.join("localhost-key.pem"),
+            ca_pem: ca_pem.into_bytes(),
+            dir,
+        };
+        std::fs::write(&pki.ca, &pki.ca_pem)?;
+        std::fs::write(&pki.cert, leaf.pem())?;
+        std::fs::write(&pki.key, key.serialize_pem())?;
+        Ok(pki)
+    }
+
+    /// A client trusting the CA, offering `alpn`; sessions are not resumed,
+    /// so that every new connection makes a whole handshake.
+    fn connector(&self, alpn: &[u8]) -> Result<TlsConnector, BoxError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&self.ca_pem) {
+            roots.add(cert?)?;
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        config.resumption = rustls::client::Resumption::disabled();
+        Ok(TlsConnector::from(std::sync::Arc::new(config)))
+    }
+}
+
+impl Drop for BenchPki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 async fn serve_echo(listen: SocketAddr) -> Result<(), BoxError> {
@@ -634,32 +812,134 @@ impl Pace {
     }
 }
 
-/// `requests` HTTP/1.1 requests over `concurrency` keep-alive connections.
-async fn drive_http(
+/// Where and how the HTTP clients connect.
+#[derive(Clone)]
+struct Target {
     addr: SocketAddr,
+    /// TLS to `localhost` with this client, when set.
+    tls: Option<TlsConnector>,
+    http2: bool,
+}
+
+impl Target {
+    fn cleartext(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            tls: None,
+            http2: false,
+        }
+    }
+}
+
+/// A client connection, HTTP/1.1 or HTTP/2.
+enum Sender {
+    Http1(http1::SendRequest<Full<Bytes>>),
+    Http2(http2::SendRequest<Full<Bytes>>, &'static str),
+}
+
+impl Sender {
+    async fn open(target: &Target) -> Result<Self, BoxError> {
+        let stream = TcpStream::connect(target.addr).await?;
+        stream.set_nodelay(true)?;
+        match &target.tls {
+            Some(tls) => {
+                let stream = tls
+                    .connect(
+                        rustls::pki_types::ServerName::try_from("localhost")?,
+                        stream,
+                    )
+                    .await?;
+                Self::handshake(stream, target.http2, "https").await
+            }
+            None => Self::handshake(stream, target.http2, "http").await,
+        }
+    }
+
+    async fn handshake<T>(io: T, http2: bool, scheme: &'static str) -> Result<Self, BoxError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = TokioIo::new(io);
+        if http2 {
+            let (sender, connection) = http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(connection);
+            Ok(Self::Http2(sender, scheme))
+        } else {
+            let (sender, connection) = http1::handshake(io).await?;
+            tokio::spawn(connection);
+            Ok(Self::Http1(sender))
+        }
+    }
+
+    async fn send(
+        &mut self,
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, BoxError> {
+        Ok(match self {
+            Self::Http1(sender) => sender.send_request(request).await?,
+            Self::Http2(sender, scheme) => {
+                // HTTP/2 names the scheme and authority in the request itself.
+                let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+                *request.uri_mut() = format!("{scheme}://localhost{path}").parse()?;
+                request.headers_mut().remove("host");
+                sender.send_request(request).await?
+            }
+        })
+    }
+}
+
+/// `requests` requests over `concurrency` keep-alive connections.
+async fn drive_http(
+    target: &Target,
     workload: Workload,
     requests: usize,
     concurrency: usize,
     rate: Option<f64>,
 ) -> Result<Run, BoxError> {
-    spread(requests, concurrency, rate, move |count, pace| async move {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
-        let mut latencies = Vec::with_capacity(count);
-        let mut errors = 0;
-        let start = tokio::time::Instant::now();
-        for n in (0..).take(count) {
-            pace.wait(start, n).await;
-            let begin = Instant::now();
-            let response = sender.send_request(workload.request()).await?;
-            let ok = response.status().is_success();
-            response.into_body().collect().await?;
-            latencies.push(begin.elapsed());
-            errors += usize::from(!ok);
+    spread(requests, concurrency, rate, move |count, pace| {
+        let target = target.clone();
+        async move {
+            let mut sender = Sender::open(&target).await?;
+            let mut latencies = Vec::with_capacity(count);
+            let mut errors = 0;
+            let start = tokio::time::Instant::now();
+            for n in (0..).take(count) {
+                pace.wait(start, n).await;
+                let begin = Instant::now();
+                let response = sender.send(workload.request()).await?;
+                let ok = response.status().is_success();
+                response.into_body().collect().await?;
+                latencies.push(begin.elapsed());
+                errors += usize::from(!ok);
+            }
+            Ok((latencies, errors))
         }
-        Ok((latencies, errors))
+    })
+    .await
+}
+
+/// `count` new TLS connections, each closed once its handshake is done.
+async fn drive_handshakes(
+    target: &Target,
+    count: usize,
+    concurrency: usize,
+) -> Result<Run, BoxError> {
+    let tls = target.tls.clone().ok_or("--handshakes needs --tls")?;
+    spread(count, concurrency, None, move |count, _| {
+        let (tls, addr) = (tls.clone(), target.addr);
+        async move {
+            let mut latencies = Vec::with_capacity(count);
+            for _ in 0..count {
+                let begin = Instant::now();
+                let tcp = TcpStream::connect(addr).await?;
+                tcp.set_nodelay(true)?;
+                let name = rustls::pki_types::ServerName::try_from("localhost")?;
+                let mut stream = tls.connect(name, tcp).await?;
+                latencies.push(begin.elapsed());
+                stream.shutdown().await?;
+            }
+            Ok((latencies, 0))
+        }
     })
     .await
 }
@@ -694,16 +974,17 @@ async fn drive_echo(
 
 /// The same calls made directly over gRPC, one channel per worker.
 async fn drive_grpc(
-    url: String,
+    backend: &Endpoint,
     workload: Workload,
     requests: usize,
     concurrency: usize,
     rate: Option<f64>,
 ) -> Result<Run, BoxError> {
     spread(requests, concurrency, rate, move |count, pace| {
-        let url = url.clone();
+        let backend = backend.clone();
         async move {
-            let mut client = OrderServiceClient::connect(url).await?;
+            let channel: Channel = backend.connect().await?;
+            let mut client = OrderServiceClient::new(channel);
             let mut latencies = Vec::with_capacity(count);
             let start = tokio::time::Instant::now();
             for n in (0..).take(count) {
@@ -805,15 +1086,15 @@ async fn collect(started: Instant, tasks: Vec<Worker>) -> Result<Run, BoxError> 
 async fn round(
     args: &Args,
     workload: Workload,
-    gateway_addr: SocketAddr,
+    gateway: &Target,
     gateway_pid: Option<u32>,
-    backend_url: &str,
+    backend: &Endpoint,
     backend_pid: u32,
     floor: Option<(SocketAddr, u32)>,
 ) -> Result<Round, BoxError> {
     let (backend_before, gateway_before) = (cpu_time(backend_pid), gateway_pid.map(cpu_time));
     let http = drive_http(
-        gateway_addr,
+        gateway,
         workload,
         args.requests,
         args.concurrency,
@@ -822,7 +1103,7 @@ async fn round(
     .await?;
     let (backend_mid, gateway_after) = (cpu_time(backend_pid), gateway_pid.map(cpu_time));
     let grpc = drive_grpc(
-        backend_url.to_owned(),
+        backend,
         workload,
         args.requests,
         args.concurrency,
@@ -833,8 +1114,14 @@ async fn round(
     let floor = match floor {
         Some((addr, pid)) => {
             let before = (cpu_time(pid), cpu_time(backend_pid));
-            let run =
-                drive_http(addr, workload, args.requests, args.concurrency, args.rate).await?;
+            let run = drive_http(
+                &Target::cleartext(addr),
+                workload,
+                args.requests,
+                args.concurrency,
+                args.rate,
+            )
+            .await?;
             Some(Floor {
                 run,
                 cpu: cpu_time(pid).per_request_since(before.0, args.requests),
@@ -856,6 +1143,11 @@ async fn round(
 }
 
 async fn bench(args: &Args) -> Result<(), BoxError> {
+    let pki = if args.tls || args.tls_upstream {
+        Some(BenchPki::generate()?)
+    } else {
+        None
+    };
     let redis = match args.rate_limit {
         Some(QuotaPolicy::Redis) => {
             let addr = free_port()?;
@@ -876,9 +1168,21 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
         _ => None,
     };
     let backend_addr = free_port()?;
-    let backend = Process::spawn(&["backend".into(), backend_addr.to_string()])?;
+    let mut backend_args = vec!["backend".into(), backend_addr.to_string()];
+    let mut backend = Endpoint::from_shared(format!("http://{backend_addr}"))?;
+    if let Some(pki) = pki.as_ref().filter(|_| args.tls_upstream) {
+        backend_args.push(format!("--cert={}", pki.cert.display()));
+        backend_args.push(format!("--key={}", pki.key.display()));
+        backend = Endpoint::from_shared(format!("https://{backend_addr}"))?.tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&pki.ca_pem))
+                .domain_name("localhost"),
+        )?;
+    }
+    let backend_process = Process::spawn(&backend_args)?;
     wait_for(backend_addr).await?;
-    let backend_url = format!("http://{backend_addr}");
+    let backend_url = backend.uri().to_string();
+    let backend_url = backend_url.trim_end_matches('/');
 
     let (gateway, gateway_addr) = match &args.gateway {
         Some(url) => {
@@ -890,7 +1194,7 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
         }
         None => {
             let addr = free_port()?;
-            let mut gateway_args = vec!["gateway".into(), addr.to_string(), backend_url.clone()];
+            let mut gateway_args = vec!["gateway".into(), addr.to_string(), backend_url.to_owned()];
             // Compiled here: a gateway loads descriptor sets, not sources.
             let synthetic =
                 std::env::temp_dir().join(format!("loadbench-{}.binpb", std::process::id()));
@@ -902,6 +1206,15 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
                 gateway_args.push("--access-log".into());
             }
             gateway_args.push(format!("--workers={}", args.workers));
+            let mut tls_addr = None;
+            if let Some(pki) = &pki {
+                let listen = free_port()?;
+                tls_addr = Some(listen);
+                gateway_args.push(format!("--tls-listen={listen}"));
+                gateway_args.push(format!("--cert={}", pki.cert.display()));
+                gateway_args.push(format!("--key={}", pki.key.display()));
+                gateway_args.push(format!("--ca={}", pki.ca.display()));
+            }
             if let Some(policy) = args.rate_limit {
                 gateway_args.push("--rate-limit".into());
                 gateway_args.push(format!("{policy:?}").to_lowercase());
@@ -911,18 +1224,37 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             }
             let process = Process::spawn(&gateway_args)?;
             wait_for(addr).await?;
+            if let Some(tls_addr) = tls_addr {
+                wait_for(tls_addr).await?;
+            }
             if args.services > 0 {
                 std::fs::remove_file(&synthetic).ok();
                 scale_report(args.services, process.pid())?;
             }
+            let addr = tls_addr.filter(|_| args.tls).unwrap_or(addr);
             (Some(process), addr)
         }
+    };
+    let alpn: &[u8] = if args.http2 { b"h2" } else { b"http/1.1" };
+    let target = Target {
+        addr: gateway_addr,
+        tls: match &pki {
+            Some(pki) if args.tls => Some(pki.connector(alpn)?),
+            _ => None,
+        },
+        http2: args.http2,
     };
     let gateway_pid = gateway.as_ref().map(Process::pid);
 
     let pace = args
         .rate
         .map_or_else(String::new, |rate| format!(", paced at {rate} requests/s"));
+    let client = match (args.http2, target.tls.is_some()) {
+        (false, false) => "HTTP/1.1",
+        (false, true) => "HTTP/1.1 over TLS",
+        (true, false) => "HTTP/2 (h2c)",
+        (true, true) => "HTTP/2 over TLS",
+    };
     let quotas = match (args.rate_limit, &redis) {
         (Some(QuotaPolicy::Local), _) => ", a quota counted in process".to_owned(),
         (Some(QuotaPolicy::Redis), Some((_, addr))) => {
@@ -931,7 +1263,7 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
         _ => String::new(),
     };
     println!(
-        "{} requests per workload, {} connections{pace}{quotas}; gateway {} → backend {backend_addr}\n",
+        "{} requests per workload, {} keep-alive {client} connections{pace}{quotas}; gateway {} → backend {backend_url}\n",
         args.requests, args.concurrency, gateway_addr
     );
     // What any proxy in a process of its own adds at the least: one more
@@ -960,7 +1292,7 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     // 100 orders for the list workloads to page; POST runs last, since every
     // request adds an order and the example backend's list sorts them all.
-    drive_http(gateway_addr, Workload::Post, 100, 4, None).await?;
+    drive_http(&target, Workload::Post, 100, 4, None).await?;
     let workloads = [
         (WorkloadName::Get, Workload::Get),
         (WorkloadName::List10, Workload::List(10)),
@@ -973,7 +1305,7 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
     {
         // Warm-up: connections, caches, lazily connected channels.
         drive_http(
-            gateway_addr,
+            &target,
             workload,
             args.concurrency * 20,
             args.concurrency,
@@ -981,7 +1313,7 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
         )
         .await?;
         drive_grpc(
-            backend_url.clone(),
+            &backend,
             workload,
             args.concurrency * 20,
             args.concurrency,
@@ -995,7 +1327,7 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             .map(|(process, addr)| (*addr, process.pid()));
         if let Some((addr, _)) = floor {
             drive_http(
-                addr,
+                &Target::cleartext(addr),
                 workload,
                 args.concurrency * 20,
                 args.concurrency,
@@ -1010,10 +1342,10 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
                 round(
                     args,
                     workload,
-                    gateway_addr,
+                    &target,
                     gateway_pid,
-                    &backend_url,
-                    backend.pid(),
+                    &backend,
+                    backend_process.pid(),
                     floor,
                 )
                 .await?,
@@ -1060,12 +1392,34 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             );
         }
     }
+    if args.handshakes > 0 {
+        drive_handshakes(&target, args.concurrency * 10, args.concurrency).await?;
+        let before = gateway_pid.map(cpu_time);
+        let run = drive_handshakes(&target, args.handshakes, args.concurrency).await?;
+        let cpu = before
+            .zip(gateway_pid.map(cpu_time))
+            .map(|(before, after)| after.per_request_since(before, args.handshakes));
+        println!(
+            "\n{} new TLS handshakes (ECDSA P-256, no resumption) over {} connections at once: {:.0}/s, p50 {:.0} µs, p99 {:.0} µs",
+            args.handshakes,
+            args.concurrency,
+            run.rate(),
+            run.percentile(0.5),
+            run.percentile(0.99)
+        );
+        if let Some(cpu) = cpu {
+            println!(
+                "gateway CPU per handshake: {cpu} µs, so {:.0} handshakes per second on one core",
+                1e6 / cpu.total()
+            );
+        }
+    }
     if let Some(pid) = gateway_pid {
         println!(
             "\ngateway RSS: {:.1} MiB now, {:.1} MiB peak; backend peak RSS: {:.1} MiB",
             rss_mib(pid, "VmRSS:"),
             peak_rss_mib(pid),
-            peak_rss_mib(backend.pid())
+            peak_rss_mib(backend_process.pid())
         );
     }
     Ok(())

@@ -93,6 +93,9 @@ async fn gateway(
         url: backend_url.into(),
         timeout: std::time::Duration::from_secs(5),
         ca_file: None,
+        client_cert_file: None,
+        client_key_file: None,
+        server_name: None,
     });
     adjust(&mut config);
     let server = Server::new(&config, protogate::demo::descriptor_sets())?;

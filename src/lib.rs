@@ -23,6 +23,7 @@ mod nesting;
 pub mod observe;
 pub mod openapi;
 pub mod pb;
+mod pem;
 mod percent;
 pub mod policy;
 mod redis_client;
@@ -32,6 +33,7 @@ pub mod router;
 pub mod server;
 #[cfg(any(test, fuzzing))]
 mod testing;
+pub mod tls;
 pub mod token;
 pub mod transcode;
 pub mod upstream;

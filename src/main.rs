@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use prost::Message as _;
 use protogate::{
     admin::AdminClient,
-    config::{resolve_addr, AdminToken},
+    config::{resolve_addr, AdminToken, CertificateConfig, TlsConfig},
     openapi,
     registry::{Catalog, DescriptorSet, ProtoSources, RouteTable, UploadFormat},
     token::{Claims, SigningKey},
@@ -48,6 +48,12 @@ enum Command {
         /// Address of the admin listener (/metrics, /healthz, /readyz).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901", value_parser = resolve_addr)]
         admin_listen: SocketAddr,
+        /// Also serve HTTPS, with a certificate (and a CA to trust it by) generated at start.
+        #[arg(long)]
+        tls: bool,
+        /// Address of the HTTPS listener of --tls.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443", value_parser = resolve_addr)]
+        tls_listen: SocketAddr,
     },
     /// Talk to a running gateway's admin API (token from PROTOGATE_ADMIN_TOKEN).
     Admin {
@@ -173,6 +179,15 @@ struct ServeArgs {
     /// Where a package or service is served, as PATTERN=URL; repeatable.
     #[arg(long = "upstream", value_name = "PATTERN=URL")]
     upstreams: Vec<String>,
+    /// Serve HTTPS with this PEM certificate chain (replaces `tls.certificates`).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Address of the HTTPS listener (default 127.0.0.1:8443).
+    #[arg(long, value_name = "ADDR", value_parser = resolve_addr)]
+    tls_listen: Option<SocketAddr>,
     /// The Redis several instances share (`redis.url`): redis://host:port/db or rediss://.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
@@ -224,18 +239,28 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let admin = TcpListener::bind(server.admin_addr())
                 .await
                 .with_context(|| format!("cannot listen on {}", server.admin_addr()))?;
-            tracing::info!(addr = %listener.local_addr()?, admin = %admin.local_addr()?, routes = server.registry().load().routes().len(), "serving");
-            server
-                .with_admin_listener(admin)
-                .serve(listener, shutdown_signal())
-                .await?;
+            let admin_addr = admin.local_addr()?;
+            let mut server = server.with_admin_listener(admin);
+            if let Some(addr) = server.tls_addr() {
+                let tls = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?;
+                tracing::info!(addr = %tls.local_addr()?, "serving HTTPS");
+                server = server.with_tls_listener(tls);
+            }
+            tracing::info!(addr = %listener.local_addr()?, admin = %admin_addr, routes = server.registry().load().routes().len(), "serving");
+            server.serve(listener, shutdown_signal()).await?;
         }
         Command::Demo {
             listen,
             admin_listen,
+            tls,
+            tls_listen,
         } => {
             let token = std::env::var(ADMIN_TOKEN_ENV).ok().map(AdminToken);
-            protogate::demo::run(listen, admin_listen, token, shutdown_signal()).await?;
+            let tls_listen = tls.then_some(tls_listen);
+            protogate::demo::run(listen, admin_listen, tls_listen, token, shutdown_signal())
+                .await?;
         }
         Command::Admin {
             admin_addr,
@@ -363,6 +388,24 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
     }
     for spec in &args.upstreams {
         config.override_upstream(spec)?;
+    }
+    if let (Some(cert_file), Some(key_file)) = (args.tls_cert, args.tls_key) {
+        let certificate = CertificateConfig {
+            cert_file,
+            key_file,
+        };
+        match &mut config.tls {
+            Some(tls) => tls.certificates = vec![certificate],
+            None => config.tls = Some(TlsConfig::new(vec![certificate])),
+        }
+    }
+    if let Some(addr) = args.tls_listen {
+        match &mut config.tls {
+            Some(tls) => tls.listen = addr,
+            None => {
+                anyhow::bail!("--tls-listen needs --tls-cert and --tls-key, or `tls` in the config")
+            }
+        }
     }
     if let Some(url) = &args.redis {
         config.override_redis_url(url);

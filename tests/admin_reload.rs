@@ -248,7 +248,7 @@ async fn uploaded_service_is_served_without_restart() {
     // No `auth` configured: every route is open, whatever its policy says.
     assert_eq!(
         echo["policy"],
-        json!({"auth": "off", "allowAnonymous": true, "roles": [], "scopes": [], "rateLimited": false})
+        json!({"auth": "off", "allowAnonymous": true, "roles": [], "scopes": [], "clientCertificate": false, "rateLimited": false})
     );
 
     // Delete: the routes go, the others stay; a second delete is a 404.

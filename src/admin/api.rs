@@ -9,6 +9,11 @@
 //! differently, or nothing new); 400 for anything else malformed or invalid
 //! (with every problem as a `google.rpc.BadRequest` violation); 404 for
 //! unknown names; 413 over `admin.max_upload_bytes`.
+//!
+//! `POST /admin/v1/tls/reload` reads the TLS listener's certificate, key and
+//! CA files again: 200 listing each certificate and its expiry, or 400
+//! (`FAILED_PRECONDITION`) saying why the files were refused while the
+//! current certificates keep serving; 404 without `tls`.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -40,6 +45,7 @@ use crate::{
         UploadFormat, UpstreamSetting, UpstreamSource, DEFAULT_UPSTREAM_TIMEOUT,
     },
     request_ids,
+    tls::Termination,
 };
 
 /// Largest JSON body of an upstream change.
@@ -49,6 +55,7 @@ const MAX_JSON_BYTES: usize = 64 << 10;
 struct Api {
     registry: Arc<Registry>,
     settings: ApiSettings,
+    tls: Option<Arc<Termination>>,
 }
 
 /// An [`Error`] as a handler result; [`with_request_id`] adds the request id.
@@ -58,9 +65,17 @@ struct ApiError(Error);
 type Reply = Result<Response, ApiError>;
 
 /// The admin API routes, with their own request ids and token check.
-pub(super) fn router(registry: Arc<Registry>, settings: ApiSettings) -> Router {
+pub(super) fn router(
+    registry: Arc<Registry>,
+    settings: ApiSettings,
+    tls: Option<Arc<Termination>>,
+) -> Router {
     let token = settings.token.clone();
-    let api = Api { registry, settings };
+    let api = Api {
+        registry,
+        settings,
+        tls,
+    };
     Router::new()
         .route("/admin/v1/descriptor-sets", get(list_sets))
         .route("/admin/v1/descriptor-sets:validate", post(validate_set))
@@ -74,6 +89,7 @@ pub(super) fn router(registry: Arc<Registry>, settings: ApiSettings) -> Router {
             "/admin/v1/upstreams/{pattern}",
             put(put_upstream).delete(delete_upstream),
         )
+        .route("/admin/v1/tls/reload", post(reload_tls))
         .fallback(not_found)
         .with_state(api)
         .layer(middleware::from_fn_with_state(token, require_token))
@@ -130,6 +146,22 @@ async fn not_found(request: Request) -> ApiError {
         )
         .into(),
     ))
+}
+
+// === TLS ===
+
+async fn reload_tls(State(api): State<Api>) -> Reply {
+    let Some(tls) = &api.tls else {
+        return Err(ApiError(Error::NotFound(
+            "TLS is not configured (no `tls` key)".into(),
+        )));
+    };
+    match tls.reload("admin API") {
+        Ok(loaded) => Ok(json_response(StatusCode::OK, &json!(loaded))),
+        Err(err) => Err(ApiError(Error::FailedPrecondition(
+            format!("TLS reload refused, the current certificates keep serving: {err}").into(),
+        ))),
+    }
 }
 
 // === descriptor sets ===
@@ -309,6 +341,9 @@ async fn put_upstream(
         url: setting.url.clone(),
         timeout: setting.timeout.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
         ca_file: None,
+        client_cert_file: None,
+        client_key_file: None,
+        server_name: None,
     };
     config::validate_upstream(&upstream).map_err(|reason| invalid("upstream", reason))?;
     let applied = api
@@ -380,6 +415,9 @@ fn upstream_param(query: Option<&str>) -> Result<Option<String>, ApiError> {
         url: url.clone(),
         timeout: DEFAULT_UPSTREAM_TIMEOUT,
         ca_file: None,
+        client_cert_file: None,
+        client_key_file: None,
+        server_name: None,
     };
     config::validate_upstream(&upstream).map_err(|reason| invalid("upstream", reason))?;
     Ok(Some(url))
@@ -491,6 +529,7 @@ fn route_json(catalog: &Catalog, route: &crate::registry::Route, auth: bool) -> 
             "allowAnonymous": policy.allow_anonymous || !auth,
             "roles": policy.roles.iter().map(|r| &**r).collect::<Vec<_>>(),
             "scopes": policy.scopes.iter().map(|s| &**s).collect::<Vec<_>>(),
+            "clientCertificate": policy.client_certificate,
             "rateLimited": policy.rate_limit.per_user.is_some() || policy.rate_limit.per_ip.is_some(),
         },
     })

@@ -8,7 +8,8 @@
 //!   upstream, and says whether the shared Redis answers (`"redis": "up"`
 //!   or `"down"`: reported, not required, since the data plane serves
 //!   without it)
-//! * `/admin/v1/...` -- the admin API ([`api`]): descriptor sets, upstreams, routes
+//! * `/admin/v1/...` -- the admin API ([`api`]): descriptor sets, upstreams,
+//!   routes, TLS certificate reload
 //!
 //! Only the admin API requires the bearer token: probes and Prometheus
 //! scrapes read nothing secret and must work without credentials. Without a
@@ -55,6 +56,8 @@ pub struct AdminState {
     pub metrics: Metrics,
     pub health: Arc<UpstreamHealth>,
     pub api: ApiSettings,
+    /// The HTTPS listener's certificates, reloaded by `POST /admin/v1/tls/reload`.
+    pub tls: Option<Arc<crate::tls::Termination>>,
     /// The shared Redis, when configured: `/readyz` says whether it answers.
     pub redis: Option<Arc<Redis>>,
 }
@@ -133,7 +136,11 @@ fn is_loopback(addr: SocketAddr) -> bool {
 pub fn router(state: AdminState) -> Router {
     let open = state.api.token.is_none();
     let router = Router::new()
-        .merge(api::router(state.registry.clone(), state.api.clone()))
+        .merge(api::router(
+            state.registry.clone(),
+            state.api.clone(),
+            state.tls.clone(),
+        ))
         .route(
             "/metrics",
             get(scrape).with_state((state.metrics.clone(), state.registry.clone())),

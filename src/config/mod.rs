@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer};
 
 mod openapi;
 mod policy;
+mod tls;
 
 pub use self::openapi::{DocumentPolicy, OpenApiConfig, ServerConfig};
 pub(crate) use self::policy::DEFAULT_CLAIM_HEADERS;
@@ -21,6 +22,7 @@ pub use self::policy::{
     AuthConfig, CorsConfig, HeadersConfig, OnRedisError, PolicyRule, ProviderConfig, QuotaConfig,
     QuotasConfig, RateLimitConfig, RateLimitPolicy,
 };
+pub use self::tls::{CertificateConfig, ClientAuth, ClientIdentityField, TlsConfig};
 pub use crate::deprecation::DeprecationConfig;
 
 /// The whole configuration file.
@@ -61,6 +63,8 @@ pub struct Config {
     pub deprecations: Vec<DeprecationConfig>,
     /// The published OpenAPI document and reference page.
     pub openapi: OpenApiConfig,
+    /// HTTPS on a listener of its own, beside the cleartext `listen`; off when absent.
+    pub tls: Option<TlsConfig>,
     /// The Redis that several instances share (quotas, registry); none by default.
     pub redis: Option<RedisConfig>,
     pub registry: RegistryConfig,
@@ -123,7 +127,7 @@ pub struct DescriptorsConfig {
 }
 
 /// One upstream: the gRPC server for a package or a fully-qualified service.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// A proto package (`acme.orders.v1`), a package prefix (`acme`) or a
@@ -137,6 +141,18 @@ pub struct UpstreamConfig {
     /// PEM file with the CA certificates trusted for `https://`; default: the system roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain presented to an `https://` upstream that asks
+    /// for one (mutual TLS); needs `client_key_file`. Default: none.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key (RSA, ECDSA or Ed25519) of `client_cert_file`.
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+    /// The name sent as SNI, checked against the upstream's certificate and
+    /// sent as `:authority`, when it is not the URL's host (a mesh address
+    /// dialled by IP). Default: the URL's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 /// The proto3 JSON print and parse options.
@@ -376,6 +392,7 @@ impl Default for Config {
             health: HealthConfig::default(),
             deprecations: Vec::new(),
             openapi: OpenApiConfig::default(),
+            tls: None,
             redis: None,
             registry: RegistryConfig::default(),
         }
@@ -480,7 +497,16 @@ impl Config {
         let providers = self.auth.iter_mut().flat_map(|auth| &mut auth.providers);
         let paths = (self.descriptors.dir.iter_mut())
             .chain(&mut self.descriptors.files)
-            .chain(self.upstreams.iter_mut().flat_map(|u| &mut u.ca_file))
+            .chain(self.upstreams.iter_mut().flat_map(|u| {
+                (u.ca_file.iter_mut())
+                    .chain(&mut u.client_cert_file)
+                    .chain(&mut u.client_key_file)
+            }))
+            .chain(self.tls.iter_mut().flat_map(|tls| {
+                (tls.certificates.iter_mut())
+                    .flat_map(|c| [&mut c.cert_file, &mut c.key_file])
+                    .chain(&mut tls.client_ca_file)
+            }))
             .chain(providers.flat_map(|p| p.jwks_file.iter_mut().chain(&mut p.public_key_file)))
             .chain(&mut self.admin.token_file)
             .chain(&mut self.access_log.file);
@@ -521,6 +547,9 @@ impl Config {
             url: url.trim().to_owned(),
             timeout: default_upstream_timeout(),
             ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            server_name: None,
         };
         validate_upstream(&upstream).map_err(|reason| invalid(&reason))?;
         self.upstreams.retain(|u| u.pattern != upstream.pattern);
@@ -613,6 +642,7 @@ impl Config {
                 reason,
             })?;
         policy::validate(self)?;
+        tls::validate(self)?;
         self.validate_redis()?;
         self.validate_observability()
     }
@@ -716,7 +746,9 @@ pub fn resolve_addr(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("`{text}` resolves to no address"))
 }
 
-fn deserialize_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+pub(super) fn deserialize_addr<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<SocketAddr, D::Error> {
     let text = String::deserialize(deserializer)?;
     resolve_addr(&text).map_err(serde::de::Error::custom)
 }
@@ -774,6 +806,23 @@ pub(crate) fn validate_upstream(upstream: &UpstreamConfig) -> Result<(), String>
     if upstream.timeout.is_zero() {
         return Err("timeout must be greater than 0".into());
     }
+    if upstream.client_cert_file.is_some() != upstream.client_key_file.is_some() {
+        return Err("client_cert_file and client_key_file go together".into());
+    }
+    let tls_only = [
+        ("ca_file", upstream.ca_file.is_some()),
+        ("client_cert_file", upstream.client_cert_file.is_some()),
+        ("server_name", upstream.server_name.is_some()),
+    ];
+    if let Some((key, _)) = tls_only.iter().find(|(_, set)| *set) {
+        if uri.scheme_str() != Some("https") {
+            return Err(format!("{key} needs an https:// url"));
+        }
+    }
+    if let Some(name) = &upstream.server_name {
+        rustls::pki_types::ServerName::try_from(name.as_str())
+            .map_err(|_| format!("server_name `{name}` is not a DNS name or IP address"))?;
+    }
     Ok(())
 }
 
@@ -821,6 +870,72 @@ mod tests {
         assert_eq!(config.admin.listen, AdminConfig::default().listen);
         assert_eq!(config.deprecations.len(), 1);
         assert!(config.descriptors.watch);
+    }
+
+    #[test]
+    fn tls_keys_parse_and_are_checked() {
+        let config = Config::from_yaml(
+            "tls:\n\
+             \x20 listen: 127.0.0.1:9443\n\
+             \x20 certificates: [{ cert_file: a.pem, key_file: a-key.pem }]\n\
+             \x20 client_ca_file: ca.pem\n\
+             \x20 client_auth: optional\n\
+             \x20 client_identity: san_uri\n\
+             upstreams:\n\
+             - { pattern: acme, url: 'https://10.0.0.1:443', server_name: orders.mesh, client_cert_file: c.pem, client_key_file: k.pem }\n",
+        )
+        .unwrap();
+        let tls = config.tls.unwrap();
+        assert_eq!(tls.listen.port(), 9443);
+        assert_eq!(tls.certificates[0].key_file, Path::new("a-key.pem"));
+        assert_eq!(tls.client_auth, ClientAuth::Optional);
+        assert_eq!(tls.client_identity, ClientIdentityField::SanUri);
+        assert!(tls.watch);
+        assert_eq!(
+            config.upstreams[0].server_name.as_deref(),
+            Some("orders.mesh")
+        );
+
+        for (yaml, key, reason) in [
+            (
+                "tls: { certificates: [] }",
+                "tls.certificates",
+                "at least one",
+            ),
+            (
+                "listen: 127.0.0.1:8443\ntls: { certificates: [{ cert_file: a, key_file: b }] }",
+                "tls.listen",
+                "must differ",
+            ),
+            (
+                "upstreams: [{ pattern: acme, url: 'http://h:1', server_name: x }]",
+                "upstreams[0]",
+                "server_name needs an https:// url",
+            ),
+            (
+                "upstreams: [{ pattern: acme, url: 'https://h:1', client_cert_file: c.pem }]",
+                "upstreams[0]",
+                "go together",
+            ),
+            (
+                "upstreams: [{ pattern: acme, url: 'https://h:1', server_name: 'not a name' }]",
+                "upstreams[0]",
+                "not a DNS name",
+            ),
+        ] {
+            match Config::from_yaml(yaml) {
+                Err(ConfigError::Invalid { key: k, reason: r }) => {
+                    assert_eq!(k, key, "{yaml}");
+                    assert!(r.contains(reason), "{yaml}: {r}");
+                }
+                other => panic!("{yaml}: {other:?}"),
+            }
+        }
+        let unknown = Config::from_yaml("tls: { certificates: [], client_auth: sometimes }");
+        assert!(
+            matches!(unknown, Err(ConfigError::Parse { ref message, .. }) if message.contains("client_auth")),
+            "{unknown:?}"
+        );
     }
 
     #[test]

@@ -84,6 +84,11 @@ pub struct PolicyRule {
     /// The caller needs every one of these scopes.
     #[serde(default)]
     pub scopes: Option<Vec<String>>,
+    /// A client certificate verified by the TLS listener (`tls.client_ca_file`)
+    /// authenticates the caller in place of a token; roles and scopes still
+    /// need a token. Default `false`.
+    #[serde(default)]
+    pub client_certificate: Option<bool>,
     /// Quotas of their own for these methods (buckets shared by all methods the rule matches).
     #[serde(default)]
     pub rate_limit: Option<QuotasConfig>,

@@ -80,6 +80,7 @@ pub(super) fn generate() -> Result<DemoAuth, String> {
         allow_anonymous: None,
         roles: None,
         scopes: None,
+        client_certificate: None,
         rate_limit: None,
     };
     let policies = vec![

@@ -12,6 +12,7 @@ mod orders_v1;
 mod orders_v1_streaming;
 mod orders_v2;
 mod store;
+mod tls;
 mod users;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
@@ -166,6 +167,7 @@ pub fn descriptor_sets() -> Vec<DescriptorSet> {
 pub async fn run(
     listen: SocketAddr,
     admin_listen: SocketAddr,
+    tls_listen: Option<SocketAddr>,
     admin_token: Option<AdminToken>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DemoError> {
@@ -187,12 +189,27 @@ pub async fn run(
     let (mut config, tokens) = demo_config(listen, &backend_url, &v2_url)?;
     config.admin.listen = admin_listen;
     config.admin.token = admin_token;
-    let server = crate::server::Server::new(&config, descriptor_sets())?;
+    let ca_file = match tls_listen {
+        Some(tls_listen) => {
+            let (tls, ca_file) = tls::generate(tls_listen)?;
+            config.tls = Some(tls);
+            Some(ca_file)
+        }
+        None => None,
+    };
+    let mut server = crate::server::Server::new(&config, descriptor_sets())?;
     let listener = bind(listen).await?;
     let addr = listener.local_addr()?;
     let admin = bind(admin_listen).await?;
     let admin_addr = admin.local_addr()?;
     println!("protogate demo: orders v1 and users on {backend_url}, orders v2 on {v2_url}, gateway on http://{addr}\n");
+    if let (Some(tls_listen), Some(ca_file)) = (tls_listen, &ca_file) {
+        let listener = bind(tls_listen).await?;
+        let port = listener.local_addr()?.port();
+        server = server.with_tls_listener(listener);
+        println!("HTTPS (HTTP/2 and HTTP/1.1) on https://localhost:{port}, with a certificate generated now by a CA of its own;");
+        println!("trust that CA for this run with: curl --cacert {} https://localhost:{port}/v1/orders\n", ca_file.display());
+    }
     println!("{}", RouteTable(&server.registry().load()));
     println!(
         "API reference: http://{addr}{}   (OpenAPI 3.1: http://{addr}{})\n",
@@ -211,6 +228,9 @@ pub async fn run(
         .serve(listener, shutdown)
         .await?;
     let _ = stop_backend.send(true);
+    if let Some(dir) = ca_file.as_deref().and_then(std::path::Path::parent) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     for task in [backend_task, v2_task] {
         task.await
             .map_err(|err| DemoError::Io(std::io::Error::other(err)))??;

@@ -16,6 +16,7 @@
 //! | `protogate_rate_limited_total` | counter | route, key_kind (`user` or `ip`) |
 //! | `protogate_auth_failures_total` | counter | reason |
 //! | `protogate_auth_refused_total` | counter | reason (of `policy::AuthError::reason`) |
+//! | `protogate_tls_certificate_expiry_timestamp_seconds` | gauge | certificate (the configured `cert_file`) |
 //! | `protogate_redis_up` | gauge | |
 //! | `protogate_redis_errors_total` | counter | op (`rate_limit`, `registry_read`, `registry_write`, `subscribe`, `ping`) |
 //! | `protogate_redis_command_duration_seconds` | histogram | op |
@@ -61,6 +62,7 @@ const RELOADS: &str = "protogate_catalog_reloads_total";
 const RATE_LIMITED: &str = "protogate_rate_limited_total";
 const AUTH_FAILURES: &str = "protogate_auth_failures_total";
 const AUTH_REFUSED: &str = "protogate_auth_refused_total";
+const CERTIFICATE_EXPIRY: &str = "protogate_tls_certificate_expiry_timestamp_seconds";
 const REDIS_UP: &str = "protogate_redis_up";
 const REDIS_ERRORS: &str = "protogate_redis_errors_total";
 const REDIS_DURATION: &str = "protogate_redis_command_duration_seconds";
@@ -178,6 +180,14 @@ impl Metrics {
         self.record(|| {
             gauge!(UPSTREAM_HEALTHY, "upstream" => upstream.clone())
                 .set(f64::from(u8::from(healthy)));
+        });
+    }
+
+    /// When the certificate served from `cert_file` expires (Unix seconds).
+    pub fn set_certificate_expiry(&self, cert_file: &std::path::Path, expires: i64) {
+        let certificate = cert_file.display().to_string();
+        self.record(|| {
+            gauge!(CERTIFICATE_EXPIRY, "certificate" => certificate).set(expires as f64);
         });
     }
 
@@ -347,6 +357,11 @@ fn describe() {
     );
     describe_gauge!(CATALOG_GENERATION, "generation of the catalog being served");
     describe_gauge!(ROUTES, "REST routes in the catalog being served");
+    describe_gauge!(
+        CERTIFICATE_EXPIRY,
+        Unit::Seconds,
+        "when each certificate of the TLS listener being served expires (Unix time)"
+    );
     describe_gauge!(
         REDIS_UP,
         "1 while the shared Redis answers, 0 while it is away"

@@ -129,13 +129,16 @@ impl AuthError {
 /// Step 10: who calls, and may they call what `policy` guards (the matched
 /// method, or the published API)? A verified caller's [`Identity`] goes into
 /// the request (and its subject into the request context) for the steps after.
+/// Without a token, the identity of a verified client certificate (put there
+/// by the TLS listener) stands in where the policy accepts it; a token always
+/// wins.
 pub async fn authenticate(
     auth: &Authenticator,
     policy: &RoutePolicy,
     request: &mut Request,
 ) -> Result<(), Error> {
     let identity = match auth.identify(request.headers()).await {
-        Ok(identity) => identity,
+        Ok(identity) => identity.map(Arc::new),
         Err(refused) => {
             if let Some(context) = RequestContext::of(request) {
                 context.set_refused_token(refused.reason());
@@ -143,12 +146,18 @@ pub async fn authenticate(
             return Err(refused.into());
         }
     };
-    authorize(policy, identity.as_ref())?;
+    let identity = identity.or_else(|| {
+        policy
+            .client_certificate
+            .then(|| request.extensions().get::<Arc<Identity>>().cloned())
+            .flatten()
+    });
+    authorize(policy, identity.as_deref())?;
     if let Some(identity) = identity {
         if let Some(context) = request.extensions().get::<Arc<RequestContext>>() {
             context.set_consumer(identity.subject.clone());
         }
-        request.extensions_mut().insert(Arc::new(identity));
+        request.extensions_mut().insert(identity);
     }
     Ok(())
 }

@@ -55,6 +55,8 @@ pub struct RoutePolicy {
     pub roles: Box<[Box<str>]>,
     /// Every one of these scopes is needed.
     pub scopes: Box<[Box<str>]>,
+    /// A verified client certificate authenticates the caller.
+    pub client_certificate: bool,
     /// The buckets this method's calls are counted in.
     pub rate_limit: RateLimits,
 }
@@ -74,6 +76,7 @@ struct Rule {
     allow_anonymous: Option<bool>,
     roles: Option<Box<[Box<str>]>>,
     scopes: Option<Box<[Box<str>]>>,
+    client_certificate: Option<bool>,
     rate_limit: RateLimits,
 }
 
@@ -214,6 +217,7 @@ impl PolicyRules {
                     allow_anonymous: rule.allow_anonymous,
                     roles: rule.roles.as_ref().map(boxed),
                     scopes: rule.scopes.as_ref().map(boxed),
+                    client_certificate: rule.client_certificate,
                     rate_limit: RateLimits {
                         per_user: bucket(quotas.per_user),
                         per_ip: bucket(quotas.per_ip),
@@ -259,6 +263,9 @@ impl PolicyRules {
             }
             if let Some(scopes) = &rule.scopes {
                 policy.scopes = scopes.clone();
+            }
+            if let Some(accept) = rule.client_certificate {
+                policy.client_certificate = accept;
             }
             policy.rate_limit.per_user = rule.rate_limit.per_user.or(policy.rate_limit.per_user);
             policy.rate_limit.per_ip = rule.rate_limit.per_ip.or(policy.rate_limit.per_ip);

@@ -546,6 +546,9 @@ impl BuildContext {
                 url: url.to_owned(),
                 timeout: timeout.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
                 ca_file: None,
+                client_cert_file: None,
+                client_key_file: None,
+                server_name: None,
             };
         for (name, set) in &sources.sets {
             let Some(url) = &set.upstream else { continue };

@@ -1,8 +1,8 @@
-//! The public listener's acceptor: admits a connection while fewer than
-//! `limits.max_connections` are open and refuses one past it at once (a
-//! reset, not a wait in the backlog); backs off when accepting fails for
-//! want of descriptors or memory. Either is logged once per burst, not once
-//! per connection.
+//! The public listeners' acceptors: admit a connection while fewer than
+//! `limits.max_connections` are open (cleartext and TLS together) and refuse
+//! one past it at once (a reset, not a wait in the backlog); back off when
+//! accepting fails for want of descriptors or memory. Either is logged once
+//! per burst, not once per connection.
 
 use std::{
     io,
@@ -16,7 +16,8 @@ use std::{
 
 use tokio::net::{TcpListener, TcpStream};
 
-/// The public listener and the count of its open connections.
+/// A public listener and the count of the open connections of every public
+/// listener.
 #[derive(Debug)]
 pub(super) struct Acceptor {
     listener: TcpListener,
@@ -48,6 +49,17 @@ impl Acceptor {
             listener,
             open: Arc::new(AtomicUsize::new(0)),
             max: max_connections,
+            failures: 0,
+            refused: 0,
+        }
+    }
+
+    /// An acceptor for `listener` under the same cap as `other`.
+    pub(super) fn beside(listener: TcpListener, other: &Self) -> Self {
+        Self {
+            listener,
+            open: other.open.clone(),
+            max: other.max,
             failures: 0,
             refused: 0,
         }
@@ -92,13 +104,14 @@ impl Acceptor {
         }
     }
 
-    /// A slot, if one is free. Only the acceptor takes slots, so the check
-    /// and the increment cannot race past the cap.
+    /// A slot, if one is free. Two acceptors may take slots at once: the
+    /// check and the increment are one atomic step.
     fn admit(&self) -> Option<Slot> {
-        if self.open.load(Relaxed) >= self.max {
-            return None;
-        }
-        self.open.fetch_add(1, Relaxed);
+        self.open
+            .fetch_update(Relaxed, Relaxed, |open| {
+                (open < self.max).then_some(open + 1)
+            })
+            .ok()?;
         Some(Slot(self.open.clone()))
     }
 

@@ -11,6 +11,8 @@
 //! * An HTTP/2 connection on which no request starts for `idle_timeout` is
 //!   sent GOAWAY; the streams in flight finish. Pings probe it meanwhile
 //!   (`limits.http2_keepalive_interval`, `limits.http2_keepalive_timeout`).
+//! * A TLS connection's handshake counts in its first request's
+//!   `header_read_timeout`, from the connect.
 //! * What hyper answers on its own to an HTTP/1.1 head it cannot take (400,
 //!   414, 431), and the 408, carry a `google.rpc.Status` body and a request
 //!   id like every other error: [`Io`] writes the gateway's answer instead.
@@ -19,8 +21,9 @@
 //! watches for idleness is re-armed lazily (when it fires), not per request.
 
 use std::{
+    fmt,
     future::Future,
-    io,
+    io::{self, Write as _},
     net::SocketAddr,
     pin::Pin,
     sync::{
@@ -48,10 +51,13 @@ use tokio::{
     net::TcpStream,
     sync::watch,
 };
+use tokio_rustls::server::TlsStream;
 use tower::{Service, ServiceExt as _};
 
 use super::accept::Slot;
-use crate::{config::LimitsConfig, error, request_ids::X_REQUEST_ID};
+use crate::{
+    config::LimitsConfig, error, policy::Identity, request_ids::X_REQUEST_ID, tls::Termination,
+};
 
 /// The connection deadlines, from `limits`.
 #[derive(Debug, Clone, Copy)]
@@ -161,42 +167,75 @@ impl Connections {
         S::Future: Send + 'static,
     {
         let progress = Arc::new(Progress::new(self.timeouts.idle));
-        let started = progress.clone();
-        // What axum's `into_make_service_with_connect_info` would add.
-        let service = service.map_request(move |mut request: Request<Incoming>| {
-            started.request_started(request.version());
-            request.extensions_mut().insert(ConnectInfo(remote));
-            // An empty body (most GETs) needs no box.
-            request.map(|body| {
-                if body.is_end_stream() {
-                    Body::empty()
-                } else {
-                    Body::new(body)
-                }
-            })
-        });
-        let mut builder = self.builder.clone();
-        builder.http1().timer(HeadClock {
-            progress: progress.clone(),
-            header_read: self.timeouts.header_read,
-        });
-        let io = TokioIo::new(Io {
+        let served = served(
+            self.builder.clone(),
+            self.timeouts,
             stream,
-            progress: progress.clone(),
-            flushed: true,
-            answer: None,
-        });
-        // On the heap on its own: moved into the task's future, it would be
-        // kept there twice (as the argument, and pinned).
-        let connection = Box::pin(
-            builder
-                .serve_connection(io, TowerToHyperService::new(service))
-                .into_owned(),
+            progress,
+            (remote, None),
+            service,
+            self.stop.subscribe(),
         );
-        let timeouts = self.timeouts;
-        let stopping = self.stop.subscribe();
         async move {
-            supervise(connection, &progress, timeouts, stopping).await;
+            served.await;
+            drop(slot);
+        }
+    }
+
+    /// [`Self::serve`] after a TLS handshake, which must end within the
+    /// first request's `header_read` deadline: that deadline counts from
+    /// the connect, handshake included. A verified client certificate's
+    /// identity goes into each request's extensions.
+    pub(super) fn serve_tls<S>(
+        &self,
+        stream: TcpStream,
+        remote: SocketAddr,
+        slot: Slot,
+        service: S,
+        termination: Arc<Termination>,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        S: Service<Request<Body>, Response = Response, Error = std::convert::Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let progress = Arc::new(Progress::new(self.timeouts.idle));
+        let handshake_by = progress.accepted + self.timeouts.header_read;
+        let builder = self.builder.clone();
+        let timeouts = self.timeouts;
+        let mut stopping = self.stop.subscribe();
+        async move {
+            let handshake =
+                tokio::time::timeout_at(handshake_by.into(), termination.accept(stream));
+            let accepted = tokio::select! {
+                accepted = handshake => accepted,
+                _ = stopping.wait_for(|stop| *stop) => return,
+            };
+            let (stream, identity) = match accepted {
+                Ok(Ok(accepted)) => accepted,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, %remote, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "TLS handshake timed out");
+                    return;
+                }
+            };
+            // Boxed: a TLS connection's future is large, and the
+            // handshake's would otherwise be kept beside it.
+            Box::pin(served(
+                builder,
+                timeouts,
+                stream,
+                progress,
+                (remote, identity),
+                service,
+                stopping,
+            ))
+            .await;
             drop(slot);
         }
     }
@@ -206,6 +245,66 @@ impl Connections {
     pub(super) async fn drain(self) {
         self.stop.send_replace(true);
         self.stop.closed().await;
+    }
+}
+
+/// Serves `stream` with `service` until the client leaves, a deadline
+/// passes or `stopping` says so. `peer` is the client's address and the
+/// identity its client certificate names.
+fn served<T, S>(
+    mut builder: Builder<TokioExecutor>,
+    timeouts: Timeouts,
+    stream: T,
+    progress: Arc<Progress>,
+    peer: (SocketAddr, Option<Arc<Identity>>),
+    service: S,
+    stopping: watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    T: Transport,
+    S: Service<Request<Body>, Response = Response, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let started = progress.clone();
+    let (remote, identity) = peer;
+    // What axum's `into_make_service_with_connect_info` would add.
+    let service = service.map_request(move |mut request: Request<Incoming>| {
+        started.request_started(request.version());
+        request.extensions_mut().insert(ConnectInfo(remote));
+        if let Some(identity) = &identity {
+            request.extensions_mut().insert(identity.clone());
+        }
+        // An empty body (most GETs) needs no box.
+        request.map(|body| {
+            if body.is_end_stream() {
+                Body::empty()
+            } else {
+                Body::new(body)
+            }
+        })
+    });
+    builder.http1().timer(HeadClock {
+        progress: progress.clone(),
+        header_read: timeouts.header_read,
+    });
+    let io = TokioIo::new(Io {
+        stream,
+        progress: progress.clone(),
+        flushed: true,
+        answer: None,
+    });
+    // On the heap on its own: moved into the task's future, it would be
+    // kept there twice (as the argument, and pinned).
+    let connection = Box::pin(
+        builder
+            .serve_connection(io, TowerToHyperService::new(service))
+            .into_owned(),
+    );
+    async move {
+        supervise(connection, &progress, timeouts, stopping).await;
     }
 }
 
@@ -396,8 +495,8 @@ impl Sleep for HeadSleep {}
 /// the gateway's [`Progress::last_words`] before the socket is shut down
 /// (hyper's way out after its own answer) or dropped (after a timeout).
 #[derive(Debug)]
-struct Io {
-    stream: TcpStream,
+struct Io<T: Transport> {
+    stream: T,
     progress: Arc<Progress>,
     /// Whether hyper flushed after its last write: its write buffer is
     /// empty, so the next write begins something new.
@@ -406,7 +505,7 @@ struct Io {
     answer: Option<(Vec<u8>, usize)>,
 }
 
-impl Io {
+impl<T: Transport> Io<T> {
     /// Whether `bytes`, about to be written, are to be dropped: once the
     /// gateway's last words are set, and when they are hyper's own answer
     /// to a head it could not parse, which the gateway gives instead. That
@@ -453,7 +552,7 @@ impl Io {
     }
 }
 
-impl AsyncRead for Io {
+impl<T: Transport> AsyncRead for Io<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -470,7 +569,7 @@ impl AsyncRead for Io {
     }
 }
 
-impl AsyncWrite for Io {
+impl<T: Transport> AsyncWrite for Io<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -512,7 +611,7 @@ impl AsyncWrite for Io {
     }
 }
 
-impl Drop for Io {
+impl<T: Transport> Drop for Io<T> {
     /// Last words not yet begun (a timeout drops the connection rather than
     /// shut it down), without waiting: nothing else is queued on the socket
     /// then, so a few hundred bytes fit; if they do not, it just closes.
@@ -524,9 +623,53 @@ impl Drop for Io {
             return;
         };
         let answer = last_words(status);
-        if !matches!(self.stream.try_write(&answer), Ok(written) if written == answer.len()) {
+        if !self.stream.try_write_all(&answer) {
             tracing::debug!(%status, "could not answer before closing");
         }
+    }
+}
+
+// === impl Transport ===
+
+/// A connection's byte stream: TCP, or TLS over it.
+pub(super) trait Transport:
+    AsyncRead + AsyncWrite + Unpin + Send + fmt::Debug + 'static
+{
+    /// Writes all of `bytes` now if the socket takes them without waiting.
+    fn try_write_all(&mut self, bytes: &[u8]) -> bool;
+}
+
+impl Transport for TcpStream {
+    fn try_write_all(&mut self, bytes: &[u8]) -> bool {
+        matches!(self.try_write(bytes), Ok(written) if written == bytes.len())
+    }
+}
+
+impl Transport for TlsStream<TcpStream> {
+    fn try_write_all(&mut self, bytes: &[u8]) -> bool {
+        let (tcp, session) = self.get_mut();
+        if session.writer().write_all(bytes).is_err() {
+            return false;
+        }
+        while session.wants_write() {
+            if !matches!(session.write_tls(&mut NonBlocking(tcp)), Ok(written) if written > 0) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// A socket as a `std::io::Write` that never waits.
+struct NonBlocking<'a>(&'a TcpStream);
+
+impl io::Write for NonBlocking<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0.try_write(bytes)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

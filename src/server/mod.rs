@@ -32,6 +32,7 @@ use crate::{
         self, BuildContext, BuildOptions, Catalog, DescriptorSet, LoadError, Registry,
         SharedRegistry, Store,
     },
+    tls::{Termination, TlsError},
     transcode::TranscodeOptions,
     upstream::{UpstreamError, UpstreamHealth, Upstreams},
 };
@@ -56,6 +57,8 @@ pub enum StartError {
     AccessLog(#[from] AccessLogError),
     #[error(transparent)]
     Admin(#[from] AdminSetupError),
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
     #[error("{0}")]
     Redis(String),
 }
@@ -82,6 +85,10 @@ pub struct Server {
     workers: usize,
     timeouts: Timeouts,
     max_connections: Option<usize>,
+    /// The HTTPS listener's certificates, when `tls` is configured.
+    tls: Option<Arc<Termination>>,
+    tls_listen: Option<SocketAddr>,
+    tls_listener: Option<TcpListener>,
 }
 
 /// What `serve` and `check --config` both build from a config: the policies
@@ -257,6 +264,10 @@ impl Server {
             policies.auth.as_ref(),
         )
         .map(Arc::new);
+        let tls = match &config.tls {
+            Some(tls) => Some(Arc::new(Termination::new(tls, metrics.clone())?)),
+            None => None,
+        };
         let data_plane = DataPlane::new(StepParts {
             headers: policies.headers,
             access_log: if config.access_log.enabled {
@@ -300,6 +311,9 @@ impl Server {
             workers: config.workers(),
             timeouts: Timeouts::from(&config.limits),
             max_connections: config.limits.max_connections,
+            tls,
+            tls_listen: config.tls.as_ref().map(|tls| tls.listen),
+            tls_listener: None,
         })
     }
 
@@ -310,6 +324,19 @@ impl Server {
     /// The configured listen address.
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// The configured HTTPS listen address, when `tls` is configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_listen
+    }
+
+    /// Also serve HTTPS on `listener` (`tls` must be configured: without it
+    /// the listener is not served).
+    #[must_use]
+    pub fn with_tls_listener(mut self, listener: TcpListener) -> Self {
+        self.tls_listener = Some(listener);
+        self
     }
 
     /// The configured admin listen address.
@@ -331,6 +358,7 @@ impl Server {
             metrics: self.metrics.clone(),
             health: self.health.clone(),
             api: self.admin_api.clone(),
+            tls: self.tls.clone(),
             redis: self.redis.clone(),
         })
     }
@@ -363,6 +391,9 @@ impl Server {
             background.spawn(registry::watch_dir(self.registry.clone()));
         }
         background.spawn(registry::reload_on_sighup(self.registry.clone()));
+        if let Some(tls) = &self.tls {
+            background.spawn(tls.clone().reload_on_change());
+        }
         if let Some(redis) = &self.redis {
             background.spawn(redis.clone().keep_watch());
         }
@@ -390,13 +421,32 @@ impl Server {
             let _ = stop.send(true);
         };
         let acceptor = Acceptor::new(listener, accept::max_connections(self.max_connections));
+        let tls = match (self.tls_listener.take(), &self.tls) {
+            (Some(listener), Some(termination)) => {
+                Some((Acceptor::beside(listener, &acceptor), termination.clone()))
+            }
+            (Some(_), None) => {
+                tracing::warn!("an HTTPS listener without `tls` configured is not served");
+                None
+            }
+            _ => None,
+        };
         let served = if self.public_routes {
-            workers::serve(acceptor, self.router, self.workers, self.timeouts, shutdown).await
+            workers::serve(
+                acceptor,
+                tls,
+                self.router,
+                self.workers,
+                self.timeouts,
+                shutdown,
+            )
+            .await
         } else {
             // The data plane alone: no router to pass through on every
             // request (callgrind: ~4k instructions of a GET's ~80k).
             workers::serve(
                 acceptor,
+                tls,
                 self.data_plane,
                 self.workers,
                 self.timeouts,

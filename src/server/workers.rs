@@ -7,11 +7,13 @@
 //! buffer task. Measured on the GET workload: ~20% less gateway CPU than one
 //! multi-thread runtime.
 //!
-//! One acceptor hands accepted connections to the workers in turn: an exact
-//! balance, where `SO_REUSEPORT` hashing can leave a core idle when a few
-//! keep-alive clients make all the traffic.
+//! One acceptor task hands accepted connections (of the cleartext listener
+//! and the TLS one) to the workers in turn: an exact balance, where
+//! `SO_REUSEPORT` hashing can leave a core idle when a few keep-alive
+//! clients make all the traffic. A TLS handshake runs on the worker that
+//! serves the connection, so handshakes spread over the cores too.
 
-use std::{convert::Infallible, future::Future, io, net::SocketAddr, thread};
+use std::{convert::Infallible, future::Future, io, net::SocketAddr, sync::Arc, thread};
 
 use axum::{body::Body, response::Response};
 use http::Request;
@@ -26,16 +28,21 @@ use super::{
     accept::{Acceptor, Slot},
     connection::{Connections, Timeouts},
 };
-use crate::{observe::access_log, upstream};
+use crate::{observe::access_log, tls::Termination, upstream};
 
-/// A connection on its way from the acceptor to a worker.
-type Accepted = (std::net::TcpStream, SocketAddr, Slot);
+/// A connection on its way from the acceptor to a worker, and whether it
+/// came to the TLS listener.
+type Accepted = (std::net::TcpStream, SocketAddr, Slot, bool);
 
-/// Serves `service` on the `acceptor`'s listener with `workers` threads
-/// until `shutdown` resolves, then lets every worker drain its in-flight
-/// requests.
+/// The TLS listener's acceptor and its termination.
+pub(super) type TlsListener = (Acceptor, Arc<Termination>);
+
+/// Serves `service` on the `acceptor`'s listener (and the TLS one, if any)
+/// with `workers` threads until `shutdown` resolves, then lets every worker
+/// drain its in-flight requests.
 pub(super) async fn serve<S>(
     mut acceptor: Acceptor,
+    mut tls: Option<TlsListener>,
     service: S,
     workers: usize,
     timeouts: Timeouts,
@@ -54,17 +61,19 @@ where
         let (queue, accepted) = mpsc::unbounded_channel();
         let (done, finished) = oneshot::channel::<()>();
         let service = service.clone();
+        let termination = tls.as_ref().map(|(_, termination)| termination.clone());
         thread::Builder::new()
             .name(format!("protogate-worker-{index}"))
             .spawn(move || {
-                run_worker(index, &runtime, accepted, service, timeouts);
+                run_worker(index, &runtime, accepted, service, termination, timeouts);
                 access_log::flush_thread();
                 drop(done);
             })?;
         queues.push(queue);
         drained.push(finished);
     }
-    accept(&mut acceptor, &queues, shutdown).await;
+    let tls = tls.as_mut().map(|(acceptor, _)| acceptor);
+    accept(&mut acceptor, tls, &queues, shutdown).await;
     // Closing the queues is the workers' signal to drain and stop.
     drop(queues);
     for finished in drained {
@@ -76,15 +85,22 @@ where
 /// Accepts until `shutdown`, handing connections to the workers in turn.
 async fn accept(
     acceptor: &mut Acceptor,
+    mut tls: Option<&mut Acceptor>,
     queues: &[mpsc::UnboundedSender<Accepted>],
     shutdown: impl Future<Output = ()>,
 ) {
     let mut shutdown = std::pin::pin!(shutdown);
     let mut turn = 0usize;
     loop {
-        let (stream, remote, slot) = tokio::select! {
+        let ((stream, remote, slot), is_tls) = tokio::select! {
             () = &mut shutdown => return,
-            accepted = acceptor.next() => accepted,
+            accepted = acceptor.next() => (accepted, false),
+            Some(accepted) = async {
+                match tls.as_mut() {
+                    Some(tls) => Some(tls.next().await),
+                    None => None,
+                }
+            } => (accepted, true),
         };
         // Small responses must not wait for the client's delayed ACK (Nagle).
         if let Err(error) = stream.set_nodelay(true) {
@@ -100,7 +116,7 @@ async fn accept(
         turn = turn.wrapping_add(1);
         // A queue only closes if its worker thread died.
         if queues[turn % queues.len()]
-            .send((stream, remote, slot))
+            .send((stream, remote, slot, is_tls))
             .is_err()
         {
             tracing::error!(
@@ -116,6 +132,7 @@ fn run_worker<S>(
     runtime: &Runtime,
     mut accepted: mpsc::UnboundedReceiver<Accepted>,
     service: S,
+    termination: Option<Arc<Termination>>,
     timeouts: Timeouts,
 ) where
     S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone + Send + 'static,
@@ -126,7 +143,7 @@ fn run_worker<S>(
     runtime.block_on(async move {
         tokio::spawn(access_log::flush_periodically());
         let connections = Connections::new(timeouts);
-        while let Some((stream, remote, slot)) = accepted.recv().await {
+        while let Some((stream, remote, slot, is_tls)) = accepted.recv().await {
             let stream = match TcpStream::from_std(stream) {
                 Ok(stream) => stream,
                 Err(error) => {
@@ -134,7 +151,16 @@ fn run_worker<S>(
                     continue;
                 }
             };
-            tokio::spawn(connections.serve(stream, remote, slot, service.clone()));
+            match termination.as_ref().filter(|_| is_tls) {
+                Some(termination) => tokio::spawn(connections.serve_tls(
+                    stream,
+                    remote,
+                    slot,
+                    service.clone(),
+                    termination.clone(),
+                )),
+                None => tokio::spawn(connections.serve(stream, remote, slot, service.clone())),
+            };
         }
         connections.drain().await;
     });

@@ -109,7 +109,7 @@ pub fn unary(
     }
 }
 
-/// The call through a tonic `Channel` (TLS upstreams).
+/// The call through a tonic `Channel` (calls from other threads than the workers).
 async fn channel_unary(
     upstream: &Upstream,
     channel: Channel,
@@ -511,6 +511,9 @@ mod tests {
             url,
             timeout: Duration::from_secs(5),
             ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            server_name: None,
         };
         super::super::bind_worker(0);
         let upstream = Upstream::new(&config, limit, 1).unwrap();

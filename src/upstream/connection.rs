@@ -1,16 +1,17 @@
-//! The transport of an upstream call. A serving worker's plain-text
-//! (`http://`, h2c) upstream is one HTTP/2 connection (the `h2` crate) that
-//! the worker owns and drives: a unary call opens a stream on it, sends its
-//! one frame and reads the reply in the calling task. Through hyper's client
-//! each call would be handed to the connection task over a channel and spawn
-//! two tasks of its own (one to wait for send capacity, one for the reply);
-//! through tonic's `Channel`, a buffer task and origin, user-agent, timeout
-//! and reconnect layers come on top -- machinery for sharing a connection
-//! across threads, which a connection that never leaves its thread does not
-//! need (callgrind, instructions per GET: ~10k for tonic's channel layers,
-//! then ~21k for hyper's per-call tasks and tonic's codec streams).
-//! TLS upstreams, streaming calls and calls from other threads (health
-//! probes, embedders) use tonic `Channel`s.
+//! The transport of an upstream call. A serving worker's upstream, h2c
+//! (`http://`) or TLS (`https://`, ALPN `h2`), is one HTTP/2 connection
+//! (the `h2` crate) that the worker owns and drives: a unary call opens a
+//! stream on it, sends its one frame and reads the reply in the calling
+//! task. Through hyper's client each call would be handed to the connection
+//! task over a channel and spawn two tasks of its own (one to wait for send
+//! capacity, one for the reply); through tonic's `Channel`, a buffer task
+//! and origin, user-agent, timeout and reconnect layers come on top --
+//! machinery for sharing a connection across threads, which a connection
+//! that never leaves its thread does not need (callgrind, instructions per
+//! GET: ~10k for tonic's channel layers, then ~21k for hyper's per-call
+//! tasks and tonic's codec streams).
+//! Streaming calls and calls from other threads (health probes, embedders)
+//! use tonic `Channel`s.
 
 use std::{
     fmt,
@@ -25,7 +26,10 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use h2::client::{ResponseFuture, SendRequest};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::transport::Channel;
+
+use super::tls::UpstreamTls;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -36,11 +40,16 @@ pub(crate) enum Connection {
     Channel(Channel),
 }
 
-/// One worker's HTTP/2 connection to an h2c upstream, connected at the first
+/// One worker's HTTP/2 connection to an upstream, connected at the first
 /// call and again after it closed.
 pub(crate) struct Direct {
     scheme: Scheme,
+    /// Where to connect: the URL's host and port.
+    address: Authority,
+    /// What calls name as `:authority`.
     authority: Authority,
+    /// For `https://`: the TLS handshake before HTTP/2's.
+    tls: Option<UpstreamTls>,
     connect_timeout: Duration,
     /// The open connection; read without locking on every call.
     open: ArcSwapOption<Open>,
@@ -58,11 +67,24 @@ struct Open {
 // === impl Direct ===
 
 impl Direct {
-    /// For `url` (`http://host:port`), connecting within `connect_timeout`.
-    pub(crate) fn new(url: &Uri, connect_timeout: Duration) -> Option<Self> {
+    /// For `url` (`http://host:port`, or `https://` with `tls`), connecting
+    /// within `connect_timeout`; calls name the `tls` authority, else the URL's.
+    pub(crate) fn new(
+        url: &Uri,
+        tls: Option<UpstreamTls>,
+        connect_timeout: Duration,
+    ) -> Option<Self> {
+        let address = url.authority()?.clone();
+        let scheme = url.scheme()?.clone();
+        if (scheme == Scheme::HTTPS) != tls.is_some() {
+            return None;
+        }
+        let authority = tls.as_ref().and_then(|tls| tls.authority.clone());
         Some(Self {
-            scheme: url.scheme()?.clone(),
-            authority: url.authority()?.clone(),
+            scheme,
+            authority: authority.unwrap_or_else(|| address.clone()),
+            address,
+            tls,
             connect_timeout,
             open: ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
@@ -106,7 +128,12 @@ impl Direct {
         }
         // Boxed: the handshake's future is large, and every future that
         // awaits a call up to the connection's task would carry its size.
-        let open = Box::pin(connect(self.authority.clone(), self.connect_timeout)).await?;
+        let open = Box::pin(connect(
+            self.address.clone(),
+            self.tls.as_ref(),
+            self.connect_timeout,
+        ))
+        .await?;
         let sender = open.sender.clone();
         self.open.store(Some(Arc::new(open)));
         Ok(sender)
@@ -128,30 +155,56 @@ impl fmt::Debug for Direct {
     }
 }
 
-/// Connects to `authority` and starts driving the HTTP/2 connection on the
-/// calling runtime. Flow-control windows as hyper's client sets them, so
-/// that large replies do not wait for window updates.
-async fn connect(authority: Authority, timeout: Duration) -> Result<Open, BoxError> {
-    let port = authority.port_u16().unwrap_or(80);
-    let tcp = tokio::time::timeout(
-        timeout,
-        tokio::net::TcpStream::connect((authority.host(), port)),
+/// Connects to `address` (and starts TLS within the same `timeout`), then
+/// starts driving the HTTP/2 connection on the calling runtime.
+async fn connect(
+    address: Authority,
+    tls: Option<&UpstreamTls>,
+    timeout: Duration,
+) -> Result<Open, BoxError> {
+    let timed_out = || std::io::Error::from(std::io::ErrorKind::TimedOut);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let port = address
+        .port_u16()
+        .unwrap_or(if tls.is_some() { 443 } else { 80 });
+    let tcp = tokio::time::timeout_at(
+        deadline,
+        tokio::net::TcpStream::connect((address.host(), port)),
     )
     .await
-    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    .map_err(|_| timed_out())??;
     tcp.set_nodelay(true)?;
+    match tls {
+        None => start(tcp, address).await,
+        Some(tls) => {
+            let handshake = tls.connector.connect(tls.server_name.clone(), tcp);
+            let stream = tokio::time::timeout_at(deadline, handshake)
+                .await
+                .map_err(|_| timed_out())??;
+            start(stream, address).await
+        }
+    }
+}
+
+/// The HTTP/2 handshake on `io`, and the connection's task. Flow-control
+/// windows as hyper's client sets them, so that large replies do not wait
+/// for window updates.
+async fn start<T>(io: T, address: Authority) -> Result<Open, BoxError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, connection) = h2::client::Builder::new()
         .initial_window_size(2 << 20)
         .initial_connection_window_size(5 << 20)
         .max_send_buffer_size(1 << 20)
         .enable_push(false)
-        .handshake(tcp)
+        .handshake(io)
         .await?;
     let closed = Arc::new(AtomicBool::new(false));
     let ended = closed.clone();
     tokio::spawn(async move {
         if let Err(error) = connection.await {
-            tracing::debug!(%error, %authority, "upstream connection ended with an error");
+            tracing::debug!(%error, %address, "upstream connection ended with an error");
         }
         ended.store(true, Ordering::Release);
     });
@@ -168,7 +221,7 @@ mod tests {
         let uri: Uri = format!("http://{}", listener.local_addr().unwrap())
             .parse()
             .unwrap();
-        let direct = Direct::new(&uri, Duration::from_secs(1)).unwrap();
+        let direct = Direct::new(&uri, None, Duration::from_secs(1)).unwrap();
         let accept_one = || tokio::time::timeout(Duration::from_millis(200), listener.accept());
 
         // Eight calls arrive before the first connection is made: one connect.

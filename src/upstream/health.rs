@@ -141,6 +141,9 @@ mod tests {
             url: "http://127.0.0.1:1".into(),
             timeout: Duration::from_secs(1),
             ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            server_name: None,
         };
         let upstreams = Upstreams::new(&[config], 1024, 1).unwrap();
         UpstreamHealth::new(

@@ -10,10 +10,10 @@ mod channel_calls;
 mod codec;
 mod connection;
 mod health;
+mod tls;
 
 use std::{
     cell::Cell,
-    path::PathBuf,
     sync::{Arc, OnceLock},
     time::Duration,
 };
@@ -22,9 +22,12 @@ pub use call::{asked_timeout, unary, Deadline};
 pub use channel_calls::{bidi_streaming, client_streaming, server_streaming, ReplyStream};
 pub use codec::{Outgoing, Payload};
 pub use health::{HealthState, UpstreamHealth};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 
-use self::connection::{Connection, Direct};
+use self::{
+    connection::{Connection, Direct},
+    tls::UpstreamTls,
+};
 
 use crate::config::UpstreamConfig;
 
@@ -40,8 +43,11 @@ pub struct Upstream {
     pub max_response_bytes: usize,
     /// `timeout` as the `grpc-timeout` value.
     grpc_timeout: http::HeaderValue,
-    ca_file: Option<PathBuf>,
+    /// As configured: a reload keeps the connections when it is unchanged.
+    config: UpstreamConfig,
     endpoint: Endpoint,
+    /// For an `https://` upstream: how a worker connection starts TLS.
+    tls: Option<UpstreamTls>,
     /// One connection per serving worker, made on the worker's runtime at its
     /// first call, so that it is driven by the thread that uses it (and one
     /// connection's task and stream lock do not carry every call).
@@ -107,13 +113,10 @@ impl Upstreams {
         let mut by_length = configs
             .iter()
             .map(|config| {
-                let kept = self.by_length.iter().find(|u| {
-                    *u.name == *config.pattern
-                        && u.url == config.url
-                        && u.timeout == config.timeout
-                        && u.ca_file == config.ca_file
-                        && u.max_response_bytes == max_response_bytes
-                });
+                let kept = self
+                    .by_length
+                    .iter()
+                    .find(|u| u.config == *config && u.max_response_bytes == max_response_bytes);
                 match kept {
                     Some(upstream) => Ok(upstream.clone()),
                     None => Upstream::new(config, max_response_bytes, self.workers).map(Arc::new),
@@ -161,20 +164,25 @@ impl Upstream {
             .map_err(|err| error(format!("invalid url `{}`: {err}", config.url)))?
             .connect_timeout(connect_timeout(config.timeout))
             .tcp_nodelay(true);
-        if config.url.starts_with("https://") {
-            let mut tls = ClientTlsConfig::new();
-            tls = match &config.ca_file {
-                Some(path) => {
-                    let pem = std::fs::read(path).map_err(|err| {
-                        error(format!("cannot read CA file {}: {err}", path.display()))
-                    })?;
-                    tls.ca_certificate(Certificate::from_pem(pem))
-                }
-                None => tls.with_native_roots(),
-            };
+        let mut tls = None;
+        if let (Some("https"), Some(url)) =
+            (endpoint.uri().scheme_str(), endpoint.uri().authority())
+        {
+            let connector = self::tls::connector(config, url).map_err(error)?;
+            let channel_tls = self::tls::channel(config).map_err(error)?;
             endpoint = endpoint
-                .tls_config(tls)
+                .tls_config(channel_tls)
                 .map_err(|err| error(format!("TLS setup failed: {err}")))?;
+            if let Some(authority) = connector.authority.clone() {
+                let origin = http::Uri::builder()
+                    .scheme("https")
+                    .authority(authority)
+                    .path_and_query("/")
+                    .build()
+                    .map_err(|err| error(format!("server_name: {err}")))?;
+                endpoint = endpoint.origin(origin);
+            }
+            tls = Some(connector);
         }
         Ok(Self {
             name: Arc::from(config.pattern.as_str()),
@@ -182,10 +190,11 @@ impl Upstream {
             timeout: config.timeout,
             grpc_timeout: call::grpc_timeout(config.timeout),
             max_response_bytes,
-            ca_file: config.ca_file.clone(),
+            config: config.clone(),
             shared: endpoint.connect_lazy(),
             per_worker: (0..workers).map(|_| OnceLock::new()).collect(),
             endpoint,
+            tls,
         })
     }
 
@@ -197,22 +206,15 @@ impl Upstream {
         }
     }
 
-    /// The channel for a streaming call or a probe: the worker's own for a TLS
-    /// upstream, else the shared one.
+    /// The channel for a streaming call or a probe.
     pub(crate) fn channel(&self) -> Channel {
-        match self.connection() {
-            Connection::Channel(channel) => channel,
-            Connection::Direct(_) => self.shared.clone(),
-        }
+        self.shared.clone()
     }
 
-    /// h2c goes direct; TLS through a channel of the worker's own.
+    /// h2c and TLS alike go direct, on a connection of the worker's own.
     fn worker_connection(&self) -> Connection {
         let uri = self.endpoint.uri();
-        let direct = (uri.scheme_str() == Some("http"))
-            .then(|| Direct::new(uri, connect_timeout(self.timeout)))
-            .flatten();
-        match direct {
+        match Direct::new(uri, self.tls.clone(), connect_timeout(self.timeout)) {
             Some(direct) => Connection::Direct(Arc::new(direct)),
             None => Connection::Channel(self.endpoint.connect_lazy()),
         }
@@ -238,6 +240,28 @@ pub(crate) fn bind_worker(index: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn unary_calls_to_https_upstreams_take_the_workers_own_connection() {
+        let config = UpstreamConfig {
+            pattern: "acme".into(),
+            url: "https://127.0.0.1:1".into(),
+            timeout: Duration::from_secs(1),
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            server_name: Some("backend.test".into()),
+        };
+        let upstream = Upstream::new(&config, 1 << 20, 1).unwrap();
+        bind_worker(0);
+        match upstream.connection() {
+            Connection::Direct(direct) => {
+                let direct = format!("{direct:?}");
+                assert!(direct.contains("backend.test:1"), "{direct}");
+            }
+            Connection::Channel(_) => panic!("a tonic channel, not the worker's h2 connection"),
+        }
+    }
 
     #[test]
     fn longest_pattern_wins() {

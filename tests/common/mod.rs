@@ -297,6 +297,9 @@ pub fn upstream(pattern: &str, url: &str) -> UpstreamConfig {
         url: url.into(),
         timeout: Duration::from_secs(5),
         ca_file: None,
+        client_cert_file: None,
+        client_key_file: None,
+        server_name: None,
     }
 }
 
@@ -305,6 +308,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// The admin listener, also on 127.0.0.1:0.
     pub admin_addr: SocketAddr,
+    /// The HTTPS listener on 127.0.0.1:0, when `tls` is configured.
+    pub tls_addr: Option<SocketAddr>,
     pub client: reqwest::Client,
     shutdown: oneshot::Sender<()>,
     served: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -345,13 +350,21 @@ impl Gateway {
         let addr = listener.local_addr().unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_addr = admin.local_addr().unwrap();
+        let mut server = server.with_admin_listener(admin);
+        let mut tls_addr = None;
+        if server.tls_addr().is_some() {
+            let tls = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tls_addr = Some(tls.local_addr().unwrap());
+            server = server.with_tls_listener(tls);
+        }
         let (tx, rx) = oneshot::channel::<()>();
-        let served = tokio::spawn(server.with_admin_listener(admin).serve(listener, async {
+        let served = tokio::spawn(server.serve(listener, async {
             let _ = rx.await;
         }));
         Self {
             addr,
             admin_addr,
+            tls_addr,
             client: reqwest::Client::new(),
             shutdown: tx,
             served,
