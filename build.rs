@@ -1,6 +1,7 @@
 //! Compiles `protos/` with protox (no system `protoc`):
-//! * one `FileDescriptorSet` per example API (imports included) into `OUT_DIR/<package>.binpb`,
-//!   which a test compares with the committed copies in `descriptor-sets/`;
+//! * one `FileDescriptorSet` per example API (imports and comments included) into
+//!   `OUT_DIR/<package>.binpb`, which a test compares with the committed copies in
+//!   `descriptor-sets/`;
 //! * `OUT_DIR/base.binpb`: google.api, google.rpc, the well-known types and protogate's
 //!   own options, the types every catalog knows (error details, `Any` payloads, HTTP
 //!   annotations, policies), whatever copies of them the loaded sets carry;
@@ -50,12 +51,19 @@ const WELL_KNOWN: &[&str] = &[
 const SHOP: &str = "examples/shop";
 
 fn compile(files: &[&str]) -> Result<protox::Compiler, Box<dyn Error>> {
-    compile_in(&["protos"], files)
+    compile_in(&["protos"], files, false)
 }
 
-fn compile_in(includes: &[&str], files: &[&str]) -> Result<protox::Compiler, Box<dyn Error>> {
+/// `source_info`: keep the comments (the example APIs' OpenAPI descriptions).
+fn compile_in(
+    includes: &[&str],
+    files: &[&str],
+    source_info: bool,
+) -> Result<protox::Compiler, Box<dyn Error>> {
     let mut compiler = protox::Compiler::new(includes)?;
-    compiler.include_imports(true).include_source_info(false);
+    compiler
+        .include_imports(true)
+        .include_source_info(source_info);
     compiler.open_files(files)?;
     Ok(compiler)
 }
@@ -68,7 +76,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     for (name, root) in APIS {
         // Encoded by protox itself: prost_types would drop the custom options
         // (google.api.http) that live in unknown fields.
-        let set = compile(&[root])?.encode_file_descriptor_set();
+        let set = compile_in(&["protos"], &[root], true)?.encode_file_descriptor_set();
         fs::write(out.join(format!("{name}.binpb")), set)?;
     }
     fs::write(
@@ -87,7 +95,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         .include_file("pb.rs")
         .compile_fds(compile(&all)?.file_descriptor_set())?;
 
-    let shop = compile_in(&[SHOP, "protos"], &["shop.proto"])?;
+    let shop = compile_in(&[SHOP, "protos"], &["shop.proto"], false)?;
     fs::write(
         out.join("acme.shop.v1.binpb"),
         shop.encode_file_descriptor_set(),

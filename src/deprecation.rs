@@ -144,6 +144,16 @@ impl Rule {
 }
 
 impl Deprecation {
+    /// Whether it answers with a `Link` to the successor.
+    pub fn has_link(&self) -> bool {
+        self.link.is_some()
+    }
+
+    /// The `Sunset` date (an HTTP-date), when a rule gives one.
+    pub fn sunset(&self) -> Option<&str> {
+        self.sunset.as_ref().and_then(|value| value.to_str().ok())
+    }
+
     /// Adds the headers to a response (a `Link` is appended to any other).
     pub fn write(&self, headers: &mut HeaderMap) {
         headers.insert(DEPRECATION, self.deprecation.clone());

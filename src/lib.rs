@@ -21,6 +21,7 @@ mod gateway;
 pub mod http_rule;
 mod nesting;
 pub mod observe;
+pub mod openapi;
 pub mod pb;
 mod pem;
 mod percent;

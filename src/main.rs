@@ -1,6 +1,7 @@
 //! The `protogate` command line: parse, load the config, call into the library.
 
 use std::{
+    io::Write as _,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::ExitCode,
@@ -10,10 +11,12 @@ use std::{
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use prost::Message as _;
 use protogate::{
     admin::AdminClient,
     config::{resolve_addr, AdminToken, CertificateConfig, TlsConfig},
-    registry::{DescriptorSet, ProtoSources, RouteTable, UploadFormat},
+    openapi,
+    registry::{Catalog, DescriptorSet, ProtoSources, RouteTable, UploadFormat},
     token::{Claims, SigningKey},
     Config, Server,
 };
@@ -64,6 +67,23 @@ enum Command {
     Check(CheckArgs),
     /// Mint a signed test token for a gateway that trusts the matching key.
     Token(TokenArgs),
+    /// Print the OpenAPI 3.1 document of descriptor sets (or of a whole
+    /// config): the one `GET /openapi.json` serves.
+    Openapi(OpenapiArgs),
+}
+
+#[derive(Debug, Args)]
+struct OpenapiArgs {
+    /// Descriptor sets, .proto files or archives of them, as for `check`.
+    #[arg(required_unless_present = "config")]
+    files: Vec<PathBuf>,
+    /// Only this package's routes (`acme.orders.v1`).
+    #[arg(long)]
+    package: Option<String>,
+    /// The document of what `serve --config FILE` would serve (its sets,
+    /// policies, JSON options and `openapi` settings), plus FILES.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -179,6 +199,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(args) => check(&args),
         Command::Token(args) => token(&args),
+        Command::Openapi(args) => openapi(&args),
         command => tokio::runtime::Runtime::new()
             .context("cannot start the tokio runtime")
             .and_then(|runtime| runtime.block_on(run(command))),
@@ -245,7 +266,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             admin_addr,
             command,
         } => return admin(admin_addr, command).await,
-        Command::Check(_) | Command::Token(_) => unreachable!("run without a runtime"),
+        Command::Check(_) | Command::Token(_) | Command::Openapi(_) => {
+            unreachable!("run without a runtime")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -391,19 +414,13 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-/// Without a config or upstreams, the sets alone; with them, all that
-/// `serve` would start (warnings on stderr), nothing bound.
 fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
-    let sets = read_sets(&args.files)?;
-    let checked = if args.config.is_none() && args.upstreams.is_empty() {
-        protogate::check(sets, args.expose_unannotated)
-            .map(Arc::new)
-            .map_err(|err| err.to_string())
-    } else {
-        let mut config = match &args.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
-        };
+    let mut config = match &args.config {
+        Some(path) => Some(Config::from_file(path)?),
+        None if args.upstreams.is_empty() => None,
+        None => Some(Config::default()),
+    };
+    if let Some(config) = &mut config {
         for spec in &args.upstreams {
             config.override_upstream(spec)?;
         }
@@ -412,18 +429,19 @@ fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
             config.admin.token = Some(AdminToken(token));
         }
         config.descriptors.expose_unannotated |= args.expose_unannotated;
-        // Upstream channels and key refreshers need a runtime to exist in;
-        // a current-thread one never runs them, so nothing is contacted.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the tokio runtime")?;
-        let _entered = runtime.enter();
-        protogate::check_config(&config, sets).map_err(|err| err.to_string())
-    };
-    match checked {
+    }
+    match catalog(&args.files, config.as_ref(), args.expose_unannotated)? {
         Ok(catalog) => {
             print!("{}", RouteTable(&catalog));
+            for set in catalog.sets() {
+                let decoded = prost_types::FileDescriptorSet::decode(set.bytes.clone());
+                if decoded.is_ok_and(|decoded| !openapi::set_has_comments(&decoded)) {
+                    eprintln!(
+                        "warning: set `{}` carries no comments: its OpenAPI operations and schemas have no descriptions (build it with source info, e.g. `protoc --include_source_info`)",
+                        set.name
+                    );
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {
@@ -431,6 +449,60 @@ fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// The catalog `files` build: without a config, the sets alone (upstreams
+/// are not required); with one, all that `serve` would start (warnings on
+/// stderr), nothing bound. `Err` inside: the problems found, worded.
+fn catalog(
+    files: &[PathBuf],
+    config: Option<&Config>,
+    expose_unannotated: bool,
+) -> anyhow::Result<Result<Arc<Catalog>, String>> {
+    let sets = read_sets(files)?;
+    let Some(config) = config else {
+        return Ok(protogate::check(sets, expose_unannotated)
+            .map(Arc::new)
+            .map_err(|err| err.to_string()));
+    };
+    // Upstream channels and key refreshers need a runtime to exist in;
+    // a current-thread one never runs them, so nothing is contacted.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let _entered = runtime.enter();
+    Ok(protogate::check_config(config, sets).map_err(|err| err.to_string()))
+}
+
+/// The document `GET /openapi.json` would serve, on stdout.
+fn openapi(args: &OpenapiArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config.as_deref().map(Config::from_file).transpose()?;
+    let catalog = match catalog(&args.files, config.as_ref(), false)? {
+        Ok(catalog) => catalog,
+        Err(err) => {
+            eprintln!("{err}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if let Some(package) = &args.package {
+        let served = openapi::packages(&catalog);
+        if !served.contains(package) {
+            eprintln!(
+                "error: no served package `{package}` (served: {})",
+                served.join(", ")
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let config = config.unwrap_or_default();
+    let options =
+        openapi::DocumentOptions::new(&config.openapi, &config.json, config.auth.is_some());
+    let document = openapi::document(&catalog, &options, args.package.as_deref());
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, &document)?;
+    writeln!(out)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The sets named on the command line: a file's bytes tell a descriptor set

@@ -11,7 +11,7 @@ mod shop;
 use std::{path::Path, process::Stdio};
 
 use common::{
-    process::{free_port, protogate, wait_for, Child, Lines, MANIFEST},
+    process::{free_port, protogate, readme_block, wait_for, Child, Lines, MANIFEST},
     tokens, Backend, Gateway,
 };
 use protogate::config::{AuthConfig, PolicyRule, ProviderConfig};
@@ -491,21 +491,6 @@ async fn the_example_config_runs_as_shipped_with_its_example_keys() {
 }
 
 // === the README's examples, run as written ===
-
-/// The `nth` (from 0) ```sh block of the README section `heading`.
-fn readme_block(heading: &str, nth: usize) -> String {
-    let readme = std::fs::read_to_string(Path::new(MANIFEST).join("README.md")).unwrap();
-    let start = readme
-        .find(&format!("\n{heading}\n"))
-        .unwrap_or_else(|| panic!("no section `{heading}` in README.md"));
-    let section = &readme[start + heading.len() + 2..];
-    let section = section.find("\n## ").map_or(section, |end| &section[..end]);
-    let block = section
-        .split("```sh\n")
-        .nth(nth + 1)
-        .unwrap_or_else(|| panic!("no sh block {nth} in `{heading}`"));
-    block[..block.find("```").unwrap()].to_owned()
-}
 
 /// The shop backend on a port of its own, until dropped.
 struct ShopBackend {

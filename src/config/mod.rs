@@ -12,9 +12,11 @@ use std::{
 
 use serde::{Deserialize, Deserializer};
 
+mod openapi;
 mod policy;
 mod tls;
 
+pub use self::openapi::{DocumentPolicy, OpenApiConfig, ServerConfig};
 pub(crate) use self::policy::DEFAULT_CLAIM_HEADERS;
 pub use self::policy::{
     AuthConfig, CorsConfig, HeadersConfig, OnRedisError, PolicyRule, ProviderConfig, QuotaConfig,
@@ -59,6 +61,8 @@ pub struct Config {
     /// Methods answered with `Deprecation`, `Sunset` and `Link` headers, on
     /// top of those the protos mark `deprecated`; the first match wins.
     pub deprecations: Vec<DeprecationConfig>,
+    /// The published OpenAPI document and reference page.
+    pub openapi: OpenApiConfig,
     /// HTTPS on a listener of its own, beside the cleartext `listen`; off when absent.
     pub tls: Option<TlsConfig>,
     /// The Redis that several instances share (quotas, registry); none by default.
@@ -387,6 +391,7 @@ impl Default for Config {
             access_log: AccessLogConfig::default(),
             health: HealthConfig::default(),
             deprecations: Vec::new(),
+            openapi: OpenApiConfig::default(),
             tls: None,
             redis: None,
             registry: RegistryConfig::default(),
@@ -630,6 +635,12 @@ impl Config {
                 reason,
             })?;
         }
+        self.openapi
+            .validate(self.auth.is_some())
+            .map_err(|(key, reason)| ConfigError::Invalid {
+                key: key.into(),
+                reason,
+            })?;
         policy::validate(self)?;
         tls::validate(self)?;
         self.validate_redis()?;

@@ -211,6 +211,10 @@ pub async fn run(
         println!("trust that CA for this run with: curl --cacert {} https://localhost:{port}/v1/orders\n", ca_file.display());
     }
     println!("{}", RouteTable(&server.registry().load()));
+    println!(
+        "API reference: http://{addr}{}   (OpenAPI 3.1: http://{addr}{})\n",
+        config.openapi.docs_path, config.openapi.path
+    );
     println!("GET /v1/orders is public, DELETE /v1/orders/{{id}} needs the admin role, the rest a token (valid 24h):\n");
     println!("export PROTOGATE_DEMO_TOKEN={}", tokens.user_token);
     println!("export PROTOGATE_DEMO_ADMIN_TOKEN={}\n", tokens.admin_token);

@@ -126,11 +126,12 @@ impl AuthError {
     }
 }
 
-/// Step 10: who calls, and may they call the matched method? A verified
-/// caller's [`Identity`] goes into the request (and its subject into the
-/// request context) for the steps after. Without a token, the identity of
-/// a verified client certificate (put there by the TLS listener) stands in
-/// where the method's policy accepts it; a token always wins.
+/// Step 10: who calls, and may they call what `policy` guards (the matched
+/// method, or the published API)? A verified caller's [`Identity`] goes into
+/// the request (and its subject into the request context) for the steps after.
+/// Without a token, the identity of a verified client certificate (put there
+/// by the TLS listener) stands in where the policy accepts it; a token always
+/// wins.
 pub async fn authenticate(
     auth: &Authenticator,
     policy: &RoutePolicy,

@@ -264,7 +264,8 @@ impl ProtoSources {
         resolver.add(Vendored);
         resolver.add(GoogleFileResolver::new());
         let mut compiler = protox::Compiler::with_file_resolver(resolver);
-        compiler.include_imports(true).include_source_info(false);
+        // Comments kept: they are the OpenAPI document's descriptions.
+        compiler.include_imports(true).include_source_info(true);
         compiler
             .open_files(self.files.keys())
             .map_err(|err| self.compile_error(&err))?;

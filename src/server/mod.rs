@@ -25,6 +25,7 @@ use crate::{
         access_log::{AccessLog, AccessLogError},
         metrics::{self, Metrics},
     },
+    openapi::{DocumentOptions, Published},
     policy::{Policies, PolicySettings, SetupError},
     redis_client::{Op, Redis, RedisMetrics},
     registry::{
@@ -257,6 +258,12 @@ impl Server {
             max_request_body: config.limits.max_request_body_bytes,
             upstream_headers_returned: !config.headers.response.is_empty(),
         });
+        let published = Published::new(
+            &config.openapi,
+            DocumentOptions::new(&config.openapi, &config.json, config.auth.is_some()),
+            policies.auth.as_ref(),
+        )
+        .map(Arc::new);
         let tls = match &config.tls {
             Some(tls) => Some(Arc::new(Termination::new(tls, metrics.clone())?)),
             None => None,
@@ -275,6 +282,7 @@ impl Server {
             auth: policies.auth,
             rate_limit: policies.rate_limit,
             gateway,
+            published,
         });
         let mut router = Router::new().fallback_service(data_plane.clone());
         if config.metrics.on_public_listener {

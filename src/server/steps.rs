@@ -15,7 +15,8 @@
 //! 7. a panic is a 500, never a dropped connection
 //! 8. the overall request deadline (per-upstream ones travel as `grpc-timeout`)
 //! 9. an HTTP/2 header list over 16 KiB is a 431 (h2 takes up to its cap);
-//!    then the route, matched once against the current catalog (its
+//!    then the published API (`openapi`: the document and the reference
+//!    page), else the route, matched once against the current catalog (its
 //!    deprecation headers go on the response)
 //! 10. authentication and the method's policy
 //! 11. rate limit: the consumer's issuer and subject, else the client IP
@@ -50,6 +51,7 @@ use crate::{
         metrics::Metrics,
         RequestContext,
     },
+    openapi::Published,
     policy::{self, Authenticator, HeaderPolicy, QuotaStore, RateLimiting},
     registry::{Registry, RouteMatch},
     request_ids::{self, RequestIds, X_REQUEST_ID},
@@ -78,6 +80,8 @@ pub(super) struct StepParts {
     pub(super) auth: Option<Arc<Authenticator>>,
     pub(super) rate_limit: Option<Arc<RateLimiting<QuotaStore>>>,
     pub(super) gateway: Arc<Gateway>,
+    /// The OpenAPI document and reference page; `None` when off.
+    pub(super) published: Option<Arc<Published>>,
 }
 
 /// Steps 1–5: the ids, the span, the log and metrics, CORS.
@@ -97,6 +101,7 @@ pub(super) struct Answering {
     rate_limit: Option<Arc<RateLimiting<QuotaStore>>>,
     headers: Arc<HeaderPolicy>,
     gateway: Arc<Gateway>,
+    published: Option<Arc<Published>>,
 }
 
 // === impl StepService ===
@@ -110,6 +115,7 @@ impl DataPlane {
             rate_limit: steps.rate_limit,
             headers: steps.headers.clone(),
             gateway: steps.gateway,
+            published: steps.published,
         });
         Self(Arc::new(Observing {
             headers: steps.headers,
@@ -236,6 +242,10 @@ impl Answering {
         async move {
             if let Err(err) = policy::check_header_list(&request) {
                 return err.into_response(request_ids::request_id(request.headers()), None);
+            }
+            if let Some(published) = self.published.as_ref().filter(|p| p.serves(&request)) {
+                // Boxed: a cold path, kept out of every request's future.
+                return Box::pin(published.respond(request, &self.registry)).await;
             }
             let matched = match self.matched(&request) {
                 Ok(matched) => matched,

@@ -168,6 +168,11 @@ impl FieldRules {
         self.output_only.is_marked(message, field)
     }
 
+    /// Whether `field` of `message` is required.
+    pub fn is_required(&self, message: &MessageDescriptor, field: &FieldDescriptor) -> bool {
+        self.required.is_marked(message, field)
+    }
+
     /// What the client may not set: internal fields are refused naming them
     /// (or cleared when `clear_internal`), output-only fields are cleared.
     pub fn sanitize_request(

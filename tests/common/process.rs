@@ -3,6 +3,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Read},
+    path::Path,
     process::{Command, Stdio},
     sync::mpsc,
     time::Duration,
@@ -111,4 +112,19 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The `nth` (from 0) ```sh block of the README section `heading`.
+pub fn readme_block(heading: &str, nth: usize) -> String {
+    let readme = std::fs::read_to_string(Path::new(MANIFEST).join("README.md")).unwrap();
+    let start = readme
+        .find(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("no section `{heading}` in README.md"));
+    let section = &readme[start + heading.len() + 2..];
+    let section = section.find("\n## ").map_or(section, |end| &section[..end]);
+    let block = section
+        .split("```sh\n")
+        .nth(nth + 1)
+        .unwrap_or_else(|| panic!("no sh block {nth} in `{heading}`"));
+    block[..block.find("```").unwrap()].to_owned()
 }
