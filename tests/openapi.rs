@@ -980,7 +980,9 @@ async fn drive(browser: &fantoccini::Client, demo: &Demo) -> Result<(), String> 
         .await
         .map_err(error("the body text"))?;
     let screenshot = browser.screenshot().await.map_err(error("screenshot"))?;
-    let path = Path::new(MANIFEST).join("target/openapi-docs.png");
+    // Cargo's scratch folder for integration tests, under the target dir
+    // wherever that is (`CARGO_TARGET_DIR` may move it out of the checkout).
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openapi-docs.png");
     std::fs::write(&path, screenshot).map_err(|err| format!("{}: {err}", path.display()))?;
     println!(
         "screenshot of /docs after the try-it-out: {}",
