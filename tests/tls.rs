@@ -693,20 +693,37 @@ async fn optional_client_certificates_satisfy_policies_that_accept_them_and_key_
 
 /// A tonic backend on 127.0.0.1 serving TLS as `backend.test`, asking every
 /// client for a certificate of `client_ca`.
-async fn mutual_tls_backend(server: &Leaf, client_ca: &Ca) -> std::net::SocketAddr {
+/// A backend that requires client certificates of `client_ca`, and the
+/// `:authority` of every request it received.
+async fn mutual_tls_backend(
+    server: &Leaf,
+    client_ca: &Ca,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(&server.cert_pem, &server.key_pem))
         .client_ca_root(Certificate::from_pem(&client_ca.pem));
+    let (seen, authorities) = tokio::sync::mpsc::unbounded_channel();
+    let record = tower::ServiceBuilder::new().map_request(
+        move |request: http::Request<tonic::body::Body>| {
+            let authority = request.uri().authority().map(ToString::to_string);
+            let _ = seen.send(authority.unwrap_or_default());
+            request
+        },
+    );
     let routes = protogate::demo::example_routes().add_service(TestServiceServer::new(Testing));
     let server = Server::builder()
         .tls_config(tls)
         .unwrap()
+        .layer(record)
         .add_routes(routes)
         .serve_with_incoming(TcpListenerStream::new(listener));
     tokio::spawn(server);
-    addr
+    (addr, authorities)
 }
 
 #[tokio::test]
@@ -714,7 +731,7 @@ async fn upstreams_are_called_over_mutual_tls_with_a_server_name_override() {
     let dir = tempfile::tempdir().unwrap();
     let (mesh_ca, gateway_ca) = (Ca::new("mesh CA"), Ca::new("gateway client CA"));
     let backend = mesh_ca.sign(&["backend.test"], "backend", &ecdsa());
-    let addr = mutual_tls_backend(&backend, &gateway_ca).await;
+    let (addr, mut authorities) = mutual_tls_backend(&backend, &gateway_ca).await;
     let mesh_ca_file = mesh_ca.write(&dir.path().join("mesh-ca.pem"));
     let client_files = gateway_ca
         .sign(&[], "protogate", &ed25519())
@@ -755,6 +772,14 @@ async fn upstreams_are_called_over_mutual_tls_with_a_server_name_override() {
         .map(|line| serde_json::from_str::<Json>(line).unwrap()["result"]["id"].clone())
         .collect();
     assert_eq!(ids, [json!("o-1"), json!("o-2")], "{orders}");
+    // Both calls named the backend by `server_name` (and the URL's port),
+    // not by the address dialled.
+    let expected = format!("backend.test:{}", addr.port());
+    let authorities: Vec<String> = std::iter::from_fn(|| authorities.try_recv().ok()).collect();
+    assert!(
+        authorities.len() >= 2 && authorities.iter().all(|a| *a == expected),
+        "{authorities:?}"
+    );
 
     // Without a client certificate the backend refuses the handshake.
     let refused = Gateway::start_with(|config| {
