@@ -9,7 +9,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use common::process::{free_port, protogate, wait_for, Child, MANIFEST};
+use common::process::{free_port, protogate, serve_orders_v1, wait_for, Child, MANIFEST};
 use protogate::registry::DescriptorSet;
 
 /// Compiles one proto source (with the vendored google protos on the path).
@@ -363,18 +363,7 @@ async fn serve_runs_from_flags_alone() {
     let backend = common::Backend::start().await;
     let port = free_port();
     let _child = Child(
-        protogate()
-            .args([
-                "serve",
-                "--descriptor-set",
-                "descriptor-sets/acme.orders.v1.binpb",
-            ])
-            .arg("--upstream")
-            .arg(format!("acme.orders.v1={}", backend.url()))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        serve_orders_v1(&backend.url(), "127.0.0.1", port)
             .spawn()
             .unwrap(),
     );

@@ -11,7 +11,9 @@ mod shop;
 use std::{path::Path, process::Stdio};
 
 use common::{
-    process::{free_port, protogate, readme_block, wait_for, Child, Lines, MANIFEST},
+    process::{
+        free_port, protogate, readme_block, serve_orders_v1, wait_for, Child, Lines, MANIFEST,
+    },
     tokens, Backend, Gateway,
 };
 use protogate::config::{AuthConfig, PolicyRule, ProviderConfig};
@@ -110,18 +112,7 @@ async fn listen_addresses_may_be_host_names() {
     let backend = Backend::start().await;
     let port = free_port();
     let _serve = Child(
-        protogate()
-            .args([
-                "serve",
-                "--descriptor-set",
-                "descriptor-sets/acme.orders.v1.binpb",
-            ])
-            .arg("--upstream")
-            .arg(format!("acme.orders.v1={}", backend.url()))
-            .args(["--listen", &format!("localhost:{port}")])
-            .args(["--admin-listen", "localhost:0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        serve_orders_v1(&backend.url(), "localhost", port)
             .spawn()
             .unwrap(),
     );
@@ -759,23 +750,12 @@ async fn serve_takes_a_certificate_and_key_on_the_command_line() {
     std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
     let (port, tls_port) = (free_port(), free_port());
     let _serve = Child(
-        protogate()
-            .args([
-                "serve",
-                "--descriptor-set",
-                "descriptor-sets/acme.orders.v1.binpb",
-            ])
-            .arg("--upstream")
-            .arg(format!("acme.orders.v1={}", backend.url()))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", "127.0.0.1:0"])
+        serve_orders_v1(&backend.url(), "127.0.0.1", port)
             .arg("--tls-cert")
             .arg(&cert)
             .arg("--tls-key")
             .arg(&key)
             .args(["--tls-listen", &format!("127.0.0.1:{tls_port}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );

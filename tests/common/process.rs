@@ -18,6 +18,26 @@ pub fn protogate() -> Command {
     command
 }
 
+/// `protogate serve` of the orders v1 set, its upstream `backend_url`, on
+/// `host`:`port` with the admin listener on a free port of the same host;
+/// output discarded. Callers add their own flags before spawning.
+pub fn serve_orders_v1(backend_url: &str, host: &str, port: u16) -> Command {
+    let mut command = protogate();
+    command
+        .args([
+            "serve",
+            "--descriptor-set",
+            "descriptor-sets/acme.orders.v1.binpb",
+        ])
+        .arg("--upstream")
+        .arg(format!("acme.orders.v1={backend_url}"))
+        .args(["--listen", &format!("{host}:{port}")])
+        .args(["--admin-listen", &format!("{host}:0")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
 /// Kills the child on drop so a failed assertion leaves no process behind.
 pub struct Child(pub std::process::Child);
 
