@@ -2,19 +2,18 @@
 //! the CAs trusted (`ca_file`, else the system's), the client certificate
 //! presented (`client_cert_file`, `client_key_file`: mutual TLS into a
 //! mesh) and the name sent as SNI and `:authority` (`server_name`, else the
-//! URL's host). The same settings go to the worker connections (rustls,
-//! ALPN `h2`) and to the tonic channel of streaming calls and probes.
+//! URL's host). Every connection to the upstream starts TLS with them
+//! (rustls, ALPN `h2`).
 
 use std::sync::Arc;
 
 use http::uri::Authority;
 use rustls::{pki_types::ServerName, ClientConfig, RootCertStore};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::{config::UpstreamConfig, pem};
 
-/// How a worker connection to the upstream starts TLS, and what its calls
-/// name as `:authority`.
+/// How a connection to the upstream starts TLS, and what its calls name
+/// as `:authority`.
 #[derive(Clone)]
 pub(crate) struct UpstreamTls {
     pub(crate) connector: tokio_rustls::TlsConnector,
@@ -31,7 +30,7 @@ impl std::fmt::Debug for UpstreamTls {
     }
 }
 
-/// The worker connections' TLS for `config`, whose URL is `https://` at `url`.
+/// The connections' TLS for `config`, whose URL is `https://` at `url`.
 pub(super) fn connector(config: &UpstreamConfig, url: &Authority) -> Result<UpstreamTls, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = match &config.ca_file {
@@ -72,25 +71,6 @@ pub(super) fn connector(config: &UpstreamConfig, url: &Authority) -> Result<Upst
         server_name,
         authority,
     })
-}
-
-/// The tonic channel's TLS for `config`.
-pub(super) fn channel(config: &UpstreamConfig) -> Result<ClientTlsConfig, String> {
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|err| format!("cannot read {}: {err}", path.display()))
-    };
-    let mut tls = ClientTlsConfig::new();
-    tls = match &config.ca_file {
-        Some(path) => tls.ca_certificate(Certificate::from_pem(read(path)?)),
-        None => tls.with_native_roots(),
-    };
-    if let (Some(cert), Some(key)) = (&config.client_cert_file, &config.client_key_file) {
-        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
-    }
-    if let Some(name) = &config.server_name {
-        tls = tls.domain_name(name);
-    }
-    Ok(tls)
 }
 
 /// The system's CAs; those it cannot read are logged and left out.
