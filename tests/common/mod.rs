@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod process;
+pub mod raw_upstream;
 pub mod tokens;
 
 use std::{net::SocketAddr, path::Path, time::Duration};
