@@ -741,6 +741,15 @@ async fn a_misbehaving_upstream_is_answered_the_same_on_the_unary_and_the_stream
         ),
     ]);
     let partial = frame_of(b"partial")[..8].to_vec();
+    let mut compressed = frame_of(b"");
+    compressed[0] = 1;
+    // Before any message: after one, a stream's status is already sent.
+    let no_status = Answer::Reply {
+        http_status: 200,
+        headers: vec![("content-type", "application/grpc".into())],
+        chunks: Vec::new(),
+        trailers: None,
+    };
     let table = [
         (
             "not gRPC's framing",
@@ -786,6 +795,26 @@ async fn a_misbehaving_upstream_is_answered_the_same_on_the_unary_and_the_stream
             Answer::http(503),
             (503, Code::Unavailable, ""),
         ),
+        (
+            "an HTTP 404 without a gRPC status",
+            Answer::http(404),
+            (501, Code::Unimplemented, "not implemented"),
+        ),
+        (
+            "a compressed message",
+            Answer::ok(vec![compressed]),
+            (502, Code::Internal, "upstream sent an invalid reply"),
+        ),
+        (
+            "a reply that ends inside a message",
+            Answer::ok(vec![frame_of(b"\x0a\x01x")[..6].to_vec()]),
+            (502, Code::Internal, "upstream sent an invalid reply"),
+        ),
+        (
+            "a reply without a grpc-status",
+            no_status,
+            (502, Code::Internal, "upstream sent an invalid reply"),
+        ),
     ];
     for (what, answer, (http, code, message)) in table {
         raw.answer(answer);
@@ -806,6 +835,13 @@ async fn a_misbehaving_upstream_is_answered_the_same_on_the_unary_and_the_stream
             );
         }
     }
+    // An OK status and no message: a unary call lacks its reply, a stream is empty.
+    raw.answer(Answer::ok(Vec::new()));
+    let (status, body) = gw.post("/v1/echo", json!({})).await;
+    assert_eq!(status, 502, "{body}");
+    assert_status(&body, Code::Internal, "upstream sent an invalid reply");
+    assert_eq!(gw.get("/v1/items").await, (200, serde_json::Value::Null));
+
     raw.answer(Answer::ok(vec![frame_of(b"")]));
     assert_eq!(
         gw.post("/v1/echo", json!({})).await.0,
