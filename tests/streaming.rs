@@ -709,6 +709,32 @@ async fn bidi_replies_interleave_with_the_request_stream() {
     assert_eq!(within(lines.next_line()).await, None);
 }
 
+#[tokio::test]
+async fn a_request_message_larger_than_the_upstreams_window_is_sent_whole() {
+    // 3 MiB through the upstream's 1 MiB stream window: sent as the window
+    // opens, piece by piece.
+    let setup = start().await;
+    let gw = &setup.gw;
+    let payload = "y".repeat(3 << 20);
+    let body = format!("{{\"index\":1,\"payload\":\"{payload}\"}}\n{{\"index\":2}}\n");
+    let response = gw
+        .client
+        .post(gw.url("/v1/items:collect"))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send();
+    let response = within(response).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Json = response.json().await.unwrap();
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(
+        items[0]["payload"].as_str().map(str::len),
+        Some(payload.len())
+    );
+    assert_eq!(items[1], json!({"index": 2}));
+}
+
 // === cancellation and backpressure ===
 
 #[tokio::test]
