@@ -156,21 +156,20 @@ impl Upstream {
             pattern: config.pattern.clone(),
             reason,
         };
-        let target: http::Uri = config
+        let url: http::Uri = config
             .url
             .parse()
             .map_err(|err| error(format!("invalid url `{}`: {err}", config.url)))?;
-        let tls = match (target.scheme_str(), target.authority()) {
-            (Some("https"), Some(url)) => Some(self::tls::connector(config, url).map_err(error)?),
+        let tls = match (url.scheme_str(), url.authority()) {
+            (Some("https"), Some(host)) => Some(self::tls::connector(config, host).map_err(error)?),
             _ => None,
         };
-        let target =
-            Target::new(&target, tls, connect_timeout(config.timeout)).ok_or_else(|| {
-                error(format!(
-                    "url `{}` must be http://host:port or https://host:port",
-                    config.url
-                ))
-            })?;
+        let target = Target::new(&url, tls, connect_timeout(config.timeout)).ok_or_else(|| {
+            error(format!(
+                "url `{}` must be http://host:port or https://host:port",
+                config.url
+            ))
+        })?;
         let target = Arc::new(target);
         Ok(Self {
             name: Arc::from(config.pattern.as_str()),
