@@ -28,7 +28,8 @@ use tonic::metadata::MetadataMap;
 use super::{
     deadline::Deadline,
     protocol::{
-        frame, protocol_error, reply_head, request_headers, Failures, Payload, ReplyBody, ReplyHead,
+        frame, protocol_error, reply_head, request_headers, Failures, Payload, ReplyHead,
+        ReplyReader,
     },
     Upstream,
 };
@@ -51,7 +52,7 @@ pub struct ReplyStream {
     /// `None` when the stream ended or stayed quiet before its first message.
     pub first: Option<Bytes>,
     /// `None` once the reply has ended.
-    body: Option<ReplyBody>,
+    body: Option<ReplyReader>,
     upstream: Arc<Upstream>,
     /// A bidi call's request stream, sent for as long as the reply is read.
     _sending: Option<Sending>,
@@ -195,7 +196,7 @@ async fn one_reply(
     if reply_head(&head, failures)? == ReplyHead::EndedOk {
         return Err(protocol_error("an OK status without a reply message"));
     }
-    let mut body = ReplyBody::new(body, upstream.max_response_bytes);
+    let mut body = ReplyReader::new(body, upstream.max_response_bytes);
     let reply = body.message(failures).await?;
     // Anything after the one message is read (within the limit) and
     // dropped, as tonic does.
@@ -229,7 +230,7 @@ async fn until_first_reply(
             .map_err(|err| failures.transport(&err))?
             .into_parts();
         let body = match reply_head(&head, failures)? {
-            ReplyHead::Messages => Some(ReplyBody::new(body, upstream.max_response_bytes)),
+            ReplyHead::Messages => Some(ReplyReader::new(body, upstream.max_response_bytes)),
             ReplyHead::EndedOk => None,
         };
         Ok::<_, Error>(ReplyStream {

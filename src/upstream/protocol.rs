@@ -110,14 +110,14 @@ pub(super) fn reply_head(
     Ok(ReplyHead::Messages)
 }
 
-/// A reply body, read message by message, then its trailers.
+/// Reads a reply body message by message, then its trailers.
 #[derive(Debug)]
-pub(super) struct ReplyBody {
+pub(super) struct ReplyReader {
     body: RecvStream,
     messages: Messages,
 }
 
-impl ReplyBody {
+impl ReplyReader {
     /// Messages over `limit` bytes are refused.
     pub(super) fn new(body: RecvStream, limit: usize) -> Self {
         Self {
