@@ -10,6 +10,15 @@
 //! (with every problem as a `google.rpc.BadRequest` violation); 404 for
 //! unknown names; 413 over `admin.max_upload_bytes`.
 //!
+//! `POST /admin/v1/discover:refresh` reads the schema of every server of
+//! `discover` now and registers what changed, as the refresher would: 200
+//! listing each server's set, digest and whether it changed; else the
+//! first failure: the registry's refusal as for an upload (409, 400), or
+//! 503 naming the server and why it could not be read (the last good set
+//! keeps serving); 404 without `discover`. Names beginning `discovered-`
+//! are the discovered sets' (listed with `origin: "discovered from URL"`):
+//! an upload cannot take one.
+//!
 //! `POST /admin/v1/tls/reload` reads the TLS listener's certificate, key and
 //! CA files again: 200 listing each certificate and its expiry, or 400
 //! (`FAILED_PRECONDITION`) saying why the files were refused while the
@@ -39,10 +48,11 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use super::ApiSettings;
 use crate::{
     config::{self, AdminToken, UpstreamConfig},
+    discovery::{Discovery, DiscoveryError},
     error::Error,
     registry::{
         check_name, ApplyError, Catalog, Change, CompileError, LoadError, ProtoSources, Registry,
-        UploadFormat, UpstreamSetting, UpstreamSource, DEFAULT_UPSTREAM_TIMEOUT,
+        UploadFormat, UpstreamSetting, UpstreamSource, DEFAULT_UPSTREAM_TIMEOUT, DISCOVERED_PREFIX,
     },
     request_ids,
     tls::Termination,
@@ -56,6 +66,7 @@ struct Api {
     registry: Arc<Registry>,
     settings: ApiSettings,
     tls: Option<Arc<Termination>>,
+    discovery: Option<Arc<Discovery>>,
 }
 
 /// An [`Error`] as a handler result; [`with_request_id`] adds the request id.
@@ -69,12 +80,14 @@ pub(super) fn router(
     registry: Arc<Registry>,
     settings: ApiSettings,
     tls: Option<Arc<Termination>>,
+    discovery: Option<Arc<Discovery>>,
 ) -> Router {
     let token = settings.token.clone();
     let api = Api {
         registry,
         settings,
         tls,
+        discovery,
     };
     Router::new()
         .route("/admin/v1/descriptor-sets", get(list_sets))
@@ -90,6 +103,7 @@ pub(super) fn router(
             put(put_upstream).delete(delete_upstream),
         )
         .route("/admin/v1/tls/reload", post(reload_tls))
+        .route("/admin/v1/discover:refresh", post(refresh_discovery))
         .fallback(not_found)
         .with_state(api)
         .layer(middleware::from_fn_with_state(token, require_token))
@@ -164,6 +178,36 @@ async fn reload_tls(State(api): State<Api>) -> Reply {
     }
 }
 
+// === discovery ===
+
+async fn refresh_discovery(State(api): State<Api>) -> Reply {
+    let Some(discovery) = &api.discovery else {
+        return Err(ApiError(Error::NotFound(
+            "discovery is not configured (no `discover` key)".into(),
+        )));
+    };
+    let mut sources = Vec::new();
+    for result in discovery.refresh().await {
+        let discovered = result.map_err(|err| match err {
+            DiscoveryError::Refused { source, .. } => ApiError::from(source),
+            read @ DiscoveryError::Read { .. } => ApiError(Error::Unavailable(
+                format!("{read}; the last good set keeps serving").into(),
+            )),
+        })?;
+        sources.push(json!({
+            "url": discovered.url,
+            "set": discovered.set,
+            "digest": format!("sha256:{}", discovered.digest),
+            "changed": discovered.changed,
+        }));
+    }
+    let generation = api.registry.load().generation();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "generation": generation, "sources": sources }),
+    ))
+}
+
 // === descriptor sets ===
 
 async fn put_set(
@@ -173,6 +217,12 @@ async fn put_set(
     request: Request,
 ) -> Reply {
     check_name(&name).map_err(|reason| invalid("name", reason))?;
+    if name.starts_with(DISCOVERED_PREFIX) {
+        return Err(invalid(
+            "name",
+            format!("names beginning `{DISCOVERED_PREFIX}` are those of sets read through server reflection (`discover`)"),
+        ));
+    }
     let upstream = upstream_param(query.as_deref())?;
     let bytes = read_upload(&name, request, api.settings.max_upload_bytes).await?;
     let existed = api.registry.load().sets().iter().any(|s| s.name == name);
@@ -509,6 +559,11 @@ fn set_json(catalog: &Catalog, set: &crate::registry::LoadedSet) -> Value {
         "loadedAt": rfc3339(set.loaded_at),
         "upstream": set.upstream,
         "managed": set.managed,
+        "origin": match set.discovered_from() {
+            Some(url) => format!("discovered from {url}"),
+            None if set.managed => "uploaded".to_owned(),
+            None => "config".to_owned(),
+        },
     })
 }
 
@@ -575,7 +630,7 @@ fn route_diff(
     (added, changed, removed)
 }
 
-fn rfc3339(time: SystemTime) -> String {
+pub(super) fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
 
