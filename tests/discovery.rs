@@ -12,12 +12,13 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
-        Arc, Mutex,
+        Arc,
     },
     task::{Context, Poll},
     time::Duration,
 };
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use common::{process, Backend, Gateway};
 use protogate::{config::DiscoverConfig, registry::ProtoSources, Config};
@@ -65,7 +66,7 @@ enum Reflection {
 }
 
 /// A reflection service whose schema can be replaced while it serves.
-struct Switchable<S>(Arc<Mutex<S>>);
+struct Switchable<S>(Arc<ArcSwap<S>>);
 
 impl<S> Clone for Switchable<S> {
     fn clone(&self) -> Self {
@@ -91,7 +92,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let mut current = self.0.lock().unwrap().clone();
+        let mut current = S::clone(&self.0.load());
         current.call(request)
     }
 }
@@ -106,13 +107,16 @@ fn builder(schema: &Bytes) -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
+/// Replaces the schema a backend's reflection describes.
+type Describe = Box<dyn Fn(&Bytes) + Send + Sync>;
+
 /// The example services (health included) and server reflection of a
 /// schema, the health service's among it, on loopback.
 struct ReflectingBackend {
     addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     served: tokio::task::JoinHandle<()>,
-    switch: Box<dyn Fn(&Bytes) + Send + Sync>,
+    switch: Describe,
 }
 
 impl ReflectingBackend {
@@ -127,25 +131,25 @@ impl ReflectingBackend {
     fn start_on(listener: TcpListener, schema: &Bytes, reflection: Reflection) -> Self {
         let addr = listener.local_addr().unwrap();
         let routes = protogate::demo::example_routes();
-        let (routes, switch): (_, Box<dyn Fn(&Bytes) + Send + Sync>) = match reflection {
+        let (routes, switch): (_, Describe) = match reflection {
             Reflection::V1 => {
                 let build = |schema: &Bytes| builder(schema).build_v1().unwrap();
-                let service = Switchable(Arc::new(Mutex::new(build(schema))));
+                let service = Switchable(Arc::new(ArcSwap::from_pointee(build(schema))));
                 let switch = service.clone();
                 let routes = routes.add_service(service);
                 (
                     routes,
-                    Box::new(move |schema| *switch.0.lock().unwrap() = build(schema)),
+                    Box::new(move |schema| switch.0.store(Arc::new(build(schema)))),
                 )
             }
             Reflection::V1Alpha => {
                 let build = |schema: &Bytes| builder(schema).build_v1alpha().unwrap();
-                let service = Switchable(Arc::new(Mutex::new(build(schema))));
+                let service = Switchable(Arc::new(ArcSwap::from_pointee(build(schema))));
                 let switch = service.clone();
                 let routes = routes.add_service(service);
                 (
                     routes,
-                    Box::new(move |schema| *switch.0.lock().unwrap() = build(schema)),
+                    Box::new(move |schema| switch.0.store(Arc::new(build(schema)))),
                 )
             }
         };

@@ -16,10 +16,11 @@ mod reflection;
 mod schema;
 
 use std::{
-    sync::{Arc, Mutex, PoisonError},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use metrics::Counter;
 use tonic::{transport::Channel, Code, Status};
@@ -52,8 +53,7 @@ struct Source {
     selection: Selection,
     channel: Channel,
     errors: Option<Counter>,
-    /// Never held across an `.await`.
-    state: Mutex<State>,
+    state: ArcSwap<State>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -158,7 +158,7 @@ impl Discovery {
                 selection,
                 channel,
                 errors: metrics.map(|m| m.discovery_errors(&config.url)),
-                state: Mutex::new(State::default()),
+                state: ArcSwap::default(),
             });
         }
         Ok(Self {
@@ -293,19 +293,26 @@ impl Source {
     }
 
     fn state(&self) -> State {
-        self.state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        State::clone(&self.state.load())
     }
 
-    /// Logs a change of state (a new error, a recovery, a new schema) once.
+    /// Records `result`, and logs a change of state (a new error, a
+    /// recovery, a new schema) once.
     fn record(&self, result: &Result<Discovered, DiscoveryError>) {
         let url = &self.config.url;
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let error = result.as_ref().err().map(ToString::to_string);
+        let now = SystemTime::now();
+        let before = self.state.rcu(|state| State {
+            error: error.clone(),
+            last_read: if error.is_none() {
+                Some(now)
+            } else {
+                state.last_read
+            },
+        });
         match result {
             Ok(discovered) => {
-                if state.error.take().is_some() {
+                if before.error.is_some() {
                     tracing::info!(url, "discovery works again");
                 }
                 if discovered.changed {
@@ -317,16 +324,14 @@ impl Source {
                         "discovered schema registered"
                     );
                 }
-                state.last_read = Some(SystemTime::now());
             }
-            Err(err) => {
+            Err(_) => {
                 if let Some(errors) = &self.errors {
                     errors.increment(1);
                 }
-                let message = err.to_string();
-                if state.error.as_ref() != Some(&message) {
-                    tracing::error!(url, error = %message, "discovery failed; the last good set keeps serving");
-                    state.error = Some(message);
+                if before.error != error {
+                    let error = error.unwrap_or_default();
+                    tracing::error!(url, %error, "discovery failed; the last good set keeps serving");
                 }
             }
         }
@@ -337,7 +342,7 @@ impl Source {
 
 impl ReadError {
     /// A reflection call's status: over the limit, unreachable, or failed.
-    fn from_status(status: Status, max_bytes: usize) -> Self {
+    fn from_status(status: &Status, max_bytes: usize) -> Self {
         match status.code() {
             // tonic's refusal of a reply over `max_decoding_message_size`.
             Code::OutOfRange => Self::TooLarge(format!(

@@ -70,10 +70,10 @@ pub(super) async fn read(
                 .await
                 .map_err(|status| match status.code() {
                     Code::Unimplemented => ReadError::NoReflection,
-                    _ => ReadError::from_status(status, max_bytes),
+                    _ => ReadError::from_status(&status, max_bytes),
                 })?
         }
-        other => other.map_err(|status| ReadError::from_status(status, max_bytes))?,
+        other => other.map_err(|status| ReadError::from_status(&status, max_bytes))?,
     };
     let MessageResponse::ListServicesResponse(list) = list else {
         return Err(ReadError::Garbage(
@@ -97,7 +97,7 @@ pub(super) async fn read(
         let answer = client.ask(MessageRequest::FileContainingSymbol(service));
         let answer = answer
             .await
-            .map_err(|s| ReadError::from_status(s, max_bytes))?;
+            .map_err(|s| ReadError::from_status(&s, max_bytes))?;
         reflected.take(answer, &mut wanted, &mut bytes, max_bytes)?;
     }
     while let Some(name) = wanted.pop_front() {
@@ -107,7 +107,7 @@ pub(super) async fn read(
         let answer = client.ask(MessageRequest::FileByFilename(name.clone()));
         let answer = answer
             .await
-            .map_err(|s| ReadError::from_status(s, max_bytes))?;
+            .map_err(|s| ReadError::from_status(&s, max_bytes))?;
         reflected.take(answer, &mut wanted, &mut bytes, max_bytes)?;
         if !reflected.files.contains_key(&name) {
             return Err(ReadError::Garbage(format!(
