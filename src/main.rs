@@ -519,7 +519,8 @@ fn catalog(
     let catalog = if config.discover.is_empty() {
         protogate::check_config(config, sets)
     } else {
-        // Only the servers' reflection is called; upstreams still are not.
+        // The servers' reflection is called; upstreams still are not (their
+        // channels connect on first use), key refreshers may run meanwhile.
         runtime.block_on(protogate::check_discovery(config, sets))
     };
     Ok(catalog.map_err(|err| err.to_string()))

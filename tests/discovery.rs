@@ -594,3 +594,41 @@ async fn check_discover_prints_the_routes_or_why_not() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn admin_discover_refresh_reads_every_server_now() {
+    let backend = ReflectingBackend::start(&orders_v1(), Reflection::V1).await;
+    let url = backend.url();
+    let gw = discovering(&url, |_, _| {}).await;
+    until("ListOrders is served", || async {
+        status_of(&gw, reqwest::Method::GET, "/v1/orders").await == 200
+    })
+    .await;
+    backend.describe(&orders_v1_next());
+    let admin_addr = gw.admin_addr.to_string();
+    let refreshed = tokio::task::spawn_blocking(move || {
+        process::protogate()
+            .args(["admin", "--admin-addr", &admin_addr, "discover", "refresh"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&refreshed.stdout);
+    assert!(
+        refreshed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&refreshed.stderr)
+    );
+    let set = protogate::discovery::set_name(&url);
+    let line = stdout.lines().next().unwrap_or_default();
+    assert!(
+        line.starts_with(&format!("{url}  {set}  sha256:")),
+        "{stdout}"
+    );
+    assert!(line.ends_with("  changed"), "{stdout}");
+    assert_eq!(
+        status_of(&gw, reqwest::Method::POST, "/v1/orders/o-1:archive").await,
+        501
+    );
+}

@@ -17,7 +17,10 @@ use tonic_reflection::pb::v1::{
     ServerReflectionRequest, ServerReflectionResponse,
 };
 
-use super::{schema::Selection, ReadError};
+use super::{
+    schema::{File, Selection},
+    ReadError,
+};
 
 const V1: &str = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
 const V1ALPHA: &str = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo";
@@ -32,13 +35,6 @@ pub(super) const MAX_FILES: usize = 1024;
 pub(super) struct Reflected {
     pub services: Vec<String>,
     pub files: BTreeMap<String, File>,
-}
-
-/// One file as sent, and decoded for its name, package, imports and services.
-#[derive(Debug)]
-pub(super) struct File {
-    pub bytes: Bytes,
-    pub proto: prost_types::FileDescriptorProto,
 }
 
 /// One reflection stream per question, on one channel.

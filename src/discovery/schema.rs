@@ -11,10 +11,18 @@ use prost::{
     Message as _,
 };
 
-use super::{reflection::File, ReadError};
+use super::ReadError;
 
 /// `FileDescriptorProto.service`.
 const SERVICE_FIELD: u32 = 6;
+
+/// One file as a server sent it, and decoded for its name, package,
+/// imports and services.
+#[derive(Debug)]
+pub(super) struct File {
+    pub bytes: Bytes,
+    pub proto: prost_types::FileDescriptorProto,
+}
 
 /// The services of a server that are served: those of the `services` globs
 /// (default: all but `grpc.*`), never the reflection or health services.
