@@ -632,3 +632,55 @@ async fn admin_discover_refresh_reads_every_server_now() {
         501
     );
 }
+
+/// A TCP server on loopback that either holds every connection without a
+/// word (`garbage: None`) or writes `garbage` and closes it.
+async fn not_grpc(garbage: Option<&'static [u8]>) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::AsyncWriteExt as _;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let served = tokio::spawn(async move {
+        let mut held = Vec::new();
+        // Bounded: the test makes a handful of connections.
+        for _ in 0..64 {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            match garbage {
+                Some(bytes) => {
+                    let _ = socket.write_all(bytes).await;
+                }
+                None => held.push(socket),
+            }
+        }
+    });
+    (url, served)
+}
+
+#[tokio::test]
+async fn a_server_that_times_out_or_answers_garbage_is_reported_and_nothing_served() {
+    let (silent, silent_task) = not_grpc(None).await;
+    let (garbage, garbage_task) =
+        not_grpc(Some(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")).await;
+    for (url, expected) in [
+        (&silent, "did not describe its services within 300ms"),
+        (&garbage, "discovery from"),
+    ] {
+        let gw = discovering(url, |_, source| source.timeout = Duration::from_millis(300)).await;
+        let (status, body) = refresh(&gw).await;
+        assert_eq!(status, 503, "{body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains(url.as_str()) && message.contains(expected),
+            "{message}"
+        );
+        let (status, ready) = admin_get(&gw, "/readyz").await;
+        assert_eq!(status, 503, "{ready}");
+        assert_eq!(ready["discovery"][url.as_str()]["serving"], false);
+        assert!(discovery_errors(&gw, url).await >= 1);
+        let (_, sets) = admin_get(&gw, "/admin/v1/descriptor-sets").await;
+        assert_eq!(sets["descriptorSets"], serde_json::json!([]));
+    }
+    silent_task.abort();
+    garbage_task.abort();
+}
