@@ -684,3 +684,48 @@ async fn a_server_that_times_out_or_answers_garbage_is_reported_and_nothing_serv
     silent_task.abort();
     garbage_task.abort();
 }
+
+#[tokio::test]
+async fn services_outside_the_globs_are_never_served() {
+    // Reflection of the orders and the users services: one set, concatenated.
+    let users = std::fs::read(format!(
+        "{}/descriptor-sets/acme.users.v1.binpb",
+        process::MANIFEST
+    ))
+    .unwrap();
+    let both = Bytes::from([orders_v1().to_vec(), users].concat());
+    let backend = ReflectingBackend::start(&both, Reflection::V1).await;
+    let gw = discovering(&backend.url(), |_, source| {
+        source.services = vec!["acme.users.*".into()];
+    })
+    .await;
+    let (status, body) = refresh(&gw).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, sets) = admin_get(&gw, "/admin/v1/descriptor-sets").await;
+    assert_eq!(
+        sets["descriptorSets"][0]["services"],
+        serde_json::json!(["acme.users.v1.UserService"])
+    );
+    assert_ne!(
+        status_of(&gw, reqwest::Method::GET, "/v1/tenants/t-1/users").await,
+        404
+    );
+    assert_eq!(
+        status_of(&gw, reqwest::Method::GET, "/v1/orders/o-1").await,
+        404
+    );
+
+    // A glob that selects nothing says what the server has.
+    let none = discovering(&backend.url(), |_, source| {
+        source.services = vec!["acme.billing.*".into()];
+    })
+    .await;
+    let (status, body) = refresh(&none).await;
+    assert_eq!(status, 503, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("none of its services is selected"),
+        "{message}"
+    );
+    assert!(message.contains("acme.orders.v1.OrderService"), "{message}");
+}
