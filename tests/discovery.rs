@@ -729,3 +729,47 @@ async fn services_outside_the_globs_are_never_served() {
     );
     assert!(message.contains("acme.orders.v1.OrderService"), "{message}");
 }
+
+#[tokio::test]
+async fn each_change_of_state_is_logged_once_however_often_it_is_seen() {
+    let port = process::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let (public, admin_port) = (process::free_port(), process::free_port());
+    let child = process::protogate()
+        .args(["serve", "--discover", &url])
+        .args(["--listen", &format!("127.0.0.1:{public}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let child = process::Child(child);
+    let metrics = format!("http://127.0.0.1:{admin_port}/metrics");
+    process::wait_for(&metrics).await;
+    let series = format!("protogate_discovery_errors_total{{url=\"{url}\"}} ");
+    until("three failed readings (at start, then retried)", || async {
+        let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+        let errors = text
+            .lines()
+            .find_map(|line| line.strip_prefix(series.as_str()));
+        errors.is_some_and(|count| count.trim().parse::<u64>().unwrap_or(0) >= 3)
+    })
+    .await;
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let _backend = ReflectingBackend::start_on(listener, &orders_v1(), Reflection::V1);
+    let order = format!("http://127.0.0.1:{public}/v1/orders/o-1");
+    until("the retries find the server", || async {
+        reqwest::get(&order).await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let stderr = tokio::task::spawn_blocking(move || child.stop())
+        .await
+        .unwrap();
+    for (line, times) in [
+        ("discovery failed; the last good set keeps serving", 1),
+        ("discovery works again", 1),
+        ("discovered schema registered", 1),
+    ] {
+        assert_eq!(stderr.matches(line).count(), times, "{line}:\n{stderr}");
+    }
+}
