@@ -77,6 +77,15 @@ async fn the_page_holds_no_data_and_runs_under_a_strict_policy() {
         assert!(!html.contains(reference), "{reference} in the page");
     }
 
+    // Only ever read.
+    let head = gw.client.head(admin(&gw, "/")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    let (status, body) = gw
+        .send(gw.client.post(admin(&gw, "/")).bearer_auth(TOKEN))
+        .await;
+    assert_eq!(status, 405, "{body}");
+    common::assert_status(&body, Code::Unimplemented, "method POST is not allowed");
+
     for path in ["/admin/v1/traffic", "/admin/v1/routes"] {
         for token in [None, Some("wrong")] {
             let mut request = gw.client.get(admin(&gw, path));

@@ -113,10 +113,10 @@ function renderSets(listing) {
       actions.textContent = "from the config";
       actions.className = "muted";
     }
-    const digest = cell(set.digest.slice(0, 19) + "…", "mono");
+    const digest = cell(set.digest.slice(0, 19) + "…", "mono nowrap");
     digest.title = set.digest;
     return row([
-      cell(set.name, "mono"), digest, cell(set.routeCount, "number"), cell(set.services.join(", "), "mono"),
+      cell(set.name, "mono nowrap"), digest, cell(set.routeCount, "number"), cell(set.services.join(", "), "mono wrap"),
       cell(set.loadedAt), cell(set.upstream || ""), cell(actions),
     ], { set: set.name });
   });
@@ -125,8 +125,9 @@ function renderSets(listing) {
 
 function renderRoutes(listing) {
   const rows = listing.routes.map((route) => row([
-    cell(route.httpMethod, "mono"), cell(route.path, "mono"), cell(route.rpc, "mono"), cell(policyText(route)),
-    cell(quotaText(route)), cell(upstreamText(route)), cell(deprecationText(route), "changed"),
+    cell(route.httpMethod, "mono nowrap"), cell(route.path, "mono wrap"), cell(route.rpc, "mono wrap"),
+    cell(policyText(route)), cell(quotaText(route)), cell(upstreamText(route), "wrap"),
+    cell(deprecationText(route), "deprecation"),
   ], { route: route.route }));
   fill($("route-table").tBodies[0], rows.length ? rows : [emptyRow(7, "no routes")]);
 }
@@ -275,8 +276,8 @@ function query(name, upstream) {
 
 function diffRow(kind, route) {
   return row([
-    cell(kind, kind), cell(route.httpMethod, "mono"), cell(route.path, "mono"), cell(route.rpc, "mono"),
-    cell(upstreamText(route)),
+    cell(kind, kind), cell(route.httpMethod, "mono nowrap"), cell(route.path, "mono wrap"), cell(route.rpc, "mono wrap"),
+    cell(upstreamText(route), "wrap"),
   ], { route: route.route, change: kind });
 }
 

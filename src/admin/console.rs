@@ -14,8 +14,10 @@ use std::sync::LazyLock;
 
 use axum::response::{IntoResponse, Response};
 use base64::{engine::general_purpose::STANDARD, Engine as _};
-use http::{header, HeaderValue};
+use http::{header, HeaderMap, HeaderValue, Method};
 use sha2::{Digest as _, Sha256};
+
+use crate::{error::Error, request_ids};
 
 const HTML: &str = include_str!("../../assets/console/console.html");
 const STYLE: &str = include_str!("../../assets/console/console.css");
@@ -46,8 +48,11 @@ static PAGE: LazyLock<Page> = LazyLock::new(|| {
     }
 });
 
-/// `GET /`: the console page.
-pub(super) async fn page() -> Response {
+/// `GET /`: the console page (405 for other methods).
+pub(super) async fn page(method: Method, headers: HeaderMap) -> Response {
+    if let Err(err) = Error::readable(&method) {
+        return err.into_response(request_ids::request_id(&headers), None);
+    }
     let page = &*PAGE;
     (
         [

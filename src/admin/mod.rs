@@ -37,7 +37,7 @@ use axum::{
     extract::{Request, State},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{any, get},
     Router,
 };
 use http::{header, uri::Authority, HeaderValue, StatusCode};
@@ -148,20 +148,20 @@ pub fn router(state: AdminState) -> Router {
             state.api.clone(),
             state.tls.clone(),
         ))
-        .route("/", get(console::page))
+        .route("/", any(console::page))
         .route(
             "/metrics",
             get(scrape).with_state((state.metrics.clone(), state.registry.clone())),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz).with_state(state));
-    if !open {
-        return router;
-    }
-    router
-        .layer(middleware::from_fn(loopback_host_only))
-        // Minted first, so that a refusal carries a request id too.
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+    let router = if open {
+        router.layer(middleware::from_fn(loopback_host_only))
+    } else {
+        router
+    };
+    // Minted first, so that every refusal carries a request id.
+    router.layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
 /// Answers only requests for a loopback host: `localhost` or a loopback
