@@ -98,7 +98,7 @@ pub(super) fn router(
             "/admin/v1/upstreams/{pattern}",
             put(put_upstream).delete(delete_upstream),
         )
-        .route("/admin/v1/traffic", get(traffic))
+        .route("/admin/v1/traffic", get(live_traffic))
         .route("/admin/v1/tls/reload", post(reload_tls))
         .fallback(not_found)
         .with_state(api)
@@ -160,7 +160,7 @@ async fn not_found(request: Request) -> ApiError {
 
 // === live figures ===
 
-async fn traffic(State(api): State<Api>) -> Response {
+async fn live_traffic(State(api): State<Api>) -> Response {
     let text = api.metrics.render(&api.registry.figures());
     json_response(
         StatusCode::OK,
@@ -552,17 +552,17 @@ fn route_json(catalog: &Catalog, route: &crate::registry::Route, listing: &Listi
             "per": humantime::format_duration(quota.per).to_string(),
         }))
     };
+    // The headers the route answers with, as a client sees them.
     let deprecation = method.deprecation.as_ref().map(|deprecation| {
         let mut headers = http::HeaderMap::new();
         deprecation.write(&mut headers);
-        let headers: serde_json::Map<String, Value> = headers
+        headers
             .iter()
             .map(|(name, value)| {
-                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                let value = value.to_str().unwrap_or_default();
                 (name.as_str().to_owned(), Value::from(value))
             })
-            .collect();
-        headers
+            .collect::<serde_json::Map<_, _>>()
     });
     json!({
         "route": &*route.label,
