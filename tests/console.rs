@@ -403,5 +403,19 @@ async fn operate(page: &Browser, gw: &Gateway, broken_proto: &Path) -> Result<()
     text_when(browser, "#route-table tbody", |t| !t.contains("/v1/shops")).await?;
     text_when(browser, "#sets tbody", |t| !t.contains("acme.shop.v1")).await?;
     page.screenshot("console-deleted.png").await?;
+
+    // Every request the page made went to the admin listener.
+    let fetched = browser
+        .execute(
+            "return performance.getEntriesByType('resource').map((entry) => entry.name);",
+            Vec::new(),
+        )
+        .await
+        .map_err(failed("the page's requests"))?;
+    let fetched: Vec<String> = serde_json::from_value(fetched).map_err(|err| err.to_string())?;
+    let origin = admin(gw, "/");
+    if fetched.is_empty() || fetched.iter().any(|url| !url.starts_with(&origin)) {
+        return Err(format!("requests beyond {origin}: {fetched:?}"));
+    }
     Ok(())
 }
