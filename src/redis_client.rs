@@ -26,7 +26,7 @@ use std::{
 use metrics::{Counter, Gauge, Histogram};
 use redis::{
     aio::{ConnectionManager, ConnectionManagerConfig, PubSub},
-    AsyncConnectionConfig, Client, Cmd, FromRedisValue, IntoConnectionInfo, RedisError,
+    AsyncConnectionConfig, Client, Cmd, FromRedisValue, IntoConnectionInfo, RedisError, Script,
     ScriptInvocation,
 };
 use tokio::sync::Notify;
@@ -176,6 +176,30 @@ impl Redis {
     ) -> Result<T, Unavailable> {
         let mut connection = self.connection(op)?;
         self.timed(op, script.invoke_async(&mut connection)).await
+    }
+
+    /// Runs `evalsha`, an `EVALSHA` of `script` built by the caller (so that
+    /// many keys cost no allocation each), loading the script first when
+    /// this Redis does not know it yet (a restarted one).
+    pub async fn eval<T: FromRedisValue>(
+        &self,
+        op: Op,
+        script: &Script,
+        evalsha: &Cmd,
+    ) -> Result<T, Unavailable> {
+        let mut connection = self.connection(op)?;
+        self.timed(op, async {
+            match evalsha.query_async(&mut connection).await {
+                Err(err)
+                    if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    script.load_async(&mut connection).await?;
+                    evalsha.query_async(&mut connection).await
+                }
+                answered => answered,
+            }
+        })
+        .await
     }
 
     /// A connection subscribed to `channel`, its own (pub/sub holds a
