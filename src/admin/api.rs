@@ -10,6 +10,10 @@
 //! (with every problem as a `google.rpc.BadRequest` violation); 404 for
 //! unknown names; 413 over `admin.max_upload_bytes`.
 //!
+//! `GET /admin/v1/traffic` is each route's request and error counts and
+//! latency histogram, cumulative, for the console's live figures
+//! ([`traffic`](super::traffic)).
+//!
 //! `POST /admin/v1/tls/reload` reads the TLS listener's certificate, key and
 //! CA files again: 200 listing each certificate and its expiry, or 400
 //! (`FAILED_PRECONDITION`) saying why the files were refused while the
@@ -36,10 +40,12 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
-use super::ApiSettings;
+use super::{traffic, ApiSettings};
 use crate::{
     config::{self, AdminToken, UpstreamConfig},
     error::Error,
+    observe::metrics::Metrics,
+    policy::{BucketId, PolicyRules},
     registry::{
         check_name, ApplyError, Catalog, Change, CompileError, LoadError, ProtoSources, Registry,
         UploadFormat, UpstreamSetting, UpstreamSource, DEFAULT_UPSTREAM_TIMEOUT,
@@ -54,6 +60,7 @@ const MAX_JSON_BYTES: usize = 64 << 10;
 #[derive(Debug, Clone)]
 struct Api {
     registry: Arc<Registry>,
+    metrics: Metrics,
     settings: ApiSettings,
     tls: Option<Arc<Termination>>,
 }
@@ -67,12 +74,14 @@ type Reply = Result<Response, ApiError>;
 /// The admin API routes, with their own request ids and token check.
 pub(super) fn router(
     registry: Arc<Registry>,
+    metrics: Metrics,
     settings: ApiSettings,
     tls: Option<Arc<Termination>>,
 ) -> Router {
     let token = settings.token.clone();
     let api = Api {
         registry,
+        metrics,
         settings,
         tls,
     };
@@ -89,6 +98,7 @@ pub(super) fn router(
             "/admin/v1/upstreams/{pattern}",
             put(put_upstream).delete(delete_upstream),
         )
+        .route("/admin/v1/traffic", get(live_traffic))
         .route("/admin/v1/tls/reload", post(reload_tls))
         .fallback(not_found)
         .with_state(api)
@@ -146,6 +156,16 @@ async fn not_found(request: Request) -> ApiError {
         )
         .into(),
     ))
+}
+
+// === live figures ===
+
+async fn live_traffic(State(api): State<Api>) -> Response {
+    let text = api.metrics.render(&api.registry.figures());
+    json_response(
+        StatusCode::OK,
+        &json!({ "routes": traffic::by_route(&text) }),
+    )
 }
 
 // === TLS ===
@@ -218,8 +238,7 @@ async fn validate_set(
     };
     let body = match api.registry.dry_run(change).await {
         Ok(applied) => {
-            let (added, changed, removed) =
-                route_diff(&current, &applied.catalog, api.settings.auth);
+            let (added, changed, removed) = route_diff(&current, &applied.catalog, &api.listing());
             json!({
                 "valid": true,
                 "added": added,
@@ -294,7 +313,7 @@ async fn list_routes(State(api): State<Api>) -> Response {
     let routes: Vec<Value> = catalog
         .routes()
         .iter()
-        .map(|route| route_json(&catalog, route, api.settings.auth))
+        .map(|route| route_json(&catalog, route, &api.listing()))
         .collect();
     json_response(
         StatusCode::OK,
@@ -512,11 +531,39 @@ fn set_json(catalog: &Catalog, set: &crate::registry::LoadedSet) -> Value {
     })
 }
 
-/// `auth`: whether tokens are checked at all; without, every route is open
-/// whatever its policy says.
-fn route_json(catalog: &Catalog, route: &crate::registry::Route, auth: bool) -> Value {
+/// What a route listing needs besides the catalog.
+struct Listing<'a> {
+    /// Whether tokens are checked at all; without, every route is open
+    /// whatever its policy says.
+    auth: bool,
+    /// The quotas the policies' buckets count against.
+    policies: &'a PolicyRules,
+}
+
+/// A route, its method, upstream, policy (with its quotas) and deprecation.
+fn route_json(catalog: &Catalog, route: &crate::registry::Route, listing: &Listing<'_>) -> Value {
     let method = catalog.method(route);
     let policy = &method.policy;
+    let auth = listing.auth;
+    let quota = |bucket: Option<BucketId>| {
+        let quota = listing.policies.quota(bucket?)?;
+        Some(json!({
+            "requests": quota.requests,
+            "per": humantime::format_duration(quota.per).to_string(),
+        }))
+    };
+    // The headers the route answers with, as a client sees them.
+    let deprecation = method.deprecation.as_ref().map(|deprecation| {
+        let mut headers = http::HeaderMap::new();
+        deprecation.write(&mut headers);
+        headers
+            .iter()
+            .map(|(name, value)| {
+                let value = value.to_str().unwrap_or_default();
+                (name.as_str().to_owned(), Value::from(value))
+            })
+            .collect::<serde_json::Map<_, _>>()
+    });
     json!({
         "route": &*route.label,
         "httpMethod": route.http_method.as_str(),
@@ -531,7 +578,12 @@ fn route_json(catalog: &Catalog, route: &crate::registry::Route, auth: bool) -> 
             "scopes": policy.scopes.iter().map(|s| &**s).collect::<Vec<_>>(),
             "clientCertificate": policy.client_certificate,
             "rateLimited": policy.rate_limit.per_user.is_some() || policy.rate_limit.per_ip.is_some(),
+            "quota": {
+                "perUser": quota(policy.rate_limit.per_user),
+                "perIp": quota(policy.rate_limit.per_ip),
+            },
         },
+        "deprecation": deprecation,
     })
 }
 
@@ -539,7 +591,7 @@ fn route_json(catalog: &Catalog, route: &crate::registry::Route, auth: bool) -> 
 fn route_diff(
     before: &Catalog,
     after: &Catalog,
-    auth: bool,
+    listing: &Listing<'_>,
 ) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
     // Route label → (method, upstream URL): what a client of the route sees change.
     let index = |catalog: &Catalog| -> HashMap<Box<str>, (String, Option<String>)> {
@@ -559,9 +611,9 @@ fn route_diff(
     let mut changed = Vec::new();
     for route in after.routes() {
         match old.get(&route.label) {
-            None => added.push(route_json(after, route, auth)),
+            None => added.push(route_json(after, route, listing)),
             Some(was) if Some(was) != new.get(&route.label) => {
-                changed.push(route_json(after, route, auth));
+                changed.push(route_json(after, route, listing));
             }
             Some(_) => {}
         }
@@ -570,13 +622,24 @@ fn route_diff(
         .routes()
         .iter()
         .filter(|route| !new.contains_key(&route.label))
-        .map(|route| route_json(before, route, auth))
+        .map(|route| route_json(before, route, listing))
         .collect();
     (added, changed, removed)
 }
 
 fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
+}
+
+// === impl Api ===
+
+impl Api {
+    fn listing(&self) -> Listing<'_> {
+        Listing {
+            auth: self.settings.auth,
+            policies: self.registry.policies(),
+        }
+    }
 }
 
 // === impl ApiError ===

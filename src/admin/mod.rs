@@ -1,6 +1,8 @@
 //! The admin listener: its own small router on its own address, never
 //! sharing the data plane's steps.
 //!
+//! * `GET /` -- the console ([`console`]): one page that reads and changes
+//!   everything through the admin API, with the token the operator types in
 //! * `GET /metrics` -- Prometheus text exposition of this server's metrics
 //! * `GET /healthz` -- 200 while the process serves
 //! * `GET /readyz` -- 200 when the catalog is loaded and every upstream is
@@ -9,10 +11,12 @@
 //!   or `"down"`: reported, not required, since the data plane serves
 //!   without it)
 //! * `/admin/v1/...` -- the admin API ([`api`]): descriptor sets, upstreams,
-//!   routes, TLS certificate reload
+//!   routes, live figures per route, TLS certificate reload
 //!
 //! Only the admin API requires the bearer token: probes and Prometheus
-//! scrapes read nothing secret and must work without credentials. Without a
+//! scrapes read nothing secret and must work without credentials, and the
+//! console page holds no data of its own (a browser cannot send a bearer
+//! token with a navigation; the page sends it with each API call). Without a
 //! token (then the listener is loopback-only) a request whose `Host` is not a
 //! loopback name or address is refused (403): a web page the operator visits
 //! could otherwise reach the listener through DNS rebinding, its own name
@@ -20,6 +24,8 @@
 
 mod api;
 mod client;
+mod console;
+mod traffic;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -31,7 +37,7 @@ use axum::{
     extract::{Request, State},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{any, get},
     Router,
 };
 use http::{header, uri::Authority, HeaderValue, StatusCode};
@@ -138,22 +144,24 @@ pub fn router(state: AdminState) -> Router {
     let router = Router::new()
         .merge(api::router(
             state.registry.clone(),
+            state.metrics.clone(),
             state.api.clone(),
             state.tls.clone(),
         ))
+        .route("/", any(console::page))
         .route(
             "/metrics",
             get(scrape).with_state((state.metrics.clone(), state.registry.clone())),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz).with_state(state));
-    if !open {
-        return router;
-    }
-    router
-        .layer(middleware::from_fn(loopback_host_only))
-        // Minted first, so that a refusal carries a request id too.
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+    let router = if open {
+        router.layer(middleware::from_fn(loopback_host_only))
+    } else {
+        router
+    };
+    // Minted first, so that every refusal carries a request id.
+    router.layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
 /// Answers only requests for a loopback host: `localhost` or a loopback

@@ -50,8 +50,9 @@ pub struct CatalogFigures {
     pub reloads: [(&'static str, u64); 3],
 }
 
-const REQUESTS: &str = "protogate_http_requests_total";
-const REQUEST_DURATION: &str = "protogate_http_request_duration_seconds";
+/// Also read back, from the exposition, by the admin console's live figures.
+pub(crate) const REQUESTS: &str = "protogate_http_requests_total";
+pub(crate) const REQUEST_DURATION: &str = "protogate_http_request_duration_seconds";
 const REQUEST_SIZE: &str = "protogate_http_request_size_bytes";
 const RESPONSE_SIZE: &str = "protogate_http_response_size_bytes";
 const UPSTREAM_DURATION: &str = "protogate_upstream_duration_seconds";

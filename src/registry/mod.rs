@@ -242,6 +242,12 @@ impl Registry {
             .collect()
     }
 
+    /// The config's policy rules every build resolves methods with (their
+    /// quotas, for listings).
+    pub fn policies(&self) -> &PolicyRules {
+        &self.context.policies
+    }
+
     /// The descriptor directory, if any.
     pub fn store(&self) -> Option<&Store> {
         self.context.store.as_ref()
