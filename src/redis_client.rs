@@ -279,7 +279,7 @@ impl Redis {
                         if is_refused_password(err)
                             && !self.refusal_said.swap(true, Ordering::Relaxed)
                         {
-                            tracing::error!("Redis is unreachable: {}", self.describe(err));
+                            tracing::error!("Redis is unreachable: {}", self.refusal(err));
                         }
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -336,7 +336,7 @@ impl Redis {
             Ok(Ok(value)) => Ok(value),
             // A script or type error: Redis is there, the command is wrong.
             Ok(Err(err)) if is_refused_password(&err) => {
-                Err(self.failed(op, &self.describe(&err), Failure::PasswordRefused))
+                Err(self.failed(op, &self.refusal(&err), Failure::PasswordRefused))
             }
             // A script or type error: Redis is there, the command is wrong.
             Ok(Err(err)) if matches!(err.kind(), redis::ErrorKind::Server(_)) => {
@@ -348,7 +348,7 @@ impl Redis {
     }
 
     /// A refused password in words: where it came from, never what it is.
-    fn describe(&self, err: &RedisError) -> String {
+    fn refusal(&self, err: &RedisError) -> String {
         if err.code() == Some("NOAUTH") {
             "it asks for a password: give it in redis.url or redis.password_env".to_owned()
         } else {

@@ -381,7 +381,12 @@ mod tests {
             .spawn()
             .expect("redis-server runs (Debian: apt-get install redis-server)");
         let _server = RedisServer(child);
+        let started = std::time::Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "redis-server did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         let config = RedisConfig {
