@@ -14,6 +14,15 @@
 //! latency histogram, cumulative, for the console's live figures
 //! ([`traffic`](super::traffic)).
 //!
+//! `POST /admin/v1/discover:refresh` reads the schema of every server of
+//! `discover` now and registers what changed, as the refresher would: 200
+//! listing each server's set, digest and whether it changed; else the
+//! first failure: the registry's refusal as for an upload (409, 400), or
+//! 503 naming the server and why it could not be read (the last good set
+//! keeps serving); 404 without `discover`. Names beginning `discovered-`
+//! are the discovered sets' (listed with `origin: "discovered from URL"`):
+//! an upload cannot take one.
+//!
 //! `POST /admin/v1/tls/reload` reads the TLS listener's certificate, key and
 //! CA files again: 200 listing each certificate and its expiry, or 400
 //! (`FAILED_PRECONDITION`) saying why the files were refused while the
@@ -43,12 +52,13 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use super::{traffic, ApiSettings};
 use crate::{
     config::{self, AdminToken, UpstreamConfig},
+    discovery::{Discovery, DiscoveryError},
     error::Error,
     observe::metrics::Metrics,
     policy::{BucketId, PolicyRules},
     registry::{
         check_name, ApplyError, Catalog, Change, CompileError, LoadError, ProtoSources, Registry,
-        UploadFormat, UpstreamSetting, UpstreamSource, DEFAULT_UPSTREAM_TIMEOUT,
+        UploadFormat, UpstreamSetting, UpstreamSource, DEFAULT_UPSTREAM_TIMEOUT, DISCOVERED_PREFIX,
     },
     request_ids,
     tls::Termination,
@@ -63,6 +73,7 @@ struct Api {
     metrics: Metrics,
     settings: ApiSettings,
     tls: Option<Arc<Termination>>,
+    discovery: Option<Arc<Discovery>>,
 }
 
 /// An [`Error`] as a handler result; [`with_request_id`] adds the request id.
@@ -77,6 +88,7 @@ pub(super) fn router(
     metrics: Metrics,
     settings: ApiSettings,
     tls: Option<Arc<Termination>>,
+    discovery: Option<Arc<Discovery>>,
 ) -> Router {
     let token = settings.token.clone();
     let api = Api {
@@ -84,6 +96,7 @@ pub(super) fn router(
         metrics,
         settings,
         tls,
+        discovery,
     };
     Router::new()
         .route("/admin/v1/descriptor-sets", get(list_sets))
@@ -100,6 +113,7 @@ pub(super) fn router(
         )
         .route("/admin/v1/traffic", get(live_traffic))
         .route("/admin/v1/tls/reload", post(reload_tls))
+        .route("/admin/v1/discover:refresh", post(refresh_discovery))
         .fallback(not_found)
         .with_state(api)
         .layer(middleware::from_fn_with_state(token, require_token))
@@ -184,6 +198,36 @@ async fn reload_tls(State(api): State<Api>) -> Reply {
     }
 }
 
+// === discovery ===
+
+async fn refresh_discovery(State(api): State<Api>) -> Reply {
+    let Some(discovery) = &api.discovery else {
+        return Err(ApiError(Error::NotFound(
+            "discovery is not configured (no `discover` key)".into(),
+        )));
+    };
+    let mut sources = Vec::new();
+    for result in discovery.refresh().await {
+        let discovered = result.map_err(|err| match err {
+            DiscoveryError::Refused { source, .. } => ApiError::from(source),
+            read @ DiscoveryError::Read { .. } => ApiError(Error::Unavailable(
+                format!("{read}; the last good set keeps serving").into(),
+            )),
+        })?;
+        sources.push(json!({
+            "url": discovered.url,
+            "set": discovered.set,
+            "digest": format!("sha256:{}", discovered.digest),
+            "changed": discovered.changed,
+        }));
+    }
+    let generation = api.registry.load().generation();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "generation": generation, "sources": sources }),
+    ))
+}
+
 // === descriptor sets ===
 
 async fn put_set(
@@ -193,6 +237,12 @@ async fn put_set(
     request: Request,
 ) -> Reply {
     check_name(&name).map_err(|reason| invalid("name", reason))?;
+    if name.starts_with(DISCOVERED_PREFIX) {
+        return Err(invalid(
+            "name",
+            format!("names beginning `{DISCOVERED_PREFIX}` are those of sets read through server reflection (`discover`)"),
+        ));
+    }
     let upstream = upstream_param(query.as_deref())?;
     let bytes = read_upload(&name, request, api.settings.max_upload_bytes).await?;
     let existed = api.registry.load().sets().iter().any(|s| s.name == name);
@@ -528,6 +578,11 @@ fn set_json(catalog: &Catalog, set: &crate::registry::LoadedSet) -> Value {
         "loadedAt": rfc3339(set.loaded_at),
         "upstream": set.upstream,
         "managed": set.managed,
+        "origin": match set.discovered_from() {
+            Some(url) => format!("discovered from {url}"),
+            None if set.managed => "uploaded".to_owned(),
+            None => "config".to_owned(),
+        },
     })
 }
 
@@ -627,7 +682,7 @@ fn route_diff(
     (added, changed, removed)
 }
 
-fn rfc3339(time: SystemTime) -> String {
+pub(super) fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
 

@@ -9,9 +9,12 @@
 //!   healthy or within its grace period, else 503; the body lists each
 //!   upstream, and says whether the shared Redis answers (`"redis": "up"`
 //!   or `"down"`: reported, not required, since the data plane serves
-//!   without it)
+//!   without it), and each server of `discover`: its set, when it was last
+//!   read, and why the last reading failed; a server whose schema was never
+//!   registered makes it 503, its routes being unserved
 //! * `/admin/v1/...` -- the admin API ([`api`]): descriptor sets, upstreams,
-//!   routes, live figures per route, TLS certificate reload
+//!   routes, live figures per route, TLS certificate reload, discovery
+//!   refresh
 //!
 //! Only the admin API requires the bearer token: probes and Prometheus
 //! scrapes read nothing secret and must work without credentials, and the
@@ -47,6 +50,7 @@ use tower_http::request_id::{MakeRequestUuid, SetRequestIdLayer};
 pub use self::client::{AdminClient, ClientError};
 use crate::{
     config::{AdminConfig, AdminToken},
+    discovery::Discovery,
     error::Error,
     observe::metrics::Metrics,
     redis_client::Redis,
@@ -66,6 +70,8 @@ pub struct AdminState {
     pub tls: Option<Arc<crate::tls::Termination>>,
     /// The shared Redis, when configured: `/readyz` says whether it answers.
     pub redis: Option<Arc<Redis>>,
+    /// The servers read through reflection, when `discover` is configured.
+    pub discovery: Option<Arc<Discovery>>,
 }
 
 /// How the admin API is protected and what it accepts, resolved at start.
@@ -147,6 +153,7 @@ pub fn router(state: AdminState) -> Router {
             state.metrics.clone(),
             state.api.clone(),
             state.tls.clone(),
+            state.discovery.clone(),
         ))
         .route("/", any(console::page))
         .route(
@@ -201,7 +208,8 @@ fn is_loopback_host(host: &str) -> bool {
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
-    let generation = state.registry.load().generation();
+    let catalog = state.registry.load();
+    let generation = catalog.generation();
     let mut ready = generation > 0;
     let mut upstreams = Map::new();
     for (name, health, within_grace) in state.health.states() {
@@ -213,16 +221,28 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         };
         upstreams.insert(name.to_owned(), Value::from(label));
     }
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
     let mut body = json!({ "ready": ready, "generation": generation, "upstreams": upstreams });
     // Reported, not required: without Redis the data plane still serves.
     if let Some(redis) = &state.redis {
         body["redis"] = Value::from(if redis.is_up() { "up" } else { "down" });
     }
+    if let Some(discovery) = &state.discovery {
+        let mut sources = Map::new();
+        for source in discovery.status() {
+            let serving = catalog.sets().iter().any(|set| set.name == source.set);
+            ready &= serving;
+            let last_read = source.last_read.map(api::rfc3339);
+            let entry = json!({ "set": source.set, "serving": serving, "lastRead": last_read, "error": source.error });
+            sources.insert(source.url, entry);
+        }
+        body["ready"] = Value::from(ready);
+        body["discovery"] = Value::Object(sources);
+    }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
         status,
         [(
