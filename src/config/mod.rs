@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer};
 mod openapi;
 mod policy;
 mod tls;
+mod tracing;
 
 pub use self::openapi::{DocumentPolicy, OpenApiConfig, ServerConfig};
 pub(crate) use self::policy::DEFAULT_CLAIM_HEADERS;
@@ -23,6 +24,7 @@ pub use self::policy::{
     QuotasConfig, RateLimitConfig, RateLimitPolicy,
 };
 pub use self::tls::{CertificateConfig, ClientAuth, ClientIdentityField, TlsConfig};
+pub use self::tracing::{OtlpConfig, OtlpProtocol, TracingConfig};
 pub use crate::deprecation::DeprecationConfig;
 
 /// The whole configuration file.
@@ -68,6 +70,8 @@ pub struct Config {
     /// The Redis that several instances share (quotas, registry); none by default.
     pub redis: Option<RedisConfig>,
     pub registry: RegistryConfig,
+    /// Spans of each request, exported to an OpenTelemetry collector.
+    pub tracing: TracingConfig,
 }
 
 /// The Redis shared by several gateway instances: `rate_limit.policy: redis`
@@ -395,6 +399,7 @@ impl Default for Config {
             tls: None,
             redis: None,
             registry: RegistryConfig::default(),
+            tracing: TracingConfig::default(),
         }
     }
 }
@@ -643,6 +648,7 @@ impl Config {
             })?;
         policy::validate(self)?;
         tls::validate(self)?;
+        tracing::validate(&self.tracing)?;
         self.validate_redis()?;
         self.validate_observability()
     }

@@ -20,6 +20,7 @@
 //! | `protogate_redis_up` | gauge | |
 //! | `protogate_redis_errors_total` | counter | op (`rate_limit`, `registry_read`, `registry_write`, `subscribe`, `ping`) |
 //! | `protogate_redis_command_duration_seconds` | histogram | op |
+//! | `protogate_otlp_dropped_spans_total` | counter | |
 
 use std::{
     fmt,
@@ -66,6 +67,7 @@ const CERTIFICATE_EXPIRY: &str = "protogate_tls_certificate_expiry_timestamp_sec
 const REDIS_UP: &str = "protogate_redis_up";
 const REDIS_ERRORS: &str = "protogate_redis_errors_total";
 const REDIS_DURATION: &str = "protogate_redis_command_duration_seconds";
+const OTLP_DROPPED: &str = "protogate_otlp_dropped_spans_total";
 
 /// Redis command buckets: 100 µs to 1 s (loopback answers in tens of µs).
 const REDIS_BUCKETS: [f64; 9] = [
@@ -204,6 +206,11 @@ impl Metrics {
                 ops.map(|op| histogram!(REDIS_DURATION, "op" => op)),
             )
         })
+    }
+
+    /// The count of spans dropped on their way to the OTLP collector.
+    pub fn otlp_dropped_spans(&self) -> Counter {
+        self.record(|| counter!(OTLP_DROPPED))
     }
 
     fn request_finished(
@@ -371,6 +378,10 @@ fn describe() {
         "Redis commands that failed or timed out (redis.timeout), by purpose"
     );
     describe_histogram!(REDIS_DURATION, Unit::Seconds, "Redis commands, by purpose");
+    describe_counter!(
+        OTLP_DROPPED,
+        "Spans dropped, not exported: the queue to the OTLP collector was full, or the collector did not take them"
+    );
 }
 
 /// The HTTP method as a bounded label: the standard ones, else `other`

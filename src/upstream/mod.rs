@@ -206,6 +206,11 @@ impl Upstream {
         }
     }
 
+    /// The URL it is called at, parsed.
+    pub fn uri(&self) -> &http::Uri {
+        self.endpoint.uri()
+    }
+
     /// The channel for a streaming call or a probe.
     pub(crate) fn channel(&self) -> Channel {
         self.shared.clone()
