@@ -499,3 +499,49 @@ async fn with_the_collector_down_requests_are_answered_and_spans_counted_as_drop
     }
     assert_eq!(gw.get("/v1/headers").await.0, 200);
 }
+
+#[tokio::test]
+async fn a_streaming_call_has_its_client_span_too() {
+    let (collector, addr) = Collector::start().await;
+    let gw = gateway(addr, |_| {}).await;
+    // Server streaming: a CSV download, over when the stream ends.
+    let exported = "66666666666666666666666666666666";
+    let response = gw
+        .client
+        .get(gw.url("/v1/orders:export"))
+        .header("traceparent", format!("00-{exported}-{CLIENT_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(!response.text().await.unwrap().is_empty());
+    // Client streaming: an NDJSON import.
+    let imported = "77777777777777777777777777777777";
+    let lines = "{\"customerId\": \"c-5\", \"items\": [{\"sku\": \"pen\", \"quantity\": 1}]}\n";
+    let response = gw
+        .client
+        .post(gw.url("/v1/orders:import"))
+        .header("traceparent", format!("00-{imported}-{CLIENT_SPAN}-01"))
+        .header("content-type", "application/x-ndjson")
+        .body(lines)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    for (trace, name) in [
+        (exported, "acme.orders.v1.OrderService/ExportOrders"),
+        (imported, "acme.orders.v1.OrderService/ImportOrders"),
+    ] {
+        let spans = collector.spans_of(trace, 2).await;
+        let (server, client) = (
+            of_kind(&spans, SpanKind::Server),
+            of_kind(&spans, SpanKind::Client),
+        );
+        assert_eq!(client.name, name);
+        assert_eq!(client.parent_span_id, server.span_id);
+        assert_eq!(attributes(client)["rpc.grpc.status_code"], "0");
+        assert!(server.start_time_unix_nano <= client.start_time_unix_nano);
+        assert!(client.start_time_unix_nano <= client.end_time_unix_nano);
+        assert!(client.end_time_unix_nano <= server.end_time_unix_nano);
+    }
+}
