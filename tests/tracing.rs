@@ -545,3 +545,17 @@ async fn a_streaming_call_has_its_client_span_too() {
         assert!(client.end_time_unix_nano <= server.end_time_unix_nano);
     }
 }
+
+#[tokio::test]
+async fn queued_spans_are_exported_at_shutdown() {
+    let (collector, addr) = Collector::start().await;
+    let gw = gateway(addr, |_| {}).await;
+    let (returned, _) = headers_call(&gw, None).await;
+    // Well within the first second of batching: only the shutdown sends it.
+    gw.stop().await.unwrap();
+    let spans = collector.spans_of(parts(&returned).0, 2).await;
+    assert_eq!(
+        hex(&of_kind(&spans, SpanKind::Server).span_id),
+        parts(&returned).1
+    );
+}

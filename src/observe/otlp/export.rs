@@ -64,7 +64,8 @@ impl Exporter {
     }
 
     /// Exports until `stop` fires (or every request path is gone), then
-    /// exports what is queued and returns.
+    /// exports what is queued (or, while exports fail, counts it as
+    /// dropped) and returns.
     pub async fn run(mut self, mut stop: oneshot::Receiver<()>) {
         // Connects at the first export, and again after a failure.
         let mut client = TraceServiceClient::new(self.endpoint.connect_lazy());
@@ -91,10 +92,18 @@ impl Exporter {
             }
             self.export(&mut client, &mut batch).await;
         }
+        // What is left, unless the collector is failing: shutdown must not
+        // wait out a timeout per batch.
+        self.queue.close();
         while let Ok(finished) = self.queue.try_recv() {
             batch.push(finished);
-            if batch.len() == MAX_BATCH {
-                self.export(&mut client, &mut batch).await;
+            if batch.len() == MAX_BATCH || self.queue.is_empty() {
+                if self.failing {
+                    let count = batch.drain(..).map(|f| f.span_count()).sum();
+                    self.dropped.increment(count);
+                } else {
+                    self.export(&mut client, &mut batch).await;
+                }
             }
         }
         if !batch.is_empty() {
