@@ -165,6 +165,14 @@ fn of_kind(spans: &[Span], kind: SpanKind) -> &Span {
     span
 }
 
+/// A request's two spans.
+fn server_and_client(spans: &[Span]) -> (&Span, &Span) {
+    (
+        of_kind(spans, SpanKind::Server),
+        of_kind(spans, SpanKind::Client),
+    )
+}
+
 /// `(trace id, parent id, flags)` of a `traceparent`.
 fn parts(traceparent: &str) -> (&str, &str, &str) {
     assert_eq!(traceparent.len(), 55, "{traceparent}");
@@ -227,8 +235,7 @@ async fn a_request_is_a_server_span_continuing_the_client_with_a_client_span_for
         .unwrap();
     let spans = collector.spans_of(CLIENT_TRACE, 2).await;
 
-    let server = of_kind(&spans, SpanKind::Server);
-    let client = of_kind(&spans, SpanKind::Client);
+    let (server, client) = server_and_client(&spans);
     // The server span continues the client's trace, under the client's span;
     // its id is the parent the client is given back.
     assert_eq!(hex(&server.parent_span_id), CLIENT_SPAN);
@@ -327,10 +334,7 @@ async fn failures_mark_the_spans_as_the_conventions_say() {
     let not_found = "11111111111111111111111111111111";
     assert_eq!(gw.send(fail(5, not_found)).await.0, 404);
     let spans = collector.spans_of(not_found, 2).await;
-    let (server, client) = (
-        of_kind(&spans, SpanKind::Server),
-        of_kind(&spans, SpanKind::Client),
-    );
+    let (server, client) = server_and_client(&spans);
     assert_eq!(server.status, None, "a 4xx is no server error");
     assert_eq!(attributes(server)["http.response.status_code"], "404");
     assert_eq!(attributes(client)["rpc.grpc.status_code"], "5");
@@ -344,10 +348,7 @@ async fn failures_mark_the_spans_as_the_conventions_say() {
     let unavailable = "22222222222222222222222222222222";
     assert_eq!(gw.send(fail(14, unavailable)).await.0, 503);
     let spans = collector.spans_of(unavailable, 2).await;
-    let (server, client) = (
-        of_kind(&spans, SpanKind::Server),
-        of_kind(&spans, SpanKind::Client),
-    );
+    let (server, client) = server_and_client(&spans);
     assert_eq!(
         server.status.as_ref().unwrap().code,
         StatusCode::Error as i32
@@ -533,10 +534,7 @@ async fn a_streaming_call_has_its_client_span_too() {
         (imported, "acme.orders.v1.OrderService/ImportOrders"),
     ] {
         let spans = collector.spans_of(trace, 2).await;
-        let (server, client) = (
-            of_kind(&spans, SpanKind::Server),
-            of_kind(&spans, SpanKind::Client),
-        );
+        let (server, client) = server_and_client(&spans);
         assert_eq!(client.name, name);
         assert_eq!(client.parent_span_id, server.span_id);
         assert_eq!(attributes(client)["rpc.grpc.status_code"], "0");
