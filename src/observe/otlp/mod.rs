@@ -67,7 +67,7 @@ pub(crate) struct Pending {
 /// A traced request, answered: what its spans are made of.
 #[derive(Debug)]
 struct Finished {
-    request: Pending,
+    request: Box<Pending>,
     outcome: Outcome,
     ended: SystemTime,
 }
@@ -122,11 +122,12 @@ impl Traces {
     }
 
     /// Step 2, on the way in: the request's ids and start, when step 1
-    /// sampled it.
-    pub(crate) fn begin(request: &mut Request) -> Option<Pending> {
+    /// sampled it. Boxed: the request's future holds the option whether
+    /// or not spans are exported, and must stay small.
+    pub(crate) fn begin(request: &mut Request) -> Option<Box<Pending>> {
         let spans = *request.extensions().get::<HopSpans>()?;
         let hop = *request.extensions().get::<TraceParent>()?;
-        Some(Pending {
+        Some(Box::new(Pending {
             hop,
             spans,
             tracestate: request.headers().get(&TRACESTATE).cloned(),
@@ -134,12 +135,12 @@ impl Traces {
             method: request.method().clone(),
             uri: request.uri().clone(),
             context: RequestContext::attach(request),
-        })
+        }))
     }
 
     /// Step 2, on the way out: queues the request's spans when its body has
     /// been sent, or drops and counts them when the queue is full.
-    pub(crate) fn finish(self: &Arc<Self>, request: Pending, response: Response) -> Response {
+    pub(crate) fn finish(self: &Arc<Self>, request: Box<Pending>, response: Response) -> Response {
         let outcome = Outcome::of(&response);
         let traces = self.clone();
         let (parts, body) = response.into_parts();
