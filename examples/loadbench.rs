@@ -173,6 +173,10 @@ enum Role {
     /// between two processes over loopback TCP.
     #[command(hide = true)]
     Echo { listen: SocketAddr },
+    /// An OTLP collector that counts the spans it receives and keeps none,
+    /// for a gateway started by hand (`--otlp` starts its own).
+    #[command(hide = true)]
+    Collector { listen: SocketAddr },
     #[command(hide = true)]
     Floor {
         listen: SocketAddr,
@@ -269,6 +273,10 @@ fn main() -> Result<(), BoxError> {
             }
         }),
         Some(Role::Echo { listen }) => runtime.block_on(serve_echo(listen)),
+        Some(Role::Collector { listen }) => runtime.block_on(async {
+            SpanSink::start(listen).await?;
+            std::future::pending().await
+        }),
         Some(Role::Floor { listen, upstream }) => serve_floor(listen, upstream),
         Some(Role::Gateway {
             listen,
@@ -1190,7 +1198,7 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
         _ => None,
     };
     let collector = if args.otlp {
-        Some(SpanSink::start().await?)
+        Some(SpanSink::start(SocketAddr::from(([127, 0, 0, 1], 0))).await?)
     } else {
         None
     };
@@ -1475,8 +1483,8 @@ struct SpanSink {
 }
 
 impl SpanSink {
-    async fn start() -> Result<Self, BoxError> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+    async fn start(listen: SocketAddr) -> Result<Self, BoxError> {
+        let listener = TcpListener::bind(listen).await?;
         let sink = Self {
             addr: listener.local_addr()?,
             spans: Arc::default(),
