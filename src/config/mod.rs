@@ -12,11 +12,13 @@ use std::{
 
 use serde::{Deserialize, Deserializer};
 
+mod discover;
 mod openapi;
 mod policy;
 mod tls;
 mod tracing;
 
+pub use self::discover::DiscoverConfig;
 pub use self::openapi::{DocumentPolicy, OpenApiConfig, ServerConfig};
 pub(crate) use self::policy::DEFAULT_CLAIM_HEADERS;
 pub use self::policy::{
@@ -72,6 +74,9 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// Spans of each request, exported to an OpenTelemetry collector.
     pub tracing: TracingConfig,
+    /// gRPC servers whose services are read through server reflection and
+    /// served from them; none by default.
+    pub discover: Vec<DiscoverConfig>,
 }
 
 /// The Redis shared by several gateway instances: `rate_limit.policy: redis`
@@ -400,6 +405,7 @@ impl Default for Config {
             redis: None,
             registry: RegistryConfig::default(),
             tracing: TracingConfig::default(),
+            discover: Vec::new(),
         }
     }
 }
@@ -507,6 +513,7 @@ impl Config {
                     .chain(&mut u.client_cert_file)
                     .chain(&mut u.client_key_file)
             }))
+            .chain(self.discover.iter_mut().flat_map(DiscoverConfig::paths_mut))
             .chain(self.tls.iter_mut().flat_map(|tls| {
                 (tls.certificates.iter_mut())
                     .flat_map(|c| [&mut c.cert_file, &mut c.key_file])
@@ -560,6 +567,13 @@ impl Config {
         self.upstreams.retain(|u| u.pattern != upstream.pattern);
         self.upstreams.push(upstream);
         Ok(())
+    }
+
+    /// Adds a server to discover given on the command line (`--discover
+    /// URL`), with the defaults; it replaces a configured one with the same URL.
+    pub fn override_discover(&mut self, url: &str) {
+        self.discover.retain(|source| source.url != url);
+        self.discover.push(DiscoverConfig::new(url));
     }
 
     /// The serving threads: `workers`, or one per core when it is 0.
@@ -649,6 +663,7 @@ impl Config {
         policy::validate(self)?;
         tls::validate(self)?;
         tracing::validate(&self.tracing)?;
+        discover::validate(self)?;
         self.validate_redis()?;
         self.validate_observability()
     }
