@@ -88,7 +88,10 @@ impl Gateway {
             let started = Instant::now();
             let deadline = Deadline::start(upstream, asked);
             let path = method.grpc_path.clone();
-            let reply = upstream::unary(upstream, path, message, metadata, deadline).await;
+            let call = upstream::unary(upstream, path, &message, metadata, deadline);
+            // Framed by now: the request's future need not keep the message.
+            drop(message);
+            let reply = call.await;
             let code = reply.as_ref().map_or_else(Error::code, |_| Code::Ok);
             record_upstream_call(&parts, started, Some((started.elapsed(), code)));
             let (reply_metadata, reply, _) = reply?.into_parts();
