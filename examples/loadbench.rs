@@ -17,6 +17,7 @@
 //! cargo run --release --example loadbench -- --tls-upstream                     # the gateway calls the backend over TLS
 //! cargo run --release --example loadbench -- --tls --handshakes 5000 --workers 1  # new TLS handshakes on one core
 //! cargo run --release --example loadbench -- --only get --rate-limit redis      # quotas counted in a redis-server it starts
+//! cargo run --release --example loadbench -- --only get --otlp                  # every request's spans exported over OTLP
 //! ```
 //!
 //! With `--tls` or `--tls-upstream` a CA and `localhost`
@@ -31,6 +32,10 @@ use std::{
     future::Future,
     net::SocketAddr,
     process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -42,6 +47,10 @@ use hyper::{
     Request,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    trace_service_server::{TraceService, TraceServiceServer},
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use prost::Message as _;
 use protogate::{
     demo,
@@ -132,6 +141,11 @@ struct Args {
     /// `redis` in a `redis-server` this benchmark starts on loopback.
     #[arg(long, value_enum)]
     rate_limit: Option<QuotaPolicy>,
+    /// The started gateway exports every request's spans (`tracing.otlp`,
+    /// sample ratio 1) to an OTLP collector in this process, which counts
+    /// and drops them.
+    #[arg(long)]
+    otlp: bool,
     #[command(subcommand)]
     role: Option<Role>,
 }
@@ -159,6 +173,10 @@ enum Role {
     /// between two processes over loopback TCP.
     #[command(hide = true)]
     Echo { listen: SocketAddr },
+    /// An OTLP collector that counts the spans it receives and keeps none,
+    /// for a gateway started by hand (`--otlp` starts its own).
+    #[command(hide = true)]
+    Collector { listen: SocketAddr },
     #[command(hide = true)]
     Floor {
         listen: SocketAddr,
@@ -191,6 +209,9 @@ enum Role {
         /// With `--rate-limit redis`.
         #[arg(long)]
         redis: Option<String>,
+        /// The OTLP collector to export spans to.
+        #[arg(long)]
+        otlp: Option<String>,
     },
 }
 
@@ -252,6 +273,10 @@ fn main() -> Result<(), BoxError> {
             }
         }),
         Some(Role::Echo { listen }) => runtime.block_on(serve_echo(listen)),
+        Some(Role::Collector { listen }) => runtime.block_on(async {
+            SpanSink::start(listen).await?;
+            std::future::pending().await
+        }),
         Some(Role::Floor { listen, upstream }) => serve_floor(listen, upstream),
         Some(Role::Gateway {
             listen,
@@ -265,6 +290,7 @@ fn main() -> Result<(), BoxError> {
             ca,
             rate_limit,
             redis,
+            otlp,
         }) => runtime.block_on(serve_gateway(
             GatewayArgs {
                 listen,
@@ -273,6 +299,7 @@ fn main() -> Result<(), BoxError> {
                 access_log,
                 workers,
                 rate_limit: rate_limit.map(|policy| (policy, redis)),
+                otlp,
             },
             TlsFiles {
                 listen: tls_listen,
@@ -292,6 +319,7 @@ struct GatewayArgs {
     access_log: bool,
     workers: usize,
     rate_limit: Option<(QuotaPolicy, Option<String>)>,
+    otlp: Option<String>,
 }
 
 /// The started gateway's HTTPS listener and the CA of an `https://` upstream.
@@ -310,6 +338,7 @@ async fn serve_gateway(args: GatewayArgs, tls: TlsFiles) -> Result<(), BoxError>
         access_log,
         workers,
         rate_limit,
+        otlp,
     } = args;
     // As the `protogate` binary runs: with its diagnostic log (and so the
     // request span) on.
@@ -320,6 +349,7 @@ async fn serve_gateway(args: GatewayArgs, tls: TlsFiles) -> Result<(), BoxError>
         ..Config::default()
     };
     config.access_log.enabled = access_log;
+    config.tracing.otlp = otlp.map(protogate::config::OtlpConfig::new);
     config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     if let Some((policy, redis)) = rate_limit {
         let mut yaml =
@@ -1167,6 +1197,11 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
         }
         _ => None,
     };
+    let collector = if args.otlp {
+        Some(SpanSink::start(SocketAddr::from(([127, 0, 0, 1], 0))).await?)
+    } else {
+        None
+    };
     let backend_addr = free_port()?;
     let mut backend_args = vec!["backend".into(), backend_addr.to_string()];
     let mut backend = Endpoint::from_shared(format!("http://{backend_addr}"))?;
@@ -1222,6 +1257,9 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             if let Some(redis) = &redis {
                 gateway_args.push(format!("--redis=redis://{}/0", redis.1));
             }
+            if let Some(collector) = &collector {
+                gateway_args.push(format!("--otlp=http://{}", collector.addr));
+            }
             let process = Process::spawn(&gateway_args)?;
             wait_for(addr).await?;
             if let Some(tls_addr) = tls_addr {
@@ -1262,8 +1300,13 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
         }
         _ => String::new(),
     };
+    let spans = if collector.is_some() {
+        ", every request's spans exported over OTLP"
+    } else {
+        ""
+    };
     println!(
-        "{} requests per workload, {} keep-alive {client} connections{pace}{quotas}; gateway {} → backend {backend_url}\n",
+        "{} requests per workload, {} keep-alive {client} connections{pace}{quotas}{spans}; gateway {} → backend {backend_url}\n",
         args.requests, args.concurrency, gateway_addr
     );
     // What any proxy in a process of its own adds at the least: one more
@@ -1422,5 +1465,53 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             peak_rss_mib(backend_process.pid())
         );
     }
+    if let Some(collector) = &collector {
+        println!(
+            "spans received by the OTLP collector: {}",
+            collector.spans.load(Ordering::Relaxed)
+        );
+    }
     Ok(())
+}
+
+/// An OTLP trace collector on loopback that counts the spans it receives
+/// and keeps none.
+#[derive(Clone)]
+struct SpanSink {
+    addr: SocketAddr,
+    spans: Arc<AtomicU64>,
+}
+
+impl SpanSink {
+    async fn start(listen: SocketAddr) -> Result<Self, BoxError> {
+        let listener = TcpListener::bind(listen).await?;
+        let sink = Self {
+            addr: listener.local_addr()?,
+            spans: Arc::default(),
+        };
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(sink.clone()))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        Ok(sink)
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for SpanSink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let spans = request
+            .into_inner()
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len() as u64)
+            .sum();
+        self.spans.fetch_add(spans, Ordering::Relaxed);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
 }

@@ -36,6 +36,8 @@ pub struct Upstream {
     /// The configured pattern, used as the upstream's name in logs and errors.
     pub name: Arc<str>,
     pub url: String,
+    /// `url`, parsed.
+    uri: http::Uri,
     /// Deadline for each call, sent as `grpc-timeout`.
     pub timeout: Duration,
     /// Largest reply message accepted.
@@ -176,6 +178,7 @@ impl Upstream {
         Ok(Self {
             name: Arc::from(config.pattern.as_str()),
             url: config.url.clone(),
+            uri: url,
             timeout: config.timeout,
             grpc_timeout: deadline::grpc_timeout(config.timeout),
             max_response_bytes,
@@ -184,6 +187,11 @@ impl Upstream {
             shared: Connection::new(target.clone()),
             target,
         })
+    }
+
+    /// The URL it is called at, parsed.
+    pub fn uri(&self) -> &http::Uri {
+        &self.uri
     }
 
     /// The connection for a call from this thread: a serving worker's own,
