@@ -1389,7 +1389,9 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
         };
         summary.push(format!(
             "{} cpu {} p99 {:.2}×",
-            short.to_possible_value().map_or_else(String::new, |v| v.get_name().to_owned()),
+            short
+                .to_possible_value()
+                .map_or_else(String::new, |v| v.get_name().to_owned()),
             rounds[rounds.len() / 2]
                 .ratio()
                 .map_or_else(|| "–".to_owned(), |ratio| format!("{ratio:.2}×")),

@@ -365,13 +365,17 @@ async fn served<T, S>(
         Ok(Ok(true)) => {
             // On the heap on its own: moved into the task's future, it
             // would be kept there twice (as the argument, and pinned).
-            let mut connection = Box::pin(
-                protocols
-                    .http2
-                    .serve_connection(TokioIo::new(io), service),
-            );
+            let mut connection =
+                Box::pin(protocols.http2.serve_connection(TokioIo::new(io), service));
             let check = first_head_by;
-            supervise(connection.as_mut(), &progress, timeouts, &mut stopping, check).await;
+            supervise(
+                connection.as_mut(),
+                &progress,
+                timeouts,
+                &mut stopping,
+                check,
+            )
+            .await;
             return;
         }
         Ok(Err(error)) => {
@@ -389,16 +393,21 @@ async fn served<T, S>(
     let mut check = first_head_by;
     loop {
         let mut connection = Box::pin(http1.serve_connection(io, service));
-        let supervised =
-            supervise(connection.as_mut(), &progress, timeouts, &mut stopping, check).await;
+        let supervised = supervise(
+            connection.as_mut(),
+            &progress,
+            timeouts,
+            &mut stopping,
+            check,
+        )
+        .await;
         if supervised == Supervised::Ended {
             return;
         }
         // Idle, flushed, nothing in flight: hyper closes at once, and
         // gives back the socket and any bytes it read but did not parse.
         connection.as_mut().graceful_shutdown();
-        if let Err(error) = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)).await
-        {
+        if let Err(error) = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)).await {
             tracing::trace!(%error, "connection ended with an error");
             return;
         }
@@ -938,10 +947,7 @@ mod tests {
             progress.verdict(idle_after - PARK_AFTER / 2, TIMEOUTS, false),
             Verdict::Wait(idle_after)
         );
-        assert_eq!(
-            progress.verdict(idle_after, TIMEOUTS, true),
-            Verdict::Close
-        );
+        assert_eq!(progress.verdict(idle_after, TIMEOUTS, true), Verdict::Close);
         assert_eq!(last_words(&progress), 0);
     }
 
