@@ -150,6 +150,19 @@ pub enum Fault {
 // === impl Error ===
 
 impl Error {
+    /// GET and HEAD only: a 405 naming them for any other method, for
+    /// what is only ever read (documents, pages).
+    pub(crate) fn readable(method: &Method) -> Result<(), Self> {
+        if method == Method::GET || method == Method::HEAD {
+            Ok(())
+        } else {
+            Err(Self::MethodNotAllowed {
+                method: method.clone(),
+                allow: HeaderValue::from_static("GET, HEAD"),
+            })
+        }
+    }
+
     pub(crate) fn invalid_field(field: impl Into<Box<str>>, reason: impl Into<Box<str>>) -> Self {
         Self::InvalidField {
             field: field.into(),

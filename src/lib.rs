@@ -13,6 +13,7 @@ pub mod codec_entry;
 pub mod config;
 pub mod demo;
 pub mod deprecation;
+pub mod discovery;
 pub mod error;
 #[cfg(any(test, fuzzing))]
 #[doc(hidden)]
@@ -40,7 +41,7 @@ pub mod upstream;
 
 pub use config::Config;
 use registry::{BuildOptions, Catalog, CatalogBuilder, DescriptorSet, LoadError};
-pub use server::{check_config, Server, StartError};
+pub use server::{check_config, check_discovery, Server, StartError};
 
 /// Validates descriptor sets without serving: the catalog they would build
 /// (upstreams are not required), or every problem found.

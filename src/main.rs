@@ -91,8 +91,12 @@ struct CheckArgs {
     /// Descriptor sets (.binpb, .pb, .desc, imports included), .proto files
     /// (compiled together into one set, as an upload is), or tar, zip or
     /// gzip archives of .proto files.
-    #[arg(required_unless_present = "config")]
+    #[arg(required_unless_present_any = ["config", "discover"])]
     files: Vec<PathBuf>,
+    /// Read the schema of the gRPC server at URL through its server
+    /// reflection, as `serve --discover URL` would; repeatable.
+    #[arg(long = "discover", value_name = "URL")]
+    discover: Vec<String>,
     /// Check what `serve --config FILE` would start: its sets, upstreams,
     /// policies, keys and filters, plus FILES.
     #[arg(long, value_name = "FILE")]
@@ -153,6 +157,17 @@ enum AdminCommand {
     Routes,
     /// Remove a set and its routes.
     Delete { name: String },
+    /// The servers read through gRPC server reflection (`discover`).
+    Discover {
+        #[command(subcommand)]
+        command: DiscoverCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DiscoverCommand {
+    /// Read every server's schema now and register what changed.
+    Refresh,
 }
 
 /// Flags override the config file, so a gateway can run from flags alone.
@@ -191,6 +206,10 @@ struct ServeArgs {
     /// The Redis several instances share (`redis.url`): redis://host:port/db or rediss://.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
+    /// Serve every service (but grpc.*) of the gRPC server at URL, read
+    /// through its server reflection; repeatable.
+    #[arg(long = "discover", value_name = "URL")]
+    discover: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -327,6 +346,24 @@ async fn admin(addr: SocketAddr, command: AdminCommand) -> anyhow::Result<ExitCo
         AdminCommand::Delete { name } => client.delete(&name).await.map(|deleted| {
             println!("deleted `{name}`, generation {}", deleted["generation"]);
         }),
+        AdminCommand::Discover {
+            command: DiscoverCommand::Refresh,
+        } => client.refresh_discovery().await.map(|refreshed| {
+            for source in refreshed["sources"].as_array().into_iter().flatten() {
+                println!(
+                    "{}  {}  {}  {}",
+                    source["url"].as_str().unwrap_or_default(),
+                    source["set"].as_str().unwrap_or_default(),
+                    source["digest"].as_str().unwrap_or_default(),
+                    if source["changed"] == true {
+                        "changed"
+                    } else {
+                        "unchanged"
+                    },
+                );
+            }
+            println!("generation {}", refreshed["generation"]);
+        }),
     };
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
@@ -410,6 +447,9 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
     if let Some(url) = &args.redis {
         config.override_redis_url(url);
     }
+    for url in &args.discover {
+        config.override_discover(url);
+    }
     config.validate()?;
     Ok(config)
 }
@@ -417,13 +457,17 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<Config> {
 fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     let mut config = match &args.config {
         Some(path) => Some(Config::from_file(path)?),
-        None if args.upstreams.is_empty() => None,
+        None if args.upstreams.is_empty() && args.discover.is_empty() => None,
         None => Some(Config::default()),
     };
     if let Some(config) = &mut config {
         for spec in &args.upstreams {
             config.override_upstream(spec)?;
         }
+        for url in &args.discover {
+            config.override_discover(url);
+        }
+        config.validate()?;
         // As `serve` reads it: an admin listener off loopback needs it.
         if let Ok(token) = std::env::var(ADMIN_TOKEN_ENV) {
             config.admin.token = Some(AdminToken(token));
@@ -472,7 +516,14 @@ fn catalog(
         .build()
         .context("cannot start the tokio runtime")?;
     let _entered = runtime.enter();
-    Ok(protogate::check_config(config, sets).map_err(|err| err.to_string()))
+    let catalog = if config.discover.is_empty() {
+        protogate::check_config(config, sets)
+    } else {
+        // The servers' reflection is called; upstreams still are not (their
+        // channels connect on first use), key refreshers may run meanwhile.
+        runtime.block_on(protogate::check_discovery(config, sets))
+    };
+    Ok(catalog.map_err(|err| err.to_string()))
 }
 
 /// The document `GET /openapi.json` would serve, on stdout.

@@ -248,8 +248,9 @@ async fn uploaded_service_is_served_without_restart() {
     // No `auth` configured: every route is open, whatever its policy says.
     assert_eq!(
         echo["policy"],
-        json!({"auth": "off", "allowAnonymous": true, "roles": [], "scopes": [], "clientCertificate": false, "rateLimited": false})
+        json!({"auth": "off", "allowAnonymous": true, "roles": [], "scopes": [], "clientCertificate": false, "rateLimited": false, "quota": {"perUser": null, "perIp": null}})
     );
+    assert_eq!(echo["deprecation"], Json::Null);
 
     // Delete: the routes go, the others stay; a second delete is a 404.
     let (status, body) = setup.delete_set("protogate.testing.v1").await;
@@ -1304,6 +1305,57 @@ async fn the_cli_uploads_lists_routes_and_deletes() {
     assert!(ok && stdout.starts_with("deleted `testing`"), "{stdout}");
     let (status, _) = setup.gw.post("/v1/echo", json!({})).await;
     assert_eq!(status, 404);
+}
+
+/// The route listing (the console's Routes table) names each route's
+/// quotas and the deprecation headers it answers with.
+#[tokio::test]
+async fn the_route_listing_names_quotas_and_deprecation() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let setup = Setup::start_in(dir, Backend::start().await, |config| {
+        config.rate_limit = Some(serde_yaml_ng::from_str("per_ip: { requests: 100, per: 1m }").unwrap());
+        config.policies = serde_yaml_ng::from_str(
+            "[{ method: acme.orders.v1.OrderService.GetOrder, rate_limit: { per_ip: { requests: 5, per: 1h } } }]",
+        )
+        .unwrap();
+        config.deprecations.push(DeprecationConfig {
+            methods: "acme.orders.v1.*".into(),
+            since: Some("2026-01-01".into()),
+            sunset: Some("2027-06-30T00:00:00Z".into()),
+            link: Some("https://example.com/orders/v2".into()),
+        });
+    })
+    .await;
+    let (status, routes) = setup.admin_get("/admin/v1/routes").await;
+    assert_eq!(status, 200, "{routes}");
+    let route = |label: &str| {
+        routes["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["route"] == label)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {label}"))
+    };
+    let get = route("GET /v1/orders/{id}");
+    assert_eq!(
+        get["policy"]["quota"],
+        json!({ "perUser": null, "perIp": { "requests": 5, "per": "1h" } })
+    );
+    assert_eq!(
+        get["deprecation"],
+        json!({
+            "deprecation": "@1767225600",
+            "sunset": "Wed, 30 Jun 2027 00:00:00 GMT",
+            "link": "<https://example.com/orders/v2>; rel=\"successor-version\"",
+        })
+    );
+    let v2 = route("GET /v2/orders/{id}");
+    assert_eq!(
+        v2["policy"]["quota"]["perIp"],
+        json!({ "requests": 100, "per": "1m" })
+    );
+    assert_eq!(v2["deprecation"], Json::Null);
 }
 
 // === API versions ===

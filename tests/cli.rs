@@ -497,6 +497,7 @@ impl ShopBackend {
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(shop::Shops::seeded().into_server())
+                .add_service(shop::Shops::reflection())
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(listener),
                     async {
@@ -610,9 +611,22 @@ async fn run_readme(blocks: &[String], to: &Addresses) -> String {
 }
 
 #[tokio::test]
-async fn the_readme_brings_the_shop_service_end_to_end() {
+async fn the_readme_discovers_the_shop_service_through_reflection() {
     let shop = ShopBackend::start().await;
     let block = readme_block("## Bring your own services", 0);
+    let stdout = run_readme(&[block], &Addresses::free(Some(&shop))).await;
+    for expected in [
+        "GET /v1/shops/{id}     -> /acme.shop.v1.ShopService/GetShop  @ http://",
+        r#"{"id":"s-1","name":"Corner Shop","city":"Lyon"}"#,
+    ] {
+        assert!(stdout.contains(expected), "{expected} not in:\n{stdout}");
+    }
+}
+
+#[tokio::test]
+async fn the_readme_brings_the_shop_service_end_to_end() {
+    let shop = ShopBackend::start().await;
+    let block = readme_block("## Bring your own services", 1);
     let stdout = run_readme(&[block], &Addresses::free(Some(&shop))).await;
     for expected in [
         "GET /v1/shops/{id}     -> /acme.shop.v1.ShopService/GetShop",

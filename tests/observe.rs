@@ -757,3 +757,450 @@ async fn refusals_are_counted_and_the_consumer_is_logged() {
         "the token is never logged"
     );
 }
+
+// === the Grafana dashboard ===
+
+/// What a dashboard's queries ask of the exposition: each metric name, each
+/// label matched in a selector (with its metric), and each label grouped
+/// by (with the metrics it groups).
+#[derive(Debug, Default)]
+struct QueryNeeds {
+    metrics: Vec<String>,
+    /// (metric, label) of `metric{label=...}`.
+    selector_labels: Vec<(String, String)>,
+    /// (label, metrics one of which must carry it) of `by (...)`,
+    /// `without (...)`, `on (...)`, `ignoring (...)`, `group_left (...)`.
+    grouping_labels: Vec<(String, Vec<String>)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum PromToken {
+    Ident(String),
+    Punct(char),
+    /// A string, a number, a range or a Grafana variable: nothing to check.
+    Literal,
+}
+
+/// Splits PromQL into identifiers, punctuation and literals (strings,
+/// numbers, `[ranges]`, `$variables`).
+fn promql_tokens(expr: &str) -> Vec<PromToken> {
+    let chars: Vec<char> = expr.chars().collect();
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c.is_whitespace() {
+            i += 1;
+        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
+            {
+                i += 1;
+            }
+            tokens.push(PromToken::Ident(chars[start..i].iter().collect()));
+        } else if c == '"' || c == '\'' || c == '`' {
+            i += 1;
+            while i < chars.len() && chars[i] != c {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+            tokens.push(PromToken::Literal);
+        } else if c == '[' {
+            while i < chars.len() && chars[i] != ']' {
+                i += 1;
+            }
+            i += 1;
+            tokens.push(PromToken::Literal);
+        } else if c == '$' {
+            i += 1;
+            if chars.get(i) == Some(&'{') {
+                while i < chars.len() && chars[i] != '}' {
+                    i += 1;
+                }
+                i += 1;
+            } else {
+                while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
+                    i += 1;
+                }
+            }
+            tokens.push(PromToken::Literal);
+        } else if c.is_ascii_digit() || c == '.' {
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
+                i += 1;
+            }
+            tokens.push(PromToken::Literal);
+        } else {
+            tokens.push(PromToken::Punct(c));
+            i += 1;
+        }
+    }
+    tokens
+}
+
+/// The metrics and labels one PromQL expression uses. A grouping clause
+/// applies to the metrics of the aggregation's argument, before or after it.
+fn promql_needs(expr: &str, needs: &mut QueryNeeds) {
+    const GROUPING: [&str; 6] = [
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
+    const KEYWORDS: [&str; 8] = [
+        "bool", "and", "or", "unless", "offset", "inf", "nan", "atan2",
+    ];
+    enum Frame {
+        /// `(...)`: the metrics inside, and labels to check against them.
+        Paren {
+            metrics: Vec<String>,
+            labels: Vec<String>,
+        },
+        /// `by (...)`: labels, and whether the argument came before it.
+        Grouping {
+            labels: Vec<String>,
+            after: Option<Vec<String>>,
+        },
+        /// `{...}` of a metric (none: a bare selector).
+        Braces(Option<String>),
+    }
+    let tokens = promql_tokens(expr);
+    let mut stack: Vec<Frame> = vec![Frame::Paren {
+        metrics: Vec::new(),
+        labels: Vec::new(),
+    }];
+    let mut pending: Vec<String> = Vec::new();
+    let mut last_closed: Vec<String> = Vec::new();
+    let mut previous: Option<PromToken> = None;
+    for (i, token) in tokens.iter().enumerate() {
+        let next = tokens.get(i + 1);
+        match token {
+            PromToken::Ident(name) => match stack.last_mut() {
+                Some(Frame::Braces(metric)) => {
+                    if let Some(metric) = metric {
+                        needs.selector_labels.push((metric.clone(), name.clone()));
+                    }
+                }
+                Some(Frame::Grouping { labels, .. }) => labels.push(name.clone()),
+                _ if next == Some(&PromToken::Punct('(')) => {
+                    if GROUPING.contains(&name.as_str()) {
+                        let after =
+                            (previous == Some(PromToken::Punct(')'))).then(|| last_closed.clone());
+                        stack.push(Frame::Grouping {
+                            labels: Vec::new(),
+                            after,
+                        });
+                    }
+                    // Else a function: its argument is the paren that follows.
+                }
+                // An aggregation with its clause first: `sum by (...) (...)`.
+                _ if matches!(next, Some(PromToken::Ident(n)) if GROUPING.contains(&n.as_str())) => {
+                }
+                _ if KEYWORDS.contains(&name.as_str()) || GROUPING.contains(&name.as_str()) => {}
+                _ => {
+                    needs.metrics.push(name.clone());
+                    for frame in stack.iter_mut() {
+                        if let Frame::Paren { metrics, .. } = frame {
+                            metrics.push(name.clone());
+                        }
+                    }
+                    if next == Some(&PromToken::Punct('{')) {
+                        stack.push(Frame::Braces(Some(name.clone())));
+                    }
+                }
+            },
+            PromToken::Punct('(') if !matches!(stack.last(), Some(Frame::Grouping { .. })) => {
+                let labels = std::mem::take(&mut pending);
+                stack.push(Frame::Paren {
+                    metrics: Vec::new(),
+                    labels,
+                });
+            }
+            PromToken::Punct(')') => match stack.pop() {
+                Some(Frame::Grouping {
+                    labels,
+                    after: Some(metrics),
+                }) => {
+                    needs
+                        .grouping_labels
+                        .extend(labels.into_iter().map(|l| (l, metrics.clone())));
+                }
+                Some(Frame::Grouping {
+                    labels,
+                    after: None,
+                }) => pending = labels,
+                Some(Frame::Paren { metrics, labels }) => {
+                    needs
+                        .grouping_labels
+                        .extend(labels.into_iter().map(|l| (l, metrics.clone())));
+                    last_closed = metrics;
+                }
+                other => panic!("unbalanced `)` in {expr}: {}", other.is_some()),
+            },
+            PromToken::Punct('{') if !matches!(stack.last(), Some(Frame::Braces(_))) => {
+                stack.push(Frame::Braces(None));
+            }
+            PromToken::Punct('}') => {
+                assert!(
+                    matches!(stack.pop(), Some(Frame::Braces(_))),
+                    "unbalanced `}}` in {expr}"
+                );
+            }
+            _ => {}
+        }
+        previous = Some(token.clone());
+    }
+    assert_eq!(stack.len(), 1, "unclosed brackets in {expr}");
+    assert!(
+        pending.is_empty(),
+        "a grouping clause without an argument in {expr}"
+    );
+}
+
+/// Every query of a Grafana dashboard: the panels' targets (rows' panels
+/// too) and the query variables (`label_values(metric, label)`).
+fn dashboard_needs(dashboard: &Json) -> QueryNeeds {
+    let mut needs = QueryNeeds::default();
+    let mut panels: Vec<&Json> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .collect();
+    while let Some(panel) = panels.pop() {
+        panels.extend(panel["panels"].as_array().into_iter().flatten());
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap_or_else(|| panic!("a target without expr: {target}"));
+            promql_needs(expr, &mut needs);
+        }
+    }
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating")
+    {
+        if variable["type"] != "query" {
+            continue;
+        }
+        let query = variable["query"]["query"]
+            .as_str()
+            .or(variable["query"].as_str())
+            .unwrap();
+        let args = query
+            .strip_prefix("label_values(")
+            .and_then(|q| q.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("not label_values(metric, label): {query}"));
+        let (selector, label) = args.rsplit_once(',').unwrap();
+        promql_needs(selector, &mut needs);
+        let metric = needs.metrics.last().unwrap().clone();
+        needs
+            .grouping_labels
+            .push((label.trim().to_owned(), vec![metric]));
+    }
+    needs
+}
+
+/// What the dashboard asks for and the exposition does not have.
+fn missing_from(needs: &QueryNeeds, samples: &[Sample]) -> Vec<String> {
+    let labels_of = |metric: &str| -> Vec<&str> {
+        samples
+            .iter()
+            .filter(|s| s.name == metric)
+            .flat_map(|s| s.labels.keys().map(String::as_str))
+            .collect()
+    };
+    let mut missing = Vec::new();
+    for metric in &needs.metrics {
+        if !samples.iter().any(|s| &s.name == metric) {
+            missing.push(format!("metric {metric}"));
+        }
+    }
+    for (metric, label) in &needs.selector_labels {
+        if !labels_of(metric).contains(&label.as_str()) {
+            missing.push(format!("label {label} of {metric}"));
+        }
+    }
+    for (label, metrics) in &needs.grouping_labels {
+        if !metrics
+            .iter()
+            .any(|m| labels_of(m).contains(&label.as_str()))
+        {
+            missing.push(format!("label {label} of any of {metrics:?}"));
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    missing
+}
+
+#[test]
+fn the_promql_reader_finds_metrics_and_labels_where_they_are_used() {
+    let mut needs = QueryNeeds::default();
+    promql_needs(
+        r#"histogram_quantile(0.99, sum by (le, route) (rate(a_bucket{route=~"$route", status!="2.."}[$__rate_interval]))) / on (route) group_left sum(b) without (method) + max(c)"#,
+        &mut needs,
+    );
+    assert_eq!(needs.metrics, ["a_bucket", "b", "c"]);
+    assert_eq!(
+        needs.selector_labels,
+        [
+            ("a_bucket".to_owned(), "route".to_owned()),
+            ("a_bucket".to_owned(), "status".to_owned())
+        ]
+    );
+    let grouping: Vec<(&str, Vec<&str>)> = needs
+        .grouping_labels
+        .iter()
+        .map(|(l, m)| (l.as_str(), m.iter().map(String::as_str).collect()))
+        .collect();
+    assert_eq!(
+        grouping,
+        [
+            ("le", vec!["a_bucket"]),
+            ("route", vec!["a_bucket"]),
+            // `on` before the right-hand side: checked against it.
+            ("route", vec!["b"]),
+            ("method", vec!["b"]),
+        ]
+    );
+}
+
+/// The dashboard queries only what the gateway exports: every metric and
+/// label of every panel exists in `/metrics` after traffic that touches
+/// each of them (a 200, a 429, a refused token, a reload, a health probe).
+#[tokio::test]
+async fn every_metric_and_label_of_the_grafana_dashboard_is_exported() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/grafana/protogate.json");
+    let dashboard: Json = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    // A dashboard Grafana imports: a Prometheus data source chosen by variable.
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    assert!(
+        variables.iter().any(|v| v["name"] == "datasource"
+            && v["type"] == "datasource"
+            && v["query"] == "prometheus"),
+        "{variables:?}"
+    );
+    let mut ids = std::collections::HashSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        assert!(
+            ids.insert(panel["id"].as_u64().unwrap()),
+            "panel id twice: {panel}"
+        );
+        assert!(panel["gridPos"]["w"].as_u64().is_some(), "{panel}");
+        if panel["type"] != "row" {
+            assert_eq!(
+                panel["datasource"]["uid"], "${datasource}",
+                "{}",
+                panel["title"]
+            );
+            for target in panel["targets"].as_array().unwrap() {
+                assert_eq!(
+                    target["datasource"]["uid"], "${datasource}",
+                    "{}",
+                    panel["title"]
+                );
+            }
+        }
+    }
+    let needs = dashboard_needs(&dashboard);
+    // What the dashboard is for, each asked at least once.
+    for metric in [
+        "protogate_http_requests_total",
+        "protogate_http_request_duration_seconds_bucket",
+        "protogate_upstream_duration_seconds_bucket",
+        "protogate_upstream_healthy",
+        "protogate_rate_limited_total",
+        "protogate_auth_refused_total",
+        "protogate_catalog_generation",
+        "protogate_catalog_reloads_total",
+        "protogate_http_request_size_bytes_sum",
+        "protogate_http_response_size_bytes_sum",
+    ] {
+        assert!(
+            needs.metrics.iter().any(|m| m == metric),
+            "the dashboard does not show {metric}"
+        );
+    }
+
+    let key = common::tokens::EcKey::generate("k1");
+    let pem = key.public_pem();
+    let gw = Gateway::start_with(move |config| {
+        config.auth = Some(
+            serde_yaml_ng::from_str(&format!(
+                "providers: [{{ issuer: '{}', algorithms: [ES256], public_key_pem: {:?} }}]",
+                common::tokens::ISSUER,
+                pem
+            ))
+            .unwrap(),
+        );
+        config.rate_limit =
+            Some(serde_yaml_ng::from_str("per_user: { requests: 1, per: 1h }").unwrap());
+        config.health.interval = Duration::from_millis(50);
+    })
+    .await;
+    let alice = key.sign(&common::tokens::claims("alice", &[]));
+    let bob = key.sign(&common::tokens::claims("bob", &[]));
+    let order = || gw.client.get(gw.url("/v1/orders/o-1"));
+    assert_eq!(gw.send(order().bearer_auth(&alice)).await.0, 200);
+    assert_eq!(gw.send(order().bearer_auth(&alice)).await.0, 429);
+    assert_eq!(gw.send(order().bearer_auth("not.a.jwt")).await.0, 401);
+    let echo = gw
+        .client
+        .post(gw.url("/v1/echo"))
+        .bearer_auth(&bob)
+        .json(&json!({ "stringValue": "hi" }));
+    assert_eq!(gw.send(echo).await.0, 200);
+    // A reload: the configured upstream set again through the admin API.
+    let admin = |path: &str| format!("http://{}/admin/v1/upstreams{path}", gw.admin_addr);
+    let (_, listed) = gw.send(gw.client.get(admin(""))).await;
+    let url = listed["upstreams"][0]["url"].clone();
+    let put = gw
+        .client
+        .put(admin("/protogate.testing"))
+        .json(&json!({ "url": url }));
+    let (status, body) = gw.send(put).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["generation"], 2);
+
+    let gw = &gw;
+    let samples = eventually("a health probe", || async move {
+        let samples = scrape_after(gw, 4.0).await;
+        samples
+            .iter()
+            .any(|s| s.name == "protogate_upstream_healthy")
+            .then_some(samples)
+    })
+    .await;
+    assert_eq!(
+        total(
+            &samples,
+            "protogate_catalog_reloads_total",
+            &[("result", "applied")]
+        ),
+        1.0
+    );
+    let missing = missing_from(&needs, &samples);
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries what /metrics lacks: {missing:?}"
+    );
+
+    // And the check sees a panel that queries what does not exist.
+    let mut broken = dashboard.clone();
+    broken["panels"][1]["targets"][0]["expr"] = json!(
+        r#"sum by (route, nope) (rate(protogate_nope_total[5m])) + sum(rate(protogate_http_requests_total{stauts="500"}[5m]))"#
+    );
+    let missing = missing_from(&dashboard_needs(&broken), &samples);
+    assert_eq!(
+        missing,
+        [
+            r#"label nope of any of ["protogate_nope_total"]"#,
+            r#"label route of any of ["protogate_nope_total"]"#,
+            "label stauts of protogate_http_requests_total",
+            "metric protogate_nope_total",
+        ]
+    );
+}

@@ -11,7 +11,8 @@ use std::{
 };
 
 use common::{
-    process::{free_port, protogate, readme_block, wait_for, Child, Lines, MANIFEST},
+    browser::{failed, Browser},
+    process::{protogate, readme_block, wait_for, Child, Lines, MANIFEST},
     tokens, upstream, Backend, Gateway,
 };
 use protogate::{config::DocumentPolicy, registry::DescriptorSet, Config};
@@ -829,72 +830,29 @@ impl Demo {
 
 // === /docs in a real browser ===
 
-/// Debian's chromium, driven over WebDriver by its chromedriver.
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-
 #[tokio::test]
 async fn the_docs_page_lists_the_operations_and_tries_one_in_chromium() {
-    for (path, package) in [(CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")] {
-        assert!(
-            Path::new(path).exists(),
-            "{path} is missing: install it (`apt-get install {package}`)"
-        );
-    }
+    let browser = Browser::start().await;
     let demo = Demo::start().await;
-    let port = free_port();
-    let _driver = Child(
-        Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let driver_url = format!("http://127.0.0.1:{port}");
-    wait_for(&format!("{driver_url}/status")).await;
-    let profile = tempfile::tempdir().unwrap();
-    let mut capabilities = serde_json::Map::new();
-    capabilities.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": CHROMIUM,
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--window-size=1280,2400",
-                format!("--user-data-dir={}", profile.path().display()),
-            ],
-        }),
-    );
-    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    let browser = fantoccini::ClientBuilder::new(connector)
-        .capabilities(capabilities)
-        .connect(&driver_url)
-        .await
-        .expect("chromedriver starts a headless chromium");
     let result = drive(&browser, &demo).await;
-    let _ = browser.close().await;
+    browser.close().await;
     result.unwrap();
 }
 
 /// The page lists the demo's operations; a try-it-out of `GET /v1/orders`
 /// shows a 200; the screenshot is written under `target/`.
-async fn drive(browser: &fantoccini::Client, demo: &Demo) -> Result<(), String> {
+async fn drive(page: &Browser, demo: &Demo) -> Result<(), String> {
     use fantoccini::Locator;
-    let error = |what: &str| {
-        let what = what.to_owned();
-        move |err: fantoccini::error::CmdError| format!("{what}: {err}")
-    };
+    let browser = &page.client;
     browser
         .goto(&demo.docs)
         .await
-        .map_err(error("open /docs"))?;
+        .map_err(failed("open /docs"))?;
     browser
         .wait()
         .for_element(Locator::Css(".opblock-summary-path"))
         .await
-        .map_err(error("the operations"))?;
+        .map_err(failed("the operations"))?;
     let mut paths = Vec::new();
     // Deprecated operations (v1) have a class of their own.
     for summary in browser
@@ -902,9 +860,9 @@ async fn drive(browser: &fantoccini::Client, demo: &Demo) -> Result<(), String> 
             ".opblock-summary-path, .opblock-summary-path__deprecated",
         ))
         .await
-        .map_err(error("the paths"))?
+        .map_err(failed("the paths"))?
     {
-        paths.push(summary.text().await.map_err(error("a path"))?);
+        paths.push(summary.text().await.map_err(failed("a path"))?);
     }
     for expected in [
         "/v1/orders",
@@ -922,7 +880,7 @@ async fn drive(browser: &fantoccini::Client, demo: &Demo) -> Result<(), String> 
     browser
         .find(Locator::Css(".btn.authorize"))
         .await
-        .map_err(error("the bearer token's Authorize button"))?;
+        .map_err(failed("the bearer token's Authorize button"))?;
 
     // Try GET /v1/orders out: expand it, "Try it out", "Execute".
     // (Deprecated, it has the class `opblock-deprecated` for its method's.)
@@ -935,19 +893,19 @@ async fn drive(browser: &fantoccini::Client, demo: &Demo) -> Result<(), String> 
     browser
         .find(Locator::XPath(&within(".opblock-summary-control")))
         .await
-        .map_err(error("the ListOrders summary"))?
+        .map_err(failed("the ListOrders summary"))?
         .click()
         .await
-        .map_err(error("expand ListOrders"))?;
+        .map_err(failed("expand ListOrders"))?;
     for (button, what) in [(".try-out__btn", "Try it out"), (".execute", "Execute")] {
         browser
             .wait()
             .for_element(Locator::XPath(&within(button)))
             .await
-            .map_err(error(what))?
+            .map_err(failed(what))?
             .click()
             .await
-            .map_err(error(what))?;
+            .map_err(failed(what))?;
     }
     let status = browser
         .wait()
@@ -956,26 +914,18 @@ async fn drive(browser: &fantoccini::Client, demo: &Demo) -> Result<(), String> 
             within(".live-responses-table")
         )))
         .await
-        .map_err(error("the response"))?
+        .map_err(failed("the response"))?
         .text()
         .await
-        .map_err(error("the status"))?;
+        .map_err(failed("the status"))?;
     let body = browser
         .find(Locator::XPath(&within(".live-responses-table")))
         .await
-        .map_err(error("the response body"))?
+        .map_err(failed("the response body"))?
         .text()
         .await
-        .map_err(error("the body text"))?;
-    let screenshot = browser.screenshot().await.map_err(error("screenshot"))?;
-    // Cargo's scratch folder for integration tests, under the target dir
-    // wherever that is (`CARGO_TARGET_DIR` may move it out of the checkout).
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openapi-docs.png");
-    std::fs::write(&path, screenshot).map_err(|err| format!("{}: {err}", path.display()))?;
-    println!(
-        "screenshot of /docs after the try-it-out: {}",
-        path.display()
-    );
+        .map_err(failed("the body text"))?;
+    page.screenshot("openapi-docs.png").await?;
     if status.trim() != "200" {
         return Err(format!("the try-it-out shows `{status}`: {body}"));
     }

@@ -19,9 +19,11 @@ use std::{
 };
 
 use common::{example_sets, upstream, Backend, Gateway};
+use protogate::pb::protogate::testing::v1::test_service_server::TestServiceServer;
 use protogate::{
     config::{
-        OnRedisError, QuotaConfig, RateLimitConfig, RateLimitPolicy, RedisConfig, RegistryStore,
+        DiscoverConfig, OnRedisError, QuotaConfig, RateLimitConfig, RateLimitPolicy, RedisConfig,
+        RegistryStore,
     },
     Config, Server,
 };
@@ -352,6 +354,54 @@ async fn a_set_uploaded_through_one_instance_is_served_by_all() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(a.listed_sets().await, c.listed_sets().await);
+}
+
+/// The test service, with gRPC server reflection of its set, on loopback
+/// until the sender is dropped.
+async fn reflecting_testing_backend() -> (String, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let set: &'static [u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/protogate.testing.v1.binpb"));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(set)
+        .build_v1()
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TestServiceServer::new(common::Testing))
+            .add_service(reflection)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            ),
+    );
+    (url, stop)
+}
+
+#[tokio::test]
+async fn a_set_discovered_by_one_instance_is_served_by_all() {
+    let _shared = REDIS_USE.read().await;
+    let prefix = prefix("discovery");
+    let (url, _stop) = reflecting_testing_backend().await;
+    let a = Instance::start_with(&prefix, |config| {
+        config.discover.push(DiscoverConfig {
+            services: vec!["protogate.testing.*".into()],
+            refresh: Duration::ZERO,
+            ..DiscoverConfig::new(&url)
+        });
+    })
+    .await;
+    let b = Instance::start(&prefix).await;
+    a.until_echo_served().await;
+    b.until_echo_served().await;
+    let listed = a.listed_sets().await;
+    let names: Vec<&str> = listed.1.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, [protogate::discovery::set_name(&url)]);
+    assert_eq!(b.listed_sets().await, listed);
 }
 
 #[tokio::test]

@@ -693,8 +693,9 @@ async fn optional_client_certificates_satisfy_policies_that_accept_them_and_key_
 
 /// A tonic backend on 127.0.0.1 serving TLS as `backend.test`, asking every
 /// client for a certificate of `client_ca`.
-/// A backend that requires client certificates of `client_ca`, and the
-/// `:authority` of every request it received.
+/// A backend that requires client certificates of `client_ca` (serving the
+/// test service's reflection too), and the `:authority` of every request it
+/// received.
 async fn mutual_tls_backend(
     server: &Leaf,
     client_ca: &Ca,
@@ -715,7 +716,14 @@ async fn mutual_tls_backend(
             request
         },
     );
-    let routes = protogate::demo::example_routes().add_service(TestServiceServer::new(Testing));
+    let testing_set = include_bytes!(concat!(env!("OUT_DIR"), "/protogate.testing.v1.binpb"));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(testing_set)
+        .build_v1()
+        .unwrap();
+    let routes = protogate::demo::example_routes()
+        .add_service(TestServiceServer::new(Testing))
+        .add_service(reflection);
     let server = Server::builder()
         .tls_config(tls)
         .unwrap()
@@ -789,4 +797,53 @@ async fn upstreams_are_called_over_mutual_tls_with_a_server_name_override() {
     let (status, body) = refused.get("/v1/echo/refused").await;
     assert_eq!(status, 503, "{body}");
     common::assert_status(&body, tonic::Code::Unavailable, "");
+}
+
+#[tokio::test]
+async fn discovery_reads_an_https_server_with_its_tls_keys_and_calls_it_with_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mesh_ca, gateway_ca) = (Ca::new("mesh CA"), Ca::new("gateway client CA"));
+    let backend = mesh_ca.sign(&["backend.test"], "backend", &ecdsa());
+    let (addr, _authorities) = mutual_tls_backend(&backend, &gateway_ca).await;
+    let client_files = gateway_ca
+        .sign(&[], "protogate", &ed25519())
+        .write(dir.path(), "client");
+    let url = format!("https://{addr}");
+    let source = |with_client_certificate: bool| {
+        let mut source = protogate::config::DiscoverConfig::new(&url);
+        source.services = vec!["protogate.testing.*".into()];
+        source.refresh = Duration::ZERO;
+        source.ca_file = Some(mesh_ca.write(&dir.path().join("mesh-ca.pem")));
+        source.server_name = Some("backend.test".into());
+        if with_client_certificate {
+            source.client_cert_file = Some(client_files.cert_file.clone());
+            source.client_key_file = Some(client_files.key_file.clone());
+        }
+        source
+    };
+    let serve = |source| {
+        let mut config = protogate::Config::default();
+        config.access_log.enabled = false;
+        config.discover = vec![source];
+        async move { Gateway::serve(&config, Vec::new()).await }
+    };
+
+    // Read over mutual TLS, then called with the same keys.
+    let gateway = serve(source(true)).await;
+    let (status, body) = gateway.get("/v1/echo/discovered").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["stringValue"], "discovered");
+
+    // Without the client certificate the handshake is refused: nothing served.
+    let refused = serve(source(false)).await;
+    let (status, _) = refused.get("/v1/echo/discovered").await;
+    assert_eq!(status, 404);
+    let ready = refused
+        .text(format!("http://{}/readyz", refused.admin_addr))
+        .await;
+    let ready: Json = serde_json::from_str(&ready).unwrap();
+    let error = ready["discovery"][&url]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(error.contains(&url), "{ready}");
 }

@@ -36,6 +36,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     );
     tonic::transport::Server::builder()
         .add_service(service::Shops::seeded().into_server())
+        .add_service(service::Shops::reflection())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
             // If the handler cannot be installed, serve until killed instead.
             if tokio::signal::ctrl_c().await.is_err() {

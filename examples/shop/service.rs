@@ -8,6 +8,7 @@ use std::{
 };
 
 use tonic::{Request, Response, Status};
+use tonic_reflection::server::v1::{ServerReflection, ServerReflectionServer};
 
 /// Generated from `shop.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_debug_implementations)]
@@ -47,6 +48,15 @@ impl Shops {
     /// The tonic service to serve.
     pub fn into_server(self) -> ShopServiceServer<Self> {
         ShopServiceServer::new(self)
+    }
+
+    /// gRPC server reflection (v1) of the shop's schema: what lets
+    /// `protogate serve --discover URL` serve it without a descriptor set.
+    pub fn reflection() -> ServerReflectionServer<impl ServerReflection> {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(include_bytes!("shop.binpb"))
+            .build_v1()
+            .expect("the committed shop.binpb is a valid descriptor set")
     }
 
     fn create(&self, name: &str, city: &str) -> Shop {

@@ -10,6 +10,19 @@
 //! (with every problem as a `google.rpc.BadRequest` violation); 404 for
 //! unknown names; 413 over `admin.max_upload_bytes`.
 //!
+//! `GET /admin/v1/traffic` is each route's request and error counts and
+//! latency histogram, cumulative, for the console's live figures
+//! ([`traffic`](super::traffic)).
+//!
+//! `POST /admin/v1/discover:refresh` reads the schema of every server of
+//! `discover` now and registers what changed, as the refresher would: 200
+//! listing each server's set, digest and whether it changed; else the
+//! first failure: the registry's refusal as for an upload (409, 400), or
+//! 503 naming the server and why it could not be read (the last good set
+//! keeps serving); 404 without `discover`. Names beginning `discovered-`
+//! are the discovered sets' (listed with `origin: "discovered from URL"`):
+//! an upload cannot take one.
+//!
 //! `POST /admin/v1/tls/reload` reads the TLS listener's certificate, key and
 //! CA files again: 200 listing each certificate and its expiry, or 400
 //! (`FAILED_PRECONDITION`) saying why the files were refused while the
@@ -36,13 +49,16 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
-use super::ApiSettings;
+use super::{traffic, ApiSettings};
 use crate::{
     config::{self, AdminToken, UpstreamConfig},
+    discovery::{Discovery, DiscoveryError},
     error::Error,
+    observe::metrics::Metrics,
+    policy::{BucketId, PolicyRules},
     registry::{
         check_name, ApplyError, Catalog, Change, CompileError, LoadError, ProtoSources, Registry,
-        UploadFormat, UpstreamSetting, UpstreamSource, DEFAULT_UPSTREAM_TIMEOUT,
+        UploadFormat, UpstreamSetting, UpstreamSource, DEFAULT_UPSTREAM_TIMEOUT, DISCOVERED_PREFIX,
     },
     request_ids,
     tls::Termination,
@@ -54,8 +70,10 @@ const MAX_JSON_BYTES: usize = 64 << 10;
 #[derive(Debug, Clone)]
 struct Api {
     registry: Arc<Registry>,
+    metrics: Metrics,
     settings: ApiSettings,
     tls: Option<Arc<Termination>>,
+    discovery: Option<Arc<Discovery>>,
 }
 
 /// An [`Error`] as a handler result; [`with_request_id`] adds the request id.
@@ -67,14 +85,18 @@ type Reply = Result<Response, ApiError>;
 /// The admin API routes, with their own request ids and token check.
 pub(super) fn router(
     registry: Arc<Registry>,
+    metrics: Metrics,
     settings: ApiSettings,
     tls: Option<Arc<Termination>>,
+    discovery: Option<Arc<Discovery>>,
 ) -> Router {
     let token = settings.token.clone();
     let api = Api {
         registry,
+        metrics,
         settings,
         tls,
+        discovery,
     };
     Router::new()
         .route("/admin/v1/descriptor-sets", get(list_sets))
@@ -89,7 +111,9 @@ pub(super) fn router(
             "/admin/v1/upstreams/{pattern}",
             put(put_upstream).delete(delete_upstream),
         )
+        .route("/admin/v1/traffic", get(live_traffic))
         .route("/admin/v1/tls/reload", post(reload_tls))
+        .route("/admin/v1/discover:refresh", post(refresh_discovery))
         .fallback(not_found)
         .with_state(api)
         .layer(middleware::from_fn_with_state(token, require_token))
@@ -148,6 +172,16 @@ async fn not_found(request: Request) -> ApiError {
     ))
 }
 
+// === live figures ===
+
+async fn live_traffic(State(api): State<Api>) -> Response {
+    let text = api.metrics.render(&api.registry.figures());
+    json_response(
+        StatusCode::OK,
+        &json!({ "routes": traffic::by_route(&text) }),
+    )
+}
+
 // === TLS ===
 
 async fn reload_tls(State(api): State<Api>) -> Reply {
@@ -164,6 +198,36 @@ async fn reload_tls(State(api): State<Api>) -> Reply {
     }
 }
 
+// === discovery ===
+
+async fn refresh_discovery(State(api): State<Api>) -> Reply {
+    let Some(discovery) = &api.discovery else {
+        return Err(ApiError(Error::NotFound(
+            "discovery is not configured (no `discover` key)".into(),
+        )));
+    };
+    let mut sources = Vec::new();
+    for result in discovery.refresh().await {
+        let discovered = result.map_err(|err| match err {
+            DiscoveryError::Refused { source, .. } => ApiError::from(source),
+            read @ DiscoveryError::Read { .. } => ApiError(Error::Unavailable(
+                format!("{read}; the last good set keeps serving").into(),
+            )),
+        })?;
+        sources.push(json!({
+            "url": discovered.url,
+            "set": discovered.set,
+            "digest": format!("sha256:{}", discovered.digest),
+            "changed": discovered.changed,
+        }));
+    }
+    let generation = api.registry.load().generation();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "generation": generation, "sources": sources }),
+    ))
+}
+
 // === descriptor sets ===
 
 async fn put_set(
@@ -173,6 +237,12 @@ async fn put_set(
     request: Request,
 ) -> Reply {
     check_name(&name).map_err(|reason| invalid("name", reason))?;
+    if name.starts_with(DISCOVERED_PREFIX) {
+        return Err(invalid(
+            "name",
+            format!("names beginning `{DISCOVERED_PREFIX}` are those of sets read through server reflection (`discover`)"),
+        ));
+    }
     let upstream = upstream_param(query.as_deref())?;
     let bytes = read_upload(&name, request, api.settings.max_upload_bytes).await?;
     let existed = api.registry.load().sets().iter().any(|s| s.name == name);
@@ -218,8 +288,7 @@ async fn validate_set(
     };
     let body = match api.registry.dry_run(change).await {
         Ok(applied) => {
-            let (added, changed, removed) =
-                route_diff(&current, &applied.catalog, api.settings.auth);
+            let (added, changed, removed) = route_diff(&current, &applied.catalog, &api.listing());
             json!({
                 "valid": true,
                 "added": added,
@@ -294,7 +363,7 @@ async fn list_routes(State(api): State<Api>) -> Response {
     let routes: Vec<Value> = catalog
         .routes()
         .iter()
-        .map(|route| route_json(&catalog, route, api.settings.auth))
+        .map(|route| route_json(&catalog, route, &api.listing()))
         .collect();
     json_response(
         StatusCode::OK,
@@ -509,14 +578,47 @@ fn set_json(catalog: &Catalog, set: &crate::registry::LoadedSet) -> Value {
         "loadedAt": rfc3339(set.loaded_at),
         "upstream": set.upstream,
         "managed": set.managed,
+        "origin": match set.discovered_from() {
+            Some(url) => format!("discovered from {url}"),
+            None if set.managed => "uploaded".to_owned(),
+            None => "config".to_owned(),
+        },
     })
 }
 
-/// `auth`: whether tokens are checked at all; without, every route is open
-/// whatever its policy says.
-fn route_json(catalog: &Catalog, route: &crate::registry::Route, auth: bool) -> Value {
+/// What a route listing needs besides the catalog.
+struct Listing<'a> {
+    /// Whether tokens are checked at all; without, every route is open
+    /// whatever its policy says.
+    auth: bool,
+    /// The quotas the policies' buckets count against.
+    policies: &'a PolicyRules,
+}
+
+/// A route, its method, upstream, policy (with its quotas) and deprecation.
+fn route_json(catalog: &Catalog, route: &crate::registry::Route, listing: &Listing<'_>) -> Value {
     let method = catalog.method(route);
     let policy = &method.policy;
+    let auth = listing.auth;
+    let quota = |bucket: Option<BucketId>| {
+        let quota = listing.policies.quota(bucket?)?;
+        Some(json!({
+            "requests": quota.requests,
+            "per": humantime::format_duration(quota.per).to_string(),
+        }))
+    };
+    // The headers the route answers with, as a client sees them.
+    let deprecation = method.deprecation.as_ref().map(|deprecation| {
+        let mut headers = http::HeaderMap::new();
+        deprecation.write(&mut headers);
+        headers
+            .iter()
+            .map(|(name, value)| {
+                let value = value.to_str().unwrap_or_default();
+                (name.as_str().to_owned(), Value::from(value))
+            })
+            .collect::<serde_json::Map<_, _>>()
+    });
     json!({
         "route": &*route.label,
         "httpMethod": route.http_method.as_str(),
@@ -531,7 +633,12 @@ fn route_json(catalog: &Catalog, route: &crate::registry::Route, auth: bool) -> 
             "scopes": policy.scopes.iter().map(|s| &**s).collect::<Vec<_>>(),
             "clientCertificate": policy.client_certificate,
             "rateLimited": policy.rate_limit.per_user.is_some() || policy.rate_limit.per_ip.is_some(),
+            "quota": {
+                "perUser": quota(policy.rate_limit.per_user),
+                "perIp": quota(policy.rate_limit.per_ip),
+            },
         },
+        "deprecation": deprecation,
     })
 }
 
@@ -539,7 +646,7 @@ fn route_json(catalog: &Catalog, route: &crate::registry::Route, auth: bool) -> 
 fn route_diff(
     before: &Catalog,
     after: &Catalog,
-    auth: bool,
+    listing: &Listing<'_>,
 ) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
     // Route label → (method, upstream URL): what a client of the route sees change.
     let index = |catalog: &Catalog| -> HashMap<Box<str>, (String, Option<String>)> {
@@ -559,9 +666,9 @@ fn route_diff(
     let mut changed = Vec::new();
     for route in after.routes() {
         match old.get(&route.label) {
-            None => added.push(route_json(after, route, auth)),
+            None => added.push(route_json(after, route, listing)),
             Some(was) if Some(was) != new.get(&route.label) => {
-                changed.push(route_json(after, route, auth));
+                changed.push(route_json(after, route, listing));
             }
             Some(_) => {}
         }
@@ -570,13 +677,24 @@ fn route_diff(
         .routes()
         .iter()
         .filter(|route| !new.contains_key(&route.label))
-        .map(|route| route_json(before, route, auth))
+        .map(|route| route_json(before, route, listing))
         .collect();
     (added, changed, removed)
 }
 
-fn rfc3339(time: SystemTime) -> String {
+pub(super) fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
+}
+
+// === impl Api ===
+
+impl Api {
+    fn listing(&self) -> Listing<'_> {
+        Listing {
+            auth: self.settings.auth,
+            policies: self.registry.policies(),
+        }
+    }
 }
 
 // === impl ApiError ===

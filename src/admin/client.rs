@@ -114,6 +114,12 @@ impl AdminClient {
         .await
     }
 
+    /// `POST /admin/v1/discover:refresh`: every discovered server read now.
+    pub async fn refresh_discovery(&self) -> Result<Value, ClientError> {
+        self.send(self.http.post(format!("{}/discover:refresh", self.base)))
+            .await
+    }
+
     async fn send(&self, mut request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);

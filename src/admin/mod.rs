@@ -1,18 +1,25 @@
 //! The admin listener: its own small router on its own address, never
 //! sharing the data plane's steps.
 //!
+//! * `GET /` -- the console ([`console`]): one page that reads and changes
+//!   everything through the admin API, with the token the operator types in
 //! * `GET /metrics` -- Prometheus text exposition of this server's metrics
 //! * `GET /healthz` -- 200 while the process serves
 //! * `GET /readyz` -- 200 when the catalog is loaded and every upstream is
 //!   healthy or within its grace period, else 503; the body lists each
 //!   upstream, and says whether the shared Redis answers (`"redis": "up"`
 //!   or `"down"`: reported, not required, since the data plane serves
-//!   without it)
+//!   without it), and each server of `discover`: its set, when it was last
+//!   read, and why the last reading failed; a server whose schema was never
+//!   registered makes it 503, its routes being unserved
 //! * `/admin/v1/...` -- the admin API ([`api`]): descriptor sets, upstreams,
-//!   routes, TLS certificate reload
+//!   routes, live figures per route, TLS certificate reload, discovery
+//!   refresh
 //!
 //! Only the admin API requires the bearer token: probes and Prometheus
-//! scrapes read nothing secret and must work without credentials. Without a
+//! scrapes read nothing secret and must work without credentials, and the
+//! console page holds no data of its own (a browser cannot send a bearer
+//! token with a navigation; the page sends it with each API call). Without a
 //! token (then the listener is loopback-only) a request whose `Host` is not a
 //! loopback name or address is refused (403): a web page the operator visits
 //! could otherwise reach the listener through DNS rebinding, its own name
@@ -20,6 +27,8 @@
 
 mod api;
 mod client;
+mod console;
+mod traffic;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -31,7 +40,7 @@ use axum::{
     extract::{Request, State},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{any, get},
     Router,
 };
 use http::{header, uri::Authority, HeaderValue, StatusCode};
@@ -41,6 +50,7 @@ use tower_http::request_id::{MakeRequestUuid, SetRequestIdLayer};
 pub use self::client::{AdminClient, ClientError};
 use crate::{
     config::{AdminConfig, AdminToken},
+    discovery::Discovery,
     error::Error,
     observe::metrics::Metrics,
     redis_client::Redis,
@@ -60,6 +70,8 @@ pub struct AdminState {
     pub tls: Option<Arc<crate::tls::Termination>>,
     /// The shared Redis, when configured: `/readyz` says whether it answers.
     pub redis: Option<Arc<Redis>>,
+    /// The servers read through reflection, when `discover` is configured.
+    pub discovery: Option<Arc<Discovery>>,
 }
 
 /// How the admin API is protected and what it accepts, resolved at start.
@@ -138,22 +150,25 @@ pub fn router(state: AdminState) -> Router {
     let router = Router::new()
         .merge(api::router(
             state.registry.clone(),
+            state.metrics.clone(),
             state.api.clone(),
             state.tls.clone(),
+            state.discovery.clone(),
         ))
+        .route("/", any(console::page))
         .route(
             "/metrics",
             get(scrape).with_state((state.metrics.clone(), state.registry.clone())),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz).with_state(state));
-    if !open {
-        return router;
-    }
-    router
-        .layer(middleware::from_fn(loopback_host_only))
-        // Minted first, so that a refusal carries a request id too.
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+    let router = if open {
+        router.layer(middleware::from_fn(loopback_host_only))
+    } else {
+        router
+    };
+    // Minted first, so that every refusal carries a request id.
+    router.layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
 /// Answers only requests for a loopback host: `localhost` or a loopback
@@ -193,7 +208,8 @@ fn is_loopback_host(host: &str) -> bool {
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
-    let generation = state.registry.load().generation();
+    let catalog = state.registry.load();
+    let generation = catalog.generation();
     let mut ready = generation > 0;
     let mut upstreams = Map::new();
     for (name, health, within_grace) in state.health.states() {
@@ -205,16 +221,28 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         };
         upstreams.insert(name.to_owned(), Value::from(label));
     }
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
     let mut body = json!({ "ready": ready, "generation": generation, "upstreams": upstreams });
     // Reported, not required: without Redis the data plane still serves.
     if let Some(redis) = &state.redis {
         body["redis"] = Value::from(if redis.is_up() { "up" } else { "down" });
     }
+    if let Some(discovery) = &state.discovery {
+        let mut sources = Map::new();
+        for source in discovery.status() {
+            let serving = catalog.sets().iter().any(|set| set.name == source.set);
+            ready &= serving;
+            let last_read = source.last_read.map(api::rfc3339);
+            let entry = json!({ "set": source.set, "serving": serving, "lastRead": last_read, "error": source.error });
+            sources.insert(source.url, entry);
+        }
+        body["ready"] = Value::from(ready);
+        body["discovery"] = Value::Object(sources);
+    }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
         status,
         [(

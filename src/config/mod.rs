@@ -12,10 +12,12 @@ use std::{
 
 use serde::{Deserialize, Deserializer};
 
+mod discover;
 mod openapi;
 mod policy;
 mod tls;
 
+pub use self::discover::DiscoverConfig;
 pub use self::openapi::{DocumentPolicy, OpenApiConfig, ServerConfig};
 pub(crate) use self::policy::DEFAULT_CLAIM_HEADERS;
 pub use self::policy::{
@@ -68,6 +70,9 @@ pub struct Config {
     /// The Redis that several instances share (quotas, registry); none by default.
     pub redis: Option<RedisConfig>,
     pub registry: RegistryConfig,
+    /// gRPC servers whose services are read through server reflection and
+    /// served from them; none by default.
+    pub discover: Vec<DiscoverConfig>,
 }
 
 /// The Redis shared by several gateway instances: `rate_limit.policy: redis`
@@ -395,6 +400,7 @@ impl Default for Config {
             tls: None,
             redis: None,
             registry: RegistryConfig::default(),
+            discover: Vec::new(),
         }
     }
 }
@@ -502,6 +508,7 @@ impl Config {
                     .chain(&mut u.client_cert_file)
                     .chain(&mut u.client_key_file)
             }))
+            .chain(self.discover.iter_mut().flat_map(DiscoverConfig::paths_mut))
             .chain(self.tls.iter_mut().flat_map(|tls| {
                 (tls.certificates.iter_mut())
                     .flat_map(|c| [&mut c.cert_file, &mut c.key_file])
@@ -555,6 +562,13 @@ impl Config {
         self.upstreams.retain(|u| u.pattern != upstream.pattern);
         self.upstreams.push(upstream);
         Ok(())
+    }
+
+    /// Adds a server to discover given on the command line (`--discover
+    /// URL`), with the defaults; it replaces a configured one with the same URL.
+    pub fn override_discover(&mut self, url: &str) {
+        self.discover.retain(|source| source.url != url);
+        self.discover.push(DiscoverConfig::new(url));
     }
 
     /// The serving threads: `workers`, or one per core when it is 0.
@@ -643,6 +657,7 @@ impl Config {
             })?;
         policy::validate(self)?;
         tls::validate(self)?;
+        discover::validate(self)?;
         self.validate_redis()?;
         self.validate_observability()
     }

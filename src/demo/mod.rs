@@ -222,6 +222,7 @@ pub async fn run(
         "try: curl -s -H \"Authorization: Bearer $PROTOGATE_DEMO_TOKEN\" http://{addr}/v1/orders/o-1"
     );
     println!("metrics: curl -s http://{admin_addr}/metrics   (also /healthz, /readyz)");
+    println!("admin console: http://{admin_addr}/");
     println!("access log: one JSON line per request on stderr, with the diagnostics (RUST_LOG)\n");
     server
         .with_admin_listener(admin)

@@ -20,6 +20,7 @@
 //! | `protogate_redis_up` | gauge | |
 //! | `protogate_redis_errors_total` | counter | op (`rate_limit`, `registry_read`, `registry_write`, `subscribe`, `ping`) |
 //! | `protogate_redis_command_duration_seconds` | histogram | op |
+//! | `protogate_discovery_errors_total` | counter | url (a configured `discover[].url`) |
 
 use std::{
     fmt,
@@ -50,8 +51,9 @@ pub struct CatalogFigures {
     pub reloads: [(&'static str, u64); 3],
 }
 
-const REQUESTS: &str = "protogate_http_requests_total";
-const REQUEST_DURATION: &str = "protogate_http_request_duration_seconds";
+/// Also read back, from the exposition, by the admin console's live figures.
+pub(crate) const REQUESTS: &str = "protogate_http_requests_total";
+pub(crate) const REQUEST_DURATION: &str = "protogate_http_request_duration_seconds";
 const REQUEST_SIZE: &str = "protogate_http_request_size_bytes";
 const RESPONSE_SIZE: &str = "protogate_http_response_size_bytes";
 const UPSTREAM_DURATION: &str = "protogate_upstream_duration_seconds";
@@ -66,6 +68,7 @@ const CERTIFICATE_EXPIRY: &str = "protogate_tls_certificate_expiry_timestamp_sec
 const REDIS_UP: &str = "protogate_redis_up";
 const REDIS_ERRORS: &str = "protogate_redis_errors_total";
 const REDIS_DURATION: &str = "protogate_redis_command_duration_seconds";
+const DISCOVERY_ERRORS: &str = "protogate_discovery_errors_total";
 
 /// Redis command buckets: 100 µs to 1 s (loopback answers in tens of µs).
 const REDIS_BUCKETS: [f64; 9] = [
@@ -203,6 +206,16 @@ impl Metrics {
                 ops.map(|op| counter!(REDIS_ERRORS, "op" => op)),
                 ops.map(|op| histogram!(REDIS_DURATION, "op" => op)),
             )
+        })
+    }
+
+    /// The counter of failed schema readings (or refused registrations) of
+    /// the server at `url`, registered at 0.
+    pub fn discovery_errors(&self, url: &str) -> Counter {
+        self.record(|| {
+            let counter = counter!(DISCOVERY_ERRORS, "url" => url.to_owned());
+            counter.absolute(0);
+            counter
         })
     }
 
@@ -371,6 +384,10 @@ fn describe() {
         "Redis commands that failed or timed out (redis.timeout), by purpose"
     );
     describe_histogram!(REDIS_DURATION, Unit::Seconds, "Redis commands, by purpose");
+    describe_counter!(
+        DISCOVERY_ERRORS,
+        "schema readings through server reflection that failed or were refused, by server"
+    );
 }
 
 /// The HTTP method as a bounded label: the standard ones, else `other`

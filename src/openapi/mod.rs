@@ -132,7 +132,7 @@ impl Published {
             return self.page.respond(&request);
         };
         let request_id = request_ids::request_id(request.headers()).to_owned();
-        if let Err(err) = readable(request.method()) {
+        if let Err(err) = Error::readable(request.method()) {
             return err.into_response(&request_id, None);
         }
         if let Some((auth, policy)) = &self.guard {
@@ -241,18 +241,6 @@ fn etag(bytes: &[u8]) -> HeaderValue {
     let digest = Sha256::digest(bytes);
     HeaderValue::from_str(&format!("\"{}\"", hex::encode(&digest[..16])))
         .unwrap_or(HeaderValue::from_static("\"\""))
-}
-
-/// GET and HEAD only.
-fn readable(method: &Method) -> Result<(), Error> {
-    if method == Method::GET || method == Method::HEAD {
-        Ok(())
-    } else {
-        Err(Error::MethodNotAllowed {
-            method: method.clone(),
-            allow: HeaderValue::from_static("GET, HEAD"),
-        })
-    }
 }
 
 /// `?package=P`, the only parameter; refused when it repeats or does not decode.

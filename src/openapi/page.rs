@@ -8,7 +8,7 @@ use axum::{extract::Request, response::Response};
 use bytes::Bytes;
 use http::{header, HeaderValue};
 
-use super::{cached, etag, readable};
+use super::{cached, etag};
 use crate::{
     config::{OpenApiConfig, ServerConfig},
     error::Error,
@@ -92,7 +92,7 @@ impl Page {
             };
             return err.into_response(request_id, None);
         };
-        if let Err(err) = readable(request.method()) {
+        if let Err(err) = Error::readable(request.method()) {
             return err.into_response(request_id, None);
         }
         let mut response = cached(request, &asset.bytes, &asset.etag, asset.content_type);

@@ -287,6 +287,11 @@ impl PolicyRules {
         self.rules.is_empty()
     }
 
+    /// The quota a bucket counts against, for listings.
+    pub fn quota(&self, bucket: BucketId) -> Option<&QuotaConfig> {
+        self.buckets.get(bucket.0)
+    }
+
     /// The method pattern of rule `i`, for messages.
     pub fn pattern(&self, i: usize) -> &str {
         self.rules.get(i).map_or("", |rule| &rule.pattern)

@@ -47,6 +47,12 @@ pub struct DescriptorSet {
     pub bytes: Bytes,
 }
 
+/// The hex SHA-256 of a set's bytes: the digest the admin API lists and
+/// the shared registry checks.
+pub fn digest(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// Options that change what a build accepts.
 #[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
@@ -596,7 +602,7 @@ fn decode_set(
         .collect();
     Ok(LoadedSet {
         name: set.name.clone(),
-        digest: hex::encode(Sha256::digest(&set.bytes)),
+        digest: digest(&set.bytes),
         size: set.bytes.len(),
         services,
         bytes: set.bytes.clone(),

@@ -53,6 +53,20 @@ pub struct LoadedSet {
     pub managed: bool,
 }
 
+/// The names of the sets read from servers through reflection begin so
+/// (`discovered-http-host-50051`); uploads cannot take such a name.
+pub const DISCOVERED_PREFIX: &str = "discovered-";
+
+impl LoadedSet {
+    /// The server this set was read from through reflection, if it was.
+    pub fn discovered_from(&self) -> Option<&str> {
+        self.name
+            .starts_with(DISCOVERED_PREFIX)
+            .then_some(self.upstream.as_deref())
+            .flatten()
+    }
+}
+
 /// How a method exchanges messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallKind {

@@ -25,9 +25,11 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-pub use builder::{BuildOptions, CatalogBuilder, DescriptorSet, LoadError, LoadProblem};
+pub use builder::{digest, BuildOptions, CatalogBuilder, DescriptorSet, LoadError, LoadProblem};
 use bytes::Bytes;
-pub use catalog::{CallKind, Catalog, LoadedSet, MethodPlan, Route, RouteMatch, RouteTable};
+pub use catalog::{
+    CallKind, Catalog, LoadedSet, MethodPlan, Route, RouteMatch, RouteTable, DISCOVERED_PREFIX,
+};
 pub use compile::{CompileError, ProtoSources, UploadFormat};
 use prost::Message as _;
 pub use reload::{reload_on_sighup, watch_dir};
@@ -36,7 +38,7 @@ pub use store::{check_name, Store, StoredSet, UpstreamSetting};
 use tokio::sync::{watch, Mutex};
 
 use crate::{
-    config::{self, UpstreamConfig},
+    config::{self, DiscoverConfig, UpstreamConfig},
     observe::metrics::CatalogFigures,
     policy::PolicyRules,
     upstream::{Upstream, Upstreams},
@@ -81,6 +83,9 @@ pub struct BuildContext {
     pub store: Option<Store>,
     /// `registry.store: redis`: every change is stored there first.
     pub shared: Option<Arc<SharedRegistry>>,
+    /// The servers read through reflection: a set served from one of their
+    /// URLs is called with that entry's TLS keys.
+    pub discover: Vec<DiscoverConfig>,
     pub started_at: SystemTime,
 }
 
@@ -240,6 +245,12 @@ impl Registry {
                 Some((upstream.clone(), source))
             })
             .collect()
+    }
+
+    /// The config's policy rules every build resolves methods with (their
+    /// quotas, for listings).
+    pub fn policies(&self) -> &PolicyRules {
+        &self.context.policies
     }
 
     /// The descriptor directory, if any.
@@ -524,6 +535,7 @@ impl BuildContext {
             fixed,
             store,
             shared: None,
+            discover: Vec::new(),
             started_at: SystemTime::now(),
         }
     }
@@ -540,16 +552,24 @@ impl BuildContext {
             .iter()
             .map(|u| (u.pattern.clone(), (u.clone(), UpstreamSource::Config)))
             .collect();
-        let managed =
-            |pattern: &str, url: &str, timeout: Option<std::time::Duration>| UpstreamConfig {
-                pattern: pattern.to_owned(),
-                url: url.to_owned(),
-                timeout: timeout.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
-                ca_file: None,
-                client_cert_file: None,
-                client_key_file: None,
-                server_name: None,
-            };
+        let managed = |pattern: &str, url: &str, timeout: Option<std::time::Duration>| {
+            let timeout = timeout.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT);
+            match self.discover.iter().find(|source| source.url == url) {
+                Some(source) => UpstreamConfig {
+                    timeout,
+                    ..source.upstream(pattern)
+                },
+                None => UpstreamConfig {
+                    pattern: pattern.to_owned(),
+                    url: url.to_owned(),
+                    timeout,
+                    ca_file: None,
+                    client_cert_file: None,
+                    client_key_file: None,
+                    server_name: None,
+                },
+            }
+        };
         for (name, set) in &sources.sets {
             let Some(url) = &set.upstream else { continue };
             for package in &set.packages {

@@ -27,7 +27,6 @@ use std::{
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use redis::Script;
-use sha2::{Digest as _, Sha256};
 
 use super::{ApplyError, Change, Registry, UpstreamSetting};
 use crate::redis_client::{Op, Redis};
@@ -159,7 +158,7 @@ impl SharedRegistry {
                 .arg(format!("set:{name}"))
                 .arg(set.bytes.as_ref())
                 .arg(format!("digest:{name}"))
-                .arg(hex::encode(Sha256::digest(&set.bytes)));
+                .arg(super::digest(&set.bytes));
             if let Some(upstream) = &set.upstream {
                 invocation.arg(format!("upstream:{name}")).arg(upstream);
             }
@@ -215,7 +214,7 @@ fn snapshot_from_fields(mut fields: HashMap<String, Vec<u8>>) -> Result<Snapshot
             .remove(&format!("digest:{name}"))
             .map(|d| text(d, "digest"))
             .transpose()?;
-        if digest.as_deref() != Some(hex::encode(Sha256::digest(&bytes)).as_str()) {
+        if digest.as_deref() != Some(super::digest(&bytes).as_str()) {
             return Err(format!("set `{name}` does not match its digest"));
         }
         let upstream = fields
@@ -337,7 +336,7 @@ mod tests {
         fields.insert("set:a".to_owned(), b"bytes".to_vec());
         fields.insert(
             "digest:a".to_owned(),
-            hex::encode(Sha256::digest(b"bytes")).into_bytes(),
+            super::super::digest(b"bytes").into_bytes(),
         );
         fields.insert("upstream:a".to_owned(), b"http://127.0.0.1:1".to_vec());
         let snapshot = snapshot_from_fields(fields.clone()).unwrap();

@@ -20,6 +20,7 @@ use self::{
 use crate::{
     admin::{self, AdminSetupError, AdminState},
     config::{Config, ConfigError, HealthConfig, RegistryStore},
+    discovery::{self, Discovery},
     gateway::Gateway,
     observe::{
         access_log::{AccessLog, AccessLogError},
@@ -61,6 +62,11 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error("{0}")]
     Redis(String),
+    #[error(transparent)]
+    DiscoverySetup(#[from] discovery::SetupError),
+    /// `check --discover`: the servers whose schema could not be read or was refused.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Discovery(Vec<discovery::DiscoveryError>),
 }
 
 /// A gateway ready to serve: its catalog is built and its channels exist.
@@ -81,6 +87,8 @@ pub struct Server {
     admin_api: admin::ApiSettings,
     /// The shared Redis, when configured.
     redis: Option<Arc<Redis>>,
+    /// The servers read through reflection, when `discover` is configured.
+    discovery: Option<Arc<Discovery>>,
     watch_descriptors: bool,
     workers: usize,
     timeouts: Timeouts,
@@ -104,10 +112,13 @@ struct Loaded {
 impl Loaded {
     /// Must run inside a tokio runtime. Warns of what is accepted but
     /// probably not meant. Connects to nothing: `redis` connects on first use.
+    /// Without `persist`, changes applied to its registry stay in memory:
+    /// nothing is written to the descriptor directory or the shared Redis.
     fn new(
         config: &Config,
         extra: Vec<DescriptorSet>,
         redis: Option<&Arc<Redis>>,
+        persist: bool,
     ) -> Result<Self, StartError> {
         config.validate()?;
         let upstreams = Upstreams::new(
@@ -146,6 +157,7 @@ impl Loaded {
             config.descriptors.dir.clone().map(Store::new),
             sets,
         );
+        context.discover.clone_from(&config.discover);
         if config.registry.store == RegistryStore::Redis {
             let redis = redis.ok_or_else(|| {
                 StartError::Redis("registry.store: `redis` needs `redis.url`".into())
@@ -171,6 +183,10 @@ impl Loaded {
                 })?,
             None => Default::default(),
         };
+        if !persist {
+            context.store = None;
+            context.shared = None;
+        }
         let health = UpstreamHealth::new(&upstreams, &config.health);
         let registry = Registry::start(context, upstreams, stored, stored_upstreams, generation)?;
         let catalog = registry.load();
@@ -207,7 +223,33 @@ pub fn check_config(
     extra: Vec<DescriptorSet>,
 ) -> Result<Arc<Catalog>, StartError> {
     let redis = redis_client(config, None)?;
-    Ok(Loaded::new(config, extra, redis.as_ref())?.registry.load())
+    Ok(Loaded::new(config, extra, redis.as_ref(), false)?
+        .registry
+        .load())
+}
+
+/// As [`check_config`], with the schemas of `config.discover` read from
+/// their servers and registered as `serve` would (in memory only): the
+/// catalog that would be served, or why each server failed.
+pub async fn check_discovery(
+    config: &Config,
+    extra: Vec<DescriptorSet>,
+) -> Result<Arc<Catalog>, StartError> {
+    let redis = redis_client(config, None)?;
+    let registry = Arc::new(Loaded::new(config, extra, redis.as_ref(), false)?.registry);
+    let discovery = Discovery::new(
+        &config.discover,
+        registry.clone(),
+        config.admin.max_upload_bytes,
+        None,
+    )?;
+    let failed: Vec<_> = (discovery.refresh().await.into_iter())
+        .filter_map(Result::err)
+        .collect();
+    if !failed.is_empty() {
+        return Err(StartError::Discovery(failed));
+    }
+    Ok(registry.load())
 }
 
 /// The shared Redis's client, when `redis.url` is set; it connects on
@@ -250,8 +292,17 @@ impl Server {
             policies,
             health,
             admin_api,
-        } = Loaded::new(config, extra, redis.as_ref())?;
+        } = Loaded::new(config, extra, redis.as_ref(), true)?;
         let registry = Arc::new(registry);
+        let discovery = match config.discover.as_slice() {
+            [] => None,
+            sources => Some(Arc::new(Discovery::new(
+                sources,
+                registry.clone(),
+                config.admin.max_upload_bytes,
+                Some(&metrics),
+            )?)),
+        };
         let health = Arc::new(health);
         let gateway = Arc::new(Gateway {
             options: TranscodeOptions::new(&config.json, &config.query, &config.filters),
@@ -308,6 +359,7 @@ impl Server {
             watch_descriptors: config.descriptors.watch
                 && config.registry.store != RegistryStore::Redis,
             redis,
+            discovery,
             workers: config.workers(),
             timeouts: Timeouts::from(&config.limits),
             max_connections: config.limits.max_connections,
@@ -360,6 +412,7 @@ impl Server {
             api: self.admin_api.clone(),
             tls: self.tls.clone(),
             redis: self.redis.clone(),
+            discovery: self.discovery.clone(),
         })
     }
 
@@ -402,6 +455,11 @@ impl Server {
                 self.registry.clone(),
                 shared.clone(),
             ));
+        }
+        if let Some(discovery) = &self.discovery {
+            // Before accepting: what is up is served from the first request.
+            discovery.refresh().await;
+            background.spawn(discovery.clone().keep_fresh());
         }
         background.spawn(crate::allocator::give_back_freed_memory());
         let (stop, stopped) = watch::channel(false);

@@ -156,34 +156,7 @@ impl Upstream {
         max_response_bytes: usize,
         workers: usize,
     ) -> Result<Self, UpstreamError> {
-        let error = |reason: String| UpstreamError {
-            pattern: config.pattern.clone(),
-            reason,
-        };
-        let mut endpoint = Endpoint::from_shared(config.url.clone())
-            .map_err(|err| error(format!("invalid url `{}`: {err}", config.url)))?
-            .connect_timeout(connect_timeout(config.timeout))
-            .tcp_nodelay(true);
-        let mut tls = None;
-        if let (Some("https"), Some(url)) =
-            (endpoint.uri().scheme_str(), endpoint.uri().authority())
-        {
-            let connector = self::tls::connector(config, url).map_err(error)?;
-            let channel_tls = self::tls::channel(config).map_err(error)?;
-            endpoint = endpoint
-                .tls_config(channel_tls)
-                .map_err(|err| error(format!("TLS setup failed: {err}")))?;
-            if let Some(authority) = connector.authority.clone() {
-                let origin = http::Uri::builder()
-                    .scheme("https")
-                    .authority(authority)
-                    .path_and_query("/")
-                    .build()
-                    .map_err(|err| error(format!("server_name: {err}")))?;
-                endpoint = endpoint.origin(origin);
-            }
-            tls = Some(connector);
-        }
+        let (endpoint, tls) = endpoint(config)?;
         Ok(Self {
             name: Arc::from(config.pattern.as_str()),
             url: config.url.clone(),
@@ -219,6 +192,44 @@ impl Upstream {
             None => Connection::Channel(self.endpoint.connect_lazy()),
         }
     }
+}
+
+/// The endpoint of `config`'s URL, with its TLS (CA, client certificate,
+/// server name) for `https://`, and how a worker connection starts that TLS.
+fn endpoint(config: &UpstreamConfig) -> Result<(Endpoint, Option<UpstreamTls>), UpstreamError> {
+    let error = |reason: String| UpstreamError {
+        pattern: config.pattern.clone(),
+        reason,
+    };
+    let mut endpoint = Endpoint::from_shared(config.url.clone())
+        .map_err(|err| error(format!("invalid url `{}`: {err}", config.url)))?
+        .connect_timeout(connect_timeout(config.timeout))
+        .tcp_nodelay(true);
+    let mut tls = None;
+    if let (Some("https"), Some(url)) = (endpoint.uri().scheme_str(), endpoint.uri().authority()) {
+        let connector = self::tls::connector(config, url).map_err(error)?;
+        let channel_tls = self::tls::channel(config).map_err(error)?;
+        endpoint = endpoint
+            .tls_config(channel_tls)
+            .map_err(|err| error(format!("TLS setup failed: {err}")))?;
+        if let Some(authority) = connector.authority.clone() {
+            let origin = http::Uri::builder()
+                .scheme("https")
+                .authority(authority)
+                .path_and_query("/")
+                .build()
+                .map_err(|err| error(format!("server_name: {err}")))?;
+            endpoint = endpoint.origin(origin);
+        }
+        tls = Some(connector);
+    }
+    Ok((endpoint, tls))
+}
+
+/// A lazily connected channel to `config`'s server, set up as an upstream's
+/// (for calls outside the catalog: reading a server's schema).
+pub fn channel(config: &UpstreamConfig) -> Result<Channel, UpstreamError> {
+    Ok(endpoint(config)?.0.connect_lazy())
 }
 
 /// A connection attempt gives up after the call's timeout, 5 s at most.

@@ -2,6 +2,7 @@
 //! over HTTP with reqwest.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod browser;
 pub mod process;
 pub mod tokens;
 
