@@ -12,7 +12,8 @@
 //! Redis (refused, dropped, timed out) marks it down: one log line, and from
 //! then on callers are answered at once, without waiting, until the probe
 //! ([`Redis::keep_watch`]) finds it again with back-off (one more log line);
-//! threads then open fresh connections.
+//! threads then open fresh connections. A refused password says where it
+//! came from (`redis.password_env` or `redis.url`), never what it is.
 
 use std::{
     cell::RefCell,
@@ -26,7 +27,7 @@ use std::{
 use metrics::{Counter, Gauge, Histogram};
 use redis::{
     aio::{ConnectionManager, ConnectionManagerConfig, PubSub},
-    AsyncConnectionConfig, Client, Cmd, FromRedisValue, IntoConnectionInfo, RedisError,
+    AsyncConnectionConfig, Client, Cmd, FromRedisValue, IntoConnectionInfo, RedisError, Script,
     ScriptInvocation,
 };
 use tokio::sync::Notify;
@@ -51,6 +52,17 @@ pub enum Op {
     Ping,
 }
 
+/// Why a command failed, which decides what is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// Redis answered with an error: this command is wrong, Redis is fine.
+    Command,
+    /// No answer: Redis is down until the probe finds it again.
+    Away,
+    /// Redis is there but lets nobody in with this password: down too.
+    PasswordRefused,
+}
+
 /// Redis did not answer (or is known to be away): the caller falls back.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("Redis is unavailable: {0}")]
@@ -64,6 +76,10 @@ pub struct Redis {
     manager_config: ConnectionManagerConfig,
     prefix: Box<str>,
     timeout: Duration,
+    /// Where the password comes from, for the message when Redis refuses it.
+    password_source: Box<str>,
+    /// Set when the log has said that Redis refuses the password, until it is back.
+    refusal_said: AtomicBool,
     up: AtomicBool,
     /// Bumped each time Redis comes back, so that threads drop connections
     /// opened before.
@@ -121,12 +137,14 @@ impl Redis {
             .as_str()
             .into_connection_info()
             .map_err(|err| format!("redis.url: {err}"))?;
+        let mut password_source: Box<str> = "redis.url".into();
         if let Some(name) = &config.password_env {
             let password = std::env::var(name).map_err(|_| {
                 format!("redis.password_env: the environment variable `{name}` is not set")
             })?;
             let settings = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(settings);
+            password_source = format!("redis.password_env ({name})").into();
         }
         let client = Client::open(info).map_err(|err| format!("redis.url: {err}"))?;
         let manager_config = ConnectionManagerConfig::new()
@@ -144,6 +162,8 @@ impl Redis {
             manager_config,
             prefix: config.key_prefix.as_str().into(),
             timeout: config.timeout,
+            password_source,
+            refusal_said: AtomicBool::new(false),
             up: AtomicBool::new(true),
             epoch: AtomicU64::new(0),
             went_down: Notify::new(),
@@ -176,6 +196,30 @@ impl Redis {
     ) -> Result<T, Unavailable> {
         let mut connection = self.connection(op)?;
         self.timed(op, script.invoke_async(&mut connection)).await
+    }
+
+    /// Runs `evalsha`, an `EVALSHA` of `script` built by the caller (so that
+    /// many keys cost no allocation each), loading the script first when
+    /// this Redis does not know it yet (a restarted one).
+    pub async fn eval<T: FromRedisValue>(
+        &self,
+        op: Op,
+        script: &Script,
+        evalsha: &Cmd,
+    ) -> Result<T, Unavailable> {
+        let mut connection = self.connection(op)?;
+        self.timed(op, async {
+            match evalsha.query_async(&mut connection).await {
+                Err(err)
+                    if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    script.load_async(&mut connection).await?;
+                    evalsha.query_async(&mut connection).await
+                }
+                answered => answered,
+            }
+        })
+        .await
     }
 
     /// A connection subscribed to `channel`, its own (pub/sub holds a
@@ -219,14 +263,27 @@ impl Redis {
             };
             let answered = tokio::time::timeout(CONNECT_TIMEOUT + self.timeout, answered).await;
             self.metrics.duration[Op::Ping as usize].record(started.elapsed().as_secs_f64());
-            if matches!(answered, Ok(Ok(()))) {
-                self.epoch.fetch_add(1, Ordering::Release);
-                self.up.store(true, Ordering::Relaxed);
-                self.metrics.up.set(1.0);
-                tracing::info!("Redis is back: shared quotas and registry resume");
-            } else {
-                self.metrics.errors[Op::Ping as usize].increment(1);
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+            match answered {
+                Ok(Ok(())) => {
+                    self.epoch.fetch_add(1, Ordering::Release);
+                    self.refusal_said.store(false, Ordering::Relaxed);
+                    self.up.store(true, Ordering::Relaxed);
+                    self.metrics.up.set(1.0);
+                    tracing::info!("Redis is back: shared quotas and registry resume");
+                }
+                failed => {
+                    self.metrics.errors[Op::Ping as usize].increment(1);
+                    // Gone down for another reason first (a command timed
+                    // out while connecting): the probe says it once.
+                    if let Ok(Err(err)) = &failed {
+                        if is_refused_password(err)
+                            && !self.refusal_said.swap(true, Ordering::Relaxed)
+                        {
+                            tracing::error!("Redis is unreachable: {}", self.refusal(err));
+                        }
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
             }
         }
     }
@@ -257,7 +314,7 @@ impl Redis {
 
     fn open(&self, op: Op) -> Result<ConnectionManager, Unavailable> {
         ConnectionManager::new_lazy_with_config(self.client.clone(), self.manager_config.clone())
-            .map_err(|err| self.failed(op, &err.to_string(), true))
+            .map_err(|err| self.failed(op, &err.to_string(), Failure::Away))
     }
 
     /// Awaits `command` within `redis.timeout`, counting and timing it.
@@ -278,20 +335,36 @@ impl Redis {
         match result {
             Ok(Ok(value)) => Ok(value),
             // A script or type error: Redis is there, the command is wrong.
-            Ok(Err(err)) if matches!(err.kind(), redis::ErrorKind::Server(_)) => {
-                Err(self.failed(op, &err.to_string(), false))
+            Ok(Err(err)) if is_refused_password(&err) => {
+                Err(self.failed(op, &self.refusal(&err), Failure::PasswordRefused))
             }
-            Ok(Err(err)) => Err(self.failed(op, &err.to_string(), true)),
-            Err(_) => Err(self.failed(op, &format!("no answer within {timeout:?}"), true)),
+            // A script or type error: Redis is there, the command is wrong.
+            Ok(Err(err)) if matches!(err.kind(), redis::ErrorKind::Server(_)) => {
+                Err(self.failed(op, &err.to_string(), Failure::Command))
+            }
+            Ok(Err(err)) => Err(self.failed(op, &err.to_string(), Failure::Away)),
+            Err(_) => Err(self.failed(op, &format!("no answer within {timeout:?}"), Failure::Away)),
+        }
+    }
+
+    /// A refused password in words: where it came from, never what it is.
+    fn refusal(&self, err: &RedisError) -> String {
+        if err.code() == Some("NOAUTH") {
+            "it asks for a password: give it in redis.url or redis.password_env".to_owned()
+        } else {
+            format!("the password of {} is refused", self.password_source)
         }
     }
 
     /// Counts a failed command; when Redis is away, marks it down (and says so once).
-    fn failed(&self, op: Op, reason: &str, away: bool) -> Unavailable {
+    fn failed(&self, op: Op, reason: &str, failure: Failure) -> Unavailable {
         self.metrics.errors[op as usize].increment(1);
-        if !away {
+        if failure == Failure::Command {
             tracing::warn!(op = op.label(), "Redis refused a command: {reason}");
         } else if self.up.swap(false, Ordering::Relaxed) {
+            if failure == Failure::PasswordRefused {
+                self.refusal_said.store(true, Ordering::Relaxed);
+            }
             self.metrics.up.set(0.0);
             tracing::warn!(
                 op = op.label(),
@@ -312,6 +385,13 @@ impl std::fmt::Debug for Redis {
             .field("up", &self.is_up())
             .finish_non_exhaustive()
     }
+}
+
+/// Whether Redis refused to let this client in: a wrong password, or none
+/// given where one is needed. Nothing works until the config changes.
+fn is_refused_password(err: &RedisError) -> bool {
+    err.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(err.code(), Some("NOAUTH" | "WRONGPASS"))
 }
 
 // === impl RedisMetrics ===

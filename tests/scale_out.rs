@@ -10,6 +10,7 @@ mod common;
 use std::{
     io::{Read as _, Write as _},
     net::{TcpListener as StdListener, TcpStream},
+    path::Path,
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -44,30 +45,36 @@ const HUNG: Duration = Duration::from_secs(30);
 /// empty Redis), killed by its watchdog when this process ends.
 struct RedisServer {
     port: u16,
+    /// Whether `port` is a TLS one (then there is no cleartext port).
+    tls: bool,
+    /// More `redis-server` options (certificates, a password).
+    options: Vec<String>,
 }
 
 impl RedisServer {
     fn get() -> &'static Self {
-        REDIS.get_or_init(|| {
-            let installed = Command::new("redis-server")
-                .arg("--version")
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|status| status.success());
-            assert!(
-                installed,
-                "redis-server is not installed: these tests need a real Redis \
-                 (Debian: apt-get install redis-server; scripts/test checks it first)"
-            );
-            let port = StdListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let server = Self { port };
-            server.start();
-            server
-        })
+        REDIS.get_or_init(|| Self::start_with(false, Vec::new()))
+    }
+
+    /// One more `redis-server`, with `options`, for this test alone.
+    fn start_with(tls: bool, options: Vec<String>) -> Self {
+        let installed = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        assert!(
+            installed,
+            "redis-server is not installed: these tests need a real Redis \
+             (Debian: apt-get install redis-server; scripts/test checks it first)"
+        );
+        let server = Self {
+            port: common::process::free_port(),
+            tls,
+            options,
+        };
+        server.start();
+        server
     }
 
     fn url(&self) -> String {
@@ -77,14 +84,22 @@ impl RedisServer {
     /// Starts it (again, empty) and waits until it answers. A shell beside
     /// it stops it once this test process is gone.
     fn start(&self) {
-        let script = r#"redis-server --port "$1" --bind 127.0.0.1 --save "" --appendonly no &
+        let script = r#"parent="$1"; shift
+redis-server --bind 127.0.0.1 --save "" --appendonly no "$@" &
 r=$!
-while kill -0 "$2" 2>/dev/null && kill -0 "$r" 2>/dev/null; do sleep 0.2; done
+while kill -0 "$parent" 2>/dev/null && kill -0 "$r" 2>/dev/null; do sleep 0.2; done
 kill "$r" 2>/dev/null"#;
+        let port = self.port.to_string();
+        let ports = if self.tls {
+            ["--port", "0", "--tls-port", &port]
+        } else {
+            ["--port", &port, "--tls-port", "0"]
+        };
         let mut watchdog = Command::new("sh")
             .args(["-c", script, "watchdog"])
-            .arg(self.port.to_string())
             .arg(std::process::id().to_string())
+            .args(ports)
+            .args(&self.options)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -93,7 +108,16 @@ kill "$r" 2>/dev/null"#;
         // Reaped when it ends (after its redis-server).
         std::thread::spawn(move || watchdog.wait());
         let started = Instant::now();
-        while self.command("PING").as_deref() != Some("+PONG\r\n") {
+        let answers = || {
+            if self.tls {
+                // Listening is enough: the gateway under test speaks TLS to it.
+                return TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+            }
+            // With a password, PING answers that one is needed.
+            self.command("PING")
+                .is_some_and(|reply| reply == "+PONG\r\n" || reply.starts_with("-NOAUTH"))
+        };
+        while !answers() {
             assert!(started.elapsed() < HUNG, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -241,17 +265,85 @@ impl Instance {
         }
     }
 
-    async fn redis_state(&self) -> String {
-        let body = self.admin_get("/readyz").await;
-        body["redis"].as_str().unwrap_or_default().to_owned()
+    async fn until_redis(&self, state: &str) {
+        until_redis(&self.gw.client, &self.admin("/readyz"), state).await;
+    }
+}
+
+/// Polls `readyz` until it reports Redis in `state` (`up` or `down`).
+async fn until_redis(client: &reqwest::Client, readyz: &str, state: &str) {
+    let started = Instant::now();
+    loop {
+        let response = client.get(readyz).send().await.unwrap();
+        let body: Json = response.json().await.unwrap();
+        if body["redis"] == state {
+            return;
+        }
+        assert!(
+            started.elapsed() < HUNG,
+            "Redis never reported {state}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `protogate serve` as a user runs it: the config `yaml`, the orders v2 set
+/// served by `backend`, the environment `env`; its log read line by line.
+struct Served {
+    child: common::process::Child,
+    log: common::process::Lines,
+    listen: String,
+    admin: String,
+    client: reqwest::Client,
+}
+
+impl Served {
+    async fn start(yaml: &str, backend: &Backend, env: &[(&str, &str)], dir: &Path) -> Self {
+        let config = dir.join("gateway.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let listen = format!("127.0.0.1:{}", common::process::free_port());
+        let admin = format!("127.0.0.1:{}", common::process::free_port());
+        let mut child = common::process::protogate()
+            .args(["serve", "--config"])
+            .arg(&config)
+            .args(["--listen", &listen, "--admin-listen", &admin])
+            .args(["--descriptor-set", "descriptor-sets/acme.orders.v2.binpb"])
+            .arg("--upstream")
+            .arg(format!("acme={}", backend.url()))
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = common::process::Lines::new(child.stderr.take().unwrap());
+        let served = Self {
+            child: common::process::Child(child),
+            log,
+            listen,
+            admin,
+            client: reqwest::Client::new(),
+        };
+        common::process::wait_for(&served.admin("/readyz")).await;
+        served
+    }
+
+    fn admin(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
     }
 
     async fn until_redis(&self, state: &str) {
-        let started = Instant::now();
-        while self.redis_state().await != state {
-            assert!(started.elapsed() < HUNG, "Redis never reported {state}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_redis(&self.client, &self.admin("/readyz"), state).await;
+    }
+
+    async fn get(&self, path: &str) -> u16 {
+        let url = format!("http://{}{path}", self.listen);
+        self.client.get(url).send().await.unwrap().status().as_u16()
+    }
+
+    /// Stops it; every line it logged.
+    fn stop(self) -> Vec<String> {
+        drop(self.child);
+        self.log.rest()
     }
 }
 
@@ -619,6 +711,277 @@ async fn redis_killed_and_restarted_empty_loses_nothing_and_is_reseeded() {
         metrics.contains("protogate_redis_command_duration_seconds_bucket{op=\"rate_limit\""),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_at_different_generations_reseed_an_emptied_redis_with_the_highest() {
+    let _alone = REDIS_USE.write().await;
+    let redis = RedisServer::get();
+    let _restart = RestartOnDrop(redis);
+    let prefix = prefix("generations");
+    let a = Instance::start(&prefix).await;
+    let b = Instance::start(&prefix).await;
+    let (status, body) = a.put_testing_set("protogate.testing.v1").await;
+    assert_eq!(status, 201, "{body}");
+    let first = body["generation"].as_u64().unwrap();
+    b.until_echo_served().await;
+    assert_eq!(b.listed_sets().await.0, first);
+
+    // `b` stops with its copy at the first generation; `a` moves on.
+    let Instance {
+        gw,
+        backend: _b_backend,
+        _dir: b_copy,
+    } = b;
+    gw.stop().await.unwrap();
+    let (status, body) =
+        a.gw.send(
+            a.gw.client
+                .put(a.admin("/admin/v1/upstreams/acme.orders.v1"))
+                .body(format!(r#"{{"url": "{}"}}"#, a.backend.url())),
+        )
+        .await;
+    assert_eq!((status, &body["changed"]), (200, &json!(true)), "{body}");
+    let (second, sets) = a.listed_sets().await;
+    assert_eq!(body["generation"], second);
+    assert!(second > first, "{second} after {first}");
+
+    // Redis goes away and `b` comes back from its older copy meanwhile.
+    redis.kill();
+    a.until_redis("down").await;
+    let b = Instance::start_with(&prefix, |config| {
+        config.descriptors.dir = Some(b_copy.path().to_owned());
+    })
+    .await;
+    b.until_redis("down").await;
+    assert_eq!(b.listed_sets().await, (first, sets.clone()));
+
+    // Redis returns empty: both write their copy back, the highest
+    // generation wins, and `b` takes it.
+    redis.start();
+    let started = Instant::now();
+    let key = format!("{prefix}registry");
+    let stored = format!("${}\r\n{second}\r\n", second.to_string().len());
+    loop {
+        let in_redis = redis.command(&format!("HGET {key} generation"));
+        if in_redis.as_deref() == Some(&*stored) && b.listed_sets().await.0 == second {
+            break;
+        }
+        assert!(
+            started.elapsed() < HUNG,
+            "never converged on generation {second}: Redis holds {in_redis:?}, b lists {:?}",
+            b.listed_sets().await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Nothing lost: both list the same sets at the highest generation, the
+    // upstream set through `a` reached `b`, and a newcomer gets it all.
+    assert_eq!(a.listed_sets().await, (second, sets.clone()));
+    assert_eq!(b.listed_sets().await, (second, sets.clone()));
+    let upstreams = b.admin_get("/admin/v1/upstreams").await;
+    let managed = upstreams["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["pattern"] == "acme.orders.v1" && u["source"] == "admin");
+    assert_eq!(
+        managed.map(|u| u["url"].clone()),
+        Some(json!(a.backend.url())),
+        "{upstreams}"
+    );
+    assert!(a.serves_echo().await && b.serves_echo().await);
+    let c = Instance::start(&prefix).await;
+    c.until_echo_served().await;
+    assert_eq!(c.listed_sets().await, (second, sets));
+}
+
+/// A CA made for one test and a certificate it signs for 127.0.0.1, written
+/// to `dir` as `ca.pem`, `redis.pem` and `redis-key.pem`.
+fn redis_certificates(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "scale-out test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    std::fs::write(
+        dir.join("ca.pem"),
+        params.self_signed(&ca_key).unwrap().pem(),
+    )
+    .unwrap();
+    let issuer = Issuer::new(params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let certificate = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    std::fs::write(dir.join("redis.pem"), certificate.pem()).unwrap();
+    std::fs::write(dir.join("redis-key.pem"), key.serialize_pem()).unwrap();
+}
+
+#[tokio::test]
+async fn rediss_with_a_password_from_the_environment_carries_quotas_and_the_registry() {
+    const PASSWORD_ENV: &str = "PROTOGATE_TEST_REDIS_PASSWORD";
+    const PASSWORD: &str = "correct-horse-battery-staple";
+    const WRONG: &str = "wrong-horse-battery-staple";
+    let dir = tempfile::tempdir().unwrap();
+    redis_certificates(dir.path());
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let redis = RedisServer::start_with(
+        true,
+        vec![
+            "--tls-cert-file".into(),
+            file("redis.pem"),
+            "--tls-key-file".into(),
+            file("redis-key.pem"),
+            "--tls-ca-cert-file".into(),
+            file("ca.pem"),
+            "--tls-auth-clients".into(),
+            "no".into(),
+            "--requirepass".into(),
+            PASSWORD.into(),
+        ],
+    );
+    let backend = Backend::start().await;
+    let config = |name: &str| {
+        let copy = dir.path().join(name);
+        std::fs::create_dir(&copy).unwrap();
+        format!(
+            "redis: {{ url: 'rediss://127.0.0.1:{}/0', key_prefix: 'tls:', timeout: 2s, password_env: {PASSWORD_ENV} }}\n\
+             rate_limit: {{ policy: redis, on_redis_error: allow, per_ip: {{ requests: 2, per: 1h }} }}\n\
+             registry: {{ store: redis }}\n\
+             descriptors: {{ dir: '{}' }}\n\
+             access_log: {{ enabled: false }}\n",
+            redis.port,
+            copy.display()
+        )
+    };
+    // The CA is trusted as a system one would be.
+    let ca = file("ca.pem");
+    let trusted = [("SSL_CERT_FILE", ca.as_str()), (PASSWORD_ENV, PASSWORD)];
+    let gateway = Served::start(&config("good"), &backend, &trusted, dir.path()).await;
+
+    // Counted in Redis: with `on_redis_error: allow`, only Redis says 429.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(gateway.get("/v2/orders/o-1").await);
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    let response = gateway
+        .client
+        .put(format!(
+            "{}?upstream={}",
+            gateway.admin("/admin/v1/descriptor-sets/protogate.testing.v1"),
+            backend.url()
+        ))
+        .header("content-type", "application/x-protobuf")
+        .body(common::testing_set().bytes)
+        .send()
+        .await
+        .unwrap();
+    // Stored in Redis first (201), then served here: routed, and refused
+    // only because this client's quota is spent.
+    assert_eq!(response.status(), 201, "{:?}", response.text().await);
+    assert_eq!(gateway.get("/v1/echo?stringValue=x").await, 429);
+    assert_eq!(gateway.get("/v1/no-such-route").await, 404);
+    gateway.until_redis("up").await;
+    let log = gateway.stop();
+    assert!(
+        !log.iter().any(|line| line.contains("Redis is unreachable")),
+        "{log:#?}"
+    );
+
+    // Redis' certificate is checked: without its CA, Redis is down.
+    let untrusted = [(PASSWORD_ENV, PASSWORD)];
+    let gateway = Served::start(&config("untrusted"), &backend, &untrusted, dir.path()).await;
+    gateway.until_redis("down").await;
+    gateway.stop();
+
+    // A wrong password: Redis is down for this gateway, the log names where
+    // the password came from and never shows it.
+    let wrong = [("SSL_CERT_FILE", ca.as_str()), (PASSWORD_ENV, WRONG)];
+    let gateway = Served::start(&config("wrong"), &backend, &wrong, dir.path()).await;
+    gateway.until_redis("down").await;
+    let status = gateway.get("/v2/orders/o-1").await;
+    let log = gateway.stop();
+    assert_eq!(status, 200, "{log:#?}");
+    let named = log
+        .iter()
+        .filter(|line| line.contains(&format!("redis.password_env ({PASSWORD_ENV})")))
+        .count();
+    assert_eq!(named, 1, "{log:#?}");
+    assert!(
+        !log.iter()
+            .any(|line| line.contains(WRONG) || line.contains(PASSWORD)),
+        "{log:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_says_once_that_redis_went_and_once_that_it_came_back() {
+    let _alone = REDIS_USE.write().await;
+    let redis = RedisServer::get();
+    let _restart = RestartOnDrop(redis);
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "redis: {{ url: '{}', key_prefix: '{}', timeout: 2s }}\n\
+         rate_limit: {{ policy: redis, per_ip: {{ requests: 1000000, per: 1s }} }}\n\
+         registry: {{ store: redis }}\n\
+         descriptors: {{ dir: '{}' }}\n\
+         access_log: {{ enabled: false }}\n",
+        redis.url(),
+        prefix("log"),
+        dir.path().display()
+    );
+    let gateway = Served::start(&yaml, &backend, &[], dir.path()).await;
+
+    // Four clients at a time, all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let url = format!("http://{}/v2/orders/o-1", gateway.listen);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, url) = (gateway.client.clone(), url.clone());
+            let (stop, served) = (stop.clone(), served.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let status = client.get(&url).send().await.unwrap().status();
+                    assert_eq!(status, 200, "while Redis comes and goes");
+                    served.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let until_served = |more: u64| {
+        let served = served.clone();
+        async move {
+            let target = served.load(Ordering::Relaxed) + more;
+            let started = Instant::now();
+            while served.load(Ordering::Relaxed) < target {
+                assert!(started.elapsed() < HUNG, "traffic stopped");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    until_served(100).await;
+    redis.kill();
+    gateway.until_redis("down").await;
+    until_served(200).await;
+    redis.start();
+    gateway.until_redis("up").await;
+    until_served(200).await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.expect("every request was served");
+    }
+
+    let log = gateway.stop();
+    let count = |what: &str| log.iter().filter(|line| line.contains(what)).count();
+    assert_eq!(count("Redis is unreachable"), 1, "{log:#?}");
+    assert_eq!(count("Redis is back"), 1, "{log:#?}");
 }
 
 #[tokio::test]

@@ -2,17 +2,36 @@
 //! instance shares, so that three instances with a quota of 100 admit 100,
 //! not 300.
 //!
-//! Each decision is one `EVALSHA` of a GCRA script: one atomic round trip,
-//! on the worker's own multiplexed connection, so concurrent decisions are
-//! pipelined rather than queued. The script counts exactly as governor does
-//! in process ([`LocalLimiter`]), with Redis' clock, so `RateLimit-*` and
-//! `Retry-After` mean the same whichever policy is on; a bucket's key
-//! expires when the bucket is full again. While Redis does not answer,
-//! `rate_limit.on_redis_error` decides.
+//! The decisions a worker takes while it runs its ready tasks go to Redis
+//! together: the first one opens this thread's batch and spawns the task
+//! that sends it, which runs after the tasks already woken, so that every
+//! decision they take joins. The batch is one `EVALSHA` of a GCRA script
+//! over all its keys: one write, one read and one wake-up on the worker's own
+//! multiplexed connection for the lot, and each decision still atomic and
+//! exact, since the script takes them one after the other (the same key
+//! twice counts twice). Answers come back through one shared slot per
+//! batch, without a channel per decision. The script counts exactly as
+//! governor does in process ([`LocalLimiter`]), with Redis' clock, so
+//! `RateLimit-*` and `Retry-After` mean the same whichever policy is on; a
+//! bucket's key expires when the bucket is full again. While Redis does not
+//! answer, `rate_limit.on_redis_error` decides.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    cell::RefCell,
+    fmt::Write as _,
+    future::Future,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, OnceLock,
+    },
+    time::Duration,
+};
 
-use redis::Script;
+use redis::{Cmd, Script};
+use tokio::{
+    runtime::{Handle, RuntimeFlavor},
+    sync::Notify,
+};
 
 use super::rate_limit::{BucketId, ClientKey, Decision, Limiter, LocalLimiter};
 use crate::{
@@ -20,27 +39,47 @@ use crate::{
     redis_client::{Op, Redis},
 };
 
-/// GCRA over one key holding the bucket's theoretical arrival time (µs,
-/// Redis' clock). `ARGV[1]`: the emission interval `t` (µs per request);
-/// `ARGV[2]`: the tolerance `tau = t * (burst - 1)`. Returns `{1, remaining}`
-/// or `{0, µs until the next call is allowed}`, as governor's
-/// `test_and_update` and `remaining_burst_capacity` do.
+/// GCRA over each key, in order, each holding its bucket's theoretical
+/// arrival time (µs, Redis' clock). `ARGV[2i-1]`: the emission interval `t`
+/// of key `i` (µs per request); `ARGV[2i]`: its tolerance
+/// `tau = t * (burst - 1)`. Returns per key `1, remaining` or `0, µs until
+/// the next call is allowed`, as governor's `test_and_update` and
+/// `remaining_burst_capacity` do.
 const GCRA: &str = r"
-local t = tonumber(ARGV[1])
-local tau = tonumber(ARGV[2])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local tat = tonumber(redis.call('GET', KEYS[1])) or now
-if now < tat - tau then
-  return {0, tat - tau - now}
+local verdicts = {}
+for i, key in ipairs(KEYS) do
+  local t = tonumber(ARGV[2 * i - 1])
+  local tau = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', key)) or now
+  if now < tat - tau then
+    verdicts[2 * i - 1] = 0
+    verdicts[2 * i] = tat - tau - now
+  else
+    local new_tat = math.max(tat, now) + t
+    redis.call('SET', key, string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+    verdicts[2 * i - 1] = 1
+    verdicts[2 * i] = math.floor(math.min(now + tau + t - new_tat, tau + t) / t)
+  end
 end
-local new_tat = math.max(tat, now) + t
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
-return {1, math.floor(math.min(now + tau + t - new_tat, tau + t) / t)}
+return verdicts
 ";
+
+/// Most decisions in one script call: a bigger batch waits for the next one,
+/// so that no call keeps Redis (single-threaded) busy for long.
+const MAX_BATCH: usize = 256;
+
+thread_local! {
+    /// The batches this thread is gathering, one per limiter, until their
+    /// task takes them.
+    static GATHERING: RefCell<Vec<Gathering>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Shared GCRA buckets, with this instance's own as the fallback.
 pub struct RedisLimiter {
+    /// Tells this limiter's batches apart from another gateway's in one process.
+    id: u64,
     redis: Arc<Redis>,
     buckets: Box<[SharedBucket]>,
     script: Script,
@@ -60,6 +99,26 @@ struct SharedBucket {
     tau: u64,
 }
 
+/// A batch being gathered on this thread: the decisions asked so far.
+struct Gathering {
+    limiter: u64,
+    batch: Arc<Batch>,
+    asked: Vec<(BucketId, ClientKey)>,
+}
+
+/// What the decisions of one batch wait for.
+#[derive(Default)]
+struct Batch {
+    /// Per decision `allowed, remaining or µs to wait`, flat; `None` when
+    /// Redis did not answer.
+    verdicts: OnceLock<Option<Box<[u64]>>>,
+    answered: Notify,
+}
+
+/// Wakes a batch's decisions when its task ends, answered or not (a task
+/// dropped with its runtime leaves no decision waiting).
+struct Answer(Arc<Batch>);
+
 // === impl RedisLimiter ===
 
 impl RedisLimiter {
@@ -70,6 +129,7 @@ impl RedisLimiter {
         on_error: OnRedisError,
         local: Arc<LocalLimiter>,
     ) -> Self {
+        static IDS: AtomicU64 = AtomicU64::new(0);
         let buckets = quotas
             .iter()
             .enumerate()
@@ -91,6 +151,7 @@ impl RedisLimiter {
             })
             .collect();
         Self {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             redis,
             buckets,
             script: Script::new(GCRA),
@@ -99,27 +160,120 @@ impl RedisLimiter {
         }
     }
 
-    async fn decide(&self, bucket: BucketId, key: &ClientKey) -> Decision {
+    async fn decide(self: &Arc<Self>, bucket: BucketId, key: &ClientKey) -> Decision {
         let Some(shared) = self.buckets.get(bucket.0) else {
             return self.local.decide(bucket, key);
         };
-        let mut invocation = self.script.key(shared.key(key));
-        invocation.arg(shared.t).arg(shared.tau);
-        match self
-            .redis
-            .invoke::<(u8, u64)>(Op::RateLimit, &invocation)
-            .await
-        {
-            Ok((1, remaining)) => shared.allowed(u32::try_from(remaining).unwrap_or(u32::MAX)),
-            Ok((_, wait)) => shared.refused(Duration::from_micros(wait)),
-            Err(_) => match self.on_error {
-                OnRedisError::Local => self.local.decide(bucket, key),
-                OnRedisError::Allow => shared.allowed(shared.quota.requests),
-                // As soon as Redis may be back (the first probe).
-                OnRedisError::Deny => shared.refused(Duration::from_secs(1)),
-            },
+        if !self.redis.is_up() {
+            return self.fallback(shared, bucket, key);
+        }
+        // A current-thread runtime (a serving worker) runs the batch's task
+        // on this thread, where the batch is gathered; elsewhere, alone.
+        let verdict = match Handle::try_current().map(|handle| handle.runtime_flavor()) {
+            Ok(RuntimeFlavor::CurrentThread) => self.join_batch(bucket, key).await,
+            _ => {
+                let verdicts = self.evaluate(&[(bucket, key.clone())]).await;
+                verdicts
+                    .as_deref()
+                    .and_then(|verdicts| verdict(verdicts, 0))
+            }
+        };
+        match verdict {
+            Some((1, remaining)) => shared.allowed(u32::try_from(remaining).unwrap_or(u32::MAX)),
+            Some((_, wait)) => shared.refused(Duration::from_micros(wait)),
+            None => self.fallback(shared, bucket, key),
         }
     }
+
+    /// While Redis does not answer: `rate_limit.on_redis_error`.
+    fn fallback(&self, shared: &SharedBucket, bucket: BucketId, key: &ClientKey) -> Decision {
+        match self.on_error {
+            OnRedisError::Local => self.local.decide(bucket, key),
+            OnRedisError::Allow => shared.allowed(shared.quota.requests),
+            // As soon as Redis may be back (the first probe).
+            OnRedisError::Deny => shared.refused(Duration::from_secs(1)),
+        }
+    }
+
+    /// Adds the decision to this thread's open batch (opening one, and
+    /// spawning its task, if there is none) and waits for its verdict.
+    async fn join_batch(self: &Arc<Self>, bucket: BucketId, key: &ClientKey) -> Option<(u64, u64)> {
+        let (batch, index) = GATHERING.with_borrow_mut(|gathering| {
+            let open = gathering
+                .iter_mut()
+                .rfind(|g| g.limiter == self.id && g.asked.len() < MAX_BATCH);
+            let open = match open {
+                Some(open) => open,
+                None => {
+                    let batch = Arc::new(Batch::default());
+                    tokio::spawn(self.clone().send(Answer(batch.clone())));
+                    gathering.push(Gathering {
+                        limiter: self.id,
+                        batch,
+                        asked: Vec::with_capacity(16),
+                    });
+                    gathering.last_mut()?
+                }
+            };
+            open.asked.push((bucket, key.clone()));
+            Some((open.batch.clone(), open.asked.len() - 1))
+        })?;
+        let answered = batch.answered.notified();
+        tokio::pin!(answered);
+        answered.as_mut().enable();
+        if batch.verdicts.get().is_none() {
+            answered.await;
+        }
+        verdict(batch.verdicts.get()?.as_deref()?, index)
+    }
+
+    /// The task of one batch: takes what was gathered by the time it runs,
+    /// asks Redis, and wakes the decisions (also when dropped unpolled, as
+    /// its runtime shuts down).
+    async fn send(self: Arc<Self>, answer: Answer) {
+        let asked = GATHERING.with_borrow_mut(|gathering| {
+            let index = gathering
+                .iter()
+                .position(|g| Arc::ptr_eq(&g.batch, &answer.0))?;
+            Some(gathering.swap_remove(index).asked)
+        });
+        let verdicts = match asked {
+            Some(asked) => self.evaluate(&asked).await,
+            None => None,
+        };
+        let _ = answer.0.verdicts.set(verdicts);
+    }
+
+    /// One script call over `asked`: per decision `allowed, remaining or µs
+    /// to wait`; `None` when Redis did not answer (or answered nonsense).
+    async fn evaluate(&self, asked: &[(BucketId, ClientKey)]) -> Option<Box<[u64]>> {
+        let mut evalsha = Cmd::with_capacity(3 + 3 * asked.len(), 64 + 96 * asked.len());
+        evalsha
+            .arg("EVALSHA")
+            .arg(self.script.get_hash())
+            .arg(asked.len());
+        let mut key = String::with_capacity(96);
+        for (bucket, client) in asked {
+            key.clear();
+            self.buckets.get(bucket.0)?.write_key(client, &mut key);
+            evalsha.arg(key.as_str());
+        }
+        for (bucket, _) in asked {
+            let shared = self.buckets.get(bucket.0)?;
+            evalsha.arg(shared.t).arg(shared.tau);
+        }
+        let verdicts: Vec<u64> = self
+            .redis
+            .eval(Op::RateLimit, &self.script, &evalsha)
+            .await
+            .ok()?;
+        (verdicts.len() == 2 * asked.len()).then(|| verdicts.into_boxed_slice())
+    }
+}
+
+/// Decision `index`'s verdict in a batch's flat answer.
+fn verdict(verdicts: &[u64], index: usize) -> Option<(u64, u64)> {
+    Some((*verdicts.get(2 * index)?, *verdicts.get(2 * index + 1)?))
 }
 
 impl Limiter for Arc<RedisLimiter> {
@@ -137,12 +291,20 @@ impl std::fmt::Debug for RedisLimiter {
     }
 }
 
+// === impl Answer ===
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        let _ = self.0.verdicts.set(None);
+        self.0.answered.notify_waiters();
+    }
+}
+
 // === impl SharedBucket ===
 
 impl SharedBucket {
-    /// The client's key in this bucket.
-    fn key(&self, client: &ClientKey) -> String {
-        let mut key = String::with_capacity(self.key_prefix.len() + 48);
+    /// Writes the client's key in this bucket to `key`.
+    fn write_key(&self, client: &ClientKey, key: &mut String) {
         key.push_str(&self.key_prefix);
         match client {
             ClientKey::User { issuer, subject } => {
@@ -153,12 +315,10 @@ impl SharedBucket {
                 key.push_str(subject);
             }
             ClientKey::Ip(ip) => {
-                use std::fmt::Write as _;
                 let _ = write!(key, "ip:{ip}");
             }
             ClientKey::Overflow => key.push_str("overflow"),
         }
-        key
     }
 
     /// The same numbers [`LocalLimiter::decide`] gives.
@@ -184,5 +344,115 @@ impl SharedBucket {
             retry_after,
             window: per,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::{IpAddr, Ipv4Addr, TcpListener, TcpStream},
+        process::{Child, Command, Stdio},
+    };
+
+    use super::*;
+    use crate::config::RedisConfig;
+
+    /// A `redis-server` of this test's own, stopped when dropped.
+    struct RedisServer(Child);
+
+    impl Drop for RedisServer {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn the_decisions_of_one_tick_go_in_one_call_and_each_counts_in_turn() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (Debian: apt-get install redis-server)");
+        let _server = RedisServer(child);
+        let started = std::time::Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let config = RedisConfig {
+            url: format!("redis://127.0.0.1:{port}/0"),
+            key_prefix: "unit:".into(),
+            timeout: Duration::from_secs(5),
+            password_env: None,
+        };
+        let quota = QuotaConfig {
+            requests: 100,
+            per: Duration::from_secs(3600),
+        };
+        // A serving worker's runtime.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let redis = Arc::new(Redis::new(&config, None).unwrap());
+            let local = LocalLimiter::new(&[quota], 16).unwrap();
+            // Deny when Redis does not answer: a fallback shows as refusals.
+            let limiter = Arc::new(RedisLimiter::new(
+                redis.clone(),
+                &[quota],
+                OnRedisError::Deny,
+                local,
+            ));
+            // Loads the script, so that the batch below is one call.
+            let other = ClientKey::Ip(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)));
+            assert!(limiter.check(BucketId(0), &other).await.allowed);
+            let _: () = redis
+                .query(Op::Ping, redis::cmd("CONFIG").arg("RESETSTAT"))
+                .await
+                .unwrap();
+
+            let client = ClientKey::Ip(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+            let decisions: Vec<_> = (0..150)
+                .map(|_| {
+                    let (limiter, client) = (limiter.clone(), client.clone());
+                    tokio::spawn(async move { limiter.check(BucketId(0), &client).await })
+                })
+                .collect();
+            let mut remaining = Vec::new();
+            let mut refused = 0;
+            for decision in decisions {
+                let decision = decision.await.unwrap();
+                if decision.allowed {
+                    remaining.push(decision.remaining);
+                } else {
+                    assert!(decision.retry_after > Duration::ZERO, "{decision:?}");
+                    refused += 1;
+                }
+            }
+            // One bucket counting down in the order asked, then refusing.
+            assert_eq!(remaining, (0..100).rev().collect::<Vec<u32>>());
+            assert_eq!(refused, 50);
+
+            let stats: String = redis
+                .query(Op::Ping, redis::cmd("INFO").arg("commandstats"))
+                .await
+                .unwrap();
+            let calls = stats
+                .lines()
+                .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+                .and_then(|rest| rest.split(',').next());
+            assert_eq!(calls, Some("1"), "{stats}");
+        });
     }
 }
