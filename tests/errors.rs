@@ -5,11 +5,16 @@ mod common;
 
 use std::time::Duration;
 
+use base64::Engine as _;
 use common::{
     assert_status,
     process::{free_port, protogate, wait_for, Child},
-    raw_exchange, upstream, violations, Backend, Gateway,
+    raw_exchange,
+    raw_upstream::{frame_of, Answer, RawUpstream},
+    upstream, violations, Backend, Gateway,
 };
+use prost::Message as _;
+use protogate::pb::google::rpc::{ErrorInfo, Status as RpcStatus};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -581,39 +586,15 @@ async fn https_upstream_is_verified_against_the_configured_ca() {
 
 /// An HTTP/2 server on loopback that answers every call with `reply` as its
 /// one message and an OK status, whatever the method's reply type.
-async fn upstream_replying(reply: &'static [u8]) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut connection) = h2::server::handshake(tcp).await else {
-                    return;
-                };
-                while let Some(Ok((_, mut respond))) = connection.accept().await {
-                    let head = http::Response::builder()
-                        .header("content-type", "application/grpc")
-                        .body(())
-                        .unwrap();
-                    let mut stream = respond.send_response(head, false).unwrap();
-                    let mut frame = vec![0];
-                    frame.extend_from_slice(&u32::try_from(reply.len()).unwrap().to_be_bytes());
-                    frame.extend_from_slice(reply);
-                    stream.send_data(frame.into(), false).unwrap();
-                    let mut trailers = http::HeaderMap::new();
-                    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-                    stream.send_trailers(trailers).unwrap();
-                }
-            });
-        }
-    });
-    url
+async fn upstream_replying(reply: &'static [u8]) -> RawUpstream {
+    RawUpstream::start(Answer::ok(vec![frame_of(reply)])).await
 }
 
 #[tokio::test]
 async fn a_reply_that_is_not_a_valid_message_is_502_on_both_client_paths() {
     // Field 1 (the order's id) announces 5 bytes and brings 1.
-    let url = upstream_replying(b"\x0a\x05a").await;
+    let raw = upstream_replying(b"\x0a\x05a").await;
+    let url = raw.url();
     let orders_from_it =
         |config: &mut protogate::Config| config.upstreams.push(upstream("acme.orders.v1", &url));
     // A serving worker's own HTTP/2 connection.
@@ -624,7 +605,7 @@ async fn a_reply_that_is_not_a_valid_message_is_502_on_both_client_paths() {
     assert!(!body.to_string().contains("acme.orders"), "{body}");
     assert_eq!(gw.get("/v2/orders/o-1").await.0, 200, "others still serve");
 
-    // A tonic channel: how calls from outside the serving workers go.
+    // The shared connection: how calls from outside the serving workers go.
     let backend = Backend::start().await;
     let mut config = protogate::Config {
         upstreams: vec![upstream("acme", &backend.url())],
@@ -652,9 +633,11 @@ async fn a_reply_whose_hidden_field_does_not_decode_is_502_not_printed_without_i
     // The order's id, then its internal note (field 10, never shown to
     // clients) holding bytes that are not UTF-8: prost-reflect refuses to
     // decode the reply, so the gateway must not print the rest as 200.
-    let url = upstream_replying(b"\x0a\x03o-1\x52\x02a\xff").await;
+    let raw = upstream_replying(b"\x0a\x03o-1\x52\x02a\xff").await;
     let gw = Gateway::start_with(|config| {
-        config.upstreams.push(upstream("acme.orders.v1", &url));
+        config
+            .upstreams
+            .push(upstream("acme.orders.v1", &raw.url()));
     })
     .await;
     let (status, body) = gw.get("/v1/orders/o-1").await;
@@ -708,4 +691,162 @@ async fn the_cause_of_a_5xx_is_logged_at_warn_with_the_request_id_and_the_upstre
     ] {
         assert!(line.contains(part), "`{part}` missing from: {line}");
     }
+}
+
+/// The status, code, message and details (but the request id) of an answer.
+fn outcome((status, body): &(u16, serde_json::Value)) -> (u16, serde_json::Value) {
+    let mut body = body.clone();
+    if let Some(details) = body["details"].as_array_mut() {
+        details.pop();
+    }
+    (*status, body)
+}
+
+/// The same misbehaving upstream behind a unary method and a server-streaming
+/// one: both paths give the client the same HTTP status, code, message and
+/// details (a reply stream's status waits for its first message).
+#[tokio::test]
+async fn a_misbehaving_upstream_is_answered_the_same_on_the_unary_and_the_streaming_path() {
+    let raw = RawUpstream::start(Answer::Silent).await;
+    let mut config = protogate::Config {
+        upstreams: vec![protogate::config::UpstreamConfig {
+            timeout: Duration::from_millis(300),
+            ..upstream("protogate.testing", &raw.url())
+        }],
+        ..protogate::Config::default()
+    };
+    config.access_log.enabled = false;
+    config.limits.max_response_message_bytes = 1024;
+    let gw = Gateway::serve(&config, vec![common::testing_set()]).await;
+
+    let info = ErrorInfo {
+        reason: "GONE".into(),
+        domain: "test".into(),
+        ..ErrorInfo::default()
+    };
+    let details = RpcStatus {
+        code: Code::NotFound as i32,
+        message: "no such thing".into(),
+        details: vec![prost_types::Any {
+            type_url: "type.googleapis.com/google.rpc.ErrorInfo".into(),
+            value: info.encode_to_vec(),
+        }],
+    };
+    let trailers_only = Answer::trailers_only(vec![
+        ("grpc-status", "5".into()),
+        ("grpc-message", "no%20such%20thing".into()),
+        (
+            "grpc-status-details-bin",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(details.encode_to_vec()),
+        ),
+    ]);
+    let partial = frame_of(b"partial")[..8].to_vec();
+    let mut compressed = frame_of(b"");
+    compressed[0] = 1;
+    // Before any message: after one, a stream's status is already sent.
+    let no_status = Answer::Reply {
+        http_status: 200,
+        headers: vec![("content-type", "application/grpc".into())],
+        chunks: Vec::new(),
+        trailers: None,
+    };
+    let table = [
+        (
+            "not gRPC's framing",
+            Answer::ok(vec![b"this is not gRPC".to_vec()]),
+            (502, Code::Internal, "upstream sent an invalid reply"),
+        ),
+        (
+            "not protobuf",
+            Answer::ok(vec![frame_of(&[0xff; 8])]),
+            (502, Code::Internal, "upstream sent an invalid reply"),
+        ),
+        (
+            "over the reply limit",
+            Answer::ok(vec![frame_of(&[b'x'; 2000])]),
+            (
+                502,
+                Code::ResourceExhausted,
+                "upstream reply message exceeds the limit of 1024 bytes",
+            ),
+        ),
+        (
+            "no answer",
+            Answer::Silent,
+            (504, Code::DeadlineExceeded, ""),
+        ),
+        (
+            "a stream reset mid-reply",
+            Answer::ResetAfter(vec![partial.clone()]),
+            (503, Code::Unavailable, "upstream unavailable"),
+        ),
+        (
+            "a connection closed mid-reply",
+            Answer::HangUpAfter(vec![partial]),
+            (503, Code::Unavailable, "upstream unavailable"),
+        ),
+        (
+            "a trailers-only error with details",
+            trailers_only,
+            (404, Code::NotFound, "no such thing"),
+        ),
+        (
+            "an HTTP error without a gRPC status",
+            Answer::http(503),
+            (503, Code::Unavailable, ""),
+        ),
+        (
+            "an HTTP 404 without a gRPC status",
+            Answer::http(404),
+            (501, Code::Unimplemented, "not implemented"),
+        ),
+        (
+            "a compressed message",
+            Answer::ok(vec![compressed]),
+            (502, Code::Internal, "upstream sent an invalid reply"),
+        ),
+        (
+            "a reply that ends inside a message",
+            Answer::ok(vec![frame_of(b"\x0a\x01x")[..6].to_vec()]),
+            (502, Code::Internal, "upstream sent an invalid reply"),
+        ),
+        (
+            "a reply without a grpc-status",
+            no_status,
+            (502, Code::Internal, "upstream sent an invalid reply"),
+        ),
+    ];
+    for (what, answer, (http, code, message)) in table {
+        raw.answer(answer);
+        let unary = gw.post("/v1/echo", json!({})).await;
+        let streamed = gw.get("/v1/items").await;
+        assert_eq!(unary.0, http, "{what}, unary: {}", unary.1);
+        assert_status(&unary.1, code, message);
+        assert_eq!(
+            outcome(&streamed),
+            outcome(&unary),
+            "{what}: the streaming path answers otherwise"
+        );
+        if what.contains("details") {
+            assert_eq!(
+                unary.1["details"][0],
+                json!({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "GONE", "domain": "test"}),
+                "{what}"
+            );
+        }
+    }
+    // An OK status and no message: a unary call lacks its reply, a stream is empty.
+    raw.answer(Answer::ok(Vec::new()));
+    let (status, body) = gw.post("/v1/echo", json!({})).await;
+    assert_eq!(status, 502, "{body}");
+    assert_status(&body, Code::Internal, "upstream sent an invalid reply");
+    assert_eq!(gw.get("/v1/items").await, (200, serde_json::Value::Null));
+
+    raw.answer(Answer::ok(vec![frame_of(b"")]));
+    assert_eq!(
+        gw.post("/v1/echo", json!({})).await.0,
+        200,
+        "and it serves on"
+    );
+    assert_eq!(gw.get("/v1/items").await.0, 200);
 }

@@ -18,13 +18,19 @@ use std::{
 };
 
 use bytes::Bytes;
-use common::{assert_status, upstream, Backend, Gateway};
+use common::{
+    assert_status,
+    raw_upstream::{frame_of, Answer, RawUpstream},
+    upstream, Backend, Gateway,
+};
+use prost::Message as _;
 use protogate::{
     pb::{
         google::api::HttpBody,
         protogate::testing::v1::{
             stream_test_service_server::{StreamTestService, StreamTestServiceServer},
-            DownloadRequest, Item, ItemList, ItemsRequest, UploadRequest, UploadSummary,
+            DownloadRequest, EchoMessage, Item, ItemList, ItemsRequest, UploadRequest,
+            UploadSummary,
         },
     },
     Config,
@@ -703,6 +709,32 @@ async fn bidi_replies_interleave_with_the_request_stream() {
     assert_eq!(within(lines.next_line()).await, None);
 }
 
+#[tokio::test]
+async fn a_request_message_larger_than_the_upstreams_window_is_sent_whole() {
+    // 3 MiB through the upstream's 1 MiB stream window: sent as the window
+    // opens, piece by piece.
+    let setup = start().await;
+    let gw = &setup.gw;
+    let payload = "y".repeat(3 << 20);
+    let body = format!("{{\"index\":1,\"payload\":\"{payload}\"}}\n{{\"index\":2}}\n");
+    let response = gw
+        .client
+        .post(gw.url("/v1/items:collect"))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send();
+    let response = within(response).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Json = response.json().await.unwrap();
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(
+        items[0]["payload"].as_str().map(str::len),
+        Some(payload.len())
+    );
+    assert_eq!(items[1], json!({"index": 2}));
+}
+
 // === cancellation and backpressure ===
 
 #[tokio::test]
@@ -863,6 +895,63 @@ async fn reply_over_the_response_limit_is_502_with_a_clear_message() {
     // Small replies still pass.
     let (status, _, body) = get(gw, "/v1/items?count=2&payloadBytes=10", None).await;
     assert_eq!((status, ndjson(&body).len()), (200, 2));
+}
+
+/// `messages` as one reply body cut into DATA frames of 3 bytes, 6 bytes
+/// and the rest (which h2 cuts into frames of its largest size).
+fn split_reply(messages: &[Vec<u8>]) -> Answer {
+    let body: Vec<u8> = messages.iter().flat_map(|m| frame_of(m)).collect();
+    Answer::ok(vec![
+        body[..3].to_vec(),
+        body[3..9].to_vec(),
+        body[9..].to_vec(),
+    ])
+}
+
+#[tokio::test]
+async fn replies_split_across_data_frames_and_over_the_stream_window_arrive_whole() {
+    // 3 MiB through a 2 MiB stream window: unless what was read is
+    // released, the upstream stops sending and the call waits out its deadline.
+    let big = "x".repeat(3 << 20);
+    let raw = RawUpstream::start(Answer::Silent).await;
+    let mut config = Config {
+        upstreams: vec![upstream("protogate.testing", &raw.url())],
+        ..Config::default()
+    };
+    config.access_log.enabled = false;
+    let gw = Gateway::serve(&config, vec![common::testing_set()]).await;
+
+    let echo = EchoMessage {
+        string_value: big.clone(),
+        ..EchoMessage::default()
+    };
+    raw.answer(split_reply(&[echo.encode_to_vec()]));
+    for _ in 0..2 {
+        let (status, body) = gw.post("/v1/echo", json!({})).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["stringValue"].as_str().map(str::len), Some(big.len()));
+    }
+
+    let item = |index| Item {
+        index,
+        payload: big.clone(),
+        ..Item::default()
+    };
+    raw.answer(split_reply(&[
+        item(1).encode_to_vec(),
+        item(2).encode_to_vec(),
+    ]));
+    let (status, _, body) = get(&gw, "/v1/items", None).await;
+    assert_eq!(status, 200);
+    let lines = ndjson(&body);
+    assert_eq!(lines.len(), 2, "{body:.200}");
+    for (line, index) in lines.iter().zip(1..) {
+        assert_eq!(line["result"]["index"], index);
+        assert_eq!(
+            line["result"]["payload"].as_str().map(str::len),
+            Some(big.len())
+        );
+    }
 }
 
 // === the example services ===

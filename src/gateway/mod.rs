@@ -83,7 +83,10 @@ impl Gateway {
             let started = Instant::now();
             let deadline = Deadline::start(upstream, asked);
             let path = method.grpc_path.clone();
-            let reply = upstream::unary(upstream, path, message, metadata, deadline).await;
+            let call = upstream::unary(upstream, path, &message, metadata, deadline);
+            // Framed by now: the request's future need not keep the message.
+            drop(message);
+            let reply = call.await;
             if let Some(context) = parts.extensions.get::<Arc<RequestContext>>() {
                 context.set_upstream_latency(started.elapsed());
             }

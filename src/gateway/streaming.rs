@@ -6,7 +6,8 @@
 //!   `HttpBody` request stream sends each body chunk raw. A bad value aborts
 //!   the call (the upstream never sees a clean end of a half-read stream).
 //! * Reply streams: the HTTP status waits for the first reply message, so an
-//!   error before it is an ordinary error response; after it, every message
+//!   error before it (or a first message that cannot be printed) is an
+//!   ordinary error response, as for a unary call; after it, every message
 //!   is framed ([`Framer`]) and written as soon as it arrives, and an error
 //!   ends the stream with a `google.rpc.Status` frame.
 //! * Nothing is buffered beyond one message each way: the response body pulls
@@ -293,7 +294,7 @@ fn reply_stream(
     } else {
         format.content_type()
     };
-    let body = ReplyBody {
+    let mut body = ReplyBody {
         replies,
         request_failed,
         gateway,
@@ -301,8 +302,17 @@ fn reply_stream(
         request_id,
         framer: (!raw).then(|| Framer::new(format)),
         filter,
+        first: None,
         done: false,
     };
+    // Printed before the status is sent: a first message the gateway cannot
+    // print is an ordinary error response, as a unary reply would be.
+    body.first = body
+        .replies
+        .first
+        .take()
+        .map(|first| body.print(&first))
+        .transpose()?;
     let mut response = (
         [(header::CONTENT_TYPE, content_type)],
         Body::from_stream(body.stream()),
@@ -328,6 +338,8 @@ struct ReplyBody {
     framer: Option<Framer>,
     /// The client's `fields` selection, applied to every message.
     filter: ReplyFilter,
+    /// The first message, printed.
+    first: Option<Bytes>,
     done: bool,
 }
 
@@ -349,12 +361,15 @@ impl ReplyBody {
         if self.done {
             return None;
         }
-        let next = match self.replies.first.take() {
-            Some(first) => Ok(Some(first)),
-            None => self.next_reply().await,
-        };
+        if let Some(first) = self.first.take() {
+            return Some(Ok(first));
+        }
+        let next = self
+            .next_reply()
+            .await
+            .and_then(|next| next.map(|message| self.print(&message)).transpose());
         match next {
-            Ok(Some(message)) => Some(self.frame(&message)),
+            Ok(Some(frame)) => Some(Ok(frame)),
             Ok(None) => {
                 self.done = true;
                 self.framer.as_ref()?.end().map(Ok)
@@ -375,22 +390,16 @@ impl ReplyBody {
         }
     }
 
-    fn frame(&mut self, reply: &[u8]) -> Result<Bytes, StreamAborted> {
+    /// `reply` as the client gets it: JSON in its frame, or the raw bytes
+    /// of an `HttpBody`.
+    fn print(&mut self, reply: &[u8]) -> Result<Bytes, Error> {
         let Some(framer) = &mut self.framer else {
-            let decoded = transcode::decode_reply(&self.matched.method().descriptor, reply);
-            return match decoded {
-                Ok(message) => Ok(transcode::raw_reply(&message, &self.matched.route().binding).1),
-                Err(err) => Err(StreamAborted(err)),
-            };
+            let message = transcode::decode_reply(&self.matched.method().descriptor, reply)?;
+            return Ok(transcode::raw_reply(&message, &self.matched.route().binding).1);
         };
         let shape = self.matched.reply_shape();
-        match self.filter.print(reply, shape, &self.gateway.options) {
-            Ok(json) => Ok(framer.message(&json)),
-            Err(err) => {
-                self.done = true;
-                self.error_frame(err)
-            }
-        }
+        let json = self.filter.print(reply, shape, &self.gateway.options)?;
+        Ok(framer.message(&json))
     }
 
     fn error_frame(&mut self, err: Error) -> Result<Bytes, StreamAborted> {

@@ -1,17 +1,16 @@
-//! The transport of an upstream call. A serving worker's upstream, h2c
-//! (`http://`) or TLS (`https://`, ALPN `h2`), is one HTTP/2 connection
-//! (the `h2` crate) that the worker owns and drives: a unary call opens a
-//! stream on it, sends its one frame and reads the reply in the calling
-//! task. Through hyper's client each call would be handed to the connection
-//! task over a channel and spawn two tasks of its own (one to wait for send
-//! capacity, one for the reply); through tonic's `Channel`, a buffer task
-//! and origin, user-agent, timeout and reconnect layers come on top --
-//! machinery for sharing a connection across threads, which a connection
-//! that never leaves its thread does not need (callgrind, instructions per
-//! GET: ~10k for tonic's channel layers, then ~21k for hyper's per-call
-//! tasks and tonic's codec streams).
-//! Streaming calls and calls from other threads (health probes, embedders)
-//! use tonic `Channel`s.
+//! The transport of every upstream call: one HTTP/2 connection (the `h2`
+//! crate) to an upstream, h2c (`http://`) or TLS (`https://`, ALPN `h2`),
+//! connected at the first call and again after it closed. A call opens a
+//! stream on it and reads the reply in the calling task. A serving worker
+//! has one of its own, driven by its runtime; other threads (health
+//! probes, embedders) share one. Through hyper's client each call would be
+//! handed to the connection task over a channel and spawn two tasks of its
+//! own (one to wait for send capacity, one for the reply); through tonic's
+//! `Channel`, a buffer task and origin, user-agent, timeout and reconnect
+//! layers come on top -- machinery for sharing a connection across
+//! threads, which a connection that never leaves its thread does not need
+//! (callgrind, instructions per GET: ~10k for tonic's channel layers, then
+//! ~21k for hyper's per-call tasks and tonic's codec streams).
 
 use std::{
     fmt,
@@ -24,25 +23,19 @@ use std::{
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use h2::client::{ResponseFuture, SendRequest};
+use h2::{
+    client::{ResponseFuture, SendRequest},
+    SendStream,
+};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tonic::transport::Channel;
 
 use super::tls::UpstreamTls;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Where one unary call goes.
-#[derive(Clone, Debug)]
-pub(crate) enum Connection {
-    Direct(Arc<Direct>),
-    Channel(Channel),
-}
-
-/// One worker's HTTP/2 connection to an upstream, connected at the first
-/// call and again after it closed.
-pub(crate) struct Direct {
+/// Where an upstream's connections go and how they start, from its URL.
+pub(crate) struct Target {
     scheme: Scheme,
     /// Where to connect: the URL's host and port.
     address: Authority,
@@ -51,6 +44,12 @@ pub(crate) struct Direct {
     /// For `https://`: the TLS handshake before HTTP/2's.
     tls: Option<UpstreamTls>,
     connect_timeout: Duration,
+}
+
+/// An HTTP/2 connection to an upstream, connected at the first call and
+/// again after it closed.
+pub(crate) struct Connection {
+    target: Arc<Target>,
     /// The open connection; read without locking on every call.
     open: ArcSwapOption<Open>,
     /// Held while connecting, so that calls arriving meanwhile wait for that
@@ -64,9 +63,9 @@ struct Open {
     closed: Arc<AtomicBool>,
 }
 
-// === impl Direct ===
+// === impl Target ===
 
-impl Direct {
+impl Target {
     /// For `url` (`http://host:port`, or `https://` with `tls`), connecting
     /// within `connect_timeout`; calls name the `tls` authority, else the URL's.
     pub(crate) fn new(
@@ -76,7 +75,9 @@ impl Direct {
     ) -> Option<Self> {
         let address = url.authority()?.clone();
         let scheme = url.scheme()?.clone();
-        if (scheme == Scheme::HTTPS) != tls.is_some() {
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS
+            || (scheme == Scheme::HTTPS) != tls.is_some()
+        {
             return None;
         }
         let authority = tls.as_ref().and_then(|tls| tls.authority.clone());
@@ -86,9 +87,28 @@ impl Direct {
             address,
             tls,
             connect_timeout,
+        })
+    }
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Target")
+            .field("authority", &self.authority)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Connection ===
+
+impl Connection {
+    /// Not connected until the first call.
+    pub(crate) fn new(target: Arc<Target>) -> Self {
+        Self {
+            target,
             open: ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
-        })
+        }
     }
 
     /// Opens a stream for `POST path` with `headers`, sends `body` as its
@@ -100,21 +120,31 @@ impl Direct {
         headers: http::HeaderMap,
         body: Bytes,
     ) -> Result<ResponseFuture, BoxError> {
+        let (response, mut stream) = self.open(path, headers).await?;
+        // Without reserved capacity h2 buffers the frame and sends it as the
+        // stream's window allows: no wait here.
+        stream.send_data(body, true)?;
+        Ok(response)
+    }
+
+    /// Opens a stream for `POST path` with `headers`, whose request body the
+    /// caller sends on the returned [`SendStream`].
+    pub(crate) async fn open(
+        &self,
+        path: PathAndQuery,
+        headers: http::HeaderMap,
+    ) -> Result<(ResponseFuture, SendStream<Bytes>), BoxError> {
         let sender = self.sender().await?;
         let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(self.scheme.clone());
-        uri.authority = Some(self.authority.clone());
+        uri.scheme = Some(self.target.scheme.clone());
+        uri.authority = Some(self.target.authority.clone());
         uri.path_and_query = Some(path);
         let mut request = http::Request::new(());
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = Uri::from_parts(uri)?;
         *request.headers_mut() = headers;
         let mut sender = sender.ready().await?;
-        let (response, mut stream) = sender.send_request(request, false)?;
-        // Without reserved capacity h2 buffers the frame and sends it as the
-        // stream's window allows: no wait here.
-        stream.send_data(body, true)?;
-        Ok(response)
+        Ok(sender.send_request(request, false)?)
     }
 
     /// The open connection, or a new one.
@@ -128,10 +158,11 @@ impl Direct {
         }
         // Boxed: the handshake's future is large, and every future that
         // awaits a call up to the connection's task would carry its size.
+        let target = &self.target;
         let open = Box::pin(connect(
-            self.address.clone(),
-            self.tls.as_ref(),
-            self.connect_timeout,
+            target.address.clone(),
+            target.tls.as_ref(),
+            target.connect_timeout,
         ))
         .await?;
         let sender = open.sender.clone();
@@ -147,10 +178,10 @@ impl Direct {
     }
 }
 
-impl fmt::Debug for Direct {
+impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Direct")
-            .field("authority", &self.authority)
+        f.debug_struct("Connection")
+            .field("authority", &self.target.authority)
             .finish_non_exhaustive()
     }
 }
@@ -201,14 +232,25 @@ where
         .handshake(io)
         .await?;
     let closed = Arc::new(AtomicBool::new(false));
-    let ended = closed.clone();
+    let ended = MarkClosed(closed.clone());
     tokio::spawn(async move {
+        let _ended = ended;
         if let Err(error) = connection.await {
             tracing::debug!(%error, %address, "upstream connection ended with an error");
         }
-        ended.store(true, Ordering::Release);
     });
     Ok(Open { sender, closed })
+}
+
+/// Marks a connection closed when its task ends, or is dropped with the
+/// runtime that ran it (a shared connection may have been made on a
+/// runtime that is gone): the next call connects again.
+struct MarkClosed(Arc<AtomicBool>);
+
+impl Drop for MarkClosed {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 #[cfg(test)]
@@ -221,30 +263,31 @@ mod tests {
         let uri: Uri = format!("http://{}", listener.local_addr().unwrap())
             .parse()
             .unwrap();
-        let direct = Direct::new(&uri, None, Duration::from_secs(1)).unwrap();
+        let target = Target::new(&uri, None, Duration::from_secs(1)).unwrap();
+        let connection = Connection::new(Arc::new(target));
         let accept_one = || tokio::time::timeout(Duration::from_millis(200), listener.accept());
 
         // Eight calls arrive before the first connection is made: one connect.
-        let senders = futures_util::future::join_all((0..8).map(|_| direct.sender())).await;
+        let senders = futures_util::future::join_all((0..8).map(|_| connection.sender())).await;
         assert!(senders.iter().all(Result::is_ok));
         drop(senders);
         let (upstream_end, _) = accept_one().await.expect("one connection").unwrap();
         assert!(accept_one().await.is_err(), "and only one");
-        assert!(direct.open_sender().is_some());
+        assert!(connection.open_sender().is_some());
 
         // The upstream closes it: the next call makes a new one.
         drop(upstream_end);
         for _ in 0..100 {
-            if direct.open_sender().is_none() {
+            if connection.open_sender().is_none() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(
-            direct.open_sender().is_none(),
+            connection.open_sender().is_none(),
             "the closed connection is noticed"
         );
-        assert!(direct.sender().await.is_ok());
+        assert!(connection.sender().await.is_ok());
         assert!(accept_one().await.is_ok(), "a new connection is made");
     }
 }

@@ -1,7 +1,8 @@
 //! Upstream health: each upstream is probed periodically with
-//! `grpc.health.v1.Health/Check` (service `""`, the server as a whole) over
-//! its own channel. An upstream that does not serve the health service
-//! counts as healthy when it answers at all: reachable or not by connection.
+//! `grpc.health.v1.Health/Check` (service `""`, the server as a whole), a
+//! unary call like any other, on the upstream's shared connection. An
+//! upstream that does not serve the health service counts as healthy when
+//! it answers at all: reachable or not by connection.
 
 use std::{
     sync::{
@@ -11,14 +12,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+use http::uri::PathAndQuery;
+use prost::Message as _;
 use tokio::task::JoinSet;
-use tonic::Code;
+use tonic::{metadata::MetadataMap, Code};
 use tonic_health::pb::{
-    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    health_check_response::ServingStatus, HealthCheckRequest, HealthCheckResponse,
 };
 
-use super::{Upstream, Upstreams};
-use crate::{config::HealthConfig, observe::metrics::Metrics};
+use super::{call::unary, deadline::Deadline, protocol::Payload, Upstream, Upstreams};
+use crate::{config::HealthConfig, error::Error, observe::metrics::Metrics};
 
 /// The last probe result of every upstream.
 #[derive(Debug)]
@@ -116,17 +119,22 @@ impl UpstreamHealth {
     }
 }
 
-/// One health check. `SERVING`, or an answer from a server without the
-/// health service, is healthy; anything else, or no answer in time, is not.
+/// One health check, within `timeout` (and the upstream's own). `SERVING`,
+/// or an answer from a server without the health service, is healthy;
+/// anything else, or no answer in time, is not.
 async fn probe(upstream: &Upstream, timeout: Duration) -> bool {
-    let mut client = HealthClient::new(upstream.channel());
-    let mut request = tonic::Request::new(HealthCheckRequest {
+    const CHECK: PathAndQuery = PathAndQuery::from_static("/grpc.health.v1.Health/Check");
+    let request = HealthCheckRequest {
         service: String::new(),
-    });
-    request.set_timeout(timeout);
-    match tokio::time::timeout(timeout, client.check(request)).await {
-        Ok(Ok(reply)) => reply.into_inner().status() == ServingStatus::Serving,
-        Ok(Err(status)) => matches!(status.code(), Code::Unimplemented | Code::NotFound),
+    };
+    let deadline = Deadline::start(upstream, Some(timeout));
+    let message = Payload::Wire(request.encode_to_vec());
+    match unary(upstream, CHECK, &message, MetadataMap::new(), deadline).await {
+        Ok(reply) => HealthCheckResponse::decode(reply.into_inner())
+            .is_ok_and(|reply| reply.status() == ServingStatus::Serving),
+        Err(Error::Upstream(status)) => {
+            matches!(status.code(), Code::Unimplemented | Code::NotFound)
+        }
         Err(_) => false,
     }
 }

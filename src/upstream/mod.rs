@@ -1,15 +1,16 @@
 //! Upstreams: the configured `pattern → URL`s, resolved for a service by
-//! longest match, and their lazily made connections: one per serving worker
-//! thread for unary calls, driven by that worker's runtime (see
-//! `connection`), and a shared tonic [`Channel`] for streaming calls, probes
-//! and calls from other threads. Connections live outside the catalog so
-//! that a reload never reconnects them.
+//! longest match, and their lazily made HTTP/2 connections: one per serving
+//! worker thread, driven by that worker's runtime, and one shared by other
+//! threads (health probes, embedders). Every kind of call takes the same
+//! way (`call`, `protocol`, `connection`); the thread only picks which of
+//! the upstream's connections it goes on. Connections live outside the
+//! catalog so that a reload never reconnects them.
 
 mod call;
-mod channel_calls;
-mod codec;
 mod connection;
+mod deadline;
 mod health;
+mod protocol;
 mod tls;
 
 use std::{
@@ -18,16 +19,14 @@ use std::{
     time::Duration,
 };
 
-pub use call::{asked_timeout, unary, Deadline};
-pub use channel_calls::{bidi_streaming, client_streaming, server_streaming, ReplyStream};
-pub use codec::{Outgoing, Payload};
+pub use call::{bidi_streaming, client_streaming, server_streaming, unary, Outgoing, ReplyStream};
+pub use deadline::{asked_timeout, Deadline};
 pub use health::{HealthState, UpstreamHealth};
+pub use protocol::Payload;
+
 use tonic::transport::{Channel, Endpoint};
 
-use self::{
-    connection::{Connection, Direct},
-    tls::UpstreamTls,
-};
+use self::connection::{Connection, Target};
 
 use crate::config::UpstreamConfig;
 
@@ -45,15 +44,14 @@ pub struct Upstream {
     grpc_timeout: http::HeaderValue,
     /// As configured: a reload keeps the connections when it is unchanged.
     config: UpstreamConfig,
-    endpoint: Endpoint,
-    /// For an `https://` upstream: how a worker connection starts TLS.
-    tls: Option<UpstreamTls>,
+    /// Where the connections go, and how they start TLS for `https://`.
+    target: Arc<Target>,
     /// One connection per serving worker, made on the worker's runtime at its
     /// first call, so that it is driven by the thread that uses it (and one
     /// connection's task and stream lock do not carry every call).
     per_worker: Box<[OnceLock<Connection>]>,
     /// For calls from other threads: health probes, embedders' runtimes.
-    shared: Channel,
+    shared: Connection,
 }
 
 /// Every configured upstream, longest pattern first.
@@ -156,47 +154,52 @@ impl Upstream {
         max_response_bytes: usize,
         workers: usize,
     ) -> Result<Self, UpstreamError> {
-        let (endpoint, tls) = endpoint(config)?;
+        let error = |reason: String| UpstreamError {
+            pattern: config.pattern.clone(),
+            reason,
+        };
+        let url: http::Uri = config
+            .url
+            .parse()
+            .map_err(|err| error(format!("invalid url `{}`: {err}", config.url)))?;
+        let tls = match (url.scheme_str(), url.authority()) {
+            (Some("https"), Some(host)) => Some(self::tls::connector(config, host).map_err(error)?),
+            _ => None,
+        };
+        let target = Target::new(&url, tls, connect_timeout(config.timeout)).ok_or_else(|| {
+            error(format!(
+                "url `{}` must be http://host:port or https://host:port",
+                config.url
+            ))
+        })?;
+        let target = Arc::new(target);
         Ok(Self {
             name: Arc::from(config.pattern.as_str()),
             url: config.url.clone(),
             timeout: config.timeout,
-            grpc_timeout: call::grpc_timeout(config.timeout),
+            grpc_timeout: deadline::grpc_timeout(config.timeout),
             max_response_bytes,
             config: config.clone(),
-            shared: endpoint.connect_lazy(),
             per_worker: (0..workers).map(|_| OnceLock::new()).collect(),
-            endpoint,
-            tls,
+            shared: Connection::new(target.clone()),
+            target,
         })
     }
 
-    /// The connection for a unary call from this thread.
-    pub(crate) fn connection(&self) -> Connection {
+    /// The connection for a call from this thread: a serving worker's own,
+    /// else the shared one.
+    fn connection(&self) -> &Connection {
         match WORKER.get().and_then(|index| self.per_worker.get(index)) {
-            Some(own) => own.get_or_init(|| self.worker_connection()).clone(),
-            None => Connection::Channel(self.shared.clone()),
-        }
-    }
-
-    /// The channel for a streaming call or a probe.
-    pub(crate) fn channel(&self) -> Channel {
-        self.shared.clone()
-    }
-
-    /// h2c and TLS alike go direct, on a connection of the worker's own.
-    fn worker_connection(&self) -> Connection {
-        let uri = self.endpoint.uri();
-        match Direct::new(uri, self.tls.clone(), connect_timeout(self.timeout)) {
-            Some(direct) => Connection::Direct(Arc::new(direct)),
-            None => Connection::Channel(self.endpoint.connect_lazy()),
+            Some(own) => own.get_or_init(|| Connection::new(self.target.clone())),
+            None => &self.shared,
         }
     }
 }
 
-/// The endpoint of `config`'s URL, with its TLS (CA, client certificate,
-/// server name) for `https://`, and how a worker connection starts that TLS.
-fn endpoint(config: &UpstreamConfig) -> Result<(Endpoint, Option<UpstreamTls>), UpstreamError> {
+/// A lazily connected tonic channel to `config`'s server, set up as an
+/// upstream's (for calls outside the catalog: reading a server's schema by
+/// reflection). Its statuses and limits are tonic's, not [`protocol`]'s.
+pub fn channel(config: &UpstreamConfig) -> Result<Channel, UpstreamError> {
     let error = |reason: String| UpstreamError {
         pattern: config.pattern.clone(),
         reason,
@@ -205,14 +208,13 @@ fn endpoint(config: &UpstreamConfig) -> Result<(Endpoint, Option<UpstreamTls>), 
         .map_err(|err| error(format!("invalid url `{}`: {err}", config.url)))?
         .connect_timeout(connect_timeout(config.timeout))
         .tcp_nodelay(true);
-    let mut tls = None;
-    if let (Some("https"), Some(url)) = (endpoint.uri().scheme_str(), endpoint.uri().authority()) {
-        let connector = self::tls::connector(config, url).map_err(error)?;
-        let channel_tls = self::tls::channel(config).map_err(error)?;
+    if let Some("https") = endpoint.uri().scheme_str() {
         endpoint = endpoint
-            .tls_config(channel_tls)
+            .tls_config(self::tls::channel(config).map_err(error)?)
             .map_err(|err| error(format!("TLS setup failed: {err}")))?;
-        if let Some(authority) = connector.authority.clone() {
+        if let Some(name) = &config.server_name {
+            let port = endpoint.uri().port_u16();
+            let authority = port.map_or_else(|| name.clone(), |port| format!("{name}:{port}"));
             let origin = http::Uri::builder()
                 .scheme("https")
                 .authority(authority)
@@ -221,15 +223,8 @@ fn endpoint(config: &UpstreamConfig) -> Result<(Endpoint, Option<UpstreamTls>), 
                 .map_err(|err| error(format!("server_name: {err}")))?;
             endpoint = endpoint.origin(origin);
         }
-        tls = Some(connector);
     }
-    Ok((endpoint, tls))
-}
-
-/// A lazily connected channel to `config`'s server, set up as an upstream's
-/// (for calls outside the catalog: reading a server's schema).
-pub fn channel(config: &UpstreamConfig) -> Result<Channel, UpstreamError> {
-    Ok(endpoint(config)?.0.connect_lazy())
+    Ok(endpoint.connect_lazy())
 }
 
 /// A connection attempt gives up after the call's timeout, 5 s at most.
@@ -252,8 +247,8 @@ pub(crate) fn bind_worker(index: usize) {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn unary_calls_to_https_upstreams_take_the_workers_own_connection() {
+    #[test]
+    fn a_worker_calls_on_its_own_connection_and_other_threads_on_the_shared_one() {
         let config = UpstreamConfig {
             pattern: "acme".into(),
             url: "https://127.0.0.1:1".into(),
@@ -263,15 +258,34 @@ mod tests {
             client_key_file: None,
             server_name: Some("backend.test".into()),
         };
-        let upstream = Upstream::new(&config, 1 << 20, 1).unwrap();
-        bind_worker(0);
-        match upstream.connection() {
-            Connection::Direct(direct) => {
-                let direct = format!("{direct:?}");
-                assert!(direct.contains("backend.test:1"), "{direct}");
-            }
-            Connection::Channel(_) => panic!("a tonic channel, not the worker's h2 connection"),
-        }
+        let upstream = Upstream::new(&config, 1 << 20, 2).unwrap();
+        let shared: *const Connection = &upstream.shared;
+        let on_thread = |worker: Option<usize>| {
+            std::thread::scope(|scope| {
+                scope
+                    .spawn(|| {
+                        if let Some(index) = worker {
+                            bind_worker(index);
+                        }
+                        let connection = upstream.connection();
+                        (
+                            std::ptr::from_ref(connection) as usize,
+                            format!("{connection:?}"),
+                        )
+                    })
+                    .join()
+                    .unwrap()
+            })
+        };
+        let (elsewhere, named) = on_thread(None);
+        assert_eq!(elsewhere, shared as usize);
+        assert!(named.contains("backend.test:1"), "{named}");
+        let (first, named) = on_thread(Some(0));
+        let (second, _) = on_thread(Some(1));
+        assert_ne!(first, shared as usize);
+        assert_ne!(first, second);
+        assert_eq!(on_thread(Some(0)).0, first, "a worker keeps its connection");
+        assert!(named.contains("backend.test:1"), "{named}");
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! the CAs trusted (`ca_file`, else the system's), the client certificate
 //! presented (`client_cert_file`, `client_key_file`: mutual TLS into a
 //! mesh) and the name sent as SNI and `:authority` (`server_name`, else the
-//! URL's host). The same settings go to the worker connections (rustls,
-//! ALPN `h2`) and to the tonic channel of streaming calls and probes.
+//! URL's host). Every connection to the upstream starts TLS with them
+//! (rustls, ALPN `h2`).
 
 use std::sync::Arc;
 
@@ -13,8 +13,8 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::{config::UpstreamConfig, pem};
 
-/// How a worker connection to the upstream starts TLS, and what its calls
-/// name as `:authority`.
+/// How a connection to the upstream starts TLS, and what its calls name
+/// as `:authority`.
 #[derive(Clone)]
 pub(crate) struct UpstreamTls {
     pub(crate) connector: tokio_rustls::TlsConnector,
@@ -31,7 +31,7 @@ impl std::fmt::Debug for UpstreamTls {
     }
 }
 
-/// The worker connections' TLS for `config`, whose URL is `https://` at `url`.
+/// The connections' TLS for `config`, whose URL is `https://` at `url`.
 pub(super) fn connector(config: &UpstreamConfig, url: &Authority) -> Result<UpstreamTls, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = match &config.ca_file {
@@ -74,7 +74,7 @@ pub(super) fn connector(config: &UpstreamConfig, url: &Authority) -> Result<Upst
     })
 }
 
-/// The tonic channel's TLS for `config`.
+/// The same settings for a tonic channel (schema discovery's).
 pub(super) fn channel(config: &UpstreamConfig) -> Result<ClientTlsConfig, String> {
     let read = |path: &std::path::Path| {
         std::fs::read(path).map_err(|err| format!("cannot read {}: {err}", path.display()))

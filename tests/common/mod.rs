@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod process;
+pub mod raw_upstream;
 pub mod tokens;
 
 use std::{net::SocketAddr, path::Path, time::Duration};
