@@ -18,6 +18,7 @@
 //! cargo run --release --example loadbench -- --tls --handshakes 5000 --workers 1  # new TLS handshakes on one core
 //! cargo run --release --example loadbench -- --only get --rate-limit redis      # quotas counted in a redis-server it starts
 //! cargo run --release --example loadbench -- --only get --otlp                  # every request's spans exported over OTLP
+//! cargo run --release --example loadbench -- --idle-connections 10000           # the memory of idle keep-alive connections
 //! ```
 //!
 //! With `--tls` or `--tls-upstream` a CA and `localhost`
@@ -25,7 +26,9 @@
 //!
 //! CPU per request comes from `/proc/<pid>/stat` (user + system time) before
 //! and after each workload; peak RSS from `/proc/<pid>/status` (`VmHWM`).
-//! The output is a markdown table.
+//! The output is a markdown table, then one `summary:` line (the date, the
+//! clients, the load average, and each workload's CPU and p99 ratios) to
+//! compare runs over time.
 
 use std::{
     error::Error,
@@ -40,7 +43,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum as _};
 use http_body_util::{BodyExt as _, Full};
 use hyper::{
     client::conn::{http1, http2},
@@ -146,6 +149,12 @@ struct Args {
     /// and drops them.
     #[arg(long)]
     otlp: bool,
+    /// Instead of the workloads: open this many keep-alive HTTP/1.1
+    /// connections to the started gateway, one GET each, leave them idle,
+    /// then close them, and report the gateway's resident memory before,
+    /// while they idle and after.
+    #[arg(long)]
+    idle_connections: Option<usize>,
     #[command(subcommand)]
     role: Option<Role>,
 }
@@ -1305,6 +1314,9 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
     } else {
         ""
     };
+    if let (Some(count), Some(pid)) = (args.idle_connections, gateway_pid) {
+        return idle_connections(gateway_addr, pid, count).await;
+    }
     println!(
         "{} requests per workload, {} keep-alive {client} connections{pace}{quotas}{spans}; gateway {} → backend {backend_url}\n",
         args.requests, args.concurrency, gateway_addr
@@ -1342,7 +1354,8 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
         (WorkloadName::List100, Workload::List(100)),
         (WorkloadName::Post, Workload::Post),
     ];
-    for (_, workload) in workloads
+    let mut summary = Vec::new();
+    for (short, workload) in workloads
         .into_iter()
         .filter(|(name, _)| args.only.is_empty() || args.only.contains(name))
     {
@@ -1417,6 +1430,16 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             (Some(ratio), 1) => format!("{ratio:.2}×"),
             (Some(ratio), _) => format!("{ratio:.2}× (of {})", all.join(", ")),
         };
+        summary.push(format!(
+            "{} cpu {} p99 {:.2}×",
+            short
+                .to_possible_value()
+                .map_or_else(String::new, |v| v.get_name().to_owned()),
+            rounds[rounds.len() / 2]
+                .ratio()
+                .map_or_else(|| "–".to_owned(), |ratio| format!("{ratio:.2}×")),
+            http.percentile(0.99) / grpc.percentile(0.99),
+        ));
         let gateway_cpu = gateway_cpu.map_or_else(|| "–".to_owned(), |g| g.to_string());
         let name = workload.name();
         println!(
@@ -1435,6 +1458,20 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             );
         }
     }
+    println!(
+        "\nsummary: {} {client}, {} connections, {}, workers {}, load average {}: {}",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+        args.concurrency,
+        args.rate
+            .map_or_else(|| "unpaced".to_owned(), |rate| format!("{rate}/s")),
+        args.workers,
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .unwrap_or("?"),
+        summary.join("; ")
+    );
     if args.handshakes > 0 {
         drive_handshakes(&target, args.concurrency * 10, args.concurrency).await?;
         let before = gateway_pid.map(cpu_time);
@@ -1513,5 +1550,82 @@ impl TraceService for SpanSink {
             .sum();
         self.spans.fetch_add(spans, Ordering::Relaxed);
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// How long the gateway's memory is left to settle before it is read: its
+/// idle connections' deadlines and the allocator's give-back pass run
+/// every few seconds.
+const SETTLE: Duration = Duration::from_secs(20);
+
+/// The gateway's resident memory with no client, with `count` idle
+/// keep-alive connections that made one GET each, and once they closed.
+async fn idle_connections(addr: SocketAddr, pid: u32, count: usize) -> Result<(), BoxError> {
+    // The client holds a descriptor per connection too.
+    rlimit::increase_nofile_limit(u64::MAX)?;
+    drive_http(&Target::cleartext(addr), Workload::Get, 100, 4, None).await?;
+    tokio::time::sleep(SETTLE).await;
+    let baseline = rss_mib(pid, "VmRSS:");
+    let mut connections = Vec::with_capacity(count);
+    // In batches, so that the listen backlog never overflows.
+    for batch in (0..count).collect::<Vec<_>>().chunks(500) {
+        let opened = batch.iter().map(|_| async {
+            let mut stream = TcpStream::connect(addr).await?;
+            one_get(&mut stream).await?;
+            Ok::<_, BoxError>(stream)
+        });
+        for stream in futures_util::future::join_all(opened).await {
+            connections.push(stream?);
+        }
+    }
+    tokio::time::sleep(SETTLE).await;
+    let idle = rss_mib(pid, "VmRSS:");
+    // Every connection still serves after idling.
+    for stream in connections.iter_mut().step_by(100) {
+        one_get(stream).await?;
+    }
+    drop(connections);
+    tokio::time::sleep(SETTLE).await;
+    let after = rss_mib(pid, "VmRSS:");
+    #[allow(clippy::cast_precision_loss)]
+    let per_connection = (idle - baseline) * 1024.0 / count as f64;
+    println!(
+        "gateway RSS: {baseline:.1} MiB with no client; {idle:.1} MiB with {count} idle keep-alive \
+         connections ({per_connection:.1} KiB each); {after:.1} MiB after they closed \
+         ({:+.0}% of the first); each figure {} s after the change",
+        (after / baseline - 1.0) * 100.0,
+        SETTLE.as_secs()
+    );
+    Ok(())
+}
+
+/// One `GET /v1/orders/o-1` on a keep-alive HTTP/1.1 connection, its
+/// response read to the end of its `content-length` body.
+async fn one_get(stream: &mut TcpStream) -> Result<(), BoxError> {
+    stream
+        .write_all(b"GET /v1/orders/o-1 HTTP/1.1\r\nhost: bench\r\n\r\n")
+        .await?;
+    let mut response = Vec::with_capacity(1024);
+    loop {
+        if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&response[..end])?;
+            if !head.starts_with("HTTP/1.1 200") {
+                return Err(format!("unexpected response: {head}").into());
+            }
+            let length: usize = head
+                .lines()
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .ok_or("no content-length")?;
+            if response.len() >= end + 4 + length {
+                return Ok(());
+            }
+        }
+        if stream.read_buf(&mut response).await? == 0 {
+            return Err("the gateway closed the connection".into());
+        }
     }
 }
