@@ -367,13 +367,12 @@ async fn served<T, S>(
             // would be kept there twice (as the argument, and pinned).
             let mut connection =
                 Box::pin(protocols.http2.serve_connection(TokioIo::new(io), service));
-            let check = first_head_by;
             supervise(
                 connection.as_mut(),
                 &progress,
                 timeouts,
                 &mut stopping,
-                check,
+                first_head_by,
             )
             .await;
             return;
