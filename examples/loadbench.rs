@@ -17,6 +17,8 @@
 //! cargo run --release --example loadbench -- --tls-upstream                     # the gateway calls the backend over TLS
 //! cargo run --release --example loadbench -- --tls --handshakes 5000 --workers 1  # new TLS handshakes on one core
 //! cargo run --release --example loadbench -- --only get --rate-limit redis      # quotas counted in a redis-server it starts
+//! cargo run --release --example loadbench -- --only get --otlp                  # every request's spans exported over OTLP
+//! cargo run --release --example loadbench -- --idle-connections 10000           # the memory of idle keep-alive connections
 //! ```
 //!
 //! With `--tls` or `--tls-upstream` a CA and `localhost`
@@ -24,24 +26,34 @@
 //!
 //! CPU per request comes from `/proc/<pid>/stat` (user + system time) before
 //! and after each workload; peak RSS from `/proc/<pid>/status` (`VmHWM`).
-//! The output is a markdown table.
+//! The output is a markdown table, then one `summary:` line (the date, the
+//! clients, the load average, and each workload's CPU and p99 ratios) to
+//! compare runs over time.
 
 use std::{
     error::Error,
     future::Future,
     net::SocketAddr,
     process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum as _};
 use http_body_util::{BodyExt as _, Full};
 use hyper::{
     client::conn::{http1, http2},
     Request,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    trace_service_server::{TraceService, TraceServiceServer},
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use prost::Message as _;
 use protogate::{
     demo,
@@ -132,6 +144,17 @@ struct Args {
     /// `redis` in a `redis-server` this benchmark starts on loopback.
     #[arg(long, value_enum)]
     rate_limit: Option<QuotaPolicy>,
+    /// The started gateway exports every request's spans (`tracing.otlp`,
+    /// sample ratio 1) to an OTLP collector in this process, which counts
+    /// and drops them.
+    #[arg(long)]
+    otlp: bool,
+    /// Instead of the workloads: open this many keep-alive HTTP/1.1
+    /// connections to the started gateway, one GET each, leave them idle,
+    /// then close them, and report the gateway's resident memory before,
+    /// while they idle and after.
+    #[arg(long)]
+    idle_connections: Option<usize>,
     #[command(subcommand)]
     role: Option<Role>,
 }
@@ -159,6 +182,10 @@ enum Role {
     /// between two processes over loopback TCP.
     #[command(hide = true)]
     Echo { listen: SocketAddr },
+    /// An OTLP collector that counts the spans it receives and keeps none,
+    /// for a gateway started by hand (`--otlp` starts its own).
+    #[command(hide = true)]
+    Collector { listen: SocketAddr },
     #[command(hide = true)]
     Floor {
         listen: SocketAddr,
@@ -191,6 +218,9 @@ enum Role {
         /// With `--rate-limit redis`.
         #[arg(long)]
         redis: Option<String>,
+        /// The OTLP collector to export spans to.
+        #[arg(long)]
+        otlp: Option<String>,
     },
 }
 
@@ -252,6 +282,10 @@ fn main() -> Result<(), BoxError> {
             }
         }),
         Some(Role::Echo { listen }) => runtime.block_on(serve_echo(listen)),
+        Some(Role::Collector { listen }) => runtime.block_on(async {
+            SpanSink::start(listen).await?;
+            std::future::pending().await
+        }),
         Some(Role::Floor { listen, upstream }) => serve_floor(listen, upstream),
         Some(Role::Gateway {
             listen,
@@ -265,6 +299,7 @@ fn main() -> Result<(), BoxError> {
             ca,
             rate_limit,
             redis,
+            otlp,
         }) => runtime.block_on(serve_gateway(
             GatewayArgs {
                 listen,
@@ -273,6 +308,7 @@ fn main() -> Result<(), BoxError> {
                 access_log,
                 workers,
                 rate_limit: rate_limit.map(|policy| (policy, redis)),
+                otlp,
             },
             TlsFiles {
                 listen: tls_listen,
@@ -292,6 +328,7 @@ struct GatewayArgs {
     access_log: bool,
     workers: usize,
     rate_limit: Option<(QuotaPolicy, Option<String>)>,
+    otlp: Option<String>,
 }
 
 /// The started gateway's HTTPS listener and the CA of an `https://` upstream.
@@ -310,6 +347,7 @@ async fn serve_gateway(args: GatewayArgs, tls: TlsFiles) -> Result<(), BoxError>
         access_log,
         workers,
         rate_limit,
+        otlp,
     } = args;
     // As the `protogate` binary runs: with its diagnostic log (and so the
     // request span) on.
@@ -320,6 +358,7 @@ async fn serve_gateway(args: GatewayArgs, tls: TlsFiles) -> Result<(), BoxError>
         ..Config::default()
     };
     config.access_log.enabled = access_log;
+    config.tracing.otlp = otlp.map(protogate::config::OtlpConfig::new);
     config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     if let Some((policy, redis)) = rate_limit {
         let mut yaml =
@@ -1167,6 +1206,11 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
         }
         _ => None,
     };
+    let collector = if args.otlp {
+        Some(SpanSink::start(SocketAddr::from(([127, 0, 0, 1], 0))).await?)
+    } else {
+        None
+    };
     let backend_addr = free_port()?;
     let mut backend_args = vec!["backend".into(), backend_addr.to_string()];
     let mut backend = Endpoint::from_shared(format!("http://{backend_addr}"))?;
@@ -1222,6 +1266,9 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             if let Some(redis) = &redis {
                 gateway_args.push(format!("--redis=redis://{}/0", redis.1));
             }
+            if let Some(collector) = &collector {
+                gateway_args.push(format!("--otlp=http://{}", collector.addr));
+            }
             let process = Process::spawn(&gateway_args)?;
             wait_for(addr).await?;
             if let Some(tls_addr) = tls_addr {
@@ -1262,8 +1309,16 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
         }
         _ => String::new(),
     };
+    let spans = if collector.is_some() {
+        ", every request's spans exported over OTLP"
+    } else {
+        ""
+    };
+    if let (Some(count), Some(pid)) = (args.idle_connections, gateway_pid) {
+        return idle_connections(gateway_addr, pid, count).await;
+    }
     println!(
-        "{} requests per workload, {} keep-alive {client} connections{pace}{quotas}; gateway {} → backend {backend_url}\n",
+        "{} requests per workload, {} keep-alive {client} connections{pace}{quotas}{spans}; gateway {} → backend {backend_url}\n",
         args.requests, args.concurrency, gateway_addr
     );
     // What any proxy in a process of its own adds at the least: one more
@@ -1299,7 +1354,8 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
         (WorkloadName::List100, Workload::List(100)),
         (WorkloadName::Post, Workload::Post),
     ];
-    for (_, workload) in workloads
+    let mut summary = Vec::new();
+    for (short, workload) in workloads
         .into_iter()
         .filter(|(name, _)| args.only.is_empty() || args.only.contains(name))
     {
@@ -1374,6 +1430,16 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             (Some(ratio), 1) => format!("{ratio:.2}×"),
             (Some(ratio), _) => format!("{ratio:.2}× (of {})", all.join(", ")),
         };
+        summary.push(format!(
+            "{} cpu {} p99 {:.2}×",
+            short
+                .to_possible_value()
+                .map_or_else(String::new, |v| v.get_name().to_owned()),
+            rounds[rounds.len() / 2]
+                .ratio()
+                .map_or_else(|| "–".to_owned(), |ratio| format!("{ratio:.2}×")),
+            http.percentile(0.99) / grpc.percentile(0.99),
+        ));
         let gateway_cpu = gateway_cpu.map_or_else(|| "–".to_owned(), |g| g.to_string());
         let name = workload.name();
         println!(
@@ -1392,6 +1458,20 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             );
         }
     }
+    println!(
+        "\nsummary: {} {client}, {} connections, {}, workers {}, load average {}: {}",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+        args.concurrency,
+        args.rate
+            .map_or_else(|| "unpaced".to_owned(), |rate| format!("{rate}/s")),
+        args.workers,
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .unwrap_or("?"),
+        summary.join("; ")
+    );
     if args.handshakes > 0 {
         drive_handshakes(&target, args.concurrency * 10, args.concurrency).await?;
         let before = gateway_pid.map(cpu_time);
@@ -1422,5 +1502,130 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             peak_rss_mib(backend_process.pid())
         );
     }
+    if let Some(collector) = &collector {
+        println!(
+            "spans received by the OTLP collector: {}",
+            collector.spans.load(Ordering::Relaxed)
+        );
+    }
     Ok(())
+}
+
+/// An OTLP trace collector on loopback that counts the spans it receives
+/// and keeps none.
+#[derive(Clone)]
+struct SpanSink {
+    addr: SocketAddr,
+    spans: Arc<AtomicU64>,
+}
+
+impl SpanSink {
+    async fn start(listen: SocketAddr) -> Result<Self, BoxError> {
+        let listener = TcpListener::bind(listen).await?;
+        let sink = Self {
+            addr: listener.local_addr()?,
+            spans: Arc::default(),
+        };
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(sink.clone()))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        Ok(sink)
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for SpanSink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let spans = request
+            .into_inner()
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len() as u64)
+            .sum();
+        self.spans.fetch_add(spans, Ordering::Relaxed);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// How long the gateway's memory is left to settle before it is read: its
+/// idle connections' deadlines and the allocator's give-back pass run
+/// every few seconds.
+const SETTLE: Duration = Duration::from_secs(20);
+
+/// The gateway's resident memory with no client, with `count` idle
+/// keep-alive connections that made one GET each, and once they closed.
+async fn idle_connections(addr: SocketAddr, pid: u32, count: usize) -> Result<(), BoxError> {
+    // The client holds a descriptor per connection too.
+    rlimit::increase_nofile_limit(u64::MAX)?;
+    drive_http(&Target::cleartext(addr), Workload::Get, 100, 4, None).await?;
+    tokio::time::sleep(SETTLE).await;
+    let baseline = rss_mib(pid, "VmRSS:");
+    let mut connections = Vec::with_capacity(count);
+    // In batches, so that the listen backlog never overflows.
+    for batch in (0..count).collect::<Vec<_>>().chunks(500) {
+        let opened = batch.iter().map(|_| async {
+            let mut stream = TcpStream::connect(addr).await?;
+            one_get(&mut stream).await?;
+            Ok::<_, BoxError>(stream)
+        });
+        for stream in futures_util::future::join_all(opened).await {
+            connections.push(stream?);
+        }
+    }
+    tokio::time::sleep(SETTLE).await;
+    let idle = rss_mib(pid, "VmRSS:");
+    // Every connection still serves after idling.
+    for stream in connections.iter_mut().step_by(100) {
+        one_get(stream).await?;
+    }
+    drop(connections);
+    tokio::time::sleep(SETTLE).await;
+    let after = rss_mib(pid, "VmRSS:");
+    #[allow(clippy::cast_precision_loss)]
+    let per_connection = (idle - baseline) * 1024.0 / count as f64;
+    println!(
+        "gateway RSS: {baseline:.1} MiB with no client; {idle:.1} MiB with {count} idle keep-alive \
+         connections ({per_connection:.1} KiB each); {after:.1} MiB after they closed \
+         ({:+.0}% of the first); each figure {} s after the change",
+        (after / baseline - 1.0) * 100.0,
+        SETTLE.as_secs()
+    );
+    Ok(())
+}
+
+/// One `GET /v1/orders/o-1` on a keep-alive HTTP/1.1 connection, its
+/// response read to the end of its `content-length` body.
+async fn one_get(stream: &mut TcpStream) -> Result<(), BoxError> {
+    stream
+        .write_all(b"GET /v1/orders/o-1 HTTP/1.1\r\nhost: bench\r\n\r\n")
+        .await?;
+    let mut response = Vec::with_capacity(1024);
+    loop {
+        if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&response[..end])?;
+            if !head.starts_with("HTTP/1.1 200") {
+                return Err(format!("unexpected response: {head}").into());
+            }
+            let length: usize = head
+                .lines()
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .ok_or("no content-length")?;
+            if response.len() >= end + 4 + length {
+                return Ok(());
+            }
+        }
+        if stream.read_buf(&mut response).await? == 0 {
+            return Err("the gateway closed the connection".into());
+        }
+    }
 }

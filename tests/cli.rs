@@ -328,6 +328,42 @@ fn a_config_files_relative_paths_are_relative_to_its_folder() {
     );
 }
 
+/// `check --config` validates trace export as `serve` would, naming the key.
+#[test]
+fn check_config_names_a_bad_otlp_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.yaml");
+    let sets = format!(
+        "descriptors: {{ files: ['{MANIFEST}/descriptor-sets/acme.users.v1.binpb'] }}\n\
+         upstreams: [{{ pattern: acme, url: 'http://127.0.0.1:1' }}]\n"
+    );
+    for (otlp, refused) in [
+        (
+            "{ endpoint: 'http://127.0.0.1:4317', sample_ratio: 2 }",
+            Some("tracing.otlp.sample_ratio"),
+        ),
+        (
+            "{ endpoint: 'http://127.0.0.1:4317', protocol: http/protobuf }",
+            Some("tracing.otlp.protocol"),
+        ),
+        (
+            "{ endpoint: '127.0.0.1:4317' }",
+            Some("tracing.otlp.endpoint"),
+        ),
+        (
+            "{ endpoint: 'http://127.0.0.1:4317', sample_ratio: 0.5, headers: { x-api-key: k } }",
+            None,
+        ),
+    ] {
+        std::fs::write(&config, format!("{sets}tracing: {{ otlp: {otlp} }}\n")).unwrap();
+        let (ok, _, stderr) = run_blocking(protogate().args(["check", "--config"]).arg(&config));
+        match refused {
+            Some(key) => assert!(!ok && stderr.contains(key), "{otlp}: {stderr}"),
+            None => assert!(ok, "{otlp}: {stderr}"),
+        }
+    }
+}
+
 // === test tokens and the example config ===
 
 /// `protogate token` signs with the RSA fixture; a gateway that trusts its

@@ -1,5 +1,6 @@
 //! Client connections on the public listener: header-read and idle
-//! timeouts, HTTP/2 pings and idleness, the connection cap, and the admin
+//! timeouts, idle HTTP/1.1 connections parked and taken up again, HTTP/2
+//! pings and idleness, the connection cap, and the admin
 //! listener still answering while the public one is full. Raw sockets, since
 //! these are about what happens between requests.
 
@@ -104,10 +105,12 @@ async fn a_silent_connection_is_closed_after_the_header_read_timeout() {
     assert!(read_until_closed(&mut silent).await.is_empty());
 }
 
+/// Parked first (quiet for a quarter of the idle timeout), then closed.
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let gw = Gateway::start_with(|config| {
-        config.limits.idle_timeout = Duration::from_millis(300);
+        config.limits.header_read_timeout = Duration::from_millis(100);
+        config.limits.idle_timeout = Duration::from_millis(400);
     })
     .await;
     let mut idle = connect(&gw).await;
@@ -115,6 +118,73 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     get_ok(&mut idle).await;
     // Closed without a word: nothing was asked.
     assert!(read_until_closed(&mut idle).await.is_empty());
+}
+
+/// A connection quiet for a quarter of the idle timeout (at most 2 s) is
+/// parked: hyper's connection and its buffers are dropped, the socket kept.
+/// Each request after a pause longer than that is taken up by a new one.
+#[tokio::test]
+async fn a_parked_keep_alive_connection_serves_its_next_requests() {
+    let gw = Gateway::start_with(|config| {
+        config.limits.header_read_timeout = Duration::from_millis(100);
+        config.limits.idle_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let mut idle = connect(&gw).await;
+    for _ in 0..3 {
+        get_ok(&mut idle).await;
+        // Parked within two quarters of the idle timeout.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    // Pipelined after parking: both served, in order.
+    idle.write_all(&[GET, GET].concat()).await.unwrap();
+    for _ in 0..2 {
+        let response = read_response(&mut idle).await.expect("a response");
+        assert_eq!(response.status, 200, "{response:?}");
+    }
+}
+
+/// Stopping the gateway closes a parked connection at once: it has nothing
+/// in flight, and its idle timeout is far off.
+#[tokio::test]
+async fn shutdown_closes_a_parked_connection_at_once() {
+    let gw = Gateway::start_with(|config| {
+        config.limits.header_read_timeout = Duration::from_millis(100);
+        config.limits.idle_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let mut idle = connect(&gw).await;
+    get_ok(&mut idle).await;
+    // Parked within twice the 2 s interval.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    tokio::time::timeout(common::HANG_GUARD, gw.stop())
+        .await
+        .expect("the gateway stops before the idle timeout")
+        .unwrap();
+    assert!(read_until_closed(&mut idle).await.is_empty());
+}
+
+/// The start of a pipelined request that hyper read with the one before
+/// it is handed to the connection that takes up the parked socket: it is
+/// not lost, and as a head begun it has `header_read_timeout` to end, not
+/// the idle timeout (before parking, it waited the idle timeout and was
+/// closed without an answer).
+#[tokio::test]
+async fn a_pipelined_head_cut_short_outlives_parking_and_is_answered_408() {
+    let gw = Gateway::start_with(|config| {
+        config.limits.header_read_timeout = Duration::from_millis(300);
+        config.limits.idle_timeout = Duration::from_secs(4);
+    })
+    .await;
+    let mut slow = connect(&gw).await;
+    slow.write_all(&[GET, HEAD_CUT_SHORT].concat())
+        .await
+        .unwrap();
+    let first = read_response(&mut slow).await.expect("the first response");
+    assert_eq!(first.status, 200, "{first:?}");
+    let response = read_response(&mut slow).await.expect("a 408");
+    assert_request_timeout(&response);
+    assert!(read_until_closed(&mut slow).await.is_empty());
 }
 
 /// hyper's own header timer also runs while a keep-alive connection waits

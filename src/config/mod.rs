@@ -16,6 +16,7 @@ mod discover;
 mod openapi;
 mod policy;
 mod tls;
+mod tracing;
 
 pub use self::discover::DiscoverConfig;
 pub use self::openapi::{DocumentPolicy, OpenApiConfig, ServerConfig};
@@ -25,6 +26,7 @@ pub use self::policy::{
     QuotasConfig, RateLimitConfig, RateLimitPolicy,
 };
 pub use self::tls::{CertificateConfig, ClientAuth, ClientIdentityField, TlsConfig};
+pub use self::tracing::{OtlpConfig, OtlpProtocol, TracingConfig};
 pub use crate::deprecation::DeprecationConfig;
 
 /// The whole configuration file.
@@ -70,6 +72,8 @@ pub struct Config {
     /// The Redis that several instances share (quotas, registry); none by default.
     pub redis: Option<RedisConfig>,
     pub registry: RegistryConfig,
+    /// Spans of each request, exported to an OpenTelemetry collector.
+    pub tracing: TracingConfig,
     /// gRPC servers whose services are read through server reflection and
     /// served from them; none by default.
     pub discover: Vec<DiscoverConfig>,
@@ -400,6 +404,7 @@ impl Default for Config {
             tls: None,
             redis: None,
             registry: RegistryConfig::default(),
+            tracing: TracingConfig::default(),
             discover: Vec::new(),
         }
     }
@@ -657,6 +662,7 @@ impl Config {
             })?;
         policy::validate(self)?;
         tls::validate(self)?;
+        tracing::validate(&self.tracing)?;
         discover::validate(self)?;
         self.validate_redis()?;
         self.validate_observability()

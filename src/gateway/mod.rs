@@ -7,10 +7,15 @@
 mod payload;
 mod streaming;
 
-use std::{future::Future, sync::Arc, time::Instant};
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{extract::Request, response::Response};
-use tonic::metadata::MetadataMap;
+use http::request::Parts;
+use tonic::{metadata::MetadataMap, Code};
 
 use self::payload::{reply_filter, upstream_of};
 use crate::{
@@ -87,9 +92,8 @@ impl Gateway {
             // Framed by now: the request's future need not keep the message.
             drop(message);
             let reply = call.await;
-            if let Some(context) = parts.extensions.get::<Arc<RequestContext>>() {
-                context.set_upstream_latency(started.elapsed());
-            }
+            let code = reply.as_ref().map_or_else(Error::code, |_| Code::Ok);
+            record_upstream_call(&parts, started, Some((started.elapsed(), code)));
             let (reply_metadata, reply, _) = reply?.into_parts();
             let mut response = self.reply_response(&reply, &matched, &filter)?;
             if self.upstream_headers_returned {
@@ -99,5 +103,14 @@ impl Gateway {
             }
             Ok(response)
         }
+    }
+}
+
+/// Tells the request's observers (metrics, log, spans) about its upstream
+/// call: when it started, and how long it took and how it ended when it is
+/// over (unary; a stream ends with the response).
+fn record_upstream_call(parts: &Parts, started: Instant, finished: Option<(Duration, Code)>) {
+    if let Some(context) = parts.extensions.get::<Arc<RequestContext>>() {
+        context.set_upstream_call(started, finished);
     }
 }

@@ -15,7 +15,7 @@
 //!   one, so a slow reader slows the upstream through HTTP/2 flow control.
 //!   A client that goes away drops the body, which resets the upstream call.
 
-use std::{future::pending, sync::Arc};
+use std::{future::pending, sync::Arc, time::Instant};
 
 use axum::{
     body::{Body, BodyDataStream, Bytes},
@@ -29,7 +29,7 @@ use tonic::metadata::MetadataMap;
 
 use super::{
     payload::{check_json_content_type, reply_filter, upstream_of},
-    Gateway,
+    record_upstream_call, Gateway,
 };
 use crate::{
     error::Error,
@@ -61,6 +61,7 @@ pub(crate) async fn call(
 
     if kind == CallKind::ServerStreaming {
         let message = gateway.request_payload(&matched, &parts, body).await?;
+        record_upstream_call(&parts, Instant::now(), None);
         let replies = upstream::server_streaming(&upstream, path, message, metadata).await?;
         return reply_stream(
             replies,
@@ -75,6 +76,7 @@ pub(crate) async fn call(
     let (fail, failed) = oneshot::channel();
     let mut failed = Some(failed);
     let messages = RequestFeed::new(gateway.clone(), matched.clone(), &parts, body, fail)?.stream();
+    record_upstream_call(&parts, Instant::now(), None);
     if kind == CallKind::ClientStreaming {
         let deadline = Deadline::start(&upstream, asked);
         let reply = tokio::select! {

@@ -20,6 +20,7 @@
 //! | `protogate_redis_up` | gauge | |
 //! | `protogate_redis_errors_total` | counter | op (`rate_limit`, `registry_read`, `registry_write`, `subscribe`, `ping`) |
 //! | `protogate_redis_command_duration_seconds` | histogram | op |
+//! | `protogate_otlp_dropped_spans_total` | counter | |
 //! | `protogate_discovery_errors_total` | counter | url (a configured `discover[].url`) |
 
 use std::{
@@ -68,6 +69,7 @@ const CERTIFICATE_EXPIRY: &str = "protogate_tls_certificate_expiry_timestamp_sec
 const REDIS_UP: &str = "protogate_redis_up";
 const REDIS_ERRORS: &str = "protogate_redis_errors_total";
 const REDIS_DURATION: &str = "protogate_redis_command_duration_seconds";
+const OTLP_DROPPED: &str = "protogate_otlp_dropped_spans_total";
 const DISCOVERY_ERRORS: &str = "protogate_discovery_errors_total";
 
 /// Redis command buckets: 100 µs to 1 s (loopback answers in tens of µs).
@@ -217,6 +219,11 @@ impl Metrics {
             counter.absolute(0);
             counter
         })
+    }
+
+    /// The count of spans dropped on their way to the OTLP collector.
+    pub fn otlp_dropped_spans(&self) -> Counter {
+        self.record(|| counter!(OTLP_DROPPED))
     }
 
     fn request_finished(
@@ -387,6 +394,10 @@ fn describe() {
     describe_counter!(
         DISCOVERY_ERRORS,
         "schema readings through server reflection that failed or were refused, by server"
+    );
+    describe_counter!(
+        OTLP_DROPPED,
+        "Spans dropped, not exported: the queue to the OTLP collector was full, or the collector did not take them"
     );
 }
 

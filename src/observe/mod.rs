@@ -3,10 +3,13 @@
 //!
 //! * [`metrics`] -- Prometheus metrics, labelled by route template, never raw path
 //! * [`access_log`] -- one structured line per finished request
+//! * [`otlp`] -- a server and a client span per sampled request, to an
+//!   OpenTelemetry collector
 
 pub mod access_log;
 mod body;
 pub mod metrics;
+pub mod otlp;
 
 use std::{
     io::IsTerminal as _,
@@ -50,16 +53,40 @@ pub struct RequestContext {
     started: Instant,
     bytes_in: AtomicU64,
     route: OnceLock<(Arc<dyn LabelledRoutes>, RouteId)>,
-    upstream_latency: OnceLock<Duration>,
+    upstream_call: OnceLock<UpstreamCall>,
     consumer: OnceLock<Arc<str>>,
     /// Why the request's token was refused, as a bounded label.
     refused_token: OnceLock<&'static str>,
+}
+
+/// The upstream call of a request, as the gateway made it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UpstreamCall {
+    /// When it started, since the request's start.
+    pub(crate) started: Duration,
+    /// How long a unary call took and its gRPC code; `None` for a stream,
+    /// which ends with the response.
+    pub(crate) finished: Option<(Duration, Code)>,
 }
 
 /// Where a matched route's labels are read (the catalog it was matched
 /// in), kept by the request until its log line and metrics are written.
 pub trait LabelledRoutes: Send + Sync + std::fmt::Debug {
     fn labels(&self, route: RouteId) -> RouteLabels<'_>;
+    fn span_facts(&self, route: RouteId) -> SpanFacts<'_>;
+}
+
+/// What a matched route's spans say of it besides its labels.
+#[derive(Debug, Clone, Copy)]
+pub struct SpanFacts<'a> {
+    /// The path template alone: `/v1/orders/{id}`.
+    pub template: &'a str,
+    /// `acme.orders.v1.OrderService`.
+    pub service: &'a str,
+    /// `GetOrder`.
+    pub method: &'a str,
+    /// The upstream's URL; `None` in catalogs built for `protogate check`.
+    pub upstream: Option<&'a http::Uri>,
 }
 
 /// The bounded labels of a request: route template, upstream and RPC.
@@ -105,7 +132,7 @@ impl RequestContext {
             started: Instant::now(),
             bytes_in: AtomicU64::new(0),
             route: OnceLock::new(),
-            upstream_latency: OnceLock::new(),
+            upstream_call: OnceLock::new(),
             consumer: OnceLock::new(),
             refused_token: OnceLock::new(),
         });
@@ -131,9 +158,17 @@ impl RequestContext {
         let _ = self.route.set((routes, route));
     }
 
-    /// Records how long the upstream call took (gateway).
-    pub(crate) fn set_upstream_latency(&self, latency: Duration) {
-        let _ = self.upstream_latency.set(latency);
+    /// Records the upstream call that started at `started` (gateway), and
+    /// how long it took and its code when it is over already (unary).
+    pub(crate) fn set_upstream_call(&self, started: Instant, finished: Option<(Duration, Code)>) {
+        let _ = self.upstream_call.set(UpstreamCall {
+            started: started.saturating_duration_since(self.started),
+            finished,
+        });
+    }
+
+    pub(crate) fn upstream_call(&self) -> Option<UpstreamCall> {
+        self.upstream_call.get().copied()
     }
 
     /// Records who called: the verified token subject (authentication).
@@ -156,8 +191,9 @@ impl RequestContext {
         self.started.elapsed()
     }
 
+    /// How long a unary upstream call took.
     pub fn upstream_latency(&self) -> Option<Duration> {
-        self.upstream_latency.get().copied()
+        Some(self.upstream_call.get()?.finished?.0)
     }
 
     /// Request body bytes read so far.
@@ -168,6 +204,12 @@ impl RequestContext {
     /// The token subject, or `anonymous`.
     pub fn consumer(&self) -> &str {
         self.consumer.get().map_or("anonymous", |c| c)
+    }
+
+    /// The matched route's facts, for its spans.
+    pub(crate) fn span_facts(&self) -> Option<SpanFacts<'_>> {
+        let (routes, id) = self.route.get()?;
+        Some(routes.span_facts(*id))
     }
 
     pub fn labels(&self) -> RouteLabels<'_> {

@@ -12,7 +12,7 @@ use crate::{
     deprecation::Deprecation,
     error::DetailTypes,
     http_rule::{template::PathTemplate, BindingPlan},
-    observe::{LabelledRoutes, RouteLabels},
+    observe::{LabelledRoutes, RouteLabels, SpanFacts},
     policy::RoutePolicy,
     router::{Capture, Lookup, RouteId, Router},
     transcode::{FieldRules, JsonPlans, MaskTree, MethodRules, ReplyShape},
@@ -190,6 +190,33 @@ impl LabelledRoutes for Catalog {
             upstream: method.upstream.as_ref().map_or("none", |u| &u.name),
             rpc: method.grpc_path.as_str(),
         }
+    }
+
+    fn span_facts(&self, id: RouteId) -> SpanFacts<'_> {
+        let route = self.route(id);
+        let plan = self.method(route);
+        let method = plan.descriptor.name();
+        // `/{service}/{method}`.
+        let path = plan.grpc_path.as_str();
+        SpanFacts {
+            template: route.path_template(),
+            service: path
+                .get(1..path.len().saturating_sub(method.len() + 1))
+                .unwrap_or_default(),
+            method,
+            upstream: plan.upstream.as_ref().map(|u| u.uri()),
+        }
+    }
+}
+
+// === impl Route ===
+
+impl Route {
+    /// The template as the rule wrote it: the label after its method.
+    pub fn path_template(&self) -> &str {
+        self.label
+            .get(self.http_method.as_str().len() + 1..)
+            .unwrap_or_default()
     }
 }
 

@@ -22,8 +22,8 @@ impl RequestIds {
     /// `x-request-id` (minted when absent), `x-correlation-id` (the client's,
     /// else the request id) and this hop's `traceparent`, each set on the
     /// request for the upstream. Malformed ids must be gone already
-    /// (`policy::sanitize`).
-    pub(crate) fn decide(request: &mut Request) -> Self {
+    /// (`policy::sanitize`). `exporting`: see [`trace_context::start`].
+    pub(crate) fn decide(request: &mut Request, exporting: Option<trace_context::Sampler>) -> Self {
         // Entries: one lookup per id, whether it is kept or set.
         let request_id = match request.headers_mut().entry(X_REQUEST_ID) {
             Entry::Occupied(id) => id.get().clone(),
@@ -38,7 +38,7 @@ impl RequestIds {
             Entry::Occupied(id) => id.get().clone(),
             Entry::Vacant(slot) => slot.insert(request_id.clone()).clone(),
         };
-        let traceparent = trace_context::start(request);
+        let traceparent = trace_context::start(request, exporting);
         Self {
             request_id,
             correlation_id,

@@ -5,6 +5,13 @@
 //! parent id, forwards both headers to the upstream as gRPC metadata (the
 //! header policy's step 12) and returns its `traceparent` to the client, so that a client without
 //! tracing still learns the trace id to quote.
+//!
+//! When spans are exported (`tracing.otlp`), the new parent id is the
+//! gateway's server span, and a sampled request also gets a client span
+//! for its upstream call ([`HopSpans`]): the upstream is then sent the
+//! client span's id, so that its spans hang under the call that made them.
+//! A new trace is then sampled by ratio ([`Sampler`]); a continued one
+//! keeps its caller's sampled flag.
 
 use std::fmt;
 
@@ -13,6 +20,9 @@ use http::{HeaderName, HeaderValue};
 
 pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub(crate) static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// The `sampled` bit of the trace flags.
+const SAMPLED: u8 = 0x01;
 
 /// A parsed `traceparent`: `00-<trace id>-<parent id>-<flags>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,14 +60,23 @@ impl TraceParent {
         })
     }
 
-    /// A new trace, sampled.
-    fn root() -> Self {
+    /// A new trace: sampled, or as `sampler` decides.
+    fn root(sampler: Option<Sampler>) -> Self {
         let (high, low) = uuid::Uuid::new_v4().as_u64_pair();
+        let trace_id = u128::from(high) << 64 | u128::from(low);
         Self {
-            trace_id: u128::from(high) << 64 | u128::from(low),
+            trace_id,
             parent_id: new_span_id(),
-            flags: 0x01,
+            flags: match sampler {
+                Some(sampler) if !sampler.samples(trace_id) => 0,
+                _ => SAMPLED,
+            },
         }
+    }
+
+    /// Whether the trace is being recorded (the `sampled` flag).
+    pub fn sampled(self) -> bool {
+        self.flags & SAMPLED != 0
     }
 
     /// This hop: same trace and flags, a new parent id.
@@ -96,6 +115,39 @@ impl fmt::Display for TraceParent {
     }
 }
 
+/// The spans of this hop besides the server span (whose id is this hop's
+/// [`TraceParent::parent_id`]), in the extensions of a sampled request
+/// when spans are exported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HopSpans {
+    /// The caller's span: the server span's parent, `None` for a new trace.
+    pub caller: Option<u64>,
+    /// The span of the upstream call, the parent the upstream is sent.
+    pub client: u64,
+}
+
+/// Ratio sampling of new traces, decided by the trace id alone, as
+/// OpenTelemetry's `TraceIdRatioBased` does: the top 63 of its low 64 bits
+/// below the ratio's share of 2^63.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sampler {
+    threshold: u64,
+}
+
+impl Sampler {
+    /// `ratio` is between 0 (none) and 1 (every trace).
+    pub fn ratio(ratio: f64) -> Self {
+        // Saturating: a ratio of 1 gives 2^63, above every 63-bit value.
+        Self {
+            threshold: (ratio.clamp(0.0, 1.0) * (1u64 << 63) as f64) as u64,
+        }
+    }
+
+    pub fn samples(self, trace_id: u128) -> bool {
+        ((trace_id as u64) >> 1) < self.threshold
+    }
+}
+
 fn new_span_id() -> u64 {
     // Never zero: zero is the invalid id.
     uuid::Uuid::new_v4().as_u64_pair().0.max(1)
@@ -109,11 +161,13 @@ fn hex(text: &str) -> Option<u128> {
         .flatten()
 }
 
-/// Part of step 1: replaces the request's `traceparent` with this hop's,
-/// drops a `tracestate` that came without a valid `traceparent`, stores the
-/// [`TraceParent`] in the extensions, and returns the value to send back to
-/// the client.
-pub fn start(request: &mut Request) -> HeaderValue {
+/// Part of step 1: replaces the request's `traceparent` with the one the
+/// upstream is to see, drops a `tracestate` that came without a valid
+/// `traceparent`, stores this hop's [`TraceParent`] (and, when `exporting`
+/// spans of a sampled trace, its [`HopSpans`]) in the extensions, and
+/// returns the value to send back to the client. `exporting`: how new
+/// traces are sampled, `None` when spans are not exported.
+pub fn start(request: &mut Request, exporting: Option<Sampler>) -> HeaderValue {
     let incoming = request
         .headers()
         .get(&TRACEPARENT)
@@ -123,13 +177,22 @@ pub fn start(request: &mut Request) -> HeaderValue {
         Some(parent) => parent.child(),
         None => {
             request.headers_mut().remove(&TRACESTATE);
-            TraceParent::root()
+            TraceParent::root(exporting)
         }
     };
     let value = hop.header_value();
-    request
-        .headers_mut()
-        .insert(TRACEPARENT.clone(), value.clone());
+    let upstream = match exporting {
+        Some(_) if hop.sampled() => {
+            let client = hop.child();
+            request.extensions_mut().insert(HopSpans {
+                caller: incoming.map(|parent| parent.parent_id),
+                client: client.parent_id,
+            });
+            client.header_value()
+        }
+        _ => value.clone(),
+    };
+    request.headers_mut().insert(TRACEPARENT.clone(), upstream);
     request.extensions_mut().insert(hop);
     value
 }
@@ -194,7 +257,7 @@ mod tests {
         assert_eq!(parsed.parent_id, 0x00f067aa0ba902b7);
         assert_eq!(parsed.to_string(), text);
         assert_eq!(parsed.header_value(), text);
-        let root = TraceParent::root();
+        let root = TraceParent::root(None);
         assert_eq!(root.header_value(), root.to_string().as_str());
     }
 
@@ -228,5 +291,33 @@ mod tests {
         let hop = parent.child();
         assert_eq!((hop.trace_id, hop.flags), (parent.trace_id, parent.flags));
         assert_ne!(hop.parent_id, parent.parent_id);
+    }
+
+    #[test]
+    fn ratio_sampling_follows_the_trace_ids_low_half() {
+        let low = |bits: u64| 0xffff_0000_0000_0000_0000_0000_0000_0000 | u128::from(bits);
+        let (none, half, all) = (
+            Sampler::ratio(0.0),
+            Sampler::ratio(0.5),
+            Sampler::ratio(1.0),
+        );
+        for id in [low(0), low(1 << 63), low(u64::MAX), u128::MAX] {
+            assert!(!none.samples(id) && all.samples(id), "{id:x}");
+        }
+        assert!(half.samples(low((1 << 63) - 1)));
+        assert!(!half.samples(low(1 << 63)));
+        let sampled = (0..10_000u64)
+            .filter(|i| {
+                Sampler::ratio(0.25).samples(u128::from(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+            })
+            .count();
+        assert!((2_000..3_000).contains(&sampled), "{sampled}");
+    }
+
+    #[test]
+    fn new_traces_are_sampled_as_the_sampler_says() {
+        assert!(TraceParent::root(None).sampled());
+        assert!(TraceParent::root(Some(Sampler::ratio(1.0))).sampled());
+        assert!(!TraceParent::root(Some(Sampler::ratio(0.0))).sampled());
     }
 }

@@ -8,6 +8,14 @@
 //!   from that byte (Go's and Envoy's split; hyper's one header timer counts
 //!   both from the end of the last response). A head still incomplete then
 //!   is answered 408.
+//! * An HTTP/1.1 connection quiet between requests for [`PARK_AFTER`] (or a
+//!   quarter of `idle_timeout`, if shorter) is parked: hyper's connection,
+//!   with its two 8 KiB buffers, is ended without closing the socket, and
+//!   the bare socket waits for readiness (a few hundred bytes) until the
+//!   client sends again, when a new hyper connection takes it up with any
+//!   bytes the old one had read. Its idle deadline and its place under the
+//!   connection cap are kept. A busy connection is looked at once per
+//!   interval, never per request.
 //! * An HTTP/2 connection on which no request starts for `idle_timeout` is
 //!   sent GOAWAY; the streams in flight finish. Pings probe it meanwhile
 //!   (`limits.http2_keepalive_interval`, `limits.http2_keepalive_timeout`).
@@ -22,6 +30,9 @@
 //!
 //! The bookkeeping is a few relaxed atomics per request; the one timer that
 //! watches for idleness is re-armed lazily (when it fires), not per request.
+//! HTTP/1.1 and HTTP/2 are told apart by the first bytes, as hyper-util's
+//! `auto` builder does, so that an HTTP/1.1 connection is hyper's own
+//! `http1::Connection`, which can be ended without closing its socket.
 
 use std::{
     fmt,
@@ -30,7 +41,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed},
         Arc,
     },
     task::{ready, Context, Poll},
@@ -38,19 +49,21 @@ use std::{
 };
 
 use axum::{body::Body, extract::ConnectInfo, response::Response};
+use bytes::{Buf as _, Bytes};
 use http::{Request, StatusCode, Version};
 use http_body::Body as _;
 use hyper::{
     body::Incoming,
     rt::{Sleep, Timer},
+    server::conn::{http1, http2},
 };
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto::Builder, graceful::GracefulConnection},
+    server::graceful::GracefulConnection,
     service::TowerToHyperService,
 };
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf},
     net::TcpStream,
     sync::watch,
 };
@@ -72,11 +85,21 @@ use crate::{
 /// only for lists past this cap. h2 buffers a header list whole, hence a cap.
 const HTTP2_HEADER_LIST_CAP: u32 = 4 * MAX_HEADER_LIST_BYTES as u32;
 
+/// How long an HTTP/1.1 connection stays quiet between requests (to twice
+/// this) before it is parked: long enough that a busy connection never is,
+/// short enough that idle ones give their buffers back within seconds.
+const PARK_AFTER: Duration = Duration::from_secs(2);
+
+/// The first bytes of every HTTP/2 connection (RFC 9113, 3.4).
+const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// The connection deadlines, from `limits`.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Timeouts {
     header_read: Duration,
     idle: Duration,
+    /// [`PARK_AFTER`], or a quarter of `idle` if shorter.
+    park_after: Duration,
     http2_keepalive_interval: Duration,
     http2_keepalive_timeout: Duration,
 }
@@ -84,9 +107,24 @@ pub(super) struct Timeouts {
 /// What a worker's connections share: the HTTP/1.1 and HTTP/2 settings,
 /// the deadlines and the signal to stop.
 pub(super) struct Connections {
-    builder: Builder<TokioExecutor>,
+    protocols: Arc<Protocols>,
     timeouts: Timeouts,
     stop: watch::Sender<bool>,
+}
+
+/// hyper's HTTP/1.1 and HTTP/2 settings.
+struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+/// How [`supervise`] left a connection.
+#[derive(Debug, PartialEq, Eq)]
+enum Supervised {
+    /// It ended (closed, timed out or drained).
+    Ended,
+    /// It is an idle HTTP/1.1 connection, still open: park it.
+    Idle,
 }
 
 /// How far a connection has got, shared by its [`Io`], its [`HeadClock`],
@@ -105,6 +143,10 @@ struct Progress {
     /// The status the gateway answers with as the connection closes; 0 for
     /// none. Once set, whatever hyper writes is dropped.
     last_words: AtomicU16,
+    /// Whether hyper flushed after its last write: its write buffer is
+    /// empty, so the next write begins something new, and the connection
+    /// may be parked.
+    flushed: AtomicBool,
 }
 
 /// [`Progress::phase`]: nothing yet (the protocol is being read, or HTTP/2
@@ -126,6 +168,8 @@ enum Verdict {
     Close,
     /// Let what is in flight finish, take nothing new.
     Drain,
+    /// Idle HTTP/1.1: end hyper's connection, keep the socket.
+    Park,
 }
 
 // === impl Timeouts ===
@@ -135,6 +179,7 @@ impl From<&LimitsConfig> for Timeouts {
         Self {
             header_read: limits.header_read_timeout,
             idle: limits.idle_timeout,
+            park_after: PARK_AFTER.min(limits.idle_timeout / 4),
             http2_keepalive_interval: limits.http2_keepalive_interval,
             http2_keepalive_timeout: limits.http2_keepalive_timeout,
         }
@@ -145,20 +190,20 @@ impl From<&LimitsConfig> for Timeouts {
 
 impl Connections {
     pub(super) fn new(timeouts: Timeouts) -> Self {
-        let mut builder = Builder::new(TokioExecutor::new());
+        let mut http1 = http1::Builder::new();
         // hyper's header timer is started whenever it waits for a head, so
         // its deadline is the idle one; each connection's `HeadClock`
         // moves it to the first byte plus `header_read` once a head begins.
-        builder.http1().header_read_timeout(timeouts.idle);
-        builder
-            .http2()
+        http1.header_read_timeout(timeouts.idle);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
             .max_header_list_size(HTTP2_HEADER_LIST_CAP)
             .timer(TokioTimer::new())
             .keep_alive_interval(timeouts.http2_keepalive_interval)
             .keep_alive_timeout(timeouts.http2_keepalive_timeout);
         let (stop, _) = watch::channel(false);
         Self {
-            builder,
+            protocols: Arc::new(Protocols { http1, http2 }),
             timeouts,
             stop,
         }
@@ -177,12 +222,13 @@ impl Connections {
         S: Service<Request<Body>, Response = Response, Error = std::convert::Infallible>
             + Clone
             + Send
+            + Unpin
             + 'static,
-        S::Future: Send + 'static,
+        S::Future: Send + Unpin + 'static,
     {
         let progress = Arc::new(Progress::new(self.timeouts.idle));
         let served = served(
-            self.builder.clone(),
+            self.protocols.clone(),
             self.timeouts,
             stream,
             progress,
@@ -212,12 +258,13 @@ impl Connections {
         S: Service<Request<Body>, Response = Response, Error = std::convert::Infallible>
             + Clone
             + Send
+            + Unpin
             + 'static,
-        S::Future: Send + 'static,
+        S::Future: Send + Unpin + 'static,
     {
         let progress = Arc::new(Progress::new(self.timeouts.idle));
         let handshake_by = progress.accepted + self.timeouts.header_read;
-        let builder = self.builder.clone();
+        let protocols = self.protocols.clone();
         let timeouts = self.timeouts;
         let mut stopping = self.stop.subscribe();
         async move {
@@ -241,7 +288,7 @@ impl Connections {
             // Boxed: a TLS connection's future is large, and the
             // handshake's would otherwise be kept beside it.
             Box::pin(served(
-                builder,
+                protocols,
                 timeouts,
                 stream,
                 progress,
@@ -265,22 +312,22 @@ impl Connections {
 /// Serves `stream` with `service` until the client leaves, a deadline
 /// passes or `stopping` says so. `peer` is the client's address and the
 /// identity its client certificate names.
-fn served<T, S>(
-    mut builder: Builder<TokioExecutor>,
+async fn served<T, S>(
+    protocols: Arc<Protocols>,
     timeouts: Timeouts,
     stream: T,
     progress: Arc<Progress>,
     peer: (SocketAddr, Option<Arc<Identity>>),
     service: S,
-    stopping: watch::Receiver<bool>,
-) -> impl Future<Output = ()> + Send + 'static
-where
+    mut stopping: watch::Receiver<bool>,
+) where
     T: Transport,
     S: Service<Request<Body>, Response = Response, Error = std::convert::Infallible>
         + Clone
         + Send
+        + Unpin
         + 'static,
-    S::Future: Send + 'static,
+    S::Future: Send + Unpin + 'static,
 {
     let started = progress.clone();
     let (remote, identity) = peer;
@@ -300,52 +347,123 @@ where
             }
         })
     });
-    builder.http1().timer(HeadClock {
+    let mut service = TowerToHyperService::new(service);
+    let mut io = Io {
+        stream,
+        progress: progress.clone(),
+        answer: None,
+        unread: Bytes::new(),
+    };
+    // The protocol is read within the first request's deadline.
+    let first_head_by = progress.accepted + timeouts.header_read;
+    let sniffed = tokio::select! {
+        sniffed = tokio::time::timeout_at(first_head_by.into(), io.sniff_http2()) => sniffed,
+        _ = stopping.wait_for(|stop| *stop) => return,
+    };
+    match sniffed {
+        Ok(Ok(false)) => {}
+        Ok(Ok(true)) => {
+            // On the heap on its own: moved into the task's future, it
+            // would be kept there twice (as the argument, and pinned).
+            let mut connection =
+                Box::pin(protocols.http2.serve_connection(TokioIo::new(io), service));
+            supervise(
+                connection.as_mut(),
+                &progress,
+                timeouts,
+                &mut stopping,
+                first_head_by,
+            )
+            .await;
+            return;
+        }
+        Ok(Err(error)) => {
+            tracing::trace!(%error, "connection ended before its protocol was known");
+            return;
+        }
+        Err(_) => return,
+    }
+    let mut http1 = protocols.http1.clone();
+    http1.timer(HeadClock {
         progress: progress.clone(),
         header_read: timeouts.header_read,
     });
-    let io = TokioIo::new(Io {
-        stream,
-        progress: progress.clone(),
-        flushed: true,
-        answer: None,
-    });
-    // On the heap on its own: moved into the task's future, it would be
-    // kept there twice (as the argument, and pinned).
-    let connection = Box::pin(
-        builder
-            .serve_connection(io, TowerToHyperService::new(service))
-            .into_owned(),
-    );
-    async move {
-        supervise(connection, &progress, timeouts, stopping).await;
+    let mut io = TokioIo::new(io);
+    let mut check = first_head_by;
+    loop {
+        let mut connection = Box::pin(http1.serve_connection(io, service));
+        let supervised = supervise(
+            connection.as_mut(),
+            &progress,
+            timeouts,
+            &mut stopping,
+            check,
+        )
+        .await;
+        if supervised == Supervised::Ended {
+            return;
+        }
+        // Idle, flushed, nothing in flight: hyper closes at once, and
+        // gives back the socket and any bytes it read but did not parse.
+        connection.as_mut().graceful_shutdown();
+        if let Err(error) = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)).await {
+            tracing::trace!(%error, "connection ended with an error");
+            return;
+        }
+        let parts = (*Pin::into_inner(connection)).into_parts();
+        (io, service) = (parts.io, parts.service);
+        if parts.read_buf.is_empty() {
+            if !parked(io.inner(), &mut stopping).await {
+                return;
+            }
+        } else {
+            // The start of a pipelined head: served again at once.
+            io.inner_mut().unread = parts.read_buf;
+        }
+        check = Instant::now();
+    }
+}
+
+/// Waits, holding only the socket, until the client sends something (or
+/// closes): then `true`. `false` once the connection's idle deadline
+/// passes or the worker stops.
+async fn parked<T: Transport>(io: &Io<T>, stopping: &mut watch::Receiver<bool>) -> bool {
+    let idle_after = io.progress.idle_deadline();
+    tokio::select! {
+        readable = io.stream.socket().readable() => readable.is_ok(),
+        () = tokio::time::sleep_until(idle_after.into()) => false,
+        _ = stopping.wait_for(|stop| *stop) => false,
     }
 }
 
 /// Polls `connection` to its end, closing it when [`Progress::verdict`]
-/// says so and draining it when the worker stops. Hand-polled rather than a
-/// `select!`: once armed, the deadline is looked at only when its timer has
-/// fired, not at every wake-up of the connection (a few hundred
-/// instructions per request).
+/// says so and draining it when the worker stops, or until the verdict is
+/// to park it. Hand-polled rather than a `select!`: once armed, the
+/// deadline is looked at only when its timer has fired (first at `check`),
+/// not at every wake-up of the connection (a few hundred instructions per
+/// request).
 async fn supervise<C>(
-    mut connection: Pin<Box<C>>,
+    mut connection: Pin<&mut C>,
     progress: &Progress,
     timeouts: Timeouts,
-    mut stopping: watch::Receiver<bool>,
-) where
+    stopping: &mut watch::Receiver<bool>,
+    check: Instant,
+) -> Supervised
+where
     C: GracefulConnection,
     C::Error: std::fmt::Display,
 {
-    let deadline = tokio::time::sleep_until((progress.accepted + timeouts.header_read).into());
+    let deadline = tokio::time::sleep_until(check.into());
     let mut deadline = std::pin::pin!(deadline);
     let mut stop = std::pin::pin!(stopping.wait_for(|stop| *stop));
     let (mut armed, mut draining) = (false, false);
+    let mut reads_seen = progress.reads.load(Relaxed);
     std::future::poll_fn(|cx| loop {
         if let Poll::Ready(ended) = connection.as_mut().poll(cx) {
             if let Err(error) = ended {
                 tracing::trace!(%error, "connection ended with an error");
             }
-            return Poll::Ready(());
+            return Poll::Ready(Supervised::Ended);
         }
         if draining {
             return Poll::Pending;
@@ -361,16 +479,19 @@ async fn supervise<C>(
         armed = true;
         ready!(deadline.as_mut().poll(cx));
         armed = false;
-        match progress.verdict(Instant::now(), timeouts.header_read) {
+        let reads = progress.reads.load(Relaxed);
+        let quiet = std::mem::replace(&mut reads_seen, reads) == reads;
+        match progress.verdict(Instant::now(), timeouts, quiet) {
             Verdict::Wait(until) => deadline.as_mut().reset(until.into()),
-            Verdict::Close => return Poll::Ready(()),
+            Verdict::Close => return Poll::Ready(Supervised::Ended),
             Verdict::Drain => {
                 connection.as_mut().graceful_shutdown();
                 draining = true;
             }
+            Verdict::Park => return Poll::Ready(Supervised::Idle),
         }
     })
-    .await;
+    .await
 }
 
 // === impl Progress ===
@@ -385,13 +506,17 @@ impl Progress {
             reads_at_head: AtomicU32::new(0),
             idle_after: AtomicU64::new(0),
             last_words: AtomicU16::new(0),
+            flushed: AtomicBool::new(true),
         }
     }
 
     /// hyper (HTTP/1.1) waits for a head; it is idle after `idle_after`.
+    /// A head awaited again with no request since is the same wait, taken
+    /// up by a new hyper connection after parking: its deadline stays.
     fn head_awaited(&self, idle_after: Instant) {
         let phase = match self.phase.load(Relaxed) {
-            FRESH | FIRST_HEAD => FIRST_HEAD,
+            FRESH => FIRST_HEAD,
+            FIRST_HEAD | NEXT_HEAD => return,
             _ => NEXT_HEAD,
         };
         self.phase.store(phase, Relaxed);
@@ -415,9 +540,20 @@ impl Progress {
         self.reads.load(Relaxed) != self.reads_at_head.load(Relaxed)
     }
 
-    /// What to do at `now`, when the connection's deadline has passed.
-    fn verdict(&self, now: Instant, header_read: Duration) -> Verdict {
-        let idle_after = self.accepted + Duration::from_nanos(self.idle_after.load(Relaxed));
+    /// When the connection is idle (HTTP/1.1: if no head has begun).
+    fn idle_deadline(&self) -> Instant {
+        self.accepted + Duration::from_nanos(self.idle_after.load(Relaxed))
+    }
+
+    /// What to do at `now`, when the connection's deadline has passed;
+    /// `quiet` if no read brought bytes since the last verdict.
+    fn verdict(&self, now: Instant, timeouts: Timeouts, quiet: bool) -> Verdict {
+        let Timeouts {
+            header_read,
+            park_after,
+            ..
+        } = timeouts;
+        let idle_after = self.idle_deadline();
         match self.phase.load(Relaxed) {
             // The first request's headers took longer than `header_read`.
             FRESH => Verdict::Close,
@@ -427,11 +563,15 @@ impl Progress {
             }
             // The head's own clock (`HeadSleep`) is running.
             NEXT_HEAD if self.head_begun() => Verdict::Wait(now + header_read),
-            NEXT_HEAD | SERVING_HTTP2 if now < idle_after => Verdict::Wait(idle_after),
-            NEXT_HEAD => Verdict::Close,
+            NEXT_HEAD if now >= idle_after => Verdict::Close,
+            // Quiet for a whole interval, with the last response flushed.
+            NEXT_HEAD if quiet && self.flushed.load(Relaxed) => Verdict::Park,
+            NEXT_HEAD => Verdict::Wait(idle_after.min(now + park_after)),
+            SERVING_HTTP2 if now < idle_after => Verdict::Wait(idle_after),
             SERVING_HTTP2 => Verdict::Drain,
-            // An HTTP/1.1 request in flight is never idle.
-            _ => Verdict::Wait(now + self.idle),
+            // An HTTP/1.1 request in flight is never idle; parked when
+            // quiet, after it.
+            _ => Verdict::Wait(now + park_after),
         }
     }
 
@@ -512,11 +652,12 @@ impl Sleep for HeadSleep {}
 struct Io<T: Transport> {
     stream: T,
     progress: Arc<Progress>,
-    /// Whether hyper flushed after its last write: its write buffer is
-    /// empty, so the next write begins something new.
-    flushed: bool,
     /// The last words being written, and how much of them is.
     answer: Option<(Vec<u8>, usize)>,
+    /// Bytes read before hyper's connection (the protocol's first ones, or
+    /// what a parked connection's hyper read but did not parse), given to
+    /// it before the socket's.
+    unread: Bytes,
 }
 
 impl<T: Transport> Io<T> {
@@ -527,8 +668,9 @@ impl<T: Transport> Io<T> {
     /// head is awaited: no response of a request can begin then, and the
     /// rest of an earlier one still being written does not begin a write.
     fn silenced(&mut self, bytes: &[u8]) -> bool {
-        let begins = std::mem::replace(&mut self.flushed, false);
         let progress = &self.progress;
+        let begins = progress.flushed.load(Relaxed);
+        progress.flushed.store(false, Relaxed);
         if progress.last_words.load(Relaxed) != 0 {
             return true;
         }
@@ -543,6 +685,23 @@ impl<T: Transport> Io<T> {
             }
             _ => false,
         }
+    }
+
+    /// Reads until the first bytes are, or cannot be, the HTTP/2 preface,
+    /// and keeps them for hyper: whether they are.
+    async fn sniff_http2(&mut self) -> io::Result<bool> {
+        let mut first = [0; HTTP2_PREFACE.len()];
+        let mut filled = 0;
+        while filled < first.len() {
+            let read = self.read(&mut first[filled..]).await?;
+            if read == 0 || first[filled..filled + read] != HTTP2_PREFACE[filled..filled + read] {
+                filled += read;
+                break;
+            }
+            filled += read;
+        }
+        self.unread = Bytes::copy_from_slice(&first[..filled]);
+        Ok(filled == HTTP2_PREFACE.len() && first == *HTTP2_PREFACE)
     }
 
     /// Writes the last words, if any, to the end.
@@ -573,7 +732,13 @@ impl<T: Transport> AsyncRead for Io<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let filled = buf.filled().len();
-        ready!(Pin::new(&mut self.stream).poll_read(cx, buf))?;
+        if self.unread.is_empty() {
+            ready!(Pin::new(&mut self.stream).poll_read(cx, buf))?;
+        } else {
+            let taken = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread[..taken]);
+            self.unread.advance(taken);
+        }
         if buf.filled().len() > filled {
             // Only this connection's task reads: no read-modify-write needed.
             let reads = &self.progress.reads;
@@ -615,7 +780,7 @@ impl<T: Transport> AsyncWrite for Io<T> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(Pin::new(&mut self.stream).poll_flush(cx))?;
-        self.flushed = true;
+        self.progress.flushed.store(true, Relaxed);
         Poll::Ready(Ok(()))
     }
 
@@ -651,15 +816,29 @@ pub(super) trait Transport:
 {
     /// Writes all of `bytes` now if the socket takes them without waiting.
     fn try_write_all(&mut self, bytes: &[u8]) -> bool;
+
+    /// The TCP socket under it, whose readiness a parked connection awaits.
+    fn socket(&self) -> &TcpStream;
 }
 
 impl Transport for TcpStream {
     fn try_write_all(&mut self, bytes: &[u8]) -> bool {
         matches!(self.try_write(bytes), Ok(written) if written == bytes.len())
     }
+
+    fn socket(&self) -> &TcpStream {
+        self
+    }
 }
 
 impl Transport for TlsStream<TcpStream> {
+    /// A TLS connection is parked only once its reader had no plaintext
+    /// left and its socket nothing more to read (hyper's read was pending),
+    /// so the socket's readiness is the next record's.
+    fn socket(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+
     fn try_write_all(&mut self, bytes: &[u8]) -> bool {
         let (tcp, session) = self.get_mut();
         if session.writer().write_all(bytes).is_err() {
@@ -709,53 +888,105 @@ mod tests {
 
     const HEADER_READ: Duration = Duration::from_secs(10);
     const IDLE: Duration = Duration::from_secs(60);
+    const TIMEOUTS: Timeouts = Timeouts {
+        header_read: HEADER_READ,
+        idle: IDLE,
+        park_after: PARK_AFTER,
+        http2_keepalive_interval: Duration::from_secs(20),
+        http2_keepalive_timeout: Duration::from_secs(20),
+    };
 
     fn last_words(progress: &Progress) -> u16 {
         progress.last_words.load(Relaxed)
     }
 
+    /// A connection that served one HTTP/1.1 request and awaits the next
+    /// head, idle after `idle_after`.
+    fn between_requests(idle_after: Instant) -> Progress {
+        let progress = Progress::new(IDLE);
+        progress.head_awaited(Instant::now() + IDLE);
+        progress.request_started(Version::HTTP_11);
+        progress.head_awaited(idle_after);
+        progress
+    }
+
     #[test]
     fn no_request_by_the_first_deadline_is_closed_with_408_once_a_head_began() {
         let silent = Progress::new(IDLE);
-        assert_eq!(silent.verdict(Instant::now(), HEADER_READ), Verdict::Close);
+        assert_eq!(
+            silent.verdict(Instant::now(), TIMEOUTS, false),
+            Verdict::Close
+        );
         assert_eq!(last_words(&silent), 0);
 
         let slow = Progress::new(IDLE);
         slow.head_awaited(Instant::now() + IDLE);
-        assert_eq!(slow.verdict(Instant::now(), HEADER_READ), Verdict::Close);
+        assert_eq!(slow.verdict(Instant::now(), TIMEOUTS, true), Verdict::Close);
         assert_eq!(last_words(&slow), 408);
     }
 
     #[test]
-    fn a_keep_alive_connection_is_idle_only_after_its_idle_deadline() {
+    fn a_keep_alive_connection_is_closed_only_after_its_idle_deadline() {
         let progress = Progress::new(IDLE);
         progress.head_awaited(Instant::now() + IDLE);
         progress.request_started(Version::HTTP_11);
         let now = Instant::now();
-        // Serving: never idle, checked again an idle period later.
+        // Serving: never idle, looked at again a park interval later.
         assert_eq!(
-            progress.verdict(now, HEADER_READ),
-            Verdict::Wait(now + IDLE)
+            progress.verdict(now, TIMEOUTS, true),
+            Verdict::Wait(now + PARK_AFTER)
         );
         let idle_after = now + IDLE;
         progress.head_awaited(idle_after);
         assert_eq!(
-            progress.verdict(now, HEADER_READ),
+            progress.verdict(now, TIMEOUTS, false),
+            Verdict::Wait(now + PARK_AFTER)
+        );
+        assert_eq!(
+            progress.verdict(idle_after - PARK_AFTER / 2, TIMEOUTS, false),
             Verdict::Wait(idle_after)
         );
-        assert_eq!(progress.verdict(idle_after, HEADER_READ), Verdict::Close);
+        assert_eq!(progress.verdict(idle_after, TIMEOUTS, true), Verdict::Close);
         assert_eq!(last_words(&progress), 0);
     }
 
     #[test]
-    fn a_begun_head_is_left_to_its_own_clock() {
-        let progress = Progress::new(IDLE);
-        progress.request_started(Version::HTTP_11);
+    fn a_quiet_flushed_connection_between_requests_is_parked_and_keeps_its_deadline() {
         let idle_after = Instant::now() + IDLE;
-        progress.head_awaited(idle_after);
+        let progress = between_requests(idle_after);
+        let now = Instant::now();
+        assert_eq!(progress.verdict(now, TIMEOUTS, true), Verdict::Park);
+        // A new hyper connection awaits the same head: the deadline stays.
+        progress.head_awaited(now + IDLE * 2);
+        assert_eq!(progress.idle_deadline(), idle_after);
+        assert!(!progress.head_begun());
+    }
+
+    #[test]
+    fn a_connection_with_a_response_unflushed_or_a_head_begun_is_not_parked() {
+        let now = Instant::now();
+        let unflushed = between_requests(now + IDLE);
+        unflushed.flushed.store(false, Relaxed);
+        assert_eq!(
+            unflushed.verdict(now, TIMEOUTS, true),
+            Verdict::Wait(now + PARK_AFTER)
+        );
+
+        let begun = between_requests(now + IDLE);
+        begun.reads.fetch_add(1, Relaxed);
+        assert_eq!(
+            begun.verdict(now, TIMEOUTS, true),
+            Verdict::Wait(now + HEADER_READ)
+        );
+    }
+
+    #[test]
+    fn a_begun_head_is_left_to_its_own_clock() {
+        let idle_after = Instant::now() + IDLE;
+        let progress = between_requests(idle_after);
         progress.reads.fetch_add(1, Relaxed);
         assert_eq!(
-            progress.verdict(idle_after, HEADER_READ),
+            progress.verdict(idle_after, TIMEOUTS, false),
             Verdict::Wait(idle_after + HEADER_READ)
         );
     }
@@ -765,11 +996,41 @@ mod tests {
         let progress = Progress::new(IDLE);
         progress.request_started(Version::HTTP_2);
         let now = Instant::now();
-        assert!(matches!(progress.verdict(now, HEADER_READ), Verdict::Wait(at) if at > now));
+        assert!(matches!(progress.verdict(now, TIMEOUTS, true), Verdict::Wait(at) if at > now));
         assert_eq!(
-            progress.verdict(now + IDLE * 2, HEADER_READ),
+            progress.verdict(now + IDLE * 2, TIMEOUTS, true),
             Verdict::Drain
         );
+    }
+
+    #[tokio::test]
+    async fn the_protocol_is_told_by_the_first_bytes_and_they_are_read_again() {
+        for (first, http2) in [
+            (&b"GET / HTTP/1.1\r\n\r\n"[..], false),
+            (&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0"[..], true),
+            (&b"PRI * HTTP/1.1\r\n"[..], false),
+            (&b""[..], false),
+        ] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut client = TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut client, first)
+                .await
+                .unwrap();
+            drop(client);
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut io = Io {
+                stream,
+                progress: Arc::new(Progress::new(IDLE)),
+                answer: None,
+                unread: Bytes::new(),
+            };
+            assert_eq!(io.sniff_http2().await.unwrap(), http2, "{first:?}");
+            let mut again = Vec::new();
+            io.read_to_end(&mut again).await.unwrap();
+            assert_eq!(again, first);
+        }
     }
 
     #[test]

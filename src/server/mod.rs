@@ -10,7 +10,10 @@ mod workers;
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
 
 use axum::{routing::get, Router};
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    net::TcpListener,
+    sync::{oneshot, watch},
+};
 
 use self::{
     accept::Acceptor,
@@ -25,6 +28,7 @@ use crate::{
     observe::{
         access_log::{AccessLog, AccessLogError},
         metrics::{self, Metrics},
+        otlp::{self, Exporter},
     },
     openapi::{DocumentOptions, Published},
     policy::{Policies, PolicySettings, SetupError},
@@ -97,6 +101,8 @@ pub struct Server {
     tls: Option<Arc<Termination>>,
     tls_listen: Option<SocketAddr>,
     tls_listener: Option<TcpListener>,
+    /// The task that sends spans to the OTLP collector, when configured.
+    exporter: Option<Exporter>,
 }
 
 /// What `serve` and `check --config` both build from a config: the policies
@@ -319,6 +325,13 @@ impl Server {
             Some(tls) => Some(Arc::new(Termination::new(tls, metrics.clone())?)),
             None => None,
         };
+        let (traces, exporter) = match &config.tracing.otlp {
+            Some(otlp) => {
+                let (traces, exporter) = otlp::pipeline(otlp, metrics.otlp_dropped_spans())?;
+                (Some(Arc::new(traces)), Some(exporter))
+            }
+            None => (None, None),
+        };
         let data_plane = DataPlane::new(StepParts {
             headers: policies.headers,
             access_log: if config.access_log.enabled {
@@ -327,6 +340,7 @@ impl Server {
                 None
             },
             metrics: config.metrics.enabled.then(|| metrics.clone()),
+            traces,
             cors: policies.cors,
             request_timeout: config.limits.request_timeout,
             registry: registry.clone(),
@@ -366,6 +380,7 @@ impl Server {
             tls,
             tls_listen: config.tls.as_ref().map(|tls| tls.listen),
             tls_listener: None,
+            exporter,
         })
     }
 
@@ -462,6 +477,12 @@ impl Server {
             background.spawn(discovery.clone().keep_fresh());
         }
         background.spawn(crate::allocator::give_back_freed_memory());
+        // Not in the set: told to stop once the requests have drained, it
+        // exports the spans they left.
+        let exporting = self.exporter.take().map(|exporter| {
+            let (stop, stopped) = oneshot::channel();
+            (stop, tokio::spawn(exporter.run(stopped)))
+        });
         let (stop, stopped) = watch::channel(false);
         let admin = self.admin_listener.take().map(|listener| {
             let router = self.admin_router();
@@ -512,6 +533,10 @@ impl Server {
             )
             .await
         };
+        if let Some((stop, exported)) = exporting {
+            let _ = stop.send(());
+            let _ = exported.await;
+        }
         if let Some(admin) = admin {
             admin.await.map_err(std::io::Error::other)??;
         }

@@ -7,7 +7,8 @@
 //!
 //! 1. ids: malformed ids and spoofed identity headers dropped; request and
 //!    correlation ids and this hop's `traceparent`, kept or minted
-//! 2. the request span, carrying the ids (the route is recorded at 9)
+//! 2. the request span, carrying the ids (the route is recorded at 9), and
+//!    the spans exported to an OpenTelemetry collector, when it is sampled
 //! 3. access log and 4. metrics: outside everything that can fail, so that
 //!    every final response is logged and counted (404, 405, timeouts, 5xx)
 //! 5. CORS (tower-http): preflights never reach the router or an upstream
@@ -49,6 +50,7 @@ use crate::{
         self,
         access_log::{self, AccessLog},
         metrics::Metrics,
+        otlp::Traces,
         RequestContext,
     },
     openapi::Published,
@@ -74,6 +76,8 @@ pub(super) struct StepParts {
     pub(super) headers: Arc<HeaderPolicy>,
     pub(super) access_log: Option<Arc<AccessLog>>,
     pub(super) metrics: Option<Metrics>,
+    /// Spans to the OTLP collector; `None` when off.
+    pub(super) traces: Option<Arc<Traces>>,
     pub(super) cors: Option<CorsLayer>,
     pub(super) request_timeout: Duration,
     pub(super) registry: Arc<Registry>,
@@ -84,11 +88,12 @@ pub(super) struct StepParts {
     pub(super) published: Option<Arc<Published>>,
 }
 
-/// Steps 1–5: the ids, the span, the log and metrics, CORS.
+/// Steps 1–5: the ids, the spans, the log and metrics, CORS.
 pub(super) struct Observing {
     headers: Arc<HeaderPolicy>,
     access_log: Option<Arc<AccessLog>>,
     metrics: Option<Metrics>,
+    traces: Option<Arc<Traces>>,
     cors: Option<Cors<StepService<Answering>>>,
     answering: Arc<Answering>,
 }
@@ -121,6 +126,7 @@ impl DataPlane {
             headers: steps.headers,
             access_log: steps.access_log,
             metrics: steps.metrics,
+            traces: steps.traces,
             cors: steps
                 .cors
                 .map(|cors| tower::Layer::layer(&cors, StepService(answering.clone()))),
@@ -163,10 +169,17 @@ impl<T: RunSteps> Service<Request> for StepService<T> {
 impl RunSteps for Observing {
     fn run(&self, mut request: Request) -> impl Future<Output = Response> + Send + '_ {
         policy::sanitize(&self.headers, &mut request);
-        let ids = RequestIds::decide(&mut request);
+        let ids = RequestIds::decide(&mut request, self.traces.as_ref().map(|t| t.sampler()));
         let span = observe::request_span(&request);
+        let traced = self
+            .traces
+            .as_ref()
+            .and_then(|_| Traces::begin(&mut request));
         async move {
             let mut response = self.observed(request, &ids).instrument(span).await;
+            if let (Some(traces), Some(traced)) = (&self.traces, traced) {
+                response = traces.finish(traced, response);
+            }
             ids.echo(&mut response);
             response
         }

@@ -49,8 +49,12 @@ pub(super) async fn serve<S>(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()>
 where
-    S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
+    S: Service<Request<Body>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + Unpin
+        + 'static,
+    S::Future: Send + Unpin + 'static,
 {
     let mut queues = Vec::with_capacity(workers);
     let mut drained = Vec::with_capacity(workers);
@@ -135,8 +139,12 @@ fn run_worker<S>(
     termination: Option<Arc<Termination>>,
     timeouts: Timeouts,
 ) where
-    S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
+    S: Service<Request<Body>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + Unpin
+        + 'static,
+    S::Future: Send + Unpin + 'static,
 {
     upstream::bind_worker(index);
     access_log::batch_on_this_thread();

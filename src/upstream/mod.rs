@@ -34,6 +34,8 @@ pub struct Upstream {
     /// The configured pattern, used as the upstream's name in logs and errors.
     pub name: Arc<str>,
     pub url: String,
+    /// `url`, parsed.
+    uri: http::Uri,
     /// Deadline for each call, sent as `grpc-timeout`.
     pub timeout: Duration,
     /// Largest reply message accepted.
@@ -174,6 +176,7 @@ impl Upstream {
         Ok(Self {
             name: Arc::from(config.pattern.as_str()),
             url: config.url.clone(),
+            uri: url,
             timeout: config.timeout,
             grpc_timeout: deadline::grpc_timeout(config.timeout),
             max_response_bytes,
@@ -193,6 +196,11 @@ impl Upstream {
         max_response_bytes: usize,
     ) -> Result<Self, UpstreamError> {
         Self::new(config, max_response_bytes, 0)
+    }
+
+    /// The URL it is called at, parsed.
+    pub fn uri(&self) -> &http::Uri {
+        &self.uri
     }
 
     /// The connection for a call from this thread: a serving worker's own,
