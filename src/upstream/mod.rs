@@ -4,7 +4,9 @@
 //! threads (health probes, embedders). Every kind of call takes the same
 //! way (`call`, `protocol`, `connection`); the thread only picks which of
 //! the upstream's connections it goes on. Connections live outside the
-//! catalog so that a reload never reconnects them.
+//! catalog so that a reload never reconnects them. A server read by schema
+//! discovery is an upstream of its own ([`Upstream::standalone`]), called
+//! the same way on its shared connection.
 
 mod call;
 mod connection;
