@@ -93,6 +93,34 @@ const PARK_AFTER: Duration = Duration::from_secs(2);
 /// The first bytes of every HTTP/2 connection (RFC 9113, 3.4).
 const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// A service a connection can be served with. `Unpin` (the service and its
+/// future) because parking a connection takes hyper's `poll_without_shutdown`.
+pub(super) trait ConnectionService:
+    Service<
+        Request<Body>,
+        Response = Response,
+        Error = std::convert::Infallible,
+        Future: Send + Unpin + 'static,
+    > + Clone
+    + Send
+    + Unpin
+    + 'static
+{
+}
+
+impl<S> ConnectionService for S where
+    S: Service<
+            Request<Body>,
+            Response = Response,
+            Error = std::convert::Infallible,
+            Future: Send + Unpin + 'static,
+        > + Clone
+        + Send
+        + Unpin
+        + 'static
+{
+}
+
 /// The connection deadlines, from `limits`.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Timeouts {
@@ -219,12 +247,7 @@ impl Connections {
         service: S,
     ) -> impl Future<Output = ()> + Send + 'static
     where
-        S: Service<Request<Body>, Response = Response, Error = std::convert::Infallible>
-            + Clone
-            + Send
-            + Unpin
-            + 'static,
-        S::Future: Send + Unpin + 'static,
+        S: ConnectionService,
     {
         let progress = Arc::new(Progress::new(self.timeouts.idle));
         let served = served(
@@ -255,12 +278,7 @@ impl Connections {
         termination: Arc<Termination>,
     ) -> impl Future<Output = ()> + Send + 'static
     where
-        S: Service<Request<Body>, Response = Response, Error = std::convert::Infallible>
-            + Clone
-            + Send
-            + Unpin
-            + 'static,
-        S::Future: Send + Unpin + 'static,
+        S: ConnectionService,
     {
         let progress = Arc::new(Progress::new(self.timeouts.idle));
         let handshake_by = progress.accepted + self.timeouts.header_read;
@@ -322,12 +340,7 @@ async fn served<T, S>(
     mut stopping: watch::Receiver<bool>,
 ) where
     T: Transport,
-    S: Service<Request<Body>, Response = Response, Error = std::convert::Infallible>
-        + Clone
-        + Send
-        + Unpin
-        + 'static,
-    S::Future: Send + Unpin + 'static,
+    S: ConnectionService,
 {
     let started = progress.clone();
     let (remote, identity) = peer;

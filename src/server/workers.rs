@@ -13,20 +13,17 @@
 //! clients make all the traffic. A TLS handshake runs on the worker that
 //! serves the connection, so handshakes spread over the cores too.
 
-use std::{convert::Infallible, future::Future, io, net::SocketAddr, sync::Arc, thread};
+use std::{future::Future, io, net::SocketAddr, sync::Arc, thread};
 
-use axum::{body::Body, response::Response};
-use http::Request;
 use tokio::{
     net::TcpStream,
     runtime::Runtime,
     sync::{mpsc, oneshot},
 };
-use tower::Service;
 
 use super::{
     accept::{Acceptor, Slot},
-    connection::{Connections, Timeouts},
+    connection::{ConnectionService, Connections, Timeouts},
 };
 use crate::{observe::access_log, tls::Termination, upstream};
 
@@ -49,12 +46,7 @@ pub(super) async fn serve<S>(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()>
 where
-    S: Service<Request<Body>, Response = Response, Error = Infallible>
-        + Clone
-        + Send
-        + Unpin
-        + 'static,
-    S::Future: Send + Unpin + 'static,
+    S: ConnectionService,
 {
     let mut queues = Vec::with_capacity(workers);
     let mut drained = Vec::with_capacity(workers);
@@ -139,12 +131,7 @@ fn run_worker<S>(
     termination: Option<Arc<Termination>>,
     timeouts: Timeouts,
 ) where
-    S: Service<Request<Body>, Response = Response, Error = Infallible>
-        + Clone
-        + Send
-        + Unpin
-        + 'static,
-    S::Future: Send + Unpin + 'static,
+    S: ConnectionService,
 {
     upstream::bind_worker(index);
     access_log::batch_on_this_thread();
