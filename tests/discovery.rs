@@ -20,7 +20,11 @@ use std::{
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use common::{process, Backend, Gateway};
+use common::{
+    process,
+    raw_upstream::{frame_of, Answer, RawUpstream},
+    Backend, Gateway,
+};
 use protogate::{config::DiscoverConfig, registry::ProtoSources, Config};
 use serde_json::Value as Json;
 use tokio::{net::TcpListener, sync::oneshot};
@@ -683,6 +687,67 @@ async fn a_server_that_times_out_or_answers_garbage_is_reported_and_nothing_serv
     }
     silent_task.abort();
     garbage_task.abort();
+}
+
+/// A reflection server that misbehaves is read as every upstream call is
+/// (the same framing, reply limit, statuses and failures), and each way
+/// is named: the reply limit is `admin.max_upload_bytes` itself, refused
+/// by the answer's length prefix.
+#[tokio::test]
+async fn a_misbehaving_reflection_server_is_read_through_the_upstream_call_layer() {
+    let raw = RawUpstream::start(Answer::Silent).await;
+    let url = raw.url();
+    let gw = discovering(&url, |config, source| {
+        config.admin.max_upload_bytes = 1024;
+        source.timeout = Duration::from_millis(300);
+    })
+    .await;
+    let unimplemented = Answer::trailers_only(vec![("grpc-status", "12".into())]);
+    let partial = frame_of(b"partial")[..8].to_vec();
+    let table = [
+        (
+            "not protobuf",
+            Answer::ok(vec![frame_of(&[0xff; 8])]),
+            "it answered what is not a schema: an answer does not decode",
+        ),
+        (
+            "an OK status without an answer",
+            Answer::trailers_only(vec![("grpc-status", "0".into())]),
+            "it answered what is not a schema: an OK status without a reply message",
+        ),
+        (
+            "an answer over the limit, under tonic's slack",
+            Answer::ok(vec![frame_of(&[b'x'; 1500])]),
+            "one of its answers is over the limit of 1024 bytes (admin.max_upload_bytes)",
+        ),
+        (
+            "UNIMPLEMENTED on both versions",
+            unimplemented,
+            "it does not serve gRPC server reflection",
+        ),
+        (
+            "a stream reset mid-answer",
+            Answer::ResetAfter(vec![partial]),
+            "cannot reach it",
+        ),
+        (
+            "no answer",
+            Answer::Silent,
+            "it did not describe its services within 300ms",
+        ),
+    ];
+    for (case, answer, expected) in table {
+        raw.answer(answer);
+        let (status, body) = refresh(&gw).await;
+        assert_eq!(status, 503, "{case}: {body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains(&url) && message.contains(expected),
+            "{case}: {message}"
+        );
+    }
+    let (_, sets) = admin_get(&gw, "/admin/v1/descriptor-sets").await;
+    assert_eq!(sets["descriptorSets"], serde_json::json!([]));
 }
 
 #[tokio::test]

@@ -23,14 +23,15 @@ use std::{
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use metrics::Counter;
-use tonic::{transport::Channel, Code, Status};
+use tonic::Code;
 
 use self::schema::Selection;
 use crate::{
     config::{DiscoverConfig, UpstreamConfig},
+    error::Error,
     observe::metrics::Metrics,
     registry::{self, check_name, ApplyError, Change, Registry, DISCOVERED_PREFIX},
-    upstream,
+    upstream::Upstream,
 };
 
 /// First wait after a failed reading; it doubles up to [`MAX_RETRY`].
@@ -51,7 +52,9 @@ struct Source {
     config: DiscoverConfig,
     set: String,
     selection: Selection,
-    channel: Channel,
+    /// The server as an upstream outside the catalog: its TLS, its
+    /// `timeout`, and `max_bytes` as its reply limit.
+    upstream: Upstream,
     errors: Option<Counter>,
     state: ArcSwap<State>,
 }
@@ -124,8 +127,8 @@ pub struct SetupError {
 // === impl Discovery ===
 
 impl Discovery {
-    /// Sets up a channel to each server (nothing connects yet) and, with
-    /// `metrics`, its error counter. Must run inside a tokio runtime.
+    /// Sets up each server as an upstream (nothing connects yet) and, with
+    /// `metrics`, its error counter.
     pub fn new(
         configs: &[DiscoverConfig],
         registry: Arc<Registry>,
@@ -151,12 +154,13 @@ impl Discovery {
                 timeout: config.timeout,
                 ..config.upstream(&set)
             };
-            let channel = upstream::channel(&reading).map_err(|e| error(e.to_string()))?;
+            let upstream =
+                Upstream::standalone(&reading, max_bytes).map_err(|e| error(e.to_string()))?;
             sources.push(Source {
                 config: config.clone(),
                 set,
                 selection,
-                channel,
+                upstream,
                 errors: metrics.map(|m| m.discovery_errors(&config.url)),
                 state: ArcSwap::default(),
             });
@@ -283,8 +287,7 @@ impl Source {
     /// within `timeout` and `max_bytes`.
     async fn read(&self, max_bytes: usize) -> Result<Bytes, ReadError> {
         let reading = async {
-            let reflected =
-                reflection::read(self.channel.clone(), &self.selection, max_bytes).await?;
+            let reflected = reflection::read(&self.upstream, &self.selection, max_bytes).await?;
             schema::descriptor_set(&reflected.files, &self.selection)
         };
         tokio::time::timeout(self.config.timeout, reading)
@@ -341,15 +344,23 @@ impl Source {
 // === impl ReadError ===
 
 impl ReadError {
-    /// A reflection call's status: over the limit, unreachable, or failed.
-    fn from_status(status: &Status, max_bytes: usize) -> Self {
-        match status.code() {
-            // tonic's refusal of a reply over `max_decoding_message_size`.
-            Code::OutOfRange => Self::TooLarge(format!(
+    /// What a reflection call's failure says about the server: over the
+    /// limit, unreachable, out of time, garbage, or its own error.
+    fn from_call(error: Error, upstream: &Upstream, max_bytes: usize) -> Self {
+        match error {
+            Error::ResponseTooLarge { .. } => Self::TooLarge(format!(
                 "one of its answers is over the limit of {max_bytes} bytes (admin.max_upload_bytes)"
             )),
-            Code::Unavailable => Self::Unreachable(status.message().to_owned()),
-            code => Self::Failed(format!("{code:?}: {}", status.message())),
+            Error::UpstreamUnavailable { cause, .. } => Self::Unreachable(cause.into()),
+            Error::DeadlineExceeded { .. } => Self::Timeout(upstream.timeout),
+            Error::InvalidReply(what) => Self::Garbage(what.into()),
+            Error::Upstream(status) if status.code() == Code::Unavailable => {
+                Self::Unreachable(status.message().to_owned())
+            }
+            Error::Upstream(status) => {
+                Self::Failed(format!("{:?}: {}", status.code(), status.message()))
+            }
+            other => Self::Failed(other.to_string()),
         }
     }
 }

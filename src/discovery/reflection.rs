@@ -4,14 +4,21 @@
 //! recursion, however deep the imports go), within a bound on the files and
 //! on their bytes. `grpc.reflection.v1` is asked first, `v1alpha` (the same
 //! messages on another path) when the server does not know v1.
+//!
+//! Each question is one request and one reply on the bidi method
+//! `ServerReflectionInfo`, which on the wire is a unary call: it goes the
+//! way every upstream call goes ([`upstream::unary`]), so its framing, reply
+//! limit, statuses and failures are the gateway's own.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    time::Instant,
+};
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use prost::Message as _;
-use tonic::{client::Grpc, transport::Channel, Code, Status};
-use tonic_prost::ProstCodec;
+use tonic::{metadata::MetadataMap, Code, Status};
 use tonic_reflection::pb::v1::{
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     ServerReflectionRequest, ServerReflectionResponse,
@@ -21,9 +28,15 @@ use super::{
     schema::{File, Selection},
     ReadError,
 };
+use crate::{
+    error::Error,
+    upstream::{self, Deadline, Payload, Upstream},
+};
 
-const V1: &str = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
-const V1ALPHA: &str = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo";
+const V1: PathAndQuery =
+    PathAndQuery::from_static("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo");
+const V1ALPHA: PathAndQuery =
+    PathAndQuery::from_static("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo");
 
 /// Most files one server's schema may take (its services' files and every
 /// file they import).
@@ -37,39 +50,45 @@ pub(super) struct Reflected {
     pub files: BTreeMap<String, File>,
 }
 
-/// One reflection stream per question, on one channel.
-struct Client {
-    grpc: Grpc<Channel>,
-    path: &'static str,
+/// One call per question, all within the upstream's timeout from `started`.
+struct Client<'a> {
+    upstream: &'a Upstream,
+    path: PathAndQuery,
+    started: Instant,
 }
 
 /// Reads the files of the services `selection` serves, at most `max_bytes`
-/// of them in all.
+/// of them in all, within `upstream`'s timeout. `upstream`'s reply limit
+/// refuses an answer larger than the whole allowance by its length prefix.
 pub(super) async fn read(
-    channel: Channel,
+    upstream: &Upstream,
     selection: &Selection,
     max_bytes: usize,
 ) -> Result<Reflected, ReadError> {
     let mut client = Client {
-        // A reply larger than the whole allowance is refused as it arrives.
-        grpc: Grpc::new(channel).max_decoding_message_size(max_bytes.saturating_add(1024)),
+        upstream,
         path: V1,
+        started: Instant::now(),
     };
+    let failed = |error| ReadError::from_call(error, upstream, max_bytes);
     let list = match client
         .ask(MessageRequest::ListServices(String::new()))
         .await
     {
-        Err(status) if status.code() == Code::Unimplemented => {
+        Err(error) if is_unimplemented(&error) => {
             client.path = V1ALPHA;
             client
                 .ask(MessageRequest::ListServices(String::new()))
                 .await
-                .map_err(|status| match status.code() {
-                    Code::Unimplemented => ReadError::NoReflection,
-                    _ => ReadError::from_status(&status, max_bytes),
+                .map_err(|error| {
+                    if is_unimplemented(&error) {
+                        ReadError::NoReflection
+                    } else {
+                        failed(error)
+                    }
                 })?
         }
-        other => other.map_err(|status| ReadError::from_status(&status, max_bytes))?,
+        other => other.map_err(failed)?,
     };
     let MessageResponse::ListServicesResponse(list) = list else {
         return Err(ReadError::Garbage(
@@ -91,9 +110,7 @@ pub(super) async fn read(
     let mut bytes = 0;
     for service in selected {
         let answer = client.ask(MessageRequest::FileContainingSymbol(service));
-        let answer = answer
-            .await
-            .map_err(|s| ReadError::from_status(&s, max_bytes))?;
+        let answer = answer.await.map_err(failed)?;
         reflected.take(answer, &mut wanted, &mut bytes, max_bytes)?;
     }
     while let Some(name) = wanted.pop_front() {
@@ -101,9 +118,7 @@ pub(super) async fn read(
             continue;
         }
         let answer = client.ask(MessageRequest::FileByFilename(name.clone()));
-        let answer = answer
-            .await
-            .map_err(|s| ReadError::from_status(&s, max_bytes))?;
+        let answer = answer.await.map_err(failed)?;
         reflected.take(answer, &mut wanted, &mut bytes, max_bytes)?;
         if !reflected.files.contains_key(&name) {
             return Err(ReadError::Garbage(format!(
@@ -114,35 +129,37 @@ pub(super) async fn read(
     Ok(reflected)
 }
 
-impl Client {
-    async fn ask(&mut self, request: MessageRequest) -> Result<MessageResponse, Status> {
-        self.grpc
-            .ready()
-            .await
-            .map_err(|err| Status::unavailable(err.to_string()))?;
+/// Whether a call failed because the server does not serve the method.
+fn is_unimplemented(error: &Error) -> bool {
+    matches!(error, Error::Upstream(status) if status.code() == Code::Unimplemented)
+}
+
+impl Client<'_> {
+    /// One question, answered within what is left of the upstream's timeout
+    /// (also sent as `grpc-timeout`). The server's error answer becomes its
+    /// status, as a failed call's would.
+    async fn ask(&self, request: MessageRequest) -> Result<MessageResponse, Error> {
         let request = ServerReflectionRequest {
             host: String::new(),
             message_request: Some(request),
         };
-        let codec = ProstCodec::<ServerReflectionRequest, ServerReflectionResponse>::default();
-        let path = PathAndQuery::from_static(self.path);
-        let request = tonic::Request::new(tokio_stream::once(request));
-        let mut replies = self
-            .grpc
-            .streaming(request, path, codec)
-            .await?
-            .into_inner();
-        let reply = replies
-            .message()
-            .await?
-            .ok_or_else(|| Status::internal("the reflection stream ended without an answer"))?;
+        let message = Payload::Wire(request.encode_to_vec());
+        let left = (self.upstream.timeout).saturating_sub(self.started.elapsed());
+        let deadline = Deadline::start(self.upstream, Some(left));
+        let path = self.path.clone();
+        let reply = upstream::unary(self.upstream, path, &message, MetadataMap::new(), deadline);
+        let reply = ServerReflectionResponse::decode(reply.await?.into_inner()).map_err(|err| {
+            Error::InvalidReply(format!("an answer does not decode: {err}").into())
+        })?;
         match reply.message_response {
-            Some(MessageResponse::ErrorResponse(error)) => Err(Status::new(
+            Some(MessageResponse::ErrorResponse(error)) => Err(Error::Upstream(Status::new(
                 Code::from_i32(error.error_code),
                 error.error_message,
-            )),
+            ))),
             Some(response) => Ok(response),
-            None => Err(Status::internal("a reflection answer without a response")),
+            None => Err(Error::InvalidReply(
+                "a reflection answer without a response".into(),
+            )),
         }
     }
 }

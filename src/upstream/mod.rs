@@ -4,7 +4,9 @@
 //! threads (health probes, embedders). Every kind of call takes the same
 //! way (`call`, `protocol`, `connection`); the thread only picks which of
 //! the upstream's connections it goes on. Connections live outside the
-//! catalog so that a reload never reconnects them.
+//! catalog so that a reload never reconnects them. A server read by schema
+//! discovery is an upstream of its own ([`Upstream::standalone`]), called
+//! the same way on its shared connection.
 
 mod call;
 mod connection;
@@ -23,8 +25,6 @@ pub use call::{bidi_streaming, client_streaming, server_streaming, unary, Outgoi
 pub use deadline::{asked_timeout, Deadline};
 pub use health::{HealthState, UpstreamHealth};
 pub use protocol::Payload;
-
-use tonic::transport::{Channel, Endpoint};
 
 use self::connection::{Connection, Target};
 
@@ -189,6 +189,17 @@ impl Upstream {
         })
     }
 
+    /// An upstream outside the catalog (a server that discovery reads by
+    /// reflection), whose replies are refused over `max_response_bytes`.
+    /// It has no serving worker's connection: every call, from whatever
+    /// thread, goes on its shared one.
+    pub fn standalone(
+        config: &UpstreamConfig,
+        max_response_bytes: usize,
+    ) -> Result<Self, UpstreamError> {
+        Self::new(config, max_response_bytes, 0)
+    }
+
     /// The URL it is called at, parsed.
     pub fn uri(&self) -> &http::Uri {
         &self.uri
@@ -202,37 +213,6 @@ impl Upstream {
             None => &self.shared,
         }
     }
-}
-
-/// A lazily connected tonic channel to `config`'s server, set up as an
-/// upstream's (for calls outside the catalog: reading a server's schema by
-/// reflection). Its statuses and limits are tonic's, not [`protocol`]'s.
-pub fn channel(config: &UpstreamConfig) -> Result<Channel, UpstreamError> {
-    let error = |reason: String| UpstreamError {
-        pattern: config.pattern.clone(),
-        reason,
-    };
-    let mut endpoint = Endpoint::from_shared(config.url.clone())
-        .map_err(|err| error(format!("invalid url `{}`: {err}", config.url)))?
-        .connect_timeout(connect_timeout(config.timeout))
-        .tcp_nodelay(true);
-    if let Some("https") = endpoint.uri().scheme_str() {
-        endpoint = endpoint
-            .tls_config(self::tls::channel(config).map_err(error)?)
-            .map_err(|err| error(format!("TLS setup failed: {err}")))?;
-        if let Some(name) = &config.server_name {
-            let port = endpoint.uri().port_u16();
-            let authority = port.map_or_else(|| name.clone(), |port| format!("{name}:{port}"));
-            let origin = http::Uri::builder()
-                .scheme("https")
-                .authority(authority)
-                .path_and_query("/")
-                .build()
-                .map_err(|err| error(format!("server_name: {err}")))?;
-            endpoint = endpoint.origin(origin);
-        }
-    }
-    Ok(endpoint.connect_lazy())
 }
 
 /// A connection attempt gives up after the call's timeout, 5 s at most.

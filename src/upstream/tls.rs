@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use http::uri::Authority;
 use rustls::{pki_types::ServerName, ClientConfig, RootCertStore};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::{config::UpstreamConfig, pem};
 
@@ -72,25 +71,6 @@ pub(super) fn connector(config: &UpstreamConfig, url: &Authority) -> Result<Upst
         server_name,
         authority,
     })
-}
-
-/// The same settings for a tonic channel (schema discovery's).
-pub(super) fn channel(config: &UpstreamConfig) -> Result<ClientTlsConfig, String> {
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|err| format!("cannot read {}: {err}", path.display()))
-    };
-    let mut tls = ClientTlsConfig::new();
-    tls = match &config.ca_file {
-        Some(path) => tls.ca_certificate(Certificate::from_pem(read(path)?)),
-        None => tls.with_native_roots(),
-    };
-    if let (Some(cert), Some(key)) = (&config.client_cert_file, &config.client_key_file) {
-        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
-    }
-    if let Some(name) = &config.server_name {
-        tls = tls.domain_name(name);
-    }
-    Ok(tls)
 }
 
 /// The system's CAs; those it cannot read are logged and left out.
