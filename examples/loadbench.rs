@@ -1422,10 +1422,11 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
         return idle_connections(gateway_addr, pid, count).await;
     }
     let connections = if args.http2 {
-        format!(
-            "{} connections, {} streams each",
-            args.concurrency, target.streams
-        )
+        let streams = match target.streams {
+            1 => "1 stream".to_owned(),
+            n => format!("{n} streams"),
+        };
+        format!("{} connections, {streams} each", args.concurrency)
     } else {
         format!("{} connections", args.concurrency)
     };

@@ -29,7 +29,7 @@ use crate::{
     error::Error,
     request_ids::{
         trace_context::{TRACEPARENT, TRACESTATE},
-        X_CORRELATION_ID, X_REQUEST_ID,
+        unique, X_CORRELATION_ID, X_REQUEST_ID,
     },
 };
 
@@ -290,15 +290,6 @@ impl HeaderPolicy {
                 .unwrap_or(X_REQUEST_ID),
         })
     }
-}
-
-/// A value that differs on every request (ids, times): marked so that HPACK
-/// sends it as a literal instead of adding it to the connection's dynamic
-/// table, where it would only evict reusable entries (and cost a table
-/// search and insertion per request).
-fn unique(mut value: HeaderValue) -> HeaderValue {
-    value.set_sensitive(true);
-    value
 }
 
 // === impl NameSet ===
