@@ -1107,7 +1107,8 @@ async fn drive_grpc(
     backend: &Endpoint,
     workload: Workload,
     requests: usize,
-    (concurrency, streams): (usize, usize),
+    concurrency: usize,
+    streams: usize,
     rate: Option<f64>,
 ) -> Result<Run, BoxError> {
     spread(requests, concurrency, rate, move |count, pace| {
@@ -1254,7 +1255,8 @@ async fn round(
         backend,
         workload,
         args.requests,
-        (args.concurrency, gateway.streams),
+        args.concurrency,
+        gateway.streams,
         args.rate,
     )
     .await?;
@@ -1489,7 +1491,8 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             &backend,
             workload,
             in_flight * 20,
-            (args.concurrency, target.streams),
+            args.concurrency,
+            target.streams,
             None,
         )
         .await?;
