@@ -1108,6 +1108,22 @@ fn exact_integer(text: &str) -> Result<Option<i128>, IntegerText> {
         Some(rest) => (true, rest),
         None => (false, text),
     };
+    // Plain digits, as nearly every integer comes, are read at once (up to
+    // 18 of them fit an `i64`).
+    let plain = (1..=18).contains(&rest.len())
+        && rest.bytes().all(|b| b.is_ascii_digit())
+        && !(rest.len() > 1 && rest.starts_with('0'));
+    if plain {
+        let value = rest
+            .bytes()
+            .fold(0i64, |value, digit| value * 10 + i64::from(digit - b'0'));
+        return Ok(Some(i128::from(if negative { -value } else { value })));
+    }
+    notation_integer(negative, rest)
+}
+
+/// [`exact_integer`] of a number's text in any notation, its sign apart.
+fn notation_integer(negative: bool, rest: &str) -> Result<Option<i128>, IntegerText> {
     let (mantissa, exponent) = match rest.find(['e', 'E']) {
         Some(at) => (&rest[..at], Some(&rest[at + 1..])),
         None => (rest, None),
@@ -1580,5 +1596,40 @@ mod tests {
                 "field {number}"
             );
         }
+    }
+
+    #[test]
+    fn plain_digits_are_read_as_the_notation_reader_reads_them() {
+        let mut texts = vec![
+            "0".to_owned(),
+            "-0".to_owned(),
+            "00".to_owned(),
+            "-".to_owned(),
+        ];
+        for len in 1..=21 {
+            for digits in ["9", "1", "0", "7"] {
+                let text: String = (0..len)
+                    .map(|i| if i == 0 { "1" } else { digits })
+                    .collect();
+                texts.push(format!("0{text}"));
+                texts.push(format!("-{text}"));
+                texts.push(text);
+            }
+        }
+        for text in texts {
+            let (negative, rest) = match text.strip_prefix('-') {
+                Some(rest) => (true, rest),
+                None => (false, text.as_str()),
+            };
+            assert_eq!(
+                exact_integer(&text),
+                notation_integer(negative, rest),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            exact_integer("-999999999999999999"),
+            Ok(Some(-999_999_999_999_999_999))
+        );
     }
 }
