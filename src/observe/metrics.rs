@@ -22,6 +22,8 @@
 //! | `protogate_redis_command_duration_seconds` | histogram | op |
 //! | `protogate_otlp_dropped_spans_total` | counter | |
 //! | `protogate_discovery_errors_total` | counter | url (a configured `discover[].url`) |
+//! | `protogate_workers_active` | gauge | |
+//! | `protogate_connections_moved_total` | counter | |
 
 use std::{
     fmt,
@@ -71,6 +73,8 @@ const REDIS_ERRORS: &str = "protogate_redis_errors_total";
 const REDIS_DURATION: &str = "protogate_redis_command_duration_seconds";
 const OTLP_DROPPED: &str = "protogate_otlp_dropped_spans_total";
 const DISCOVERY_ERRORS: &str = "protogate_discovery_errors_total";
+const WORKERS_ACTIVE: &str = "protogate_workers_active";
+const CONNECTIONS_MOVED: &str = "protogate_connections_moved_total";
 
 /// Redis command buckets: 100 µs to 1 s (loopback answers in tens of µs).
 const REDIS_BUCKETS: [f64; 9] = [
@@ -218,6 +222,16 @@ impl Metrics {
             let counter = counter!(DISCOVERY_ERRORS, "url" => url.to_owned());
             counter.absolute(0);
             counter
+        })
+    }
+
+    /// The count of connections moved between workers, and the count of
+    /// workers serving cleartext HTTP/1.1 connections.
+    pub fn workers(&self) -> (Counter, Gauge) {
+        self.record(|| {
+            let moved = counter!(CONNECTIONS_MOVED);
+            moved.absolute(0);
+            (moved, gauge!(WORKERS_ACTIVE))
         })
     }
 
@@ -398,6 +412,14 @@ fn describe() {
     describe_counter!(
         OTLP_DROPPED,
         "Spans dropped, not exported: the queue to the OTLP collector was full, or the collector did not take them"
+    );
+    describe_gauge!(
+        WORKERS_ACTIVE,
+        "workers serving cleartext HTTP/1.1 connections: as few as the load needs"
+    );
+    describe_counter!(
+        CONNECTIONS_MOVED,
+        "HTTP/1.1 connections moved between two requests to another worker, as the load changed"
     );
 }
 

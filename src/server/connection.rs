@@ -39,6 +39,7 @@ use std::{
     future::Future,
     io::{self, Write as _},
     net::SocketAddr,
+    os::fd::AsFd as _,
     pin::Pin,
     sync::{
         atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed},
@@ -65,12 +66,12 @@ use hyper_util::{
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf},
     net::TcpStream,
-    sync::watch,
+    sync::{mpsc, watch},
 };
 use tokio_rustls::server::TlsStream;
 use tower::{Service, ServiceExt as _};
 
-use super::accept::Slot;
+use super::{accept::Slot, balance::Balance};
 use crate::{
     config::LimitsConfig,
     error,
@@ -133,11 +134,40 @@ pub(super) struct Timeouts {
 }
 
 /// What a worker's connections share: the HTTP/1.1 and HTTP/2 settings,
-/// the deadlines and the signal to stop.
+/// the deadlines, the signal to stop and where connections move.
 pub(super) struct Connections {
     protocols: Arc<Protocols>,
     timeouts: Timeouts,
     stop: watch::Sender<bool>,
+    moves: Option<Moves>,
+}
+
+/// What one connection takes of its worker's [`Connections`].
+struct Serving {
+    protocols: Arc<Protocols>,
+    timeouts: Timeouts,
+    stopping: watch::Receiver<bool>,
+    moves: Option<Moves>,
+}
+
+/// Where a worker's cleartext HTTP/1.1 connections move when the
+/// [`Balance`] says so: the other workers' queues of moved connections.
+#[derive(Clone)]
+pub(super) struct Moves {
+    worker: usize,
+    balance: Arc<Balance>,
+    queues: Arc<[mpsc::UnboundedSender<Moved>]>,
+}
+
+/// A cleartext HTTP/1.1 connection on its way to another worker, between
+/// two requests: its socket, its place under the cap, its deadlines and any
+/// bytes of the next head already read.
+pub(super) struct Moved {
+    stream: std::net::TcpStream,
+    remote: SocketAddr,
+    slot: Slot,
+    progress: Arc<Progress>,
+    unread: Bytes,
 }
 
 /// hyper's HTTP/1.1 and HTTP/2 settings.
@@ -153,6 +183,9 @@ enum Supervised {
     Ended,
     /// It is an idle HTTP/1.1 connection, still open: park it.
     Idle,
+    /// It is an HTTP/1.1 connection between two requests, to move to this
+    /// worker.
+    Move(usize),
 }
 
 /// How far a connection has got, shared by its [`Io`], its [`HeadClock`],
@@ -217,7 +250,8 @@ impl From<&LimitsConfig> for Timeouts {
 // === impl Connections ===
 
 impl Connections {
-    pub(super) fn new(timeouts: Timeouts) -> Self {
+    /// A worker's connections; `moves` if they may move to other workers.
+    pub(super) fn new(timeouts: Timeouts, moves: Option<Moves>) -> Self {
         let mut http1 = http1::Builder::new();
         // hyper's header timer is started whenever it waits for a head, so
         // its deadline is the idle one; each connection's `HeadClock`
@@ -234,11 +268,22 @@ impl Connections {
             protocols: Arc::new(Protocols { http1, http2 }),
             timeouts,
             stop,
+            moves,
+        }
+    }
+
+    fn serving(&self) -> Serving {
+        Serving {
+            protocols: self.protocols.clone(),
+            timeouts: self.timeouts,
+            stopping: self.stop.subscribe(),
+            moves: self.moves.clone(),
         }
     }
 
     /// Serves `stream` with `service` until the client leaves, a deadline
-    /// passes or the worker stops; `slot` is held until then.
+    /// passes or the worker stops (or until it moves to another worker);
+    /// `slot` is held until then.
     pub(super) fn serve<S>(
         &self,
         stream: TcpStream,
@@ -250,19 +295,56 @@ impl Connections {
         S: ConnectionService,
     {
         let progress = Arc::new(Progress::new(self.timeouts.idle));
-        let served = served(
-            self.protocols.clone(),
-            self.timeouts,
+        served(
+            self.serving(),
             stream,
             progress,
             (remote, None),
+            slot,
             service,
-            self.stop.subscribe(),
-        );
-        async move {
-            served.await;
-            drop(slot);
-        }
+        )
+    }
+
+    /// Serves a connection moved here from another worker, as
+    /// [`Self::serve`] would have served it from its next request on.
+    pub(super) fn resume<S>(
+        &self,
+        moved: Moved,
+        service: S,
+    ) -> Option<impl Future<Output = ()> + Send + 'static>
+    where
+        S: ConnectionService,
+    {
+        let Moved {
+            stream,
+            remote,
+            slot,
+            progress,
+            unread,
+        } = moved;
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%error, "could not register a moved connection");
+                return None;
+            }
+        };
+        let io = Io {
+            stream,
+            progress,
+            answer: None,
+            unread,
+        };
+        // It was busy a moment ago: not looked at for parking at once.
+        let check = Instant::now() + self.timeouts.park_after;
+        Some(served_http1(
+            self.serving(),
+            io,
+            (remote, None),
+            slot,
+            service,
+            check,
+        ))
     }
 
     /// [`Self::serve`] after a TLS handshake, which must end within the
@@ -282,15 +364,13 @@ impl Connections {
     {
         let progress = Arc::new(Progress::new(self.timeouts.idle));
         let handshake_by = progress.accepted + self.timeouts.header_read;
-        let protocols = self.protocols.clone();
-        let timeouts = self.timeouts;
-        let mut stopping = self.stop.subscribe();
+        let mut serving = self.serving();
         async move {
             let handshake =
                 tokio::time::timeout_at(handshake_by.into(), termination.accept(stream));
             let accepted = tokio::select! {
                 accepted = handshake => accepted,
-                _ = stopping.wait_for(|stop| *stop) => return,
+                _ = serving.stopping.wait_for(|stop| *stop) => return,
             };
             let (stream, identity) = match accepted {
                 Ok(Ok(accepted)) => accepted,
@@ -306,16 +386,14 @@ impl Connections {
             // Boxed: a TLS connection's future is large, and the
             // handshake's would otherwise be kept beside it.
             Box::pin(served(
-                protocols,
-                timeouts,
+                serving,
                 stream,
                 progress,
                 (remote, identity),
+                slot,
                 service,
-                stopping,
             ))
             .await;
-            drop(slot);
         }
     }
 
@@ -328,24 +406,76 @@ impl Connections {
 }
 
 /// Serves `stream` with `service` until the client leaves, a deadline
-/// passes or `stopping` says so. `peer` is the client's address and the
-/// identity its client certificate names.
+/// passes, `serving.stopping` says so or it moves. `peer` is the client's
+/// address and the identity its client certificate names.
 async fn served<T, S>(
-    protocols: Arc<Protocols>,
-    timeouts: Timeouts,
+    mut serving: Serving,
     stream: T,
     progress: Arc<Progress>,
     peer: (SocketAddr, Option<Arc<Identity>>),
+    slot: Slot,
     service: S,
-    mut stopping: watch::Receiver<bool>,
 ) where
     T: Transport,
     S: ConnectionService,
 {
+    let mut io = Io {
+        stream,
+        progress: progress.clone(),
+        answer: None,
+        unread: Bytes::new(),
+    };
+    // The protocol is read within the first request's deadline.
+    let first_head_by = progress.accepted + serving.timeouts.header_read;
+    let sniffed = tokio::select! {
+        sniffed = tokio::time::timeout_at(first_head_by.into(), io.sniff_http2()) => sniffed,
+        _ = serving.stopping.wait_for(|stop| *stop) => return,
+    };
+    match sniffed {
+        Ok(Ok(false)) => {
+            served_http1(serving, io, peer, slot, service, first_head_by).await;
+        }
+        Ok(Ok(true)) => {
+            let service = TowerToHyperService::new(with_peer(service, &progress, peer));
+            // On the heap on its own: moved into the task's future, it
+            // would be kept there twice (as the argument, and pinned).
+            let mut connection = Box::pin(
+                serving
+                    .protocols
+                    .http2
+                    .serve_connection(TokioIo::new(io), service),
+            );
+            supervise(
+                connection.as_mut(),
+                &progress,
+                serving.timeouts,
+                &mut serving.stopping,
+                first_head_by,
+                None,
+            )
+            .await;
+        }
+        Ok(Err(error)) => {
+            tracing::trace!(%error, "connection ended before its protocol was known");
+        }
+        Err(_) => {}
+    }
+}
+
+/// `service` as a connection from `peer` is served with: what axum's
+/// `into_make_service_with_connect_info` would add to each request, and
+/// the connection's [`Progress`] told of each.
+fn with_peer<S: ConnectionService>(
+    service: S,
+    progress: &Arc<Progress>,
+    peer: (SocketAddr, Option<Arc<Identity>>),
+) -> tower::util::MapRequest<
+    S,
+    impl FnMut(Request<Incoming>) -> Request<Body> + Clone + Send + Unpin + 'static,
+> {
     let started = progress.clone();
     let (remote, identity) = peer;
-    // What axum's `into_make_service_with_connect_info` would add.
-    let service = service.map_request(move |mut request: Request<Incoming>| {
+    service.map_request(move |mut request: Request<Incoming>| {
         started.request_started(request.version());
         request.extensions_mut().insert(ConnectInfo(remote));
         if let Some(identity) = &identity {
@@ -359,65 +489,52 @@ async fn served<T, S>(
                 Body::new(body)
             }
         })
-    });
-    let mut service = TowerToHyperService::new(service);
-    let mut io = Io {
-        stream,
-        progress: progress.clone(),
-        answer: None,
-        unread: Bytes::new(),
-    };
-    // The protocol is read within the first request's deadline.
-    let first_head_by = progress.accepted + timeouts.header_read;
-    let sniffed = tokio::select! {
-        sniffed = tokio::time::timeout_at(first_head_by.into(), io.sniff_http2()) => sniffed,
-        _ = stopping.wait_for(|stop| *stop) => return,
-    };
-    match sniffed {
-        Ok(Ok(false)) => {}
-        Ok(Ok(true)) => {
-            // On the heap on its own: moved into the task's future, it
-            // would be kept there twice (as the argument, and pinned).
-            let mut connection =
-                Box::pin(protocols.http2.serve_connection(TokioIo::new(io), service));
-            supervise(
-                connection.as_mut(),
-                &progress,
-                timeouts,
-                &mut stopping,
-                first_head_by,
-            )
-            .await;
-            return;
-        }
-        Ok(Err(error)) => {
-            tracing::trace!(%error, "connection ended before its protocol was known");
-            return;
-        }
-        Err(_) => return,
-    }
-    let mut http1 = protocols.http1.clone();
+    })
+}
+
+/// Serves HTTP/1.1 on `io` until the client leaves, a deadline passes,
+/// `serving.stopping` says so, or it moves to another worker; parks it
+/// while it is quiet. `check` is when its deadline is first looked at.
+async fn served_http1<T, S>(
+    mut serving: Serving,
+    io: Io<T>,
+    peer: (SocketAddr, Option<Arc<Identity>>),
+    slot: Slot,
+    service: S,
+    mut check: Instant,
+) where
+    T: Transport,
+    S: ConnectionService,
+{
+    let progress = io.progress.clone();
+    let remote = peer.0;
+    let moves = serving.moves.take().filter(|_| T::MOVABLE);
+    let _counted = moves.as_ref().map(Moves::counted);
+    let mut service = TowerToHyperService::new(with_peer(service, &progress, peer));
+    let mut http1 = serving.protocols.http1.clone();
     http1.timer(HeadClock {
         progress: progress.clone(),
-        header_read: timeouts.header_read,
+        header_read: serving.timeouts.header_read,
     });
     let mut io = TokioIo::new(io);
-    let mut check = first_head_by;
     loop {
         let mut connection = Box::pin(http1.serve_connection(io, service));
-        let supervised = supervise(
+        let mut destination = match supervise(
             connection.as_mut(),
             &progress,
-            timeouts,
-            &mut stopping,
+            serving.timeouts,
+            &mut serving.stopping,
             check,
+            moves.as_ref(),
         )
-        .await;
-        if supervised == Supervised::Ended {
-            return;
-        }
-        // Idle, flushed, nothing in flight: hyper closes at once, and
-        // gives back the socket and any bytes it read but did not parse.
+        .await
+        {
+            Supervised::Ended => return,
+            Supervised::Idle => None,
+            Supervised::Move(to) => Some(to),
+        };
+        // Idle or moving, flushed, nothing in flight: hyper closes at once,
+        // and gives back the socket and any bytes it read but did not parse.
         connection.as_mut().graceful_shutdown();
         if let Err(error) = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)).await {
             tracing::trace!(%error, "connection ended with an error");
@@ -425,13 +542,19 @@ async fn served<T, S>(
         }
         let parts = (*Pin::into_inner(connection)).into_parts();
         (io, service) = (parts.io, parts.service);
-        if parts.read_buf.is_empty() {
-            if !parked(io.inner(), &mut stopping).await {
-                return;
-            }
-        } else {
+        if !parts.read_buf.is_empty() {
             // The start of a pipelined head: served again at once.
             io.inner_mut().unread = parts.read_buf;
+        } else if destination.is_none() {
+            if !parked(io.inner(), &mut serving.stopping).await {
+                return;
+            }
+            // Woken on a worker that has left, it goes to an active one.
+            destination = moves.as_ref().and_then(Moves::destination);
+        }
+        if let (Some(to), Some(moves)) = (destination, &moves) {
+            moves.send(to, io.into_inner(), remote, slot);
+            return;
         }
         check = Instant::now();
     }
@@ -451,7 +574,7 @@ async fn parked<T: Transport>(io: &Io<T>, stopping: &mut watch::Receiver<bool>) 
 
 /// Polls `connection` to its end, closing it when [`Progress::verdict`]
 /// says so and draining it when the worker stops, or until the verdict is
-/// to park it. Hand-polled rather than a `select!`: once armed, the
+/// to park it, or, between two requests, until `moves` says it is to move. Hand-polled rather than a `select!`: once armed, the
 /// deadline is looked at only when its timer has fired (first at `check`),
 /// not at every wake-up of the connection (a few hundred instructions per
 /// request).
@@ -461,6 +584,7 @@ async fn supervise<C>(
     timeouts: Timeouts,
     stopping: &mut watch::Receiver<bool>,
     check: Instant,
+    moves: Option<&Moves>,
 ) -> Supervised
 where
     C: GracefulConnection,
@@ -485,6 +609,12 @@ where
             connection.as_mut().graceful_shutdown();
             draining = true;
             continue;
+        }
+        if let Some(to) = moves
+            .filter(|_| progress.between_requests())
+            .and_then(Moves::destination)
+        {
+            return Poll::Ready(Supervised::Move(to));
         }
         if armed && !deadline.is_elapsed() {
             return Poll::Pending;
@@ -553,6 +683,12 @@ impl Progress {
         self.reads.load(Relaxed) != self.reads_at_head.load(Relaxed)
     }
 
+    /// HTTP/1.1 between two requests: the last response flushed, no byte
+    /// of the next head read.
+    fn between_requests(&self) -> bool {
+        self.phase.load(Relaxed) == NEXT_HEAD && !self.head_begun() && self.flushed.load(Relaxed)
+    }
+
     /// When the connection is idle (HTTP/1.1: if no head has begun).
     fn idle_deadline(&self) -> Instant {
         self.accepted + Duration::from_nanos(self.idle_after.load(Relaxed))
@@ -597,6 +733,66 @@ impl Progress {
 
     fn nanos(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.accepted).as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+// === impl Moves ===
+
+impl Moves {
+    /// `worker`'s: it sends to `queues[n]` what is to move to worker `n`.
+    pub(super) fn new(
+        worker: usize,
+        balance: Arc<Balance>,
+        queues: Arc<[mpsc::UnboundedSender<Moved>]>,
+    ) -> Self {
+        Self {
+            worker,
+            balance,
+            queues,
+        }
+    }
+
+    fn destination(&self) -> Option<usize> {
+        self.balance.destination(self.worker)
+    }
+
+    /// Counts a movable connection on this worker while the guard lives.
+    fn counted(&self) -> Counted<'_> {
+        self.balance.count_movable(self.worker, true);
+        Counted(self)
+    }
+
+    /// Hands the connection on `io` to worker `to`, on a duplicate of its
+    /// socket: dropping `io` ends this worker's hold on it.
+    fn send<T: Transport>(&self, to: usize, mut io: Io<T>, remote: SocketAddr, slot: Slot) {
+        let stream = match io.stream.socket().as_fd().try_clone_to_owned() {
+            Ok(socket) => std::net::TcpStream::from(socket),
+            Err(error) => {
+                tracing::debug!(%error, "could not move a connection; closing it");
+                return;
+            }
+        };
+        let moved = Moved {
+            stream,
+            remote,
+            slot,
+            progress: io.progress.clone(),
+            unread: std::mem::take(&mut io.unread),
+        };
+        drop(io);
+        match self.queues.get(to).map(|queue| queue.send(moved)) {
+            Some(Ok(())) => self.balance.moved(),
+            _ => tracing::debug!(worker = to, "worker stopped; moved connection closed"),
+        }
+    }
+}
+
+/// A movable connection counted on its worker.
+struct Counted<'a>(&'a Moves);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.balance.count_movable(self.0.worker, false);
     }
 }
 
@@ -827,6 +1023,10 @@ impl<T: Transport> Drop for Io<T> {
 pub(super) trait Transport:
     AsyncRead + AsyncWrite + Unpin + Send + fmt::Debug + 'static
 {
+    /// Whether a connection on it can move to another worker: its state is
+    /// all in the socket (a TLS session's is not).
+    const MOVABLE: bool;
+
     /// Writes all of `bytes` now if the socket takes them without waiting.
     fn try_write_all(&mut self, bytes: &[u8]) -> bool;
 
@@ -835,6 +1035,8 @@ pub(super) trait Transport:
 }
 
 impl Transport for TcpStream {
+    const MOVABLE: bool = true;
+
     fn try_write_all(&mut self, bytes: &[u8]) -> bool {
         matches!(self.try_write(bytes), Ok(written) if written == bytes.len())
     }
@@ -845,6 +1047,8 @@ impl Transport for TcpStream {
 }
 
 impl Transport for TlsStream<TcpStream> {
+    const MOVABLE: bool = false;
+
     /// A TLS connection is parked only once its reader had no plaintext
     /// left and its socket nothing more to read (hyper's read was pending),
     /// so the socket's readiness is the next record's.

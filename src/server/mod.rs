@@ -3,6 +3,7 @@
 //! its cap in [`accept`]) until shutdown, with the admin listener beside it.
 
 mod accept;
+mod balance;
 mod connection;
 mod steps;
 mod workers;
@@ -17,6 +18,7 @@ use tokio::{
 
 use self::{
     accept::Acceptor,
+    balance::Balance,
     connection::Timeouts,
     steps::{DataPlane, StepParts},
 };
@@ -510,16 +512,13 @@ impl Server {
             }
             _ => None,
         };
+        let (moved, active) = self.metrics.workers();
+        let balance = Balance::new(self.workers, moved, active);
+        if self.workers > 1 {
+            background.spawn(balance.clone().keep_balanced());
+        }
         let served = if self.public_routes {
-            workers::serve(
-                acceptor,
-                tls,
-                self.router,
-                self.workers,
-                self.timeouts,
-                shutdown,
-            )
-            .await
+            workers::serve(acceptor, tls, self.router, balance, self.timeouts, shutdown).await
         } else {
             // The data plane alone: no router to pass through on every
             // request (callgrind: ~4k instructions of a GET's ~80k).
@@ -527,7 +526,7 @@ impl Server {
                 acceptor,
                 tls,
                 self.data_plane,
-                self.workers,
+                balance,
                 self.timeouts,
                 shutdown,
             )

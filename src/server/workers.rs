@@ -7,11 +7,13 @@
 //! buffer task. Measured on the GET workload: ~20% less gateway CPU than one
 //! multi-thread runtime.
 //!
-//! One acceptor task hands accepted connections (of the cleartext listener
-//! and the TLS one) to the workers in turn: an exact balance, where
-//! `SO_REUSEPORT` hashing can leave a core idle when a few keep-alive
-//! clients make all the traffic. A TLS handshake runs on the worker that
-//! serves the connection, so handshakes spread over the cores too.
+//! One acceptor task hands accepted connections to the workers in turn: an
+//! exact balance, where `SO_REUSEPORT` hashing can leave a core idle when a
+//! few keep-alive clients make all the traffic. Cleartext connections go
+//! to the workers the [`Balance`] keeps active (as few as the load needs),
+//! and move between them as it changes; TLS ones to every worker in turn
+//! (a TLS handshake runs on the worker that serves the connection, so
+//! handshakes spread over the cores too).
 
 use std::{future::Future, io, net::SocketAddr, sync::Arc, thread};
 
@@ -23,7 +25,8 @@ use tokio::{
 
 use super::{
     accept::{Acceptor, Slot},
-    connection::{ConnectionService, Connections, Timeouts},
+    balance::Balance,
+    connection::{ConnectionService, Connections, Moved, Moves, Timeouts},
 };
 use crate::{observe::access_log, tls::Termination, upstream};
 
@@ -34,42 +37,67 @@ type Accepted = (std::net::TcpStream, SocketAddr, Slot, bool);
 /// The TLS listener's acceptor and its termination.
 pub(super) type TlsListener = (Acceptor, Arc<Termination>);
 
+/// A worker's queues: of connections accepted for it, and of connections
+/// moved to it from other workers.
+struct Queues {
+    accepted: mpsc::UnboundedReceiver<Accepted>,
+    moved: mpsc::UnboundedReceiver<Moved>,
+}
+
 /// Serves `service` on the `acceptor`'s listener (and the TLS one, if any)
-/// with `workers` threads until `shutdown` resolves, then lets every worker
-/// drain its in-flight requests.
+/// with as many threads as `balance` has workers until `shutdown`
+/// resolves, then lets every worker drain its in-flight requests.
 pub(super) async fn serve<S>(
     mut acceptor: Acceptor,
     mut tls: Option<TlsListener>,
     service: S,
-    workers: usize,
+    balance: Arc<Balance>,
     timeouts: Timeouts,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()>
 where
     S: ConnectionService,
 {
+    let workers = balance.workers();
+    let (moving, moved): (Vec<_>, Vec<_>) = (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
+    let moving: Arc<[_]> = moving.into();
     let mut queues = Vec::with_capacity(workers);
     let mut drained = Vec::with_capacity(workers);
-    for index in 0..workers {
+    for (index, moved) in moved.into_iter().enumerate() {
+        let (parks, wakes) = (balance.clone(), balance.clone());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .on_thread_park(move || parks.parks(index))
+            .on_thread_unpark(move || wakes.woke(index))
             .build()?;
         let (queue, accepted) = mpsc::unbounded_channel();
         let (done, finished) = oneshot::channel::<()>();
         let service = service.clone();
         let termination = tls.as_ref().map(|(_, termination)| termination.clone());
+        // One worker has nowhere to move a connection to.
+        let moves = (workers > 1).then(|| Moves::new(index, balance.clone(), moving.clone()));
         thread::Builder::new()
             .name(format!("protogate-worker-{index}"))
             .spawn(move || {
-                run_worker(index, &runtime, accepted, service, termination, timeouts);
+                let queues = Queues { accepted, moved };
+                run_worker(
+                    index,
+                    &runtime,
+                    queues,
+                    moves,
+                    service,
+                    termination,
+                    timeouts,
+                );
                 access_log::flush_thread();
                 drop(done);
             })?;
         queues.push(queue);
         drained.push(finished);
     }
+    drop(moving);
     let tls = tls.as_mut().map(|(acceptor, _)| acceptor);
-    accept(&mut acceptor, tls, &queues, shutdown).await;
+    accept(&mut acceptor, tls, &queues, &balance, shutdown).await;
     // Closing the queues is the workers' signal to drain and stop.
     drop(queues);
     for finished in drained {
@@ -78,15 +106,17 @@ where
     Ok(())
 }
 
-/// Accepts until `shutdown`, handing connections to the workers in turn.
+/// Accepts until `shutdown`, handing connections to the workers in turn:
+/// cleartext ones to the active workers, TLS ones to all.
 async fn accept(
     acceptor: &mut Acceptor,
     mut tls: Option<&mut Acceptor>,
     queues: &[mpsc::UnboundedSender<Accepted>],
+    balance: &Balance,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut turn = 0usize;
+    let (mut turn, mut tls_turn) = (0usize, 0usize);
     loop {
         let ((stream, remote, slot), is_tls) = tokio::select! {
             () = &mut shutdown => return,
@@ -109,16 +139,16 @@ async fn accept(
                 continue;
             }
         };
-        turn = turn.wrapping_add(1);
+        let worker = if is_tls {
+            tls_turn = tls_turn.wrapping_add(1);
+            tls_turn % queues.len()
+        } else {
+            turn = turn.wrapping_add(1);
+            turn % balance.active().clamp(1, queues.len())
+        };
         // A queue only closes if its worker thread died.
-        if queues[turn % queues.len()]
-            .send((stream, remote, slot, is_tls))
-            .is_err()
-        {
-            tracing::error!(
-                worker = turn % queues.len(),
-                "worker stopped; connection dropped"
-            );
+        if queues[worker].send((stream, remote, slot, is_tls)).is_err() {
+            tracing::error!(worker, "worker stopped; connection dropped");
         }
     }
 }
@@ -126,7 +156,8 @@ async fn accept(
 fn run_worker<S>(
     index: usize,
     runtime: &Runtime,
-    mut accepted: mpsc::UnboundedReceiver<Accepted>,
+    mut queues: Queues,
+    moves: Option<Moves>,
     service: S,
     termination: Option<Arc<Termination>>,
     timeouts: Timeouts,
@@ -137,8 +168,22 @@ fn run_worker<S>(
     access_log::batch_on_this_thread();
     runtime.block_on(async move {
         tokio::spawn(access_log::flush_periodically());
-        let connections = Connections::new(timeouts);
-        while let Some((stream, remote, slot, is_tls)) = accepted.recv().await {
+        let connections = Connections::new(timeouts, moves);
+        loop {
+            // The moved queue never closes (the workers hold its senders):
+            // the accepted one closing is the signal to stop.
+            let (stream, remote, slot, is_tls) = tokio::select! {
+                accepted = queues.accepted.recv() => match accepted {
+                    Some(accepted) => accepted,
+                    None => break,
+                },
+                Some(moved) = queues.moved.recv() => {
+                    if let Some(resumed) = connections.resume(moved, service.clone()) {
+                        tokio::spawn(resumed);
+                    }
+                    continue;
+                }
+            };
             let stream = match TcpStream::from_std(stream) {
                 Ok(stream) => stream,
                 Err(error) => {
@@ -159,4 +204,173 @@ fn run_worker<S>(
         }
         connections.drain().await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{convert::Infallible, time::Duration};
+
+    use axum::{body::Body, response::Response};
+    use http::Request;
+    use metrics::{Counter, Gauge};
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::TcpListener,
+    };
+
+    use super::*;
+    use crate::config::LimitsConfig;
+
+    /// Answers with the name of the worker thread that served the request,
+    /// and its path.
+    fn who_serves() -> impl ConnectionService {
+        tower::service_fn(|request: Request<Body>| {
+            let worker = thread::current().name().unwrap_or_default().to_owned();
+            std::future::ready(Ok::<_, Infallible>(Response::new(Body::from(format!(
+                "{worker} {}",
+                request.uri().path()
+            )))))
+        })
+    }
+
+    /// Reads one HTTP/1.1 response and returns its body.
+    async fn response(client: &mut TcpStream, buffer: &mut Vec<u8>) -> String {
+        loop {
+            if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buffer[..end]).to_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length: "))
+                    .and_then(|length| length.trim().parse().ok())
+                    .expect("a content-length");
+                if buffer.len() >= end + 4 + length {
+                    let body = String::from_utf8_lossy(&buffer[end + 4..end + 4 + length]);
+                    let body = body.into_owned();
+                    buffer.drain(..end + 4 + length);
+                    return body;
+                }
+            }
+            let mut chunk = [0; 1024];
+            let read = client.read(&mut chunk).await.unwrap();
+            assert!(read > 0, "the connection closed");
+            buffer.extend_from_slice(&chunk[..read]);
+        }
+    }
+
+    struct Client {
+        stream: TcpStream,
+        buffer: Vec<u8>,
+    }
+
+    impl Client {
+        async fn connect(address: SocketAddr) -> Self {
+            let stream = TcpStream::connect(address).await.unwrap();
+            Self {
+                stream,
+                buffer: Vec::new(),
+            }
+        }
+
+        async fn get(&mut self, path: &str) -> String {
+            self.send(&format!("GET {path} HTTP/1.1\r\nhost: a\r\n\r\n"))
+                .await;
+            response(&mut self.stream, &mut self.buffer).await
+        }
+
+        async fn send(&mut self, bytes: &str) {
+            self.stream.write_all(bytes.as_bytes()).await.unwrap();
+        }
+
+        async fn response(&mut self) -> String {
+            response(&mut self.stream, &mut self.buffer).await
+        }
+    }
+
+    /// Waits until `worker` serves `count` movable connections.
+    async fn until_serving(balance: &Balance, worker: usize, count: usize) {
+        for _ in 0..500 {
+            if balance.movable(worker) == count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "worker {worker} serves {} movable connections, not {count}",
+            balance.movable(worker)
+        );
+    }
+
+    #[tokio::test]
+    async fn connections_move_between_requests_as_workers_leave_and_join() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let balance = Balance::new(2, Counter::noop(), Gauge::noop());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = tokio::spawn(serve(
+            Acceptor::new(listener, 16),
+            None,
+            who_serves(),
+            balance.clone(),
+            Timeouts::from(&LimitsConfig::default()),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+
+        // Two active workers: connections are accepted onto each in turn.
+        balance.grow();
+        let mut first = Client::connect(address).await;
+        assert_eq!(first.get("/a").await, "protogate-worker-1 /a");
+        let mut second = Client::connect(address).await;
+        assert_eq!(second.get("/a").await, "protogate-worker-0 /a");
+        until_serving(&balance, 1, 1).await;
+        until_serving(&balance, 0, 1).await;
+
+        // Worker 1 leaves: its connection is served there once more, and
+        // moves after the response, with the start of a pipelined head it
+        // had read.
+        balance.shrink();
+        first
+            .send("GET /b HTTP/1.1\r\nhost: a\r\n\r\nGET /c HTT")
+            .await;
+        assert_eq!(first.response().await, "protogate-worker-1 /b");
+        until_serving(&balance, 0, 2).await;
+        assert_eq!(balance.movable(1), 0);
+        first.send("P/1.1\r\nhost: a\r\n\r\n").await;
+        assert_eq!(first.response().await, "protogate-worker-0 /c");
+        assert_eq!(first.get("/d").await, "protogate-worker-0 /d");
+        // A new connection goes to the active worker only.
+        let mut third = Client::connect(address).await;
+        assert_eq!(third.get("/a").await, "protogate-worker-0 /a");
+        until_serving(&balance, 0, 3).await;
+
+        // Worker 1 joins again: worker 0 hands it one of its three, the
+        // first it sees between two requests.
+        balance.grow();
+        let mut clients = [first, second, third];
+        for client in &mut clients {
+            assert!(client.get("/e").await.ends_with(" /e"));
+        }
+        until_serving(&balance, 1, 1).await;
+        assert_eq!(balance.movable(0), 2);
+        for _ in 0..2 {
+            let mut served = Vec::new();
+            for client in &mut clients {
+                served.push(client.get("/f").await);
+            }
+            served.sort();
+            assert_eq!(
+                served,
+                [
+                    "protogate-worker-0 /f",
+                    "protogate-worker-0 /f",
+                    "protogate-worker-1 /f"
+                ]
+            );
+        }
+
+        drop(clients);
+        let _ = stop.send(());
+        served.await.unwrap().unwrap();
+    }
 }
