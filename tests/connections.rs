@@ -1,12 +1,20 @@
 //! Client connections on the public listener: header-read and idle
 //! timeouts, idle HTTP/1.1 connections parked and taken up again, HTTP/2
-//! pings, idleness and response header compression, the connection cap, and the admin
-//! listener still answering while the public one is full. Raw sockets, since
-//! these are about what happens between requests.
+//! pings, idleness and response header compression, the connection cap,
+//! the admin listener still answering while the public one is full, and
+//! connections moving between workers as the load changes. Raw sockets,
+//! mostly, since these are about what happens between requests.
 
 mod common;
 
-use std::time::Duration;
+use std::{
+    collections::HashSet,
+    sync::{
+        atomic::{AtomicBool, Ordering::Relaxed},
+        Arc,
+    },
+    time::Duration,
+};
 
 use common::{read_response, read_until_closed, Gateway, RawResponse};
 use tokio::{
@@ -387,4 +395,100 @@ async fn past_max_connections_new_ones_are_refused_and_the_admin_listener_answer
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(admitted, Some(200));
+}
+
+/// A metric's value as the admin listener's `/metrics` shows it.
+async fn metric(gw: &Gateway, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://{}/metrics", gw.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// The upstream connection (its client address, as the backend saw it) that
+/// `client`'s next request is sent over.
+async fn upstream_peer(gw: &Gateway, client: &reqwest::Client) -> String {
+    let response = client.get(gw.url("/v1/headers")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["metadata"][":peer"].as_str().unwrap().to_owned()
+}
+
+/// The distinct upstream connections `clients` call over, once a request
+/// of each has seen them all over `n`: a connection moves after a request,
+/// once none of its next head is read (a next request sent at once can
+/// still be served where it was).
+async fn upstream_peers(gw: &Gateway, clients: &[reqwest::Client], n: usize) -> HashSet<String> {
+    let mut peers = HashSet::new();
+    for _ in 0..20 {
+        peers.clear();
+        for client in clients {
+            peers.insert(upstream_peer(gw, client).await);
+        }
+        if peers.len() == n {
+            break;
+        }
+    }
+    peers
+}
+
+/// Polls `name` until `accept` takes its value, at most 60 s.
+async fn until_metric(gw: &Gateway, name: &str, accept: impl Fn(f64) -> bool) -> f64 {
+    for _ in 0..600 {
+        let value = metric(gw, name).await;
+        if accept(value) {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{name} stayed at {}", metric(gw, name).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn light_load_is_served_by_one_worker_and_heavy_load_brings_the_other_in() {
+    let gw = Gateway::start_with(|config| config.workers = 2).await;
+    assert_eq!(metric(&gw, "protogate_workers_active").await, 1.0);
+    assert_eq!(metric(&gw, "protogate_connections_moved_total").await, 0.0);
+    // One request at a time: every connection on the one active worker,
+    // calling upstream over its one connection.
+    let clients: Vec<reqwest::Client> = (0..8).map(|_| reqwest::Client::new()).collect();
+    assert_eq!(upstream_peers(&gw, &clients, 1).await.len(), 1);
+
+    // Requests back to back on all of them: the second worker comes in and
+    // takes some of the connections, which call over its own connection.
+    let loaded = Arc::new(AtomicBool::new(true));
+    let load: Vec<_> = clients
+        .iter()
+        .map(|client| {
+            let (client, url, loaded) = (client.clone(), gw.url("/v1/echo/load"), loaded.clone());
+            tokio::spawn(async move {
+                while loaded.load(Relaxed) {
+                    let response = client.get(&url).send().await.unwrap();
+                    assert_eq!(response.status(), 200);
+                    response.bytes().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    until_metric(&gw, "protogate_workers_active", |active| active == 2.0).await;
+    let moved = until_metric(&gw, "protogate_connections_moved_total", |moved| {
+        moved > 0.0
+    })
+    .await;
+    loaded.store(false, Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    assert_eq!(upstream_peers(&gw, &clients, 2).await.len(), 2);
+
+    // Light again: the second worker leaves, and its connections come back.
+    until_metric(&gw, "protogate_workers_active", |active| active == 1.0).await;
+    assert_eq!(upstream_peers(&gw, &clients, 1).await.len(), 1);
+    assert!(metric(&gw, "protogate_connections_moved_total").await > moved);
 }

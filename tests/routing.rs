@@ -208,27 +208,6 @@ async fn upstream_peer(gw: &Gateway, client: &reqwest::Client) -> String {
 }
 
 #[tokio::test]
-async fn each_worker_calls_upstream_over_its_own_connection() {
-    let gw = Gateway::start_with(|config| config.workers = 2).await;
-    // Connections go to the workers in turn: two clients, two workers.
-    let first = reqwest::Client::new();
-    let second = reqwest::Client::new();
-    let mut seen = std::collections::HashSet::new();
-    for _ in 0..3 {
-        seen.insert(upstream_peer(&gw, &first).await);
-    }
-    assert_eq!(
-        seen.len(),
-        1,
-        "one worker, one upstream connection: {seen:?}"
-    );
-    for _ in 0..3 {
-        seen.insert(upstream_peer(&gw, &second).await);
-    }
-    assert_eq!(seen.len(), 2, "the other worker has its own: {seen:?}");
-}
-
-#[tokio::test]
 async fn concurrent_first_calls_share_one_upstream_connection() {
     let gw = Gateway::start_with(|config| config.workers = 1).await;
     let clients: Vec<_> = (0..16).map(|_| reqwest::Client::new()).collect();
