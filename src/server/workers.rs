@@ -326,16 +326,21 @@ mod tests {
         until_serving(&balance, 1, 1).await;
         until_serving(&balance, 0, 1).await;
 
-        // Worker 1 leaves: its connection is served there once more, and
-        // moves after the response, with the start of a pipelined head it
+        // Worker 1 leaves: its connection moves the next time it is seen
+        // between two requests (before or after the next, as the worker
+        // happens to look at it), with the start of a pipelined head it
         // had read.
         balance.shrink();
         first
             .send("GET /b HTTP/1.1\r\nhost: a\r\n\r\nGET /c HTT")
             .await;
-        assert_eq!(first.response().await, "protogate-worker-1 /b");
+        let answer = first.response().await;
+        assert!(
+            ["protogate-worker-1 /b", "protogate-worker-0 /b"].contains(&answer.as_str()),
+            "{answer}"
+        );
         until_serving(&balance, 0, 2).await;
-        assert_eq!(balance.movable(1), 0);
+        until_serving(&balance, 1, 0).await;
         first.send("P/1.1\r\nhost: a\r\n\r\n").await;
         assert_eq!(first.response().await, "protogate-worker-0 /c");
         assert_eq!(first.get("/d").await, "protogate-worker-0 /d");
@@ -352,7 +357,7 @@ mod tests {
             assert!(client.get("/e").await.ends_with(" /e"));
         }
         until_serving(&balance, 1, 1).await;
-        assert_eq!(balance.movable(0), 2);
+        until_serving(&balance, 0, 2).await;
         for _ in 0..2 {
             let mut served = Vec::new();
             for client in &mut clients {
