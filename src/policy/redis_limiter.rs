@@ -2,27 +2,22 @@
 //! instance shares, so that three instances with a quota of 100 admit 100,
 //! not 300.
 //!
-//! A worker has at most one call of a limiter out at a time, and the
-//! decisions it takes meanwhile wait for the next: the first decision opens
-//! this thread's batch and starts its sender task, which runs after the
-//! tasks already woken, so that every decision they take joins; while that
-//! call is out, the decisions that follow gather for the next one, which the
-//! same task sends as soon as the answer is in. The busier the worker, the
-//! bigger the batches, and an idle one still sends at the end of its turn.
-//! A call is one `EVALSHA` of a GCRA script over all its batch's keys: one
-//! write, one read and one wake-up on the worker's own multiplexed
-//! connection for the lot, and each decision still atomic and exact, since
-//! the script takes them one after the other (the same key twice counts
-//! twice). Answers come back through one shared slot per batch, without a
-//! channel per decision. The script counts exactly as governor does in
-//! process ([`LocalLimiter`]), with Redis' clock, so `RateLimit-*` and
-//! `Retry-After` mean the same whichever policy is on; a bucket's key
-//! expires when the bucket is full again. While Redis does not answer,
-//! `rate_limit.on_redis_error` decides.
+//! The decisions a worker takes while it runs its ready tasks go to Redis
+//! together: the first one opens this thread's batch and spawns the task
+//! that sends it, which runs after the tasks already woken, so that every
+//! decision they take joins. The batch is one `EVALSHA` of a GCRA script
+//! over all its keys: one write, one read and one wake-up on the worker's own
+//! multiplexed connection for the lot, and each decision still atomic and
+//! exact, since the script takes them one after the other (the same key
+//! twice counts twice). Answers come back through one shared slot per
+//! batch, without a channel per decision. The script counts exactly as
+//! governor does in process ([`LocalLimiter`]), with Redis' clock, so
+//! `RateLimit-*` and `Retry-After` mean the same whichever policy is on; a
+//! bucket's key expires when the bucket is full again. While Redis does not
+//! answer, `rate_limit.on_redis_error` decides.
 
 use std::{
     cell::RefCell,
-    collections::VecDeque,
     fmt::Write as _,
     future::Future,
     sync::{
@@ -76,8 +71,9 @@ return verdicts
 const MAX_BATCH: usize = 256;
 
 thread_local! {
-    /// Per limiter, this thread's sender and the batches waiting for it.
-    static SENDERS: RefCell<Vec<Sender>> = const { RefCell::new(Vec::new()) };
+    /// The batches this thread is gathering, one per limiter, until their
+    /// task takes them.
+    static GATHERING: RefCell<Vec<Gathering>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Shared GCRA buckets, with this instance's own as the fallback.
@@ -103,17 +99,9 @@ struct SharedBucket {
     tau: u64,
 }
 
-/// One limiter's calls from this thread.
-struct Sender {
-    limiter: u64,
-    /// Whether its task runs: it takes the waiting batches one after the other.
-    running: bool,
-    /// Oldest first; decisions join the last until it is full.
-    waiting: VecDeque<Gathering>,
-}
-
-/// A batch being gathered: the decisions asked so far.
+/// A batch being gathered on this thread: the decisions asked so far.
 struct Gathering {
+    limiter: u64,
     batch: Arc<Batch>,
     asked: Vec<(BucketId, ClientKey)>,
 }
@@ -127,14 +115,9 @@ struct Batch {
     answered: Notify,
 }
 
-/// Wakes a batch's decisions when its call ends, answered or not (a task
+/// Wakes a batch's decisions when its task ends, answered or not (a task
 /// dropped with its runtime leaves no decision waiting).
 struct Answer(Arc<Batch>);
-
-/// Ends a limiter's sender on this thread: the next decision starts
-/// another, and a batch left waiting (the task dropped with its runtime)
-/// is answered with no verdict.
-struct SenderStopped(u64);
 
 // === impl RedisLimiter ===
 
@@ -213,40 +196,28 @@ impl RedisLimiter {
     }
 
     /// Adds the decision to this thread's open batch (opening one, and
-    /// starting the sender if it is not running) and waits for its verdict.
+    /// spawning its task, if there is none) and waits for its verdict.
     async fn join_batch(self: &Arc<Self>, bucket: BucketId, key: &ClientKey) -> Option<(u64, u64)> {
-        let (batch, index, start) = SENDERS.with_borrow_mut(|senders| {
-            let sender = match senders.iter().position(|s| s.limiter == self.id) {
-                Some(index) => &mut senders[index],
+        let (batch, index) = GATHERING.with_borrow_mut(|gathering| {
+            let open = gathering
+                .iter_mut()
+                .rfind(|g| g.limiter == self.id && g.asked.len() < MAX_BATCH);
+            let open = match open {
+                Some(open) => open,
                 None => {
-                    senders.push(Sender {
+                    let batch = Arc::new(Batch::default());
+                    tokio::spawn(self.clone().send(Answer(batch.clone())));
+                    gathering.push(Gathering {
                         limiter: self.id,
-                        running: false,
-                        waiting: VecDeque::new(),
+                        batch,
+                        asked: Vec::with_capacity(16),
                     });
-                    senders.last_mut()?
+                    gathering.last_mut()?
                 }
             };
-            let start = !std::mem::replace(&mut sender.running, true);
-            if sender
-                .waiting
-                .back()
-                .is_none_or(|open| open.asked.len() >= MAX_BATCH)
-            {
-                sender.waiting.push_back(Gathering {
-                    batch: Arc::default(),
-                    asked: Vec::with_capacity(16),
-                });
-            }
-            let open = sender.waiting.back_mut()?;
             open.asked.push((bucket, key.clone()));
-            Some((open.batch.clone(), open.asked.len() - 1, start))
+            Some((open.batch.clone(), open.asked.len() - 1))
         })?;
-        // Outside the borrow: a task dropped at once (its runtime shutting
-        // down) stops the sender again.
-        if start {
-            tokio::spawn(self.clone().send(SenderStopped(self.id)));
-        }
         let answered = batch.answered.notified();
         tokio::pin!(answered);
         answered.as_mut().enable();
@@ -256,23 +227,21 @@ impl RedisLimiter {
         verdict(batch.verdicts.get()?.as_deref()?, index)
     }
 
-    /// The sender of this limiter on this thread: one call at a time, each
-    /// over the oldest batch waiting, until none is left.
-    /// `_stopped` ends it also when the task is dropped unpolled.
-    async fn send(self: Arc<Self>, _stopped: SenderStopped) {
-        while let Some(Gathering { batch, asked }) = self.next_batch() {
-            let answer = Answer(batch);
-            let verdicts = self.evaluate(&asked).await;
-            let _ = answer.0.verdicts.set(verdicts);
-        }
-    }
-
-    /// The oldest batch waiting on this thread, taken.
-    fn next_batch(&self) -> Option<Gathering> {
-        SENDERS.with_borrow_mut(|senders| {
-            let sender = senders.iter_mut().find(|s| s.limiter == self.id)?;
-            sender.waiting.pop_front()
-        })
+    /// The task of one batch: takes what was gathered by the time it runs,
+    /// asks Redis, and wakes the decisions (also when dropped unpolled, as
+    /// its runtime shuts down).
+    async fn send(self: Arc<Self>, answer: Answer) {
+        let asked = GATHERING.with_borrow_mut(|gathering| {
+            let index = gathering
+                .iter()
+                .position(|g| Arc::ptr_eq(&g.batch, &answer.0))?;
+            Some(gathering.swap_remove(index).asked)
+        });
+        let verdicts = match asked {
+            Some(asked) => self.evaluate(&asked).await,
+            None => None,
+        };
+        let _ = answer.0.verdicts.set(verdicts);
     }
 
     /// One script call over `asked`: per decision `allowed, remaining or µs
@@ -328,25 +297,6 @@ impl Drop for Answer {
     fn drop(&mut self) {
         let _ = self.0.verdicts.set(None);
         self.0.answered.notify_waiters();
-    }
-}
-
-// === impl SenderStopped ===
-
-impl Drop for SenderStopped {
-    fn drop(&mut self) {
-        // Not at all once the thread's locals are gone: nothing waits then.
-        let _ = SENDERS.try_with(|senders| {
-            let left = senders.try_borrow_mut().ok().and_then(|mut senders| {
-                let sender = senders.iter_mut().find(|s| s.limiter == self.0)?;
-                sender.running = false;
-                Some(std::mem::take(&mut sender.waiting))
-            });
-            // Woken outside the borrow.
-            for gathering in left.into_iter().flatten() {
-                drop(Answer(gathering.batch));
-            }
-        });
     }
 }
 
@@ -417,10 +367,8 @@ mod tests {
         }
     }
 
-    /// Starts a `redis-server` and runs `test` on a serving worker's
-    /// runtime with a limiter of 100 requests an hour counted in it (the
-    /// script loaded, the command statistics reset).
-    fn with_limiter<F: Future<Output = ()>>(test: impl FnOnce(Arc<Redis>, Arc<RedisLimiter>) -> F) {
+    #[test]
+    fn the_decisions_of_one_tick_go_in_one_call_and_each_counts_in_turn() {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -451,6 +399,7 @@ mod tests {
             requests: 100,
             per: Duration::from_secs(3600),
         };
+        // A serving worker's runtime.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -465,41 +414,21 @@ mod tests {
                 OnRedisError::Deny,
                 local,
             ));
+            // Loads the script, so that the batch below is one call.
             let other = ClientKey::Ip(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)));
             assert!(limiter.check(BucketId(0), &other).await.allowed);
             let _: () = redis
                 .query(Op::Ping, redis::cmd("CONFIG").arg("RESETSTAT"))
                 .await
                 .unwrap();
-            test(redis, limiter).await;
-        });
-    }
 
-    /// How many `EVALSHA` calls Redis took since its statistics were reset.
-    async fn script_calls(redis: &Redis) -> Option<u64> {
-        let stats: String = redis
-            .query(Op::Ping, redis::cmd("INFO").arg("commandstats"))
-            .await
-            .unwrap();
-        stats
-            .lines()
-            .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
-            .and_then(|rest| rest.split(',').next()?.parse().ok())
-    }
-
-    fn decide(
-        limiter: &Arc<RedisLimiter>,
-        client: &ClientKey,
-    ) -> tokio::task::JoinHandle<Decision> {
-        let (limiter, client) = (limiter.clone(), client.clone());
-        tokio::spawn(async move { limiter.check(BucketId(0), &client).await })
-    }
-
-    #[test]
-    fn the_decisions_of_one_tick_go_in_one_call_and_each_counts_in_turn() {
-        with_limiter(|redis, limiter| async move {
             let client = ClientKey::Ip(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
-            let decisions: Vec<_> = (0..150).map(|_| decide(&limiter, &client)).collect();
+            let decisions: Vec<_> = (0..150)
+                .map(|_| {
+                    let (limiter, client) = (limiter.clone(), client.clone());
+                    tokio::spawn(async move { limiter.check(BucketId(0), &client).await })
+                })
+                .collect();
             let mut remaining = Vec::new();
             let mut refused = 0;
             for decision in decisions {
@@ -514,36 +443,16 @@ mod tests {
             // One bucket counting down in the order asked, then refusing.
             assert_eq!(remaining, (0..100).rev().collect::<Vec<u32>>());
             assert_eq!(refused, 50);
-            assert_eq!(script_calls(&redis).await, Some(1));
-        });
-    }
 
-    #[test]
-    fn the_decisions_taken_while_a_call_is_out_go_together_in_the_next() {
-        with_limiter(|redis, limiter| async move {
-            // Redis holds the scripts (writes) back for a while: the first
-            // call stays out while three more turns each take a decision.
-            let _: () = redis
-                .query(
-                    Op::Ping,
-                    redis::cmd("CLIENT").arg("PAUSE").arg(1000).arg("WRITE"),
-                )
+            let stats: String = redis
+                .query(Op::Ping, redis::cmd("INFO").arg("commandstats"))
                 .await
                 .unwrap();
-            let client = ClientKey::Ip(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
-            let mut decisions = Vec::new();
-            for _ in 0..4 {
-                decisions.push(decide(&limiter, &client));
-                // The decision and the sender run before this task again.
-                tokio::task::yield_now().await;
-            }
-            let mut remaining = Vec::new();
-            for decision in decisions {
-                remaining.push(decision.await.unwrap().remaining);
-            }
-            assert_eq!(remaining, [99, 98, 97, 96]);
-            // The first decision alone, the three that waited in one call.
-            assert_eq!(script_calls(&redis).await, Some(2));
+            let calls = stats
+                .lines()
+                .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+                .and_then(|rest| rest.split(',').next());
+            assert_eq!(calls, Some("1"), "{stats}");
         });
     }
 }
