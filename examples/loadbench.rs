@@ -1,5 +1,6 @@
 //! Load benchmark: the example backend and the gateway as separate processes
-//! on loopback, driven over keep-alive HTTP/1.1 at a fixed concurrency, and
+//! on loopback, driven over keep-alive HTTP/1.1 (or HTTP/2, one or several
+//! streams per connection) at a fixed concurrency, and
 //! the same calls made directly over gRPC, so the gateway's added latency and
 //! CPU show as ratios measured in one run.
 //!
@@ -13,6 +14,7 @@
 //! cargo run --release --example loadbench -- --rate 2000                        # paced: 2,000 requests/s in all
 //! cargo run --release --example loadbench -- --only get --floor                 # and the floor of any such gateway
 //! cargo run --release --example loadbench -- --http2                            # HTTP/2 clients (h2c) instead of HTTP/1.1
+//! cargo run --release --example loadbench -- --http2 --concurrency 4 --streams 8   # 4 h2 connections, 8 streams each
 //! cargo run --release --example loadbench -- --tls                              # clients over TLS (ALPN), keep-alive
 //! cargo run --release --example loadbench -- --tls-upstream                     # the gateway calls the backend over TLS
 //! cargo run --release --example loadbench -- --tls --handshakes 5000 --workers 1  # new TLS handshakes on one core
@@ -124,10 +126,17 @@ struct Args {
     /// the kernel cost any gateway built on them.
     #[arg(long)]
     floor: bool,
-    /// Clients speak HTTP/2 (one stream at a time per connection) instead
-    /// of HTTP/1.1: h2c with prior knowledge, or ALPN `h2` with `--tls`.
+    /// Clients speak HTTP/2 instead of HTTP/1.1: h2c with prior knowledge,
+    /// or ALPN `h2` with `--tls`; one stream at a time per connection
+    /// unless `--streams` says more.
     #[arg(long)]
     http2: bool,
+    /// With `--http2`: concurrent streams per connection, as browsers and
+    /// CDNs multiplex (`--http2 --concurrency 4 --streams 8`: 4 connections
+    /// carrying 32 requests at once). The direct gRPC calls, the floor
+    /// proxy and the echo keep the same number of requests in flight.
+    #[arg(long, default_value_t = 1, requires = "http2", value_parser = clap::value_parser!(u32).range(1..))]
+    streams: u32,
     /// Clients reach the started gateway over TLS (its HTTPS listener).
     #[arg(long)]
     tls: bool,
@@ -190,6 +199,9 @@ enum Role {
     Floor {
         listen: SocketAddr,
         upstream: SocketAddr,
+        /// Serve HTTP/2 (h2c) instead of HTTP/1.1.
+        #[arg(long)]
+        http2: bool,
     },
     #[command(hide = true)]
     Gateway {
@@ -286,7 +298,11 @@ fn main() -> Result<(), BoxError> {
             SpanSink::start(listen).await?;
             std::future::pending().await
         }),
-        Some(Role::Floor { listen, upstream }) => serve_floor(listen, upstream),
+        Some(Role::Floor {
+            listen,
+            upstream,
+            http2,
+        }) => serve_floor(listen, upstream, http2),
         Some(Role::Gateway {
             listen,
             upstream,
@@ -508,9 +524,9 @@ async fn serve_echo(listen: SocketAddr) -> Result<(), BoxError> {
 
 /// The floor proxy: thread-per-core like the gateway, each thread with its
 /// own current-thread runtime and HTTP/2 connection to the backend; every
-/// request becomes the same GetOrder call, and the reply's message bytes
-/// are the response.
-fn serve_floor(listen: SocketAddr, upstream: SocketAddr) -> Result<(), BoxError> {
+/// request (HTTP/1.1, or HTTP/2 with `http2`) becomes the same GetOrder
+/// call, and the reply's message bytes are the response.
+fn serve_floor(listen: SocketAddr, upstream: SocketAddr, http2: bool) -> Result<(), BoxError> {
     let listener = std::net::TcpListener::bind(listen)?;
     listener.set_nonblocking(true)?;
     let message = GetOrderRequest {
@@ -531,7 +547,7 @@ fn serve_floor(listen: SocketAddr, upstream: SocketAddr) -> Result<(), BoxError>
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
-                runtime.block_on(floor_worker(listener?, upstream, frame, uri))
+                runtime.block_on(floor_worker(listener?, upstream, (frame, uri), http2))
             })
         })
         .collect();
@@ -544,8 +560,8 @@ fn serve_floor(listen: SocketAddr, upstream: SocketAddr) -> Result<(), BoxError>
 async fn floor_worker(
     listener: std::net::TcpListener,
     upstream: SocketAddr,
-    frame: Bytes,
-    uri: http::Uri,
+    (frame, uri): (Bytes, http::Uri),
+    http2: bool,
 ) -> Result<(), BoxError> {
     let listener = TcpListener::from_std(listener)?;
     let tcp = TcpStream::connect(upstream).await?;
@@ -578,10 +594,15 @@ async fn floor_worker(
                 Ok::<_, std::convert::Infallible>(response)
             }
         });
-        tokio::spawn(
-            hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service),
-        );
+        let io = TokioIo::new(stream);
+        if http2 {
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, service),
+            );
+        } else {
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(io, service));
+        }
     }
 }
 
@@ -840,6 +861,21 @@ impl Pace {
         Self { interval, offset }
     }
 
+    /// The pace of stream `stream` of `streams` sharing one connection: they
+    /// take the connection's sends in turn, so that its schedule stays
+    /// the same.
+    fn stream(self, stream: usize, streams: usize) -> Self {
+        #[allow(clippy::cast_possible_truncation)]
+        let (stream, streams) = (stream as u32, streams as u32);
+        match self.interval {
+            Some(interval) => Self {
+                interval: Some(interval * streams),
+                offset: self.offset + interval * stream,
+            },
+            None => self,
+        }
+    }
+
     /// Waits for the `n`th send of a connection that started at `start`.
     /// A latency is timed from the actual send, so the timer's millisecond
     /// granularity is not counted; at a rate well below capacity a send is
@@ -858,6 +894,8 @@ struct Target {
     /// TLS to `localhost` with this client, when set.
     tls: Option<TlsConnector>,
     http2: bool,
+    /// Concurrent streams per connection (1 for HTTP/1.1).
+    streams: usize,
 }
 
 impl Target {
@@ -866,6 +904,7 @@ impl Target {
             addr,
             tls: None,
             http2: false,
+            streams: 1,
         }
     }
 }
@@ -910,6 +949,17 @@ impl Sender {
         }
     }
 
+    /// One sender per concurrent stream: an HTTP/2 connection's, cloned;
+    /// an HTTP/1.1 connection carries one request at a time.
+    fn streams(self, streams: usize) -> Vec<Self> {
+        match self {
+            Self::Http1(_) => vec![self],
+            Self::Http2(sender, scheme) => (0..streams)
+                .map(|_| Self::Http2(sender.clone(), scheme))
+                .collect(),
+        }
+    }
+
     async fn send(
         &mut self,
         mut request: Request<Full<Bytes>>,
@@ -927,7 +977,8 @@ impl Sender {
     }
 }
 
-/// `requests` requests over `concurrency` keep-alive connections.
+/// `requests` requests over `concurrency` keep-alive connections, each
+/// carrying `target.streams` of them at once.
 async fn drive_http(
     target: &Target,
     workload: Workload,
@@ -938,23 +989,62 @@ async fn drive_http(
     spread(requests, concurrency, rate, move |count, pace| {
         let target = target.clone();
         async move {
-            let mut sender = Sender::open(&target).await?;
-            let mut latencies = Vec::with_capacity(count);
-            let mut errors = 0;
-            let start = tokio::time::Instant::now();
-            for n in (0..).take(count) {
-                pace.wait(start, n).await;
-                let begin = Instant::now();
-                let response = sender.send(workload.request()).await?;
-                let ok = response.status().is_success();
-                response.into_body().collect().await?;
-                latencies.push(begin.elapsed());
-                errors += usize::from(!ok);
-            }
-            Ok((latencies, errors))
+            let senders = Sender::open(&target).await?.streams(target.streams);
+            multiplex(count, pace, senders, move |sender, count, pace| {
+                http_requests(sender, workload, count, pace)
+            })
+            .await
         }
     })
     .await
+}
+
+/// `count` requests of `workload` one after the other on `sender`.
+async fn http_requests(
+    mut sender: Sender,
+    workload: Workload,
+    count: usize,
+    pace: Pace,
+) -> Result<(Vec<Duration>, usize), BoxError> {
+    let mut latencies = Vec::with_capacity(count);
+    let mut errors = 0;
+    let start = tokio::time::Instant::now();
+    for n in (0..).take(count) {
+        pace.wait(start, n).await;
+        let begin = Instant::now();
+        let response = sender.send(workload.request()).await?;
+        let ok = response.status().is_success();
+        response.into_body().collect().await?;
+        latencies.push(begin.elapsed());
+        errors += usize::from(!ok);
+    }
+    Ok((latencies, errors))
+}
+
+/// One connection's `count` requests over its streams, each stream with
+/// its share and its turn of the connection's pace, all at once.
+async fn multiplex<T, F, C>(
+    count: usize,
+    pace: Pace,
+    streams: Vec<T>,
+    stream: F,
+) -> Result<(Vec<Duration>, usize), BoxError>
+where
+    F: Fn(T, usize, Pace) -> C,
+    C: Future<Output = Result<(Vec<Duration>, usize), BoxError>>,
+{
+    let total = streams.len();
+    let runs = streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| stream(s, share(count, total, i), pace.stream(i, total)));
+    let mut latencies = Vec::with_capacity(count);
+    let mut errors = 0;
+    for (mut run, run_errors) in futures_util::future::try_join_all(runs).await? {
+        latencies.append(&mut run);
+        errors += run_errors;
+    }
+    Ok((latencies, errors))
 }
 
 /// `count` new TLS connections, each closed once its handshake is done.
@@ -1011,73 +1101,88 @@ async fn drive_echo(
     .await
 }
 
-/// The same calls made directly over gRPC, one channel per worker.
+/// The same calls made directly over gRPC, one channel per connection
+/// the HTTP clients open, carrying as many calls at once as their streams.
 async fn drive_grpc(
     backend: &Endpoint,
     workload: Workload,
     requests: usize,
     concurrency: usize,
+    streams: usize,
     rate: Option<f64>,
 ) -> Result<Run, BoxError> {
     spread(requests, concurrency, rate, move |count, pace| {
         let backend = backend.clone();
         async move {
             let channel: Channel = backend.connect().await?;
-            let mut client = OrderServiceClient::new(channel);
-            let mut latencies = Vec::with_capacity(count);
-            let start = tokio::time::Instant::now();
-            for n in (0..).take(count) {
-                pace.wait(start, n).await;
-                let begin = Instant::now();
-                match workload {
-                    Workload::Get => {
-                        client
-                            .get_order(GetOrderRequest {
-                                id: "o-1".into(),
-                                customer_id: String::new(),
-                            })
-                            .await?;
-                    }
-                    Workload::Post => {
-                        let order = Order {
-                            customer_id: "c-9".into(),
-                            currency: "EUR".into(),
-                            items: vec![
-                                LineItem {
-                                    sku: "sku-book".into(),
-                                    quantity: 1,
-                                    unit_price_cents: 1999,
-                                },
-                                LineItem {
-                                    sku: "sku-pen".into(),
-                                    quantity: 2,
-                                    unit_price_cents: 150,
-                                },
-                            ],
-                            ..Order::default()
-                        };
-                        client
-                            .create_order(CreateOrderRequest {
-                                order: Some(order),
-                                order_id: String::new(),
-                            })
-                            .await?;
-                    }
-                    Workload::List(n) => {
-                        client
-                            .list_orders(ListOrdersRequest {
-                                page_size: n,
-                                ..ListOrdersRequest::default()
-                            })
-                            .await?;
-                    }
-                }
-                latencies.push(begin.elapsed());
-            }
-            Ok((latencies, 0))
+            let clients = vec![OrderServiceClient::new(channel); streams];
+            multiplex(count, pace, clients, move |client, count, pace| {
+                grpc_calls(client, workload, count, pace)
+            })
+            .await
         }
     })
     .await
+}
+
+/// `count` calls of `workload` one after the other on `client`.
+async fn grpc_calls(
+    mut client: OrderServiceClient<Channel>,
+    workload: Workload,
+    count: usize,
+    pace: Pace,
+) -> Result<(Vec<Duration>, usize), BoxError> {
+    let mut latencies = Vec::with_capacity(count);
+    let start = tokio::time::Instant::now();
+    for n in (0..).take(count) {
+        pace.wait(start, n).await;
+        let begin = Instant::now();
+        match workload {
+            Workload::Get => {
+                client
+                    .get_order(GetOrderRequest {
+                        id: "o-1".into(),
+                        customer_id: String::new(),
+                    })
+                    .await?;
+            }
+            Workload::Post => {
+                let order = Order {
+                    customer_id: "c-9".into(),
+                    currency: "EUR".into(),
+                    items: vec![
+                        LineItem {
+                            sku: "sku-book".into(),
+                            quantity: 1,
+                            unit_price_cents: 1999,
+                        },
+                        LineItem {
+                            sku: "sku-pen".into(),
+                            quantity: 2,
+                            unit_price_cents: 150,
+                        },
+                    ],
+                    ..Order::default()
+                };
+                client
+                    .create_order(CreateOrderRequest {
+                        order: Some(order),
+                        order_id: String::new(),
+                    })
+                    .await?;
+            }
+            Workload::List(n) => {
+                client
+                    .list_orders(ListOrdersRequest {
+                        page_size: n,
+                        ..ListOrdersRequest::default()
+                    })
+                    .await?;
+            }
+        }
+        latencies.push(begin.elapsed());
+    }
+    Ok((latencies, 0))
 }
 
 /// `requests` spread over `concurrency` connections, each a task that runs
@@ -1096,11 +1201,16 @@ where
     let started = Instant::now();
     let tasks = (0..concurrency)
         .map(|worker| {
-            let count = requests / concurrency + usize::from(worker < requests % concurrency);
+            let count = share(requests, concurrency, worker);
             tokio::spawn(connection(count, Pace::new(rate, concurrency, worker)))
         })
         .collect();
     collect(started, tasks).await
+}
+
+/// Part `part`'s share of `total` split over `parts`.
+fn share(total: usize, parts: usize, part: usize) -> usize {
+    total / parts + usize::from(part < total % parts)
 }
 
 async fn collect(started: Instant, tasks: Vec<Worker>) -> Result<Run, BoxError> {
@@ -1129,7 +1239,7 @@ async fn round(
     gateway_pid: Option<u32>,
     backend: &Endpoint,
     backend_pid: u32,
-    floor: Option<(SocketAddr, u32)>,
+    floor: Option<(&Target, u32)>,
 ) -> Result<Round, BoxError> {
     let (backend_before, gateway_before) = (cpu_time(backend_pid), gateway_pid.map(cpu_time));
     let http = drive_http(
@@ -1146,21 +1256,16 @@ async fn round(
         workload,
         args.requests,
         args.concurrency,
+        gateway.streams,
         args.rate,
     )
     .await?;
     let backend_after = cpu_time(backend_pid);
     let floor = match floor {
-        Some((addr, pid)) => {
+        Some((target, pid)) => {
             let before = (cpu_time(pid), cpu_time(backend_pid));
-            let run = drive_http(
-                &Target::cleartext(addr),
-                workload,
-                args.requests,
-                args.concurrency,
-                args.rate,
-            )
-            .await?;
+            let run =
+                drive_http(target, workload, args.requests, args.concurrency, args.rate).await?;
             Some(Floor {
                 run,
                 cpu: cpu_time(pid).per_request_since(before.0, args.requests),
@@ -1290,6 +1395,7 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             _ => None,
         },
         http2: args.http2,
+        streams: usize::try_from(args.streams)?,
     };
     let gateway_pid = gateway.as_ref().map(Process::pid);
 
@@ -1317,29 +1423,49 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
     if let (Some(count), Some(pid)) = (args.idle_connections, gateway_pid) {
         return idle_connections(gateway_addr, pid, count).await;
     }
+    let connections = if args.http2 {
+        let streams = match target.streams {
+            1 => "1 stream".to_owned(),
+            n => format!("{n} streams"),
+        };
+        format!("{} connections, {streams} each", args.concurrency)
+    } else {
+        format!("{} connections", args.concurrency)
+    };
+    // Requests in flight at once.
+    let in_flight = args.concurrency * target.streams;
     println!(
-        "{} requests per workload, {} keep-alive {client} connections{pace}{quotas}{spans}; gateway {} → backend {backend_url}\n",
-        args.requests, args.concurrency, gateway_addr
+        "{} requests per workload, {client}, {connections} (keep-alive){pace}{quotas}{spans}; gateway {} → backend {backend_url}\n",
+        args.requests, gateway_addr
     );
     // What any proxy in a process of its own adds at the least: one more
     // round trip between two processes.
     let echo_addr = free_port()?;
     let _echo = Process::spawn(&["echo".into(), echo_addr.to_string()])?;
     wait_for(echo_addr).await?;
-    drive_echo(echo_addr, args.concurrency * 20, args.concurrency, None).await?;
-    let echo = drive_echo(echo_addr, args.requests, args.concurrency, args.rate).await?;
+    drive_echo(echo_addr, in_flight * 20, in_flight, None).await?;
+    let echo = drive_echo(echo_addr, args.requests, in_flight, args.rate).await?;
     println!(
-        "A {ECHO_BYTES}-byte echo between two processes on this machine, same connections and pace: \
+        "A {ECHO_BYTES}-byte echo between two processes on this machine, over {in_flight} connections (as many as requests in flight), same pace: \
          p50 {:.0} µs, p99 {:.0} µs (the least one more hop adds)\n",
         echo.percentile(0.5),
         echo.percentile(0.99)
     );
     let floor = if args.floor {
         let addr = free_port()?;
-        let process =
-            Process::spawn(&["floor".into(), addr.to_string(), backend_addr.to_string()])?;
+        let mut floor_args = vec!["floor".into(), addr.to_string(), backend_addr.to_string()];
+        if args.http2 {
+            floor_args.push("--http2".into());
+        }
+        let process = Process::spawn(&floor_args)?;
         wait_for(addr).await?;
-        Some((process, addr))
+        // Its clients as the gateway's, in cleartext.
+        let target = Target {
+            http2: args.http2,
+            streams: target.streams,
+            ..Target::cleartext(addr)
+        };
+        Some((process, target))
     } else {
         None
     };
@@ -1360,19 +1486,13 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
         .filter(|(name, _)| args.only.is_empty() || args.only.contains(name))
     {
         // Warm-up: connections, caches, lazily connected channels.
-        drive_http(
-            &target,
-            workload,
-            args.concurrency * 20,
-            args.concurrency,
-            None,
-        )
-        .await?;
+        drive_http(&target, workload, in_flight * 20, args.concurrency, None).await?;
         drive_grpc(
             &backend,
             workload,
-            args.concurrency * 20,
+            in_flight * 20,
             args.concurrency,
+            target.streams,
             None,
         )
         .await?;
@@ -1380,16 +1500,9 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
         let floor = floor
             .as_ref()
             .filter(|_| matches!(workload, Workload::Get))
-            .map(|(process, addr)| (*addr, process.pid()));
-        if let Some((addr, _)) = floor {
-            drive_http(
-                &Target::cleartext(addr),
-                workload,
-                args.concurrency * 20,
-                args.concurrency,
-                None,
-            )
-            .await?;
+            .map(|(process, target)| (target, process.pid()));
+        if let Some((floor, _)) = floor {
+            drive_http(floor, workload, in_flight * 20, args.concurrency, None).await?;
         }
 
         let mut rounds = Vec::new();
@@ -1452,16 +1565,16 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
         );
         if let Some(Floor { run, cpu, backend }) = floor {
             println!(
-                "| {name} | floor proxy (HTTP/1.1 in, HTTP/2 out, nothing else) | {:.0} | {:.0} | {:.0} | {:.0} | {cpu} | {backend} | {:.2}× | {} |",
+                "| {name} | floor proxy ({} in, HTTP/2 out, nothing else) | {:.0} | {:.0} | {:.0} | {:.0} | {cpu} | {backend} | {:.2}× | {} |",
+                if args.http2 { "HTTP/2 (h2c)" } else { "HTTP/1.1" },
                 run.rate(), run.percentile(0.5), run.percentile(0.99), run.percentile(0.999),
                 cpu.total() / backend.total(), run.errors
             );
         }
     }
     println!(
-        "\nsummary: {} {client}, {} connections, {}, workers {}, load average {}: {}",
+        "\nsummary: {} {client}, {connections}, {}, workers {}, load average {}: {}",
         humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
-        args.concurrency,
         args.rate
             .map_or_else(|| "unpaced".to_owned(), |rate| format!("{rate}/s")),
         args.workers,

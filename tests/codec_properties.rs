@@ -1229,16 +1229,49 @@ fn adversarial_message(
             } else {
                 field.name()
             };
-            out.push_str(&serde_json::to_string(name).unwrap());
+            adversarial_key(name, values, out);
             out.push(':');
             adversarial_field(field, values, depth, intended, out);
         }
     }
     if values.chance(5) {
         comma(out);
-        out.push_str(r#""noSuchField":[1,{"a":null}]"#);
+        let unknown = [
+            r#""noSuchField""#,
+            r#""[acme.ext]""#,
+            r#""\ud800""#,
+            r#""\u0001""#,
+            "\"\u{1}\"",
+            r#""\u00e9t\u00e9""#,
+            r#""\ud83d\ude00""#,
+        ];
+        out.push_str(unknown[values.below(unknown.len())]);
+        out.push_str(r#":[1,{"a":null}]"#);
     }
     out.push('}');
+}
+
+/// A field's name as a JSON key: plain, or with one of its letters escaped
+/// (`\u0061`), or with a byte that makes it another key or no text.
+fn adversarial_key(name: &str, values: &mut Values, out: &mut String) {
+    if !values.chance(10) {
+        out.push_str(&serde_json::to_string(name).unwrap());
+        return;
+    }
+    let at = values.below(name.len());
+    let (before, after) = name.split_at(at);
+    let mut rest = after.chars();
+    let escaped = rest.next().map_or(0, u32::from);
+    let tail = match values.below(4) {
+        0 => String::new(),
+        1 => "\\u0000".to_owned(),
+        2 => "\\udc00".to_owned(),
+        _ => "\u{7f}".to_owned(),
+    };
+    out.push_str(&format!(
+        "\"{before}\\u{escaped:04x}{}{tail}\"",
+        rest.as_str()
+    ));
 }
 
 fn adversarial_field(

@@ -1,9 +1,9 @@
 //! Client connections on the public listener: header-read and idle
 //! timeouts, idle HTTP/1.1 connections parked and taken up again, HTTP/2
-//! pings and idleness, the connection cap, the admin listener still
-//! answering while the public one is full, and connections moving between
-//! workers as the load changes. Raw sockets, mostly, since these are about
-//! what happens between requests.
+//! pings, idleness and response header compression, the connection cap,
+//! the admin listener still answering while the public one is full, and
+//! connections moving between workers as the load changes. Raw sockets,
+//! mostly, since these are about what happens between requests.
 
 mod common;
 
@@ -242,6 +242,94 @@ async fn await_frame(stream: &mut TcpStream, kind: u8) -> Option<Vec<u8>> {
         .expect("a frame or the close")
 }
 
+/// A HEADERS frame of `GET /v1/echo/hi` on stream `id`, END_STREAM |
+/// END_HEADERS. HPACK: :method GET, :scheme http, then :path and
+/// :authority as literals with indexed names.
+fn h2_get(id: u8) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x04, 11];
+    block.extend_from_slice(b"/v1/echo/hi");
+    block.extend_from_slice(&[0x01, 7]);
+    block.extend_from_slice(b"gateway");
+    let mut headers = vec![
+        0,
+        0,
+        u8::try_from(block.len()).unwrap(),
+        1,
+        0x05,
+        0,
+        0,
+        0,
+        id,
+    ];
+    headers.extend_from_slice(&block);
+    headers
+}
+
+/// How many fields of an HPACK header block are literals never to be
+/// indexed (RFC 7541, 6.2.3): read by their representations' first bytes,
+/// names and values skipped by their lengths, nothing decoded.
+fn never_indexed_fields(mut block: &[u8]) -> usize {
+    /// An integer with an N-bit prefix (5.1), and what follows it.
+    fn integer(block: &[u8], prefix: u32) -> (usize, &[u8]) {
+        let max = (1usize << prefix) - 1;
+        let (mut value, mut rest) = (usize::from(block[0]) & max, &block[1..]);
+        if value == max {
+            let mut shift = 0;
+            loop {
+                let (byte, tail) = rest.split_first().expect("a whole integer");
+                value += usize::from(byte & 0x7f) << shift;
+                (shift, rest) = (shift + 7, tail);
+                if byte & 0x80 == 0 {
+                    break;
+                }
+            }
+        }
+        (value, rest)
+    }
+    fn skip_string(block: &[u8]) -> &[u8] {
+        let (length, rest) = integer(block, 7);
+        &rest[length..]
+    }
+    let mut count = 0;
+    while let Some(&first) = block.first() {
+        // Indexed, literal with incremental indexing, table size update,
+        // literal never indexed, literal without indexing.
+        let (prefix, literal) = match first {
+            0x80.. => (7, false),
+            0x40.. => (6, true),
+            0x20.. => (5, false),
+            0x10.. => (4, true),
+            _ => (4, true),
+        };
+        count += usize::from(first & 0xf0 == 0x10);
+        let (name, rest) = integer(block, prefix);
+        block = rest;
+        if literal {
+            if name == 0 {
+                block = skip_string(block);
+            }
+            block = skip_string(block);
+        }
+    }
+    count
+}
+
+#[tokio::test]
+async fn the_ids_on_http2_responses_are_literals_never_indexed() {
+    let gw = Gateway::start().await;
+    let mut h2 = connect(&gw).await;
+    h2.write_all(H2_PREFACE).await.unwrap();
+    // x-request-id, x-correlation-id and traceparent differ on every
+    // response: in the connection's HPACK table they would only evict
+    // what is reused, and cost a search and an insertion each.
+    for id in [1, 3, 5] {
+        h2.write_all(&h2_get(id)).await.unwrap();
+        let block = await_frame(&mut h2, HEADERS).await.expect("a reply");
+        assert_eq!(block[0], 0x88, ":status 200");
+        assert_eq!(never_indexed_fields(&block), 3, "stream {id}: {block:?}");
+    }
+}
+
 #[tokio::test]
 async fn an_http2_connection_is_pinged_and_closed_when_it_does_not_answer() {
     let gw = Gateway::start_with(|config| {
@@ -264,25 +352,7 @@ async fn an_http2_connection_without_requests_for_the_idle_timeout_is_sent_goawa
     .await;
     let mut h2 = connect(&gw).await;
     h2.write_all(H2_PREFACE).await.unwrap();
-    // GET /v1/echo/hello, HPACK: :method GET, :scheme http, then :path and
-    // :authority as literals with indexed names, on stream 1, END_STREAM | END_HEADERS.
-    let mut block = vec![0x82, 0x86, 0x04, 11];
-    block.extend_from_slice(b"/v1/echo/hi");
-    block.extend_from_slice(&[0x01, 7]);
-    block.extend_from_slice(b"gateway");
-    let mut headers = vec![
-        0,
-        0,
-        u8::try_from(block.len()).unwrap(),
-        1,
-        0x05,
-        0,
-        0,
-        0,
-        1,
-    ];
-    headers.extend_from_slice(&block);
-    h2.write_all(&headers).await.unwrap();
+    h2.write_all(&h2_get(1)).await.unwrap();
     // :status 200, HPACK's static index 8.
     assert_eq!(
         await_frame(&mut h2, HEADERS).await.expect("a reply")[0],

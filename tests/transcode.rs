@@ -432,6 +432,34 @@ async fn empty_body_is_an_empty_message() {
     assert_eq!((status, body), (200, json!({"stringValue": "x"})));
 }
 
+/// A chunked body arrives as several pieces (hyper hands each chunk on
+/// as it is): they are read whole, in order, before transcoding.
+#[tokio::test]
+async fn a_body_sent_in_pieces_is_read_whole() {
+    let gw = Gateway::start().await;
+    let json = r#"{"stringValue":"in pieces","int64Value":"-42","nested":{"name":"abc"}}"#;
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> = json
+        .as_bytes()
+        .chunks(7)
+        .map(|piece| Ok(piece.to_vec()))
+        .collect();
+    let request = gw
+        .client
+        .post(gw.url("/v1/echo"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            pieces,
+        )));
+    let (status, body) = gw.send(request).await;
+    assert_eq!(
+        (status, body),
+        (
+            200,
+            json!({"stringValue": "in pieces", "int64Value": "-42", "nested": {"name": "abc"}})
+        )
+    );
+}
+
 #[tokio::test]
 async fn response_body_selects_a_field_of_the_reply() {
     let gw = Gateway::start().await;

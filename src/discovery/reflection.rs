@@ -148,7 +148,7 @@ impl Client<'_> {
         let deadline = Deadline::start(self.upstream, Some(left));
         let path = self.path.clone();
         let reply = upstream::unary(self.upstream, path, &message, MetadataMap::new(), deadline);
-        let reply = ServerReflectionResponse::decode(reply.await?.into_inner()).map_err(|err| {
+        let reply = ServerReflectionResponse::decode(reply.await?.message).map_err(|err| {
             Error::InvalidReply(format!("an answer does not decode: {err}").into())
         })?;
         match reply.message_response {

@@ -94,12 +94,12 @@ impl Gateway {
             let reply = call.await;
             let code = reply.as_ref().map_or_else(Error::code, |_| Code::Ok);
             record_upstream_call(&parts, started, Some((started.elapsed(), code)));
-            let (reply_metadata, reply, _) = reply?.into_parts();
-            let mut response = self.reply_response(&reply, &matched, &filter)?;
+            let reply = reply?;
+            let mut response = self.reply_response(&reply.message, &matched, &filter)?;
             if self.upstream_headers_returned {
                 response
                     .extensions_mut()
-                    .insert(UpstreamHeaders(reply_metadata.into_headers()));
+                    .insert(UpstreamHeaders(reply.metadata()));
             }
             Ok(response)
         }

@@ -8,7 +8,9 @@ use axum::{
     body::{Body, Bytes},
     response::{IntoResponse, Response},
 };
+use bytes::BytesMut;
 use http::{header, request::Parts, HeaderMap, HeaderValue};
+use http_body::Body as _;
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use prost_reflect::DynamicMessage;
 
@@ -200,12 +202,41 @@ pub(super) fn reply_filter(matched: &RouteMatch, parts: &Parts) -> Result<ReplyF
     )
 }
 
+/// The whole body, within `limit`. A body that comes in one chunk (most
+/// do) is that chunk; one in several is gathered into one buffer of its
+/// announced size. Trailers are dropped. (callgrind: of the ~1.3k
+/// instructions a one-chunk body cost, ~0.7k were `collect`'s list of
+/// chunks and its `to_bytes`.)
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, Error> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<LengthLimitError>() => Err(Error::PayloadTooLarge { limit }),
-        Err(err) => Err(Error::BodyRead(err.to_string().into())),
+    let mut body = Limited::new(body, limit);
+    let (mut first, mut gathered) = (Bytes::new(), BytesMut::new());
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| {
+            if err.is::<LengthLimitError>() {
+                Error::PayloadTooLarge { limit }
+            } else {
+                Error::BodyRead(err.to_string().into())
+            }
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if gathered.is_empty() && first.is_empty() {
+            first = data;
+            continue;
+        }
+        if gathered.is_empty() {
+            let announced = usize::try_from(body.size_hint().lower()).unwrap_or(0);
+            gathered.reserve((first.len() + announced).min(limit));
+            gathered.extend_from_slice(&first);
+        }
+        gathered.extend_from_slice(&data);
     }
+    Ok(if gathered.is_empty() {
+        first
+    } else {
+        gathered.freeze()
+    })
 }
 
 /// JSON bodies only: `application/json` or `application/*+json`; a body
@@ -214,6 +245,10 @@ pub(super) fn check_json_content_type(headers: &HeaderMap) -> Result<(), Error> 
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return Ok(());
     };
+    // What nearly every client sends, without parsing it.
+    if value.as_bytes() == b"application/json" {
+        return Ok(());
+    }
     let text = value.to_str().unwrap_or_default();
     let essence = text.split(';').next().unwrap_or_default().trim();
     let is_json = essence.eq_ignore_ascii_case("application/json")

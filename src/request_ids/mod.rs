@@ -54,13 +54,24 @@ impl RequestIds {
         &self.correlation_id
     }
 
-    /// The ids on the response (an upstream's own `x-request-id` is kept).
+    /// The ids on the response (an upstream's own `x-request-id` is kept),
+    /// [`unique`]: over HTTP/2 they would otherwise fill the client
+    /// connection's HPACK table, one entry each per response.
     pub(crate) fn echo(self, response: &mut Response) {
         let out = response.headers_mut();
-        out.entry(X_REQUEST_ID).or_insert(self.request_id);
-        out.insert(X_CORRELATION_ID, self.correlation_id);
-        out.insert(trace_context::TRACEPARENT.clone(), self.traceparent);
+        out.entry(X_REQUEST_ID).or_insert(unique(self.request_id));
+        out.insert(X_CORRELATION_ID, unique(self.correlation_id));
+        out.insert(trace_context::TRACEPARENT.clone(), unique(self.traceparent));
     }
+}
+
+/// A value that differs on every request (ids, times): marked so that HPACK
+/// sends it as a literal instead of adding it to the connection's dynamic
+/// table, where it would only evict reusable entries (and cost a table
+/// search and insertion per request). HTTP/1.1 ignores the mark.
+pub(crate) fn unique(mut value: HeaderValue) -> HeaderValue {
+    value.set_sensitive(true);
+    value
 }
 
 /// The request id set at the first step, for error bodies and logs (empty
@@ -70,4 +81,28 @@ pub fn request_id(headers: &HeaderMap) -> &str {
         .get(X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+
+    use super::*;
+
+    #[test]
+    fn the_echoed_ids_are_marked_never_to_be_indexed() {
+        let mut request = Request::new(Body::empty());
+        let ids = RequestIds::decide(&mut request, None);
+        let mut response = Response::new(Body::empty());
+        ids.echo(&mut response);
+        for name in [
+            X_REQUEST_ID,
+            X_CORRELATION_ID,
+            trace_context::TRACEPARENT.clone(),
+        ] {
+            let value = &response.headers()[&name];
+            assert!(!value.is_empty(), "{name}");
+            assert!(value.is_sensitive(), "{name} is to be sent as a literal");
+        }
+    }
 }

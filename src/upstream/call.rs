@@ -21,7 +21,7 @@ use std::{future::Future, sync::Arc};
 use bytes::Bytes;
 use futures_util::{future::poll_fn, Stream, StreamExt as _};
 use h2::{client::ResponseFuture, Reason, SendStream};
-use http::uri::PathAndQuery;
+use http::{uri::PathAndQuery, HeaderMap};
 use tokio::task::JoinSet;
 use tonic::metadata::MetadataMap;
 
@@ -61,6 +61,25 @@ pub struct ReplyStream {
 /// The task that sends a request stream; dropping it aborts the task.
 type Sending = JoinSet<()>;
 
+/// The one message of a unary or client-streaming reply, and the reply's
+/// headers and trailers.
+#[derive(Debug)]
+pub struct Reply {
+    pub message: Bytes,
+    headers: HeaderMap,
+    trailers: HeaderMap,
+}
+
+impl Reply {
+    /// The headers and trailers as one map: merged only when asked for,
+    /// since most callers drop them.
+    pub fn metadata(self) -> HeaderMap {
+        let mut headers = self.headers;
+        headers.extend(self.trailers);
+        headers
+    }
+}
+
 /// Calls `path` on `upstream` with `message` and waits for the encoded reply
 /// (with the upstream's response headers and trailers), at most until the
 /// `deadline` (which is also sent as `grpc-timeout`). The headers and the
@@ -76,7 +95,7 @@ pub fn unary<'a>(
     message: &Payload,
     metadata: MetadataMap,
     deadline: Deadline,
-) -> impl Future<Output = Result<tonic::Response<Bytes>, Error>> + Send + 'a {
+) -> impl Future<Output = Result<Reply, Error>> + Send + 'a {
     let headers = request_headers(metadata, Some(deadline.header(upstream)));
     let frame = frame(message);
     async move {
@@ -117,7 +136,7 @@ pub async fn client_streaming(
         one_reply(upstream, response, failures).await
     };
     match tokio::time::timeout(deadline.timeout(), call).await {
-        Ok(reply) => reply.map(tonic::Response::into_inner),
+        Ok(reply) => reply.map(|reply| reply.message),
         Err(_) => Err(failures.timed_out()),
     }
 }
@@ -183,12 +202,12 @@ impl ReplyStream {
 }
 
 /// The one message of a unary or client-streaming reply, with the reply's
-/// headers and trailers as its metadata.
+/// headers and trailers.
 async fn one_reply(
     upstream: &Upstream,
     response: ResponseFuture,
     failures: Failures<'_>,
-) -> Result<tonic::Response<Bytes>, Error> {
+) -> Result<Reply, Error> {
     let (head, body) = response
         .await
         .map_err(|err| failures.transport(&err))?
@@ -205,13 +224,11 @@ async fn one_reply(
     let Some(reply) = reply else {
         return Err(protocol_error("an OK status without a reply message"));
     };
-    let mut headers = head.headers;
-    headers.extend(trailers);
-    Ok(tonic::Response::from_parts(
-        MetadataMap::from_headers(headers),
-        reply,
-        Default::default(),
-    ))
+    Ok(Reply {
+        message: reply,
+        headers: head.headers,
+        trailers,
+    })
 }
 
 /// Opens the reply stream and waits for its first message, both within the

@@ -130,7 +130,7 @@ async fn probe(upstream: &Upstream, timeout: Duration) -> bool {
     let deadline = Deadline::start(upstream, Some(timeout));
     let message = Payload::Wire(request.encode_to_vec());
     match unary(upstream, CHECK, &message, MetadataMap::new(), deadline).await {
-        Ok(reply) => HealthCheckResponse::decode(reply.into_inner())
+        Ok(reply) => HealthCheckResponse::decode(reply.message)
             .is_ok_and(|reply| reply.status() == ServingStatus::Serving),
         Err(Error::Upstream(status)) => {
             matches!(status.code(), Code::Unimplemented | Code::NotFound)

@@ -21,7 +21,9 @@ use std::{
     time::Duration,
 };
 
-pub use call::{bidi_streaming, client_streaming, server_streaming, unary, Outgoing, ReplyStream};
+pub use call::{
+    bidi_streaming, client_streaming, server_streaming, unary, Outgoing, Reply, ReplyStream,
+};
 pub use deadline::{asked_timeout, Deadline};
 pub use health::{HealthState, UpstreamHealth};
 pub use protocol::Payload;

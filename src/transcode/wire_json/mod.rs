@@ -132,10 +132,11 @@ struct MessagePlan {
     /// Fields declared in field-number order, the order encoders write them
     /// in: such messages print in one pass over their bytes.
     in_number_order: bool,
-    /// Field names, sorted, with the index of the field that has it as its
-    /// JSON name and of the one that has it as its proto name (`u16::MAX`
-    /// for none): JSON bodies look JSON names up first, as prost-reflect
-    /// does, query parameters proto names first.
+    /// Field names, sorted by length and then bytes (most probes of a
+    /// search then compare lengths, not text), with the index of the field
+    /// that has it as its JSON name and of the one that has it as its proto
+    /// name (`u16::MAX` for none): JSON bodies look JSON names up first, as
+    /// prost-reflect does, query parameters proto names first.
     keys: Box<[(Box<str>, u16, u16)]>,
 }
 
@@ -398,7 +399,7 @@ impl MessagePlan {
     }
 
     /// The index of the field a JSON key names.
-    fn key_index(&self, key: &str) -> Option<usize> {
+    fn key_index(&self, key: &[u8]) -> Option<usize> {
         self.named(
             key,
             |json, proto| if json != u16::MAX { json } else { proto },
@@ -408,15 +409,15 @@ impl MessagePlan {
     /// The index of the field a query parameter's path segment names.
     fn query_index(&self, key: &str) -> Option<usize> {
         self.named(
-            key,
+            key.as_bytes(),
             |json, proto| if proto != u16::MAX { proto } else { json },
         )
     }
 
-    fn named(&self, key: &str, pick: impl Fn(u16, u16) -> u16) -> Option<usize> {
+    fn named(&self, key: &[u8], pick: impl Fn(u16, u16) -> u16) -> Option<usize> {
         let at = self
             .keys
-            .binary_search_by(|(name, ..)| (**name).cmp(key))
+            .binary_search_by(|(name, ..)| key_order(name.as_bytes(), key))
             .ok()?;
         let (_, json, proto) = self.keys[at];
         Some(usize::from(pick(json, proto))).filter(|i| *i < self.fields.len())
@@ -531,9 +532,17 @@ fn keys(fields: &[FieldPlan]) -> Box<[(Box<str>, u16, u16)]> {
             .or_insert((u16::MAX, u16::MAX));
         proto.1 = proto.1.min(i);
     }
-    keys.into_iter()
+    let mut keys: Box<[(Box<str>, u16, u16)]> = keys
+        .into_iter()
         .map(|(name, (json, proto))| (Box::from(name), json, proto))
-        .collect()
+        .collect();
+    keys.sort_by(|(a, ..), (b, ..)| key_order(a.as_bytes(), b.as_bytes()));
+    keys
+}
+
+/// The order of [`MessagePlan::keys`]: by length, then by bytes.
+fn key_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
 }
 
 fn quoted_key(name: &str) -> Box<str> {
