@@ -370,8 +370,8 @@ fn write_millis(duration: Duration, out: &mut Vec<u8>) {
 }
 
 /// An address as `Display` writes it, IPv4 without `fmt`'s machinery (this
-/// is on every line).
-fn write_ip(ip: IpAddr, out: &mut Vec<u8>) {
+/// is on every line, and in every shared quota's key).
+pub(crate) fn write_ip(ip: IpAddr, out: &mut Vec<u8>) {
     match ip {
         IpAddr::V4(ip) => {
             for (i, octet) in ip.octets().into_iter().enumerate() {
