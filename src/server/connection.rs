@@ -16,6 +16,10 @@
 //!   bytes the old one had read. Its idle deadline and its place under the
 //!   connection cap are kept. A busy connection is looked at once per
 //!   interval, never per request.
+//! * Between two requests, a cleartext HTTP/1.1 connection moves to another
+//!   worker when the [`Balance`] says so: ended as parking ends it, its
+//!   socket duplicated onto that worker's queue with its deadlines, its
+//!   place under the cap and any bytes of the next head hyper had read.
 //! * An HTTP/2 connection on which no request starts for `idle_timeout` is
 //!   sent GOAWAY; the streams in flight finish. Pings probe it meanwhile
 //!   (`limits.http2_keepalive_interval`, `limits.http2_keepalive_timeout`).
