@@ -411,15 +411,6 @@ async fn metric(gw: &Gateway, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
-/// The upstream connection (its client address, as the backend saw it) that
-/// `client`'s next request is sent over.
-async fn upstream_peer(gw: &Gateway, client: &reqwest::Client) -> String {
-    let response = client.get(gw.url("/v1/headers")).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    let body: serde_json::Value = response.json().await.unwrap();
-    body["metadata"][":peer"].as_str().unwrap().to_owned()
-}
-
 /// The distinct upstream connections `clients` call over, once a request
 /// of each has seen them all over `n`: a connection moves after a request,
 /// once none of its next head is read (a next request sent at once can
@@ -429,7 +420,7 @@ async fn upstream_peers(gw: &Gateway, clients: &[reqwest::Client], n: usize) -> 
     for _ in 0..20 {
         peers.clear();
         for client in clients {
-            peers.insert(upstream_peer(gw, client).await);
+            peers.insert(gw.upstream_peer(client).await);
         }
         if peers.len() == n {
             break;

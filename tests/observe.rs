@@ -657,19 +657,7 @@ async fn a_trace_is_minted_when_traceparent_is_absent_or_invalid() {
     let gw = Gateway::start().await;
     let mut trace_ids = Vec::new();
     for traceparent in [None, Some("00-zz-nope-01")] {
-        let mut request = gw
-            .client
-            .get(gw.url("/v1/headers"))
-            .header("tracestate", "vendor=abc");
-        if let Some(value) = traceparent {
-            request = request.header("traceparent", value);
-        }
-        let response = request.send().await.unwrap();
-        let returned = response.headers()["traceparent"]
-            .to_str()
-            .unwrap()
-            .to_owned();
-        let body: Json = response.json().await.unwrap();
+        let (returned, body) = gw.traced_headers_call(traceparent).await;
         let received = body["metadata"]["traceparent"].as_str().unwrap();
         assert_eq!(received, returned);
         assert!(

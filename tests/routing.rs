@@ -196,22 +196,11 @@ async fn http2_prior_knowledge_is_served() {
     assert_eq!(body["id"], "o-2");
 }
 
-/// The `:peer` (gateway-side address) the backend saw on a call over `client`.
-async fn upstream_peer(gw: &Gateway, client: &reqwest::Client) -> String {
-    let response = client.get(gw.url("/v1/headers")).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    let body: serde_json::Value = response.json().await.unwrap();
-    body["metadata"][":peer"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no :peer in {body}"))
-        .to_owned()
-}
-
 #[tokio::test]
 async fn concurrent_first_calls_share_one_upstream_connection() {
     let gw = Gateway::start_with(|config| config.workers = 1).await;
     let clients: Vec<_> = (0..16).map(|_| reqwest::Client::new()).collect();
-    let peers = futures_util::future::join_all(clients.iter().map(|c| upstream_peer(&gw, c))).await;
+    let peers = futures_util::future::join_all(clients.iter().map(|c| gw.upstream_peer(c))).await;
     let distinct: std::collections::HashSet<_> = peers.into_iter().collect();
     assert_eq!(
         distinct.len(),

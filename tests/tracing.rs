@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::{
     trace::v1::{span::SpanKind, status::StatusCode, Span},
 };
 use protogate::config::OtlpConfig;
-use serde_json::{json, Value as Json};
+use serde_json::json;
 use tokio::{
     net::TcpListener,
     sync::{Mutex, Notify},
@@ -187,30 +187,11 @@ fn parts(traceparent: &str) -> (&str, &str, &str) {
 /// with `traceparent` if given; the `traceparent` returned and the one the
 /// backend received.
 async fn headers_call(gw: &Gateway, traceparent: Option<&str>) -> (String, String) {
-    let (returned, metadata) = headers_call_metadata(gw, traceparent).await;
+    let (returned, body) = gw.traced_headers_call(traceparent).await;
     (
         returned,
-        metadata["traceparent"].as_str().unwrap().to_owned(),
+        body["metadata"]["traceparent"].as_str().unwrap().to_owned(),
     )
-}
-
-/// Like [`headers_call`], with all the metadata the backend received.
-async fn headers_call_metadata(gw: &Gateway, traceparent: Option<&str>) -> (String, Json) {
-    let mut request = gw
-        .client
-        .get(gw.url("/v1/headers"))
-        .header("tracestate", "vendor=abc");
-    if let Some(value) = traceparent {
-        request = request.header("traceparent", value);
-    }
-    let response = request.send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    let returned = response.headers()["traceparent"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let mut body: Json = response.json().await.unwrap();
-    (returned, body["metadata"].take())
 }
 
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -224,7 +205,8 @@ async fn a_request_is_a_server_span_continuing_the_client_with_a_client_span_for
     })
     .await;
     let incoming = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
-    let (returned, metadata) = headers_call_metadata(&gw, Some(&incoming)).await;
+    let (returned, mut body) = gw.traced_headers_call(Some(&incoming)).await;
+    let metadata = body["metadata"].take();
     let upstream = metadata["traceparent"].as_str().unwrap();
     // The backend's own address, as the test backend reports it.
     let backend_port = metadata[":local"]

@@ -390,6 +390,39 @@ impl Gateway {
         response.text().await.unwrap()
     }
 
+    /// The upstream connection (its client address, as the backend saw it)
+    /// that `client`'s next request goes over: `/v1/headers` answers with
+    /// the metadata the backend received.
+    pub async fn upstream_peer(&self, client: &reqwest::Client) -> String {
+        let response = client.get(self.url("/v1/headers")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body: Json = response.json().await.unwrap();
+        body["metadata"][":peer"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no :peer in {body}"))
+            .to_owned()
+    }
+
+    /// GETs `/v1/headers` with `tracestate: vendor=abc` and `traceparent` if
+    /// given: the `traceparent` returned, and the response (the metadata
+    /// the backend received is its `metadata`).
+    pub async fn traced_headers_call(&self, traceparent: Option<&str>) -> (String, Json) {
+        let mut request = self
+            .client
+            .get(self.url("/v1/headers"))
+            .header("tracestate", "vendor=abc");
+        if let Some(value) = traceparent {
+            request = request.header("traceparent", value);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let returned = response.headers()["traceparent"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        (returned, response.json().await.unwrap())
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Json) {
         self.send(self.client.get(self.url(path))).await
     }
