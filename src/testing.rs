@@ -1,6 +1,6 @@
 //! What unit tests and the fuzz targets share: the test protos'
-//! descriptors, and how to compare two encodings of a message by what they
-//! mean.
+//! descriptors, how to compare two encodings of a message by what they
+//! mean, and a `redis-server` of a test's own.
 
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 
@@ -52,4 +52,69 @@ pub(crate) fn deep_wire(levels: usize) -> Vec<u8> {
     }
     out.extend_from_slice(innermost);
     out
+}
+
+/// A `redis-server` of a unit test's own on a free loopback port, without
+/// persistence; stopped when dropped.
+#[cfg(test)]
+pub(crate) struct RedisServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+#[cfg(test)]
+impl RedisServer {
+    /// Starts it and waits until it answers.
+    pub(crate) fn start() -> Self {
+        use std::{
+            net::{TcpListener, TcpStream},
+            process::{Command, Stdio},
+            time::{Duration, Instant},
+        };
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (Debian: apt-get install redis-server)");
+        let server = Self { child, port };
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Sends one inline command on a connection of its own; its raw reply.
+    pub(crate) fn command(&self, command: &str) -> String {
+        use std::io::{Read as _, Write as _};
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("redis-server listens");
+        stream
+            .write_all(format!("{command}\r\n").as_bytes())
+            .expect("redis-server reads");
+        let mut reply = vec![0; 4096];
+        let read = stream.read(&mut reply).expect("redis-server answers");
+        String::from_utf8_lossy(&reply[..read]).into_owned()
+    }
+}
+
+#[cfg(test)]
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
