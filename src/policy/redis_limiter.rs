@@ -40,10 +40,12 @@ use crate::{
 };
 
 /// GCRA over each key, in order, each holding its bucket's theoretical
-/// arrival time (µs, Redis' clock). `ARGV[2i-1]`: the emission interval `t`
-/// of key `i` (µs per request); `ARGV[2i]`: its tolerance
-/// `tau = t * (burst - 1)`. Returns per key `1, remaining` or `0, µs until
-/// the next call is allowed`, as governor's `test_and_update` and
+/// arrival time (µs, Redis' clock). `ARGV[1]`: per key, its bucket's
+/// emission interval `t` (µs per request) and tolerance
+/// `tau = t * (burst - 1)`, each followed by a space: one argument for the
+/// lot, since the client copies each argument twice and frames it.
+/// Returns per key `1, remaining` or `0, µs until the next call is
+/// allowed`, as governor's `test_and_update` and
 /// `remaining_burst_capacity` do: as one string of decimal numbers, each
 /// after a space, which the client reads in one piece (an array of integers
 /// costs it a parse per element, more than the rest of the call).
@@ -51,9 +53,12 @@ const GCRA: &str = r"
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local verdicts = {}
-for i, key in ipairs(KEYS) do
-  local t = tonumber(ARGV[2 * i - 1])
-  local tau = tonumber(ARGV[2 * i])
+local i = 0
+for t, tau in string.gmatch(ARGV[1], '(%d+) (%d+) ') do
+  i = i + 1
+  local key = KEYS[i]
+  t = tonumber(t)
+  tau = tonumber(tau)
   local tat = tonumber(redis.call('GET', key)) or now
   if now < tat - tau then
     verdicts[2 * i - 1] = '0'
@@ -95,10 +100,9 @@ struct SharedBucket {
     /// `{prefix}rl:{bucket}:{requests}/{per in ms}:`: a changed quota starts
     /// afresh rather than reading another quota's state.
     key_prefix: Box<str>,
-    /// µs per request.
-    t: u64,
-    /// µs of burst beyond the first request.
-    tau: u64,
+    /// `t tau `: µs per request, µs of burst beyond the first request, as
+    /// the script reads them.
+    params: Box<str>,
 }
 
 /// A batch being gathered on this thread: the decisions asked so far.
@@ -138,6 +142,7 @@ impl RedisLimiter {
             .map(|(index, quota)| {
                 let t = (quota.per / quota.requests).as_micros().max(1);
                 let t = u64::try_from(t).unwrap_or(u64::MAX);
+                let tau = t.saturating_mul(u64::from(quota.requests - 1));
                 SharedBucket {
                     quota: *quota,
                     key_prefix: format!(
@@ -147,8 +152,7 @@ impl RedisLimiter {
                         quota.per.as_millis()
                     )
                     .into(),
-                    t,
-                    tau: t.saturating_mul(u64::from(quota.requests - 1)),
+                    params: format!("{t} {tau} ").into(),
                 }
             })
             .collect();
@@ -170,11 +174,14 @@ impl RedisLimiter {
             return self.fallback(shared, bucket, key);
         }
         // A current-thread runtime (a serving worker) runs the batch's task
-        // on this thread, where the batch is gathered; elsewhere, alone.
+        // on this thread, where the batch is gathered; elsewhere, alone,
+        // boxed: the call's future is large, and every request's future
+        // would carry (and copy) it.
         let verdict = match Handle::try_current().map(|handle| handle.runtime_flavor()) {
             Ok(RuntimeFlavor::CurrentThread) => self.join_batch(bucket, key).await,
             _ => {
-                let verdicts = self.evaluate(&[(bucket, key.clone())]).await;
+                let asked = [(bucket, key.clone())];
+                let verdicts = Box::pin(self.evaluate(&asked)).await;
                 verdicts
                     .as_deref()
                     .and_then(|verdicts| verdict(verdicts, 0))
@@ -229,10 +236,13 @@ impl RedisLimiter {
         verdict(batch.verdicts.get()?.as_deref()?, index)
     }
 
-    /// The task of one batch: takes what was gathered by the time it runs,
-    /// asks Redis, and wakes the decisions (also when dropped unpolled, as
-    /// its runtime shuts down).
+    /// The task of one batch: takes what was gathered by the end of the
+    /// worker's turn, asks Redis, and wakes the decisions (also when
+    /// dropped unpolled, as its runtime shuts down).
     async fn send(self: Arc<Self>, answer: Answer) {
+        // Runs again after the tasks already woken and those the worker's
+        // next look at its sockets wakes, whose decisions join.
+        tokio::task::yield_now().await;
         let asked = GATHERING.with_borrow_mut(|gathering| {
             let index = gathering
                 .iter()
@@ -249,21 +259,21 @@ impl RedisLimiter {
     /// One script call over `asked`: per decision `allowed, remaining or µs
     /// to wait`; `None` when Redis did not answer (or answered nonsense).
     async fn evaluate(&self, asked: &[(BucketId, ClientKey)]) -> Option<Box<[u64]>> {
-        let mut evalsha = Cmd::with_capacity(3 + 3 * asked.len(), 64 + 96 * asked.len());
+        let mut evalsha = Cmd::with_capacity(4 + asked.len(), 128 + 128 * asked.len());
         evalsha
             .arg("EVALSHA")
             .arg(self.script.get_hash())
             .arg(asked.len());
         let mut key = Vec::with_capacity(96);
+        let mut params = Vec::with_capacity(32 * asked.len());
         for (bucket, client) in asked {
-            key.clear();
-            self.buckets.get(bucket.0)?.write_key(client, &mut key);
-            evalsha.arg(key.as_slice());
-        }
-        for (bucket, _) in asked {
             let shared = self.buckets.get(bucket.0)?;
-            evalsha.arg(shared.t).arg(shared.tau);
+            key.clear();
+            shared.write_key(client, &mut key);
+            evalsha.arg(key.as_slice());
+            params.extend_from_slice(shared.params.as_bytes());
         }
+        evalsha.arg(params);
         let verdicts: Vec<u8> = self
             .redis
             .eval(Op::RateLimit, &self.script, &evalsha)
@@ -357,23 +367,10 @@ impl SharedBucket {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        net::{IpAddr, Ipv4Addr, TcpListener, TcpStream},
-        process::{Child, Command, Stdio},
-    };
+    use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::config::RedisConfig;
-
-    /// A `redis-server` of this test's own, stopped when dropped.
-    struct RedisServer(Child);
-
-    impl Drop for RedisServer {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+    use crate::{config::RedisConfig, testing::RedisServer};
 
     /// Every instance must name a client's bucket alike, whatever version
     /// it runs, or they count apart.
@@ -422,28 +419,9 @@ mod tests {
 
     #[test]
     fn the_decisions_of_one_tick_go_in_one_call_and_each_counts_in_turn() {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (Debian: apt-get install redis-server)");
-        let _server = RedisServer(child);
-        let started = std::time::Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let server = RedisServer::start();
         let config = RedisConfig {
-            url: format!("redis://127.0.0.1:{port}/0"),
+            url: server.url(),
             key_prefix: "unit:".into(),
             timeout: Duration::from_secs(5),
             password_env: None,
