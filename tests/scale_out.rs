@@ -1141,15 +1141,75 @@ async fn without_redis_quotas_follow_on_redis_error_and_readyz_says_so() {
         assert!(metrics.contains("protogate_redis_up 0"), "{metrics}");
         // The probe's first command or the first decision finds Redis away;
         // no decision tries it after that.
-        let errors = |op: &str| {
-            let series = format!("protogate_redis_errors_total{{op=\"{op}\"}} ");
-            metrics
-                .lines()
-                .find_map(|line| line.strip_prefix(&series))
-                .map_or(0, |count| count.parse::<u64>().unwrap())
-        };
+        let errors = |op: &str| redis_errors(&metrics, op);
         assert!(errors("rate_limit") <= 1, "{metrics}");
         assert!(errors("rate_limit") + errors("ping") >= 1, "{metrics}");
+    }
+}
+
+/// `protogate_redis_errors_total{op}` in a `/metrics` page.
+fn redis_errors(metrics: &str, op: &str) -> u64 {
+    let series = format!("protogate_redis_errors_total{{op=\"{op}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map_or(0, |count| count.parse().unwrap())
+}
+
+/// Lets Redis answer again when dropped, also when the test failed.
+struct Unpause(&'static RedisServer);
+
+impl Drop for Unpause {
+    fn drop(&mut self) {
+        let _ = self.0.command("CLIENT UNPAUSE");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_redis_holds_past_the_timeout_follows_on_redis_error_and_redis_counts_as_away() {
+    let _alone = REDIS_USE.write().await;
+    let redis = RedisServer::get();
+    let gw = Gateway::start_with(|config| {
+        config.redis = Some(RedisConfig {
+            url: redis.url(),
+            key_prefix: prefix("held"),
+            timeout: Duration::from_millis(100),
+            password_env: None,
+        });
+        config.rate_limit = Some(RateLimitConfig {
+            per_ip: Some(QuotaConfig {
+                requests: 1000,
+                per: Duration::from_secs(3600),
+            }),
+            policy: RateLimitPolicy::Redis,
+            on_redis_error: OnRedisError::Deny,
+            ..RateLimitConfig::default()
+        });
+    })
+    .await;
+    let get = || gw.client.get(gw.url("/v2/orders/o-1")).send();
+    assert_eq!(get().await.unwrap().status(), 200, "counted in Redis");
+
+    // From now on Redis holds every script (they may write): the decision
+    // waits for Redis until the timeout, then is denied (the fallback).
+    assert_eq!(
+        redis.command("CLIENT PAUSE 60000 WRITE").as_deref(),
+        Some("+OK\r\n")
+    );
+    let unpause = Unpause(redis);
+    let held = get().await.unwrap();
+    assert_eq!(held.status(), 429);
+    assert_eq!(held.headers()["ratelimit-limit"], "1000");
+    assert!(held.headers().contains_key("retry-after"));
+    let metrics = gw.text(format!("http://{}/metrics", gw.admin_addr)).await;
+    assert_eq!(redis_errors(&metrics, "rate_limit"), 1, "{metrics}");
+
+    // Answering again: once the probe finds it, Redis counts again.
+    drop(unpause);
+    let started = Instant::now();
+    while get().await.unwrap().status() != 200 {
+        assert!(started.elapsed() < HUNG, "Redis never counted again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -274,17 +274,18 @@ impl RedisLimiter {
             params.extend_from_slice(shared.params.as_bytes());
         }
         evalsha.arg(params);
-        let verdicts: Vec<u8> = self
+        let answer: Vec<u8> = self
             .redis
             .eval(Op::RateLimit, &self.script, &evalsha)
             .await
             .ok()?;
-        let verdicts = std::str::from_utf8(&verdicts).ok()?;
-        let verdicts: Box<[u64]> = verdicts
-            .split(' ')
-            .map(|number| number.parse().ok())
-            .collect::<Option<_>>()?;
-        (verdicts.len() == 2 * asked.len()).then_some(verdicts)
+        // Sized once: collected from an iterator of unknown length, the
+        // numbers were copied over and over as the list grew.
+        let mut verdicts = Vec::with_capacity(2 * asked.len());
+        for number in answer.split(|&byte| byte == b' ') {
+            verdicts.push(std::str::from_utf8(number).ok()?.parse().ok()?);
+        }
+        (verdicts.len() == 2 * asked.len()).then(|| verdicts.into_boxed_slice())
     }
 }
 
@@ -417,9 +418,18 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_decisions_of_one_tick_go_in_one_call_and_each_counts_in_turn() {
-        let server = RedisServer::start();
+    /// A serving worker's runtime.
+    fn worker_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A limiter of 100 an hour counting in `server`, its script loaded and
+    /// the server's statistics reset. It denies when Redis does not answer:
+    /// a fallback shows as a refusal.
+    async fn limiter(server: &RedisServer) -> Arc<RedisLimiter> {
         let config = RedisConfig {
             url: server.url(),
             key_prefix: "unit:".into(),
@@ -430,36 +440,43 @@ mod tests {
             requests: 100,
             per: Duration::from_secs(3600),
         };
-        // A serving worker's runtime.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let redis = Arc::new(Redis::new(&config, None).unwrap());
-            let local = LocalLimiter::new(&[quota], 16).unwrap();
-            // Deny when Redis does not answer: a fallback shows as refusals.
-            let limiter = Arc::new(RedisLimiter::new(
-                redis.clone(),
-                &[quota],
-                OnRedisError::Deny,
-                local,
-            ));
-            // Loads the script, so that the batch below is one call.
-            let other = ClientKey::Ip(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)));
-            assert!(limiter.check(BucketId(0), &other).await.allowed);
-            let _: () = redis
-                .query(Op::Ping, redis::cmd("CONFIG").arg("RESETSTAT"))
-                .await
-                .unwrap();
+        let redis = Arc::new(Redis::new(&config, None).unwrap());
+        let local = LocalLimiter::new(&[quota], 16).unwrap();
+        let limiter = Arc::new(RedisLimiter::new(
+            redis,
+            &[quota],
+            OnRedisError::Deny,
+            local,
+        ));
+        let other = ClientKey::Ip(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)));
+        assert!(limiter.check(BucketId(0), &other).await.allowed);
+        assert_eq!(server.command("CONFIG RESETSTAT"), "+OK\r\n");
+        limiter
+    }
 
-            let client = ClientKey::Ip(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
-            let decisions: Vec<_> = (0..150)
-                .map(|_| {
-                    let (limiter, client) = (limiter.clone(), client.clone());
-                    tokio::spawn(async move { limiter.check(BucketId(0), &client).await })
-                })
-                .collect();
+    fn decide(limiter: &Arc<RedisLimiter>) -> tokio::task::JoinHandle<Decision> {
+        let client = ClientKey::Ip(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+        let limiter = limiter.clone();
+        tokio::spawn(async move { limiter.check(BucketId(0), &client).await })
+    }
+
+    /// The `EVALSHA` calls since the statistics were reset.
+    fn evalsha_calls(server: &RedisServer) -> u64 {
+        let stats = server.command("INFO commandstats");
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|calls| calls.parse().ok())
+            .unwrap_or_else(|| panic!("no EVALSHA counted: {stats}"))
+    }
+
+    #[test]
+    fn the_decisions_of_one_tick_go_in_one_call_and_each_counts_in_turn() {
+        let server = RedisServer::start();
+        worker_runtime().block_on(async {
+            let limiter = limiter(&server).await;
+            let decisions: Vec<_> = (0..150).map(|_| decide(&limiter)).collect();
             let mut remaining = Vec::new();
             let mut refused = 0;
             for decision in decisions {
@@ -474,16 +491,7 @@ mod tests {
             // One bucket counting down in the order asked, then refusing.
             assert_eq!(remaining, (0..100).rev().collect::<Vec<u32>>());
             assert_eq!(refused, 50);
-
-            let stats: String = redis
-                .query(Op::Ping, redis::cmd("INFO").arg("commandstats"))
-                .await
-                .unwrap();
-            let calls = stats
-                .lines()
-                .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
-                .and_then(|rest| rest.split(',').next());
-            assert_eq!(calls, Some("1"), "{stats}");
+            assert_eq!(evalsha_calls(&server), 1);
         });
     }
 }
