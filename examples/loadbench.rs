@@ -1232,6 +1232,26 @@ async fn collect(started: Instant, tasks: Vec<Worker>) -> Result<Run, BoxError> 
 
 /// One round: the workload through the gateway, then direct, with the CPU
 /// time the processes spent on each.
+/// One inline command to the redis-server at `addr`; its raw reply.
+fn redis_command(addr: SocketAddr, command: &str) -> Result<String, BoxError> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.write_all(format!("{command}\r\n").as_bytes())?;
+    let mut reply = vec![0; 16 << 10];
+    let read = stream.read(&mut reply)?;
+    Ok(String::from_utf8_lossy(&reply[..read]).into_owned())
+}
+
+/// The `EVALSHA` calls an `INFO commandstats` reply counts.
+fn evalsha_calls(stats: &str) -> usize {
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
+}
+
 async fn round(
     args: &Args,
     workload: Workload,
@@ -1481,6 +1501,8 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
         (WorkloadName::Post, Workload::Post),
     ];
     let mut summary = Vec::new();
+    // Decisions per call to the started redis-server, per workload.
+    let mut batches = Vec::new();
     for (short, workload) in workloads
         .into_iter()
         .filter(|(name, _)| args.only.is_empty() || args.only.contains(name))
@@ -1505,6 +1527,9 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             drive_http(floor, workload, in_flight * 20, args.concurrency, None).await?;
         }
 
+        if let Some((_, addr)) = &redis {
+            redis_command(*addr, "CONFIG RESETSTAT")?;
+        }
         let mut rounds = Vec::new();
         for _ in 0..args.rounds {
             rounds.push(
@@ -1519,6 +1544,16 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
                 )
                 .await?,
             );
+        }
+        // Every request through the gateway is one decision.
+        if let Some((_, addr)) = &redis {
+            let decisions = args.requests * usize::try_from(args.rounds)?;
+            let calls = evalsha_calls(&redis_command(*addr, "INFO commandstats")?);
+            batches.push(format!(
+                "{}: {decisions} decisions in {calls} EVALSHA calls, {:.1} a call",
+                workload.name(),
+                decisions as f64 / calls.max(1) as f64
+            ));
         }
         // The median by CPU ratio (by gateway p50 when the gateway is not ours).
         rounds.sort_by(|a, b| {
@@ -1571,6 +1606,9 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
                 cpu.total() / backend.total(), run.errors
             );
         }
+    }
+    for batch in &batches {
+        println!("\nQuotas in Redis, {batch}");
     }
     println!(
         "\nsummary: {} {client}, {connections}, {}, workers {}, load average {}: {}",

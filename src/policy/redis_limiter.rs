@@ -4,8 +4,9 @@
 //!
 //! The decisions a worker takes while it runs its ready tasks go to Redis
 //! together: the first one opens this thread's batch and spawns the task
-//! that sends it, which runs after the tasks already woken, so that every
-//! decision they take joins. The batch is one `EVALSHA` of a GCRA script
+//! that sends it, which yields once, so that it runs after the tasks
+//! already woken and those the worker's next look at its sockets wakes,
+//! and every decision they take joins. The batch is one `EVALSHA` of a GCRA script
 //! over all its keys: one write, one read and one wake-up on the worker's own
 //! multiplexed connection for the lot, and each decision still atomic and
 //! exact, since the script takes them one after the other (the same key
