@@ -41,7 +41,7 @@ use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
 use super::{body::Observed, code_name, fault_name, Outcome, RequestContext};
 use crate::{
     config::{AccessLogConfig, AccessLogFormat},
-    request_ids::trace_context,
+    request_ids::{trace_context, RequestIds},
     transcode::{write_json_str, write_rfc3339},
 };
 
@@ -410,17 +410,13 @@ impl Sampler {
 
 /// Step 3, on the way in: what the line will say of the request, with the
 /// ids step 1 decided.
-pub(crate) fn begin(
-    request: &mut Request,
-    request_id: &HeaderValue,
-    correlation_id: &HeaderValue,
-) -> Pending {
+pub(crate) fn begin(request: &mut Request, ids: &RequestIds) -> Pending {
     let context = RequestContext::attach(request);
     Pending {
         facts: RequestFacts {
-            request_id: request_id.clone(),
-            correlation_id: correlation_id.clone(),
-            trace_id: trace_context::trace_id(request),
+            request_id: ids.request_id().clone(),
+            correlation_id: ids.correlation_id().clone(),
+            trace_id: ids.hop().id(),
             client_ip: request
                 .extensions()
                 .get::<ConnectInfo<SocketAddr>>()
@@ -501,11 +497,13 @@ mod tests {
             .method(Method::POST)
             .uri("/v1/orders?secret=1")
             .header(header::USER_AGENT, "curl/8 \"quoted\"")
+            .header("x-request-id", "id-1")
+            .header("x-correlation-id", "corr-1")
             .body(Body::empty())
             .unwrap();
         request.extensions_mut().insert(ConnectInfo(client));
-        let id = HeaderValue::from_static("id-1");
-        let pending = begin(&mut request, &id, &HeaderValue::from_static("corr-1"));
+        let ids = RequestIds::decide(&mut request, None);
+        let pending = begin(&mut request, &ids);
         let outcome = Outcome::of(&Response::new(Body::empty()));
         let line = |format| {
             let log = AccessLog::new(&AccessLogConfig {
