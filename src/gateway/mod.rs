@@ -14,7 +14,7 @@ use std::{
 };
 
 use axum::{extract::Request, response::Response};
-use http::request::Parts;
+use http::{request::Parts, HeaderValue};
 use tonic::{metadata::MetadataMap, Code};
 
 use self::payload::{reply_filter, upstream_of};
@@ -23,7 +23,6 @@ use crate::{
     observe::RequestContext,
     policy::UpstreamHeaders,
     registry::{CallKind, RouteMatch},
-    request_ids::X_REQUEST_ID,
     transcode::TranscodeOptions,
     upstream::{self, Deadline},
 };
@@ -39,13 +38,19 @@ pub struct Gateway {
 }
 
 /// The last step of the data plane, after the route and the policies.
+/// `request_id`: the request's `x-request-id`, for an error's body (handed
+/// down from step 1 rather than looked up again).
+#[allow(
+    clippy::manual_async_fn,
+    reason = "the request's future stays small: docs/architecture.md"
+)]
 pub fn handle(
     gateway: &Arc<Gateway>,
     matched: RouteMatch,
     metadata: MetadataMap,
     request: Request,
+    request_id: Option<HeaderValue>,
 ) -> impl Future<Output = Response> + Send + '_ {
-    let request_id = request.headers().get(X_REQUEST_ID).cloned();
     async move {
         let (catalog, route) = (matched.catalog.clone(), matched.route);
         let result = match matched.method().kind {

@@ -24,6 +24,13 @@ use crate::{
     upstream::{Payload, Upstream},
 };
 
+/// Room in a reply's header map for the headers the later steps add (the
+/// ids, rate-limit and deprecation headers) and, since hyper empties a
+/// response's map and reuses it for the connection's next request, for
+/// that request's headers plus the ids the first step adds: the map then
+/// never grows (callgrind: a growth cost ~0.7k instructions per request).
+const REPLY_HEADERS: usize = 12;
+
 /// The upstream of a method; every method of a served catalog has one,
 /// unless it was built only to be checked.
 pub(super) fn upstream_of(method: &MethodPlan) -> Result<&Arc<Upstream>, Error> {
@@ -155,14 +162,14 @@ impl Gateway {
             return Ok(([(header::CONTENT_TYPE, content_type)], data).into_response());
         }
         let json = filter.print(reply, matched.reply_shape(), &self.options)?;
-        Ok((
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            json,
-        )
-            .into_response())
+        let mut response = Response::new(Body::from(json));
+        let headers = response.headers_mut();
+        *headers = HeaderMap::with_capacity(REPLY_HEADERS);
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        Ok(response)
     }
 }
 

@@ -36,12 +36,13 @@ use axum::{
     response::Response,
 };
 use http::{header, HeaderValue, Method, Uri};
+use tokio::sync::Notify;
 use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
 
 use super::{body::Observed, code_name, fault_name, Outcome, RequestContext};
 use crate::{
     config::{AccessLogConfig, AccessLogFormat},
-    request_ids::trace_context,
+    request_ids::{trace_context, RequestIds},
     transcode::{write_json_str, write_rfc3339},
 };
 
@@ -68,6 +69,9 @@ pub struct AccessLogError {
 struct Batch {
     writer: Option<(u64, NonBlocking)>,
     lines: Vec<u8>,
+    /// Told of a batch's first line, so that an idle worker is never woken
+    /// to flush nothing.
+    started: Arc<Notify>,
 }
 
 /// Handed to the writer thread once this full...
@@ -181,6 +185,9 @@ impl AccessLog {
             if batch.writer.is_none() {
                 batch.writer = Some((self.id, self.writer.clone()));
             }
+            if batch.lines.is_empty() {
+                batch.started.notify_one();
+            }
             line(&mut batch.lines);
             if batch.lines.len() >= BATCH_BYTES {
                 batch.flush();
@@ -278,6 +285,7 @@ pub(crate) fn batch_on_this_thread() {
     BATCH.set(Some(Batch {
         writer: None,
         lines: Vec::with_capacity(BATCH_BYTES),
+        started: Arc::new(Notify::new()),
     }));
 }
 
@@ -290,13 +298,16 @@ pub(crate) fn flush_thread() {
     });
 }
 
-/// Hands this thread's gathered lines to the writer thread every
-/// [`FLUSH_INTERVAL`]; runs as long as the worker's runtime.
+/// Hands this thread's gathered lines to the writer thread at the latest
+/// [`FLUSH_INTERVAL`] after the first of them; runs as long as the worker's
+/// runtime, and sleeps while there is nothing to flush.
 pub(crate) async fn flush_periodically() {
-    let mut ticks = tokio::time::interval(FLUSH_INTERVAL);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let Some(started) = BATCH.with_borrow(|batch| batch.as_ref().map(|b| b.started.clone())) else {
+        return;
+    };
     loop {
-        ticks.tick().await;
+        started.notified().await;
+        tokio::time::sleep(FLUSH_INTERVAL).await;
         flush_thread();
     }
 }
@@ -410,17 +421,13 @@ impl Sampler {
 
 /// Step 3, on the way in: what the line will say of the request, with the
 /// ids step 1 decided.
-pub(crate) fn begin(
-    request: &mut Request,
-    request_id: &HeaderValue,
-    correlation_id: &HeaderValue,
-) -> Pending {
+pub(crate) fn begin(request: &mut Request, ids: &RequestIds) -> Pending {
     let context = RequestContext::attach(request);
     Pending {
         facts: RequestFacts {
-            request_id: request_id.clone(),
-            correlation_id: correlation_id.clone(),
-            trace_id: trace_context::trace_id(request),
+            request_id: ids.request_id().clone(),
+            correlation_id: ids.correlation_id().clone(),
+            trace_id: ids.hop().id(),
             client_ip: request
                 .extensions()
                 .get::<ConnectInfo<SocketAddr>>()
@@ -501,11 +508,13 @@ mod tests {
             .method(Method::POST)
             .uri("/v1/orders?secret=1")
             .header(header::USER_AGENT, "curl/8 \"quoted\"")
+            .header("x-request-id", "id-1")
+            .header("x-correlation-id", "corr-1")
             .body(Body::empty())
             .unwrap();
         request.extensions_mut().insert(ConnectInfo(client));
-        let id = HeaderValue::from_static("id-1");
-        let pending = begin(&mut request, &id, &HeaderValue::from_static("corr-1"));
+        let ids = RequestIds::decide(&mut request, None);
+        let pending = begin(&mut request, &ids);
         let outcome = Outcome::of(&Response::new(Body::empty()));
         let line = |format| {
             let log = AccessLog::new(&AccessLogConfig {

@@ -264,14 +264,14 @@ impl Outcome {
 /// gateway's CPU (its fields formatted on every request), and the access
 /// log already says all of this. Events above debug on a request's path
 /// name the request id themselves.
-pub fn request_span(request: &http::Request<Body>) -> Span {
+pub fn request_span(request: &http::Request<Body>, trace_id: trace_context::TraceId) -> Span {
     // The field values are only computed when the span is enabled.
     tracing::debug_span!(
         "request",
         method = %request.method(),
         path = request.uri().path(),
         request_id = request_ids::request_id(request.headers()),
-        trace_id = %trace_context::trace_id(request),
+        trace_id = %trace_id,
         route = tracing::field::Empty,
     )
 }

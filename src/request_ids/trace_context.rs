@@ -15,8 +15,8 @@
 
 use std::fmt;
 
-use axum::{body::Body, extract::Request};
-use http::{HeaderName, HeaderValue};
+use axum::extract::Request;
+use http::{header::Entry, HeaderName, HeaderValue};
 
 pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub(crate) static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
@@ -35,6 +35,11 @@ pub struct TraceParent {
 // === impl TraceParent ===
 
 impl TraceParent {
+    /// Its trace id, for logs and spans.
+    pub fn id(self) -> TraceId {
+        TraceId(Some(self.trace_id))
+    }
+
     /// Parses a `traceparent` value. Version `00` must be exactly 55
     /// characters; a later version may append fields after a `-`. All-zero
     /// ids, version `ff` and upper-case hex are invalid.
@@ -163,48 +168,39 @@ fn hex(text: &str) -> Option<u128> {
 
 /// Part of step 1: replaces the request's `traceparent` with the one the
 /// upstream is to see, drops a `tracestate` that came without a valid
-/// `traceparent`, stores this hop's [`TraceParent`] (and, when `exporting`
-/// spans of a sampled trace, its [`HopSpans`]) in the extensions, and
-/// returns the value to send back to the client. `exporting`: how new
-/// traces are sampled, `None` when spans are not exported.
-pub fn start(request: &mut Request, exporting: Option<Sampler>) -> HeaderValue {
-    let incoming = request
-        .headers()
-        .get(&TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse);
-    let hop = match incoming {
-        Some(parent) => parent.child(),
-        None => {
-            request.headers_mut().remove(&TRACESTATE);
-            TraceParent::root(exporting)
-        }
+/// `traceparent`, stores (when `exporting` spans of a sampled trace) its
+/// [`HopSpans`] in the extensions, and returns this hop's [`TraceParent`]
+/// and the value to send back to the client. `exporting`: how new traces
+/// are sampled, `None` when spans are not exported.
+pub fn start(request: &mut Request, exporting: Option<Sampler>) -> (TraceParent, HeaderValue) {
+    // One entry for reading the caller's and setting ours: one hash.
+    let mut slot = request.headers_mut().entry(&TRACEPARENT);
+    let incoming = match &slot {
+        Entry::Occupied(caller) => caller.get().to_str().ok().and_then(TraceParent::parse),
+        Entry::Vacant(_) => None,
     };
+    let hop = incoming.map_or_else(|| TraceParent::root(exporting), TraceParent::child);
     let value = hop.header_value();
-    let upstream = match exporting {
-        Some(_) if hop.sampled() => {
-            let client = hop.child();
-            request.extensions_mut().insert(HopSpans {
-                caller: incoming.map(|parent| parent.parent_id),
-                client: client.parent_id,
-            });
-            client.header_value()
+    let client = (exporting.is_some() && hop.sampled()).then(|| hop.child());
+    let upstream = client.map_or_else(|| value.clone(), TraceParent::header_value);
+    match slot {
+        Entry::Occupied(ref mut caller) => {
+            caller.insert(upstream);
         }
-        _ => value.clone(),
-    };
-    request.headers_mut().insert(TRACEPARENT.clone(), upstream);
-    request.extensions_mut().insert(hop);
-    value
-}
-
-/// The request's trace id as 32 hex digits (empty before [`start`]).
-pub fn trace_id(request: &http::Request<Body>) -> TraceId {
-    TraceId(
-        request
-            .extensions()
-            .get::<TraceParent>()
-            .map(|t| t.trace_id),
-    )
+        Entry::Vacant(none) => {
+            none.insert(upstream);
+        }
+    }
+    if incoming.is_none() {
+        request.headers_mut().remove(&TRACESTATE);
+    }
+    if let Some(client) = client {
+        request.extensions_mut().insert(HopSpans {
+            caller: incoming.map(|parent| parent.parent_id),
+            client: client.parent_id,
+        });
+    }
+    (hop, value)
 }
 
 /// Displays a trace id as 32 hex digits, or nothing.

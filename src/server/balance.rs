@@ -192,7 +192,7 @@ impl Balance {
         tracing::debug!(active, "workers serving HTTP/1.1 connections");
     }
 
-    /// Follows the load, a window at a time, until dropped.
+    /// Follows the load, a window at a time, as long as the first worker runs.
     pub(super) async fn keep_balanced(self: Arc<Self>) {
         let mut ticks = tokio::time::interval(WINDOW);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -514,9 +514,6 @@ impl Server {
         };
         let (moved, active) = self.metrics.workers();
         let balance = Balance::new(self.workers, moved, active);
-        if self.workers > 1 {
-            background.spawn(balance.clone().keep_balanced());
-        }
         let served = if self.public_routes {
             workers::serve(acceptor, tls, self.router, balance, self.timeouts, shutdown).await
         } else {

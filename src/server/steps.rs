@@ -170,11 +170,11 @@ impl RunSteps for Observing {
     fn run(&self, mut request: Request) -> impl Future<Output = Response> + Send + '_ {
         policy::sanitize(&self.headers, &mut request);
         let ids = RequestIds::decide(&mut request, self.traces.as_ref().map(|t| t.sampler()));
-        let span = observe::request_span(&request);
+        let span = observe::request_span(&request, ids.hop().id());
         let traced = self
             .traces
             .as_ref()
-            .and_then(|_| Traces::begin(&mut request));
+            .and_then(|_| Traces::begin(&mut request, ids.hop()));
         async move {
             let mut response = self.observed(request, &ids).instrument(span).await;
             if let (Some(traces), Some(traced)) = (&self.traces, traced) {
@@ -196,8 +196,9 @@ impl Observing {
         let logged = self
             .access_log
             .as_ref()
-            .map(|_| access_log::begin(&mut request, ids.request_id(), ids.correlation_id()));
+            .map(|_| access_log::begin(&mut request, ids));
         let counted = self.metrics.as_ref().map(|_| Metrics::begin(&mut request));
+        let request_id = Some(ids.request_id().clone());
         async move {
             let mut response = match &self.cors {
                 // Boxed: CORS, when off, must not size every request's future.
@@ -205,7 +206,7 @@ impl Observing {
                     Ok(response) => response,
                     Err(never) => match never {},
                 },
-                None => self.answering.run(request).await,
+                None => self.answering.answer(request, request_id).await,
             };
             if let (Some(metrics), Some(counted)) = (&self.metrics, counted) {
                 response = metrics.finish(counted, response);
@@ -221,12 +222,24 @@ impl Observing {
 // === impl Answering ===
 
 impl RunSteps for Answering {
-    /// Steps 6, 7 and 8 around the rest.
+    /// Behind CORS, which takes a tower service: the id read again.
     fn run(&self, request: Request) -> impl Future<Output = Response> + Send + '_ {
         let request_id = request.headers().get(X_REQUEST_ID).cloned();
+        self.answer(request, request_id)
+    }
+}
+
+impl Answering {
+    /// Steps 6, 7 and 8 around the rest. `request_id`: the request's
+    /// `x-request-id`, as step 1 decided it.
+    fn answer(
+        &self,
+        request: Request,
+        request_id: Option<HeaderValue>,
+    ) -> impl Future<Output = Response> + Send + '_ {
         // On the heap once: the timeout and the unwind guard then move a
         // pointer, not the whole request future.
-        let routed = Box::pin(self.route(request));
+        let routed = Box::pin(self.route(request, request_id.clone()));
         let guarded = AssertUnwindSafe(tokio::time::timeout(self.request_timeout, routed));
         async move {
             let response = match guarded.catch_unwind().await {
@@ -241,16 +254,19 @@ impl RunSteps for Answering {
             status_body(response, request_id.as_ref())
         }
     }
-}
 
-impl Answering {
     /// Step 9: the size of an HTTP/2 request's header list, then the route,
     /// matched once against the current catalog; the request is pinned to it.
+    /// `request_id`: its `x-request-id`, for the gateway's error responses.
     #[allow(
         clippy::manual_async_fn,
         reason = "the request's future stays small: docs/architecture.md"
     )]
-    fn route(&self, request: Request) -> impl Future<Output = Response> + Send + '_ {
+    fn route(
+        &self,
+        request: Request,
+        request_id: Option<HeaderValue>,
+    ) -> impl Future<Output = Response> + Send + '_ {
         // All inside the future: the unwind guard around it covers it.
         async move {
             if let Err(err) = policy::check_header_list(&request) {
@@ -269,7 +285,7 @@ impl Answering {
             // The catalog and route again after the call: cheaper to hold
             // than the method's deprecation itself.
             let (catalog, route) = (matched.catalog.clone(), matched.route);
-            let mut response = self.admit(matched, request).await;
+            let mut response = self.admit(matched, request, request_id).await;
             if let Some(deprecation) = &catalog.method(catalog.route(route)).deprecation {
                 deprecation.write(response.headers_mut());
             }
@@ -326,6 +342,7 @@ impl Answering {
         &self,
         matched: RouteMatch,
         mut request: Request,
+        request_id: Option<HeaderValue>,
     ) -> impl Future<Output = Response> + Send + '_ {
         async move {
             if let Some(auth) = &self.auth {
@@ -362,7 +379,8 @@ impl Answering {
                     return err.into_response(request_ids::request_id(request.headers()), None)
                 }
             };
-            let mut response = gateway::handle(&self.gateway, matched, metadata, request).await;
+            let mut response =
+                gateway::handle(&self.gateway, matched, metadata, request, request_id).await;
             self.headers.return_upstream_headers(&mut response);
             if let Some(decision) = decision {
                 decision.write_headers(response.headers_mut());

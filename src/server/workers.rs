@@ -74,12 +74,18 @@ where
         let (done, finished) = oneshot::channel::<()>();
         let service = service.clone();
         let termination = tls.as_ref().map(|(_, termination)| termination.clone());
-        // One worker has nowhere to move a connection to.
+        // One worker has nowhere to move a connection to, nor a balance to keep.
         let moves = (workers > 1).then(|| Moves::new(index, balance.clone(), moving.clone()));
+        // On the first worker, which is always active: when there is load it
+        // is awake anyway, so the controller's ticks cost no wake-up of their own.
+        let controller = (workers > 1 && index == 0).then(|| balance.clone());
         thread::Builder::new()
             .name(format!("protogate-worker-{index}"))
             .spawn(move || {
                 let queues = Queues { accepted, moved };
+                if let Some(balance) = controller {
+                    runtime.spawn(balance.keep_balanced());
+                }
                 run_worker(
                     index,
                     &runtime,

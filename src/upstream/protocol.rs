@@ -255,7 +255,12 @@ fn frame_len(buffer: &[u8], limit: usize) -> Result<Option<usize>, Error> {
 /// reply), if there is one: OK, or the upstream's error with its message
 /// and details.
 fn grpc_status(headers: &HeaderMap) -> Option<Result<(), Status>> {
-    let code = headers.get(GRPC_STATUS)?.as_bytes();
+    // A reply's head and trailers carry a few names: one pass over them
+    // costs less than hashing this one (the first value, as `get` finds).
+    let code = headers
+        .iter()
+        .find_map(|(name, value)| (name == GRPC_STATUS).then_some(value))?
+        .as_bytes();
     if code == b"0" {
         return Some(Ok(()));
     }

@@ -124,9 +124,8 @@ impl Traces {
     /// Step 2, on the way in: the request's ids and start, when step 1
     /// sampled it. Boxed: the request's future holds the option whether
     /// or not spans are exported, and must stay small.
-    pub(crate) fn begin(request: &mut Request) -> Option<Box<Pending>> {
+    pub(crate) fn begin(request: &mut Request, hop: TraceParent) -> Option<Box<Pending>> {
         let spans = *request.extensions().get::<HopSpans>()?;
-        let hop = *request.extensions().get::<TraceParent>()?;
         Some(Box::new(Pending {
             hop,
             spans,
@@ -186,8 +185,8 @@ mod tests {
         let traces = Arc::new(traces);
         for _ in 0..QUEUE_CAPACITY + 3 {
             let mut request = Request::new(Body::empty());
-            trace_context::start(&mut request, Some(traces.sampler()));
-            let pending = Traces::begin(&mut request).expect("sampled at ratio 1");
+            let (hop, _) = trace_context::start(&mut request, Some(traces.sampler()));
+            let pending = Traces::begin(&mut request, hop).expect("sampled at ratio 1");
             // The body ends as the response is dropped.
             drop(traces.finish(pending, Response::new(Body::empty())));
         }

@@ -275,6 +275,8 @@ struct KeySeed<'a> {
     plan: &'a MessagePlan,
     ignore_unknown: bool,
     as_text: bool,
+    /// The field tried first: the one after the previous key's.
+    guess: usize,
 }
 
 /// A field's value: `null`, one value, or a JSON array or object of them.
@@ -386,11 +388,12 @@ fn fields<'de, A: MapAccess<'de>>(
         .filter(|plan| matches!(plan.form, Form::Fields | Form::Empty))
         .filter(|_| depth < MAX_DEPTH)
         .ok_or_else(unsupported)?;
-    let keys = KeySeed {
+    let mut keys = KeySeed {
         plan,
         // prost-reflect refuses any key in an `Empty`.
         ignore_unknown: ctx.options.ignore_unknown_fields && matches!(plan.form, Form::Fields),
         as_text: ctx.keys_as_text,
+        guess: 0,
     };
     let (mut seen, mut oneofs) = (0u64, 0u64);
     while let Some(index) = map.next_key_seed(keys)? {
@@ -398,6 +401,7 @@ fn fields<'de, A: MapAccess<'de>>(
             map.next_value::<IgnoredAny>()?;
             continue;
         };
+        keys.guess = index + 1;
         let field = plan.fields.get(index).ok_or_else(unsupported)?;
         let bit = u32::try_from(index)
             .ok()
@@ -474,14 +478,14 @@ impl Visitor<'_> for KeySeed<'_> {
     }
 
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
-        match self.plan.key_index(key.as_bytes()) {
+        match self.plan.key_index(key.as_bytes(), self.guess) {
             Some(index) => Ok(Some(index)),
             None => self.unknown(key),
         }
     }
 
     fn visit_bytes<E: de::Error>(self, key: &[u8]) -> Result<Self::Value, E> {
-        if let Some(index) = self.plan.key_index(key) {
+        if let Some(index) = self.plan.key_index(key, self.guess) {
             return Ok(Some(index));
         }
         // As serde_json checks a string; an escaped control character,
