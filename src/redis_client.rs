@@ -8,8 +8,7 @@
 //! to another thread.
 //!
 //! Every command gets `redis.timeout` (registry commands, which carry whole
-//! descriptor sets, at least 2 s); a serving worker's rate-limit commands
-//! share one timer per worker ([`Deadlines`]). A command that fails for want of
+//! descriptor sets, at least 2 s). A command that fails for want of
 //! Redis (refused, dropped, timed out) marks it down: one log line, and from
 //! then on callers are answered at once, without waiting, until the probe
 //! ([`Redis::keep_watch`]) finds it again with back-off (one more log line);
@@ -18,15 +17,11 @@
 
 use std::{
     cell::RefCell,
-    collections::VecDeque,
-    future::{poll_fn, Future},
-    pin::pin,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
-    task::{ready, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use metrics::{Counter, Gauge, Histogram};
@@ -35,11 +30,7 @@ use redis::{
     AsyncConnectionConfig, Client, Cmd, FromRedisValue, IntoConnectionInfo, RedisError, Script,
     ScriptInvocation,
 };
-use tokio::{
-    runtime::{Handle, RuntimeFlavor},
-    sync::Notify,
-    time::Instant,
-};
+use tokio::sync::Notify;
 
 use crate::config::RedisConfig;
 
@@ -110,37 +101,6 @@ pub struct RedisMetrics {
 thread_local! {
     /// This thread's connections: (client id, epoch, connection).
     static CONNECTIONS: RefCell<Vec<(u64, u64, ConnectionManager)>> = const { RefCell::new(Vec::new()) };
-    /// This thread's rate-limit commands in flight, per client.
-    static DEADLINES: RefCell<Vec<Deadlines>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The rate-limit commands in flight on a thread that runs all its tasks
-/// itself (a serving worker's current-thread runtime), watched by one
-/// timer: a timer per command (`tokio::time::timeout`) cost ~10k
-/// instructions a call, registered in the timer wheel, polled and removed.
-/// These commands all have `redis.timeout` and start in order, so their
-/// deadlines come in order too: the timer waits for the oldest command
-/// that may still wait, and one answered in time, oldest first as Redis
-/// answers, costs it nothing.
-struct Deadlines {
-    client: u64,
-    /// Numbers the next command.
-    next: u64,
-    /// (number, deadline) of the commands that may still wait, oldest
-    /// first; one answered out of turn stays until its deadline.
-    waiting: VecDeque<(u64, Instant)>,
-    /// Whether the timer's task runs (it ends when nothing waits).
-    watched: bool,
-    expiry: Arc<Expiry>,
-}
-
-/// What a thread's rate-limit commands and their timer share.
-#[derive(Debug, Default)]
-struct Expiry {
-    /// The commands numbered below this are past their deadline.
-    below: AtomicU64,
-    /// Woken when `below` moves.
-    moved: Notify,
 }
 
 // === impl Op ===
@@ -370,7 +330,7 @@ impl Redis {
     async fn timed<T>(
         &self,
         op: Op,
-        command: impl Future<Output = Result<T, RedisError>>,
+        command: impl std::future::Future<Output = Result<T, RedisError>>,
     ) -> Result<T, Unavailable> {
         let timeout = match op {
             Op::RateLimit | Op::Ping => self.timeout,
@@ -379,60 +339,21 @@ impl Redis {
             }
         };
         let started = Instant::now();
-        let on_its_thread = Handle::try_current()
-            .is_ok_and(|runtime| runtime.runtime_flavor() == RuntimeFlavor::CurrentThread);
-        let answered = if op == Op::RateLimit && on_its_thread {
-            self.by_deadline(started + timeout, command).await
-        } else {
-            tokio::time::timeout(timeout, command).await.ok()
-        };
+        let result = tokio::time::timeout(timeout, command).await;
         self.metrics.duration[op as usize].record(started.elapsed().as_secs_f64());
-        match answered {
-            Some(Ok(value)) => Ok(value),
-            Some(Err(err)) if is_refused_password(&err) => {
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            // A script or type error: Redis is there, the command is wrong.
+            Ok(Err(err)) if is_refused_password(&err) => {
                 Err(self.failed(op, &self.refusal(&err), Failure::PasswordRefused))
             }
             // A script or type error: Redis is there, the command is wrong.
-            Some(Err(err)) if matches!(err.kind(), redis::ErrorKind::Server(_)) => {
+            Ok(Err(err)) if matches!(err.kind(), redis::ErrorKind::Server(_)) => {
                 Err(self.failed(op, &err.to_string(), Failure::Command))
             }
-            Some(Err(err)) => Err(self.failed(op, &err.to_string(), Failure::Away)),
-            None => Err(self.failed(op, &format!("no answer within {timeout:?}"), Failure::Away)),
+            Ok(Err(err)) => Err(self.failed(op, &err.to_string(), Failure::Away)),
+            Err(_) => Err(self.failed(op, &format!("no answer within {timeout:?}"), Failure::Away)),
         }
-    }
-
-    /// Awaits `command` until `deadline` on this thread's timer (see
-    /// [`Deadlines`]), which this thread's runtime runs: `None` past it.
-    async fn by_deadline<T>(
-        &self,
-        deadline: Instant,
-        command: impl Future<Output = T>,
-    ) -> Option<T> {
-        let (number, expiry) = Deadlines::with(self.id, |deadlines| {
-            let number = deadlines.start(deadline);
-            if !deadlines.watched {
-                deadlines.watched = true;
-                tokio::spawn(watch_deadlines(self.id, deadline));
-            }
-            (number, deadlines.expiry.clone())
-        });
-        let mut command = pin!(command);
-        let mut moved = pin!(expiry.moved.notified());
-        let answered = poll_fn(|cx| {
-            if let Poll::Ready(answer) = command.as_mut().poll(cx) {
-                return Poll::Ready(Some(answer));
-            }
-            loop {
-                if expiry.below.load(Ordering::Relaxed) > number {
-                    return Poll::Ready(None);
-                }
-                ready!(moved.as_mut().poll(cx));
-                moved.set(expiry.moved.notified());
-            }
-        })
-        .await;
-        Deadlines::with(self.id, |deadlines| deadlines.finish(number));
-        answered
     }
 
     /// A refused password in words: where it came from, never what it is.
@@ -475,90 +396,6 @@ impl std::fmt::Debug for Redis {
     }
 }
 
-/// The timer of this thread's rate-limit commands to `client`, first set
-/// for `first`: marks each command past its deadline, then waits for the
-/// next one; ends when none waits.
-async fn watch_deadlines(client: u64, first: Instant) {
-    let timer = tokio::time::sleep_until(first);
-    tokio::pin!(timer);
-    loop {
-        timer.as_mut().await;
-        let now = Instant::now();
-        match Deadlines::with(client, |deadlines| deadlines.expire(now)) {
-            Some(next) => timer.as_mut().reset(next),
-            None => return,
-        }
-    }
-}
-
-// === impl Deadlines ===
-
-impl Deadlines {
-    /// Runs `f` on this thread's deadlines of `client`'s commands.
-    fn with<R>(client: u64, f: impl FnOnce(&mut Self) -> R) -> R {
-        DEADLINES.with_borrow_mut(|all| {
-            let index = match all.iter().position(|deadlines| deadlines.client == client) {
-                Some(index) => index,
-                None => {
-                    all.push(Self::new(client));
-                    all.len() - 1
-                }
-            };
-            f(&mut all[index])
-        })
-    }
-
-    fn new(client: u64) -> Self {
-        Self {
-            client,
-            next: 0,
-            waiting: VecDeque::new(),
-            watched: false,
-            expiry: Arc::default(),
-        }
-    }
-
-    /// Numbers a command due by `deadline` (no earlier than those before).
-    fn start(&mut self, deadline: Instant) -> u64 {
-        let number = self.next;
-        self.next += 1;
-        self.waiting.push_back((number, deadline));
-        number
-    }
-
-    /// Forgets an answered command when it is the oldest (the usual order).
-    fn finish(&mut self, number: u64) {
-        if self
-            .waiting
-            .front()
-            .is_some_and(|&(oldest, _)| oldest == number)
-        {
-            self.waiting.pop_front();
-        }
-    }
-
-    /// Marks the commands due by `now` as past their deadline, waking them;
-    /// then the next deadline to wait for, or `None` (unwatched) when no
-    /// command waits.
-    fn expire(&mut self, now: Instant) -> Option<Instant> {
-        let mut past = None;
-        while let Some(&(number, deadline)) = self.waiting.front() {
-            if deadline > now {
-                break;
-            }
-            past = Some(number);
-            self.waiting.pop_front();
-        }
-        if let Some(number) = past {
-            self.expiry.below.store(number + 1, Ordering::Relaxed);
-            self.expiry.moved.notify_waiters();
-        }
-        let next = self.waiting.front().map(|&(_, deadline)| deadline);
-        self.watched = next.is_some();
-        next
-    }
-}
-
 /// Whether Redis refused to let this client in: a wrong password, or none
 /// given where one is needed. Nothing works until the config changes.
 fn is_refused_password(err: &RedisError) -> bool {
@@ -575,108 +412,5 @@ impl RedisMetrics {
             errors: Op::ALL.map(|_| Counter::noop()),
             duration: Op::ALL.map(|_| Histogram::noop()),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{config::RedisConfig, testing::RedisServer};
-
-    /// Longest wait for what takes milliseconds when all is well.
-    const HUNG: Duration = Duration::from_secs(30);
-
-    #[test]
-    fn deadlines_expire_in_order_and_an_answered_command_leaves_the_timer_alone() {
-        let (now, ms) = (Instant::now(), Duration::from_millis);
-        let mut deadlines = Deadlines::new(0);
-        deadlines.watched = true;
-        let numbers: Vec<u64> = (1..=3).map(|i| deadlines.start(now + ms(10 * i))).collect();
-        assert_eq!(numbers, [0, 1, 2]);
-        // Answered oldest first: forgotten at once. Out of turn: kept
-        // until its deadline.
-        deadlines.finish(0);
-        deadlines.finish(2);
-        let waiting = |deadlines: &Deadlines| -> Vec<u64> {
-            deadlines
-                .waiting
-                .iter()
-                .map(|&(number, _)| number)
-                .collect()
-        };
-        assert_eq!(waiting(&deadlines), [1, 2]);
-        let below = |deadlines: &Deadlines| deadlines.expiry.below.load(Ordering::Relaxed);
-
-        // None due: the timer waits for the oldest.
-        assert_eq!(deadlines.expire(now + ms(15)), Some(now + ms(20)));
-        assert_eq!(below(&deadlines), 0);
-        // Command 1 is past its deadline (and 0 with it, answered or not).
-        assert_eq!(deadlines.expire(now + ms(20)), Some(now + ms(30)));
-        assert_eq!((below(&deadlines), waiting(&deadlines)), (2, vec![2]));
-        // The last one due: nothing left to watch.
-        assert_eq!(deadlines.expire(now + ms(31)), None);
-        assert_eq!(below(&deadlines), 3);
-        assert!(!deadlines.watched);
-    }
-
-    /// On a serving worker's runtime: each rate-limit command Redis holds
-    /// fails at its own deadline (the timer moves on from one to the next),
-    /// marks Redis away, and once the probe finds it again the next
-    /// command is answered.
-    #[test]
-    fn rate_limit_commands_redis_holds_fail_each_at_its_deadline() {
-        let server = RedisServer::start();
-        let config = RedisConfig {
-            url: server.url(),
-            key_prefix: "unit:".into(),
-            timeout: Duration::from_millis(100),
-            password_env: None,
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let redis = Arc::new(Redis::new(&config, None).unwrap());
-            let count = {
-                let redis = redis.clone();
-                move || {
-                    let redis = redis.clone();
-                    tokio::spawn(async move {
-                        let script = Script::new("return redis.call('INCR', KEYS[1])");
-                        let mut evalsha = redis::cmd("EVALSHA");
-                        evalsha.arg(script.get_hash()).arg(1).arg("unit:count");
-                        redis.eval::<u64>(Op::RateLimit, &script, &evalsha).await
-                    })
-                }
-            };
-            assert_eq!(count().await.unwrap().ok(), Some(1));
-
-            // From now on Redis holds every script (they may write).
-            assert_eq!(server.command("CLIENT PAUSE 60000 WRITE"), "+OK\r\n");
-            let first = count();
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            let second = count();
-            for held in [first, second] {
-                let err = held.await.unwrap().unwrap_err();
-                assert_eq!(
-                    err.to_string(),
-                    "Redis is unavailable: no answer within 100ms"
-                );
-            }
-            assert!(!redis.is_up());
-
-            assert_eq!(server.command("CLIENT UNPAUSE"), "+OK\r\n");
-            tokio::spawn(redis.clone().keep_watch());
-            let started = Instant::now();
-            while !redis.is_up() {
-                assert!(
-                    started.elapsed() < HUNG,
-                    "the probe did not find Redis again"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            assert!(count().await.unwrap().is_ok());
-        });
     }
 }
