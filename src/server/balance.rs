@@ -11,7 +11,11 @@
 //!   connections;
 //! * when the active workers' load would fit on one fewer at
 //!   [`SHRINK_BELOW`] each, for [`CALM_WINDOWS`] windows in a row, the last
-//!   one leaves, and its connections go to the others.
+//!   one leaves, and its connections go to the others;
+//! * when one worker is active and every worker slept through a window
+//!   (below [`IDLE_BELOW`]), the controller rests until a worker wakes: an
+//!   idle gateway is not woken to look at nothing (a tick over 64 ms costs
+//!   tokio's timer wheel two wake-ups).
 //!
 //! A connection moves between two requests (its response flushed, no byte
 //! of the next head read), on the socket it has: the client sees nothing.
@@ -21,13 +25,14 @@
 
 use std::{
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
         Arc,
     },
     time::{Duration, Instant},
 };
 
 use metrics::{Counter, Gauge};
+use tokio::sync::Notify;
 
 /// How often the load is looked at.
 const WINDOW: Duration = Duration::from_millis(100);
@@ -40,6 +45,8 @@ const SHRINK_BELOW: f64 = 0.25;
 /// Calm windows in a row before a worker leaves: a lull between bursts is
 /// not a change of load.
 const CALM_WINDOWS: u32 = 10;
+/// Every worker awake less than this share of a window: the gateway is idle.
+const IDLE_BELOW: f64 = 0.01;
 
 /// The workers' load and how many of them are active.
 pub(super) struct Balance {
@@ -48,6 +55,9 @@ pub(super) struct Balance {
     /// The next active worker a connection leaving an inactive one goes to.
     turn: Padded<AtomicUsize>,
     workers: Box<[Padded<WorkerLoad>]>,
+    /// The controller rests until a worker wakes ([`Balance::woke`]).
+    resting: AtomicBool,
+    rested: Notify,
     moved: Counter,
     active_gauge: Gauge,
 }
@@ -88,6 +98,8 @@ impl Balance {
             active: Padded(AtomicUsize::new(1)),
             turn: Padded(AtomicUsize::new(0)),
             workers: (0..workers.max(1)).map(|_| Padded::default()).collect(),
+            resting: AtomicBool::new(false),
+            rested: Notify::new(),
             moved,
             active_gauge,
         })
@@ -101,10 +113,13 @@ impl Balance {
         self.active.0.load(Relaxed)
     }
 
-    /// The runtime of `worker` woke up.
+    /// The runtime of `worker` woke up (and the controller, if it rests).
     pub(super) fn woke(&self, worker: usize) {
         if let Some(load) = self.workers.get(worker) {
             load.0.awake_since.store(self.now().max(1), Relaxed);
+        }
+        if self.resting.load(Relaxed) && self.resting.swap(false, Relaxed) {
+            self.rested.notify_one();
         }
     }
 
@@ -213,6 +228,16 @@ impl Balance {
                 Change::Keep => {}
                 Change::Grow => self.grow(),
                 Change::Shrink => self.shrink(),
+            }
+            if self.active() == 1 && shares.iter().all(|share| *share < IDLE_BELOW) {
+                // A wake-up before this wait leaves its permit: none is missed.
+                self.resting.store(true, Relaxed);
+                self.rested.notified().await;
+                ticks.reset();
+                at = self.now();
+                for (last, awake) in last.iter_mut().zip(self.awake(at)) {
+                    *last = awake;
+                }
             }
         }
     }
@@ -326,6 +351,33 @@ mod tests {
         balance.shrink();
         assert_eq!(balance.active(), 1);
         assert_eq!(balance.destination(1), Some(0));
+    }
+
+    /// Waits (up to 10 s) for `done`.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        for _ in 0..1000 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("not {what} within 10 s");
+    }
+
+    #[tokio::test]
+    async fn the_controller_rests_while_all_sleep_and_looks_again_when_a_worker_wakes() {
+        let balance = balance(2);
+        tokio::spawn(balance.clone().keep_balanced());
+        until("resting", || balance.resting.load(Relaxed)).await;
+        // Worker 0 wakes (and stays awake, busy): looked at again, it
+        // brings worker 1 in.
+        balance.woke(0);
+        assert!(!balance.resting.load(Relaxed));
+        until("two workers active", || balance.active() == 2).await;
+        // Both sleep: once worker 1 has left, the controller rests again.
+        balance.parks(0);
+        until("one worker active", || balance.active() == 1).await;
+        until("resting again", || balance.resting.load(Relaxed)).await;
     }
 
     #[test]
