@@ -57,7 +57,7 @@ pub(super) struct Balance {
     workers: Box<[Padded<WorkerLoad>]>,
     /// The controller rests until a worker wakes ([`Balance::woke`]).
     resting: AtomicBool,
-    rested: Notify,
+    resume: Notify,
     moved: Counter,
     active_gauge: Gauge,
 }
@@ -99,7 +99,7 @@ impl Balance {
             turn: Padded(AtomicUsize::new(0)),
             workers: (0..workers.max(1)).map(|_| Padded::default()).collect(),
             resting: AtomicBool::new(false),
-            rested: Notify::new(),
+            resume: Notify::new(),
             moved,
             active_gauge,
         })
@@ -119,7 +119,7 @@ impl Balance {
             load.0.awake_since.store(self.now().max(1), Relaxed);
         }
         if self.resting.load(Relaxed) && self.resting.swap(false, Relaxed) {
-            self.rested.notify_one();
+            self.resume.notify_one();
         }
     }
 
@@ -232,7 +232,7 @@ impl Balance {
             if self.active() == 1 && shares.iter().all(|share| *share < IDLE_BELOW) {
                 // A wake-up before this wait leaves its permit: none is missed.
                 self.resting.store(true, Relaxed);
-                self.rested.notified().await;
+                self.resume.notified().await;
                 ticks.reset();
                 at = self.now();
                 for (last, awake) in last.iter_mut().zip(self.awake(at)) {
