@@ -5,7 +5,10 @@ use std::{
     io::{BufRead as _, BufReader, Read},
     path::Path,
     process::{Command, Stdio},
-    sync::mpsc,
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
     time::Duration,
 };
 
@@ -125,13 +128,33 @@ pub async fn wait_for(url: &str) -> reqwest::Response {
     panic!("{url} never answered");
 }
 
-/// A port that was free a moment ago, for a child to listen on.
+/// A port that was free a moment ago, for a child to listen on: taken
+/// below the kernel's ephemeral range, from which `bind(0)` (the servers of
+/// the tests running beside this one) and outgoing connections draw theirs,
+/// so that neither can take it before the child binds it. Each test binary
+/// starts at its own place (its process id) and counts up, so that two of
+/// its tests never get the same one; a port some program holds is skipped.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    const FIRST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral.saturating_sub(FIRST);
+    assert!(
+        span >= 1_000,
+        "the ephemeral ports start at {ephemeral}: too low to pick from below"
+    );
+    let start = std::process::id() % span;
+    loop {
+        let taken = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(taken < span, "no free port below {ephemeral}");
+        let port = u16::try_from(FIRST + (start + taken) % span).unwrap();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// The `nth` (from 0) ```sh block of the README section `heading`.
