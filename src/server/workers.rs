@@ -76,8 +76,8 @@ where
         let termination = tls.as_ref().map(|(_, termination)| termination.clone());
         // One worker has nowhere to move a connection to, nor a balance to keep.
         let moves = (workers > 1).then(|| Moves::new(index, balance.clone(), moving.clone()));
-        // On the first worker, which is always active: when there is load it
-        // is awake anyway, so the controller's ticks cost no wake-up of their own.
+        // On the first worker, which is always active: no other thread is
+        // woken for it (and it rests while every worker sleeps).
         let controller = (workers > 1 && index == 0).then(|| balance.clone());
         thread::Builder::new()
             .name(format!("protogate-worker-{index}"))
