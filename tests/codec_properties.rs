@@ -457,10 +457,36 @@ impl Values {
         }
     }
 
+    /// Text with every class of character JSON escapes (the short escapes,
+    /// other controls, quote, backslash) among plain ASCII and multi-byte
+    /// UTF-8; or, as most replies hold, plain ASCII of any length (runs
+    /// longer than a machine word, and not a multiple of one).
     fn string(&mut self) -> String {
-        const PIECES: [&str; 12] = [
-            "a", "Zz", " ", "\"", "\\", "\n\t", "\u{1}", "\u{7f}", "é", "😀", "\u{2028}", "/",
+        const PIECES: [&str; 16] = [
+            "a",
+            "Zz",
+            " ",
+            "\"",
+            "\\",
+            "\n\t",
+            "\u{1}",
+            "\u{7f}",
+            "é",
+            "😀",
+            "\u{2028}",
+            "/",
+            "\u{0}",
+            "\u{8}\u{c}\r",
+            "\u{1f}",
+            "plain ascii, longer than a word ~",
         ];
+        if self.chance(30) {
+            let len = self.below(40);
+            return (0..len)
+                .map(|_| char::from(b' ' + self.below(95) as u8))
+                .filter(|c| !matches!(c, '"' | '\\'))
+                .collect();
+        }
         let len = if self.chance(2) { 3_000 } else { self.below(6) };
         (0..len).map(|_| PIECES[self.below(PIECES.len())]).collect()
     }
@@ -770,6 +796,7 @@ fn check_reply(
     )
     .unwrap();
     let keep_fields = keep_paths.join(",");
+    let exact = byte_comparable(generated, wire);
     for options in options() {
         for (with_omit, with_keep) in [(false, false), (true, false), (false, true), (true, true)] {
             let omit = with_omit.then_some(&omit);
@@ -809,6 +836,19 @@ fn check_reply(
                     prop_assert!(gateway.is_err());
                 }
                 Ok(reference) => {
+                    if exact && !with_omit && !with_keep {
+                        // Byte for byte: prost-reflect's serializer wrote it.
+                        let text = |json: &[u8]| String::from_utf8_lossy(json).into_owned();
+                        if let Some(printed) = &printed {
+                            prop_assert_eq!(text(printed), text(&reference), "{:?}", options);
+                        }
+                        prop_assert_eq!(
+                            text(gateway.as_deref().unwrap_or_default()),
+                            text(&reference),
+                            "{:?}",
+                            options
+                        );
+                    }
                     let reference: Json = serde_json::from_slice(&reference).unwrap();
                     let context = format!("{options:?} omit {with_omit} keep {keep_fields:?}");
                     prop_assert!(printed.is_some() || !canonical, "{context}: declined");
@@ -829,6 +869,49 @@ fn check_reply(
         }
     }
     Ok(())
+}
+
+/// Whether the printer's bytes must be prost-reflect's serializer's for
+/// `wire`: both print fields in number order (prost-reflect's order) when
+/// every message declares them so, and nothing in it differs by design
+/// (map entries in hash order, see [`agrees`]).
+fn byte_comparable(generated: &Generated, wire: &[u8]) -> bool {
+    let Ok(message) = DynamicMessage::decode(generated.root.clone(), wire) else {
+        return false;
+    };
+    let pool = generated.root.parent_pool();
+    let in_number_order = pool
+        .all_messages()
+        .filter(|m| m.package_name() == "gen")
+        .all(|m| {
+            let numbers: Vec<u32> = m.fields().map(|f| f.number()).collect();
+            numbers.windows(2).all(|w| w[0] < w[1])
+        });
+    in_number_order && !has_negative_zero(&message) && !differs_by_design(&message)
+}
+
+/// A map of two entries or more (printed sorted here, in hash order by
+/// prost-reflect), or a non-finite `FloatValue`/`DoubleValue`.
+fn differs_by_design(message: &DynamicMessage) -> bool {
+    let value_differs = |value: &Value| match value {
+        Value::Message(inner) => differs_by_design(inner),
+        _ => false,
+    };
+    if matches!(
+        message.descriptor().full_name(),
+        "google.protobuf.FloatValue" | "google.protobuf.DoubleValue"
+    ) {
+        return match message.get_field_by_number(1).as_deref() {
+            Some(Value::F32(v)) => !v.is_finite(),
+            Some(Value::F64(v)) => !v.is_finite(),
+            _ => false,
+        };
+    }
+    message.fields().any(|(_, value)| match value {
+        Value::List(items) => items.iter().any(value_differs),
+        Value::Map(entries) => entries.len() > 1 || entries.values().any(value_differs),
+        value => value_differs(value),
+    })
 }
 
 proptest! {
