@@ -67,6 +67,7 @@
 //! a timestamp not in UTC, a message with extensions or groups.
 
 use std::{
+    cell::Cell,
     collections::{BTreeMap, HashMap},
     sync::Arc,
 };
@@ -97,6 +98,16 @@ pub(super) const MIN_TIMESTAMP: i64 = -62_135_596_800;
 pub(super) const MAX_TIMESTAMP: i64 = 253_402_300_799;
 /// `Duration` seconds within ±10,000 years, as prost-reflect checks.
 const MAX_DURATION_SECONDS: u64 = 315_576_000_000;
+
+/// The largest printer stacks kept for a thread's next reply (entries).
+const KEPT_STACK: usize = 1024;
+
+thread_local! {
+    /// The printer's stacks, kept between the replies a thread prints: a
+    /// map or a message out of order then allocates nothing (callgrind:
+    /// ~0.25k instructions of a GET whose order has labels).
+    static STACKS: Cell<(Vec<Entry>, Vec<MapEntry>)> = const { Cell::new((Vec::new(), Vec::new())) };
+}
 
 /// The plans fall short for this message: take the general way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,8 +181,12 @@ struct FieldPlan {
     number: u32,
     /// `"jsonName":`
     json_key: Box<str>,
-    /// `"proto_name":`
-    proto_key: Box<str>,
+    /// `,"jsonName":` and `,"proto_name":`: a key and the comma before it
+    /// (dropped before a message's first) are then one copy.
+    print_keys: [Box<[u8]>; 2],
+    /// What [`Printer::fields_in_order`] does with it when no masks are in
+    /// force, decided here rather than per occurrence.
+    one_pass: OnePass,
     /// Whether its JSON name, as a body's key, names this field (not an
     /// earlier one of the same name) and is `json_key` unescaped: a guess
     /// of it is then answered by one comparison ([`MessagePlan::key_index`]).
@@ -186,6 +201,19 @@ struct FieldPlan {
     output_only: bool,
     /// The real oneof it belongs to (bit index), if any.
     oneof: Option<u8>,
+}
+
+/// How the one-pass printer takes a field's occurrence (no masks in force).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnePass {
+    /// Singular and in no oneof: printed unless it holds its default.
+    Single,
+    /// Singular, in no oneof, internal: only checked.
+    Hidden,
+    /// A list that is not internal: printed as its run is read.
+    List,
+    /// The rest (maps, oneof members, internal lists): through the entry stack.
+    Indexed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -298,6 +326,7 @@ impl JsonPlans {
         let mut printer = Printer {
             plans: self,
             options,
+            names: usize::from(options.use_proto_field_names),
             buf: reply,
             // JSON of messages with short fields (keys, quoted numbers,
             // timestamps, enum names) runs to three times their wire size
@@ -309,11 +338,18 @@ impl JsonPlans {
             map_entries: Vec::new(),
             depth: 0,
         };
-        match body {
-            None => printer.message(root, 0, reply.len(), masks)?,
-            Some(body) => printer.body_field(root, body, masks)?,
+        (printer.entries, printer.map_entries) = STACKS.take();
+        let printed = match body {
+            None => printer.message(root, 0, reply.len(), masks),
+            Some(body) => printer.body_field(root, body, masks),
+        };
+        let (mut entries, mut map_entries) = (printer.entries, printer.map_entries);
+        if entries.capacity() <= KEPT_STACK && map_entries.capacity() <= KEPT_STACK {
+            entries.clear();
+            map_entries.clear();
+            STACKS.set((entries, map_entries));
         }
-        Ok(printer.out)
+        printed.map(|()| printer.out)
     }
 }
 
@@ -372,15 +408,19 @@ impl MessagePlan {
             if field.containing_oneof().is_some_and(|o| !o.is_synthetic()) && oneof.is_none() {
                 unsupported = true;
             }
+            let json_key = quoted_key(field.json_name());
+            let internal = rules.is_internal(message, &field);
             fields.push(FieldPlan {
-                json_key: quoted_key(field.json_name()),
-                proto_key: quoted_key(field.name()),
+                print_keys: [&json_key, &quoted_key(field.name())]
+                    .map(|key| [b",", key.as_bytes()].concat().into()),
+                one_pass: OnePass::new(shape, oneof.is_some(), internal),
+                json_key,
                 guessable: false,
                 wires: accepted_wires(shape, &value),
                 shape,
                 value,
                 presence: field.supports_presence(),
-                internal: rules.is_internal(message, &field),
+                internal,
                 output_only: rules.is_output_only(message, &field),
                 oneof,
                 number: field.number(),
@@ -459,6 +499,18 @@ impl MessagePlan {
                 .binary_search_by_key(&number, |(n, _)| *n)
                 .ok()
                 .map(|at| usize::from(sorted[at].1)),
+        }
+    }
+}
+
+impl OnePass {
+    fn new(shape: Shape, in_oneof: bool, internal: bool) -> Self {
+        match shape {
+            Shape::Single if in_oneof => Self::Indexed,
+            Shape::Single if internal => Self::Hidden,
+            Shape::Single => Self::Single,
+            Shape::List if !internal => Self::List,
+            _ => Self::Indexed,
         }
     }
 }
@@ -663,14 +715,6 @@ impl FieldPlan {
         let key = self.json_key.as_bytes();
         key.get(1..key.len().saturating_sub(2)).unwrap_or_default()
     }
-
-    fn key(&self, options: &TranscodeOptions) -> &str {
-        if options.use_proto_field_names {
-            &self.proto_key
-        } else {
-            &self.json_key
-        }
-    }
 }
 
 // === Printer ===
@@ -678,6 +722,8 @@ impl FieldPlan {
 struct Printer<'a> {
     plans: &'a JsonPlans,
     options: &'a TranscodeOptions,
+    /// Which of [`FieldPlan::print_keys`] names fields: 1 for proto names.
+    names: usize,
     buf: &'a [u8],
     out: Vec<u8>,
     /// Stack of the indexed fields of the messages being printed.
@@ -878,6 +924,7 @@ impl Printer<'_> {
         let mut oneofs = 0u64;
         let mut last: Option<u16> = None;
         let mut pending: Option<Entry> = None;
+        let unmasked = masks.is_empty();
         let mut pos = start;
         loop {
             let entry = match pending.take() {
@@ -894,18 +941,21 @@ impl Printer<'_> {
             }
             last = Some(entry.field);
             let field = &plan.fields[usize::from(entry.field)];
-            if field.shape == Shape::Single && field.oneof.is_none() && masks.is_empty() {
-                // What `field` decides for most fields, without the entry stack.
-                if field.internal {
-                    self.check_entry(field, entry, self.depth + 1)?;
-                } else {
+            // What `field` decides for most fields, without the entry stack.
+            match field.one_pass {
+                OnePass::Single if unmasked => {
                     self.single(field, entry, masks, &mut first)?;
+                    continue;
                 }
-                continue;
-            }
-            if field.shape == Shape::List && !field.internal && masks.is_empty() {
-                pending = self.list_in_order(plan, entry, &mut pos, end, &mut first)?;
-                continue;
+                OnePass::Hidden if unmasked => {
+                    self.check_entry(field, entry, self.depth + 1)?;
+                    continue;
+                }
+                OnePass::List if unmasked => {
+                    pending = self.list_in_order(plan, entry, &mut pos, end, &mut first)?;
+                    continue;
+                }
+                _ => {}
             }
             self.entries.push(entry);
             if field.shape != Shape::Single {
@@ -1028,14 +1078,42 @@ impl Printer<'_> {
         masks: Masks<'_>,
         first: &mut bool,
     ) -> Printed {
-        if !field.presence
-            && !self.options.emit_unpopulated
-            && self.is_default(&field.value, entry)?
-        {
-            return Ok(());
+        let skip_default = !field.presence && !self.options.emit_unpopulated;
+        // The commonest kinds read their value once, for the default test
+        // and the printing both.
+        match &field.value {
+            ValueKind::Scalar(Scalar::String) => {
+                if skip_default && entry.start == entry.end {
+                    return Ok(());
+                }
+                self.key(field, first);
+                self.string(entry.start, entry.end)
+            }
+            ValueKind::Scalar(scalar) if scalar.wire() == VARINT => {
+                let raw = self.varint(entry.start, entry.end)?;
+                if skip_default && is_zero(*scalar, raw) {
+                    return Ok(());
+                }
+                self.key(field, first);
+                self.varint_scalar(*scalar, raw)
+            }
+            ValueKind::Enum(plan) => {
+                let number = self.varint(entry.start, entry.end)? as i32;
+                if skip_default && number == plan.default {
+                    return Ok(());
+                }
+                self.key(field, first);
+                self.enum_value(plan, number);
+                Ok(())
+            }
+            value => {
+                if skip_default && self.is_default(value, entry)? {
+                    return Ok(());
+                }
+                self.key(field, first);
+                self.value(value, entry.wire, entry.start, entry.end, masks)
+            }
         }
-        self.key(field, first);
-        self.value(&field.value, entry.wire, entry.start, entry.end, masks)
     }
 
     /// The `response_body` field of the reply, printed even when unset.
@@ -1087,12 +1165,10 @@ impl Printer<'_> {
     }
 
     fn key(&mut self, field: &FieldPlan, first: &mut bool) {
-        if !*first {
-            self.out.push(b',');
-        }
-        *first = false;
+        let key = &field.print_keys[self.names];
         self.out
-            .extend_from_slice(field.key(self.options).as_bytes());
+            .extend_from_slice(key.get(usize::from(*first)..).unwrap_or_default());
+        *first = false;
     }
 
     fn list(&mut self, field: &FieldPlan, run: usize, next: usize, masks: Masks<'_>) -> Printed {
@@ -1289,12 +1365,8 @@ impl Printer<'_> {
                 self.f64_at(entry.start, entry.end)?.to_bits() == 0
             }
             ValueKind::Scalar(Scalar::String | Scalar::Bytes) => bytes.is_empty(),
-            ValueKind::Scalar(Scalar::Int32 | Scalar::Sint32 | Scalar::Uint32) => {
-                // Only the low 32 bits count, as in decoding.
-                self.varint(entry.start, entry.end)? as u32 == 0
-            }
-            ValueKind::Scalar(Scalar::Int64 | Scalar::Sint64 | Scalar::Uint64 | Scalar::Bool) => {
-                self.varint(entry.start, entry.end)? == 0
+            ValueKind::Scalar(scalar) if scalar.wire() == VARINT => {
+                is_zero(*scalar, self.varint(entry.start, entry.end)?)
             }
             ValueKind::Scalar(_) => bytes.iter().all(|b| *b == 0),
             ValueKind::Enum(plan) => self.varint(entry.start, entry.end)? as i32 == plan.default,
@@ -1354,12 +1426,6 @@ impl Printer<'_> {
                 self.out.push(b'"');
                 Ok(())
             }
-            Scalar::Bool => {
-                let value = self.varint(start, end)? != 0;
-                self.out
-                    .extend_from_slice(if value { b"true" } else { b"false" });
-                Ok(())
-            }
             Scalar::Float => {
                 let value = self.f32_at(start, end)?;
                 self.float(f64::from(value), |s| s.serialize_f32(value))
@@ -1368,11 +1434,11 @@ impl Printer<'_> {
                 let value = self.f64_at(start, end)?;
                 self.float(value, |s| s.serialize_f64(value))
             }
-            Scalar::Int64
-            | Scalar::Uint64
-            | Scalar::Sint64
-            | Scalar::Fixed64
-            | Scalar::Sfixed64 => {
+            _ if scalar.wire() == VARINT => {
+                let raw = self.varint(start, end)?;
+                self.varint_scalar(scalar, raw)
+            }
+            Scalar::Fixed64 | Scalar::Sfixed64 => {
                 self.out.push(b'"');
                 self.number(scalar, start, end)?;
                 self.out.push(b'"');
@@ -1382,6 +1448,33 @@ impl Printer<'_> {
         }
     }
 
+    /// A value of a varint kind, read as `raw`: 64-bit integers quoted.
+    fn varint_scalar(&mut self, scalar: Scalar, raw: u64) -> Printed {
+        let mut digits = itoa::Buffer::new();
+        let text = match scalar {
+            Scalar::Bool => {
+                self.out
+                    .extend_from_slice(if raw != 0 { b"true" } else { b"false" });
+                return Ok(());
+            }
+            Scalar::Int32 => digits.format(raw as i32),
+            Scalar::Uint32 => digits.format(raw as u32),
+            Scalar::Sint32 => digits.format(zigzag32(raw)),
+            Scalar::Int64 => return self.quoted(digits.format(raw as i64)),
+            Scalar::Uint64 => return self.quoted(digits.format(raw)),
+            Scalar::Sint64 => return self.quoted(digits.format(zigzag64(raw))),
+            _ => return Err(Unsupported),
+        };
+        self.out.extend_from_slice(text.as_bytes());
+        Ok(())
+    }
+
+    /// A 64-bit integer's digits, as a string (proto3 JSON's form).
+    fn quoted(&mut self, digits: &str) -> Printed {
+        push_quoted(digits.as_bytes(), &mut self.out);
+        Ok(())
+    }
+
     /// A number without quotes.
     fn number(&mut self, scalar: Scalar, start: usize, end: usize) -> Printed {
         match scalar {
@@ -1389,14 +1482,8 @@ impl Printer<'_> {
             Scalar::Int64 => self.integer(self.varint(start, end)? as i64),
             Scalar::Uint32 => self.unsigned(u64::from(self.varint(start, end)? as u32)),
             Scalar::Uint64 => self.unsigned(self.varint(start, end)?),
-            Scalar::Sint32 => {
-                let raw = self.varint(start, end)? as u32;
-                self.integer(i64::from((raw >> 1) as i32 ^ -((raw & 1) as i32)));
-            }
-            Scalar::Sint64 => {
-                let raw = self.varint(start, end)?;
-                self.integer((raw >> 1) as i64 ^ -((raw & 1) as i64));
-            }
+            Scalar::Sint32 => self.integer(i64::from(zigzag32(self.varint(start, end)?))),
+            Scalar::Sint64 => self.integer(zigzag64(self.varint(start, end)?)),
             Scalar::Fixed32 => {
                 self.unsigned(u64::from(u32::from_le_bytes(self.fixed(start, end)?)))
             }
@@ -1445,10 +1532,7 @@ impl Printer<'_> {
         let bytes = &self.buf[start..end];
         // Most strings are ASCII with nothing to escape (ids, names, codes):
         // one pass shows they are UTF-8 and print as they are.
-        let plain = !bytes.iter().fold(false, |other, &b| {
-            other | !(0x20..0x80).contains(&b) | (b == b'"') | (b == b'\\')
-        });
-        if plain {
+        if is_plain_ascii(bytes) {
             push_quoted(bytes, &mut self.out);
         } else {
             let text = std::str::from_utf8(bytes).map_err(|_| Unsupported)?;
@@ -1677,9 +1761,10 @@ pub(crate) fn write_rfc3339(seconds: i64, nanos: i32, out: &mut Vec<u8>) {
 /// `text` as a JSON string. Most strings hold nothing to escape: those are
 /// copied whole; the rest go through serde_json's escaping (same output).
 pub(crate) fn write_json_str(text: &str, out: &mut Vec<u8>) {
-    let plain = !text.bytes().fold(false, |escape, b| {
-        escape | (b < 0x20) | (b == b'"') | (b == b'\\')
-    });
+    let plain = is_plain_ascii(text.as_bytes())
+        || !text.bytes().fold(false, |escape, b| {
+            escape | (b < 0x20) | (b == b'"') | (b == b'\\')
+        });
     if plain {
         push_quoted(text.as_bytes(), out);
     } else {
@@ -1690,9 +1775,72 @@ pub(crate) fn write_json_str(text: &str, out: &mut Vec<u8>) {
 
 /// `bytes` between quotes, as they are.
 fn push_quoted(bytes: &[u8], out: &mut Vec<u8>) {
+    out.reserve(bytes.len() + 2);
     out.push(b'"');
     out.extend_from_slice(bytes);
     out.push(b'"');
+}
+
+/// Whether a varint of kind `scalar` read as `raw` is its default: only the
+/// low 32 bits of a 32-bit kind count, as in decoding.
+fn is_zero(scalar: Scalar, raw: u64) -> bool {
+    match scalar {
+        Scalar::Int32 | Scalar::Uint32 | Scalar::Sint32 => raw as u32 == 0,
+        _ => raw == 0,
+    }
+}
+
+/// A `sint32` from its zigzag varint (the low 32 bits, as in decoding).
+fn zigzag32(raw: u64) -> i32 {
+    let raw = raw as u32;
+    (raw >> 1) as i32 ^ -((raw & 1) as i32)
+}
+
+/// A `sint64` from its zigzag varint.
+fn zigzag64(raw: u64) -> i64 {
+    (raw >> 1) as i64 ^ -((raw & 1) as i64)
+}
+
+/// Whether `bytes` go into a JSON string as they are: ASCII without a
+/// control character, quote or backslash (what serde_json escapes), so
+/// also UTF-8. A machine word at a time: a byte at a time cost ~100
+/// instructions for the short ids and names of a reply.
+fn is_plain_ascii(bytes: &[u8]) -> bool {
+    let (words, _) = bytes.as_chunks::<8>();
+    let mut special = words.iter().fold(0, |special, word| {
+        special | special_bytes(u64::from_le_bytes(*word))
+    });
+    // The last 1 to 7 bytes, in a word that overlaps those already seen.
+    if let Some(last) = bytes.last_chunk::<8>() {
+        special |= special_bytes(u64::from_le_bytes(*last));
+    } else if let (Some(head), Some(tail)) = (bytes.first_chunk::<4>(), bytes.last_chunk::<4>()) {
+        let word =
+            u64::from(u32::from_le_bytes(*head)) | u64::from(u32::from_le_bytes(*tail)) << 32;
+        special |= special_bytes(word);
+    } else {
+        // Under four bytes, padded with spaces.
+        let word = bytes
+            .iter()
+            .rev()
+            .fold(SPACES, |word, b| word << 8 | u64::from(*b));
+        special |= special_bytes(word);
+    }
+    special == 0
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH_BITS: u64 = ONES * 0x80;
+const SPACES: u64 = ONES * 0x20;
+
+/// The high bit of each byte of `word` set when some byte of it is a
+/// control character, `"`, `\` or not ASCII (exact for "some byte", the
+/// bit-twiddling "has less than" and "has zero byte" tests).
+fn special_bytes(word: u64) -> u64 {
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v;
+    let controls = word.wrapping_sub(SPACES) & !word;
+    let quotes = has_zero(word ^ (ONES * u64::from(b'"')));
+    let backslashes = has_zero(word ^ (ONES * u64::from(b'\\')));
+    (controls | quotes | backslashes | word) & HIGH_BITS
 }
 
 /// A `Duration` prost-reflect accepts: within ±10,000 years, its nanos
@@ -2172,20 +2320,64 @@ mod tests {
         assert_eq!(echo.reference_parse(twice).unwrap().string_value, "b");
     }
 
+    /// Every character of every escape class (and of none: ASCII, DEL,
+    /// two-, three- and four-byte UTF-8), at every place of strings from
+    /// empty to three words long, in text and as a reply's string field.
     #[test]
     fn json_strings_match_serde_json() {
-        for text in [
-            "",
-            "plain",
-            "ünï©ødé ✓",
-            "quote \" here",
-            "back\\slash",
-            "tab\t",
-            "\u{1}\u{1f}\u{7f}",
-        ] {
-            let mut ours = Vec::new();
-            write_json_str(text, &mut ours);
-            assert_eq!(ours, serde_json::to_vec(text).unwrap(), "{text:?}");
+        let echo = echo();
+        let mut chars: Vec<char> = (0..0x80u8).map(char::from).collect();
+        chars.extend(['é', '✓', '\u{2028}', '😀']);
+        for len in 0..=24 {
+            for at in 0..len.max(1) {
+                for c in &chars {
+                    let text: String = (0..len)
+                        .map(|i| {
+                            if i == at {
+                                *c
+                            } else {
+                                char::from(b'a' + (i % 26) as u8)
+                            }
+                        })
+                        .collect();
+                    let expected = serde_json::to_vec(&text).unwrap();
+                    let mut ours = Vec::new();
+                    write_json_str(&text, &mut ours);
+                    assert_eq!(ours, expected, "{text:?}");
+                    let reply = EchoMessage {
+                        string_value: text.clone(),
+                        ..EchoMessage::default()
+                    };
+                    let printed = echo.print(&reply);
+                    let field = printed
+                        .strip_prefix(r#"{"stringValue":"#)
+                        .and_then(|p| p.strip_suffix('}'))
+                        .unwrap_or(r#""""#);
+                    assert_eq!(field.as_bytes(), expected, "{text:?}");
+                }
+            }
+        }
+    }
+
+    /// The word-at-a-time test against the byte-at-a-time definition, for
+    /// every byte value at every place of short and longer strings.
+    #[test]
+    fn plain_ascii_is_what_needs_no_escape_nor_utf8_check() {
+        let plain = |b: u8| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\';
+        for len in 0..=24 {
+            let base: Vec<u8> = (0..len).map(|i| b' ' + (i * 7 % 95) as u8).collect();
+            let base: Vec<u8> = base
+                .into_iter()
+                .map(|b| if plain(b) { b } else { b'a' })
+                .collect();
+            assert!(is_plain_ascii(&base), "{base:?}");
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut bytes = base.clone();
+                    bytes[at] = b;
+                    assert_eq!(is_plain_ascii(&bytes), plain(b), "{bytes:?}");
+                }
+            }
         }
     }
 
