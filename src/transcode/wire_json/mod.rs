@@ -187,6 +187,9 @@ struct FieldPlan {
     /// What [`Printer::fields_in_order`] does with it when no masks are in
     /// force, decided here rather than per occurrence.
     one_pass: OnePass,
+    /// Its key as encoders write it, when that is one byte (fields 1 to
+    /// 15), else 0: [`Printer::next_entry`] knows it by that byte.
+    one_byte_tag: u8,
     /// Whether its JSON name, as a body's key, names this field (not an
     /// earlier one of the same name) and is `json_key` unescaped: a guess
     /// of it is then answered by one comparison ([`MessagePlan::key_index`]).
@@ -410,10 +413,20 @@ impl MessagePlan {
             }
             let json_key = quoted_key(field.json_name());
             let internal = rules.is_internal(message, &field);
+            let usual_wire = match shape {
+                Shape::Map(_) => LEN,
+                Shape::List if field.is_packed() => LEN,
+                _ => value.wire(),
+            };
+            let one_byte_tag = u8::try_from(field.number())
+                .ok()
+                .filter(|number| *number < 16)
+                .map_or(0, |number| number << 3 | usual_wire);
             fields.push(FieldPlan {
                 print_keys: [&json_key, &quoted_key(field.name())]
                     .map(|key| [b",", key.as_bytes()].concat().into()),
                 one_pass: OnePass::new(shape, oneof.is_some(), internal),
+                one_byte_tag,
                 json_key,
                 guessable: false,
                 wires: accepted_wires(shape, &value),
@@ -839,6 +852,37 @@ impl Printer<'_> {
         }))
     }
 
+    /// [`Self::entry_at`], knowing the field at `guess` by its one-byte tag
+    /// without reading the tag and looking its number up: the field after
+    /// the previous one, or a list's own field again, most often comes next.
+    #[inline(always)]
+    fn next_entry(
+        &self,
+        plan: &MessagePlan,
+        pos: &mut usize,
+        end: usize,
+        guess: usize,
+    ) -> Result<Option<Entry>, Unsupported> {
+        if let Some(field) = plan.fields.get(guess) {
+            if field.one_byte_tag != 0
+                && *pos < end
+                && self.buf.get(*pos) == Some(&field.one_byte_tag)
+            {
+                *pos += 1;
+                let wire = field.one_byte_tag & 7;
+                let (start, end) = self.value_range(wire, pos, end)?;
+                let field = u16::try_from(guess).map_err(|_| Unsupported)?;
+                return Ok(Some(Entry {
+                    field,
+                    wire,
+                    start,
+                    end,
+                }));
+            }
+        }
+        self.entry_at(plan, pos, end)
+    }
+
     /// The byte range of a value of wire type `wire` at `pos`, moving past it.
     #[inline]
     fn value_range(
@@ -929,10 +973,13 @@ impl Printer<'_> {
         loop {
             let entry = match pending.take() {
                 Some(entry) => entry,
-                None if pos < end => match self.entry_at(plan, &mut pos, end)? {
-                    Some(entry) => entry,
-                    None => continue,
-                },
+                None if pos < end => {
+                    let guess = last.map_or(0, |last| usize::from(last) + 1);
+                    match self.next_entry(plan, &mut pos, end, guess)? {
+                        Some(entry) => entry,
+                        None => continue,
+                    }
+                }
                 None => break,
             };
             if last.is_some_and(|last| entry.field <= last) {
@@ -960,7 +1007,8 @@ impl Printer<'_> {
             self.entries.push(entry);
             if field.shape != Shape::Single {
                 while pos < end {
-                    match self.entry_at(plan, &mut pos, end)? {
+                    let guess = usize::from(entry.field);
+                    match self.next_entry(plan, &mut pos, end, guess)? {
                         Some(next) if next.field == entry.field => self.entries.push(next),
                         other => {
                             pending = other;
@@ -1000,7 +1048,7 @@ impl Printer<'_> {
             if *pos >= end {
                 break None;
             }
-            match self.entry_at(plan, pos, end)? {
+            match self.next_entry(plan, pos, end, usize::from(entry.field))? {
                 Some(next) if next.field == entry.field => value = next,
                 other => break other,
             }
@@ -1164,6 +1212,7 @@ impl Printer<'_> {
         Ok(())
     }
 
+    #[inline(always)]
     fn key(&mut self, field: &FieldPlan, first: &mut bool) {
         let key = &field.print_keys[self.names];
         self.out
@@ -1449,6 +1498,7 @@ impl Printer<'_> {
     }
 
     /// A value of a varint kind, read as `raw`: 64-bit integers quoted.
+    #[inline]
     fn varint_scalar(&mut self, scalar: Scalar, raw: u64) -> Printed {
         let mut digits = itoa::Buffer::new();
         let text = match scalar {
@@ -1528,6 +1578,7 @@ impl Printer<'_> {
         }
     }
 
+    #[inline]
     fn string(&mut self, start: usize, end: usize) -> Printed {
         let bytes = &self.buf[start..end];
         // Most strings are ASCII with nothing to escape (ids, names, codes):
