@@ -897,6 +897,23 @@ fn differs_by_design(message: &DynamicMessage) -> bool {
         Value::Message(inner) => differs_by_design(inner),
         _ => false,
     };
+    if message.descriptor().full_name() == "google.protobuf.Any" {
+        // Its message is bytes here: decode it to look inside.
+        let descriptor = message.descriptor();
+        let pool = descriptor.parent_pool();
+        let (url, bytes) = (
+            message.get_field_by_number(1),
+            message.get_field_by_number(2),
+        );
+        let inner = match (url.as_deref(), bytes.as_deref()) {
+            (Some(Value::String(url)), Some(Value::Bytes(bytes))) => url
+                .rsplit_once('/')
+                .and_then(|(_, name)| pool.get_message_by_name(name))
+                .and_then(|desc| DynamicMessage::decode(desc, bytes.clone()).ok()),
+            _ => None,
+        };
+        return inner.is_none_or(|inner| differs_by_design(&inner));
+    }
     if matches!(
         message.descriptor().full_name(),
         "google.protobuf.FloatValue" | "google.protobuf.DoubleValue"
