@@ -1860,9 +1860,12 @@ fn zigzag64(raw: u64) -> i64 {
 /// also UTF-8. A machine word at a time: a byte at a time cost ~100
 /// instructions for the short ids and names of a reply.
 fn is_plain_ascii(bytes: &[u8]) -> bool {
-    let (words, _) = bytes.as_chunks::<8>();
-    let mut special = words.iter().fold(0, |special, word| {
-        special | special_bytes(u64::from_le_bytes(*word))
+    let mut special = bytes.chunks_exact(8).fold(0, |special, word| {
+        // Eight bytes each: the conversion cannot fail.
+        special
+            | word
+                .try_into()
+                .map_or(HIGH_BITS, |w| special_bytes(u64::from_le_bytes(w)))
     });
     // The last 1 to 7 bytes, in a word that overlaps those already seen.
     if let Some(last) = bytes.last_chunk::<8>() {
