@@ -1857,8 +1857,8 @@ fn zigzag64(raw: u64) -> i64 {
 
 /// Whether `bytes` go into a JSON string as they are: ASCII without a
 /// control character, quote or backslash (what serde_json escapes), so
-/// also UTF-8. A machine word at a time: a byte at a time cost ~100
-/// instructions for the short ids and names of a reply.
+/// also UTF-8. A machine word at a time rather than a byte: about a dozen
+/// operations for eight bytes instead of four comparisons for each.
 fn is_plain_ascii(bytes: &[u8]) -> bool {
     let mut special = bytes.chunks_exact(8).fold(0, |special, word| {
         // Eight bytes each: the conversion cannot fail.
