@@ -82,6 +82,8 @@ use super::{field_mask::MaskTree, field_rules::FieldRules, TranscodeOptions};
 use crate::nesting::MAX_DEPTH;
 
 mod parse;
+mod scan;
+mod values;
 
 pub(crate) use parse::body_error;
 pub use parse::Declined;
