@@ -88,7 +88,8 @@ impl JsonPlans {
     }
 
     /// [`Self::encode_json`] by the scanner alone (`Unsupported`: left to
-    /// the serde reading), for the tests that hold the two equal.
+    /// the serde reading), for the tests and the fuzz target that hold the
+    /// two equal.
     pub(crate) fn scan_json(
         &self,
         root: usize,
@@ -104,7 +105,7 @@ impl JsonPlans {
         })
     }
 
-    /// [`Self::encode_json`] by the serde reading alone, for those tests.
+    /// [`Self::encode_json`] by the serde reading alone, for those.
     pub(crate) fn read_json(
         &self,
         root: usize,
@@ -980,7 +981,7 @@ impl Visitor<'_> for ScalarSeed<'_> {
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<(), E> {
         match self.scalar {
-            Scalar::String => values::string(self.number, text, self.out),
+            Scalar::String => values::string(self.number, text.as_bytes(), self.out),
             Scalar::Bytes => {
                 values::base64(self.number, text, self.out).map_err(|_| unsupported())?;
             }
@@ -1000,7 +1001,8 @@ impl Visitor<'_> for EnumSeed<'_> {
     }
 
     fn visit_str<E: de::Error>(self, name: &str) -> Result<(), E> {
-        values::enum_name(self.plan, self.number, name, self.out).map_err(|_| unsupported())
+        let (plan, name) = (self.plan, name.as_bytes());
+        values::enum_name(plan, self.number, name, self.out).map_err(|_| unsupported())
     }
 
     fn visit_i64<E: de::Error>(self, number: i64) -> Result<(), E> {

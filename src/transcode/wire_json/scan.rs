@@ -152,7 +152,7 @@ impl<'a> Scanner<'a> {
     /// bytes that are no text name no field, and fall back.
     fn key(&mut self, plan: &MessagePlan, guess: usize) -> Scanned<usize> {
         self.space();
-        let name = self.string()?;
+        let name = self.string()?.0;
         plan.key_index(name, guess).ok_or(Fallback)
     }
 
@@ -210,6 +210,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// One value (of a field, a list, a map or a wrapper) as field `number`.
+    #[inline]
     fn value(
         &mut self,
         kind: &'a ValueKind,
@@ -227,17 +228,10 @@ impl<'a> Scanner<'a> {
 
     fn scalar(&mut self, scalar: Scalar, number: u32, out: &mut Vec<u8>) -> Scanned {
         match (scalar, self.peek()) {
-            (_, Some(b'"')) => {
-                let text = self.text()?;
-                match scalar {
-                    Scalar::String => values::string(number, text, out),
-                    Scalar::Bytes => values::base64(number, text, out)?,
-                    Scalar::Double | Scalar::Float => {
-                        values::float(scalar, number, values::float_text(text)?, out)?;
-                    }
-                    Scalar::Bool => return Err(Fallback),
-                    _ => values::integer_text(scalar, number, text, out)?,
-                }
+            (Scalar::String, Some(b'"')) => values::string(number, self.utf8()?, out),
+            (Scalar::Bytes, Some(b'"')) => values::base64(number, self.text()?, out)?,
+            (Scalar::Double | Scalar::Float, Some(b'"')) => {
+                values::float(scalar, number, values::float_text(self.text()?)?, out)?;
             }
             (Scalar::Bool, Some(b't')) => {
                 self.literal(b"true")?;
@@ -247,17 +241,31 @@ impl<'a> Scanner<'a> {
                 self.literal(b"false")?;
                 values::boolean(number, false, out);
             }
+            (Scalar::Bool, _) => return Err(Fallback),
             (Scalar::Double | Scalar::Float, Some(b'-' | b'0'..=b'9')) => {
                 // The nearest double, as serde_json reads it (`float_roundtrip`);
                 // beyond the range serde_json refuses the number.
-                let value: f64 = self.number()?.0.parse().map_err(|_| Fallback)?;
+                let text = std::str::from_utf8(self.number()?.0).map_err(|_| Fallback)?;
+                let value: f64 = text.parse().map_err(|_| Fallback)?;
                 if value.is_infinite() {
                     return Err(Fallback);
                 }
                 values::float(scalar, number, value, out)?;
             }
-            (_, Some(b'-' | b'0'..=b'9')) if scalar.is_integer() => {
-                values::integer_text(scalar, number, self.number()?.0, out)?;
+            // An integer: in plain digits as nearly all come (a number or a
+            // string), else in any notation, from its text.
+            (_, Some(b'"' | b'-' | b'0'..=b'9')) if scalar.is_integer() => {
+                let text = match self.peek() {
+                    Some(b'"') => self.utf8()?,
+                    _ => self.number()?.0,
+                };
+                match values::plain_integer(text) {
+                    Some(value) => values::integer(scalar, number, value.into(), out)?,
+                    None => {
+                        let text = std::str::from_utf8(text).map_err(|_| Fallback)?;
+                        values::integer_text(scalar, number, text, out)?;
+                    }
+                }
             }
             _ => return Err(Fallback),
         }
@@ -266,15 +274,16 @@ impl<'a> Scanner<'a> {
 
     fn enumeration(&mut self, plan: &EnumPlan, number: u32, out: &mut Vec<u8>) -> Scanned {
         match self.peek() {
-            Some(b'"') => values::enum_name(plan, number, self.text()?, out)?,
+            Some(b'"') => values::enum_name(plan, number, self.string()?.0, out)?,
             Some(b'-' | b'0'..=b'9') => {
                 // serde_json reads `-0` and numbers with a fraction or an
                 // exponent as floats, which name no enum value.
                 let (text, plain) = self.number()?;
-                if !plain || text == "-0" {
+                if !plain || text == b"-0" {
                     return Err(Fallback);
                 }
-                let value = text.parse().map_err(|_| Fallback)?;
+                let value = std::str::from_utf8(text).map_err(|_| Fallback)?;
+                let value = value.parse().map_err(|_| Fallback)?;
                 values::enum_number(plan, number, value, out)?;
             }
             _ => return Err(Fallback),
@@ -310,10 +319,13 @@ impl<'a> Scanner<'a> {
     }
 
     /// Skips whitespace: the four bytes JSON allows, no others.
+    #[inline]
     fn space(&mut self) {
-        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
-            self.at += 1;
+        let mut at = self.at;
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.json.get(at) {
+            at += 1;
         }
+        self.at = at;
     }
 
     /// `byte`, after whitespace.
@@ -363,32 +375,58 @@ impl<'a> Scanner<'a> {
 
     /// A string as text, checked to be UTF-8 as serde_json checks it.
     fn text(&mut self) -> Scanned<&str> {
-        std::str::from_utf8(self.string()?).map_err(|_| Fallback)
+        std::str::from_utf8(self.string()?.0).map_err(|_| Fallback)
     }
 
-    /// A string's bytes, unescaped; not checked to be UTF-8.
-    fn string(&mut self) -> Scanned<&[u8]> {
+    /// [`Self::text`] as its bytes: checked only when not all ASCII.
+    fn utf8(&mut self) -> Scanned<&[u8]> {
+        let (text, ascii) = self.string()?;
+        if !ascii {
+            std::str::from_utf8(text).map_err(|_| Fallback)?;
+        }
+        Ok(text)
+    }
+
+    /// A string's bytes, unescaped, and whether they are all ASCII (and so
+    /// text); not checked to be UTF-8. Eight bytes at a time while none of
+    /// them needs a look.
+    fn string(&mut self) -> Scanned<(&[u8], bool)> {
         let json = self.json;
         if json.get(self.at) != Some(&b'"') {
             return Err(Fallback);
         }
         let start = self.at + 1;
-        let mut end = start;
+        let (mut end, mut ascii) = (start, true);
         loop {
+            if let Some(chunk) = json.get(end..end + 8) {
+                let chunk = <[u8; 8]>::try_from(chunk).map_err(|_| Fallback)?;
+                let marked = marked(u64::from_le_bytes(chunk));
+                if marked == 0 {
+                    end += 8;
+                    continue;
+                }
+                end += (marked.trailing_zeros() / 8) as usize;
+            }
             match json.get(end) {
                 Some(b'"') => break,
-                Some(b'\\') => return self.unescaped(start, end),
-                Some(&byte) if byte >= 0x20 => end += 1,
+                Some(b'\\') => return Ok((self.unescaped(start, end)?, false)),
+                Some(0x80..=0xff) => {
+                    ascii = false;
+                    end += 1;
+                }
+                Some(0x20..=0x7f) => end += 1,
                 // A control character, or the end of the document.
                 _ => return Err(Fallback),
             }
         }
         self.at = end + 1;
-        Ok(&json[start..end])
+        Ok((&json[start..end], ascii))
     }
 
     /// A string from `start` whose first escape is at `end`, unescaped into
-    /// the scratch buffer.
+    /// the scratch buffer. (Not inlined: most strings have no escape, and
+    /// [`Self::string`] stays small without it.)
+    #[inline(never)]
     fn unescaped(&mut self, start: usize, mut end: usize) -> Scanned<&[u8]> {
         let json = self.json;
         self.scratch.clear();
@@ -463,7 +501,7 @@ impl<'a> Scanner<'a> {
 
     /// A number's text, by JSON's grammar, and whether it is plain (no
     /// fraction, no exponent).
-    fn number(&mut self) -> Scanned<(&'a str, bool)> {
+    fn number(&mut self) -> Scanned<(&'a [u8], bool)> {
         let json = self.json;
         let digits = |mut at: usize| {
             let start = at;
@@ -496,9 +534,21 @@ impl<'a> Scanner<'a> {
             at = digits(at)?;
         }
         self.at = at;
-        let text = std::str::from_utf8(&json[start..at]).map_err(|_| Fallback)?;
-        Ok((text, plain))
+        Ok((&json[start..at], plain))
     }
+}
+
+/// The bytes of a string's chunk that need a look, by their high bit: a
+/// quote, a backslash, a control character, a byte of a non-ASCII
+/// character. (A byte after a marked one may be marked too: only the
+/// first counts.)
+fn marked(chunk: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = ONES * 0x80;
+    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x;
+    let quote = chunk ^ (ONES * u64::from(b'"'));
+    let backslash = chunk ^ (ONES * u64::from(b'\\'));
+    (below(quote, 1) | below(backslash, 1) | below(chunk, 0x20) | chunk) & HIGH
 }
 
 #[cfg(test)]
@@ -560,6 +610,42 @@ mod tests {
         fn assert_falls_back(&self, json: impl AsRef<[u8]>) {
             let json = json.as_ref();
             assert_eq!(self.scan(json), None, "{}", String::from_utf8_lossy(json));
+        }
+    }
+
+    /// Where the chunk reader stops is where a byte at a time stops.
+    #[test]
+    fn a_chunk_marks_its_first_byte_that_needs_a_look() {
+        let needs_look = |b: u8| b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b);
+        let first = |chunk: [u8; 8]| match marked(u64::from_le_bytes(chunk)) {
+            0 => 8,
+            marks => (marks.trailing_zeros() / 8) as usize,
+        };
+        let mut chunks: Vec<[u8; 8]> = Vec::new();
+        for byte in 0..=255u8 {
+            for at in 0..8 {
+                for fill in [b'a', b' ', b'~', 0x21, 0x5d, 0x23] {
+                    let mut chunk = [fill; 8];
+                    chunk[at] = byte;
+                    chunks.push(chunk);
+                    // And a byte that borrows after it.
+                    if at < 7 {
+                        chunk[at + 1] = 0;
+                        chunks.push(chunk);
+                    }
+                }
+            }
+        }
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..100_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            chunks.push(state.to_le_bytes());
+        }
+        for chunk in chunks {
+            let expected = chunk.iter().position(|b| needs_look(*b)).unwrap_or(8);
+            assert_eq!(first(chunk), expected, "{chunk:?}");
         }
     }
 

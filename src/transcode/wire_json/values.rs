@@ -132,9 +132,10 @@ pub(super) fn boolean(number: u32, value: bool, out: &mut Vec<u8>) {
     varint(u64::from(value), out);
 }
 
-pub(super) fn string(number: u32, text: &str, out: &mut Vec<u8>) {
+/// A string's text (its UTF-8 bytes, checked by the caller).
+pub(super) fn string(number: u32, text: &[u8], out: &mut Vec<u8>) {
     key(number, LEN, out);
-    bytes(text.as_bytes(), out);
+    bytes(text, out);
 }
 
 /// A `bytes` value from base64 as prost-reflect reads it.
@@ -149,11 +150,12 @@ pub(super) fn base64(number: u32, text: &str, out: &mut Vec<u8>) -> Result<(), U
     Ok(())
 }
 
-/// An enum value by name; names of no value are prost-reflect's to refuse.
+/// An enum value by name (its bytes: a value's name is text); names of no
+/// value are prost-reflect's to refuse.
 pub(super) fn enum_name(
     plan: &EnumPlan,
     number: u32,
-    name: &str,
+    name: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), Unsupported> {
     let value = plan
@@ -256,7 +258,7 @@ fn utc_timestamp(text: &str) -> bool {
 /// `from_str` reads keys).
 pub(super) fn map_key(key: Scalar, text: &str, out: &mut Vec<u8>) -> Result<(), Unsupported> {
     match key {
-        Scalar::String => string(1, text, out),
+        Scalar::String => string(1, text.as_bytes(), out),
         Scalar::Bool => match text {
             "true" => boolean(1, true, out),
             "false" => boolean(1, false, out),
@@ -397,18 +399,31 @@ pub(super) fn exact_integer(text: &str) -> Result<Option<i128>, IntegerText> {
         Some(rest) => (true, rest),
         None => (false, text),
     };
-    // Plain digits, as nearly every integer comes, are read at once (up to
-    // 18 of them fit an `i64`).
-    let plain = (1..=18).contains(&rest.len())
-        && rest.bytes().all(|b| b.is_ascii_digit())
-        && !(rest.len() > 1 && rest.starts_with('0'));
-    if plain {
-        let value = rest
-            .bytes()
-            .fold(0i64, |value, digit| value * 10 + i64::from(digit - b'0'));
-        return Ok(Some(i128::from(if negative { -value } else { value })));
+    // Plain digits, as nearly every integer comes, are read at once.
+    if let Some(value) = plain_integer(text.as_bytes()) {
+        return Ok(Some(i128::from(value)));
     }
     notation_integer(negative, rest)
+}
+
+/// An integer in plain digits (`-12`, no leading zero) of at most 18 digits,
+/// which fit an `i64`: what [`exact_integer`] reads it as, in one pass.
+pub(super) fn plain_integer(text: &[u8]) -> Option<i64> {
+    let (negative, digits) = match text.split_first() {
+        Some((b'-', digits)) => (true, digits),
+        _ => (false, text),
+    };
+    if digits.is_empty() || digits.len() > 18 || (digits.len() > 1 && digits[0] == b'0') {
+        return None;
+    }
+    let mut value = 0i64;
+    for digit in digits {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        value = value * 10 + i64::from(digit - b'0');
+    }
+    Some(if negative { -value } else { value })
 }
 
 /// [`exact_integer`] of a number's text in any notation, its sign apart.
