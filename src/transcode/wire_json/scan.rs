@@ -149,9 +149,24 @@ impl<'a> Scanner<'a> {
 
     /// A key, as the index of the field it names. Its bytes are compared
     /// with the field names (which are text) without checking them first:
-    /// bytes that are no text name no field, and fall back.
+    /// bytes that are no text name no field, and fall back. The field at
+    /// `guess` is tried first, in place: a guessable name needs no escape,
+    /// so the key is that name when the document holds it in quotes there.
     fn key(&mut self, plan: &MessagePlan, guess: usize) -> Scanned<usize> {
         self.space();
+        if let Some(field) = plan.fields.get(guess).filter(|field| field.guessable) {
+            let name = field.json_name();
+            let start = self.at + 1;
+            let end = start + name.len();
+            let json = self.json;
+            if json.get(self.at) == Some(&b'"')
+                && json.get(start..end) == Some(name)
+                && json.get(end) == Some(&b'"')
+            {
+                self.at = end + 1;
+                return Ok(guess);
+            }
+        }
         let name = self.string()?.0;
         plan.key_index(name, guess).ok_or(Fallback)
     }
@@ -677,6 +692,31 @@ mod tests {
         );
         // Escaped keys name fields and enum values as the text they stand for.
         fixture.assert_scanned(r#"{"str\u0069ngValue":"x","color":"GR\u0045EN"}"#);
+    }
+
+    /// The guessed field's name is compared in place; anything else about
+    /// the key (a longer or shorter name, an escape, the proto name, the end
+    /// of the document) goes through the lookup.
+    #[test]
+    fn a_guessed_key_is_compared_in_place() {
+        let fixture = fixture();
+        for json in [
+            r#"{"stringValue":"a","int32Value":1,"int64Value":"2"}"#,
+            r#"{"stringValue":"a","int32Val\u0075e":1}"#,
+            r#"{"stringValue":"a","int32_value":1}"#,
+            r#"{"stringValue":"a","uint32Value":1,"int32Value":2}"#,
+            r#"{"nested":{"name":"n","value":2,"tags":["t"],"child":{"name":"c"}}}"#,
+        ] {
+            fixture.assert_scanned(json);
+        }
+        for json in [
+            r#"{"stringValue":"a","int32ValueX":1}"#,
+            r#"{"stringValue":"a","int32Valu":1}"#,
+            r#"{"stringValue":"a","int32Value"#,
+            r#"{"stringValue":"a","int32Value\":1}"#,
+        ] {
+            fixture.assert_falls_back(json);
+        }
     }
 
     #[test]
