@@ -1,8 +1,7 @@
 //! JSON request bodies → wire bytes in one pass over the bytes, driven by
-//! the plans: the way the bodies clients send are read. serde_json driven
-//! through serde's seeds and visitors (`parse.rs`) cost ~55 instructions a
-//! byte of loadbench's body (callgrind), most of it in the visitor calls
-//! per token and in checking each string twice.
+//! the plans: the way the bodies clients send are read. (callgrind,
+//! loadbench's 150-byte body: 4.9k instructions; serde_json driving the
+//! seeds and visitors of `parse.rs` took 8.3k.)
 //!
 //! The scanner only ever writes what the serde reading writes for the same
 //! body, byte for byte: it decides nothing of its own. Whatever it does not

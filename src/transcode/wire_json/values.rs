@@ -383,7 +383,7 @@ fn out_of_range(scalar: Scalar, text: impl fmt::Display) -> NotWritten {
 
 /// Why a text is no integer.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum IntegerText {
+enum IntegerText {
     /// Not a number in JSON's syntax.
     Malformed,
     /// A number with a fractional part.
@@ -394,7 +394,7 @@ pub(super) enum IntegerText {
 
 /// The integer a JSON number's text stands for, exactly (no rounding
 /// through a double): `-12`, `1.5e1`, `100.00`, `1e2`; `None` beyond 64 bits.
-pub(super) fn exact_integer(text: &str) -> Result<Option<i128>, IntegerText> {
+fn exact_integer(text: &str) -> Result<Option<i128>, IntegerText> {
     let (negative, rest) = match text.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, text),
