@@ -8,9 +8,10 @@
 //! Only what is decided exactly as prost-reflect decides it, or as the
 //! module doc of `wire_json` lists, is written here. What the plans do not
 //! cover reports [`Declined::Unsupported`], and prost-reflect parses the body
-//! (and words the error when there is one): unknown keys (unless ignored),
-//! internal fields (unless cleared: the field rules refuse them), `null`
-//! inside lists and maps, an `Any` whose `@type` is not its first key,
+//! (and words the error when there is one): unknown keys (unless ignored;
+//! an ignored value nested past the limit too, which the general way
+//! refuses), internal fields (unless cleared: the field rules refuse them),
+//! `null` inside lists and maps, an `Any` whose `@type` is not its first key,
 //! timestamps other than `YYYY-MM-DDThh:mm:ss[.fraction]Z`, enum names that
 //! are not values, and strings that are no number for a number field.
 //! `Struct`, `Value`, `ListValue` and `FieldMask` values are parsed by
@@ -447,7 +448,8 @@ fn fields<'de, A: MapAccess<'de>>(
     let mut named = NamedFields::default();
     while let Some(index) = map.next_key_seed(keys)? {
         let Some(index) = index else {
-            map.next_value::<IgnoredAny>()?;
+            // The value's JSON level is `depth + 2`.
+            map.next_value_seed(Skipped(MAX_DEPTH - depth - 1))?;
             continue;
         };
         keys.guess = index + 1;
@@ -473,6 +475,66 @@ fn fields<'de, A: MapAccess<'de>>(
         }
     }
     Ok(())
+}
+
+/// An unknown key's value, skipped as the options say, holding at most
+/// this many more levels of objects and arrays: the general way refuses a
+/// document nested past the limit, skipped values too. (serde's
+/// `IgnoredAny` skips any depth.) Its recursion is bounded by the limit.
+struct Skipped(usize);
+
+impl<'de> DeserializeSeed<'de> for Skipped {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Skipped {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<(), A::Error> {
+        let levels = self.0.checked_sub(1).ok_or_else(unsupported)?;
+        while items.next_element_seed(Skipped(levels))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let levels = self.0.checked_sub(1).ok_or_else(unsupported)?;
+        while map.next_key::<IgnoredAny>()?.is_some() {
+            map.next_value_seed(Skipped(levels))?;
+        }
+        Ok(())
+    }
 }
 
 // === impl KeySeed ===
@@ -1281,6 +1343,41 @@ mod tests {
         ];
         for json in left {
             assert_eq!(outcome(&fixture, json), Outcome::Left, "{json}");
+        }
+    }
+
+    /// An unknown key's value, when the options ignore it, nests no deeper
+    /// than the limit: past it the general way refuses the document.
+    #[test]
+    fn a_skipped_value_nests_no_deeper_than_the_limit() {
+        let fixture = fixture();
+        let options = TranscodeOptions {
+            ignore_unknown_fields: true,
+            ..TranscodeOptions::default()
+        };
+        // `levels` arrays inside the root object, then the same inside a
+        // message one level down.
+        let document = |levels: usize, nested: bool| {
+            let value = format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+            if nested {
+                format!(r#"{{"nested":{{"unknown":{value}}}}}"#)
+            } else {
+                format!(r#"{{"unknown":{value},"stringValue":"s"}}"#)
+            }
+        };
+        let encode = |json: &str| {
+            let mut wire = Vec::new();
+            let options = &options;
+            fixture
+                .plans
+                .encode_json(fixture.root, None, json.as_bytes(), options, &mut wire)
+                .map(|()| testing::meaning(&fixture.echo, &wire))
+        };
+        let written = encode(&document(MAX_DEPTH - 1, false)).unwrap();
+        assert_eq!(written, serde_json::json!({"stringValue": "s"}));
+        assert!(encode(&document(MAX_DEPTH - 2, true)).is_ok());
+        for json in [document(MAX_DEPTH, false), document(MAX_DEPTH - 1, true)] {
+            assert!(matches!(encode(&json), Err(Declined::Unsupported)));
         }
     }
 
