@@ -41,7 +41,7 @@ use serde_json::value::RawValue;
 
 use super::{
     scan,
-    values::{self, NamedFields, NotWritten},
+    values::{self, Conflict, NamedFields, NotWritten},
     EnumPlan, FieldPlan, Form, JsonPlans, MessagePlan, Scalar, Shape, Unsupported, ValueKind,
     MAX_DEPTH,
 };
@@ -336,8 +336,8 @@ struct FieldSeed<'a> {
     field: &'a FieldPlan,
     out: &'a mut Vec<u8>,
     depth: usize,
-    /// Set when the field may not be set here: refused with this reason.
-    conflict: Option<&'static str>,
+    /// Set when the field may not be set here.
+    conflict: Option<Conflict>,
 }
 
 /// One value of field `number`, with its key.
@@ -599,8 +599,8 @@ impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
     type Value = bool;
 
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
-        if let Some(reason) = self.conflict {
-            return Err(self.ctx.refuse(reason));
+        if self.conflict == Some(Conflict::Twice) {
+            return Err(self.ctx.refuse(Conflict::Twice.reason()));
         }
         deserializer.deserialize_option(self)
     }
@@ -613,8 +613,18 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
         f.write_str("a field value")
     }
 
+    /// `null` leaves a member of a set oneof unset, as prost-reflect reads
+    /// it, unless it is a value (of a `Value` or a `NullValue`).
     fn visit_none<E: de::Error>(self) -> Result<bool, E> {
-        Ok(values::null(self.ctx.plans, self.field, self.out))
+        let at = self.out.len();
+        let set = values::null(self.ctx.plans, self.field, self.out);
+        match self.conflict {
+            Some(conflict) if set => {
+                self.out.truncate(at);
+                Err(self.ctx.refuse(conflict.reason()))
+            }
+            _ => Ok(set),
+        }
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
@@ -622,6 +632,9 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
     }
 
     fn visit_some<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+        if let Some(conflict) = self.conflict {
+            return Err(self.ctx.refuse(conflict.reason()));
+        }
         match self.field.shape {
             Shape::Single => ValueSeed {
                 ctx: self.ctx,
@@ -1343,6 +1356,33 @@ mod tests {
         ];
         for json in left {
             assert_eq!(outcome(&fixture, json), Outcome::Left, "{json}");
+        }
+    }
+
+    /// A `null` for another member of a set oneof leaves it unset, as
+    /// prost-reflect reads it; a key given twice is refused whatever its
+    /// value (the first value would be lost).
+    #[test]
+    fn a_null_for_another_member_of_a_set_oneof_leaves_it_set() {
+        let fixture = fixture();
+        for json in [
+            r#"{"choiceString":"a","choiceInt":null}"#,
+            r#"{"choiceInt":null,"choiceString":"a","choiceNested":null}"#,
+        ] {
+            assert_eq!(
+                outcome(&fixture, json),
+                Outcome::Written(general(&fixture, json).unwrap()),
+                "{json}"
+            );
+        }
+        for (json, field) in [
+            (
+                r#"{"choiceString":"a","choiceString":null}"#,
+                "choiceString",
+            ),
+            (r#"{"choiceString":"a","choiceInt":1}"#, "choiceInt"),
+        ] {
+            assert_eq!(outcome(&fixture, json), Outcome::Refused(field.into()));
         }
     }
 

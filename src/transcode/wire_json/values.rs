@@ -57,9 +57,28 @@ pub(super) struct NamedFields {
     oneofs: u64,
 }
 
+/// Why a field's value may not set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Conflict {
+    /// Its key came before: refused whatever the value.
+    Twice,
+    /// Another member of its oneof is set: refused unless the value is a
+    /// `null` that leaves the field unset.
+    Oneof,
+}
+
+impl Conflict {
+    pub(super) fn reason(self) -> &'static str {
+        match self {
+            Self::Twice => "the field is given twice",
+            Self::Oneof => "another field of its oneof is set",
+        }
+    }
+}
+
 impl NamedFields {
     /// Field `index` (`field`) as its key comes: `Ok(None)` when its value
-    /// may be read, or the reason it is refused. Fields past the 64th, and
+    /// may be read, or what it conflicts with. Fields past the 64th, and
     /// internal fields the options do not clear (the field rules refuse
     /// them, naming them as they name fields), are for the general way.
     pub(super) fn admit(
@@ -67,7 +86,7 @@ impl NamedFields {
         index: usize,
         field: &FieldPlan,
         options: &TranscodeOptions,
-    ) -> Result<Option<&'static str>, Unsupported> {
+    ) -> Result<Option<Conflict>, Unsupported> {
         let bit = u32::try_from(index)
             .ok()
             .and_then(|i| 1u64.checked_shl(i))
@@ -76,9 +95,9 @@ impl NamedFields {
             return Err(Unsupported);
         }
         let conflict = if self.seen & bit != 0 {
-            Some("the field is given twice")
+            Some(Conflict::Twice)
         } else if self.oneofs & oneof_bit(field) != 0 {
-            Some("another field of its oneof is set")
+            Some(Conflict::Oneof)
         } else {
             None
         };
