@@ -32,3 +32,30 @@ pub fn parse_request(
     plans.encode_json(root, None, json, options, &mut out)?;
     Ok(out)
 }
+
+/// The scanner's wire bytes for `json` (the way [`parse_request`] reads
+/// the bodies it covers); `None` when it leaves the body to the serde
+/// reading.
+pub fn scan_request(
+    plans: &JsonPlans,
+    root: usize,
+    json: &[u8],
+    options: &TranscodeOptions,
+) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(json.len());
+    plans.scan_json(root, json, options, &mut out).ok()?;
+    Some(out)
+}
+
+/// The serde reading's wire bytes for `json`, or why it declined (the way
+/// [`parse_request`] reads what the scanner leaves).
+pub fn read_request(
+    plans: &JsonPlans,
+    root: usize,
+    json: &[u8],
+    options: &TranscodeOptions,
+) -> Result<Vec<u8>, Declined> {
+    let mut out = Vec::with_capacity(json.len());
+    plans.read_json(root, json, options, &mut out)?;
+    Ok(out)
+}

@@ -31,7 +31,7 @@ use prost_types::{
     ServiceDescriptorProto,
 };
 use protogate::{
-    codec_entry::{parse_request, print_reply},
+    codec_entry::{parse_request, print_reply, read_request, scan_request},
     config::Config,
     http_rule::{BindingPlan, BodyPlan},
     pb::protogate::testing::v1::{
@@ -1017,6 +1017,181 @@ proptest! {
     }
 }
 
+/// (f) The scanner against the serde reading it leaves bodies to: valid
+/// bodies (prost-reflect's JSON of generated messages, then written again
+/// with escapes, whitespace and number notations JSON allows) and broken
+/// ones (truncated, trailing content, bytes that are no UTF-8 or no JSON).
+/// Both write the same bytes or the scanner leaves the body; and most of
+/// the valid bodies the serde reading writes, the scanner writes.
+#[test]
+fn bodies_are_scanned_as_the_serde_reading_reads_them() {
+    let mut runner = TestRunner::new(config(64));
+    let counts = std::cell::Cell::new((0u32, 0u32));
+    let result = runner.run(&(schema(), any::<u64>()), |(schema, seed)| {
+        let generated = Generated::new(&schema);
+        let mut values = Values::new(seed);
+        let message = values.message(&generated.root, 3);
+        let bits = values.below(8);
+        let options = SerializeOptions::new()
+            .use_proto_field_name(bits & 1 != 0)
+            .use_enum_numbers(bits & 2 != 0)
+            .skip_default_fields(bits & 4 == 0);
+        let mut json = Vec::new();
+        message
+            .serialize_with_options(&mut serde_json::Serializer::new(&mut json), &options)
+            .unwrap();
+        let tree: Json = serde_json::from_slice(&json).unwrap();
+        let mut intended = Intended::default();
+        let mut varied = String::new();
+        write_varied(&tree, &mut values, &mut intended, &mut varied);
+        for body in [&json[..], varied.as_bytes()] {
+            let written = check_request(&generated, body, intended)?;
+            let (read, scanned) = counts.get();
+            counts.set((
+                read + u32::from(written.read),
+                scanned + u32::from(written.scanned),
+            ));
+        }
+        let broken = break_document(varied.into_bytes(), &mut values);
+        check_request(&generated, &broken, intended)?;
+        Ok(())
+    });
+    if let Err(err) = result {
+        panic!("{err}");
+    }
+    // What the scanner leaves among these is mostly the values of other
+    // readers (`Any`, `Struct`, `Value`, `ListValue`, `FieldMask`).
+    let (read, scanned) = counts.get();
+    assert!(
+        scanned * 10 >= read * 7,
+        "the scanner wrote {scanned} of the {read} bodies the serde reading wrote"
+    );
+}
+
+/// `tree` as JSON text written another way that means the same: escapes
+/// for characters that need none (`\u00e9`, a surrogate pair, `\/`),
+/// whitespace between tokens, numbers in exponent or fractional notation
+/// (`1` as `1.0`, `1e0`, `1E+00`).
+fn write_varied(tree: &Json, values: &mut Values, intended: &mut Intended, out: &mut String) {
+    const SPACE: [&str; 5] = [" ", "\t", "\n", "\r", " \r\n\t "];
+    let space = |values: &mut Values, out: &mut String| {
+        if values.chance(15) {
+            out.push_str(SPACE[values.below(SPACE.len())]);
+        }
+    };
+    match tree {
+        Json::Object(members) => {
+            out.push('{');
+            for (i, (key, value)) in members.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                space(values, out);
+                write_varied_string(key, values, out);
+                space(values, out);
+                out.push(':');
+                space(values, out);
+                write_varied(value, values, intended, out);
+                space(values, out);
+            }
+            out.push('}');
+        }
+        Json::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                space(values, out);
+                write_varied(item, values, intended, out);
+                space(values, out);
+            }
+            out.push(']');
+        }
+        Json::String(text) => write_varied_string(text, values, out),
+        Json::Number(number) => {
+            let text = number.to_string();
+            let exponent = text.contains(['e', 'E']);
+            let plain = !exponent && !text.contains('.');
+            let notation = match values.below(8) {
+                0 if plain => ".0",
+                1 if !exponent => "e0",
+                2 if !exponent => "E+00",
+                3 if plain => ".000e-0",
+                _ => "",
+            };
+            if !notation.is_empty() {
+                // Exact here; read through a double by prost-reflect.
+                intended.integer_notation = true;
+            }
+            out.push_str(&text);
+            out.push_str(notation);
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+fn write_varied_string(text: &str, values: &mut Values, out: &mut String) {
+    out.push('"');
+    for c in text.chars() {
+        let needed = matches!(c, '"' | '\\') || u32::from(c) < 0x20;
+        if !needed && !values.chance(15) {
+            out.push(c);
+            continue;
+        }
+        match c {
+            '/' if values.chance(50) => out.push_str("\\/"),
+            '\u{8}' if values.chance(50) => out.push_str("\\b"),
+            '\u{c}' if values.chance(50) => out.push_str("\\f"),
+            '\n' if values.chance(50) => out.push_str("\\n"),
+            _ => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    if values.chance(50) {
+                        out.push_str(&format!("\\u{unit:04x}"));
+                    } else {
+                        out.push_str(&format!("\\u{unit:04X}"));
+                    }
+                }
+            }
+        }
+    }
+    out.push('"');
+}
+
+/// `json` broken in one of the ways a client's body may be.
+fn break_document(mut json: Vec<u8>, values: &mut Values) -> Vec<u8> {
+    let at = values.below(json.len() + 1);
+    match values.below(6) {
+        0 => json.truncate(at),
+        1 => {
+            const TRAILING: [&[u8]; 8] = [b" x", b"}", b"]", b",", b"{}", b"\0", b" \n", b"\x0c"];
+            json.extend_from_slice(TRAILING[values.below(TRAILING.len())]);
+        }
+        // Bytes that are no UTF-8.
+        2 => {
+            let byte = [0xff, 0xc3, 0x80, 0xed][values.below(4)];
+            json.insert(at, byte);
+        }
+        // Whitespace JSON does not allow: form feed, vertical tab, a
+        // no-break space, a byte order mark.
+        3 => {
+            const SPACE: [&[u8]; 4] =
+                [b"\x0c", b"\x0b", "\u{a0}".as_bytes(), "\u{feff}".as_bytes()];
+            let space = SPACE[values.below(SPACE.len())];
+            json.splice(at..at, space.iter().copied());
+        }
+        4 => json.insert(at, 0x01),
+        _ => {
+            const TOKENS: &[u8] = b"{}[]:,\"\\0123456789eE.+-tfnu ";
+            if let Some(byte) = json.get_mut(at) {
+                *byte = TOKENS[values.below(TOKENS.len())];
+            }
+        }
+    }
+    json
+}
+
 fn has_negative_zero(message: &DynamicMessage) -> bool {
     message.descriptor().fields().any(|field| {
         let nested = matches!(field.kind(), Kind::Message(_));
@@ -1213,16 +1388,42 @@ impl Intended {
     }
 }
 
+/// Which way a body was written, with the default options.
+#[derive(Debug, Default, Clone, Copy)]
+struct Written {
+    /// By the serde reading.
+    read: bool,
+    /// By the scanner, which then wrote the same bytes.
+    scanned: bool,
+}
+
 fn check_request(
     generated: &Generated,
     json: &[u8],
     intended: Intended,
-) -> Result<(), TestCaseError> {
+) -> Result<Written, TestCaseError> {
     let text = String::from_utf8_lossy(json);
+    let mut written = Written::default();
     for ignore_unknown in [false, true] {
         let mut config = Config::default();
         config.json.ignore_unknown_fields = ignore_unknown;
         let options = TranscodeOptions::new(&config.json, &config.query, &config.filters);
+        // The scanner writes byte for byte what the serde reading writes,
+        // or leaves the body to it.
+        let scanned = scan_request(&generated.plans, generated.index, json, &options);
+        let read = read_request(&generated.plans, generated.index, json, &options);
+        if let Some(scanned) = &scanned {
+            prop_assert!(
+                read.as_ref().is_ok_and(|read| read == scanned),
+                "{text}\nscanned: {scanned:?}\nthe serde reading: {read:?}"
+            );
+        }
+        if !ignore_unknown {
+            written = Written {
+                read: read.is_ok(),
+                scanned: scanned.is_some(),
+            };
+        }
         let reference = {
             let mut deserializer = serde_json::Deserializer::from_slice(json);
             let options = DeserializeOptions::new().deny_unknown_fields(!ignore_unknown);
@@ -1289,7 +1490,7 @@ fn check_request(
             (Err(Declined::Unsupported), _) => {}
         }
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Appends an adversarial JSON object for `desc` to `out`.

@@ -41,7 +41,28 @@ pub(super) fn json_request(route: u8, options: u8, body: &[u8]) {
         query: None,
         body,
     };
-    request_both_ways(&matched, parts, &fixture::options(options));
+    let options = fixture::options(options);
+    scanned_as_read(&matched, body, &options);
+    request_both_ways(&matched, parts, &options);
+}
+
+/// The scanner writes what the serde reading writes, byte for byte, or
+/// leaves the body to it (both read the body as the method's input).
+fn scanned_as_read(matched: &RouteMatch, body: &[u8], options: &TranscodeOptions) {
+    let (plans, Some(root)) = (matched.catalog.json_plans(), matched.method().request_plan) else {
+        return;
+    };
+    let mut scanned = Vec::new();
+    if plans.scan_json(root, body, options, &mut scanned).is_err() {
+        return;
+    }
+    let mut read = Vec::new();
+    let outcome = plans.read_json(root, body, options, &mut read);
+    assert!(
+        outcome.is_ok() && read == scanned,
+        "{}: the scanner wrote {scanned:?}, the serde reading {outcome:?} {read:?}",
+        matched.route().label
+    );
 }
 
 /// The wire bytes written straight (when the plans write them) mean the

@@ -8,9 +8,10 @@
 //! Only what is decided exactly as prost-reflect decides it, or as the
 //! module doc of `wire_json` lists, is written here. What the plans do not
 //! cover reports [`Declined::Unsupported`], and prost-reflect parses the body
-//! (and words the error when there is one): unknown keys (unless ignored),
-//! internal fields (unless cleared: the field rules refuse them), `null`
-//! inside lists and maps, an `Any` whose `@type` is not its first key,
+//! (and words the error when there is one): unknown keys (unless ignored;
+//! an ignored value nested past the limit too, which the general way
+//! refuses), internal fields (unless cleared: the field rules refuse them),
+//! `null` inside lists and maps, an `Any` whose `@type` is not its first key,
 //! timestamps other than `YYYY-MM-DDThh:mm:ss[.fraction]Z`, enum names that
 //! are not values, and strings that are no number for a number field.
 //! `Struct`, `Value`, `ListValue` and `FieldMask` values are parsed by
@@ -22,14 +23,15 @@
 //!
 //! Repeated numbers are written unpacked, which every protobuf parser
 //! accepts for packed fields too.
+//!
+//! Two readers share this: the scanner (`scan.rs`), one pass over the
+//! bytes, reads the bodies clients send; whatever it does not read exactly
+//! as the serde reading here would (invalid JSON, refusals, the forms
+//! above that go to prost-reflect) it leaves to that reading, which decides
+//! and words it. What a value means is decided once, in `values.rs`.
 
 use std::{cell::Cell, fmt};
 
-use base64::{
-    alphabet,
-    engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
-    DecodeError, Engine as _,
-};
 use prost_reflect::{DynamicMessage, FieldDescriptor};
 use serde::{
     de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor},
@@ -38,14 +40,14 @@ use serde::{
 use serde_json::value::RawValue;
 
 use super::{
-    duration_in_range, EnumPlan, FieldPlan, Form, JsonPlans, MessagePlan, Scalar, Shape,
-    Unsupported, ValueKind, MAX_DEPTH, MAX_TIMESTAMP, MIN_TIMESTAMP,
+    scan,
+    values::{self, Conflict, NamedFields, NotWritten},
+    EnumPlan, FieldPlan, Form, JsonPlans, MessagePlan, Scalar, Shape, Unsupported, ValueKind,
+    MAX_DEPTH,
 };
 use crate::{
     error::Error,
-    transcode::encode::{
-        self, bytes, key, length_delimited, varint, FIXED32, FIXED64, LEN, VARINT,
-    },
+    transcode::encode::{self, bytes, key, length_delimited, LEN},
     transcode::TranscodeOptions,
 };
 
@@ -64,18 +66,11 @@ impl From<Unsupported> for Declined {
     }
 }
 
-/// prost-reflect's base64 reading: padding optional, trailing bits allowed,
-/// the URL-safe alphabet when the standard one meets `-` or `_`.
-const LENIENT: GeneralPurposeConfig = GeneralPurposeConfig::new()
-    .with_decode_allow_trailing_bits(true)
-    .with_decode_padding_mode(DecodePaddingMode::Indifferent);
-const STANDARD: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, LENIENT);
-const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, LENIENT);
-
 impl JsonPlans {
     /// Appends the wire bytes of the JSON document `json` as a message of
     /// type `root`, or, with `field`, as that (singular message) field of it.
-    /// On failure `out` is as it was.
+    /// The scanner writes the bodies it covers; the serde reading decides
+    /// the rest. On failure `out` is as it was.
     pub fn encode_json(
         &self,
         root: usize,
@@ -85,6 +80,53 @@ impl JsonPlans {
         out: &mut Vec<u8>,
     ) -> Result<(), Declined> {
         let (plan, number) = self.body_plan(root, field)?;
+        let at = out.len();
+        if scan::body(self, (plan, number), json, options, out).is_ok() {
+            return Ok(());
+        }
+        out.truncate(at);
+        self.read_body((plan, number), json, options, out)
+    }
+
+    /// [`Self::encode_json`] by the scanner alone (`Unsupported`: left to
+    /// the serde reading), for the tests and the fuzz target that hold the
+    /// two equal.
+    pub(crate) fn scan_json(
+        &self,
+        root: usize,
+        json: &[u8],
+        options: &TranscodeOptions,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Unsupported> {
+        let at = out.len();
+        let body = self.body_plan(root, None)?;
+        scan::body(self, body, json, options, out).map_err(|_| {
+            out.truncate(at);
+            Unsupported
+        })
+    }
+
+    /// [`Self::encode_json`] by the serde reading alone, for those.
+    pub(crate) fn read_json(
+        &self,
+        root: usize,
+        json: &[u8],
+        options: &TranscodeOptions,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Declined> {
+        let body = self.body_plan(root, None)?;
+        self.read_body(body, json, options, out)
+    }
+
+    /// The serde reading of a body: serde_json drives the seeds below. It
+    /// words what is refused, naming the field by its JSON path.
+    fn read_body(
+        &self,
+        (plan, number): (usize, Option<u32>),
+        json: &[u8],
+        options: &TranscodeOptions,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Declined> {
         let at = out.len();
         let mut raw_integers = false;
         loop {
@@ -244,7 +286,15 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// A value refused for good, with the reason the client reads.
+    /// A value the shared readers did not write: left to the general way,
+    /// or refused for good with the reason the client reads.
+    fn not_written<E: de::Error>(&self, why: NotWritten) -> E {
+        match why {
+            NotWritten::Unsupported => unsupported(),
+            NotWritten::Refused(reason) => self.refuse(reason),
+        }
+    }
+
     fn refuse<E: de::Error>(&self, reason: impl fmt::Display) -> E {
         self.refused.set(true);
         E::custom(reason)
@@ -286,8 +336,8 @@ struct FieldSeed<'a> {
     field: &'a FieldPlan,
     out: &'a mut Vec<u8>,
     depth: usize,
-    /// Set when the field may not be set here: refused with this reason.
-    conflict: Option<&'static str>,
+    /// Set when the field may not be set here.
+    conflict: Option<Conflict>,
 }
 
 /// One value of field `number`, with its key.
@@ -395,34 +445,20 @@ fn fields<'de, A: MapAccess<'de>>(
         as_text: ctx.keys_as_text,
         guess: 0,
     };
-    let (mut seen, mut oneofs) = (0u64, 0u64);
+    let mut named = NamedFields::default();
     while let Some(index) = map.next_key_seed(keys)? {
         let Some(index) = index else {
-            map.next_value::<IgnoredAny>()?;
+            // The value's JSON level is `depth + 2`.
+            map.next_value_seed(Skipped(MAX_DEPTH - depth - 1))?;
             continue;
         };
         keys.guess = index + 1;
         let field = plan.fields.get(index).ok_or_else(unsupported)?;
-        let bit = u32::try_from(index)
-            .ok()
-            .and_then(|i| 1u64.checked_shl(i))
-            .ok_or_else(unsupported)?;
-        if field.internal && !ctx.options.clear_internal_input {
-            // Refused by the field rules, naming it as they name fields.
-            return Err(unsupported());
-        }
-        let oneof = field.oneof.map_or(0, |oneof| 1u64 << oneof);
-        let conflict = if seen & bit != 0 {
-            Some("the field is given twice")
-        } else if oneofs & oneof != 0 {
-            Some("another field of its oneof is set")
-        } else {
-            None
-        };
-        seen |= bit;
-        // Internal (when cleared) and output-only values are read, then dropped.
+        let conflict = named
+            .admit(index, field, ctx.options)
+            .map_err(|_| unsupported())?;
         let mut dropped = Vec::new();
-        let out = if field.internal || field.output_only {
+        let out = if field.dropped_from_body() {
             &mut dropped
         } else {
             &mut *out
@@ -435,10 +471,70 @@ fn fields<'de, A: MapAccess<'de>>(
             conflict,
         })?;
         if set {
-            oneofs |= oneof;
+            named.set(field);
         }
     }
     Ok(())
+}
+
+/// An unknown key's value, skipped as the options say, holding at most
+/// this many more levels of objects and arrays: the general way refuses a
+/// document nested past the limit, skipped values too. (serde's
+/// `IgnoredAny` skips any depth.) Its recursion is bounded by the limit.
+struct Skipped(usize);
+
+impl<'de> DeserializeSeed<'de> for Skipped {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Skipped {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<(), A::Error> {
+        let levels = self.0.checked_sub(1).ok_or_else(unsupported)?;
+        while items.next_element_seed(Skipped(levels))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let levels = self.0.checked_sub(1).ok_or_else(unsupported)?;
+        while map.next_key::<IgnoredAny>()?.is_some() {
+            map.next_value_seed(Skipped(levels))?;
+        }
+        Ok(())
+    }
 }
 
 // === impl KeySeed ===
@@ -503,8 +599,8 @@ impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
     type Value = bool;
 
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
-        if let Some(reason) = self.conflict {
-            return Err(self.ctx.refuse(reason));
+        if self.conflict == Some(Conflict::Twice) {
+            return Err(self.ctx.refuse(Conflict::Twice.reason()));
         }
         deserializer.deserialize_option(self)
     }
@@ -517,25 +613,18 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
         f.write_str("a field value")
     }
 
-    /// `null` leaves a field unset, but a `google.protobuf.Value` holds it
-    /// and a `NullValue` is its only value (as prost-reflect reads it).
+    /// `null` leaves a member of a set oneof unset, as prost-reflect reads
+    /// it, unless it is a value (of a `Value` or a `NullValue`).
     fn visit_none<E: de::Error>(self) -> Result<bool, E> {
-        if self.field.shape != Shape::Single {
-            return Ok(false);
-        }
-        match &self.field.value {
-            ValueKind::Enum(plan) if plan.null_value => {
-                key(self.field.number, VARINT, self.out);
-                varint(0, self.out);
+        let at = self.out.len();
+        let set = values::null(self.ctx.plans, self.field, self.out);
+        match self.conflict {
+            Some(conflict) if set => {
+                self.out.truncate(at);
+                Err(self.ctx.refuse(conflict.reason()))
             }
-            ValueKind::Message(plan) if self.ctx.plans.is_value(*plan) => {
-                // `Value { null_value: NULL_VALUE }`.
-                key(self.field.number, LEN, self.out);
-                bytes(&[0x08, 0x00], self.out);
-            }
-            _ => return Ok(false),
+            _ => Ok(set),
         }
-        Ok(true)
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
@@ -543,6 +632,9 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
     }
 
     fn visit_some<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+        if let Some(conflict) = self.conflict {
+            return Err(self.ctx.refuse(conflict.reason()));
+        }
         match self.field.shape {
             Shape::Single => ValueSeed {
                 ctx: self.ctx,
@@ -814,27 +906,7 @@ impl Visitor<'_> for MapKeySeed<'_> {
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<(), E> {
-        let key = ScalarSeed {
-            scalar: self.key,
-            number: 1,
-            out: self.out,
-        };
-        match self.key {
-            Scalar::String => key.visit_str(text),
-            Scalar::Bool => match text {
-                "true" => key.visit_bool(true),
-                "false" => key.visit_bool(false),
-                _ => Err(unsupported()),
-            },
-            // Keys are decimal, as prost-reflect's `from_str` reads them.
-            _ => write_integer(
-                key.scalar,
-                key.number,
-                decimal(text).ok_or_else(unsupported)?,
-                key.out,
-            )
-            .ok_or_else(unsupported),
-        }
+        values::map_key(self.key, text, self.out).map_err(|_| unsupported())
     }
 }
 
@@ -847,91 +919,17 @@ impl Visitor<'_> for TimeSeed<'_> {
         f.write_str("a timestamp or duration string")
     }
 
-    // Parsed and range-checked by prost-types as prost-reflect does, for
-    // the timestamps that prost-reflect's stricter RFC 3339 check lets by.
     fn visit_str<E: de::Error>(self, text: &str) -> Result<(), E> {
-        let (seconds, nanos) = match self.form {
-            Form::Timestamp if utc_timestamp(text) => {
-                let time: prost_types::Timestamp = text.parse().map_err(|_| unsupported())?;
-                if !(MIN_TIMESTAMP..=MAX_TIMESTAMP).contains(&time.seconds) {
-                    return Err(unsupported());
-                }
-                (time.seconds, time.nanos)
-            }
-            Form::Duration => {
-                let span: prost_types::Duration = text.parse().map_err(|_| unsupported())?;
-                if !duration_in_range(span.seconds, span.nanos) {
-                    return Err(unsupported());
-                }
-                (span.seconds, span.nanos)
-            }
-            _ => return Err(unsupported()),
-        };
-        key(self.number, LEN, self.out);
-        length_delimited(self.out, |out| {
-            if seconds != 0 {
-                key(1, VARINT, out);
-                varint(seconds as u64, out);
-            }
-            if nanos != 0 {
-                key(2, VARINT, out);
-                varint(i64::from(nanos) as u64, out);
-            }
-        });
-        Ok(())
+        values::time(self.form, self.number, text, self.out).map_err(|_| unsupported())
     }
-}
-
-/// `YYYY-MM-DDThh:mm:ss[.f{1,9}]Z`: the form every client sends.
-fn utc_timestamp(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    let shape = b"dddd-dd-ddTdd:dd:dd";
-    if bytes.len() < shape.len() + 1 || bytes.last() != Some(&b'Z') {
-        return false;
-    }
-    let (head, rest) = bytes.split_at(shape.len());
-    let head_ok = head.iter().zip(shape).all(|(b, s)| {
-        if *s == b'd' {
-            b.is_ascii_digit()
-        } else {
-            b == s
-        }
-    });
-    let fraction = &rest[..rest.len() - 1];
-    let fraction_ok = match fraction.split_first() {
-        None => true,
-        Some((b'.', digits)) => {
-            (1..=9).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit)
-        }
-        Some(_) => false,
-    };
-    head_ok && fraction_ok
 }
 
 // === impl FloatSeed ===
 
 impl FloatSeed<'_> {
-    /// `value` (the nearest double to what the client wrote) into the field:
-    /// a float takes the nearest `f32`, unless that overflows.
     fn write<E: de::Error>(self, value: f64) -> Result<(), E> {
-        match self.scalar {
-            Scalar::Double => {
-                key(self.number, FIXED64, self.out);
-                self.out.extend_from_slice(&value.to_le_bytes());
-            }
-            _ => {
-                #[allow(clippy::cast_possible_truncation)]
-                let narrow = value as f32;
-                if narrow.is_infinite() && value.is_finite() {
-                    return Err(self
-                        .ctx
-                        .refuse(format_args!("{value:e} is out of range for a 32-bit float")));
-                }
-                key(self.number, FIXED32, self.out);
-                self.out.extend_from_slice(&narrow.to_le_bytes());
-            }
-        }
-        Ok(())
+        let written = values::float(self.scalar, self.number, value, self.out);
+        written.map_err(|why| self.ctx.not_written(why))
     }
 }
 
@@ -959,47 +957,15 @@ impl Visitor<'_> for FloatSeed<'_> {
         self.write(value as f64)
     }
 
-    /// The proto3 JSON names of the non-finite values, or a number's text;
-    /// other spellings (`inf`, `nan`) are prost-reflect's to read.
     fn visit_str<E: de::Error>(self, text: &str) -> Result<(), E> {
-        let value = match text {
-            "NaN" => f64::NAN,
-            "Infinity" => f64::INFINITY,
-            "-Infinity" => f64::NEG_INFINITY,
-            _ if !text.is_empty() && text.bytes().all(|b| b"0123456789+-.eE".contains(&b)) => {
-                let value: f64 = text.parse().map_err(|_| unsupported())?;
-                if value.is_infinite() {
-                    return Err(self
-                        .ctx
-                        .refuse(format_args!("`{text}` is out of range for a number")));
-                }
-                value
-            }
-            _ => return Err(unsupported()),
-        };
-        self.write(value)
+        match values::float_text(text) {
+            Ok(value) => self.write(value),
+            Err(why) => Err(self.ctx.not_written(why)),
+        }
     }
 }
 
 // === integers ===
-
-impl Scalar {
-    fn is_integer(self) -> bool {
-        !matches!(
-            self,
-            Self::Double | Self::Float | Self::Bool | Self::String | Self::Bytes
-        )
-    }
-
-    fn range_name(self) -> &'static str {
-        match self {
-            Self::Int32 | Self::Sint32 | Self::Sfixed32 => "a 32-bit integer",
-            Self::Uint32 | Self::Fixed32 => "an unsigned 32-bit integer",
-            Self::Int64 | Self::Sint64 | Self::Sfixed64 => "a 64-bit integer",
-            _ => "an unsigned 64-bit integer",
-        }
-    }
-}
 
 /// An integer field's value. Plain integers and strings are read as they
 /// come; a number in exponent or fractional notation (`1e2`, `100.0`) is
@@ -1034,37 +1000,14 @@ impl<'de> DeserializeSeed<'de> for IntegerSeed<'_> {
 }
 
 impl IntegerSeed<'_> {
-    /// `text`, a number's text, exactly: `1e2`, `100.0` and `"1e2"` are 100,
-    /// as proto3 JSON allows; a value that is not integral or out of range
-    /// is refused. Other strings are prost-reflect's to read (or refuse).
     fn text<E: de::Error>(self, text: &str) -> Result<(), E> {
-        let value = match exact_integer(text) {
-            Ok(value) => value,
-            Err(IntegerText::Malformed) => return Err(unsupported()),
-            Err(IntegerText::Fractional) => {
-                return Err(self.ctx.refuse(format_args!("`{text}` is not an integer")));
-            }
-            Err(IntegerText::Large) => None,
-        };
-        let (ctx, scalar) = (self.ctx, self.scalar);
-        value
-            .and_then(|value| write_integer(scalar, self.number, value, self.out))
-            .ok_or_else(|| {
-                ctx.refuse(format_args!(
-                    "`{text}` is out of range for {}",
-                    scalar.range_name()
-                ))
-            })
+        let written = values::integer_text(self.scalar, self.number, text, self.out);
+        written.map_err(|why| self.ctx.not_written(why))
     }
 
-    fn exact<E: de::Error>(self, value: i128, text: impl fmt::Display) -> Result<(), E> {
-        let (ctx, scalar) = (self.ctx, self.scalar);
-        write_integer(scalar, self.number, value, self.out).ok_or_else(|| {
-            ctx.refuse(format_args!(
-                "`{text}` is out of range for {}",
-                scalar.range_name()
-            ))
-        })
+    fn exact<E: de::Error>(self, value: i128) -> Result<(), E> {
+        let written = values::integer(self.scalar, self.number, value, self.out);
+        written.map_err(|why| self.ctx.not_written(why))
     }
 }
 
@@ -1076,11 +1019,11 @@ impl Visitor<'_> for IntegerSeed<'_> {
     }
 
     fn visit_i64<E: de::Error>(self, value: i64) -> Result<(), E> {
-        self.exact(i128::from(value), value)
+        self.exact(i128::from(value))
     }
 
     fn visit_u64<E: de::Error>(self, value: u64) -> Result<(), E> {
-        self.exact(i128::from(value), value)
+        self.exact(i128::from(value))
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<(), E> {
@@ -1092,166 +1035,6 @@ impl Visitor<'_> for IntegerSeed<'_> {
         self.ctx.needs_raw_integers.set(true);
         Err(unsupported())
     }
-}
-
-/// Why a text is no integer.
-#[derive(Debug, PartialEq, Eq)]
-enum IntegerText {
-    /// Not a number in JSON's syntax.
-    Malformed,
-    /// A number with a fractional part.
-    Fractional,
-    /// Integral, beyond 64 bits.
-    Large,
-}
-
-/// The integer a JSON number's text stands for, exactly (no rounding
-/// through a double): `-12`, `1.5e1`, `100.00`, `1e2`; `None` beyond 64 bits.
-fn exact_integer(text: &str) -> Result<Option<i128>, IntegerText> {
-    let (negative, rest) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    // Plain digits, as nearly every integer comes, are read at once (up to
-    // 18 of them fit an `i64`).
-    let plain = (1..=18).contains(&rest.len())
-        && rest.bytes().all(|b| b.is_ascii_digit())
-        && !(rest.len() > 1 && rest.starts_with('0'));
-    if plain {
-        let value = rest
-            .bytes()
-            .fold(0i64, |value, digit| value * 10 + i64::from(digit - b'0'));
-        return Ok(Some(i128::from(if negative { -value } else { value })));
-    }
-    notation_integer(negative, rest)
-}
-
-/// [`exact_integer`] of a number's text in any notation, its sign apart.
-fn notation_integer(negative: bool, rest: &str) -> Result<Option<i128>, IntegerText> {
-    let (mantissa, exponent) = match rest.find(['e', 'E']) {
-        Some(at) => (&rest[..at], Some(&rest[at + 1..])),
-        None => (rest, None),
-    };
-    let (whole, fraction) = match mantissa.split_once('.') {
-        Some((whole, fraction)) => (whole, Some(fraction)),
-        None => (mantissa, None),
-    };
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    let leading_zero = whole.len() > 1 && whole.starts_with('0');
-    if !digits(whole) || leading_zero || fraction.is_some_and(|f| !digits(f)) {
-        return Err(IntegerText::Malformed);
-    }
-    let exponent: i64 = match exponent {
-        None => 0,
-        Some(e) => {
-            let unsigned = e.strip_prefix(['+', '-']).unwrap_or(e);
-            if !digits(unsigned) {
-                return Err(IntegerText::Malformed);
-            }
-            // Far beyond any 64-bit value either way: clamp.
-            let magnitude = unsigned.parse::<i64>().unwrap_or(i64::MAX).min(1_000);
-            if e.starts_with('-') {
-                -magnitude
-            } else {
-                magnitude
-            }
-        }
-    };
-    // The significant digits, and where the decimal point falls among them.
-    let fraction = fraction.unwrap_or("");
-    let digits = || whole.bytes().chain(fraction.bytes());
-    let count = (whole.len() + fraction.len()) as i64;
-    let point = whole.len() as i64 + exponent;
-    let Some(first) = digits().position(|d| d != b'0') else {
-        return Ok(Some(0));
-    };
-    let trailing_zeros = digits().rev().position(|d| d != b'0').unwrap_or(0) as i64;
-    if count - trailing_zeros > point {
-        return Err(IntegerText::Fractional);
-    }
-    // Integral: the digits up to the point, then zeros.
-    let first = first as i64;
-    if point - first > 20 {
-        return Err(IntegerText::Large);
-    }
-    let mut significant = digits().skip(first as usize);
-    let mut value: i128 = 0;
-    for _ in first..point {
-        let digit = significant.next().map_or(0, |d| d - b'0');
-        value = value * 10 + i128::from(digit);
-    }
-    Ok(Some(if negative { -value } else { value }))
-}
-
-/// An integer written as a plain decimal string (`-12`), which every
-/// integer parser reads alike; anything fancier goes the general way.
-fn decimal(text: &str) -> Option<i128> {
-    let digits = text.strip_prefix('-').unwrap_or(text);
-    if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    text.parse().ok()
-}
-
-/// `value` as field `number` of integer kind `scalar`; `None` when it is
-/// out of that kind's range.
-fn write_integer(scalar: Scalar, number: u32, value: i128, out: &mut Vec<u8>) -> Option<()> {
-    match scalar {
-        Scalar::Int32 => {
-            let value = i32::try_from(value).ok()?;
-            key(number, VARINT, out);
-            varint(i64::from(value) as u64, out);
-        }
-        Scalar::Sint32 => {
-            let value = i32::try_from(value).ok()?;
-            key(number, VARINT, out);
-            varint(u64::from(((value << 1) ^ (value >> 31)) as u32), out);
-        }
-        Scalar::Sfixed32 => {
-            let value = i32::try_from(value).ok()?;
-            key(number, FIXED32, out);
-            out.extend_from_slice(&value.to_le_bytes());
-        }
-        Scalar::Uint32 => {
-            let value = u32::try_from(value).ok()?;
-            key(number, VARINT, out);
-            varint(u64::from(value), out);
-        }
-        Scalar::Fixed32 => {
-            let value = u32::try_from(value).ok()?;
-            key(number, FIXED32, out);
-            out.extend_from_slice(&value.to_le_bytes());
-        }
-        Scalar::Int64 => {
-            let value = i64::try_from(value).ok()?;
-            key(number, VARINT, out);
-            varint(value as u64, out);
-        }
-        Scalar::Sint64 => {
-            let value = i64::try_from(value).ok()?;
-            key(number, VARINT, out);
-            varint(((value << 1) ^ (value >> 63)) as u64, out);
-        }
-        Scalar::Sfixed64 => {
-            let value = i64::try_from(value).ok()?;
-            key(number, FIXED64, out);
-            out.extend_from_slice(&value.to_le_bytes());
-        }
-        Scalar::Uint64 => {
-            let value = u64::try_from(value).ok()?;
-            key(number, VARINT, out);
-            varint(value, out);
-        }
-        Scalar::Fixed64 => {
-            let value = u64::try_from(value).ok()?;
-            key(number, FIXED64, out);
-            out.extend_from_slice(&value.to_le_bytes());
-        }
-        Scalar::Double | Scalar::Float | Scalar::Bool | Scalar::String | Scalar::Bytes => {
-            return None;
-        }
-    }
-    Some(())
 }
 
 // === impl ScalarSeed ===
@@ -1267,25 +1050,15 @@ impl Visitor<'_> for ScalarSeed<'_> {
         if self.scalar != Scalar::Bool {
             return Err(unsupported());
         }
-        key(self.number, VARINT, self.out);
-        varint(u64::from(value), self.out);
+        values::boolean(self.number, value, self.out);
         Ok(())
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<(), E> {
         match self.scalar {
-            Scalar::String => {
-                key(self.number, LEN, self.out);
-                bytes(text.as_bytes(), self.out);
-            }
+            Scalar::String => values::string(self.number, text.as_bytes(), self.out),
             Scalar::Bytes => {
-                let decoded = match STANDARD.decode(text) {
-                    Err(DecodeError::InvalidByte(_, b'-' | b'_')) => URL_SAFE.decode(text),
-                    decoded => decoded,
-                }
-                .map_err(|_| unsupported())?;
-                key(self.number, LEN, self.out);
-                bytes(&decoded, self.out);
+                values::base64(self.number, text, self.out).map_err(|_| unsupported())?;
             }
             _ => return Err(unsupported()),
         }
@@ -1295,13 +1068,6 @@ impl Visitor<'_> for ScalarSeed<'_> {
 
 // === impl EnumSeed ===
 
-impl EnumSeed<'_> {
-    fn write(self, number: i32) {
-        key(self.number, VARINT, self.out);
-        varint(i64::from(number) as u64, self.out);
-    }
-}
-
 impl Visitor<'_> for EnumSeed<'_> {
     type Value = ();
 
@@ -1310,23 +1076,12 @@ impl Visitor<'_> for EnumSeed<'_> {
     }
 
     fn visit_str<E: de::Error>(self, name: &str) -> Result<(), E> {
-        let number = self
-            .plan
-            .number(name)
-            .filter(|_| !self.plan.null_value)
-            .ok_or_else(unsupported)?;
-        self.write(number);
-        Ok(())
+        let (plan, name) = (self.plan, name.as_bytes());
+        values::enum_name(plan, self.number, name, self.out).map_err(|_| unsupported())
     }
 
-    /// Numbers, known to the enum or not (open enums keep unknown values).
     fn visit_i64<E: de::Error>(self, number: i64) -> Result<(), E> {
-        let number = i32::try_from(number)
-            .ok()
-            .filter(|_| !self.plan.null_value)
-            .ok_or_else(unsupported)?;
-        self.write(number);
-        Ok(())
+        values::enum_number(self.plan, self.number, number, self.out).map_err(|_| unsupported())
     }
 
     fn visit_u64<E: de::Error>(self, number: u64) -> Result<(), E> {
@@ -1336,6 +1091,7 @@ impl Visitor<'_> for EnumSeed<'_> {
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
     use prost_reflect::{DeserializeOptions, DynamicMessage, MessageDescriptor};
 
     use super::*;
@@ -1391,11 +1147,10 @@ mod tests {
         Some(testing::meaning(&fixture.echo, &wire))
     }
 
-    #[test]
-    fn what_the_plans_write_is_the_message_prost_reflect_parses() {
-        let fixture = fixture();
+    /// Bodies the plans write, each meaning what prost-reflect parses.
+    fn covered() -> Vec<String> {
         let long = "x".repeat(300);
-        let covered = [
+        vec![
             "{}".to_owned(),
             r#" { "stringValue" : "h\u00e9llo \"q\" \n" } "#.to_owned(),
             r#"{"stringValue":"s","int32Value":-5,"int64Value":"-9007199254740993",
@@ -1436,10 +1191,29 @@ mod tests {
             r#"{"empty":{}}"#.to_owned(),
             format!(
                 r#"{{"nested":{{"name":"{long}","child":{{"name":"{long}"}}}},"bytesValue":"{}"}}"#,
-                STANDARD.encode(long.as_bytes())
+                base64::prelude::BASE64_STANDARD.encode(long.as_bytes())
             ),
-        ];
-        for json in &covered {
+        ]
+    }
+
+    /// More bodies the plans write, some where protogate differs by design.
+    const MORE_FORMS: [&str; 10] = [
+        r#"{"stringValue":null,"int32Wrapper":null,"value":null,"nested":null}"#,
+        r#"{"fieldMask":"a,b.cD","structValue":{"a":[1,-0.0,"x",null]},"value":1}"#,
+        r#"{"listValue":[{},[]],"any":{"@type":"type.googleapis.com/protogate.testing.v1.Nested","name":"n"}}"#,
+        r#"{"any":{"@type":"type.googleapis.com/google.protobuf.Duration","value":"1.5s"}}"#,
+        r#"{"any":{"@type":"type.googleapis.com/google.protobuf.Int32Value","value":"7"}}"#,
+        r#"{"int32Value":1.0,"uint64Value":1.8e19,"sint32Value":"-0"}"#,
+        r#"{"floatValue":"1.5","doubleValue":"NaN","floatWrapper":"-Infinity"}"#,
+        r#"{"floatValue":3.4028234663852886e38,"doubleValue":-0.0,"repeatedInt32":[-0,1e0]}"#,
+        r#"{"color":1,"repeatedColor":[7,"RED"]}"#,
+        r#"{"bytesValue":"aGVsbG8","bytesWrapper":"-_8="}"#,
+    ];
+
+    #[test]
+    fn what_the_plans_write_is_the_message_prost_reflect_parses() {
+        let fixture = fixture();
+        for json in &covered() {
             let planned = planned(&fixture, json);
             assert!(planned.is_some(), "the plans left {json}");
             assert_eq!(planned, general(&fixture, json), "{json}");
@@ -1474,24 +1248,45 @@ mod tests {
     #[test]
     fn more_forms_the_plans_write_as_prost_reflect_parses_them() {
         let fixture = fixture();
-        let covered = [
-            r#"{"stringValue":null,"int32Wrapper":null,"value":null,"nested":null}"#,
-            r#"{"fieldMask":"a,b.cD","structValue":{"a":[1,-0.0,"x",null]},"value":1}"#,
-            r#"{"listValue":[{},[]],"any":{"@type":"type.googleapis.com/protogate.testing.v1.Nested","name":"n"}}"#,
-            r#"{"any":{"@type":"type.googleapis.com/google.protobuf.Duration","value":"1.5s"}}"#,
-            r#"{"any":{"@type":"type.googleapis.com/google.protobuf.Int32Value","value":"7"}}"#,
-            r#"{"int32Value":1.0,"uint64Value":1.8e19,"sint32Value":"-0"}"#,
-            r#"{"floatValue":"1.5","doubleValue":"NaN","floatWrapper":"-Infinity"}"#,
-            r#"{"floatValue":3.4028234663852886e38,"doubleValue":-0.0,"repeatedInt32":[-0,1e0]}"#,
-            r#"{"color":1,"repeatedColor":[7,"RED"]}"#,
-            r#"{"bytesValue":"aGVsbG8","bytesWrapper":"-_8="}"#,
-        ];
-        for json in covered {
+        for json in MORE_FORMS {
             assert_eq!(
                 outcome(&fixture, json),
                 Outcome::Written(general(&fixture, json).unwrap()),
                 "{json}"
             );
+        }
+    }
+
+    /// The scanner writes every body it covers byte for byte as the serde
+    /// reading does; it leaves only the forms that reading hands to
+    /// prost-reflect (`Any`, `Struct`, `Value`, `ListValue`, `FieldMask`).
+    #[test]
+    fn the_scanner_writes_what_the_serde_reading_writes() {
+        let fixture = fixture();
+        let options = TranscodeOptions::default();
+        let dynamic = [
+            "fieldMask",
+            "structValue",
+            "\"value\":1",
+            "listValue",
+            "any",
+        ];
+        for json in covered().iter().map(String::as_str).chain(MORE_FORMS) {
+            let (mut scanned, mut read) = (Vec::new(), Vec::new());
+            let scan =
+                fixture
+                    .plans
+                    .scan_json(fixture.root, json.as_bytes(), &options, &mut scanned);
+            fixture
+                .plans
+                .read_json(fixture.root, json.as_bytes(), &options, &mut read)
+                .unwrap();
+            if dynamic.iter().any(|form| json.contains(form)) {
+                assert_eq!(scan, Err(Unsupported), "{json}");
+            } else {
+                assert_eq!(scan, Ok(()), "{json}");
+                assert_eq!(scanned, read, "{json}");
+            }
         }
     }
 
@@ -1564,6 +1359,68 @@ mod tests {
         }
     }
 
+    /// A `null` for another member of a set oneof leaves it unset, as
+    /// prost-reflect reads it; a key given twice is refused whatever its
+    /// value (the first value would be lost).
+    #[test]
+    fn a_null_for_another_member_of_a_set_oneof_leaves_it_set() {
+        let fixture = fixture();
+        for json in [
+            r#"{"choiceString":"a","choiceInt":null}"#,
+            r#"{"choiceInt":null,"choiceString":"a","choiceNested":null}"#,
+        ] {
+            assert_eq!(
+                outcome(&fixture, json),
+                Outcome::Written(general(&fixture, json).unwrap()),
+                "{json}"
+            );
+        }
+        for (json, field) in [
+            (
+                r#"{"choiceString":"a","choiceString":null}"#,
+                "choiceString",
+            ),
+            (r#"{"choiceString":"a","choiceInt":1}"#, "choiceInt"),
+        ] {
+            assert_eq!(outcome(&fixture, json), Outcome::Refused(field.into()));
+        }
+    }
+
+    /// An unknown key's value, when the options ignore it, nests no deeper
+    /// than the limit: past it the general way refuses the document.
+    #[test]
+    fn a_skipped_value_nests_no_deeper_than_the_limit() {
+        let fixture = fixture();
+        let options = TranscodeOptions {
+            ignore_unknown_fields: true,
+            ..TranscodeOptions::default()
+        };
+        // `levels` arrays inside the root object, then the same inside a
+        // message one level down.
+        let document = |levels: usize, nested: bool| {
+            let value = format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+            if nested {
+                format!(r#"{{"nested":{{"unknown":{value}}}}}"#)
+            } else {
+                format!(r#"{{"unknown":{value},"stringValue":"s"}}"#)
+            }
+        };
+        let encode = |json: &str| {
+            let mut wire = Vec::new();
+            let options = &options;
+            fixture
+                .plans
+                .encode_json(fixture.root, None, json.as_bytes(), options, &mut wire)
+                .map(|()| testing::meaning(&fixture.echo, &wire))
+        };
+        let written = encode(&document(MAX_DEPTH - 1, false)).unwrap();
+        assert_eq!(written, serde_json::json!({"stringValue": "s"}));
+        assert!(encode(&document(MAX_DEPTH - 2, true)).is_ok());
+        for json in [document(MAX_DEPTH, false), document(MAX_DEPTH - 1, true)] {
+            assert!(matches!(encode(&json), Err(Declined::Unsupported)));
+        }
+    }
+
     #[test]
     fn a_body_field_is_written_inside_that_field() {
         let fixture = fixture();
@@ -1600,40 +1457,5 @@ mod tests {
                 "field {number}"
             );
         }
-    }
-
-    #[test]
-    fn plain_digits_are_read_as_the_notation_reader_reads_them() {
-        let mut texts = vec![
-            "0".to_owned(),
-            "-0".to_owned(),
-            "00".to_owned(),
-            "-".to_owned(),
-        ];
-        for len in 1..=21 {
-            for digits in ["9", "1", "0", "7"] {
-                let text: String = (0..len)
-                    .map(|i| if i == 0 { "1" } else { digits })
-                    .collect();
-                texts.push(format!("0{text}"));
-                texts.push(format!("-{text}"));
-                texts.push(text);
-            }
-        }
-        for text in texts {
-            let (negative, rest) = match text.strip_prefix('-') {
-                Some(rest) => (true, rest),
-                None => (false, text.as_str()),
-            };
-            assert_eq!(
-                exact_integer(&text),
-                notation_integer(negative, rest),
-                "{text}"
-            );
-        }
-        assert_eq!(
-            exact_integer("-999999999999999999"),
-            Ok(Some(-999_999_999_999_999_999))
-        );
     }
 }
