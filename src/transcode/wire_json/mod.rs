@@ -1966,6 +1966,26 @@ fn read_long_varint(buf: &[u8], pos: &mut usize, end: usize) -> Result<u64, Unsu
     Err(Unsupported)
 }
 
+/// The test protos' `EchoMessage` and its plans: what the tests of the
+/// printer and of both readers run on.
+#[cfg(test)]
+struct Echo {
+    desc: prost_reflect::MessageDescriptor,
+    plans: JsonPlans,
+    root: usize,
+}
+
+#[cfg(test)]
+fn echo() -> Echo {
+    let pool = crate::testing::pool();
+    let plans = JsonPlans::new(&pool, &crate::transcode::FieldRules::new(&pool, &[]));
+    let desc = pool
+        .get_message_by_name("protogate.testing.v1.EchoMessage")
+        .unwrap();
+    let root = plans.index_of(&desc).unwrap();
+    Echo { desc, plans, root }
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message as _;
@@ -2001,23 +2021,6 @@ mod tests {
         }
         let guessable = plans.messages.iter().flat_map(|p| p.fields.iter());
         assert!(guessable.filter(|field| field.guessable).count() > 100);
-    }
-
-    /// The test protos' `EchoMessage` and its plans.
-    struct Echo {
-        desc: MessageDescriptor,
-        plans: JsonPlans,
-        root: usize,
-    }
-
-    fn echo() -> Echo {
-        let pool = crate::testing::pool();
-        let plans = JsonPlans::new(&pool, &FieldRules::new(&pool, &[]));
-        let desc = pool
-            .get_message_by_name("protogate.testing.v1.EchoMessage")
-            .unwrap();
-        let root = plans.index_of(&desc).unwrap();
-        Echo { desc, plans, root }
     }
 
     impl Echo {

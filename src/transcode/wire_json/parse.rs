@@ -1092,29 +1092,12 @@ impl Visitor<'_> for EnumSeed<'_> {
 #[cfg(test)]
 mod tests {
     use base64::Engine as _;
-    use prost_reflect::{DeserializeOptions, DynamicMessage, MessageDescriptor};
+    use prost_reflect::{DeserializeOptions, DynamicMessage};
 
     use super::*;
-    use crate::{
-        testing,
-        transcode::{encode::encode, FieldRules},
-    };
+    use crate::{testing, transcode::encode::encode};
 
-    struct Fixture {
-        plans: JsonPlans,
-        echo: MessageDescriptor,
-        root: usize,
-    }
-
-    fn fixture() -> Fixture {
-        let pool = testing::pool();
-        let plans = JsonPlans::new(&pool, &FieldRules::new(&pool, &[]));
-        let echo = pool
-            .get_message_by_name("protogate.testing.v1.EchoMessage")
-            .unwrap();
-        let root = plans.index_of(&echo).unwrap();
-        Fixture { plans, echo, root }
-    }
+    use super::super::{echo as fixture, Echo as Fixture};
 
     /// What the plans write for `json`; `None` when they leave it.
     fn planned(fixture: &Fixture, json: &str) -> Option<serde_json::Value> {
@@ -1129,14 +1112,14 @@ mod tests {
                 &mut wire,
             )
             .ok()?;
-        Some(testing::meaning(&fixture.echo, &wire))
+        Some(testing::meaning(&fixture.desc, &wire))
     }
 
     /// What prost-reflect parses, as the gateway's general way does.
     fn general(fixture: &Fixture, json: &str) -> Option<serde_json::Value> {
         let mut deserializer = serde_json::Deserializer::from_str(json);
         let message = DynamicMessage::deserialize_with_options(
-            fixture.echo.clone(),
+            fixture.desc.clone(),
             &mut deserializer,
             &DeserializeOptions::new(),
         )
@@ -1144,7 +1127,7 @@ mod tests {
         deserializer.end().ok()?;
         let mut wire = Vec::new();
         encode(&message, &mut wire);
-        Some(testing::meaning(&fixture.echo, &wire))
+        Some(testing::meaning(&fixture.desc, &wire))
     }
 
     /// Bodies the plans write, each meaning what prost-reflect parses.
@@ -1236,7 +1219,7 @@ mod tests {
             .plans
             .encode_json(fixture.root, None, json.as_bytes(), &options, &mut wire)
         {
-            Ok(()) => Outcome::Written(testing::meaning(&fixture.echo, &wire)),
+            Ok(()) => Outcome::Written(testing::meaning(&fixture.desc, &wire)),
             Err(Declined::Invalid(Error::InvalidField { field, .. })) => {
                 Outcome::Refused(field.into())
             }
@@ -1411,7 +1394,7 @@ mod tests {
             fixture
                 .plans
                 .encode_json(fixture.root, None, json.as_bytes(), options, &mut wire)
-                .map(|()| testing::meaning(&fixture.echo, &wire))
+                .map(|()| testing::meaning(&fixture.desc, &wire))
         };
         let written = encode(&document(MAX_DEPTH - 1, false)).unwrap();
         assert_eq!(written, serde_json::json!({"stringValue": "s"}));
@@ -1436,7 +1419,7 @@ mod tests {
                 &mut wire,
             )
             .unwrap();
-        let message = DynamicMessage::decode(fixture.echo.clone(), &wire[..]).unwrap();
+        let message = DynamicMessage::decode(fixture.desc.clone(), &wire[..]).unwrap();
         let nested = message.get_field_by_name("nested").unwrap();
         let nested = nested.as_message().unwrap();
         assert_eq!(

@@ -567,26 +567,12 @@ pub(super) fn marked(chunk: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use prost_reflect::{DeserializeOptions, DynamicMessage, MessageDescriptor};
+    use prost_reflect::{DeserializeOptions, DynamicMessage};
 
     use super::*;
-    use crate::{testing, transcode::FieldRules};
+    use crate::testing;
 
-    struct Fixture {
-        plans: JsonPlans,
-        echo: MessageDescriptor,
-        root: usize,
-    }
-
-    fn fixture() -> Fixture {
-        let pool = testing::pool();
-        let plans = JsonPlans::new(&pool, &FieldRules::new(&pool, &[]));
-        let echo = pool
-            .get_message_by_name("protogate.testing.v1.EchoMessage")
-            .unwrap();
-        let root = plans.index_of(&echo).unwrap();
-        Fixture { plans, echo, root }
-    }
+    use super::super::{echo as fixture, Echo as Fixture};
 
     impl Fixture {
         /// What the scanner writes for `json`, as its meaning; `None` when
@@ -598,14 +584,14 @@ mod tests {
                 .plans
                 .scan_json(self.root, json.as_ref(), &options, &mut wire);
             scanned.ok()?;
-            Some(testing::meaning(&self.echo, &wire))
+            Some(testing::meaning(&self.desc, &wire))
         }
 
         /// What prost-reflect parses from `json`.
         fn general(&self, json: &str) -> Option<serde_json::Value> {
             let mut deserializer = serde_json::Deserializer::from_str(json);
             let message = DynamicMessage::deserialize_with_options(
-                self.echo.clone(),
+                self.desc.clone(),
                 &mut deserializer,
                 &DeserializeOptions::new(),
             )
