@@ -300,3 +300,26 @@ async fn templates_deeper_than_the_limit_are_refused() {
     }
     assert_still_serving(&gw).await;
 }
+
+#[tokio::test]
+async fn an_ignored_unknown_value_counts_toward_the_limit() {
+    let gw = Gateway::start_with(|config| config.json.ignore_unknown_fields = true).await;
+    let body_with_unknown = |arrays: usize| {
+        let value = format!("{}{}", "[".repeat(arrays), "]".repeat(arrays));
+        format!(r#"{{"unknown":{value},"s":"kept"}}"#)
+    };
+    let post = |body: String| {
+        gw.client
+            .post(gw.url("/v1/deep"))
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    // The object and 99 arrays in it are 100 levels: the value is ignored.
+    let (status, body) = gw.send(post(body_with_unknown(99))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"s": "kept"}));
+    // One more is past the limit, ignored or not.
+    let (status, body) = gw.send(post(body_with_unknown(100))).await;
+    assert_too_deep(status, &body);
+    assert_still_serving(&gw).await;
+}

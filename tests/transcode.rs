@@ -747,3 +747,29 @@ async fn upstream_receives_the_ids_and_its_deadline_as_metadata() {
         "{timeout}"
     );
 }
+
+#[tokio::test]
+async fn a_null_for_another_oneof_member_leaves_it_unset_and_a_second_value_is_refused() {
+    let gw = Gateway::start().await;
+    // Raw bodies: the keys in this order (`json!` would sort them).
+    let post = |body: &'static str| {
+        gw.client
+            .post(gw.url("/v1/echo"))
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let (status, body) = gw
+        .send(post(r#"{"choiceString":"a","choiceInt":null}"#))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choiceString"], "a");
+    assert!(body.get("choiceInt").is_none(), "{body}");
+
+    let (status, body) = gw.send(post(r#"{"choiceString":"a","choiceInt":1}"#)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_status(
+        &body,
+        Code::InvalidArgument,
+        "invalid `choiceInt`: another field of its oneof is set",
+    );
+}
