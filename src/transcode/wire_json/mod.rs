@@ -285,7 +285,17 @@ struct Entry {
 #[derive(Debug, Clone, Copy)]
 struct MapEntry {
     key: Option<(u8, usize, usize)>,
+    /// An integer or bool key's value: keys are equal by value, whatever
+    /// bytes encode them (absent, `0`, or a longer varint of the same number).
+    rank: i128,
     value: Option<(u8, usize, usize)>,
+}
+
+/// An integer scalar's value, kept in the sign its type prints with.
+#[derive(Debug, Clone, Copy)]
+enum Integer {
+    Signed(i64),
+    Unsigned(u64),
 }
 
 // === impl JsonPlans ===
@@ -1271,19 +1281,33 @@ impl Printer<'_> {
         let base = self.map_entries.len();
         for i in run..next {
             let entry = self.entries[i];
-            let parsed = self.map_entry(entry.start, entry.end, key, value, self.depth + 1)?;
+            let mut parsed = self.map_entry(entry.start, entry.end, key, value, self.depth + 1)?;
+            if let (Some((_, start, end)), false) = (parsed.key, key == Scalar::String) {
+                parsed.rank = match self.integer_at(key, start, end)? {
+                    Integer::Signed(value) => i128::from(value),
+                    Integer::Unsigned(value) => i128::from(value),
+                };
+            }
             self.map_entries.push(parsed);
         }
         // Sorted by key, the last of equal keys kept (as decoding would).
         let buf = self.buf;
-        let key_bytes = |e: &MapEntry| e.key.map_or(&[][..], |(_, s, end)| &buf[s..end]);
-        self.map_entries[base..].sort_by(|a, b| key_bytes(a).cmp(key_bytes(b)));
+        let text = |e: &MapEntry| e.key.map_or(&[][..], |(_, s, end)| &buf[s..end]);
+        let strings = key == Scalar::String;
+        let same = |a: &MapEntry, b: &MapEntry| match strings {
+            true => text(a) == text(b),
+            false => a.rank == b.rank,
+        };
+        self.map_entries[base..].sort_by(|a, b| match strings {
+            true => text(a).cmp(text(b)),
+            false => a.rank.cmp(&b.rank),
+        });
         self.out.push(b'{');
         let mut first = true;
         let top = self.map_entries.len();
         for i in base..top {
             let entry = self.map_entries[i];
-            if i + 1 < top && key_bytes(&self.map_entries[i + 1]) == key_bytes(&entry) {
+            if i + 1 < top && same(&self.map_entries[i + 1], &entry) {
                 // Replaced by the later entry of the same key, but decoded.
                 if let Some((_, start, end)) = entry.value {
                     self.check_value(value, start, end, self.depth + 1)?;
@@ -1321,6 +1345,7 @@ impl Printer<'_> {
         let value_is_message = matches!(value, ValueKind::Message(_));
         let mut entry = MapEntry {
             key: None,
+            rank: 0,
             value: None,
         };
         let mut pos = start;
@@ -1533,24 +1558,34 @@ impl Printer<'_> {
 
     /// A number without quotes.
     fn number(&mut self, scalar: Scalar, start: usize, end: usize) -> Printed {
-        match scalar {
-            Scalar::Int32 => self.integer(i64::from(self.varint(start, end)? as i32)),
-            Scalar::Int64 => self.integer(self.varint(start, end)? as i64),
-            Scalar::Uint32 => self.unsigned(u64::from(self.varint(start, end)? as u32)),
-            Scalar::Uint64 => self.unsigned(self.varint(start, end)?),
-            Scalar::Sint32 => self.integer(i64::from(zigzag32(self.varint(start, end)?))),
-            Scalar::Sint64 => self.integer(zigzag64(self.varint(start, end)?)),
-            Scalar::Fixed32 => {
-                self.unsigned(u64::from(u32::from_le_bytes(self.fixed(start, end)?)))
-            }
-            Scalar::Sfixed32 => {
-                self.integer(i64::from(i32::from_le_bytes(self.fixed(start, end)?)))
-            }
-            Scalar::Fixed64 => self.unsigned(u64::from_le_bytes(self.fixed(start, end)?)),
-            Scalar::Sfixed64 => self.integer(i64::from_le_bytes(self.fixed(start, end)?)),
-            _ => return Err(Unsupported),
+        match self.integer_at(scalar, start, end)? {
+            Integer::Signed(value) => self.integer(value),
+            Integer::Unsigned(value) => self.unsigned(value),
         }
         Ok(())
+    }
+
+    /// An integer scalar's value, read as its type reads it.
+    #[inline]
+    fn integer_at(&self, scalar: Scalar, start: usize, end: usize) -> Result<Integer, Unsupported> {
+        Ok(match scalar {
+            Scalar::Int32 => Integer::Signed(i64::from(self.varint(start, end)? as i32)),
+            Scalar::Int64 => Integer::Signed(self.varint(start, end)? as i64),
+            Scalar::Uint32 => Integer::Unsigned(u64::from(self.varint(start, end)? as u32)),
+            Scalar::Uint64 => Integer::Unsigned(self.varint(start, end)?),
+            Scalar::Sint32 => Integer::Signed(i64::from(zigzag32(self.varint(start, end)?))),
+            Scalar::Sint64 => Integer::Signed(zigzag64(self.varint(start, end)?)),
+            Scalar::Fixed32 => {
+                Integer::Unsigned(u64::from(u32::from_le_bytes(self.fixed(start, end)?)))
+            }
+            Scalar::Sfixed32 => {
+                Integer::Signed(i64::from(i32::from_le_bytes(self.fixed(start, end)?)))
+            }
+            Scalar::Fixed64 => Integer::Unsigned(u64::from_le_bytes(self.fixed(start, end)?)),
+            Scalar::Sfixed64 => Integer::Signed(i64::from_le_bytes(self.fixed(start, end)?)),
+            Scalar::Bool => Integer::Unsigned(u64::from(self.varint(start, end)? != 0)),
+            _ => return Err(Unsupported),
+        })
     }
 
     fn integer(&mut self, value: i64) {
@@ -2074,6 +2109,47 @@ mod tests {
             echo.print(&reply),
             r#"{"labels":{"a":"1","b":"2","c":"3"}}"#
         );
+    }
+
+    #[test]
+    fn map_keys_are_equal_by_value_whatever_bytes_encode_them() {
+        let echo = echo();
+        // `nested_by_id` (23) entries of `map<int32, Nested>`, each with
+        // `Nested.value` (2) set to tell which one was kept.
+        let entry = |key: &[u8], value: u8| {
+            let mut entry = key.to_vec();
+            entry.extend([0x12, 2, 0x10, value]);
+            let mut field = vec![0xba, 0x01, entry.len() as u8];
+            field.extend(entry);
+            field
+        };
+        let cases: [(&[u8], &[u8], &str); 4] = [
+            // An absent key and an explicit 0.
+            (&[], &[0x08, 0], "0"),
+            // A longer varint of 0.
+            (&[0x08, 0], &[0x08, 0x80, 0x00], "0"),
+            // Bits past the 32nd that an int32 drops: 2^32 + 5 is 5.
+            (&[0x08, 5], &[0x08, 0x85, 0x80, 0x80, 0x80, 0x10], "5"),
+            // -1 as its ten bytes and as 2^32 - 1, which an int32 reads as -1.
+            (
+                &[
+                    0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+                ],
+                &[0x08, 0xff, 0xff, 0xff, 0xff, 0x0f],
+                "-1",
+            ),
+        ];
+        for (first, second, key) in cases {
+            let mut wire = entry(first, 1);
+            wire.extend(entry(second, 2));
+            let printed = echo.print_wire(&wire);
+            assert_eq!(
+                printed,
+                format!(r#"{{"nestedById":{{"{key}":{{"value":2}}}}}}"#)
+            );
+            let printed: serde_json::Value = serde_json::from_str(&printed).unwrap();
+            assert_eq!(printed, echo.reference(&wire), "{wire:?}");
+        }
     }
 
     #[test]
