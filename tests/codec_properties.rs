@@ -1376,6 +1376,9 @@ struct Intended {
     float_overflow: bool,
     /// A key given twice: refused here; the last one to prost-reflect.
     duplicate: bool,
+    /// `null` for a list of `Value`s or `NullValue`s: refused here; a list
+    /// of one null to prost-reflect.
+    null_list: bool,
 }
 
 impl Intended {
@@ -1385,6 +1388,7 @@ impl Intended {
             || self.float_max
             || self.float_overflow
             || self.duplicate
+            || self.null_list
     }
 }
 
@@ -1584,6 +1588,12 @@ fn adversarial_field(
 ) {
     if values.chance(5) {
         out.push_str("null");
+        let holds_null = match field.kind() {
+            Kind::Message(m) => m.full_name() == "google.protobuf.Value",
+            Kind::Enum(e) => e.full_name() == "google.protobuf.NullValue",
+            _ => false,
+        };
+        intended.null_list |= field.is_list() && holds_null;
         return;
     }
     let kind = field.kind();

@@ -773,3 +773,35 @@ async fn a_null_for_another_oneof_member_leaves_it_unset_and_a_second_value_is_r
         "invalid `choiceInt`: another field of its oneof is set",
     );
 }
+
+/// `null` for a list of `Value`s is refused: prost-reflect would send the
+/// backend a list of one null, Java's runtime an empty list. The two lists
+/// a client can mean are taken as written.
+#[tokio::test]
+async fn a_null_list_of_values_is_refused_and_its_two_meanings_are_taken_as_written() {
+    let gw = Gateway::start().await;
+    for field in ["repeatedValue", "repeatedNull"] {
+        let (status, body) = gw.post("/v1/echo", json!({ field: null })).await;
+        assert_eq!(status, 400, "{body}");
+        assert_status(
+            &body,
+            Code::InvalidArgument,
+            &format!("invalid `{field}`: null is no list here: send [] for none, or [null] for one null value"),
+        );
+        let (status, body) = gw.post("/v1/echo", json!({ field: [null] })).await;
+        assert_eq!(status, 200, "{body}");
+        // A `NullValue` prints as `null` too.
+        assert_eq!(body[field], json!([null]), "{body}");
+        let (status, body) = gw.post("/v1/echo", json!({ field: [] })).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.get(field).is_none(), "{body}");
+    }
+    // Any other list's `null` is its default, the empty list.
+    let (status, body) = gw
+        .post(
+            "/v1/echo",
+            json!({ "repeatedString": null, "stringValue": "x" }),
+        )
+        .await;
+    assert_eq!((status, body), (200, json!({ "stringValue": "x" })));
+}

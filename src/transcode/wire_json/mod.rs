@@ -61,6 +61,10 @@
 //!   here it is refused, as is a double's `"1e400"`.
 //! * `a_key_given_twice_is_refused`: prost-reflect keeps the last value of a
 //!   key given twice; the first would be lost, so it is refused.
+//! * `a_null_list_of_values_is_refused`: `null` for a list of `Value`s or
+//!   `NullValue`s is a list of one null to prost-reflect, an empty list to
+//!   Java's runtime and refused by Go's; it is refused here, so that neither
+//!   reaches the backend in place of the other.
 //!
 //! Bodies the plans leave go to prost-reflect (see `parse.rs`), whose
 //! numbers are then its own: an `Any` whose `@type` is not its first key,
@@ -2445,6 +2449,25 @@ mod tests {
         let twice = r#"{"stringValue":"a","string_value":"b"}"#;
         assert!(refused(&echo.parse(twice)));
         assert_eq!(echo.reference_parse(twice).unwrap().string_value, "b");
+    }
+
+    #[test]
+    fn a_null_list_of_values_is_refused() {
+        let echo = echo();
+        for body in [r#"{"repeatedValue":null}"#, r#"{"repeated_null":null}"#] {
+            assert!(refused(&echo.parse(body)), "{body}");
+            let theirs = echo.reference_parse(body).unwrap();
+            assert_eq!(theirs.repeated_value.len() + theirs.repeated_null.len(), 1);
+        }
+        let empty = echo
+            .parse(r#"{"repeatedValue":[],"repeatedNull":[]}"#)
+            .unwrap();
+        assert_eq!(empty, EchoMessage::default());
+        // Other lists' `null` is their default.
+        let other = echo
+            .parse(r#"{"repeatedString":null,"repeatedNested":null}"#)
+            .unwrap();
+        assert_eq!(other, EchoMessage::default());
     }
 
     /// Every character of every escape class (and of none: ASCII, DEL,

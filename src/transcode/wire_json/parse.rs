@@ -41,7 +41,7 @@ use serde_json::value::RawValue;
 
 use super::{
     scan,
-    values::{self, Conflict, NamedFields, NotWritten},
+    values::{self, Conflict, NamedFields, NotWritten, NullList},
     EnumPlan, FieldPlan, Form, JsonPlans, MessagePlan, Scalar, Shape, Unsupported, ValueKind,
     MAX_DEPTH,
 };
@@ -617,7 +617,8 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
     /// it, unless it is a value (of a `Value` or a `NullValue`).
     fn visit_none<E: de::Error>(self) -> Result<bool, E> {
         let at = self.out.len();
-        let set = values::null(self.ctx.plans, self.field, self.out);
+        let set = values::null(self.ctx.plans, self.field, self.out)
+            .map_err(|_| self.ctx.refuse(NullList::REASON))?;
         match self.conflict {
             Some(conflict) if set => {
                 self.out.truncate(at);

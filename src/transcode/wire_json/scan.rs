@@ -176,7 +176,8 @@ impl<'a> Scanner<'a> {
         self.space();
         if self.peek() == Some(b'n') {
             self.literal(b"null")?;
-            return Ok(values::null(self.plans, field, out));
+            // A refusal is the serde reading's to word.
+            return values::null(self.plans, field, out).map_err(|_| Fallback);
         }
         match field.shape {
             Shape::Single => self.value(&field.value, field.number, depth, out)?,

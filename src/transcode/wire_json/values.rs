@@ -126,24 +126,47 @@ impl FieldPlan {
 
 /// `null` as the value of `field`: whether it set the field. `null` leaves
 /// a field unset, but a `google.protobuf.Value` holds it and a `NullValue`
-/// is its only value (as prost-reflect reads it).
-pub(super) fn null(plans: &JsonPlans, field: &FieldPlan, out: &mut Vec<u8>) -> bool {
-    if field.shape != Shape::Single {
-        return false;
-    }
-    match &field.value {
-        ValueKind::Enum(plan) if plan.null_value => {
-            key(field.number, VARINT, out);
-            varint(0, out);
+/// is its only value (as prost-reflect reads it). For a list of those it is
+/// [`NullList`]: see `a_null_list_of_values_is_refused`.
+pub(super) fn null(
+    plans: &JsonPlans,
+    field: &FieldPlan,
+    out: &mut Vec<u8>,
+) -> Result<bool, NullList> {
+    let holds_null = match &field.value {
+        ValueKind::Enum(plan) => plan.null_value,
+        ValueKind::Message(plan) => plans.is_value(*plan),
+        ValueKind::Scalar(_) => false,
+    };
+    match (holds_null, field.shape) {
+        (false, _) | (true, Shape::Map(_)) => Ok(false),
+        (true, Shape::List) => Err(NullList),
+        (true, Shape::Single) => {
+            match field.value {
+                ValueKind::Enum(_) => {
+                    key(field.number, VARINT, out);
+                    varint(0, out);
+                }
+                // `Value { null_value: NULL_VALUE }`.
+                _ => {
+                    key(field.number, LEN, out);
+                    bytes(&[0x08, 0x00], out);
+                }
+            }
+            Ok(true)
         }
-        ValueKind::Message(plan) if plans.is_value(*plan) => {
-            // `Value { null_value: NULL_VALUE }`.
-            key(field.number, LEN, out);
-            bytes(&[0x08, 0x00], out);
-        }
-        _ => return false,
     }
-    true
+}
+
+/// `null` for a list of `Value`s or `NullValue`s: prost-reflect reads a list
+/// of one null, Java's runtime an empty list, Go's refuses it. What the
+/// client meant cannot be told, so it is refused.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct NullList;
+
+impl NullList {
+    pub(super) const REASON: &'static str =
+        "null is no list here: send [] for none, or [null] for one null value";
 }
 
 pub(super) fn boolean(number: u32, value: bool, out: &mut Vec<u8>) {
