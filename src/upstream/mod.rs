@@ -12,6 +12,7 @@ mod call;
 mod connection;
 mod deadline;
 mod health;
+mod http2;
 mod protocol;
 mod tls;
 
