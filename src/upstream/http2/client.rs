@@ -229,7 +229,12 @@ impl Client {
         request: Request<'_>,
     ) -> Result<Exchange, StreamError> {
         let mut request = Some(request);
-        let id = std::future::poll_fn(|cx| self.shared.lock().open(&mut request, cx)).await?;
+        let opened = std::future::poll_fn(|cx| self.shared.lock().open(&mut request, cx)).await;
+        let id = opened.inspect_err(|_| {
+            // Going away, failed, or out of stream ids: the next call
+            // connects again.
+            self.shared.stop_accepting();
+        })?;
         Call {
             shared: &self.shared,
             id,

@@ -604,11 +604,13 @@ enum Script {
     Padded,
     /// GOAWAY naming the stream before this one as the last processed.
     GoAway,
+    /// A WINDOW_UPDATE of 0 for the connection: a connection error.
+    ProtocolError,
 }
 
-/// Serves one connection at a time, answering the `n`-th request on it
-/// with `scripts[n]` (the last one for every request after); records the
-/// PING ACKs it gets.
+/// Serves one connection at a time, answering the `n`-th request with
+/// `scripts[n]` (the last one for every request after); records the PING
+/// ACKs it gets.
 async fn hand_written_server(scripts: Vec<Script>) -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -617,6 +619,7 @@ async fn hand_written_server(scripts: Vec<Script>) -> (String, Arc<Mutex<Vec<Vec
     let pongs = Arc::new(Mutex::new(Vec::new()));
     let recorded = pongs.clone();
     tokio::spawn(async move {
+        let mut answered = 0;
         while let Ok((mut tcp, _)) = listener.accept().await {
             let mut preface = [0; 24];
             if tcp.read_exact(&mut preface).await.is_err() {
@@ -625,7 +628,6 @@ async fn hand_written_server(scripts: Vec<Script>) -> (String, Arc<Mutex<Vec<Vec
             let mut out = Vec::new();
             super::frame::settings(&mut out, &[]);
             tcp.write_all(&out).await.unwrap();
-            let mut answered = 0;
             loop {
                 let mut head = [0; 9];
                 if tcp.read_exact(&mut head).await.is_err() {
@@ -661,11 +663,18 @@ async fn hand_written_server(scripts: Vec<Script>) -> (String, Arc<Mutex<Vec<Vec
 fn hand_written_reply(out: &mut Vec<u8>, stream: u32, script: Script) {
     use super::{frame, hpack::field};
 
-    if script == Script::GoAway {
-        frame::head(out, 8, frame::GOAWAY, 0, 0);
-        out.extend_from_slice(&(stream - 2).to_be_bytes());
-        out.extend_from_slice(&0u32.to_be_bytes());
-        return;
+    match script {
+        Script::GoAway => {
+            frame::head(out, 8, frame::GOAWAY, 0, 0);
+            out.extend_from_slice(&(stream - 2).to_be_bytes());
+            out.extend_from_slice(&0u32.to_be_bytes());
+            return;
+        }
+        Script::ProtocolError => {
+            frame::window_update(out, 0, 0);
+            return;
+        }
+        Script::Padded => {}
     }
     frame::head(out, 8, frame::PING, 0, 0);
     out.extend_from_slice(b"pingpong");
@@ -763,4 +772,54 @@ async fn a_call_above_a_goaway_s_last_stream_fails_and_the_next_connects_again()
     );
     assert!(matches!(again, Outcome::Reply { .. }), "{again:?}");
     assert_eq!(outcomes[1], outcomes[0]);
+}
+
+#[tokio::test]
+async fn a_protocol_error_fails_the_calls_on_its_connection_and_the_next_connects_again() {
+    let mut outcomes = Vec::new();
+    for own in [false, true] {
+        let scripts = vec![Script::ProtocolError, Script::Padded];
+        let (url, _) = hand_written_server(scripts).await;
+        let upstream = upstream(&url, 1024);
+        let requests = vec![(Vec::new(), 10); 2];
+        outcomes.push(run_all(&upstream, &requests, own, true).await);
+    }
+    let [failed, again] = &outcomes[1][..] else {
+        panic!("{:?}", outcomes[1]);
+    };
+    assert!(
+        matches!(failed, Outcome::Failed { kind, .. } if kind == "UpstreamUnavailable"),
+        "{failed:?}"
+    );
+    assert!(matches!(again, Outcome::Reply { .. }), "{again:?}");
+    assert_eq!(outcomes[1], outcomes[0]);
+}
+
+#[tokio::test]
+async fn a_call_dropped_at_its_deadline_resets_its_stream() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (reset_tx, mut reset_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut connection = h2::server::handshake(tcp).await.unwrap();
+        while let Some(Ok((_, mut respond))) = connection.accept().await {
+            let reset_tx = reset_tx.clone();
+            // Never answers; reports how the client ended the stream.
+            tokio::spawn(async move {
+                let reason = std::future::poll_fn(|cx| respond.poll_reset(cx)).await;
+                let _ = reset_tx.send(reason.ok());
+            });
+        }
+    });
+    let upstream = upstream(&url, 1024);
+    let deadline = Deadline::start(&upstream, Some(Duration::from_millis(100)));
+    let path = PathAndQuery::from_static("/test.Service/Method");
+    let message = Payload::Wire(Vec::new());
+    let result = unary(&upstream, path, &message, MetadataMap::new(), deadline).await;
+    assert!(
+        matches!(result, Err(Error::DeadlineExceeded { .. })),
+        "{result:?}"
+    );
+    assert_eq!(reset_rx.recv().await.unwrap(), Some(Reason::CANCEL));
 }
