@@ -411,8 +411,7 @@ impl State {
         );
         let len = self.out.len() - start - frame::HEADER_LEN;
         if len <= self.max_frame {
-            let mut head = Vec::with_capacity(0);
-            frame::head(&mut head, len, frame::HEADERS, frame::END_HEADERS, id);
+            let head = frame::head_bytes(len, frame::HEADERS, frame::END_HEADERS, id);
             self.out[start..start + frame::HEADER_LEN].copy_from_slice(&head);
             return;
         }

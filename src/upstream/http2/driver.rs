@@ -24,13 +24,21 @@ const READ_BUFFER: usize = 2 * (HEADER_LEN + DEFAULT_MAX_FRAME);
 pub(super) struct Driver<T> {
     io: T,
     shared: Arc<Shared>,
-    /// Frames read and not yet handled: `read[start..end]`.
-    read: Box<[u8]>,
-    start: usize,
-    end: usize,
     /// Frames being written: `writing[written..]`.
     writing: Vec<u8>,
     written: usize,
+    reader: Reader,
+    /// Set once the connection has ended: write what is left, then stop.
+    ending: bool,
+}
+
+/// The reading side: frames read and not yet handled, and the header
+/// block being decoded.
+struct Reader {
+    /// `read[start..end]`.
+    read: Box<[u8]>,
+    start: usize,
+    end: usize,
     decoder: Decoder,
     /// A header block that continues in CONTINUATION frames: its stream,
     /// whether it ends the stream, and the block so far.
@@ -38,8 +46,6 @@ pub(super) struct Driver<T> {
     block: Vec<u8>,
     /// The largest header list (and header block) accepted.
     max_list: usize,
-    /// Set once the connection has ended: write what is left, then stop.
-    ending: bool,
 }
 
 impl<T> Driver<T>
@@ -65,15 +71,17 @@ where
         Self {
             io,
             shared,
-            read: vec![0; READ_BUFFER].into_boxed_slice(),
-            start: 0,
-            end: 0,
             writing: Vec::with_capacity(4096),
             written: 0,
-            decoder: Decoder::new(max_list),
-            continuing: None,
-            block: Vec::new(),
-            max_list,
+            reader: Reader {
+                read: vec![0; READ_BUFFER].into_boxed_slice(),
+                start: 0,
+                end: 0,
+                decoder: Decoder::new(max_list),
+                continuing: None,
+                block: Vec::new(),
+                max_list,
+            },
             ending: false,
         }
     }
@@ -94,8 +102,19 @@ where
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
+    /// The connection ended: every call fails with `error`.
+    fn end(&mut self, error: StreamError) {
+        self.shared.stop_accepting();
+        self.shared.lock().fail_all(error);
+        self.ending = true;
+    }
+}
+
+// === impl Reader ===
+
+impl Reader {
     /// Handles every whole frame read so far.
-    fn handle_frames(&mut self, state: &mut State) -> Result<(), ConnectionError> {
+    fn handle_frames(&mut self, state: &mut State, shared: &Shared) -> Result<(), ConnectionError> {
         while let Some(head) = Head::parse(&self.read[self.start..self.end]) {
             if head.len > DEFAULT_MAX_FRAME {
                 return Err(ConnectionError(
@@ -109,7 +128,7 @@ where
             }
             self.start = at + head.len;
             let payload = at..at + head.len;
-            self.handle(state, head, payload)?;
+            self.handle(state, shared, head, payload)?;
         }
         if self.start == self.end {
             self.start = 0;
@@ -125,6 +144,7 @@ where
     fn handle(
         &mut self,
         state: &mut State,
+        shared: &Shared,
         head: Head,
         payload: std::ops::Range<usize>,
     ) -> Result<(), ConnectionError> {
@@ -241,7 +261,7 @@ where
                 let Some(last) = frame::u32_at(bytes, 0).filter(|_| head.len >= 8) else {
                     return frame_size("a GOAWAY too short");
                 };
-                state.goaway(last & 0x7fff_ffff, &self.shared);
+                state.goaway(last & 0x7fff_ffff, shared);
                 Ok(())
             }
             frame::WINDOW_UPDATE => {
@@ -254,13 +274,6 @@ where
             // Unknown frame types are ignored (RFC 9113 §4.1).
             _ => Ok(()),
         }
-    }
-
-    /// The connection ended: every call fails with `error`.
-    fn end(&mut self, error: StreamError) {
-        self.shared.stop_accepting();
-        self.shared.lock().fail_all(error);
-        self.ending = true;
     }
 }
 
@@ -310,7 +323,7 @@ where
                 this.shared.stop_accepting();
                 return Poll::Ready(());
             }
-            let mut buf = ReadBuf::new(&mut this.read[this.end..]);
+            let mut buf = ReadBuf::new(&mut this.reader.read[this.reader.end..]);
             match Pin::new(&mut this.io).poll_read(cx, &mut buf) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(error)) => this.end(io_error(&error)),
@@ -318,10 +331,9 @@ where
                     this.end(StreamError::Closed("the upstream closed it".into()));
                 }
                 Poll::Ready(Ok(())) => {
-                    this.end += buf.filled().len();
-                    let shared = this.shared.clone();
-                    let mut state = shared.lock();
-                    if let Err(error) = this.handle_frames(&mut state) {
+                    this.reader.end += buf.filled().len();
+                    let mut state = this.shared.lock();
+                    if let Err(error) = this.reader.handle_frames(&mut state, &this.shared) {
                         tracing::debug!(what = error.1, reason = %error.0, "upstream connection error");
                         state.connection_error(error);
                         drop(state);

@@ -70,9 +70,14 @@ impl Head {
 
 /// Appends a frame header; `len` is at most the peer's frame size.
 pub(super) fn head(out: &mut Vec<u8>, len: usize, kind: u8, flags: u8, stream: u32) {
-    let len = u32::try_from(len).unwrap_or(MAX_FRAME_LIMIT).to_be_bytes();
-    out.extend_from_slice(&[len[1], len[2], len[3], kind, flags]);
-    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(&head_bytes(len, kind, flags, stream));
+}
+
+/// A frame header, for a frame whose length is known once it is written.
+pub(super) fn head_bytes(len: usize, kind: u8, flags: u8, stream: u32) -> [u8; HEADER_LEN] {
+    let [_, l0, l1, l2] = u32::try_from(len).unwrap_or(MAX_FRAME_LIMIT).to_be_bytes();
+    let [s0, s1, s2, s3] = stream.to_be_bytes();
+    [l0, l1, l2, kind, flags, s0, s1, s2, s3]
 }
 
 /// The payload after a frame's padding length and before its padding

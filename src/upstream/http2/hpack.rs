@@ -382,6 +382,45 @@ mod tests {
     }
 
     #[test]
+    fn reply_blocks_that_are_no_valid_head_are_malformed_and_still_decoded() {
+        let block = |fields: &[(&str, &[u8])]| {
+            let mut block = Vec::new();
+            for (name, value) in fields {
+                field(&mut block, name, value, false);
+            }
+            block
+        };
+        let mut decoder = Decoder::new(100);
+        let cases: [(&[(&str, &[u8])], Option<&str>); 6] = [
+            (&[(":status", b"200"), ("x-a", b"1")], None),
+            (
+                &[("x-a", b"1"), (":status", b"200")],
+                Some("after a regular header"),
+            ),
+            (
+                &[(":status", b"200"), (":path", b"/")],
+                Some("other than :status"),
+            ),
+            (&[(":status", b"2000")], Some("an invalid :status")),
+            (&[("connection", b"close")], Some("connection-specific")),
+            (
+                &[("x-a", &[b'v'; 40]), ("x-b", &[b'v'; 40])],
+                Some("over the size limit"),
+            ),
+        ];
+        for (fields, malformed) in cases {
+            let decoded = decoder.decode(&block(fields)).unwrap();
+            match (decoded.malformed, malformed) {
+                (None, None) => {}
+                (Some(why), Some(expected)) => assert!(why.contains(expected), "{why}"),
+                (got, _) => panic!("{fields:?}: {got:?}"),
+            }
+        }
+        // A block that does not decode is the connection's error.
+        assert!(decoder.decode(&[INDEXED | 70]).is_err());
+    }
+
+    #[test]
     fn sensitive_values_are_never_indexed_literals() {
         let mut block = Vec::new();
         field(&mut block, "x-request-id", b"abc", true);
