@@ -383,7 +383,8 @@ mod tests {
 
     #[test]
     fn reply_blocks_that_are_no_valid_head_are_malformed_and_still_decoded() {
-        let block = |fields: &[(&str, &[u8])]| {
+        type Fields<'a> = &'a [(&'a str, &'a [u8])];
+        let block = |fields: Fields<'_>| {
             let mut block = Vec::new();
             for (name, value) in fields {
                 field(&mut block, name, value, false);
@@ -391,7 +392,7 @@ mod tests {
             block
         };
         let mut decoder = Decoder::new(100);
-        let cases: [(&[(&str, &[u8])], Option<&str>); 6] = [
+        let cases: [(Fields<'_>, Option<&str>); 6] = [
             (&[(":status", b"200"), ("x-a", b"1")], None),
             (
                 &[("x-a", b"1"), (":status", b"200")],
