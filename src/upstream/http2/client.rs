@@ -321,8 +321,8 @@ impl Shared {
 // === impl State ===
 
 impl State {
-    /// Registers the task's waker; whether there is anything for it to do
-    /// besides reading: frames to write, or an end to make.
+    /// Registers the task's waker, which calls wake when they queue frames
+    /// or end.
     pub(super) fn register_task(&mut self, waker: &Waker) {
         if !self.task.as_ref().is_some_and(|w| w.will_wake(waker)) {
             self.task = Some(waker.clone());
