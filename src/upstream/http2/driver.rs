@@ -20,6 +20,11 @@ use super::{
 
 /// Room for two of the largest frames this client accepts.
 const READ_BUFFER: usize = 2 * (HEADER_LEN + DEFAULT_MAX_FRAME);
+/// The most that may wait to be written before the task stops reading (as
+/// `h2` stops when its write buffer is full): a peer that sends frames
+/// needing an answer (PING, SETTINGS) but reads none can make the
+/// connection hold no more than this.
+const MAX_BACKLOG: usize = 1 << 20;
 
 pub(super) struct Driver<T> {
     io: T,
@@ -317,6 +322,9 @@ where
                     return Poll::Ready(());
                 }
                 Poll::Pending if this.ending => return Poll::Pending,
+                Poll::Pending if this.writing.len() - this.written >= MAX_BACKLOG => {
+                    return Poll::Pending;
+                }
                 Poll::Pending => {}
             }
             if this.ending || finished && this.writing.is_empty() {

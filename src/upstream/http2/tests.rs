@@ -823,3 +823,34 @@ async fn a_call_dropped_at_its_deadline_resets_its_stream() {
     );
     assert_eq!(reset_rx.recv().await.unwrap(), Some(Reason::CANCEL));
 }
+
+#[tokio::test]
+async fn a_peer_that_reads_nothing_cannot_make_the_client_buffer_its_answers_without_bound() {
+    use futures_util::FutureExt as _;
+    use tokio::io::AsyncWriteExt as _;
+
+    let (io, mut peer) = tokio::io::duplex(64 << 10);
+    let _client = super::start(io);
+    let mut ping = Vec::new();
+    super::frame::head(&mut ping, 8, super::frame::PING, 0, 0);
+    ping.extend_from_slice(b"pingpong");
+    // 10 MiB of PINGs, whose answers the peer never reads: written for as
+    // long as the client, given its turns, reads them.
+    let flood = ping.repeat(10 << 20 >> 4);
+    let mut written = 0;
+    'flood: while written < flood.len() {
+        for _ in 0..20 {
+            if let Some(n) = peer.write(&flood[written..]).now_or_never() {
+                written += n.unwrap();
+                continue 'flood;
+            }
+            tokio::task::yield_now().await;
+        }
+        break;
+    }
+    // The client stopped reading once 1 MiB of answers waited.
+    assert!(
+        written < 2 << 20,
+        "the client read {written} bytes of PINGs"
+    );
+}
