@@ -422,6 +422,28 @@ mod tests {
     }
 
     #[test]
+    fn the_peer_s_table_and_its_size_updates_are_followed() {
+        let mut decoder = Decoder::new(1 << 20);
+        let names = |fields: Fields| -> Vec<String> {
+            let mut names: Vec<_> = fields.headers.keys().map(ToString::to_string).collect();
+            names.extend(fields.status.map(|status| status.as_str().to_owned()));
+            names
+        };
+        // A size update, then `x-a: 1` added to the table (6.2.1, new name).
+        let mut first = vec![0x3f, 0x45]; // size 100
+        first.extend_from_slice(&[0x40, 3, b'x', b'-', b'a', 1, b'1']);
+        assert_eq!(names(decoder.decode(&first).unwrap()), ["x-a"]);
+        // Index 62, the table's first entry, is that field.
+        let second = decoder.decode(&[INDEXED | 62]).unwrap();
+        assert_eq!(second.headers["x-a"], "1");
+        // A size of 0 evicts it: the same index no longer decodes.
+        assert_eq!(names(decoder.decode(&[0x20, 0x88]).unwrap()), ["200"]);
+        assert!(decoder.decode(&[INDEXED | 62]).is_err());
+        // Over the size this client allows (4096): the connection's error.
+        assert!(decoder.decode(&[0x3f, 0xe2, 0x1f, 0x88]).is_err());
+    }
+
+    #[test]
     fn sensitive_values_are_never_indexed_literals() {
         let mut block = Vec::new();
         field(&mut block, "x-request-id", b"abc", true);
