@@ -26,10 +26,12 @@ use tokio::task::JoinSet;
 use tonic::metadata::MetadataMap;
 
 use super::{
+    connection::UnaryCall,
     deadline::Deadline,
+    http2::{BodyError, Exchange},
     protocol::{
-        frame, protocol_error, reply_head, request_headers, Failures, Payload, ReplyHead,
-        ReplyReader,
+        frame, protocol_error, reply_head, request_headers, trailers_status, Failures, Payload,
+        ReplyHead, ReplyReader,
     },
     Upstream,
 };
@@ -96,17 +98,24 @@ pub fn unary<'a>(
     metadata: MetadataMap,
     deadline: Deadline,
 ) -> impl Future<Output = Result<Reply, Error>> + Send + 'a {
-    let headers = request_headers(metadata, Some(deadline.header(upstream)));
+    let timeout = deadline.header(upstream);
+    let metadata = metadata.into_headers();
     let frame = frame(message);
     async move {
         let failures = Failures::new(upstream, Some(deadline));
         let call = async {
-            let response = upstream
+            let exchange = upstream
                 .connection()
-                .send(path, headers, frame?)
+                .unary(UnaryCall {
+                    path: &path,
+                    timeout: &timeout,
+                    metadata: &metadata,
+                    body: frame?,
+                    limit: upstream.max_response_bytes,
+                })
                 .await
                 .map_err(|err| failures.transport(&err))?;
-            one_reply(upstream, response, failures).await
+            exchange_reply(exchange, failures)
         };
         match tokio::time::timeout(deadline.timeout(), call).await {
             Ok(reply) => reply,
@@ -201,9 +210,35 @@ impl ReplyStream {
     }
 }
 
-/// The one message of a unary or client-streaming reply, with the reply's
-/// headers and trailers.
-async fn one_reply(
+/// The one message of a unary reply that this crate's HTTP/2 client read
+/// whole: judged in the order [`one_reply`] reads a reply as it comes.
+fn exchange_reply(exchange: Exchange, failures: Failures<'_>) -> Result<Reply, Error> {
+    let Exchange {
+        head,
+        body,
+        trailers,
+    } = exchange;
+    if reply_head(head.status, &head.headers, failures)? == ReplyHead::EndedOk {
+        return Err(protocol_error("an OK status without a reply message"));
+    }
+    let reply = body.map_err(|error| match error {
+        BodyError::Message(error) => error,
+        BodyError::Stream(error) => failures.transport(&error),
+    })?;
+    let trailers = trailers_status(trailers, failures)?;
+    let Some(reply) = reply else {
+        return Err(protocol_error("an OK status without a reply message"));
+    };
+    Ok(Reply {
+        message: reply,
+        headers: head.headers,
+        trailers,
+    })
+}
+
+/// The one message of a client-streaming reply, with the reply's headers
+/// and trailers.
+pub(super) async fn one_reply(
     upstream: &Upstream,
     response: ResponseFuture,
     failures: Failures<'_>,
@@ -212,7 +247,7 @@ async fn one_reply(
         .await
         .map_err(|err| failures.transport(&err))?
         .into_parts();
-    if reply_head(&head, failures)? == ReplyHead::EndedOk {
+    if reply_head(head.status, &head.headers, failures)? == ReplyHead::EndedOk {
         return Err(protocol_error("an OK status without a reply message"));
     }
     let mut body = ReplyReader::new(body, upstream.max_response_bytes);
@@ -246,7 +281,7 @@ async fn until_first_reply(
             .await
             .map_err(|err| failures.transport(&err))?
             .into_parts();
-        let body = match reply_head(&head, failures)? {
+        let body = match reply_head(head.status, &head.headers, failures)? {
             ReplyHead::Messages => Some(ReplyReader::new(body, upstream.max_response_bytes)),
             ReplyHead::EndedOk => None,
         };

@@ -1,16 +1,21 @@
-//! The transport of every upstream call: one HTTP/2 connection (the `h2`
-//! crate) to an upstream, h2c (`http://`) or TLS (`https://`, ALPN `h2`),
-//! connected at the first call and again after it closed. A call opens a
-//! stream on it and reads the reply in the calling task. A serving worker
-//! has one of its own, driven by its runtime; other threads (health
-//! probes, embedders) share one. Through hyper's client each call would be
-//! handed to the connection task over a channel and spawn two tasks of its
-//! own (one to wait for send capacity, one for the reply); through tonic's
-//! `Channel`, a buffer task and origin, user-agent, timeout and reconnect
-//! layers come on top -- machinery for sharing a connection across
-//! threads, which a connection that never leaves its thread does not need
-//! (callgrind, instructions per GET: ~10k for tonic's channel layers, then
-//! ~21k for hyper's per-call tasks and tonic's codec streams).
+//! The transport of every upstream call, and the choice of client for it.
+//! Unary calls go on a connection of this crate's own HTTP/2 client
+//! ([`super::http2`]), written for them alone; streaming calls go on a
+//! connection of the `h2` crate. Both are h2c (`http://`) or TLS
+//! (`https://`, ALPN `h2`), connected at the first call and again after
+//! they closed. A call opens a stream on one and reads the reply in the
+//! calling task. A serving worker has its own pair, driven by its runtime;
+//! other threads (health probes, embedders) share one. Through hyper's
+//! client each call would be handed to the connection task over a channel
+//! and spawn two tasks of its own (one to wait for send capacity, one for
+//! the reply); through tonic's `Channel`, a buffer task and origin,
+//! user-agent, timeout and reconnect layers come on top -- machinery for
+//! sharing a connection across threads, which a connection that never
+//! leaves its thread does not need (callgrind, instructions per GET: ~10k
+//! for tonic's channel layers, then ~21k for hyper's per-call tasks and
+//! tonic's codec streams). `h2`'s own client, for a unary call, costs
+//! ~25k more than the one written for it (its stream state machine,
+//! priorities, an `http::Request` turned into Huffman-coded HPACK).
 
 use std::{
     fmt,
@@ -27,10 +32,18 @@ use h2::{
     client::{ResponseFuture, SendRequest},
     SendStream,
 };
-use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{
+    uri::{Authority, PathAndQuery, Scheme, Uri},
+    HeaderMap, HeaderValue,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::tls::UpstreamTls;
+use super::{
+    deadline::GRPC_TIMEOUT,
+    http2::{self, Exchange, RequestHead},
+    protocol::{fixed_request_headers, is_fixed_request_header},
+    tls::UpstreamTls,
+};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -44,17 +57,36 @@ pub(crate) struct Target {
     /// For `https://`: the TLS handshake before HTTP/2's.
     tls: Option<UpstreamTls>,
     connect_timeout: Duration,
+    /// What every unary call's request starts with, encoded once.
+    unary_head: RequestHead,
 }
 
-/// An HTTP/2 connection to an upstream, connected at the first call and
-/// again after it closed.
+/// An upstream's two HTTP/2 connections, each connected at its first call
+/// and again after it closed: this crate's client for unary calls, `h2`'s
+/// for streaming ones.
 pub(crate) struct Connection {
     target: Arc<Target>,
-    /// The open connection; read without locking on every call.
+    /// The open `h2` connection; read without locking on every call.
     open: ArcSwapOption<Open>,
     /// Held while connecting, so that calls arriving meanwhile wait for that
     /// connection instead of each making one.
     connecting: tokio::sync::Mutex<()>,
+    /// The open connection for unary calls, and the same lock for it.
+    unary: ArcSwapOption<http2::Client>,
+    connecting_unary: tokio::sync::Mutex<()>,
+}
+
+/// One unary call, as [`Connection::unary`] sends it.
+#[derive(Debug)]
+pub(crate) struct UnaryCall<'a> {
+    pub(crate) path: &'a PathAndQuery,
+    /// `grpc-timeout`.
+    pub(crate) timeout: &'a HeaderValue,
+    pub(crate) metadata: &'a HeaderMap,
+    /// The request message, framed.
+    pub(crate) body: Bytes,
+    /// The largest reply message accepted.
+    pub(crate) limit: usize,
 }
 
 /// A connection's handle for opening streams, whether its task ended, and
@@ -91,13 +123,23 @@ impl Target {
         {
             return None;
         }
-        let authority = tls.as_ref().and_then(|tls| tls.authority.clone());
+        let authority = tls
+            .as_ref()
+            .and_then(|tls| tls.authority.clone())
+            .unwrap_or_else(|| address.clone());
+        let fixed = fixed_request_headers();
+        let unary_head = RequestHead::new(
+            scheme.as_str(),
+            authority.as_str(),
+            fixed.iter().map(|(name, value)| (name, value)),
+        );
         Some(Self {
             scheme,
-            authority: authority.unwrap_or_else(|| address.clone()),
+            authority,
             address,
             tls,
             connect_timeout,
+            unary_head,
         })
     }
 }
@@ -119,7 +161,39 @@ impl Connection {
             target,
             open: ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
+            unary: ArcSwapOption::empty(),
+            connecting_unary: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Sends a unary call on this crate's client and waits for its reply;
+    /// dropping the future resets the stream.
+    pub(crate) async fn unary(&self, call: UnaryCall<'_>) -> Result<Exchange, BoxError> {
+        let client = match self.unary.load_full().filter(|client| client.is_open()) {
+            Some(client) => client,
+            None => Box::pin(self.connect_unary()).await?,
+        };
+        let request = http2::Request {
+            head: &self.target.unary_head,
+            path: call.path.as_str(),
+            timeout: Some((&GRPC_TIMEOUT, call.timeout)),
+            metadata: call.metadata,
+            replaced: is_fixed_request_header,
+            body: call.body,
+            limit: call.limit,
+        };
+        Ok(client.call(request).await?)
+    }
+
+    /// The open unary connection, or a new one.
+    async fn connect_unary(&self) -> Result<Arc<http2::Client>, BoxError> {
+        let _connecting = self.connecting_unary.lock().await;
+        if let Some(client) = self.unary.load_full().filter(|client| client.is_open()) {
+            return Ok(client);
+        }
+        let client = Arc::new(connect(&self.target, OwnClient).await?);
+        self.unary.store(Some(client.clone()));
+        Ok(client)
     }
 
     /// Opens a stream for `POST path` with `headers`, sends `body` as its
@@ -175,13 +249,7 @@ impl Connection {
         }
         // Boxed: the handshake's future is large, and every future that
         // awaits a call up to the connection's task would carry its size.
-        let target = &self.target;
-        let open = Box::pin(connect(
-            target.address.clone(),
-            target.tls.as_ref(),
-            target.connect_timeout,
-        ))
-        .await?;
+        let open = Box::pin(connect(&self.target, H2Client)).await?;
         let sender = open.sender.clone();
         open.names_seeded.store(true, Ordering::Relaxed);
         self.open.store(Some(Arc::new(open)));
@@ -209,15 +277,29 @@ impl fmt::Debug for Connection {
     }
 }
 
-/// Connects to `address` (and starts TLS within the same `timeout`), then
-/// starts driving the HTTP/2 connection on the calling runtime.
-async fn connect(
-    address: Authority,
-    tls: Option<&UpstreamTls>,
-    timeout: Duration,
-) -> Result<Open, BoxError> {
+/// How a client starts HTTP/2 on a connected stream, TCP or TLS.
+trait Handshake {
+    type Client;
+
+    async fn start<T>(self, io: T, address: &Authority) -> Result<Self::Client, BoxError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+}
+
+/// `h2`'s client, for streaming calls.
+struct H2Client;
+
+/// This crate's client, for unary calls.
+struct OwnClient;
+
+/// Connects to the target's address (and starts TLS within the same
+/// timeout), then starts `client`'s HTTP/2 on it, driven on the calling
+/// runtime.
+async fn connect<H: Handshake>(target: &Target, client: H) -> Result<H::Client, BoxError> {
+    let address = &target.address;
+    let tls = target.tls.as_ref();
     let timed_out = || std::io::Error::from(std::io::ErrorKind::TimedOut);
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = tokio::time::Instant::now() + target.connect_timeout;
     let port = address
         .port_u16()
         .unwrap_or(if tls.is_some() { 443 } else { 80 });
@@ -229,44 +311,60 @@ async fn connect(
     .map_err(|_| timed_out())??;
     tcp.set_nodelay(true)?;
     match tls {
-        None => start(tcp, address).await,
+        None => client.start(tcp, address).await,
         Some(tls) => {
             let handshake = tls.connector.connect(tls.server_name.clone(), tcp);
             let stream = tokio::time::timeout_at(deadline, handshake)
                 .await
                 .map_err(|_| timed_out())??;
-            start(stream, address).await
+            client.start(stream, address).await
         }
     }
 }
 
-/// The HTTP/2 handshake on `io`, and the connection's task. Flow-control
-/// windows as hyper's client sets them, so that large replies do not wait
-/// for window updates.
-async fn start<T>(io: T, address: Authority) -> Result<Open, BoxError>
-where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, connection) = h2::client::Builder::new()
-        .initial_window_size(2 << 20)
-        .initial_connection_window_size(5 << 20)
-        .max_send_buffer_size(1 << 20)
-        .enable_push(false)
-        .handshake(io)
-        .await?;
-    let closed = Arc::new(AtomicBool::new(false));
-    let ended = MarkClosed(closed.clone());
-    tokio::spawn(async move {
-        let _ended = ended;
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, %address, "upstream connection ended with an error");
-        }
-    });
-    Ok(Open {
-        sender,
-        closed,
-        names_seeded: AtomicBool::new(false),
-    })
+impl Handshake for OwnClient {
+    type Client = http2::Client;
+
+    async fn start<T>(self, io: T, _: &Authority) -> Result<http2::Client, BoxError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        Ok(http2::start(io))
+    }
+}
+
+impl Handshake for H2Client {
+    type Client = Open;
+
+    /// The HTTP/2 handshake on `io`, and the connection's task. Flow-control
+    /// windows as hyper's client sets them, so that large replies do not
+    /// wait for window updates.
+    async fn start<T>(self, io: T, address: &Authority) -> Result<Open, BoxError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let address = address.clone();
+        let (sender, connection) = h2::client::Builder::new()
+            .initial_window_size(2 << 20)
+            .initial_connection_window_size(5 << 20)
+            .max_send_buffer_size(1 << 20)
+            .enable_push(false)
+            .handshake(io)
+            .await?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let ended = MarkClosed(closed.clone());
+        tokio::spawn(async move {
+            let _ended = ended;
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, %address, "upstream connection ended with an error");
+            }
+        });
+        Ok(Open {
+            sender,
+            closed,
+            names_seeded: AtomicBool::new(false),
+        })
+    }
 }
 
 /// Marks a connection closed when its task ends, or is dropped with the

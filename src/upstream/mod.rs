@@ -1,9 +1,10 @@
 //! Upstreams: the configured `pattern → URL`s, resolved for a service by
-//! longest match, and their lazily made HTTP/2 connections: one per serving
-//! worker thread, driven by that worker's runtime, and one shared by other
-//! threads (health probes, embedders). Every kind of call takes the same
-//! way (`call`, `protocol`, `connection`); the thread only picks which of
-//! the upstream's connections it goes on. Connections live outside the
+//! longest match, and their lazily made HTTP/2 connections: a pair per
+//! serving worker thread (unary calls on this crate's client, `http2`;
+//! streaming calls on `h2`'s), driven by that worker's runtime, and a pair
+//! shared by other threads (health probes, embedders). Every kind of call
+//! takes the same way (`call`, `protocol`, `connection`); the thread only
+//! picks which of the upstream's connections it goes on. Connections live outside the
 //! catalog so that a reload never reconnects them. A server read by schema
 //! discovery is an upstream of its own ([`Upstream::standalone`]), called
 //! the same way on its shared connection.
@@ -12,6 +13,7 @@ mod call;
 mod connection;
 mod deadline;
 mod health;
+mod http2;
 mod protocol;
 mod tls;
 

@@ -48,16 +48,35 @@ pub enum Payload {
 /// `grpc-timeout` when the call has a deadline.
 pub(super) fn request_headers(metadata: MetadataMap, timeout: Option<HeaderValue>) -> HeaderMap {
     let mut headers = metadata.into_headers();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    let [content_type, te, user_agent] = fixed_request_headers();
+    headers.insert(content_type.0, content_type.1);
+    headers.insert(te.0, te.1);
     if let Some(timeout) = timeout {
         headers.insert(GRPC_TIMEOUT, timeout);
     }
-    headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+    headers.insert(user_agent.0, user_agent.1);
     headers
+}
+
+/// The headers every call sends, whatever its metadata.
+pub(super) fn fixed_request_headers() -> [(HeaderName, HeaderValue); 3] {
+    [
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        ),
+        (header::TE, HeaderValue::from_static("trailers")),
+        (header::USER_AGENT, HeaderValue::from_static(USER_AGENT)),
+    ]
+}
+
+/// Whether a metadata entry of this name gives way to gRPC's own headers
+/// (the fixed ones and `grpc-timeout`), as `request_headers` replaces it.
+pub(super) fn is_fixed_request_header(name: &HeaderName) -> bool {
+    *name == header::CONTENT_TYPE
+        || *name == header::TE
+        || *name == header::USER_AGENT
+        || *name == GRPC_TIMEOUT
 }
 
 /// `message` as one uncompressed gRPC frame: flag, big-endian length, bytes.
@@ -94,17 +113,18 @@ pub(super) enum ReplyHead {
 /// Reads a reply's head: a status in the headers (trailers-only) ends the
 /// call, an error status fails it; a reply without one must be HTTP 200.
 pub(super) fn reply_head(
-    head: &http::response::Parts,
+    status: StatusCode,
+    headers: &HeaderMap,
     failures: Failures<'_>,
 ) -> Result<ReplyHead, Error> {
-    if let Some(status) = grpc_status(&head.headers) {
-        status.map_err(|status| failures.status(status))?;
+    if let Some(grpc) = grpc_status(headers) {
+        grpc.map_err(|grpc| failures.status(grpc))?;
         return Ok(ReplyHead::EndedOk);
     }
-    if head.status != StatusCode::OK {
+    if status != StatusCode::OK {
         return Err(Error::Upstream(Status::new(
-            code_for_http_status(head.status),
-            format!("upstream answered HTTP {}", head.status),
+            code_for_http_status(status),
+            format!("upstream answered HTTP {status}"),
         )));
     }
     Ok(ReplyHead::Messages)
@@ -154,13 +174,21 @@ impl ReplyReader {
             .body
             .trailers()
             .await
-            .map_err(|err| failures.transport(&err))?
-            .ok_or_else(|| protocol_error("a reply without a grpc-status"))?;
-        match grpc_status(&trailers) {
-            Some(Ok(())) => Ok(trailers),
-            Some(Err(status)) => Err(failures.status(status)),
-            None => Err(protocol_error("a reply without a grpc-status")),
-        }
+            .map_err(|err| failures.transport(&err))?;
+        trailers_status(trailers, failures)
+    }
+}
+
+/// A reply's trailers, when there are some and their status is OK.
+pub(super) fn trailers_status(
+    trailers: Option<HeaderMap>,
+    failures: Failures<'_>,
+) -> Result<HeaderMap, Error> {
+    let trailers = trailers.ok_or_else(|| protocol_error("a reply without a grpc-status"))?;
+    match grpc_status(&trailers) {
+        Some(Ok(())) => Ok(trailers),
+        Some(Err(status)) => Err(failures.status(status)),
+        None => Err(protocol_error("a reply without a grpc-status")),
     }
 }
 
@@ -168,7 +196,7 @@ impl ReplyReader {
 /// A message inside one frame is sliced out of it; one split across frames
 /// is gathered once, into a buffer of its whole size.
 #[derive(Debug)]
-struct Messages {
+pub(super) struct Messages {
     /// The rest of the last DATA frame, not yet cut.
     held: Bytes,
     /// A message (from its prefix on) that spans DATA frames.
@@ -177,7 +205,7 @@ struct Messages {
 }
 
 impl Messages {
-    fn new(limit: usize) -> Self {
+    pub(super) fn new(limit: usize) -> Self {
         Self {
             held: Bytes::new(),
             gathered: BytesMut::new(),
@@ -186,13 +214,13 @@ impl Messages {
     }
 
     /// The next DATA frame, once [`Messages::next`] has taken all of the last.
-    fn push(&mut self, chunk: Bytes) {
+    pub(super) fn push(&mut self, chunk: Bytes) {
         debug_assert!(self.held.is_empty());
         self.held = chunk;
     }
 
     /// The next whole message in what was pushed, if there is one.
-    fn next(&mut self) -> Result<Option<Bytes>, Error> {
+    pub(super) fn next(&mut self) -> Result<Option<Bytes>, Error> {
         loop {
             if self.gathered.is_empty() {
                 if let Some(len) = frame_len(&self.held, self.limit)? {
@@ -224,7 +252,7 @@ impl Messages {
     }
 
     /// At the end of the body: nothing may be left of a message.
-    fn finish(&self) -> Result<(), Error> {
+    pub(super) fn finish(&self) -> Result<(), Error> {
         if self.held.is_empty() && self.gathered.is_empty() {
             Ok(())
         } else {
