@@ -292,8 +292,8 @@ impl Decoder {
                 }
                 regular = true;
                 let (Ok(name), Ok(value)) = (
-                    HeaderName::from_lowercase(&name),
-                    HeaderValue::from_bytes(&value),
+                    known_name(&name).map_or_else(|| HeaderName::from_lowercase(&name), Ok),
+                    known_value(&value).map_or_else(|| HeaderValue::from_bytes(&value), Ok),
                 ) else {
                     fields.malformed = Some("an invalid header name or value");
                     return;
@@ -306,6 +306,28 @@ impl Decoder {
             })?;
         Ok(fields)
     }
+}
+
+/// The names every gRPC reply carries, without parsing or allocating them.
+fn known_name(name: &[u8]) -> Option<HeaderName> {
+    Some(match name {
+        b"content-type" => http::header::CONTENT_TYPE,
+        b"grpc-status" => HeaderName::from_static("grpc-status"),
+        b"grpc-message" => HeaderName::from_static("grpc-message"),
+        b"grpc-encoding" => HeaderName::from_static("grpc-encoding"),
+        b"grpc-accept-encoding" => HeaderName::from_static("grpc-accept-encoding"),
+        b"date" => http::header::DATE,
+        _ => return None,
+    })
+}
+
+/// The values every gRPC reply carries, without copying them.
+fn known_value(value: &[u8]) -> Option<HeaderValue> {
+    Some(match value {
+        b"application/grpc" => HeaderValue::from_static("application/grpc"),
+        b"0" => HeaderValue::from_static("0"),
+        _ => return None,
+    })
 }
 
 /// Fields that HTTP/2 forbids (RFC 9113 §8.2.2).
@@ -323,6 +345,28 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn known_fields_are_what_parsing_them_makes() {
+        let names = [
+            "content-type",
+            "grpc-status",
+            "grpc-message",
+            "grpc-encoding",
+            "grpc-accept-encoding",
+            "date",
+        ];
+        for name in names {
+            let known = known_name(name.as_bytes());
+            assert_eq!(known, Some(HeaderName::from_lowercase(name.as_bytes()).unwrap()));
+        }
+        assert_eq!(known_name(b"grpc-statu"), None);
+        for value in ["application/grpc", "0"] {
+            let known = known_value(value.as_bytes());
+            assert_eq!(known, Some(HeaderValue::from_bytes(value.as_bytes()).unwrap()));
+        }
+        assert_eq!(known_value(b"00"), None);
+    }
 
     /// Every static entry by its index, as the decoder reads it.
     fn static_table() -> Vec<(String, Vec<u8>)> {
