@@ -73,6 +73,17 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// A unary or client-streaming reply: an OK status needs its message.
+    fn of(message: Option<Bytes>, headers: HeaderMap, trailers: HeaderMap) -> Result<Self, Error> {
+        let message =
+            message.ok_or_else(|| protocol_error("an OK status without a reply message"))?;
+        Ok(Self {
+            message,
+            headers,
+            trailers,
+        })
+    }
+
     /// The headers and trailers as one map: merged only when asked for,
     /// since most callers drop them.
     pub fn metadata(self) -> HeaderMap {
@@ -226,14 +237,7 @@ fn exchange_reply(exchange: Exchange, failures: Failures<'_>) -> Result<Reply, E
         BodyError::Stream(error) => failures.transport(&error),
     })?;
     let trailers = trailers_status(trailers, failures)?;
-    let Some(reply) = reply else {
-        return Err(protocol_error("an OK status without a reply message"));
-    };
-    Ok(Reply {
-        message: reply,
-        headers: head.headers,
-        trailers,
-    })
+    Reply::of(reply, head.headers, trailers)
 }
 
 /// The one message of a client-streaming reply, with the reply's headers
@@ -256,14 +260,7 @@ pub(super) async fn one_reply(
     // dropped, as tonic does.
     while body.message(failures).await?.is_some() {}
     let trailers = body.trailers(failures).await?;
-    let Some(reply) = reply else {
-        return Err(protocol_error("an OK status without a reply message"));
-    };
-    Ok(Reply {
-        message: reply,
-        headers: head.headers,
-        trailers,
-    })
+    Reply::of(reply, head.headers, trailers)
 }
 
 /// Opens the reply stream and waits for its first message, both within the

@@ -358,12 +358,18 @@ mod tests {
         ];
         for name in names {
             let known = known_name(name.as_bytes());
-            assert_eq!(known, Some(HeaderName::from_lowercase(name.as_bytes()).unwrap()));
+            assert_eq!(
+                known,
+                Some(HeaderName::from_lowercase(name.as_bytes()).unwrap())
+            );
         }
         assert_eq!(known_name(b"grpc-statu"), None);
         for value in ["application/grpc", "0"] {
             let known = known_value(value.as_bytes());
-            assert_eq!(known, Some(HeaderValue::from_bytes(value.as_bytes()).unwrap()));
+            assert_eq!(
+                known,
+                Some(HeaderValue::from_bytes(value.as_bytes()).unwrap())
+            );
         }
         assert_eq!(known_value(b"00"), None);
     }
