@@ -77,9 +77,10 @@ impl RequestIds {
 /// A value that differs on every request (ids, times): marked so that HPACK
 /// sends it as a literal instead of adding it to the connection's dynamic
 /// table, where it would only evict reusable entries (and cost a table
-/// search and insertion per request). HTTP/1.1 ignores the mark. An
-/// upstream connection lifts it on its first call, so that the names enter
-/// its table and later calls refer to them by index (`upstream::connection`).
+/// search and insertion per request). HTTP/1.1 ignores the mark. The
+/// streaming calls' upstream connection (`h2`'s) lifts it on its first
+/// call, so that the names enter its table and later calls refer to them
+/// by index; the unary calls' client never indexes (`upstream::connection`).
 pub(crate) fn unique(mut value: HeaderValue) -> HeaderValue {
     value.set_sensitive(true);
     value
