@@ -788,6 +788,8 @@ async fn a_null_list_of_values_is_refused_and_its_two_meanings_are_taken_as_writ
             Code::InvalidArgument,
             &format!("invalid `{field}`: null is no list here: send [] for none, or [null] for one null value"),
         );
+        let violation = &body["details"][0]["fieldViolations"][0];
+        assert_eq!(violation["field"], field, "{body}");
         let (status, body) = gw.post("/v1/echo", json!({ field: [null] })).await;
         assert_eq!(status, 200, "{body}");
         // A `NullValue` prints as `null` too.
