@@ -239,7 +239,7 @@ impl Answering {
     ) -> impl Future<Output = Response> + Send + '_ {
         // On the heap once: the timeout and the unwind guard then move a
         // pointer, not the whole request future.
-        let routed = Box::pin(self.route(request, request_id.clone()));
+        let routed = boxed::pinned(|| self.route(request, request_id.clone()));
         let guarded = AssertUnwindSafe(tokio::time::timeout(self.request_timeout, routed));
         async move {
             let response = match guarded.catch_unwind().await {
