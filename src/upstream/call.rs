@@ -128,7 +128,7 @@ pub fn unary<'a>(
                 .map_err(|err| failures.transport(&err))?;
             exchange_reply(exchange, failures)
         };
-        match tokio::time::timeout(deadline.timeout(), call).await {
+        match tokio::time::timeout_at(deadline.at(), call).await {
             Ok(reply) => reply,
             Err(_) => Err(failures.timed_out()),
         }
@@ -155,7 +155,7 @@ pub async fn client_streaming(
         let _sending = send_in_background(stream, messages);
         one_reply(upstream, response, failures).await
     };
-    match tokio::time::timeout(deadline.timeout(), call).await {
+    match tokio::time::timeout_at(deadline.at(), call).await {
         Ok(reply) => reply.map(|reply| reply.message),
         Err(_) => Err(failures.timed_out()),
     }

@@ -31,6 +31,21 @@ impl Deadline {
         self.timeout
     }
 
+    /// When the call started: the clock read once for the deadline and
+    /// for the call's latency.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// When the call times out, for a timer that need not read the clock
+    /// again. A longer timeout than tokio's timers take (an upstream's may
+    /// be set to anything) is their longest, 30 years: the sum cannot
+    /// overflow.
+    pub(super) fn at(&self) -> tokio::time::Instant {
+        const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+        (self.started + self.timeout.min(FAR)).into()
+    }
+
     pub(super) fn expired(&self) -> bool {
         self.started.elapsed() >= self.timeout
     }
@@ -109,6 +124,22 @@ fn parse_grpc_timeout(text: &[u8]) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deadline_is_its_start_plus_its_timeout_and_any_timeout_has_one() {
+        let started = Instant::now();
+        let deadline = Deadline {
+            timeout: Duration::from_millis(250),
+            started,
+        };
+        assert_eq!(deadline.at().into_std(), started + Duration::from_millis(250));
+        let endless = Deadline {
+            timeout: Duration::MAX,
+            started,
+        };
+        let far = endless.at().into_std() - started;
+        assert_eq!(far, Duration::from_secs(86_400 * 365 * 30));
+    }
 
     #[test]
     fn a_clients_grpc_timeout_is_read_as_grpc_spells_it() {
