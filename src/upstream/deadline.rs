@@ -132,7 +132,10 @@ mod tests {
             timeout: Duration::from_millis(250),
             started,
         };
-        assert_eq!(deadline.at().into_std(), started + Duration::from_millis(250));
+        assert_eq!(
+            deadline.at().into_std(),
+            started + Duration::from_millis(250)
+        );
         let endless = Deadline {
             timeout: Duration::MAX,
             started,
