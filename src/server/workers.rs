@@ -21,7 +21,16 @@
 //! 1000`: ~80 µs of CPU per GET moving, ~60 µs pinned), and the load kept
 //! on few workers keeps it on few CPUs.
 
-use std::{future::Future, io, net::SocketAddr, sync::Arc, thread};
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    thread,
+};
 
 use tokio::{
     net::TcpStream,
@@ -44,8 +53,9 @@ type Accepted = (std::net::TcpStream, SocketAddr, Slot, bool);
 pub(super) type TlsListener = (Acceptor, Arc<Termination>);
 
 /// The CPU each worker runs on: those the process may use, in turn, from
-/// one that depends on the process, so that gateways sharing a machine do
-/// not all put their first worker (the one always active) on one CPU.
+/// one that depends on the process (and on how many gateways it started
+/// before), so that gateways sharing a machine do not all put their first
+/// worker (the one always active) on one CPU.
 #[derive(Debug, Clone)]
 pub(super) struct Placement {
     cpus: Vec<usize>,
@@ -56,14 +66,20 @@ impl Placement {
     /// `None` where there is no choice to make (one CPU) or the CPUs the
     /// process may use cannot be read.
     pub(super) fn of_this_process() -> Option<Self> {
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
         let allowed = rustix::thread::sched_getaffinity(None).ok()?;
         let cpus: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU)
             .filter(|&cpu| allowed.is_set(cpu))
             .collect();
+        Self::new(cpus, STARTED.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// On `cpus`, for the process's gateway number `started`.
+    fn new(cpus: Vec<usize>, started: usize) -> Option<Self> {
         if cpus.len() < 2 {
             return None;
         }
-        let first = std::process::id() as usize % cpus.len();
+        let first = (std::process::id() as usize).wrapping_add(started) % cpus.len();
         Some(Self { cpus, first })
     }
 
@@ -295,12 +311,18 @@ mod tests {
             return;
         };
         assert_eq!(placement.cpus, allowed);
-        let first = std::process::id() as usize % allowed.len();
         let cpus: Vec<usize> = (0..2 * allowed.len()).map(|w| placement.cpu(w)).collect();
         let expected: Vec<usize> = (0..2 * allowed.len())
-            .map(|w| allowed[(first + w) % allowed.len()])
+            .map(|w| allowed[(placement.first + w) % allowed.len()])
             .collect();
         assert_eq!(cpus, expected);
+        // The process's next gateway starts on the next CPU.
+        let (this, next) = (
+            Placement::new(vec![4, 6], 0).unwrap(),
+            Placement::new(vec![4, 6], 1).unwrap(),
+        );
+        assert_eq!([this.cpu(0), this.cpu(1)], [next.cpu(1), next.cpu(0)]);
+        assert!(Placement::new(vec![3], 0).is_none(), "one CPU is no choice");
     }
 
     #[test]
