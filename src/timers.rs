@@ -76,7 +76,10 @@ pub(crate) struct Timer {
 impl Timer {
     /// A timer that fires at `deadline`: a kept one if there is one.
     pub(crate) fn until(deadline: Instant, kind: Kind) -> Self {
-        let kept = POOLS.with_borrow_mut(|pools| pools.as_mut()?[kind as usize].pop());
+        let kept = POOLS
+            .try_with(|pools| pools.try_borrow_mut().ok()?.as_mut()?[kind as usize].pop())
+            .ok()
+            .flatten();
         let sleep = match kept {
             Some(mut sleep) => {
                 sleep.as_mut().reset(deadline);
