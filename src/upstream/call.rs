@@ -23,12 +23,12 @@ use futures_util::{future::poll_fn, Stream, StreamExt as _};
 use h2::{client::ResponseFuture, Reason, SendStream};
 use http::{uri::PathAndQuery, HeaderMap};
 use tokio::task::JoinSet;
-use tonic::metadata::MetadataMap;
 
 use super::{
     connection::UnaryCall,
     deadline::Deadline,
     http2::{BodyError, Exchange},
+    metadata::Metadata,
     protocol::{
         frame, protocol_error, reply_head, request_headers, trailers_status, Failures, Payload,
         ReplyHead, ReplyReader,
@@ -106,11 +106,10 @@ pub fn unary<'a>(
     upstream: &'a Upstream,
     path: PathAndQuery,
     message: &Payload,
-    metadata: MetadataMap,
+    metadata: Metadata,
     deadline: Deadline,
 ) -> impl Future<Output = Result<Reply, Error>> + Send + 'a {
     let timeout = deadline.header(upstream);
-    let metadata = metadata.into_headers();
     let frame = frame(message);
     async move {
         let failures = Failures::new(upstream, Some(deadline));
@@ -141,7 +140,7 @@ pub async fn client_streaming(
     upstream: &Upstream,
     path: PathAndQuery,
     messages: impl Stream<Item = Outgoing> + Send + 'static,
-    metadata: MetadataMap,
+    metadata: Metadata,
     deadline: Deadline,
 ) -> Result<Bytes, Error> {
     let headers = request_headers(metadata, Some(deadline.header(upstream)));
@@ -166,7 +165,7 @@ pub async fn server_streaming(
     upstream: &Arc<Upstream>,
     path: PathAndQuery,
     message: Payload,
-    metadata: MetadataMap,
+    metadata: Metadata,
 ) -> Result<ReplyStream, Error> {
     let headers = request_headers(metadata, None);
     let frame = frame(&message)?;
@@ -187,7 +186,7 @@ pub async fn bidi_streaming(
     upstream: &Arc<Upstream>,
     path: PathAndQuery,
     messages: impl Stream<Item = Outgoing> + Send + 'static,
-    metadata: MetadataMap,
+    metadata: Metadata,
 ) -> Result<ReplyStream, Error> {
     let headers = request_headers(metadata, None);
     let failures = Failures::new(upstream, None);

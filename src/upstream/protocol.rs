@@ -16,10 +16,11 @@ use bytes::{Buf as _, Bytes, BytesMut};
 use h2::RecvStream;
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use prost_reflect::DynamicMessage;
-use tonic::{metadata::MetadataMap, Code, Status};
+use tonic::{Code, Status};
 
 use super::{
     deadline::{Deadline, GRPC_TIMEOUT},
+    metadata::Metadata,
     Upstream,
 };
 use crate::{error::Error, transcode::encode};
@@ -46,7 +47,7 @@ pub enum Payload {
 
 /// The request headers of a call: its metadata, gRPC's own headers, and
 /// `grpc-timeout` when the call has a deadline.
-pub(super) fn request_headers(metadata: MetadataMap, timeout: Option<HeaderValue>) -> HeaderMap {
+pub(super) fn request_headers(metadata: Metadata, timeout: Option<HeaderValue>) -> HeaderMap {
     let mut headers = metadata.into_headers();
     let [content_type, te, user_agent] = fixed_request_headers();
     headers.insert(content_type.0, content_type.1);

@@ -23,7 +23,10 @@ use super::{
     frame::{self, DEFAULT_MAX_FRAME, DEFAULT_WINDOW, MAX_WINDOW},
     hpack::{self, Fields, RequestHead},
 };
-use crate::{error::Error, upstream::protocol::Messages};
+use crate::{
+    error::Error,
+    upstream::{metadata::Metadata, protocol::Messages},
+};
 
 /// Each stream's receive window, as hyper's client sets it, so that large
 /// replies do not wait for window updates.
@@ -58,7 +61,7 @@ pub(in crate::upstream) struct Request<'a> {
     pub(in crate::upstream) head: &'a RequestHead,
     pub(in crate::upstream) path: &'a str,
     pub(in crate::upstream) timeout: Option<(&'a HeaderName, &'a HeaderValue)>,
-    pub(in crate::upstream) metadata: &'a HeaderMap,
+    pub(in crate::upstream) metadata: &'a Metadata,
     /// Metadata names that the head's fixed headers or `timeout` replace.
     pub(in crate::upstream) replaced: fn(&HeaderName) -> bool,
     /// The whole request body, sent with END_STREAM.

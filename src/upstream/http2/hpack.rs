@@ -9,6 +9,8 @@ use std::borrow::Cow;
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
+use crate::upstream::metadata::Metadata;
+
 /// `0x20 | 0`: the dynamic table's size set to 0, before the first field
 /// of a connection's first block (RFC 7541 §6.3).
 pub(super) const TABLE_SIZE_ZERO: u8 = 0x20;
@@ -78,6 +80,12 @@ fn static_index(name: &str, value: &[u8]) -> (Option<usize>, Option<usize>) {
         let whole = entries.iter().find(|(entry, _)| *entry == value);
         (whole.map(|(_, index)| *index), Some(first))
     };
+    if !name.starts_with(':') {
+        // Of the regular names only `accept-encoding` has a whole entry.
+        let named = static_name(name);
+        let whole = (named == Some(16) && value == b"gzip, deflate").then_some(16);
+        return (whole, named);
+    }
     match name {
         ":authority" => (None, Some(1)),
         ":method" => of(&[(b"GET", 2), (b"POST", 3)], 2),
@@ -95,14 +103,14 @@ fn static_index(name: &str, value: &[u8]) -> (Option<usize>, Option<usize>) {
             ],
             8,
         ),
-        "accept-encoding" => of(&[(b"gzip, deflate", 16)], 16),
-        _ => (None, static_name(name)),
+        _ => (None, None),
     }
 }
 
 /// The static table's index of a regular header's name: the names grouped
-/// by length, since most names a call sends are not there and differ in
-/// length from all but a few.
+/// by length and told apart by their first byte before their whole, since
+/// most names a call sends are not there and differ in length from all but
+/// a few.
 fn static_name(name: &str) -> Option<usize> {
     let names: &[(&str, usize)] = match name.len() {
         3 => &[("age", 21), ("via", 60)],
@@ -155,7 +163,7 @@ fn static_name(name: &str) -> Option<usize> {
     };
     names
         .iter()
-        .find(|(entry, _)| *entry == name)
+        .find(|(entry, _)| entry.bytes().next() == name.bytes().next() && *entry == name)
         .map(|(_, index)| *index)
 }
 
@@ -202,7 +210,7 @@ impl RequestHead {
         out: &mut Vec<u8>,
         path: &str,
         timeout: Option<(&HeaderName, &HeaderValue)>,
-        metadata: &HeaderMap,
+        metadata: &Metadata,
         replaced: impl Fn(&HeaderName) -> bool,
     ) {
         out.extend_from_slice(&self.pseudo);
