@@ -68,13 +68,13 @@ type Sending = JoinSet<()>;
 #[derive(Debug)]
 pub struct Reply {
     pub message: Bytes,
-    headers: HeaderMap,
-    trailers: HeaderMap,
+    headers: Metadata,
+    trailers: Metadata,
 }
 
 impl Reply {
     /// A unary or client-streaming reply: an OK status needs its message.
-    fn of(message: Option<Bytes>, headers: HeaderMap, trailers: HeaderMap) -> Result<Self, Error> {
+    fn of(message: Option<Bytes>, headers: Metadata, trailers: Metadata) -> Result<Self, Error> {
         let message =
             message.ok_or_else(|| protocol_error("an OK status without a reply message"))?;
         Ok(Self {
@@ -84,11 +84,12 @@ impl Reply {
         })
     }
 
-    /// The headers and trailers as one map: merged only when asked for,
-    /// since most callers drop them.
+    /// The headers and trailers as one map (a trailer replacing the
+    /// headers' values of its name): made only when asked for, since most
+    /// callers drop them.
     pub fn metadata(self) -> HeaderMap {
-        let mut headers = self.headers;
-        headers.extend(self.trailers);
+        let mut headers = self.headers.into_headers();
+        headers.extend(self.trailers.into_headers());
         headers
     }
 }
@@ -259,7 +260,7 @@ pub(super) async fn one_reply(
     // dropped, as tonic does.
     while body.message(failures).await?.is_some() {}
     let trailers = body.trailers(failures).await?;
-    Reply::of(reply, head.headers, trailers)
+    Reply::of(reply, head.headers.into(), trailers.into())
 }
 
 /// Opens the reply stream and waits for its first message, both within the

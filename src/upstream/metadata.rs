@@ -32,11 +32,14 @@ impl Metadata {
             return;
         };
         self.0[first].1 = value;
-        let mut at = 0;
-        self.0.retain(|(other, _)| {
-            at += 1;
-            at <= first + 1 || *other != name
-        });
+        let later = first + 1;
+        if self.0[later..].iter().any(|(other, _)| *other == name) {
+            let mut at = 0;
+            self.0.retain(|(other, _)| {
+                at += 1;
+                at <= later || *other != name
+            });
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -17,7 +17,7 @@ use std::{
 
 use bytes::Bytes;
 use h2::Reason;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 
 use super::{
     frame::{self, DEFAULT_MAX_FRAME, DEFAULT_WINDOW, MAX_WINDOW},
@@ -25,7 +25,10 @@ use super::{
 };
 use crate::{
     error::Error,
-    upstream::{metadata::Metadata, protocol::Messages},
+    upstream::{
+        metadata::Metadata,
+        protocol::{has_status, Messages},
+    },
 };
 
 /// Each stream's receive window, as hyper's client sets it, so that large
@@ -74,7 +77,7 @@ pub(in crate::upstream) struct Request<'a> {
 #[derive(Debug)]
 pub(in crate::upstream) struct Head {
     pub(in crate::upstream) status: StatusCode,
-    pub(in crate::upstream) headers: HeaderMap,
+    pub(in crate::upstream) headers: Metadata,
 }
 
 /// What a unary call's stream brought back once its head had come: its
@@ -84,7 +87,7 @@ pub(in crate::upstream) struct Head {
 pub(in crate::upstream) struct Exchange {
     pub(in crate::upstream) head: Head,
     pub(in crate::upstream) body: Result<Option<Bytes>, BodyError>,
-    pub(in crate::upstream) trailers: Option<HeaderMap>,
+    pub(in crate::upstream) trailers: Option<Metadata>,
 }
 
 /// Why a reply's body failed.
@@ -640,7 +643,7 @@ impl State {
     }
 
     /// The body ended (with `trailers`, or without): the call's outcome.
-    fn finish_body(&mut self, id: u32, trailers: Option<HeaderMap>) {
+    fn finish_body(&mut self, id: u32, trailers: Option<Metadata>) {
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
@@ -702,8 +705,7 @@ impl State {
         };
         // A head that ends the stream, carries a status (trailers-only) or
         // is no HTTP 200 says all that the call will read.
-        let complete =
-            end_stream || status != StatusCode::OK || head.headers.contains_key("grpc-status");
+        let complete = end_stream || status != StatusCode::OK || has_status(&head.headers);
         if end_stream {
             stream.remote_ended = true;
         }
