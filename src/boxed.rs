@@ -1,6 +1,6 @@
 //! Boxing a future where it will live.
 
-use std::{future::Future, mem::MaybeUninit};
+use std::{future::Future, mem::MaybeUninit, pin::Pin};
 
 use futures_util::future::BoxFuture;
 
@@ -11,6 +11,11 @@ use futures_util::future::BoxFuture;
 pub(crate) fn in_place<F: Future + Send + 'static>(
     make: impl FnOnce() -> F,
 ) -> BoxFuture<'static, F::Output> {
+    pinned(make)
+}
+
+/// [`in_place`] for a future that borrows: the same box, not type-erased.
+pub(crate) fn pinned<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
     let slot: Box<MaybeUninit<F>> = Box::new_uninit();
     let future: Box<F> = Box::write(slot, make());
     Box::into_pin(future)

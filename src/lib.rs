@@ -34,6 +34,7 @@ pub mod router;
 pub mod server;
 #[cfg(any(test, fuzzing))]
 mod testing;
+mod timers;
 pub mod tls;
 pub mod token;
 pub mod transcode;

@@ -90,8 +90,8 @@ impl Gateway {
             let filter = reply_filter(&matched, &parts)?;
             let asked = upstream::asked_timeout(&parts.headers)?;
             let message = self.request_payload(&matched, &parts, body).await?;
-            let started = Instant::now();
             let deadline = Deadline::start(upstream, asked);
+            let started = deadline.started();
             let path = method.grpc_path.clone();
             let call = upstream::unary(upstream, path, &message, metadata, deadline);
             // Framed by now: the request's future need not keep the message.

@@ -32,10 +32,9 @@ impl RequestIds {
         let request_id = match request.headers_mut().entry(X_REQUEST_ID) {
             Entry::Occupied(id) => id.get().clone(),
             Entry::Vacant(slot) => {
-                let mut buffer = uuid::Uuid::encode_buffer();
-                let minted = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
-                let id = HeaderValue::from_str(minted).unwrap_or(HeaderValue::from_static(""));
-                slot.insert(id).clone()
+                let mut minted = [0; uuid::fmt::Hyphenated::LENGTH];
+                uuid::Uuid::new_v4().hyphenated().encode_lower(&mut minted);
+                slot.insert(minted_value(minted)).clone()
             }
         };
         let correlation_id = match request.headers_mut().entry(X_CORRELATION_ID) {
@@ -84,6 +83,15 @@ impl RequestIds {
 pub(crate) fn unique(mut value: HeaderValue) -> HeaderValue {
     value.set_sensitive(true);
     value
+}
+
+/// A value minted here (an id, a `traceparent`), in one allocation that
+/// its clones share: a value copied from a slice is an unshared buffer
+/// that its first clone moves into a second allocation, and each of these
+/// is cloned for the request, the upstream and the response.
+pub(crate) fn minted_value<const N: usize>(text: [u8; N]) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
+        .unwrap_or(HeaderValue::from_static(""))
 }
 
 /// The request id set at the first step, for error bodies and logs (empty

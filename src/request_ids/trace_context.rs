@@ -106,7 +106,7 @@ impl TraceParent {
             // The ranges are exactly twice the bytes' lengths.
             let _ = hex::encode_to_slice(bytes, &mut text[at]);
         }
-        HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static(""))
+        super::minted_value(text)
     }
 }
 

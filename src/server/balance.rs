@@ -28,7 +28,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
         Arc,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use metrics::{Counter, Gauge};
@@ -50,7 +50,11 @@ const IDLE_BELOW: f64 = 0.01;
 
 /// The workers' load and how many of them are active.
 pub(super) struct Balance {
-    started: Instant,
+    /// The time-stamp counter where the machine has one: the park hooks'
+    /// two clock reads a wake-up cost ~20 instructions instead of ~100.
+    clock: quanta::Clock,
+    /// The clock's raw reading at the start.
+    origin: u64,
     active: Padded<AtomicUsize>,
     /// The next active worker a connection leaving an inactive one goes to.
     turn: Padded<AtomicUsize>,
@@ -69,9 +73,9 @@ struct Padded<T>(T);
 
 #[derive(Default)]
 struct WorkerLoad {
-    /// Nanoseconds (since [`Balance::started`]) awake, to its last park.
+    /// Nanoseconds (since [`Balance::origin`]) awake, to its last park.
     busy: AtomicU64,
-    /// When it last woke (nanoseconds since `started`), 0 while parked.
+    /// When it last woke (nanoseconds since `origin`), 0 while parked.
     awake_since: AtomicU64,
     /// The connections it serves that could move.
     movable: AtomicUsize,
@@ -93,8 +97,10 @@ impl Balance {
     /// `workers` workers, one of them active.
     pub(super) fn new(workers: usize, moved: Counter, active_gauge: Gauge) -> Arc<Self> {
         active_gauge.set(1.0);
+        let clock = quanta::Clock::new();
         Arc::new(Self {
-            started: Instant::now(),
+            origin: clock.raw(),
+            clock,
             active: Padded(AtomicUsize::new(1)),
             turn: Padded(AtomicUsize::new(0)),
             workers: (0..workers.max(1)).map(|_| Padded::default()).collect(),
@@ -255,8 +261,9 @@ impl Balance {
         })
     }
 
+    /// Nanoseconds since the start.
     fn now(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        self.clock.delta_as_nanos(self.origin, self.clock.raw())
     }
 }
 

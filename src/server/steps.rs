@@ -58,6 +58,7 @@ use crate::{
     registry::{Registry, RouteMatch},
     request_ids::{self, RequestIds, X_REQUEST_ID},
     router::Lookup,
+    timers::{self, Kind, Timer},
 };
 
 /// A run of steps as a tower service: one future per request, boxed in place.
@@ -239,8 +240,10 @@ impl Answering {
     ) -> impl Future<Output = Response> + Send + '_ {
         // On the heap once: the timeout and the unwind guard then move a
         // pointer, not the whole request future.
-        let routed = Box::pin(self.route(request, request_id.clone()));
-        let guarded = AssertUnwindSafe(tokio::time::timeout(self.request_timeout, routed));
+        let routed = boxed::pinned(|| self.route(request, request_id.clone()));
+        let deadline = timers::deadline_after(tokio::time::Instant::now(), self.request_timeout);
+        let timer = Timer::until(deadline, Kind::Request);
+        let guarded = AssertUnwindSafe(timers::timeout(timer, routed));
         async move {
             let response = match guarded.catch_unwind().await {
                 Ok(Ok(response)) => response,

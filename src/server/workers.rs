@@ -28,7 +28,7 @@ use super::{
     balance::Balance,
     connection::{ConnectionService, Connections, Moved, Moves, Timeouts},
 };
-use crate::{observe::access_log, tls::Termination, upstream};
+use crate::{observe::access_log, timers, tls::Termination, upstream};
 
 /// A connection on its way from the acceptor to a worker, and whether it
 /// came to the TLS listener.
@@ -172,6 +172,7 @@ fn run_worker<S>(
 {
     upstream::bind_worker(index);
     access_log::batch_on_this_thread();
+    timers::keep_on_this_thread();
     runtime.block_on(async move {
         tokio::spawn(access_log::flush_periodically());
         let connections = Connections::new(timeouts, moves);
@@ -210,6 +211,7 @@ fn run_worker<S>(
         }
         connections.drain().await;
     });
+    timers::drop_kept();
 }
 
 #[cfg(test)]

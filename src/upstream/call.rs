@@ -35,7 +35,10 @@ use super::{
     },
     Upstream,
 };
-use crate::error::Error;
+use crate::{
+    error::Error,
+    timers::{self, Kind, Timer},
+};
 
 /// An element of a request stream.
 #[derive(Debug)]
@@ -128,7 +131,8 @@ pub fn unary<'a>(
                 .map_err(|err| failures.transport(&err))?;
             exchange_reply(exchange, failures)
         };
-        match tokio::time::timeout(deadline.timeout(), call).await {
+        let timer = Timer::until(deadline.at(), Kind::UpstreamCall);
+        match timers::timeout(timer, call).await {
             Ok(reply) => reply,
             Err(_) => Err(failures.timed_out()),
         }
@@ -155,7 +159,7 @@ pub async fn client_streaming(
         let _sending = send_in_background(stream, messages);
         one_reply(upstream, response, failures).await
     };
-    match tokio::time::timeout(deadline.timeout(), call).await {
+    match tokio::time::timeout_at(deadline.at(), call).await {
         Ok(reply) => reply.map(|reply| reply.message),
         Err(_) => Err(failures.timed_out()),
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::Upstream;
-use crate::error::Error;
+use crate::{error::Error, timers};
 
 pub(super) const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
@@ -29,6 +29,18 @@ impl Deadline {
 
     pub(super) fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// When the call started: the clock read once for the deadline and
+    /// for the call's latency.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// When the call times out, for a timer that need not read the clock
+    /// again.
+    pub(super) fn at(&self) -> tokio::time::Instant {
+        timers::deadline_after(self.started, self.timeout)
     }
 
     pub(super) fn expired(&self) -> bool {
