@@ -170,7 +170,11 @@ mod tests {
         let later = |millis| Instant::now() + Duration::from_millis(millis);
         let timer = Timer::until(later(60_000), Kind::Request);
         let first = identity(&timer);
-        assert_eq!(timeout(timer, async { 1 }).await, Ok(1), "a ready future wins");
+        assert_eq!(
+            timeout(timer, async { 1 }).await,
+            Ok(1),
+            "a ready future wins"
+        );
         assert_eq!(kept(Kind::Request), first.into_iter().collect::<Vec<_>>());
         assert!(kept(Kind::UpstreamCall).is_empty());
 
@@ -197,7 +201,10 @@ mod tests {
 
     #[tokio::test]
     async fn off_the_workers_timers_are_not_kept() {
-        let timer = Timer::until(Instant::now() + Duration::from_millis(10), Kind::UpstreamCall);
+        let timer = Timer::until(
+            Instant::now() + Duration::from_millis(10),
+            Kind::UpstreamCall,
+        );
         assert_eq!(
             timeout(timer, std::future::pending::<()>()).await,
             Err(Elapsed)

@@ -49,6 +49,7 @@ fn integer(out: &mut Vec<u8>, flags: u8, prefix: u32, mut value: usize) {
 }
 
 /// A string literal, not Huffman-coded (RFC 7541 §5.2).
+#[inline]
 fn string(out: &mut Vec<u8>, bytes: &[u8]) {
     integer(out, 0, 7, bytes.len());
     out.extend_from_slice(bytes);
