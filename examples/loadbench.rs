@@ -10,6 +10,7 @@
 //! cargo run --release --example loadbench -- --gateway http://127.0.0.1:8080   # any gateway with the same routes
 //! cargo run --release --example loadbench -- --services 1000 --only get        # with 1,000 more services loaded
 //! cargo run --release --example loadbench -- --workers 1                        # a one-thread gateway
+//! cargo run --release --example loadbench -- --rate 1000 --unpinned             # its workers where the scheduler puts them
 //! cargo run --release --example loadbench -- --rounds 5                         # the median of 5 rounds
 //! cargo run --release --example loadbench -- --rate 2000                        # paced: 2,000 requests/s in all
 //! cargo run --release --example loadbench -- --only get --floor                 # and the floor of any such gateway
@@ -107,6 +108,10 @@ struct Args {
     /// Serving threads of the started gateway (its `workers`; 0 = one per core).
     #[arg(long, default_value_t = 0)]
     workers: usize,
+    /// The started gateway's workers where the scheduler puts them
+    /// (`pin_workers: false`), rather than each on a CPU of its own.
+    #[arg(long)]
+    unpinned: bool,
     /// Measure each workload this many times (gateway, then direct, each
     /// time) and report the round with the median CPU ratio: on a shared,
     /// noisy machine one round's ratio can be off by a tenth.
@@ -214,6 +219,8 @@ enum Role {
         access_log: bool,
         #[arg(long, default_value_t = 0)]
         workers: usize,
+        #[arg(long)]
+        unpinned: bool,
         /// Also serve HTTPS here, with `--cert` and `--key`.
         #[arg(long, requires = "cert")]
         tls_listen: Option<SocketAddr>,
@@ -309,6 +316,7 @@ fn main() -> Result<(), BoxError> {
             descriptor_set,
             access_log,
             workers,
+            unpinned,
             tls_listen,
             cert,
             key,
@@ -323,6 +331,7 @@ fn main() -> Result<(), BoxError> {
                 descriptor_set,
                 access_log,
                 workers,
+                unpinned,
                 rate_limit: rate_limit.map(|policy| (policy, redis)),
                 otlp,
             },
@@ -343,6 +352,7 @@ struct GatewayArgs {
     descriptor_set: Option<std::path::PathBuf>,
     access_log: bool,
     workers: usize,
+    unpinned: bool,
     rate_limit: Option<(QuotaPolicy, Option<String>)>,
     otlp: Option<String>,
 }
@@ -362,6 +372,7 @@ async fn serve_gateway(args: GatewayArgs, tls: TlsFiles) -> Result<(), BoxError>
         descriptor_set,
         access_log,
         workers,
+        unpinned,
         rate_limit,
         otlp,
     } = args;
@@ -371,6 +382,7 @@ async fn serve_gateway(args: GatewayArgs, tls: TlsFiles) -> Result<(), BoxError>
     let mut config = Config {
         listen,
         workers,
+        pin_workers: !unpinned,
         ..Config::default()
     };
     config.access_log.enabled = access_log;
@@ -1375,6 +1387,9 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
                 gateway_args.push("--access-log".into());
             }
             gateway_args.push(format!("--workers={}", args.workers));
+            if args.unpinned {
+                gateway_args.push("--unpinned".into());
+            }
             let mut tls_addr = None;
             if let Some(pki) = &pki {
                 let listen = free_port()?;
@@ -1611,11 +1626,12 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
         println!("\nQuotas in Redis, {batch}");
     }
     println!(
-        "\nsummary: {} {client}, {connections}, {}, workers {}, load average {}: {}",
+        "\nsummary: {} {client}, {connections}, {}, workers {}{}, load average {}: {}",
         humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
         args.rate
             .map_or_else(|| "unpaced".to_owned(), |rate| format!("{rate}/s")),
         args.workers,
+        if args.unpinned { " unpinned" } else { "" },
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .split_whitespace()

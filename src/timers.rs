@@ -37,9 +37,12 @@ pub(crate) enum Kind {
 /// once, past which they are dropped as usual.
 const KEPT: usize = 64;
 
+/// A thread's kept timers, by [`Kind`].
+type Pools = [Vec<Pin<Box<Sleep>>>; 2];
+
 thread_local! {
-    /// This thread's pools, by [`Kind`]; `None` off the workers.
-    static POOLS: RefCell<Option<[Vec<Pin<Box<Sleep>>>; 2]>> = const { RefCell::new(None) };
+    /// This thread's pools; `None` off the workers.
+    static POOLS: RefCell<Option<Pools>> = const { RefCell::new(None) };
 }
 
 /// Makes this thread (a serving worker, with one runtime for its life)

@@ -39,6 +39,13 @@ pub struct Config {
     /// Threads serving the public listener, each with its own runtime and
     /// upstream connections. Default `0`: one per core.
     pub workers: usize,
+    /// Each worker on a CPU of its own (of those the process may use, in
+    /// turn), where its caches stay warm: paced well below saturation a
+    /// worker that the scheduler moves to whichever CPU is free pays for
+    /// it in cache misses (`loadbench --rate`: a quarter of a GET's CPU).
+    /// Default `true`; `false` when the gateway shares its CPUs with other
+    /// busy processes that a pinned worker would have to wait for.
+    pub pin_workers: bool,
     pub descriptors: DescriptorsConfig,
     /// Where each package or service is served; longest pattern wins.
     pub upstreams: Vec<UpstreamConfig>,
@@ -383,6 +390,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             workers: 0,
+            pin_workers: true,
             descriptors: DescriptorsConfig::default(),
             upstreams: Vec::new(),
             json: JsonConfig::default(),
@@ -1051,6 +1059,8 @@ mod tests {
     fn workers_default_to_the_cores_and_are_bounded() {
         let config = Config::from_yaml("workers: 3").unwrap();
         assert_eq!(config.workers(), 3);
+        assert!(config.pin_workers, "pinned unless told otherwise");
+        assert!(!Config::from_yaml("pin_workers: false").unwrap().pin_workers);
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         assert_eq!(Config::default().workers(), cores);
         let err = Config::from_yaml("workers: 100000").unwrap_err();

@@ -97,6 +97,8 @@ pub struct Server {
     discovery: Option<Arc<Discovery>>,
     watch_descriptors: bool,
     workers: usize,
+    /// Where each worker runs, when `pin_workers`.
+    placement: Option<workers::Placement>,
     timeouts: Timeouts,
     max_connections: Option<usize>,
     /// The HTTPS listener's certificates, when `tls` is configured.
@@ -377,6 +379,10 @@ impl Server {
             redis,
             discovery,
             workers: config.workers(),
+            placement: config
+                .pin_workers
+                .then(workers::Placement::of_this_process)
+                .flatten(),
             timeouts: Timeouts::from(&config.limits),
             max_connections: config.limits.max_connections,
             tls,
@@ -515,7 +521,16 @@ impl Server {
         let (moved, active) = self.metrics.workers();
         let balance = Balance::new(self.workers, moved, active);
         let served = if self.public_routes {
-            workers::serve(acceptor, tls, self.router, balance, self.timeouts, shutdown).await
+            workers::serve(
+                acceptor,
+                tls,
+                self.router,
+                balance,
+                self.timeouts,
+                self.placement,
+                shutdown,
+            )
+            .await
         } else {
             // The data plane alone: no router to pass through on every
             // request (callgrind: ~4k instructions of a GET's ~80k).
@@ -525,6 +540,7 @@ impl Server {
                 self.data_plane,
                 balance,
                 self.timeouts,
+                self.placement,
                 shutdown,
             )
             .await

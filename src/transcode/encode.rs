@@ -83,16 +83,34 @@ fn negative_zeros(message: &DynamicMessage, descriptor: &MessageDescriptor, out:
 /// singular message), written even when it is the default: on the wire the
 /// last value of a field wins, so it overrides any written before it.
 pub(crate) fn path_value<F: Borrow<FieldDescriptor>>(path: &[F], value: &Value, out: &mut Vec<u8>) {
+    path_with(path, out, |leaf, out| {
+        let kind = leaf.kind();
+        key(leaf.number(), wire_type(&kind), out);
+        scalar(&kind, value, out);
+    });
+}
+
+/// [`path_value`] for a string field's `text`, without making a `Value`
+/// of it (a copy of the text, on every request with a path variable).
+pub(crate) fn path_text<F: Borrow<FieldDescriptor>>(path: &[F], text: &str, out: &mut Vec<u8>) {
+    path_with(path, out, |leaf, out| {
+        key(leaf.number(), LEN, out);
+        bytes(text.as_bytes(), out);
+    });
+}
+
+/// `leaf` written as the last field of `path`, inside its parents.
+fn path_with<F: Borrow<FieldDescriptor>>(
+    path: &[F],
+    out: &mut Vec<u8>,
+    leaf: impl FnOnce(&FieldDescriptor, &mut Vec<u8>),
+) {
     match path {
         [] => {}
-        [leaf] => {
-            let kind = leaf.borrow().kind();
-            key(leaf.borrow().number(), wire_type(&kind), out);
-            scalar(&kind, value, out);
-        }
+        [last] => leaf(last.borrow(), out),
         [parent, rest @ ..] => {
             key(parent.borrow().number(), LEN, out);
-            length_delimited(out, |out| path_value(rest, value, out));
+            length_delimited(out, |out| path_with(rest, out, leaf));
         }
     }
 }

@@ -126,6 +126,10 @@ pub fn request_wire(
         if leaf.is_list() || leaf.is_map() {
             return None;
         }
+        if leaf.kind() == Kind::String {
+            encode::path_text(path.fields(), &capture.value, &mut out);
+            continue;
+        }
         let value = scalar::parse(leaf, &capture.value).ok()?;
         encode::path_value(path.fields(), &value, &mut out);
     }
