@@ -151,6 +151,37 @@ async fn only_allow_listed_client_headers_are_forwarded() {
 }
 
 #[tokio::test]
+async fn the_gateway_s_own_metadata_replaces_a_forwarded_copy_and_repeated_values_keep_their_order()
+{
+    let gw = Gateway::start_with(|config| {
+        config.headers.forward = vec![
+            "x-tenant-*".into(),
+            "x-gateway".into(),
+            "x-request-start".into(),
+        ];
+        config.headers.static_headers = [("x-gateway".to_owned(), "protogate".to_owned())].into();
+    })
+    .await;
+    let (_, metadata) = call_headers(
+        gw.client
+            .get(gw.url("/v1/headers"))
+            .header("x-tenant-region", "eu")
+            .header("x-gateway", "spoofed")
+            .header("x-request-start", "t=1")
+            .header("x-tenant-region", "us")
+            .header("x-gateway", "spoofed again")
+            .header("x-tenant-zone", "b"),
+    )
+    .await;
+    assert_eq!(metadata["x-tenant-region"], "eu, us", "{metadata}");
+    assert_eq!(metadata["x-tenant-zone"], "b", "{metadata}");
+    assert_eq!(metadata["x-gateway"], "protogate", "{metadata}");
+    let start = metadata["x-request-start"].as_str().unwrap();
+    assert!(!start.contains(','), "the gateway's own, alone: {start}");
+    assert_ne!(start, "t=1", "{metadata}");
+}
+
+#[tokio::test]
 async fn allow_listed_upstream_metadata_comes_back_as_headers() {
     let gw = Gateway::start_with(|config| {
         config.headers.response = vec!["x-backend-*".into(), "grpc-*".into()];

@@ -18,7 +18,7 @@ use std::{
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use prost::Message as _;
-use tonic::{metadata::MetadataMap, Code, Status};
+use tonic::{Code, Status};
 use tonic_reflection::pb::v1::{
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     ServerReflectionRequest, ServerReflectionResponse,
@@ -30,7 +30,7 @@ use super::{
 };
 use crate::{
     error::Error,
-    upstream::{self, Deadline, Payload, Upstream},
+    upstream::{self, Deadline, Metadata, Payload, Upstream},
 };
 
 const V1: PathAndQuery =
@@ -147,7 +147,7 @@ impl Client<'_> {
         let left = (self.upstream.timeout).saturating_sub(self.started.elapsed());
         let deadline = Deadline::start(self.upstream, Some(left));
         let path = self.path.clone();
-        let reply = upstream::unary(self.upstream, path, &message, MetadataMap::new(), deadline);
+        let reply = upstream::unary(self.upstream, path, &message, Metadata::default(), deadline);
         let reply = ServerReflectionResponse::decode(reply.await?.message).map_err(|err| {
             Error::InvalidReply(format!("an answer does not decode: {err}").into())
         })?;

@@ -15,7 +15,7 @@ use std::{
 
 use axum::{extract::Request, response::Response};
 use http::{request::Parts, HeaderValue};
-use tonic::{metadata::MetadataMap, Code};
+use tonic::Code;
 
 use self::payload::{reply_filter, upstream_of};
 use crate::{
@@ -24,7 +24,7 @@ use crate::{
     policy::UpstreamHeaders,
     registry::{CallKind, RouteMatch},
     transcode::TranscodeOptions,
-    upstream::{self, Deadline},
+    upstream::{self, Deadline, Metadata},
 };
 
 /// What the gateway service needs besides the matched route.
@@ -47,7 +47,7 @@ pub struct Gateway {
 pub fn handle(
     gateway: &Arc<Gateway>,
     matched: RouteMatch,
-    metadata: MetadataMap,
+    metadata: Metadata,
     request: Request,
     request_id: Option<HeaderValue>,
 ) -> impl Future<Output = Response> + Send + '_ {
@@ -80,7 +80,7 @@ impl Gateway {
     fn call(
         &self,
         matched: RouteMatch,
-        metadata: MetadataMap,
+        metadata: Metadata,
         request: Request,
     ) -> impl Future<Output = Result<Response, Error>> + Send + '_ {
         let (parts, body) = request.into_parts();

@@ -25,7 +25,6 @@ use axum::{
 use futures_util::{stream, Stream, StreamExt as _};
 use http::{header, request::Parts, HeaderMap, HeaderValue};
 use tokio::sync::oneshot;
-use tonic::metadata::MetadataMap;
 
 use super::{
     payload::{check_json_content_type, reply_filter, upstream_of},
@@ -37,14 +36,14 @@ use crate::{
     registry::{CallKind, RouteMatch},
     request_ids,
     transcode::{self, Framer, JsonSplitter, ReplyFilter, StreamFormat},
-    upstream::{self, Deadline, Outgoing, Payload, ReplyStream},
+    upstream::{self, Deadline, Metadata, Outgoing, Payload, ReplyStream},
 };
 
 /// Serves one call of a streaming method.
 pub(crate) async fn call(
     gateway: &Arc<Gateway>,
     matched: RouteMatch,
-    metadata: MetadataMap,
+    metadata: Metadata,
     request: Request,
 ) -> Result<Response, Error> {
     let route = matched.route();

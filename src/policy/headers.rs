@@ -19,9 +19,9 @@ use std::{
 };
 
 use axum::{extract::Request, response::Response};
+use bytes::Bytes;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use http::{HeaderMap, HeaderName, HeaderValue};
-use tonic::metadata::MetadataMap;
 
 use super::Identity;
 use crate::{
@@ -31,6 +31,7 @@ use crate::{
         trace_context::{TRACEPARENT, TRACESTATE},
         unique, X_CORRELATION_ID, X_REQUEST_ID,
     },
+    upstream::Metadata,
 };
 
 /// Sent by the gateway itself; a client's copies are replaced, never forwarded.
@@ -243,17 +244,32 @@ impl HeaderPolicy {
     /// Step 12, on the way in: the upstream metadata, decided once and
     /// handed to the gateway step; refused when over the limit, so that an
     /// upstream never refuses (and words) a header list the gateway made.
-    pub fn upstream_metadata(&self, request: &Request) -> Result<MetadataMap, Error> {
+    /// The forwarded headers come first, in the request's order; each of
+    /// the gateway's own (ids, trace context, static headers, request start,
+    /// identity claims) then replaces any earlier value of its name.
+    pub fn upstream_metadata(&self, request: &Request) -> Result<Metadata, Error> {
         let incoming = request.headers();
-        let mut out = HeaderMap::with_capacity(8);
-        if !self.forward.is_empty() {
+        let identity = request.extensions().get::<Arc<Identity>>();
+        let forwarded = if self.forward.is_empty() {
+            0
+        } else {
+            incoming.len()
+        };
+        // Room for all in one allocation: the ids and trace context (4), the
+        // static headers, the request start and the claims.
+        let own = 4
+            + self.static_headers.len()
+            + 1
+            + identity.map_or(0, |identity| identity.metadata.len());
+        let mut out = Metadata::with_capacity(forwarded + own);
+        if forwarded != 0 {
             for (name, value) in incoming {
                 if self.forward.contains(name)
                     && !never_crosses(name)
                     && !self.identity.contains(name)
                     && !IDS.contains(name)
                 {
-                    out.append(name, value.clone());
+                    out.append(name.clone(), value.clone());
                 }
             }
         }
@@ -273,33 +289,35 @@ impl HeaderPolicy {
             }
         }
         for (name, value) in self.static_headers.iter() {
-            out.insert(name, value.clone());
+            out.insert(name.clone(), value.clone());
         }
         if let (Some(name), Some(RequestStart(at))) = (
             &self.request_start,
             request.extensions().get::<RequestStart>(),
         ) {
-            let millis = at
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis();
-            let mut text = String::with_capacity(16);
-            text.push_str("t=");
-            text.push_str(itoa::Buffer::new().format(millis));
-            if let Ok(value) = HeaderValue::try_from(text) {
-                out.insert(name, unique(value));
+            let millis = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+            // In 64 bits for 584 million years; then formatted into a buffer
+            // of its exact size, which becomes the value's without a copy.
+            let millis = u64::try_from(millis.as_millis()).unwrap_or(u64::MAX);
+            let mut digits = itoa::Buffer::new();
+            let digits = digits.format(millis).as_bytes();
+            let mut text = Vec::with_capacity(2 + digits.len());
+            text.extend_from_slice(b"t=");
+            text.extend_from_slice(digits);
+            if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(text)) {
+                out.insert(name.clone(), unique(value));
             }
         }
-        if let Some(identity) = request.extensions().get::<Arc<Identity>>() {
+        if let Some(identity) = identity {
             for (name, value) in identity.metadata.iter() {
-                out.insert(name, value.clone());
+                out.insert(name.clone(), value.clone());
             }
         }
         self.check_size(&out)?;
-        Ok(MetadataMap::from_headers(out))
+        Ok(out)
     }
 
-    fn check_size(&self, metadata: &HeaderMap) -> Result<(), Error> {
+    fn check_size(&self, metadata: &Metadata) -> Result<(), Error> {
         let entry = |(name, value): (&HeaderName, &HeaderValue)| {
             name.as_str().len() + value.len() + ENTRY_OVERHEAD
         };
@@ -352,6 +370,8 @@ impl NameSet {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn policy(yaml: &str) -> HeaderPolicy {
@@ -449,5 +469,145 @@ mod tests {
             assert!(metadata[name].is_sensitive(), "{name}");
         }
         assert!(!metadata["x-gateway"].is_sensitive());
+    }
+
+    /// The upstream metadata as it was built before it became a list: in a
+    /// `HeaderMap`, the gateway's own headers each `insert`ed.
+    fn metadata_as_a_map(policy: &HeaderPolicy, request: &Request) -> Result<HeaderMap, Error> {
+        let incoming = request.headers();
+        let mut out = HeaderMap::with_capacity(8);
+        if !policy.forward.is_empty() {
+            for (name, value) in incoming {
+                if policy.forward.contains(name)
+                    && !never_crosses(name)
+                    && !policy.identity.contains(name)
+                    && !IDS.contains(name)
+                {
+                    out.append(name, value.clone());
+                }
+            }
+        }
+        for name in [&IDS[0], &IDS[1], &TRACEPARENT, &TRACESTATE] {
+            if let Some(value) = incoming.get(name) {
+                out.insert(name.clone(), unique(value.clone()));
+            }
+        }
+        for (name, value) in policy.static_headers.iter() {
+            out.insert(name, value.clone());
+        }
+        if let (Some(name), Some(RequestStart(at))) = (
+            &policy.request_start,
+            request.extensions().get::<RequestStart>(),
+        ) {
+            let millis = at.duration_since(UNIX_EPOCH).unwrap().as_millis();
+            out.insert(
+                name,
+                unique(HeaderValue::try_from(format!("t={millis}")).unwrap()),
+            );
+        }
+        if let Some(identity) = request.extensions().get::<Arc<Identity>>() {
+            for (name, value) in identity.metadata.iter() {
+                out.insert(name, value.clone());
+            }
+        }
+        let entry = |(name, value): (&HeaderName, &HeaderValue)| {
+            name.as_str().len() + value.len() + ENTRY_OVERHEAD
+        };
+        let size: usize = out.iter().map(entry).sum();
+        if size > policy.max_metadata_bytes {
+            let largest = out.iter().max_by_key(|&header| entry(header));
+            return Err(Error::MetadataTooLarge {
+                size,
+                limit: policy.max_metadata_bytes,
+                largest: largest.map_or(X_REQUEST_ID, |(name, _)| name.clone()),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Names that forwarding, the ids, trace context, static headers,
+    /// request start and identity claims all draw from, so that they meet.
+    const NAMES: [&str; 12] = [
+        "x-request-id",
+        "x-correlation-id",
+        "traceparent",
+        "tracestate",
+        "x-tenant-a",
+        "x-tenant-b",
+        "accept-language",
+        "x-started",
+        "x-user-id",
+        "x-gateway",
+        "te",
+        "grpc-x",
+    ];
+
+    fn name() -> impl Strategy<Value = HeaderName> {
+        prop::sample::select(&NAMES[..]).prop_map(HeaderName::from_static)
+    }
+
+    fn value() -> impl Strategy<Value = HeaderValue> {
+        "[a-c0-9]{1,3}|bad value".prop_map(|value| HeaderValue::from_str(&value).unwrap())
+    }
+
+    proptest! {
+        /// The list holds what the map held, each name's values in the same
+        /// order (and the names in the map's order too), with the same
+        /// sensitivity; over the limit, the same refusal.
+        #[test]
+        fn upstream_metadata_is_what_the_map_made(
+            incoming in prop::collection::vec((name(), value()), 0..12),
+            forward in prop::collection::vec(
+                prop::sample::select(&["x-tenant-*", "accept-language", "x-started", "x-user-*",
+                    "x-request-id", "traceparent", "te", "grpc-*", "x-gateway"][..]),
+                0..5,
+            ),
+            static_headers in prop::collection::btree_map(
+                prop::sample::select(&NAMES[..]).prop_map(str::to_owned),
+                "[a-c0-9]{1,3}",
+                0..3,
+            ),
+            request_start in prop::option::of(prop::sample::select(&["x-started", "x-tenant-a"][..])),
+            claims in prop::option::of(prop::collection::vec((name(), value()), 0..3)),
+            limit in prop_oneof![Just(8usize << 10), 40usize..400],
+        ) {
+            let config = HeadersConfig {
+                request_start: request_start.unwrap_or_default().to_owned(),
+                static_headers,
+                forward: forward.iter().map(|pattern| (*pattern).to_owned()).collect(),
+                response: Vec::new(),
+            };
+            let policy = HeaderPolicy::new(&config, None, limit);
+            let mut builder = http::Request::builder();
+            for (name, value) in &incoming {
+                builder = builder.header(name, value);
+            }
+            let mut request = builder.body(axum::body::Body::empty()).unwrap();
+            request
+                .extensions_mut()
+                .insert(RequestStart(UNIX_EPOCH + std::time::Duration::from_millis(1_234)));
+            if let Some(claims) = claims {
+                request.extensions_mut().insert(Arc::new(Identity {
+                    issuer: "i".into(),
+                    subject: "s".into(),
+                    roles: Box::default(),
+                    scopes: Box::default(),
+                    metadata: claims.into_boxed_slice(),
+                }));
+            }
+            let fields = |headers: &mut dyn Iterator<Item = (&HeaderName, &HeaderValue)>| {
+                headers
+                    .map(|(name, value)| (name.clone(), value.clone(), value.is_sensitive()))
+                    .collect::<Vec<_>>()
+            };
+            match (policy.upstream_metadata(&request), metadata_as_a_map(&policy, &request)) {
+                (Ok(list), Ok(map)) => {
+                    prop_assert_eq!(fields(&mut list.iter()), fields(&mut map.iter()));
+                }
+                (list, map) => {
+                    prop_assert_eq!(format!("{list:?}"), format!("{map:?}"));
+                }
+            }
+        }
     }
 }

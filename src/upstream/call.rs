@@ -23,12 +23,12 @@ use futures_util::{future::poll_fn, Stream, StreamExt as _};
 use h2::{client::ResponseFuture, Reason, SendStream};
 use http::{uri::PathAndQuery, HeaderMap};
 use tokio::task::JoinSet;
-use tonic::metadata::MetadataMap;
 
 use super::{
     connection::UnaryCall,
     deadline::Deadline,
     http2::{BodyError, Exchange},
+    metadata::Metadata,
     protocol::{
         frame, protocol_error, reply_head, request_headers, trailers_status, Failures, Payload,
         ReplyHead, ReplyReader,
@@ -71,13 +71,13 @@ type Sending = JoinSet<()>;
 #[derive(Debug)]
 pub struct Reply {
     pub message: Bytes,
-    headers: HeaderMap,
-    trailers: HeaderMap,
+    headers: Metadata,
+    trailers: Metadata,
 }
 
 impl Reply {
     /// A unary or client-streaming reply: an OK status needs its message.
-    fn of(message: Option<Bytes>, headers: HeaderMap, trailers: HeaderMap) -> Result<Self, Error> {
+    fn of(message: Option<Bytes>, headers: Metadata, trailers: Metadata) -> Result<Self, Error> {
         let message =
             message.ok_or_else(|| protocol_error("an OK status without a reply message"))?;
         Ok(Self {
@@ -87,11 +87,12 @@ impl Reply {
         })
     }
 
-    /// The headers and trailers as one map: merged only when asked for,
-    /// since most callers drop them.
+    /// The headers and trailers as one map (a trailer replacing the
+    /// headers' values of its name): made only when asked for, since most
+    /// callers drop them.
     pub fn metadata(self) -> HeaderMap {
-        let mut headers = self.headers;
-        headers.extend(self.trailers);
+        let mut headers = self.headers.into_headers();
+        headers.extend(self.trailers.into_headers());
         headers
     }
 }
@@ -109,11 +110,10 @@ pub fn unary<'a>(
     upstream: &'a Upstream,
     path: PathAndQuery,
     message: &Payload,
-    metadata: MetadataMap,
+    metadata: Metadata,
     deadline: Deadline,
 ) -> impl Future<Output = Result<Reply, Error>> + Send + 'a {
     let timeout = deadline.header(upstream);
-    let metadata = metadata.into_headers();
     let frame = frame(message);
     async move {
         let failures = Failures::new(upstream, Some(deadline));
@@ -145,7 +145,7 @@ pub async fn client_streaming(
     upstream: &Upstream,
     path: PathAndQuery,
     messages: impl Stream<Item = Outgoing> + Send + 'static,
-    metadata: MetadataMap,
+    metadata: Metadata,
     deadline: Deadline,
 ) -> Result<Bytes, Error> {
     let headers = request_headers(metadata, Some(deadline.header(upstream)));
@@ -170,7 +170,7 @@ pub async fn server_streaming(
     upstream: &Arc<Upstream>,
     path: PathAndQuery,
     message: Payload,
-    metadata: MetadataMap,
+    metadata: Metadata,
 ) -> Result<ReplyStream, Error> {
     let headers = request_headers(metadata, None);
     let frame = frame(&message)?;
@@ -191,7 +191,7 @@ pub async fn bidi_streaming(
     upstream: &Arc<Upstream>,
     path: PathAndQuery,
     messages: impl Stream<Item = Outgoing> + Send + 'static,
-    metadata: MetadataMap,
+    metadata: Metadata,
 ) -> Result<ReplyStream, Error> {
     let headers = request_headers(metadata, None);
     let failures = Failures::new(upstream, None);
@@ -264,7 +264,7 @@ pub(super) async fn one_reply(
     // dropped, as tonic does.
     while body.message(failures).await?.is_some() {}
     let trailers = body.trailers(failures).await?;
-    Reply::of(reply, head.headers, trailers)
+    Reply::of(reply, head.headers.into(), trailers.into())
 }
 
 /// Opens the reply stream and waits for its first message, both within the

@@ -34,13 +34,14 @@ use h2::{
 };
 use http::{
     uri::{Authority, PathAndQuery, Scheme, Uri},
-    HeaderMap, HeaderValue,
+    HeaderValue,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{
     deadline::GRPC_TIMEOUT,
     http2::{self, Exchange, RequestHead},
+    metadata::Metadata,
     protocol::{fixed_request_headers, is_fixed_request_header},
     tls::UpstreamTls,
 };
@@ -82,7 +83,7 @@ pub(crate) struct UnaryCall<'a> {
     pub(crate) path: &'a PathAndQuery,
     /// `grpc-timeout`.
     pub(crate) timeout: &'a HeaderValue,
-    pub(crate) metadata: &'a HeaderMap,
+    pub(crate) metadata: &'a Metadata,
     /// The request message, framed.
     pub(crate) body: Bytes,
     /// The largest reply message accepted.

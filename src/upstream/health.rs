@@ -15,12 +15,14 @@ use std::{
 use http::uri::PathAndQuery;
 use prost::Message as _;
 use tokio::task::JoinSet;
-use tonic::{metadata::MetadataMap, Code};
+use tonic::Code;
 use tonic_health::pb::{
     health_check_response::ServingStatus, HealthCheckRequest, HealthCheckResponse,
 };
 
-use super::{call::unary, deadline::Deadline, protocol::Payload, Upstream, Upstreams};
+use super::{
+    call::unary, deadline::Deadline, metadata::Metadata, protocol::Payload, Upstream, Upstreams,
+};
 use crate::{config::HealthConfig, error::Error, observe::metrics::Metrics};
 
 /// The last probe result of every upstream.
@@ -129,7 +131,7 @@ async fn probe(upstream: &Upstream, timeout: Duration) -> bool {
     };
     let deadline = Deadline::start(upstream, Some(timeout));
     let message = Payload::Wire(request.encode_to_vec());
-    match unary(upstream, CHECK, &message, MetadataMap::new(), deadline).await {
+    match unary(upstream, CHECK, &message, Metadata::default(), deadline).await {
         Ok(reply) => HealthCheckResponse::decode(reply.message)
             .is_ok_and(|reply| reply.status() == ServingStatus::Serving),
         Err(Error::Upstream(status)) => {

@@ -14,6 +14,7 @@ mod connection;
 mod deadline;
 mod health;
 mod http2;
+mod metadata;
 mod protocol;
 mod tls;
 
@@ -28,6 +29,7 @@ pub use call::{
 };
 pub use deadline::{asked_timeout, Deadline};
 pub use health::{HealthState, UpstreamHealth};
+pub use metadata::Metadata;
 pub use protocol::Payload;
 
 use self::connection::{Connection, Target};

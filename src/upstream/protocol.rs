@@ -16,10 +16,11 @@ use bytes::{Buf as _, Bytes, BytesMut};
 use h2::RecvStream;
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use prost_reflect::DynamicMessage;
-use tonic::{metadata::MetadataMap, Code, Status};
+use tonic::{Code, Status};
 
 use super::{
     deadline::{Deadline, GRPC_TIMEOUT},
+    metadata::Metadata,
     Upstream,
 };
 use crate::{error::Error, transcode::encode};
@@ -46,7 +47,7 @@ pub enum Payload {
 
 /// The request headers of a call: its metadata, gRPC's own headers, and
 /// `grpc-timeout` when the call has a deadline.
-pub(super) fn request_headers(metadata: MetadataMap, timeout: Option<HeaderValue>) -> HeaderMap {
+pub(super) fn request_headers(metadata: Metadata, timeout: Option<HeaderValue>) -> HeaderMap {
     let mut headers = metadata.into_headers();
     let [content_type, te, user_agent] = fixed_request_headers();
     headers.insert(content_type.0, content_type.1);
@@ -112,9 +113,9 @@ pub(super) enum ReplyHead {
 
 /// Reads a reply's head: a status in the headers (trailers-only) ends the
 /// call, an error status fails it; a reply without one must be HTTP 200.
-pub(super) fn reply_head(
+pub(super) fn reply_head<'a>(
     status: StatusCode,
-    headers: &HeaderMap,
+    headers: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
     failures: Failures<'_>,
 ) -> Result<ReplyHead, Error> {
     if let Some(grpc) = grpc_status(headers) {
@@ -180,10 +181,10 @@ impl ReplyReader {
 }
 
 /// A reply's trailers, when there are some and their status is OK.
-pub(super) fn trailers_status(
-    trailers: Option<HeaderMap>,
-    failures: Failures<'_>,
-) -> Result<HeaderMap, Error> {
+pub(super) fn trailers_status<T>(trailers: Option<T>, failures: Failures<'_>) -> Result<T, Error>
+where
+    for<'a> &'a T: IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+{
     let trailers = trailers.ok_or_else(|| protocol_error("a reply without a grpc-status"))?;
     match grpc_status(&trailers) {
         Some(Ok(())) => Ok(trailers),
@@ -279,26 +280,45 @@ fn frame_len(buffer: &[u8], limit: usize) -> Result<Option<usize>, Error> {
     Ok(Some(len))
 }
 
+/// Whether a reply's fields carry a gRPC status (a trailers-only reply's head).
+pub(super) fn has_status<'a>(
+    headers: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+) -> bool {
+    headers.into_iter().any(|(name, _)| name == GRPC_STATUS)
+}
+
 /// The status in `headers` (trailers, or the headers of a trailers-only
 /// reply), if there is one: OK, or the upstream's error with its message
 /// and details.
-fn grpc_status(headers: &HeaderMap) -> Option<Result<(), Status>> {
+fn grpc_status<'a>(
+    headers: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+) -> Option<Result<(), Status>> {
     // A reply's head and trailers carry a few names: one pass over them
-    // costs less than hashing this one (the first value, as `get` finds).
-    let code = headers
-        .iter()
-        .find_map(|(name, value)| (name == GRPC_STATUS).then_some(value))?
-        .as_bytes();
+    // costs less than hashing these (the first value of each, as `get`
+    // finds).
+    let (mut code, mut message, mut details) = (None, None, None);
+    for (name, value) in headers {
+        let first = if name == GRPC_STATUS {
+            &mut code
+        } else if name == GRPC_MESSAGE {
+            &mut message
+        } else if name == GRPC_STATUS_DETAILS {
+            &mut details
+        } else {
+            continue;
+        };
+        first.get_or_insert(value);
+    }
+    let code = code?.as_bytes();
     if code == b"0" {
         return Some(Ok(()));
     }
-    let message = headers.get(GRPC_MESSAGE).map_or_else(String::new, |value| {
+    let message = message.map_or_else(String::new, |value| {
         percent_encoding::percent_decode(value.as_bytes())
             .decode_utf8_lossy()
             .into_owned()
     });
-    let details = headers
-        .get(GRPC_STATUS_DETAILS)
+    let details = details
         .and_then(|value| METADATA_BASE64.decode(value.as_bytes()).ok())
         .unwrap_or_default();
     Some(Err(Status::with_details(

@@ -234,22 +234,22 @@ fn leak_into(nested: &mut Nested) {
 }
 
 /// The request metadata a backend received, as a `Headers` reply.
-/// The metadata received, plus `:peer`: the address of the gateway's end of
-/// the connection, and `:local`: the backend's own (which backend served);
-/// no metadata name can start with `:`.
+/// The metadata received (a name's values joined with `, `, in order), plus
+/// `:peer`: the address of the gateway's end of the connection, and
+/// `:local`: the backend's own (which backend served); no metadata name can
+/// start with `:`.
 fn received_headers<T>(request: &Request<T>) -> Headers {
-    let mut metadata: std::collections::HashMap<String, String> = request
-        .metadata()
-        .clone()
-        .into_headers()
-        .iter()
-        .map(|(name, value)| {
-            (
-                name.to_string(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+    let mut metadata = std::collections::HashMap::<String, String>::new();
+    for (name, value) in request.metadata().clone().into_headers().iter() {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        metadata
+            .entry(name.to_string())
+            .and_modify(|values| {
+                values.push_str(", ");
+                values.push_str(&value);
+            })
+            .or_insert_with(|| value.into_owned());
+    }
     if let Some(peer) = request.remote_addr() {
         metadata.insert(":peer".into(), peer.to_string());
     }

@@ -17,13 +17,19 @@ use std::{
 
 use bytes::Bytes;
 use h2::Reason;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 
 use super::{
     frame::{self, DEFAULT_MAX_FRAME, DEFAULT_WINDOW, MAX_WINDOW},
     hpack::{self, Fields, RequestHead},
 };
-use crate::{error::Error, upstream::protocol::Messages};
+use crate::{
+    error::Error,
+    upstream::{
+        metadata::Metadata,
+        protocol::{has_status, Messages},
+    },
+};
 
 /// Each stream's receive window, as hyper's client sets it, so that large
 /// replies do not wait for window updates.
@@ -58,7 +64,7 @@ pub(in crate::upstream) struct Request<'a> {
     pub(in crate::upstream) head: &'a RequestHead,
     pub(in crate::upstream) path: &'a str,
     pub(in crate::upstream) timeout: Option<(&'a HeaderName, &'a HeaderValue)>,
-    pub(in crate::upstream) metadata: &'a HeaderMap,
+    pub(in crate::upstream) metadata: &'a Metadata,
     /// Metadata names that the head's fixed headers or `timeout` replace.
     pub(in crate::upstream) replaced: fn(&HeaderName) -> bool,
     /// The whole request body, sent with END_STREAM.
@@ -71,7 +77,7 @@ pub(in crate::upstream) struct Request<'a> {
 #[derive(Debug)]
 pub(in crate::upstream) struct Head {
     pub(in crate::upstream) status: StatusCode,
-    pub(in crate::upstream) headers: HeaderMap,
+    pub(in crate::upstream) headers: Metadata,
 }
 
 /// What a unary call's stream brought back once its head had come: its
@@ -81,7 +87,7 @@ pub(in crate::upstream) struct Head {
 pub(in crate::upstream) struct Exchange {
     pub(in crate::upstream) head: Head,
     pub(in crate::upstream) body: Result<Option<Bytes>, BodyError>,
-    pub(in crate::upstream) trailers: Option<HeaderMap>,
+    pub(in crate::upstream) trailers: Option<Metadata>,
 }
 
 /// Why a reply's body failed.
@@ -637,7 +643,7 @@ impl State {
     }
 
     /// The body ended (with `trailers`, or without): the call's outcome.
-    fn finish_body(&mut self, id: u32, trailers: Option<HeaderMap>) {
+    fn finish_body(&mut self, id: u32, trailers: Option<Metadata>) {
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
@@ -699,8 +705,7 @@ impl State {
         };
         // A head that ends the stream, carries a status (trailers-only) or
         // is no HTTP 200 says all that the call will read.
-        let complete =
-            end_stream || status != StatusCode::OK || head.headers.contains_key("grpc-status");
+        let complete = end_stream || status != StatusCode::OK || has_status(&head.headers);
         if end_stream {
             stream.remote_ended = true;
         }

@@ -7,7 +7,9 @@
 
 use std::borrow::Cow;
 
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
+
+use crate::upstream::metadata::Metadata;
 
 /// `0x20 | 0`: the dynamic table's size set to 0, before the first field
 /// of a connection's first block (RFC 7541 §6.3).
@@ -23,8 +25,13 @@ const INDEXED: u8 = 0x80;
 pub(super) const DECODER_TABLE_SIZE: usize = 4096;
 /// RFC 7541 §4.1: each entry counts 32 bytes besides its name and value.
 const ENTRY_OVERHEAD: usize = 32;
+/// The most fields a reply block may hold: as many as an `http::HeaderMap`
+/// holds names (three quarters of its largest table), so that the gateway
+/// can make one of a reply's fields when it returns some to its client.
+const MAX_FIELDS: usize = (1 << 15) / 4 * 3;
 
 /// `value` with an `prefix`-bit prefix after the `flags` bits (RFC 7541 §5.1).
+#[inline]
 fn integer(out: &mut Vec<u8>, flags: u8, prefix: u32, mut value: usize) {
     let max = (1usize << prefix) - 1;
     if value < max {
@@ -42,6 +49,7 @@ fn integer(out: &mut Vec<u8>, flags: u8, prefix: u32, mut value: usize) {
 }
 
 /// A string literal, not Huffman-coded (RFC 7541 §5.2).
+#[inline]
 fn string(out: &mut Vec<u8>, bytes: &[u8]) {
     integer(out, 0, 7, bytes.len());
     out.extend_from_slice(bytes);
@@ -78,6 +86,12 @@ fn static_index(name: &str, value: &[u8]) -> (Option<usize>, Option<usize>) {
         let whole = entries.iter().find(|(entry, _)| *entry == value);
         (whole.map(|(_, index)| *index), Some(first))
     };
+    if !name.starts_with(':') {
+        // Of the regular names only `accept-encoding` has a whole entry.
+        let named = static_name(name);
+        let whole = (named == Some(16) && value == b"gzip, deflate").then_some(16);
+        return (whole, named);
+    }
     match name {
         ":authority" => (None, Some(1)),
         ":method" => of(&[(b"GET", 2), (b"POST", 3)], 2),
@@ -95,14 +109,14 @@ fn static_index(name: &str, value: &[u8]) -> (Option<usize>, Option<usize>) {
             ],
             8,
         ),
-        "accept-encoding" => of(&[(b"gzip, deflate", 16)], 16),
-        _ => (None, static_name(name)),
+        _ => (None, None),
     }
 }
 
 /// The static table's index of a regular header's name: the names grouped
-/// by length, since most names a call sends are not there and differ in
-/// length from all but a few.
+/// by length and told apart by their first byte before their whole, since
+/// most names a call sends are not there and differ in length from all but
+/// a few.
 fn static_name(name: &str) -> Option<usize> {
     let names: &[(&str, usize)] = match name.len() {
         3 => &[("age", 21), ("via", 60)],
@@ -155,7 +169,7 @@ fn static_name(name: &str) -> Option<usize> {
     };
     names
         .iter()
-        .find(|(entry, _)| *entry == name)
+        .find(|(entry, _)| entry.bytes().next() == name.bytes().next() && *entry == name)
         .map(|(_, index)| *index)
 }
 
@@ -202,7 +216,7 @@ impl RequestHead {
         out: &mut Vec<u8>,
         path: &str,
         timeout: Option<(&HeaderName, &HeaderValue)>,
-        metadata: &HeaderMap,
+        metadata: &Metadata,
         replaced: impl Fn(&HeaderName) -> bool,
     ) {
         out.extend_from_slice(&self.pseudo);
@@ -224,7 +238,7 @@ impl RequestHead {
 pub(super) struct Fields {
     /// `:status`, if the block had one.
     pub(super) status: Option<StatusCode>,
-    pub(super) headers: HeaderMap,
+    pub(super) headers: Metadata,
     /// Why the block is not a valid reply head or trailers (a stream error).
     pub(super) malformed: Option<&'static str>,
 }
@@ -235,6 +249,9 @@ pub(super) struct Decoder {
     hpack: loona_hpack::Decoder<'static>,
     /// The largest header list accepted, counted as RFC 7541 counts entries.
     max_list: usize,
+    /// The last reply's `date`, shared by the replies that repeat it (all
+    /// within its second) rather than copied for each.
+    date: HeaderValue,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -247,7 +264,11 @@ impl Decoder {
     pub(super) fn new(max_list: usize) -> Self {
         let mut hpack = loona_hpack::Decoder::new();
         hpack.set_max_allowed_table_size(DECODER_TABLE_SIZE);
-        Self { hpack, max_list }
+        Self {
+            hpack,
+            max_list,
+            date: HeaderValue::from_static(""),
+        }
     }
 
     /// The fields of one whole block. An error is the connection's (the
@@ -262,6 +283,7 @@ impl Decoder {
         let mut size = 0usize;
         let mut regular = false;
         let max_list = self.max_list;
+        let date = &mut self.date;
         self.hpack
             .decode_with_cb(block, |name: Cow<'_, [u8]>, value: Cow<'_, [u8]>| {
                 if fields.malformed.is_some() {
@@ -293,29 +315,32 @@ impl Decoder {
                 regular = true;
                 let (Ok(name), Ok(value)) = (
                     known_name(&name).map_or_else(|| HeaderName::from_lowercase(&name), Ok),
-                    known_value(&value).map_or_else(|| HeaderValue::from_bytes(&value), Ok),
+                    known_value(&value).map_or_else(|| value_of(&name, &value, date), Ok),
                 ) else {
                     fields.malformed = Some("an invalid header name or value");
                     return;
                 };
                 if is_connection_specific(&name, &value) {
                     fields.malformed = Some("a connection-specific header");
-                } else if fields.headers.try_append(name, value).is_err() {
+                } else if fields.headers.len() == MAX_FIELDS {
                     fields.malformed = Some("a header list over the size limit");
+                } else {
+                    fields.headers.append(name, value);
                 }
             })?;
         Ok(fields)
     }
 }
 
-/// The names every gRPC reply carries, without parsing or allocating them.
+/// The names every gRPC reply carries, without parsing or allocating them
+/// (nor checking them at run time: each is a constant).
 fn known_name(name: &[u8]) -> Option<HeaderName> {
     Some(match name {
         b"content-type" => http::header::CONTENT_TYPE,
-        b"grpc-status" => HeaderName::from_static("grpc-status"),
-        b"grpc-message" => HeaderName::from_static("grpc-message"),
-        b"grpc-encoding" => HeaderName::from_static("grpc-encoding"),
-        b"grpc-accept-encoding" => HeaderName::from_static("grpc-accept-encoding"),
+        b"grpc-status" => const { HeaderName::from_static("grpc-status") },
+        b"grpc-message" => const { HeaderName::from_static("grpc-message") },
+        b"grpc-encoding" => const { HeaderName::from_static("grpc-encoding") },
+        b"grpc-accept-encoding" => const { HeaderName::from_static("grpc-accept-encoding") },
         b"date" => http::header::DATE,
         _ => return None,
     })
@@ -330,13 +355,29 @@ fn known_value(value: &[u8]) -> Option<HeaderValue> {
     })
 }
 
+/// A value that is none of the [`known_value`]s: a `date` the last reply
+/// had too is shared with it, any other value copied.
+fn value_of(
+    name: &[u8],
+    value: &[u8],
+    date: &mut HeaderValue,
+) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    if name != b"date" {
+        return HeaderValue::from_bytes(value);
+    }
+    if value != date.as_bytes() {
+        *date = HeaderValue::from_bytes(value)?;
+    }
+    Ok(date.clone())
+}
+
 /// Fields that HTTP/2 forbids (RFC 9113 §8.2.2).
 fn is_connection_specific(name: &HeaderName, value: &HeaderValue) -> bool {
     *name == http::header::CONNECTION
         || *name == http::header::TRANSFER_ENCODING
         || *name == http::header::UPGRADE
-        || name == "keep-alive"
-        || name == "proxy-connection"
+        || *name == const { HeaderName::from_static("keep-alive") }
+        || *name == const { HeaderName::from_static("proxy-connection") }
         || *name == http::header::TE && value != "trailers"
 }
 
@@ -472,10 +513,65 @@ mod tests {
     }
 
     #[test]
+    fn a_date_that_repeats_is_the_last_one_and_a_new_one_replaces_it() {
+        let mut decoder = Decoder::new(1 << 20);
+        let dates = |block: &[u8], decoder: &mut Decoder| -> Vec<Vec<u8>> {
+            let fields = decoder.decode(block).unwrap();
+            assert_eq!(fields.malformed, None);
+            let dates = fields.headers.iter().filter(|(name, _)| **name == "date");
+            dates.map(|(_, value)| value.as_bytes().to_vec()).collect()
+        };
+        let block = |values: &[&[u8]]| {
+            let mut block = Vec::new();
+            for value in values {
+                field(&mut block, "date", value, false);
+            }
+            block
+        };
+        let (first, second) = (
+            &b"Mon, 07 Dec 2026 03:00:00 GMT"[..],
+            &b"Mon, 07 Dec 2026 03:00:01 GMT"[..],
+        );
+        for values in [
+            &[first][..],
+            &[first],
+            &[second, second],
+            &[first, second],
+            &[b""],
+        ] {
+            assert_eq!(dates(&block(values), &mut decoder), values, "{values:?}");
+        }
+        // Not a valid value: refused as before, the last one kept.
+        let invalid = decoder.decode(&block(&[b"a\x00b"])).unwrap();
+        assert_eq!(invalid.malformed, Some("an invalid header name or value"));
+        assert_eq!(dates(&block(&[second]), &mut decoder), [second]);
+    }
+
+    #[test]
+    fn a_block_of_more_fields_than_a_header_map_holds_is_over_the_limit() {
+        let mut block = Vec::new();
+        for at in 0..MAX_FIELDS {
+            field(&mut block, &format!("x-{at}"), b"1", false);
+        }
+        let mut decoder = Decoder::new(16 << 20);
+        let fields = decoder.decode(&block).unwrap();
+        assert_eq!((fields.malformed, fields.headers.len()), (None, MAX_FIELDS));
+        // A map of them can be made, as when some are returned to a client.
+        assert_eq!(fields.headers.into_headers().len(), MAX_FIELDS);
+        field(&mut block, "x-a", b"1", false);
+        let fields = decoder.decode(&block).unwrap();
+        assert_eq!(fields.malformed, Some("a header list over the size limit"));
+    }
+
+    #[test]
     fn the_peer_s_table_and_its_size_updates_are_followed() {
         let mut decoder = Decoder::new(1 << 20);
         let names = |fields: Fields| -> Vec<String> {
-            let mut names: Vec<_> = fields.headers.keys().map(ToString::to_string).collect();
+            let mut names: Vec<_> = fields
+                .headers
+                .iter()
+                .map(|(name, _)| name.to_string())
+                .collect();
             names.extend(fields.status.map(|status| status.as_str().to_owned()));
             names
         };
@@ -485,7 +581,14 @@ mod tests {
         assert_eq!(names(decoder.decode(&first).unwrap()), ["x-a"]);
         // Index 62, the table's first entry, is that field.
         let second = decoder.decode(&[INDEXED | 62]).unwrap();
-        assert_eq!(second.headers["x-a"], "1");
+        let fields: Vec<_> = second.headers.iter().collect();
+        assert_eq!(
+            fields,
+            [(
+                &HeaderName::from_static("x-a"),
+                &HeaderValue::from_static("1")
+            )]
+        );
         // A size of 0 evicts it: the same index no longer decodes.
         assert_eq!(names(decoder.decode(&[0x20, 0x88]).unwrap()), ["200"]);
         assert!(decoder.decode(&[INDEXED | 62]).is_err());

@@ -10,7 +10,6 @@ use h2::Reason;
 use http::{uri::PathAndQuery, HeaderName, HeaderValue};
 use proptest::prelude::*;
 use tokio::{net::TcpListener, sync::Mutex};
-use tonic::metadata::MetadataMap;
 
 use crate::{
     config::UpstreamConfig,
@@ -19,6 +18,7 @@ use crate::{
     upstream::{
         call::{one_reply, unary, Reply},
         deadline::Deadline,
+        metadata::Metadata,
         protocol::{frame, request_headers, Failures, Payload},
         Upstream,
     },
@@ -42,7 +42,7 @@ async fn through_h2(
     upstream: &Upstream,
     path: PathAndQuery,
     message: &Payload,
-    metadata: MetadataMap,
+    metadata: Metadata,
 ) -> Result<Reply, Error> {
     let deadline = Deadline::start(upstream, None);
     let headers = request_headers(metadata, Some(deadline.header(upstream)));
@@ -65,7 +65,7 @@ async fn through_own(
     upstream: &Upstream,
     path: PathAndQuery,
     message: &Payload,
-    metadata: MetadataMap,
+    metadata: Metadata,
 ) -> Result<Reply, Error> {
     unary(
         upstream,
@@ -175,7 +175,7 @@ async fn tonic_backends_answer_the_same_through_both_clients() {
                 let mut map = http::HeaderMap::new();
                 map.insert("x-request-id", unique(HeaderValue::from_static("id-1")));
                 map.insert("authorization", HeaderValue::from_static("Bearer t"));
-                MetadataMap::from_headers(map)
+                Metadata::from(map)
             };
             let expected =
                 outcome(through_h2(&reference, path.clone(), &message, metadata()).await);
@@ -497,7 +497,7 @@ async fn run_all(
             map.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), value);
         }
         map.insert("x-case", HeaderValue::from(case));
-        let metadata = MetadataMap::from_headers(map);
+        let metadata = Metadata::from(map);
         let message = Payload::Wire(message_bytes(case, *body));
         async move {
             let path = PathAndQuery::from_static("/test.Service/Method");
@@ -816,7 +816,7 @@ async fn a_call_dropped_at_its_deadline_resets_its_stream() {
     let deadline = Deadline::start(&upstream, Some(Duration::from_millis(100)));
     let path = PathAndQuery::from_static("/test.Service/Method");
     let message = Payload::Wire(Vec::new());
-    let result = unary(&upstream, path, &message, MetadataMap::new(), deadline).await;
+    let result = unary(&upstream, path, &message, Metadata::default(), deadline).await;
     assert!(
         matches!(result, Err(Error::DeadlineExceeded { .. })),
         "{result:?}"
