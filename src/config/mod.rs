@@ -39,12 +39,13 @@ pub struct Config {
     /// Threads serving the public listener, each with its own runtime and
     /// upstream connections. Default `0`: one per core.
     pub workers: usize,
-    /// Each worker on a CPU of its own (of those the process may use, in
-    /// turn), where its caches stay warm: paced well below saturation a
-    /// worker that the scheduler moves to whichever CPU is free pays for
-    /// it in cache misses (`loadbench --rate`: a quarter of a GET's CPU).
-    /// Default `true`; `false` when the gateway shares its CPUs with other
-    /// busy processes that a pinned worker would have to wait for.
+    /// While the load fits on one worker, each worker on a CPU of its own
+    /// (of those the process may use, in turn), where its caches stay warm:
+    /// well below saturation a worker that the scheduler moves to whichever
+    /// CPU is free pays for it in cache misses (`loadbench --rate`: a
+    /// quarter of a GET's CPU). Default `true`; `false` when the gateway
+    /// shares its CPUs with other busy processes that a pinned worker
+    /// would have to wait for.
     pub pin_workers: bool,
     pub descriptors: DescriptorsConfig,
     /// Where each package or service is served; longest pattern wins.

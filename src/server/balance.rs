@@ -34,6 +34,8 @@ use std::{
 use metrics::{Counter, Gauge};
 use tokio::sync::Notify;
 
+use super::placement::Placement;
+
 /// How often the load is looked at.
 const WINDOW: Duration = Duration::from_millis(100);
 /// An active worker awake more than this share of a window is busy.
@@ -64,6 +66,8 @@ pub(super) struct Balance {
     resume: Notify,
     moved: Counter,
     active_gauge: Gauge,
+    /// The workers' CPUs, which follow how many are active.
+    placement: Option<Arc<Placement>>,
 }
 
 /// A worker's own cache line: its wake-ups write here.
@@ -95,7 +99,12 @@ enum Change {
 
 impl Balance {
     /// `workers` workers, one of them active.
-    pub(super) fn new(workers: usize, moved: Counter, active_gauge: Gauge) -> Arc<Self> {
+    pub(super) fn new(
+        workers: usize,
+        moved: Counter,
+        active_gauge: Gauge,
+        placement: Option<Arc<Placement>>,
+    ) -> Arc<Self> {
         active_gauge.set(1.0);
         let clock = quanta::Clock::new();
         Arc::new(Self {
@@ -108,7 +117,12 @@ impl Balance {
             resume: Notify::new(),
             moved,
             active_gauge,
+            placement,
         })
+    }
+
+    pub(super) fn placement(&self) -> Option<&Arc<Placement>> {
+        self.placement.as_ref()
     }
 
     pub(super) fn workers(&self) -> usize {
@@ -210,6 +224,9 @@ impl Balance {
     fn set_active(&self, active: usize) {
         self.active.0.store(active, Relaxed);
         self.active_gauge.set(active as f64);
+        if let Some(placement) = &self.placement {
+            placement.follow(active);
+        }
         tracing::debug!(active, "workers serving HTTP/1.1 connections");
     }
 
@@ -294,7 +311,7 @@ mod tests {
     use super::*;
 
     fn balance(workers: usize) -> Arc<Balance> {
-        Balance::new(workers, Counter::noop(), Gauge::noop())
+        Balance::new(workers, Counter::noop(), Gauge::noop(), None)
     }
 
     #[test]

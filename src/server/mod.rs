@@ -5,6 +5,7 @@
 mod accept;
 mod balance;
 mod connection;
+mod placement;
 mod steps;
 mod workers;
 
@@ -98,7 +99,7 @@ pub struct Server {
     watch_descriptors: bool,
     workers: usize,
     /// Where each worker runs, when `pin_workers`.
-    placement: Option<workers::Placement>,
+    placement: Option<Arc<placement::Placement>>,
     timeouts: Timeouts,
     max_connections: Option<usize>,
     /// The HTTPS listener's certificates, when `tls` is configured.
@@ -381,8 +382,9 @@ impl Server {
             workers: config.workers(),
             placement: config
                 .pin_workers
-                .then(workers::Placement::of_this_process)
-                .flatten(),
+                .then(|| placement::Placement::of_this_process(config.workers()))
+                .flatten()
+                .map(Arc::new),
             timeouts: Timeouts::from(&config.limits),
             max_connections: config.limits.max_connections,
             tls,
@@ -519,18 +521,9 @@ impl Server {
             _ => None,
         };
         let (moved, active) = self.metrics.workers();
-        let balance = Balance::new(self.workers, moved, active);
+        let balance = Balance::new(self.workers, moved, active, self.placement);
         let served = if self.public_routes {
-            workers::serve(
-                acceptor,
-                tls,
-                self.router,
-                balance,
-                self.timeouts,
-                self.placement,
-                shutdown,
-            )
-            .await
+            workers::serve(acceptor, tls, self.router, balance, self.timeouts, shutdown).await
         } else {
             // The data plane alone: no router to pass through on every
             // request (callgrind: ~4k instructions of a GET's ~80k).
@@ -540,7 +533,6 @@ impl Server {
                 self.data_plane,
                 balance,
                 self.timeouts,
-                self.placement,
                 shutdown,
             )
             .await

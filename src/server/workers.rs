@@ -15,22 +15,10 @@
 //! (a TLS handshake runs on the worker that serves the connection, so
 //! handshakes spread over the cores too).
 //!
-//! Each worker runs on a CPU of its own ([`Placement`], `pin_workers`):
-//! woken for one request at a time, a worker that the scheduler moves to
-//! whichever CPU is free finds its caches cold there (`loadbench --rate
-//! 1000`: ~80 µs of CPU per GET moving, ~60 µs pinned), and the load kept
-//! on few workers keeps it on few CPUs.
+//! While one worker serves, each runs on a CPU of its own
+//! (`super::placement`, `pin_workers`).
 
-use std::{
-    future::Future,
-    io,
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
-    thread,
-};
+use std::{future::Future, io, net::SocketAddr, sync::Arc, thread};
 
 use tokio::{
     net::TcpStream,
@@ -52,53 +40,6 @@ type Accepted = (std::net::TcpStream, SocketAddr, Slot, bool);
 /// The TLS listener's acceptor and its termination.
 pub(super) type TlsListener = (Acceptor, Arc<Termination>);
 
-/// The CPU each worker runs on: those the process may use, in turn, from
-/// one that depends on the process (and on how many gateways it started
-/// before), so that gateways sharing a machine do not all put their first
-/// worker (the one always active) on one CPU.
-#[derive(Debug, Clone)]
-pub(super) struct Placement {
-    cpus: Vec<usize>,
-    first: usize,
-}
-
-impl Placement {
-    /// `None` where there is no choice to make (one CPU) or the CPUs the
-    /// process may use cannot be read.
-    pub(super) fn of_this_process() -> Option<Self> {
-        static STARTED: AtomicUsize = AtomicUsize::new(0);
-        let allowed = rustix::thread::sched_getaffinity(None).ok()?;
-        let cpus: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU)
-            .filter(|&cpu| allowed.is_set(cpu))
-            .collect();
-        Self::new(cpus, STARTED.fetch_add(1, Ordering::Relaxed))
-    }
-
-    /// On `cpus`, for the process's gateway number `started`.
-    fn new(cpus: Vec<usize>, started: usize) -> Option<Self> {
-        if cpus.len() < 2 {
-            return None;
-        }
-        let first = (std::process::id() as usize).wrapping_add(started) % cpus.len();
-        Some(Self { cpus, first })
-    }
-
-    fn cpu(&self, worker: usize) -> usize {
-        self.cpus[(self.first + worker) % self.cpus.len()]
-    }
-
-    /// Runs the calling thread on `worker`'s CPU from now on; where the
-    /// system refuses, it runs where the scheduler puts it.
-    fn pin(&self, worker: usize) {
-        let cpu = self.cpu(worker);
-        let mut set = rustix::thread::CpuSet::new();
-        set.set(cpu);
-        if let Err(error) = rustix::thread::sched_setaffinity(None, &set) {
-            tracing::warn!(worker, cpu, %error, "could not pin the worker to its CPU");
-        }
-    }
-}
-
 /// A worker's queues: of connections accepted for it, and of connections
 /// moved to it from other workers.
 struct Queues {
@@ -115,7 +56,6 @@ pub(super) async fn serve<S>(
     service: S,
     balance: Arc<Balance>,
     timeouts: Timeouts,
-    placement: Option<Placement>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()>
 where
@@ -142,12 +82,12 @@ where
         // On the first worker, which is always active: no other thread is
         // woken for it (and it rests while every worker sleeps).
         let controller = (workers > 1 && index == 0).then(|| balance.clone());
-        let placement = placement.clone();
+        let placement = balance.placement().cloned();
         thread::Builder::new()
             .name(format!("protogate-worker-{index}"))
             .spawn(move || {
                 if let Some(placement) = placement {
-                    placement.pin(index);
+                    placement.enter(index);
                 }
                 let queues = Queues { accepted, moved };
                 if let Some(balance) = controller {
@@ -296,53 +236,6 @@ mod tests {
     use super::*;
     use crate::config::LimitsConfig;
 
-    fn allowed_cpus() -> Vec<usize> {
-        let allowed = rustix::thread::sched_getaffinity(None).unwrap();
-        (0..rustix::thread::CpuSet::MAX_CPU)
-            .filter(|&cpu| allowed.is_set(cpu))
-            .collect()
-    }
-
-    #[test]
-    fn workers_take_the_allowed_cpus_in_turn_from_one_per_process() {
-        let allowed = allowed_cpus();
-        let Some(placement) = Placement::of_this_process() else {
-            assert!(allowed.len() < 2, "{allowed:?} is a choice to make");
-            return;
-        };
-        assert_eq!(placement.cpus, allowed);
-        let cpus: Vec<usize> = (0..2 * allowed.len()).map(|w| placement.cpu(w)).collect();
-        let expected: Vec<usize> = (0..2 * allowed.len())
-            .map(|w| allowed[(placement.first + w) % allowed.len()])
-            .collect();
-        assert_eq!(cpus, expected);
-        // The process's next gateway starts on the next CPU.
-        let (this, next) = (
-            Placement::new(vec![4, 6], 0).unwrap(),
-            Placement::new(vec![4, 6], 1).unwrap(),
-        );
-        assert_eq!([this.cpu(0), this.cpu(1)], [next.cpu(1), next.cpu(0)]);
-        assert!(Placement::new(vec![3], 0).is_none(), "one CPU is no choice");
-    }
-
-    #[test]
-    fn a_pinned_worker_runs_on_its_cpu_alone() {
-        let allowed = allowed_cpus();
-        let placement = Placement {
-            first: allowed.len() - 1,
-            cpus: allowed,
-        };
-        let expected = placement.cpu(1);
-        let pinned = thread::spawn(move || {
-            placement.pin(1);
-            rustix::thread::sched_getaffinity(None).unwrap()
-        })
-        .join()
-        .unwrap();
-        assert_eq!(pinned.count(), 1);
-        assert!(pinned.is_set(expected));
-    }
-
     /// Answers with the name of the worker thread that served the request,
     /// and its path.
     fn who_serves() -> impl ConnectionService {
@@ -426,7 +319,7 @@ mod tests {
     async fn connections_move_between_requests_as_workers_leave_and_join() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let balance = Balance::new(2, Counter::noop(), Gauge::noop());
+        let balance = Balance::new(2, Counter::noop(), Gauge::noop(), None);
         let (stop, stopped) = oneshot::channel::<()>();
         let served = tokio::spawn(serve(
             Acceptor::new(listener, 16),
@@ -434,7 +327,6 @@ mod tests {
             who_serves(),
             balance.clone(),
             Timeouts::from(&LimitsConfig::default()),
-            Placement::of_this_process(),
             async move {
                 let _ = stopped.await;
             },
