@@ -308,10 +308,50 @@ fn decide(active: usize, shares: &[f64], calm: &mut u32) -> Change {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::mpsc;
+
     use super::*;
+    use crate::server::placement;
 
     fn balance(workers: usize) -> Arc<Balance> {
         Balance::new(workers, Counter::noop(), Gauge::noop(), None)
+    }
+
+    /// The placement follows the active workers: a second one frees them
+    /// all to run on any CPU, back to one pins them again.
+    #[test]
+    fn the_workers_are_pinned_while_one_is_active() {
+        let allowed = placement::allowed_cpus().unwrap();
+        // One CPU allowed still makes a placement, of that CPU twice.
+        let cpus = match allowed[..] {
+            [only] => vec![only, only],
+            _ => allowed.clone(),
+        };
+        let placement = Arc::new(Placement::new(cpus, 0, 2).unwrap());
+        let balance = Balance::new(2, Counter::noop(), Gauge::noop(), Some(placement));
+        let (step, steps) = mpsc::channel::<()>();
+        let (seen, sightings) = mpsc::channel();
+        let worker = {
+            let balance = balance.clone();
+            std::thread::spawn(move || {
+                balance.placement().unwrap().enter(0);
+                let cpus = || placement::allowed_cpus().unwrap().len();
+                seen.send(cpus()).unwrap();
+                while steps.recv().is_ok() {
+                    seen.send(cpus()).unwrap();
+                }
+            })
+        };
+        let next = |change: fn(&Balance)| {
+            change(&balance);
+            step.send(()).unwrap();
+            sightings.recv().unwrap()
+        };
+        assert_eq!(sightings.recv().unwrap(), 1, "pinned at the start");
+        assert_eq!(next(Balance::grow), allowed.len(), "free with two active");
+        assert_eq!(next(Balance::shrink), 1, "pinned again with one");
+        drop(step);
+        worker.join().unwrap();
     }
 
     #[test]

@@ -32,15 +32,11 @@ impl Placement {
     /// CPU) or the CPUs the process may use cannot be read.
     pub(super) fn of_this_process(workers: usize) -> Option<Self> {
         static STARTED: AtomicUsize = AtomicUsize::new(0);
-        let allowed = rustix::thread::sched_getaffinity(None).ok()?;
-        let cpus: Vec<usize> = (0..CpuSet::MAX_CPU)
-            .filter(|&cpu| allowed.is_set(cpu))
-            .collect();
-        Self::new(cpus, STARTED.fetch_add(1, Relaxed), workers)
+        Self::new(allowed_cpus()?, STARTED.fetch_add(1, Relaxed), workers)
     }
 
     /// On `cpus`, for the process's gateway number `started`.
-    fn new(cpus: Vec<usize>, started: usize, workers: usize) -> Option<Self> {
+    pub(super) fn new(cpus: Vec<usize>, started: usize, workers: usize) -> Option<Self> {
         if cpus.len() < 2 {
             return None;
         }
@@ -93,22 +89,26 @@ impl Placement {
     }
 }
 
+/// The CPUs the calling thread may run on (the process's, on a thread
+/// no placement has pinned).
+pub(super) fn allowed_cpus() -> Option<Vec<usize>> {
+    let allowed = rustix::thread::sched_getaffinity(None).ok()?;
+    Some(
+        (0..CpuSet::MAX_CPU)
+            .filter(|&cpu| allowed.is_set(cpu))
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use std::{sync::Arc, thread};
 
     use super::*;
 
-    fn allowed_cpus() -> Vec<usize> {
-        let allowed = rustix::thread::sched_getaffinity(None).unwrap();
-        (0..CpuSet::MAX_CPU)
-            .filter(|&cpu| allowed.is_set(cpu))
-            .collect()
-    }
-
     #[test]
     fn workers_take_the_allowed_cpus_in_turn_from_one_per_process() {
-        let allowed = allowed_cpus();
+        let allowed = allowed_cpus().unwrap();
         let Some(placement) = Placement::of_this_process(2) else {
             assert!(allowed.len() < 2, "{allowed:?} is a choice to make");
             return;
@@ -150,7 +150,7 @@ mod tests {
 
     #[test]
     fn workers_are_pinned_while_one_serves_and_free_while_more_do() {
-        let allowed = allowed_cpus();
+        let allowed = allowed_cpus().unwrap();
         // One CPU allowed still places the thread, on that CPU.
         let cpus = if allowed.len() < 2 {
             vec![allowed[0], allowed[0]]
