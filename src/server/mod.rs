@@ -486,7 +486,7 @@ impl Server {
             discovery.refresh().await;
             background.spawn(discovery.clone().keep_fresh());
         }
-        background.spawn(crate::allocator::give_back_freed_memory());
+        background.spawn(crate::allocator::purge_in_background());
         // Not in the set: told to stop once the requests have drained, it
         // exports the spans they left.
         let exporting = self.exporter.take().map(|exporter| {
