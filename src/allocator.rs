@@ -11,11 +11,11 @@
 //! once they have been free for its purge delay, 1 s by default, from
 //! whichever thread next takes one of its slow paths: under load, a
 //! serving worker, about once a second (seven to nine calls each time,
-//! traced at 5,000 GETs/s). A purge is system calls, TLB flushes on every
-//! CPU and page faults to refill the range, all on the thread the requests
-//! wait for. So the gateway sets the delay far beyond any lull
-//! ([`WORKERS_NEVER_PURGE`]) and a thread of the blocking pool purges every
-//! [`PURGE_INTERVAL`] instead: paced at 5,000 GETs/s, requests over 5 ms
+//! traced at 5,000 GETs/s). A purge is system calls, TLB flushes on the
+//! CPUs the process runs on and page faults to refill the range, all on
+//! the thread the requests wait for. So the gateway sets the delay far
+//! beyond any lull ([`WORKERS_NEVER_PURGE`]) and a thread of the blocking
+//! pool purges every [`PURGE_INTERVAL`] instead: paced at 5,000 GETs/s, requests over 5 ms
 //! fell from 271 to 155 in eight alternated runs of 30,000, and the p99's
 //! median ratio to the direct call's from 1.63× to 1.39×. An idle worker,
 //! which never calls into mimalloc, no longer holds memory either.
@@ -49,7 +49,7 @@ pub(crate) fn purge_in_background() -> impl std::future::Future<Output = ()> {
     }
 }
 
-/// The two mimalloc calls that steer its purges. They take no pointers and
+/// The mimalloc calls that steer its purges. They take no pointers and
 /// may be made from any thread at any time.
 #[expect(
     unsafe_code,
