@@ -137,7 +137,8 @@ mod tests {
                 .output()
                 .unwrap();
             let printed = String::from_utf8_lossy(&output.stdout);
-            assert!(output.status.success(), "{printed}");
+            let errors = String::from_utf8_lossy(&output.stderr);
+            assert!(output.status.success(), "{printed}{errors}");
             assert!(printed.contains("1 passed"), "{printed}");
             return;
         }
@@ -156,14 +157,21 @@ mod tests {
             "{before} then {purged_by_the_thread} bytes"
         );
 
-        drop(purge_in_background());
+        let upkeep = purge_in_background();
         assert_eq!(mimalloc_options::purge_delay(), WORKERS_NEVER_PURGE);
         let freed = resident_after_a_thread_frees_64_mib();
         assert!(
             freed >= before + 48 * MIB,
             "the freeing thread gave the memory back: {before} then {freed} bytes"
         );
-        mimalloc_options::purge_now();
+        // The upkeep's first tick is at once; it then waits PURGE_INTERVAL.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let still_running = runtime
+            .block_on(async { tokio::time::timeout(Duration::from_millis(500), upkeep).await });
+        assert!(still_running.is_err(), "the upkeep returned");
         let purged = resident_anonymous_bytes();
         assert!(
             purged <= before + 16 * MIB,
