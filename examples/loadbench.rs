@@ -845,6 +845,24 @@ impl Run {
         self.latencies[index].as_secs_f64() * 1e6
     }
 
+    /// Every request of `runs` as one run: a p99 over ten rounds is
+    /// one estimate from ten times the requests, where one round's p99 moves
+    /// with whether a stall of the machine fell in it.
+    fn pooled<'a>(runs: impl Iterator<Item = &'a Run>) -> Run {
+        let mut pooled = Run {
+            seconds: 0.0,
+            latencies: Vec::new(),
+            errors: 0,
+        };
+        for run in runs {
+            pooled.seconds += run.seconds;
+            pooled.latencies.extend_from_slice(&run.latencies);
+            pooled.errors += run.errors;
+        }
+        pooled.latencies.sort_unstable();
+        pooled
+    }
+
     #[allow(clippy::cast_precision_loss)]
     fn rate(&self) -> f64 {
         self.latencies.len() as f64 / self.seconds
@@ -1593,15 +1611,22 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             (Some(ratio), 1) => format!("{ratio:.2}×"),
             (Some(ratio), _) => format!("{ratio:.2}× (of {})", all.join(", ")),
         };
+        let all_http = Run::pooled(rounds.iter().map(|r| &r.http));
+        let all_grpc = Run::pooled(rounds.iter().map(|r| &r.grpc));
+        let p99_ratio = all_http.percentile(0.99) / all_grpc.percentile(0.99);
         summary.push(format!(
-            "{} cpu {} p99 {:.2}×",
+            "{} cpu {} p99 {p99_ratio:.2}×{}",
             short
                 .to_possible_value()
                 .map_or_else(String::new, |v| v.get_name().to_owned()),
             rounds[rounds.len() / 2]
                 .ratio()
                 .map_or_else(|| "–".to_owned(), |ratio| format!("{ratio:.2}×")),
-            http.percentile(0.99) / grpc.percentile(0.99),
+            if rounds.len() > 1 {
+                format!(" over all {} rounds", rounds.len())
+            } else {
+                String::new()
+            },
         ));
         let gateway_cpu = gateway_cpu.map_or_else(|| "–".to_owned(), |g| g.to_string());
         let name = workload.name();
@@ -1613,6 +1638,25 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             "| {name} | direct gRPC | {:.0} | {:.0} | {:.0} | {:.0} | – | {backend_grpc} | – | {} |",
             grpc.rate(), grpc.percentile(0.5), grpc.percentile(0.99), grpc.percentile(0.999), grpc.errors
         );
+        if rounds.len() > 1 {
+            // By size: how far one round's p99 strays from all rounds'.
+            let mut each: Vec<f64> = rounds
+                .iter()
+                .map(|r| r.http.percentile(0.99) / r.grpc.percentile(0.99))
+                .collect();
+            each.sort_by(f64::total_cmp);
+            let each: Vec<String> = each.iter().map(|ratio| format!("{ratio:.2}×")).collect();
+            println!(
+                "| {name} | gateway, all {} rounds | {:.0} | {:.0} | {:.0} | {:.0} | – | – | p99 {p99_ratio:.2}× the direct call's (each round: {}) | {} |",
+                rounds.len(), all_http.rate(), all_http.percentile(0.5), all_http.percentile(0.99),
+                all_http.percentile(0.999), each.join(", "), all_http.errors
+            );
+            println!(
+                "| {name} | direct gRPC, all {} rounds | {:.0} | {:.0} | {:.0} | {:.0} | – | – | – | {} |",
+                rounds.len(), all_grpc.rate(), all_grpc.percentile(0.5), all_grpc.percentile(0.99),
+                all_grpc.percentile(0.999), all_grpc.errors
+            );
+        }
         if let Some(Floor { run, cpu, backend }) = floor {
             println!(
                 "| {name} | floor proxy ({} in, HTTP/2 out, nothing else) | {:.0} | {:.0} | {:.0} | {:.0} | {cpu} | {backend} | {:.2}× | {} |",
