@@ -845,9 +845,9 @@ impl Run {
         self.latencies[index].as_secs_f64() * 1e6
     }
 
-    /// Every request of `runs` as one run: a p99 over ten rounds is
-    /// one estimate from ten times the requests, where one round's p99 moves
-    /// with whether a stall of the machine fell in it.
+    /// Every request of `runs` as one run: one round's p99 moves with
+    /// whether a stall of the machine fell in it, a p99 over ten rounds'
+    /// requests much less.
     fn pooled<'a>(runs: impl Iterator<Item = &'a Run>) -> Run {
         let mut pooled = Run {
             seconds: 0.0,
@@ -1536,6 +1536,8 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
     let mut summary = Vec::new();
     // Decisions per call to the started redis-server, per workload.
     let mut batches = Vec::new();
+    // With several rounds: each workload's p99 ratio, all rounds' and each one's.
+    let mut p99_spreads = Vec::new();
     for (short, workload) in workloads
         .into_iter()
         .filter(|(name, _)| args.only.is_empty() || args.only.contains(name))
@@ -1639,6 +1641,13 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             grpc.rate(), grpc.percentile(0.5), grpc.percentile(0.99), grpc.percentile(0.999), grpc.errors
         );
         if rounds.len() > 1 {
+            for (path, run) in [("gateway", &all_http), ("direct gRPC", &all_grpc)] {
+                println!(
+                    "| {name} | {path}, all {} rounds | {:.0} | {:.0} | {:.0} | {:.0} | – | – | – | {} |",
+                    rounds.len(), run.rate(), run.percentile(0.5), run.percentile(0.99),
+                    run.percentile(0.999), run.errors
+                );
+            }
             // By size: how far one round's p99 strays from all rounds'.
             let mut each: Vec<f64> = rounds
                 .iter()
@@ -1646,16 +1655,11 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
                 .collect();
             each.sort_by(f64::total_cmp);
             let each: Vec<String> = each.iter().map(|ratio| format!("{ratio:.2}×")).collect();
-            println!(
-                "| {name} | gateway, all {} rounds | {:.0} | {:.0} | {:.0} | {:.0} | – | – | p99 {p99_ratio:.2}× the direct call's (each round: {}) | {} |",
-                rounds.len(), all_http.rate(), all_http.percentile(0.5), all_http.percentile(0.99),
-                all_http.percentile(0.999), each.join(", "), all_http.errors
-            );
-            println!(
-                "| {name} | direct gRPC, all {} rounds | {:.0} | {:.0} | {:.0} | {:.0} | – | – | – | {} |",
-                rounds.len(), all_grpc.rate(), all_grpc.percentile(0.5), all_grpc.percentile(0.99),
-                all_grpc.percentile(0.999), all_grpc.errors
-            );
+            p99_spreads.push(format!(
+                "{name}: p99 {p99_ratio:.2}× the direct call's over all {} rounds; each round's, by size: {}",
+                rounds.len(),
+                each.join(", ")
+            ));
         }
         if let Some(Floor { run, cpu, backend }) = floor {
             println!(
@@ -1665,6 +1669,9 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
                 cpu.total() / backend.total(), run.errors
             );
         }
+    }
+    for spread in &p99_spreads {
+        println!("\n{spread}");
     }
     for batch in &batches {
         println!("\nQuotas in Redis, {batch}");
