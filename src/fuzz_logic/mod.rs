@@ -129,6 +129,19 @@ pub fn jwt(data: &[u8]) {
     }
 }
 
+/// `[calls] [chunk] bytes`: one to four unary calls on an upstream HTTP/2
+/// connection whose peer sends `bytes`, read `chunk` bytes at a time (0:
+/// as many as fit).
+pub fn upstream_reply(data: &[u8]) {
+    if let [calls, chunk, bytes @ ..] = data {
+        let chunk = match *chunk {
+            0 => usize::MAX,
+            n => usize::from(n),
+        };
+        crate::upstream::calls_against(bytes, chunk, usize::from(calls % 4) + 1);
+    }
+}
+
 /// The output of a future over input that is all in memory: it never waits.
 fn ready<T>(future: impl Future<Output = T>) -> T {
     match pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
@@ -197,6 +210,11 @@ mod tests {
     #[test]
     fn upload_corpus() {
         replay("upload", super::upload);
+    }
+
+    #[test]
+    fn upstream_reply_corpus() {
+        replay("upstream_reply", super::upstream_reply);
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub use call::{
 };
 pub use deadline::{asked_timeout, Deadline};
 pub use health::{HealthState, UpstreamHealth};
+#[cfg(any(test, fuzzing))]
+pub(crate) use http2::calls_against;
 pub use metadata::Metadata;
 pub use protocol::Payload;
 

@@ -13,15 +13,20 @@
 //! * `hpack`: the request's fixed part encoded once per upstream, the rest
 //!   as literals; the reply's blocks decoded;
 //! * `client`: the state the calls and the task share, and the calls;
-//! * `driver`: the connection's task, one per connection.
+//! * `driver`: the connection's task, one per connection;
+//! * `scripted`: calls against a peer whose bytes are given (fuzzing).
 
 mod client;
 mod driver;
 mod frame;
 mod hpack;
+#[cfg(any(test, fuzzing))]
+mod scripted;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+#[cfg(any(test, fuzzing))]
+pub(crate) use self::scripted::calls_against;
 pub(super) use self::{
     client::{BodyError, Client, Exchange, Request},
     hpack::RequestHead,
