@@ -34,6 +34,7 @@ pub(crate) fn meaning(message: &MessageDescriptor, wire: &[u8]) -> serde_json::V
 /// root (each in field 1), the innermost holding `s: "bottom"`. Written front
 /// to back with its lengths computed inside out: no encoder recurses once
 /// per level.
+#[cfg(test)]
 pub(crate) fn deep_wire(levels: usize) -> Vec<u8> {
     let innermost: &[u8] = b"\x12\x06bottom";
     let varint_len = |value: usize| {
