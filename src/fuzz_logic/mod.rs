@@ -130,8 +130,8 @@ pub fn jwt(data: &[u8]) {
 }
 
 /// `[calls] [chunk] bytes`: one to four unary calls on an upstream HTTP/2
-/// connection whose peer sends `bytes`, read `chunk` bytes at a time (0:
-/// as many as fit).
+/// connection whose peer sends `bytes`, read (and the client's frames
+/// written) `chunk` bytes at a time (0: as many as fit).
 pub fn upstream_reply(data: &[u8]) {
     if let [calls, chunk, bytes @ ..] = data {
         let chunk = match *chunk {

@@ -27,7 +27,8 @@ const LIMIT: usize = 64;
 
 /// The peer: `bytes`, `chunk` at a time with a wait between two reads (so
 /// that the calls are polled between the reads), then the end of the
-/// connection; what the client writes is taken and dropped.
+/// connection; what the client writes is taken `chunk` bytes a write at
+/// most, and dropped.
 struct Peer<'a> {
     bytes: &'a [u8],
     chunk: usize,
@@ -59,7 +60,7 @@ impl AsyncWrite for Peer<'_> {
         _: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Poll::Ready(Ok(buf.len()))
+        Poll::Ready(Ok(buf.len().min(self.chunk)))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
