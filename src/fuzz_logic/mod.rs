@@ -129,17 +129,10 @@ pub fn jwt(data: &[u8]) {
     }
 }
 
-/// `[calls] [chunk] bytes`: one to four unary calls on an upstream HTTP/2
-/// connection whose peer sends `bytes`, read (and the client's frames
-/// written) `chunk` bytes at a time (0: as many as fit).
+/// `[calls] [chunk] bytes`: unary calls on an upstream HTTP/2 connection
+/// whose peer sends `bytes` (`upstream::http2::scripted` reads the layout).
 pub fn upstream_reply(data: &[u8]) {
-    if let [calls, chunk, bytes @ ..] = data {
-        let chunk = match *chunk {
-            0 => usize::MAX,
-            n => usize::from(n),
-        };
-        crate::upstream::calls_against(bytes, chunk, usize::from(calls % 4) + 1);
-    }
+    crate::upstream::calls_against(data);
 }
 
 /// The output of a future over input that is all in memory: it never waits.

@@ -72,10 +72,14 @@ impl AsyncWrite for Peer<'_> {
     }
 }
 
-/// `calls` calls on one connection to a peer that sends `bytes`, read
-/// `chunk` bytes at a time. Panics if a call does not end, or brings back
-/// a message over its limit.
-pub(crate) fn calls_against(bytes: &[u8], chunk: usize, calls: usize) {
+/// `[calls] [chunk] bytes`: one to four calls on one connection to a peer
+/// that sends `bytes`, read (and the client's frames written) `chunk`
+/// bytes at a time (0: as many as fit). Panics if a call does not end, or
+/// brings back a message over its limit.
+pub(crate) fn calls_against(data: &[u8]) {
+    let Some((calls, chunk, bytes)) = layout(data) else {
+        return;
+    };
     for outcome in run_calls(bytes, chunk, calls) {
         if let Ok(Exchange {
             body: Ok(Some(message)),
@@ -89,6 +93,18 @@ pub(crate) fn calls_against(bytes: &[u8], chunk: usize, calls: usize) {
             );
         }
     }
+}
+
+/// The calls' count, the chunk size and the peer's bytes of an input.
+fn layout(data: &[u8]) -> Option<(usize, usize, &[u8])> {
+    let [calls, chunk, bytes @ ..] = data else {
+        return None;
+    };
+    let chunk = match *chunk {
+        0 => usize::MAX,
+        n => usize::from(n),
+    };
+    Some((usize::from(calls % 4) + 1, chunk, bytes))
 }
 
 /// What each call came to, in the order they were made.
@@ -160,11 +176,8 @@ mod tests {
             .join("fuzz/corpus/upstream_reply")
             .join(name);
         let data = std::fs::read(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
-        let chunk = match data[1] {
-            0 => usize::MAX,
-            n => usize::from(n),
-        };
-        (usize::from(data[0] % 4) + 1, chunk, data[2..].to_vec())
+        let (calls, chunk, bytes) = layout(&data).expect("a seed with its two leading bytes");
+        (calls, chunk, bytes.to_vec())
     }
 
     fn message(outcome: &Result<Exchange, StreamError>) -> Option<&[u8]> {
