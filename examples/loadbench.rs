@@ -815,6 +815,13 @@ struct Floor {
     backend: CpuPerRequest,
 }
 
+impl Floor {
+    /// Its CPU over the backend's in the same round.
+    fn ratio(&self) -> f64 {
+        self.cpu.total() / self.backend.total()
+    }
+}
+
 impl Round {
     /// Gateway CPU over the backend's, for the gateway the bench started.
     fn ratio(&self) -> Option<f64> {
@@ -1606,7 +1613,7 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             backend_http,
             backend_grpc,
             gateway_cpu,
-            floor,
+            ..
         } = &rounds[rounds.len() / 2];
         let ratio = match (rounds[rounds.len() / 2].ratio(), all.len()) {
             (None, _) => "–".to_owned(),
@@ -1616,8 +1623,14 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
         let all_http = Run::pooled(rounds.iter().map(|r| &r.http));
         let all_grpc = Run::pooled(rounds.iter().map(|r| &r.grpc));
         let p99_ratio = all_http.percentile(0.99) / all_grpc.percentile(0.99);
+        // The floor proxy's rounds, by CPU ratio, and all their requests.
+        let mut floors: Vec<&Floor> = rounds.iter().filter_map(|r| r.floor.as_ref()).collect();
+        floors.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
+        let all_floor = Run::pooled(floors.iter().map(|f| &f.run));
+        let floor_p99_ratio = all_floor.percentile(0.99) / all_grpc.percentile(0.99);
+        let median_floor = floors.get(floors.len() / 2);
         summary.push(format!(
-            "{} cpu {} p99 {p99_ratio:.2}×{}",
+            "{} cpu {} p99 {p99_ratio:.2}×{}{}",
             short
                 .to_possible_value()
                 .map_or_else(String::new, |v| v.get_name().to_owned()),
@@ -1629,6 +1642,10 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             } else {
                 String::new()
             },
+            median_floor.map_or_else(String::new, |floor| format!(
+                " (floor proxy cpu {:.2}× p99 {floor_p99_ratio:.2}×)",
+                floor.ratio()
+            )),
         ));
         let gateway_cpu = gateway_cpu.map_or_else(|| "–".to_owned(), |g| g.to_string());
         let name = workload.name();
@@ -1656,18 +1673,40 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             each.sort_by(f64::total_cmp);
             let each: Vec<String> = each.iter().map(|ratio| format!("{ratio:.2}×")).collect();
             p99_spreads.push(format!(
-                "{name}: p99 {p99_ratio:.2}× the direct call's over all {} rounds; each round's, by size: {}",
+                "{name}: p99 {p99_ratio:.2}× the direct call's over all {} rounds; each round's, by size: {}{}",
                 rounds.len(),
-                each.join(", ")
+                each.join(", "),
+                if floors.is_empty() {
+                    String::new()
+                } else {
+                    format!("; the floor proxy's {floor_p99_ratio:.2}×")
+                }
             ));
         }
-        if let Some(Floor { run, cpu, backend }) = floor {
+        if let Some(Floor { run, cpu, backend }) = median_floor {
+            let ratios: Vec<String> = floors
+                .iter()
+                .map(|f| format!("{:.2}×", f.ratio()))
+                .collect();
+            let protocol = if args.http2 {
+                "HTTP/2 (h2c)"
+            } else {
+                "HTTP/1.1"
+            };
             println!(
-                "| {name} | floor proxy ({} in, HTTP/2 out, nothing else) | {:.0} | {:.0} | {:.0} | {:.0} | {cpu} | {backend} | {:.2}× | {} |",
-                if args.http2 { "HTTP/2 (h2c)" } else { "HTTP/1.1" },
+                "| {name} | floor proxy ({protocol} in, HTTP/2 out, nothing else) | {:.0} | {:.0} | {:.0} | {:.0} | {cpu} | {backend} | {:.2}×{} | {} |",
                 run.rate(), run.percentile(0.5), run.percentile(0.99), run.percentile(0.999),
-                cpu.total() / backend.total(), run.errors
+                cpu.total() / backend.total(),
+                if floors.len() > 1 { format!(" (of {})", ratios.join(", ")) } else { String::new() },
+                run.errors
             );
+            if floors.len() > 1 {
+                println!(
+                    "| {name} | floor proxy, all {} rounds | {:.0} | {:.0} | {:.0} | {:.0} | – | – | – | {} |",
+                    floors.len(), all_floor.rate(), all_floor.percentile(0.5),
+                    all_floor.percentile(0.99), all_floor.percentile(0.999), all_floor.errors
+                );
+            }
         }
     }
     for spread in &p99_spreads {
