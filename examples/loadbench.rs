@@ -1683,7 +1683,8 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
                 }
             ));
         }
-        if let Some(Floor { run, cpu, backend }) = median_floor {
+        if let Some(floor) = median_floor {
+            let Floor { run, cpu, backend } = floor;
             let ratios: Vec<String> = floors
                 .iter()
                 .map(|f| format!("{:.2}×", f.ratio()))
@@ -1696,7 +1697,7 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             println!(
                 "| {name} | floor proxy ({protocol} in, HTTP/2 out, nothing else) | {:.0} | {:.0} | {:.0} | {:.0} | {cpu} | {backend} | {:.2}×{} | {} |",
                 run.rate(), run.percentile(0.5), run.percentile(0.99), run.percentile(0.999),
-                cpu.total() / backend.total(),
+                floor.ratio(),
                 if floors.len() > 1 { format!(" (of {})", ratios.join(", ")) } else { String::new() },
                 run.errors
             );
