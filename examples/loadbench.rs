@@ -680,6 +680,15 @@ impl Process {
     }
 }
 
+/// Ratios as the table prints them: `1.02×, 1.10×`.
+fn times(ratios: impl IntoIterator<Item = f64>) -> String {
+    let ratios: Vec<String> = ratios
+        .into_iter()
+        .map(|ratio| format!("{ratio:.2}×"))
+        .collect();
+    ratios.join(", ")
+}
+
 fn free_port() -> Result<SocketAddr, BoxError> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
@@ -1602,11 +1611,7 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             let key = |r: &Round| r.ratio().unwrap_or_else(|| r.http.percentile(0.5));
             key(a).total_cmp(&key(b))
         });
-        let all: Vec<String> = rounds
-            .iter()
-            .filter_map(Round::ratio)
-            .map(|ratio| format!("{ratio:.2}×"))
-            .collect();
+        let ratios: Vec<f64> = rounds.iter().filter_map(Round::ratio).collect();
         let Round {
             http,
             grpc,
@@ -1615,10 +1620,10 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
             gateway_cpu,
             ..
         } = &rounds[rounds.len() / 2];
-        let ratio = match (rounds[rounds.len() / 2].ratio(), all.len()) {
+        let ratio = match (rounds[rounds.len() / 2].ratio(), ratios.len()) {
             (None, _) => "–".to_owned(),
             (Some(ratio), 1) => format!("{ratio:.2}×"),
-            (Some(ratio), _) => format!("{ratio:.2}× (of {})", all.join(", ")),
+            (Some(ratio), _) => format!("{ratio:.2}× (of {})", times(ratios)),
         };
         let all_http = Run::pooled(rounds.iter().map(|r| &r.http));
         let all_grpc = Run::pooled(rounds.iter().map(|r| &r.grpc));
@@ -1671,11 +1676,10 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
                 .map(|r| r.http.percentile(0.99) / r.grpc.percentile(0.99))
                 .collect();
             each.sort_by(f64::total_cmp);
-            let each: Vec<String> = each.iter().map(|ratio| format!("{ratio:.2}×")).collect();
             p99_spreads.push(format!(
                 "{name}: p99 {p99_ratio:.2}× the direct call's over all {} rounds; each round's, by size: {}{}",
                 rounds.len(),
-                each.join(", "),
+                times(each),
                 if floors.is_empty() {
                     String::new()
                 } else {
@@ -1685,10 +1689,6 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
         }
         if let Some(floor) = median_floor {
             let Floor { run, cpu, backend } = floor;
-            let ratios: Vec<String> = floors
-                .iter()
-                .map(|f| format!("{:.2}×", f.ratio()))
-                .collect();
             let protocol = if args.http2 {
                 "HTTP/2 (h2c)"
             } else {
@@ -1698,7 +1698,7 @@ async fn bench(args: &Args) -> Result<(), BoxError> {
                 "| {name} | floor proxy ({protocol} in, HTTP/2 out, nothing else) | {:.0} | {:.0} | {:.0} | {:.0} | {cpu} | {backend} | {:.2}×{} | {} |",
                 run.rate(), run.percentile(0.5), run.percentile(0.99), run.percentile(0.999),
                 floor.ratio(),
-                if floors.len() > 1 { format!(" (of {})", ratios.join(", ")) } else { String::new() },
+                if floors.len() > 1 { format!(" (of {})", times(floors.iter().map(|f| f.ratio()))) } else { String::new() },
                 run.errors
             );
             if floors.len() > 1 {
