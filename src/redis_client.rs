@@ -32,7 +32,10 @@ use redis::{
 };
 use tokio::sync::Notify;
 
-use crate::config::RedisConfig;
+use crate::{
+    config::RedisConfig,
+    timers::{self, Kind, Timer},
+};
 
 /// First wait before probing a Redis that went away; it doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -339,7 +342,8 @@ impl Redis {
             }
         };
         let started = Instant::now();
-        let result = tokio::time::timeout(timeout, command).await;
+        let timer = Timer::until(timers::deadline_after(started, timeout), Kind::Redis);
+        let result = timers::timeout(timer, command).await;
         self.metrics.duration[op as usize].record(started.elapsed().as_secs_f64());
         match result {
             Ok(Ok(value)) => Ok(value),

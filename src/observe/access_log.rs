@@ -307,7 +307,7 @@ pub(crate) async fn flush_periodically() {
     };
     loop {
         started.notified().await;
-        tokio::time::sleep(FLUSH_INTERVAL).await;
+        crate::timers::sleep(FLUSH_INTERVAL).await;
         flush_thread();
     }
 }

@@ -63,7 +63,7 @@ use hyper::{
     server::conn::{http1, http2},
 };
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
+    rt::{TokioExecutor, TokioIo},
     server::graceful::GracefulConnection,
     service::TowerToHyperService,
 };
@@ -81,6 +81,7 @@ use crate::{
     error,
     policy::{Identity, MAX_HEADER_LIST_BYTES},
     request_ids::X_REQUEST_ID,
+    timers,
     tls::Termination,
 };
 
@@ -264,7 +265,7 @@ impl Connections {
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .max_header_list_size(HTTP2_HEADER_LIST_CAP)
-            .timer(TokioTimer::new())
+            .timer(timers::ClockTimer)
             .keep_alive_interval(timeouts.http2_keepalive_interval)
             .keep_alive_timeout(timeouts.http2_keepalive_timeout);
         let (stop, _) = watch::channel(false);
@@ -370,8 +371,7 @@ impl Connections {
         let handshake_by = progress.accepted + self.timeouts.header_read;
         let mut serving = self.serving();
         async move {
-            let handshake =
-                tokio::time::timeout_at(handshake_by.into(), termination.accept(stream));
+            let handshake = timers::timeout_at(handshake_by.into(), termination.accept(stream));
             let accepted = tokio::select! {
                 accepted = handshake => accepted,
                 _ = serving.stopping.wait_for(|stop| *stop) => return,
@@ -432,7 +432,7 @@ async fn served<T, S>(
     // The protocol is read within the first request's deadline.
     let first_head_by = progress.accepted + serving.timeouts.header_read;
     let sniffed = tokio::select! {
-        sniffed = tokio::time::timeout_at(first_head_by.into(), io.sniff_http2()) => sniffed,
+        sniffed = timers::timeout_at(first_head_by.into(), io.sniff_http2()) => sniffed,
         _ = serving.stopping.wait_for(|stop| *stop) => return,
     };
     match sniffed {
@@ -571,7 +571,7 @@ async fn parked<T: Transport>(io: &Io<T>, stopping: &mut watch::Receiver<bool>) 
     let idle_after = io.progress.idle_deadline();
     tokio::select! {
         readable = io.stream.socket().readable() => readable.is_ok(),
-        () = tokio::time::sleep_until(idle_after.into()) => false,
+        () = timers::sleep_until(idle_after.into()) => false,
         _ = stopping.wait_for(|stop| *stop) => false,
     }
 }
@@ -594,7 +594,7 @@ where
     C: GracefulConnection,
     C::Error: std::fmt::Display,
 {
-    let deadline = tokio::time::sleep_until(check.into());
+    let deadline = timers::sleep_until(check.into());
     let mut deadline = std::pin::pin!(deadline);
     let mut stop = std::pin::pin!(stopping.wait_for(|stop| *stop));
     let (mut armed, mut draining) = (false, false);
@@ -845,7 +845,7 @@ impl Future for HeadSleep {
         let deadline = match &mut this.deadline {
             Some(deadline) => deadline,
             None if !this.progress.head_begun() => return Poll::Pending,
-            none => none.insert(Box::pin(tokio::time::sleep(this.header_read))),
+            none => none.insert(Box::pin(timers::sleep(this.header_read))),
         };
         ready!(deadline.as_mut().poll(cx));
         this.progress.say(StatusCode::REQUEST_TIMEOUT);

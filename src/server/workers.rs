@@ -315,6 +315,96 @@ mod tests {
         );
     }
 
+    /// The timeout of the `epoll_wait` that the thread `tid` of this
+    /// process is in, from `/proc`; `None` if it is in no such call.
+    #[cfg(target_os = "linux")]
+    fn epoll_timeout(tid: &str) -> Option<i32> {
+        // The call's number, then its arguments; the timeout is the fourth.
+        let epoll_waits: &[&str] = if cfg!(target_arch = "x86_64") {
+            &["232", "281"]
+        } else {
+            &["22"]
+        };
+        let call = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).ok()?;
+        let mut fields = call.split_whitespace();
+        if !epoll_waits.contains(&fields.next()?) {
+            return None;
+        }
+        let timeout = fields.nth(3)?.trim_start_matches("0x");
+        // An `int`: the register's low 32 bits.
+        Some(u64::from_str_radix(timeout, 16).ok()? as u32 as i32)
+    }
+
+    /// A serving worker's own timer wheel stays empty (its connections'
+    /// deadlines, the balance's ticks and the kept request timers are all
+    /// on the clock thread), so it sleeps with no timeout, for which the
+    /// kernel arms no timer.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn an_idle_worker_sleeps_without_a_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let balance = Balance::new(2, Counter::noop(), Gauge::noop(), None);
+        // Answers with the serving thread's id, with a request's deadline
+        // timer set around it, as the data plane's steps set it.
+        let thread_id = tower::service_fn(|_: Request<Body>| {
+            futures_util::FutureExt::boxed(async {
+                let timer = timers::Timer::until(
+                    tokio::time::Instant::now() + Duration::from_secs(60),
+                    timers::Kind::Request,
+                );
+                let id = timers::timeout(timer, async {
+                    let path = std::fs::read_link("/proc/thread-self").unwrap();
+                    path.file_name().unwrap().to_string_lossy().into_owned()
+                })
+                .await
+                .unwrap();
+                Ok::<_, Infallible>(Response::new(Body::from(id)))
+            })
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = tokio::spawn(serve(
+            Acceptor::new(listener, 16),
+            None,
+            thread_id,
+            balance.clone(),
+            Timeouts::from(&LimitsConfig::default()),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        balance.grow();
+        // Kept open: each has its deadline, and a worker keeps the timer.
+        let mut clients = [
+            Client::connect(address).await,
+            Client::connect(address).await,
+        ];
+        let mut workers = Vec::new();
+        for client in &mut clients {
+            workers.push(client.get("/").await);
+        }
+        assert_ne!(workers[0], workers[1], "one connection on each worker");
+
+        for worker in &workers {
+            let mut sleeps = Vec::new();
+            for _ in 0..500 {
+                // A timeout of 0 is a look without a sleep.
+                if let Some(timeout) = epoll_timeout(worker).filter(|t| *t != 0) {
+                    sleeps.push(timeout);
+                    if sleeps.len() == 20 {
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(sleeps, [-1; 20], "worker thread {worker}");
+        }
+
+        drop(clients);
+        let _ = stop.send(());
+        served.await.unwrap().unwrap();
+    }
+
     #[tokio::test]
     async fn connections_move_between_requests_as_workers_leave_and_join() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

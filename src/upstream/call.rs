@@ -159,7 +159,7 @@ pub async fn client_streaming(
         let _sending = send_in_background(stream, messages);
         one_reply(upstream, response, failures).await
     };
-    match tokio::time::timeout_at(deadline.at(), call).await {
+    match timers::timeout_at(deadline.at(), call).await {
         Ok(reply) => reply.map(|reply| reply.message),
         Err(_) => Err(failures.timed_out()),
     }
@@ -293,11 +293,11 @@ async fn until_first_reply(
             _sending: sending,
         })
     };
-    let Ok(opened) = tokio::time::timeout_at(deadline, opened).await else {
+    let Ok(opened) = timers::timeout_at(deadline, opened).await else {
         return Err(failures.timed_out());
     };
     let mut replies = opened?;
-    replies.first = match tokio::time::timeout_at(deadline, replies.next()).await {
+    replies.first = match timers::timeout_at(deadline, replies.next()).await {
         Ok(first) => first?,
         Err(_) => None,
     };

@@ -38,6 +38,8 @@ use http::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::timers;
+
 use super::{
     deadline::GRPC_TIMEOUT,
     http2::{self, Exchange, RequestHead},
@@ -304,7 +306,7 @@ async fn connect<H: Handshake>(target: &Target, client: H) -> Result<H::Client, 
     let port = address
         .port_u16()
         .unwrap_or(if tls.is_some() { 443 } else { 80 });
-    let tcp = tokio::time::timeout_at(
+    let tcp = timers::timeout_at(
         deadline,
         tokio::net::TcpStream::connect((address.host(), port)),
     )
@@ -315,7 +317,7 @@ async fn connect<H: Handshake>(target: &Target, client: H) -> Result<H::Client, 
         None => client.start(tcp, address).await,
         Some(tls) => {
             let handshake = tls.connector.connect(tls.server_name.clone(), tcp);
-            let stream = tokio::time::timeout_at(deadline, handshake)
+            let stream = timers::timeout_at(deadline, handshake)
                 .await
                 .map_err(|_| timed_out())??;
             client.start(stream, address).await
