@@ -11,6 +11,8 @@
 //! runtime ([`on_clock`] and the functions built on it): that runtime's
 //! wheel fires them, waking the task that polled them on its own worker,
 //! and a worker's wheel stays empty, so that it sleeps with no timeout.
+//! The workers' balance controller, which ticks, runs on the clock thread
+//! too ([`spawn_on_clock`]).
 //!
 //! **Kept timers.** A tokio timer costs its insertion into the wheel when
 //! first polled and its removal when dropped (callgrind: ~490 instructions,
@@ -39,7 +41,8 @@ use std::{
 
 use tokio::{
     runtime::Handle,
-    time::{Instant, Interval, Sleep, Timeout},
+    task::JoinHandle,
+    time::{Instant, Sleep, Timeout},
 };
 
 /// The clock thread's runtime; `None` if it could not be started, and then
@@ -87,9 +90,17 @@ pub(crate) fn timeout_at<F: Future>(deadline: Instant, future: F) -> Timeout<F> 
     on_clock(|| tokio::time::timeout_at(deadline, future))
 }
 
-/// [`tokio::time::interval`] on the clock.
-pub(crate) fn interval(period: Duration) -> Interval {
-    on_clock(|| tokio::time::interval(period))
+/// Spawns `task` on the clock thread (on the current runtime if there is
+/// none): a periodic task there wakes no worker.
+pub(crate) fn spawn_on_clock<F>(task: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match CLOCK.get_or_init(start_clock) {
+        Some(clock) => clock.spawn(task),
+        None => tokio::spawn(task),
+    }
 }
 
 /// hyper's timer (HTTP/2 keep-alive pings) with its sleeps on the clock.
@@ -331,11 +342,14 @@ mod tests {
                 }),
             ),
             (
-                "interval",
+                "spawn_on_clock",
                 Box::pin(async {
-                    let mut ticks = interval(Duration::from_millis(20));
-                    ticks.tick().await;
-                    ticks.tick().await;
+                    let ticking = spawn_on_clock(async {
+                        let mut ticks = tokio::time::interval(Duration::from_millis(20));
+                        ticks.tick().await;
+                        ticks.tick().await;
+                    });
+                    ticking.await.unwrap();
                 }),
             ),
             ("Timer", Box::pin(Timer::until(soon(), Kind::Request))),

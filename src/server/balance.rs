@@ -232,7 +232,7 @@ impl Balance {
 
     /// Follows the load, a window at a time, as long as the first worker runs.
     pub(super) async fn keep_balanced(self: Arc<Self>) {
-        let mut ticks = crate::timers::interval(WINDOW);
+        let mut ticks = tokio::time::interval(WINDOW);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut at = self.now();
         let mut last: Vec<u64> = self.awake(at).collect();

@@ -79,8 +79,8 @@ where
         let termination = tls.as_ref().map(|(_, termination)| termination.clone());
         // One worker has nowhere to move a connection to, nor a balance to keep.
         let moves = (workers > 1).then(|| Moves::new(index, balance.clone(), moving.clone()));
-        // On the first worker, which is always active: no other thread is
-        // woken for it (and it rests while every worker sleeps).
+        // On the clock thread, for as long as the first worker runs: no
+        // worker is woken for it (and it rests while every worker sleeps).
         let controller = (workers > 1 && index == 0).then(|| balance.clone());
         let placement = balance.placement().cloned();
         thread::Builder::new()
@@ -90,9 +90,10 @@ where
                     placement.enter(index);
                 }
                 let queues = Queues { accepted, moved };
-                if let Some(balance) = controller {
-                    runtime.spawn(balance.keep_balanced());
-                }
+                let controller = controller.map(|balance| {
+                    let _worker = runtime.enter();
+                    timers::spawn_on_clock(balance.keep_balanced())
+                });
                 run_worker(
                     index,
                     &runtime,
@@ -102,6 +103,9 @@ where
                     termination,
                     timeouts,
                 );
+                if let Some(controller) = controller {
+                    controller.abort();
+                }
                 access_log::flush_thread();
                 drop(done);
             })?;
@@ -336,9 +340,9 @@ mod tests {
     }
 
     /// A serving worker's own timer wheel stays empty (its connections'
-    /// deadlines, the balance's ticks and the kept request timers are all
-    /// on the clock thread), so it sleeps with no timeout, for which the
-    /// kernel arms no timer.
+    /// deadlines and the kept request timers are on the clock thread, the
+    /// balance's controller runs there), so it sleeps with no timeout, for
+    /// which the kernel arms no timer.
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn an_idle_worker_sleeps_without_a_timeout() {
