@@ -331,7 +331,10 @@ mod tests {
             .unwrap();
         let _current = idle.enter();
         let soon = || Instant::now() + Duration::from_millis(20);
-        let mut futures: Vec<(&'static str, Pin<Box<dyn Future<Output = ()>>>)> = vec![
+        let mut futures: Vec<(
+            &'static str,
+            futures_util::future::LocalBoxFuture<'static, ()>,
+        )> = vec![
             ("sleep_until", Box::pin(sleep_until(soon()))),
             ("sleep", Box::pin(sleep(Duration::from_millis(20)))),
             (
