@@ -49,9 +49,14 @@ use tokio::{
 /// timers stay on the runtime that makes them.
 static CLOCK: OnceLock<Option<Handle>> = OnceLock::new();
 
-/// Starts the clock thread: a runtime whose only work is its timer wheel,
-/// for the life of the process (a timer polled after its runtime has gone
-/// would panic).
+/// The clock thread's runtime, started on first use.
+fn clock() -> Option<&'static Handle> {
+    CLOCK.get_or_init(start_clock).as_ref()
+}
+
+/// Starts the clock thread: a runtime for its timer wheel and the tasks
+/// that only tick, for the life of the process (a timer polled after its
+/// runtime has gone would panic).
 fn start_clock() -> Option<Handle> {
     let started = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -70,8 +75,8 @@ fn start_clock() -> Option<Handle> {
 
 /// Runs `make` with the clock's runtime as the current one: the timers it
 /// makes are in the clock's wheel, wherever they are polled.
-pub(crate) fn on_clock<T>(make: impl FnOnce() -> T) -> T {
-    let _clock = CLOCK.get_or_init(start_clock).as_ref().map(Handle::enter);
+fn on_clock<T>(make: impl FnOnce() -> T) -> T {
+    let _clock = clock().map(Handle::enter);
     make()
 }
 
@@ -97,7 +102,7 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    match CLOCK.get_or_init(start_clock) {
+    match clock() {
         Some(clock) => clock.spawn(task),
         None => tokio::spawn(task),
     }
