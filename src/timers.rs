@@ -142,7 +142,8 @@ pub(crate) enum Kind {
     Request,
     /// An upstream's timeout, around each unary call.
     UpstreamCall,
-    /// `redis.timeout`, around each command.
+    /// `redis.timeout`, around each command (the rare registry commands'
+    /// longer ones too: a kept timer moved earlier is inserted again).
     Redis,
 }
 
