@@ -159,8 +159,7 @@ thread_local! {
     static POOLS: RefCell<Option<Pools>> = const { RefCell::new(None) };
 }
 
-/// Makes this thread (a serving worker, with one runtime for its life)
-/// keep the timers its requests drop.
+/// Makes this thread (a serving worker) keep the timers its requests drop.
 pub(crate) fn keep_on_this_thread() {
     POOLS.set(Some([Vec::new(), Vec::new(), Vec::new()]));
 }

@@ -91,6 +91,7 @@ where
                 }
                 let queues = Queues { accepted, moved };
                 let controller = controller.map(|balance| {
+                    // Without a clock thread, it is spawned on this worker.
                     let _worker = runtime.enter();
                     timers::spawn_on_clock(balance.keep_balanced())
                 });
